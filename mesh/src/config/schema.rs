@@ -1,0 +1,328 @@
+//! The serde schema of the TOML that operators write.
+//!
+//! Types here mirror the file one to one, so an error path such as
+//! `listeners[0].routes[2].split[1].weight` names exactly what the operator typed.
+//! Nothing here is checked beyond its type: cross-field rules live in `validate`,
+//! and nothing here is used on the request path (the snapshot compiles it first).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::duration::ConfigDuration;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ConfigFile {
+    pub runtime: RuntimeConfig,
+    pub admin: AdminConfig,
+    pub http: HttpConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    pub sidecar: Option<SidecarConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoDriver {
+    #[default]
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RuntimeConfig {
+    /// Worker threads; `None` means one per CPU of the inherited affinity mask.
+    pub workers: Option<usize>,
+    pub io: IoDriver,
+    /// CPUs to pin workers to, in order; default: the inherited affinity mask.
+    pub cpus: Option<Vec<usize>>,
+    pub uring: UringConfig,
+}
+
+/// io_uring ring setup flags. `None` lets `io = "auto"` decide from what the bench
+/// measured; `Some(_)` forces the flag (it is still dropped if the kernel rejects it).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct UringConfig {
+    pub coop_taskrun: Option<bool>,
+    pub single_issuer: Option<bool>,
+    pub defer_taskrun: Option<bool>,
+    pub entries: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    pub address: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { address: "127.0.0.1:9901".into() }
+    }
+}
+
+/// Limits and timeouts of the HTTP/1.1 codec, shared by every listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Largest request head (request line + headers); bigger gets 431.
+    pub max_header_bytes: usize,
+    /// Most headers in one request head; more gets 431.
+    pub max_headers: usize,
+    /// Largest request body; bigger gets 413. `None`: unlimited (streamed).
+    pub max_request_body_bytes: Option<u64>,
+    /// Time allowed to receive a whole request head once its first byte arrived.
+    pub header_read_timeout: ConfigDuration,
+    /// An idle keep-alive client connection is closed after this.
+    pub idle_timeout: ConfigDuration,
+    pub forwarded: ForwardedConfig,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_request_body_bytes: None,
+            header_read_timeout: ConfigDuration::from_secs(10),
+            idle_timeout: ConfigDuration::from_secs(60),
+            forwarded: ForwardedConfig::default(),
+        }
+    }
+}
+
+/// Which client-information headers weft adds to requests it forwards.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ForwardedConfig {
+    /// Append the client address to `X-Forwarded-For`.
+    pub x_forwarded_for: bool,
+    /// Set `X-Forwarded-Proto` to the listener's scheme.
+    pub x_forwarded_proto: bool,
+    /// Append an RFC 7239 `Forwarded: for=...;proto=...;host=...` element.
+    pub forwarded: bool,
+    /// Add `x-request-id` when the request has none (an incoming one is kept).
+    pub request_id: bool,
+}
+
+impl Default for ForwardedConfig {
+    fn default() -> Self {
+        ForwardedConfig { x_forwarded_for: true, x_forwarded_proto: true, forwarded: false, request_id: true }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: String,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RouteConfig {
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matcher: MatchConfig,
+    pub cluster: Option<String>,
+    pub split: Option<Vec<SplitConfig>>,
+    pub direct_response: Option<DirectResponseConfig>,
+    pub redirect: Option<RedirectConfig>,
+    /// Replaces the matched `path_prefix` before forwarding.
+    pub prefix_rewrite: Option<String>,
+    pub request_headers: HeaderEditsConfig,
+    pub response_headers: HeaderEditsConfig,
+    /// Overrides the cluster's `request_timeout` for this route.
+    pub timeout: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct MatchConfig {
+    /// Exact host (`api.example.com`) or suffix wildcard (`*.example.com`); port ignored.
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    pub path_regex: Option<String>,
+    pub method: Option<String>,
+    pub headers: Vec<HeaderMatchConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct HeaderMatchConfig {
+    pub name: String,
+    /// Exact value. With neither `value` nor `regex`, the header need only be present.
+    pub value: Option<String>,
+    pub regex: Option<String>,
+    /// Invert: the route matches when the header condition does NOT hold.
+    pub invert: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SplitConfig {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct DirectResponseConfig {
+    pub status: u16,
+    pub body: String,
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RedirectConfig {
+    /// 301, 302, 303, 307 or 308 (default 301).
+    pub status: Option<u16>,
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    /// Replaces the whole path.
+    pub path: Option<String>,
+    /// Replaces the matched `path_prefix` (like `prefix_rewrite`, for the Location).
+    pub prefix_rewrite: Option<String>,
+    pub strip_query: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct HeaderEditsConfig {
+    /// Headers to set (replacing any of the same name).
+    pub add: BTreeMap<String, String>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    Random,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    pub endpoints: Vec<EndpointConfig>,
+    pub lb: LbPolicy,
+    pub connect_timeout: ConfigDuration,
+    /// Time from sending the request until the response head has arrived.
+    pub request_timeout: ConfigDuration,
+    /// A response body that stalls this long between reads aborts the exchange.
+    pub read_timeout: ConfigDuration,
+    pub pool: PoolConfig,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            endpoints: Vec::new(),
+            lb: LbPolicy::default(),
+            connect_timeout: ConfigDuration::from_secs(2),
+            request_timeout: ConfigDuration::from_secs(15),
+            read_timeout: ConfigDuration::from_secs(60),
+            pool: PoolConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct PoolConfig {
+    /// Idle keep-alive connections kept per endpoint, per worker.
+    pub max_idle: usize,
+    pub idle_timeout: ConfigDuration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig { max_idle: 128, idle_timeout: ConfigDuration::from_secs(30) }
+    }
+}
+
+/// `"127.0.0.1:9000"` or `{ address = "127.0.0.1:9001", weight = 3 }`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointConfig {
+    pub address: String,
+    pub weight: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointTable {
+    address: String,
+    #[serde(default = "default_weight")]
+    weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl<'de> Deserialize<'de> for EndpointConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EndpointVisitor;
+        impl<'de> Visitor<'de> for EndpointVisitor {
+            type Value = EndpointConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"host:port\" or { address = \"host:port\", weight = N }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EndpointConfig, E> {
+                Ok(EndpointConfig { address: v.to_owned(), weight: 1 })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointConfig, A::Error> {
+                let t = EndpointTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(EndpointConfig { address: t.address, weight: t.weight })
+            }
+        }
+        deserializer.deserialize_any(EndpointVisitor)
+    }
+}
+
+/// `weft sidecar`: one inbound listener in front of the local app, one outbound
+/// listener the app calls, routed by `Host` to the cluster of that name.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SidecarConfig {
+    pub inbound: SidecarInbound,
+    pub outbound: SidecarOutbound,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SidecarInbound {
+    pub address: String,
+    /// The local application instance, `host:port`.
+    pub app: String,
+}
+
+impl Default for SidecarInbound {
+    fn default() -> Self {
+        SidecarInbound { address: "0.0.0.0:15006".into(), app: String::new() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SidecarOutbound {
+    pub address: String,
+    /// Routes tried before the implicit host -> cluster routes.
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Default for SidecarOutbound {
+    fn default() -> Self {
+        SidecarOutbound { address: "127.0.0.1:15001".into(), routes: Vec::new() }
+    }
+}

@@ -1,0 +1,208 @@
+//! The compiled, immutable `Snapshot` the data plane runs on, and its publisher.
+//!
+//! `compile` is the one place where a config is judged: every semantic problem is
+//! collected with the key it points at, so `weft check`, startup and reload agree.
+//! Everything the request path needs is precomputed here (route tables, cluster
+//! indices, lowercase header names, resolved endpoint addresses); the request path
+//! never parses or allocates config. Workers hold an `Arc<Snapshot>` per connection,
+//! so a swap never changes the rules under a request already running.
+
+mod compile;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+pub use compile::compile;
+pub use routes::{HeaderMatchKind, HeaderMatcher, HostMatch, PathMatch, RequestFacts, RouteTable};
+
+use crate::config::{ConfigFile, HttpConfig, IoDriver, LbPolicy, Role, UringConfig};
+
+/// Index of a cluster in `Snapshot::clusters`.
+pub type ClusterId = usize;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Monotonic per process; 0 until published.
+    pub version: u64,
+    /// FNV-1a of the config text: equal text, equal hash.
+    pub content_hash: u64,
+    pub role: Role,
+    pub source_file: std::path::PathBuf,
+    /// The config as parsed, for `/config` (weft's config holds no secrets yet).
+    pub source: ConfigFile,
+    pub runtime: RuntimeSettings,
+    pub admin_address: SocketAddr,
+    pub http: HttpConfig,
+    pub listeners: Vec<Listener>,
+    pub clusters: Vec<Cluster>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    pub workers: Option<usize>,
+    pub io: IoDriver,
+    pub cpus: Option<Vec<usize>>,
+    pub uring: UringConfig,
+}
+
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub routes: RouteTable,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    /// Operator-given name, or `LISTENER#INDEX`; the metrics label.
+    pub name: String,
+    pub host: HostMatch,
+    pub path: PathMatch,
+    pub method: Option<String>,
+    pub headers: Vec<HeaderMatcher>,
+    pub action: RouteAction,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub enum RouteAction {
+    Forward(Forward),
+    Direct(DirectResponse),
+    Redirect(Redirect),
+}
+
+#[derive(Debug)]
+pub struct Forward {
+    /// One target, or several for a weighted split.
+    pub targets: Vec<SplitTarget>,
+    pub total_weight: u32,
+    /// `(matched prefix, replacement)` when the route rewrites the path.
+    pub prefix_rewrite: Option<(String, String)>,
+}
+
+#[derive(Debug)]
+pub struct SplitTarget {
+    pub cluster: ClusterId,
+    pub weight: u32,
+}
+
+impl Forward {
+    /// Picks a target from a uniformly random `roll` in `0..total_weight`.
+    pub fn target_for(&self, mut roll: u32) -> &SplitTarget {
+        for t in &self.targets {
+            if roll < t.weight {
+                return t;
+            }
+            roll -= t.weight;
+        }
+        // Unreachable for roll < total_weight; the last target is a safe answer.
+        &self.targets[self.targets.len() - 1]
+    }
+}
+
+#[derive(Debug)]
+pub struct DirectResponse {
+    pub status: u16,
+    /// Shared, never copied per request.
+    pub body: Arc<[u8]>,
+    pub content_type: String,
+}
+
+#[derive(Debug)]
+pub struct Redirect {
+    pub status: u16,
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<(String, String)>,
+    pub strip_query: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct HeaderEdits {
+    /// `(lowercase name, value)`: replaces any header of that name.
+    pub set: Vec<(String, String)>,
+    /// Lowercase names.
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdits {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
+    /// Whether a header of this name is dropped (removed, or replaced by `set`).
+    pub fn drops(&self, name: &[u8]) -> bool {
+        self.remove.iter().chain(self.set.iter().map(|(n, _)| n)).any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+    }
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub lb: LbPolicy,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub read_timeout: Duration,
+    pub pool_max_idle: usize,
+    pub pool_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+impl Snapshot {
+    pub fn cluster_by_name(&self, name: &str) -> Option<ClusterId> {
+        self.clusters.iter().position(|c| c.name == name)
+    }
+}
+
+/// Holds the active snapshot; the control thread publishes, workers load.
+pub struct Publisher {
+    current: ArcSwap<Snapshot>,
+    next_version: AtomicU64,
+}
+
+impl Publisher {
+    pub fn new(mut first: Snapshot) -> Publisher {
+        first.version = 1;
+        Publisher { current: ArcSwap::from_pointee(first), next_version: AtomicU64::new(2) }
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Cheap read for hot paths that only need to compare versions.
+    pub fn peek(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// Publishes `next` with a fresh version; returns that version.
+    pub fn publish(&self, mut next: Snapshot) -> u64 {
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        next.version = version;
+        self.current.store(Arc::new(next));
+        version
+    }
+}
+
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
