@@ -1,0 +1,418 @@
+//! Request and response heads: parsing with httparse, then the framing rules of
+//! RFC 9112 that decide how long a message body is.
+//!
+//! A parsed head keeps its raw bytes (`Bytes`) and ranges into them, so parsing copies
+//! nothing. Anything that could let two parties disagree on where a message ends
+//! (Content-Length with Transfer-Encoding, differing Content-Lengths, a non-chunked
+//! final coding) is rejected here, before a byte is forwarded.
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+pub const HOP_BY_HOP: [&[u8]; 8] =
+    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"proxy-authorization"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    H10,
+    H11,
+}
+
+/// How the body that follows a head is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+    /// Response only: the body runs until the upstream closes.
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// Malformed request line or header (400).
+    Malformed(&'static str),
+    /// Head larger than the limit, or too many headers (431).
+    TooLarge,
+    /// A transfer coding weft does not implement (501).
+    UnsupportedEncoding,
+    /// An `Expect` other than 100-continue (417).
+    UnsupportedExpectation,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderField {
+    pub name: Range<usize>,
+    pub value: Range<usize>,
+}
+
+/// What the connection-management headers said.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionInfo {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+    /// Ranges of extra header names listed in `Connection`, to be dropped.
+    pub listed: Vec<Range<usize>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub raw: Bytes,
+    pub method: Range<usize>,
+    pub target: Range<usize>,
+    pub version: Version,
+    pub headers: Vec<HeaderField>,
+    pub framing: BodyFraming,
+    pub connection: ConnectionInfo,
+    pub host: Option<Range<usize>>,
+    pub expect_continue: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub raw: Bytes,
+    pub status: u16,
+    pub reason: Range<usize>,
+    pub version: Version,
+    pub headers: Vec<HeaderField>,
+    pub framing: BodyFraming,
+    pub connection: ConnectionInfo,
+}
+
+pub trait Head {
+    fn raw(&self) -> &[u8];
+    fn fields(&self) -> &[HeaderField];
+
+    fn name(&self, f: &HeaderField) -> &[u8] {
+        &self.raw()[f.name.clone()]
+    }
+    fn value(&self, f: &HeaderField) -> &[u8] {
+        &self.raw()[f.value.clone()]
+    }
+    /// First value of the header `name` (any case).
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.fields().iter().find(|f| self.name(f).eq_ignore_ascii_case(name.as_bytes())).map(|f| self.value(f))
+    }
+    /// Whether the header is one weft must not forward: hop-by-hop, or listed in `Connection`.
+    fn is_hop_by_hop(&self, f: &HeaderField, connection: &ConnectionInfo) -> bool {
+        let n = self.name(f);
+        HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h)) || connection.listed.iter().any(|r| n.eq_ignore_ascii_case(&self.raw()[r.clone()]))
+    }
+}
+
+impl Head for RequestHead {
+    fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+    fn fields(&self) -> &[HeaderField] {
+        &self.headers
+    }
+}
+
+impl Head for ResponseHead {
+    fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+    fn fields(&self) -> &[HeaderField] {
+        &self.headers
+    }
+}
+
+impl RequestHead {
+    pub fn method(&self) -> &[u8] {
+        &self.raw[self.method.clone()]
+    }
+    pub fn target(&self) -> &[u8] {
+        &self.raw[self.target.clone()]
+    }
+    pub fn host(&self) -> Option<&[u8]> {
+        self.host.clone().map(|r| &self.raw[r])
+    }
+    /// Keep the client connection open after this exchange?
+    pub fn wants_keep_alive(&self) -> bool {
+        match self.version {
+            Version::H11 => !self.connection.close,
+            Version::H10 => self.connection.keep_alive && !self.connection.close,
+        }
+    }
+    pub fn is_upgrade(&self) -> bool {
+        self.connection.upgrade && self.header("upgrade").is_some()
+    }
+}
+
+fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Tries to parse a request head at the front of `buf`. `Ok(None)`: need more bytes.
+/// On success the head's bytes are split off `buf`.
+pub fn parse_request(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Result<Option<RequestHead>, HeadError> {
+    // httparse wants a fixed slot array; 1024 is the config's upper bound.
+    let mut slots = [httparse::EMPTY_HEADER; 128];
+    let mut big_slots;
+    let slots: &mut [httparse::Header] = if max_headers <= slots.len() {
+        &mut slots[..max_headers]
+    } else {
+        big_slots = vec![httparse::EMPTY_HEADER; max_headers];
+        &mut big_slots
+    };
+    let mut req = httparse::Request::new(slots);
+    let status = match req.parse(buf) {
+        Ok(s) => s,
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) => return Err(HeadError::Malformed("unsupported HTTP version")),
+        Err(_) => return Err(HeadError::Malformed("malformed request line or header")),
+    };
+    let len = match status {
+        httparse::Status::Partial => {
+            return if buf.len() >= max_head { Err(HeadError::TooLarge) } else { Ok(None) };
+        }
+        httparse::Status::Complete(n) => n,
+    };
+    if len > max_head {
+        return Err(HeadError::TooLarge);
+    }
+    let base: &[u8] = buf;
+    let method = offset(base, req.method.unwrap_or_default().as_bytes());
+    let target = offset(base, req.path.unwrap_or_default().as_bytes());
+    let version = if req.version == Some(0) { Version::H10 } else { Version::H11 };
+    let headers: Vec<HeaderField> =
+        req.headers.iter().map(|h| HeaderField { name: offset(base, h.name.as_bytes()), value: offset(base, h.value) }).collect();
+    let raw = buf.split_to(len).freeze();
+    let mut head = RequestHead {
+        raw,
+        method,
+        target,
+        version,
+        headers,
+        framing: BodyFraming::None,
+        connection: ConnectionInfo::default(),
+        host: None,
+        expect_continue: false,
+    };
+    let facts = scan_headers(&head.raw, &head.headers)?;
+    if facts.hosts > 1 {
+        return Err(HeadError::Malformed("more than one Host header"));
+    }
+    if head.version == Version::H11 && facts.host.is_none() {
+        return Err(HeadError::Malformed("HTTP/1.1 request without Host"));
+    }
+    let target = head.target();
+    if target.is_empty() || !(target[0] == b'/' || target == b"*" || target.starts_with(b"http://") || target.starts_with(b"https://")) {
+        return Err(HeadError::Malformed("request target must be a path or an absolute URI"));
+    }
+    head.framing = match (facts.chunked, facts.length) {
+        (Some(_), Some(_)) => return Err(HeadError::Malformed("both Content-Length and Transfer-Encoding")),
+        (Some(_), None) if head.version == Version::H10 => return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request")),
+        (Some(true), None) => BodyFraming::Chunked,
+        (Some(false), None) => return Err(HeadError::UnsupportedEncoding),
+        (None, Some(0)) | (None, None) => BodyFraming::None,
+        (None, Some(n)) => BodyFraming::Length(n),
+    };
+    if let Some(exp) = &facts.expect {
+        if exp.eq_ignore_ascii_case(b"100-continue") {
+            head.expect_continue = head.version == Version::H11;
+        } else {
+            return Err(HeadError::UnsupportedExpectation);
+        }
+    }
+    head.host = facts.host;
+    head.connection = facts.connection;
+    Ok(Some(head))
+}
+
+/// Tries to parse a response head at the front of `buf`; `request_method` and the status
+/// decide whether a body follows (HEAD, 1xx, 204, 304 have none).
+pub fn parse_response(buf: &mut BytesMut, max_head: usize, head_request: bool) -> Result<Option<ResponseHead>, HeadError> {
+    let mut slots = [httparse::EMPTY_HEADER; 128];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return if buf.len() >= max_head { Err(HeadError::TooLarge) } else { Ok(None) },
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Malformed("malformed response from upstream")),
+    };
+    let base: &[u8] = buf;
+    let status = resp.code.unwrap_or(0);
+    let reason = offset(base, resp.reason.unwrap_or_default().as_bytes());
+    let version = if resp.version == Some(0) { Version::H10 } else { Version::H11 };
+    let headers: Vec<HeaderField> =
+        resp.headers.iter().map(|h| HeaderField { name: offset(base, h.name.as_bytes()), value: offset(base, h.value) }).collect();
+    let raw = buf.split_to(len).freeze();
+    let facts = scan_headers(&raw, &headers)?;
+    let no_body = head_request || (100..200).contains(&status) || status == 204 || status == 304;
+    let framing = if no_body {
+        BodyFraming::None
+    } else {
+        match (facts.chunked, facts.length) {
+            (Some(_), Some(_)) => return Err(HeadError::Malformed("upstream sent both Content-Length and Transfer-Encoding")),
+            (Some(true), None) => BodyFraming::Chunked,
+            // A non-chunked final coding on a response: the body ends at close.
+            (Some(false), None) => BodyFraming::UntilClose,
+            (None, Some(0)) => BodyFraming::None,
+            (None, Some(n)) => BodyFraming::Length(n),
+            (None, None) => BodyFraming::UntilClose,
+        }
+    };
+    let mut connection = facts.connection;
+    if version == Version::H10 && !connection.keep_alive {
+        connection.close = true;
+    }
+    Ok(Some(ResponseHead { raw, status, reason, version, headers, framing, connection }))
+}
+
+#[derive(Default)]
+struct HeaderFacts {
+    /// `Some(true)`: chunked is the final (and only) coding; `Some(false)`: something else.
+    chunked: Option<bool>,
+    length: Option<u64>,
+    host: Option<Range<usize>>,
+    hosts: usize,
+    expect: Option<Vec<u8>>,
+    connection: ConnectionInfo,
+}
+
+fn scan_headers(raw: &[u8], headers: &[HeaderField]) -> Result<HeaderFacts, HeadError> {
+    let mut f = HeaderFacts::default();
+    let mut codings = 0usize;
+    for h in headers {
+        let name = &raw[h.name.clone()];
+        let value = &raw[h.value.clone()];
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for part in value.split(|&b| b == b',') {
+                let n = parse_length(trim(part)).ok_or(HeadError::Malformed("invalid Content-Length"))?;
+                if f.length.is_some_and(|prev| prev != n) {
+                    return Err(HeadError::Malformed("conflicting Content-Length values"));
+                }
+                f.length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            for coding in value.split(|&b| b == b',').map(trim).filter(|c| !c.is_empty()) {
+                codings += 1;
+                f.chunked = Some(coding.eq_ignore_ascii_case(b"chunked") && codings == 1);
+            }
+            if codings == 0 {
+                return Err(HeadError::Malformed("empty Transfer-Encoding"));
+            }
+        } else if name.eq_ignore_ascii_case(b"host") {
+            f.hosts += 1;
+            f.host = Some(h.value.clone());
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(trim) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    f.connection.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    f.connection.keep_alive = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    f.connection.upgrade = true;
+                } else if !token.is_empty() {
+                    let start = token.as_ptr() as usize - raw.as_ptr() as usize;
+                    f.connection.listed.push(start..start + token.len());
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            f.expect = Some(trim(value).to_vec());
+        }
+    }
+    // `chunked` must be the last coding: any coding after it makes chunked not final.
+    if codings > 1 {
+        f.chunked = Some(false);
+    }
+    Ok(f)
+}
+
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add((d - b'0') as u64))
+}
+
+pub fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(text: &str) -> Result<Option<RequestHead>, HeadError> {
+        let mut b = BytesMut::from(text);
+        parse_request(&mut b, 8192, 100)
+    }
+
+    #[test]
+    fn parses_a_simple_request_and_leaves_the_rest() {
+        let mut b = BytesMut::from("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\nNEXT");
+        let h = parse_request(&mut b, 8192, 100).unwrap().unwrap();
+        assert_eq!(h.method(), b"GET");
+        assert_eq!(h.target(), b"/a?b=1");
+        assert_eq!(h.host(), Some(&b"x"[..]));
+        assert_eq!(h.header("x-a"), Some(&b"1"[..]));
+        assert_eq!(h.framing, BodyFraming::None);
+        assert_eq!(&b[..], b"NEXT");
+    }
+
+    #[test]
+    fn partial_until_complete_then_limits() {
+        assert!(req("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        let mut b = BytesMut::from(&[b'a'; 9000][..]);
+        assert!(parse_request(&mut b, 8192, 100).is_err());
+        let mut b = BytesMut::from(format!("GET / HTTP/1.1\r\nHost: x\r\nA: {}\r\n", "v".repeat(9000)).as_str());
+        assert_eq!(parse_request(&mut b, 8192, 100).unwrap_err(), HeadError::TooLarge);
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        let both = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(req(both), Err(HeadError::Malformed(_))));
+        let two = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
+        assert!(matches!(req(two), Err(HeadError::Malformed(_))));
+        let same = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(req(same).unwrap().unwrap().framing, BodyFraming::Length(3));
+        let signed = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n";
+        assert!(matches!(req(signed), Err(HeadError::Malformed(_))));
+        let gzip = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n";
+        assert_eq!(req(gzip).unwrap_err(), HeadError::UnsupportedEncoding);
+        let not_last = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
+        assert_eq!(req(not_last).unwrap_err(), HeadError::UnsupportedEncoding);
+        let chunked = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(req(chunked).unwrap().unwrap().framing, BodyFraming::Chunked);
+    }
+
+    #[test]
+    fn bad_bytes_and_missing_host_are_malformed() {
+        assert!(matches!(req("GET / HTTP/1.1\r\nHost: x\r\nA: b\0c\r\n\r\n"), Err(HeadError::Malformed(_))));
+        assert!(matches!(req("GET / HTTP/1.1\r\n\r\n"), Err(HeadError::Malformed(_))));
+        assert!(matches!(req("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), Err(HeadError::Malformed(_))));
+        assert!(matches!(req("GET nope HTTP/1.1\r\nHost: a\r\n\r\n"), Err(HeadError::Malformed(_))));
+        assert_eq!(req("GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n").unwrap_err(), HeadError::UnsupportedExpectation);
+    }
+
+    #[test]
+    fn connection_tokens_are_hop_by_hop() {
+        let h = req("GET / HTTP/1.1\r\nHost: x\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nUpgrade: websocket\r\n\r\n").unwrap().unwrap();
+        assert!(h.connection.close && !h.wants_keep_alive());
+        let secret = h.headers.iter().find(|f| h.name(f) == b"X-Secret").unwrap();
+        assert!(h.is_hop_by_hop(secret, &h.connection));
+        let h10 = req("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!h10.wants_keep_alive());
+    }
+
+    #[test]
+    fn response_bodies_follow_method_and_status() {
+        let parse = |t: &str, head: bool| parse_response(&mut BytesMut::from(t), 8192, head).unwrap().unwrap().framing;
+        assert_eq!(parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false), BodyFraming::Length(5));
+        assert_eq!(parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true), BodyFraming::None);
+        assert_eq!(parse("HTTP/1.1 204 No Content\r\n\r\n", false), BodyFraming::None);
+        assert_eq!(parse("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", false), BodyFraming::None);
+        assert_eq!(parse("HTTP/1.1 200 OK\r\n\r\n", false), BodyFraming::UntilClose);
+        assert_eq!(parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false), BodyFraming::Chunked);
+    }
+}

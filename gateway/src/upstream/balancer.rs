@@ -1,0 +1,99 @@
+//! Per-worker endpoint choice for one cluster.
+//!
+//! `round_robin` is nginx's smooth weighted round robin: with weights 1 and 3 the
+//! order is b, a, b, b, ... (never a burst of the heavy endpoint). `random` is weighted
+//! random. State is owned by the worker; workers do not coordinate, so across workers
+//! the weights hold in aggregate.
+
+use std::cell::RefCell;
+
+use weft_mesh::config::LbPolicy;
+use weft_mesh::snapshot::Cluster;
+
+pub struct Balancer {
+    policy: LbPolicy,
+    /// Smooth WRR running weights, one per endpoint.
+    current: RefCell<Vec<i64>>,
+}
+
+impl Balancer {
+    pub fn new(cluster: &Cluster) -> Balancer {
+        Balancer { policy: cluster.lb, current: RefCell::new(vec![0; cluster.endpoints.len()]) }
+    }
+
+    /// Index into `cluster.endpoints`, or `None` for a cluster with no endpoints.
+    pub fn pick(&self, cluster: &Cluster) -> Option<usize> {
+        let eps = &cluster.endpoints;
+        match eps.len() {
+            0 => None,
+            1 => Some(0),
+            _ => match self.policy {
+                LbPolicy::Random => {
+                    let total: u64 = eps.iter().map(|e| e.weight as u64).sum();
+                    let mut roll = fastrand::u64(0..total.max(1));
+                    eps.iter().position(|e| {
+                        if roll < e.weight as u64 {
+                            true
+                        } else {
+                            roll -= e.weight as u64;
+                            false
+                        }
+                    })
+                }
+                LbPolicy::RoundRobin => {
+                    let mut cur = self.current.borrow_mut();
+                    if cur.len() != eps.len() {
+                        *cur = vec![0; eps.len()];
+                    }
+                    let mut total = 0i64;
+                    let mut best = 0usize;
+                    for (i, e) in eps.iter().enumerate() {
+                        cur[i] += e.weight as i64;
+                        total += e.weight as i64;
+                        if cur[i] > cur[best] {
+                            best = i;
+                        }
+                    }
+                    cur[best] -= total;
+                    Some(best)
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use weft_mesh::snapshot::Endpoint;
+
+    fn cluster(weights: &[u32], lb: LbPolicy) -> Cluster {
+        Cluster {
+            name: "c".into(),
+            endpoints: weights.iter().enumerate().map(|(i, &w)| Endpoint { address: ([127, 0, 0, 1], i as u16 + 1).into(), weight: w }).collect(),
+            lb,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            pool_max_idle: 1,
+            pool_idle_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn smooth_weighted_round_robin_interleaves() {
+        let c = cluster(&[1, 3], LbPolicy::RoundRobin);
+        let b = Balancer::new(&c);
+        let picks: Vec<usize> = (0..8).map(|_| b.pick(&c).unwrap()).collect();
+        assert_eq!(picks, vec![1, 0, 1, 1, 1, 0, 1, 1]);
+    }
+
+    #[test]
+    fn random_follows_weights() {
+        let c = cluster(&[1, 9], LbPolicy::Random);
+        let b = Balancer::new(&c);
+        let heavy = (0..10_000).filter(|_| b.pick(&c) == Some(1)).count();
+        assert!((8_500..9_500).contains(&heavy), "{heavy}");
+    }
+}

@@ -1,0 +1,87 @@
+//! Upstream side of a worker: which endpoint, and a connection to it.
+//!
+//! Everything here is per worker: the pool and the balancers are owned, never shared.
+//! Balancer state is rebuilt when the worker first sees a new snapshot version.
+
+mod balancer;
+mod pool;
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use monoio::net::TcpStream;
+use weft_mesh::snapshot::{Cluster, ClusterId, Snapshot};
+
+pub use balancer::Balancer;
+pub use pool::Pool;
+
+use crate::transport::Conn;
+
+#[derive(Debug)]
+pub enum ConnectError {
+    NoEndpoints,
+    Refused(io::Error),
+    TimedOut,
+}
+
+/// A connection to an upstream, and whether it came from the pool.
+pub struct Upstream {
+    pub conn: Conn,
+    pub endpoint: SocketAddr,
+    pub reused: bool,
+}
+
+pub struct Upstreams {
+    pub pool: Pool,
+    balancers: RefCell<(u64, Vec<Rc<Balancer>>)>,
+}
+
+impl Upstreams {
+    pub fn new() -> Upstreams {
+        Upstreams { pool: Pool::default(), balancers: RefCell::new((0, Vec::new())) }
+    }
+
+    fn balancer(&self, snapshot: &Snapshot, id: ClusterId) -> Rc<Balancer> {
+        let mut b = self.balancers.borrow_mut();
+        if b.0 != snapshot.version {
+            *b = (snapshot.version, snapshot.clusters.iter().map(|c| Rc::new(Balancer::new(c))).collect());
+        }
+        b.1[id].clone()
+    }
+
+    /// Picks an endpoint of the cluster and returns a pooled or fresh connection to it.
+    pub async fn connect(&self, snapshot: &Snapshot, id: ClusterId) -> Result<Upstream, ConnectError> {
+        let cluster = &snapshot.clusters[id];
+        let idx = self.balancer(snapshot, id).pick(cluster).ok_or(ConnectError::NoEndpoints)?;
+        let endpoint = cluster.endpoints[idx].address;
+        if let Some(conn) = self.pool.checkout(endpoint) {
+            return Ok(Upstream { conn, endpoint, reused: true });
+        }
+        let conn = self.fresh(cluster, endpoint).await?;
+        Ok(Upstream { conn, endpoint, reused: false })
+    }
+
+    /// A new connection to `endpoint`, bypassing the pool.
+    pub async fn fresh(&self, cluster: &Cluster, endpoint: SocketAddr) -> Result<Conn, ConnectError> {
+        match monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(endpoint)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(Conn::new(stream))
+            }
+            Ok(Err(e)) => Err(ConnectError::Refused(e)),
+            Err(_) => Err(ConnectError::TimedOut),
+        }
+    }
+
+    pub fn release(&self, cluster: &Cluster, up: Upstream) {
+        self.pool.checkin(up.endpoint, up.conn, cluster.pool_max_idle, cluster.pool_idle_timeout);
+    }
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,82 @@
+//! Per-worker keep-alive connection pool, keyed by endpoint address.
+//!
+//! Owned by one worker (`RefCell`, no lock). Idle connections hold no read buffer.
+//! A connection is handed out only if it is still alive: one that expired
+//! (`idle_timeout`) or that the upstream closed while it sat idle is dropped at checkout
+//! (a non-blocking `MSG_PEEK` sees the FIN), so a request is never written to a socket
+//! the upstream already closed. A sweeper closes expired connections in the background
+//! so idle sockets do not linger on the upstream.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use crate::transport::Conn;
+
+struct IdleConn {
+    conn: Conn,
+    since: Instant,
+    /// The cluster's idle timeout when the connection was parked.
+    idle_timeout: Duration,
+}
+
+#[derive(Default)]
+pub struct Pool {
+    idle: RefCell<HashMap<SocketAddr, Vec<IdleConn>>>,
+}
+
+impl Pool {
+    /// Most recently used live connection to `endpoint`, if any.
+    pub fn checkout(&self, endpoint: SocketAddr) -> Option<Conn> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&endpoint)?;
+        let now = Instant::now();
+        while let Some(c) = list.pop() {
+            if now.duration_since(c.since) < c.idle_timeout && is_open(&c.conn) {
+                return Some(c.conn);
+            }
+        }
+        None
+    }
+
+    /// Parks a connection whose exchange ended cleanly and that may be reused.
+    pub fn checkin(&self, endpoint: SocketAddr, mut conn: Conn, max_idle: usize, idle_timeout: Duration) {
+        if max_idle == 0 || !conn.buf.is_empty() {
+            return;
+        }
+        conn.release_buffer();
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(endpoint).or_default();
+        if list.len() >= max_idle {
+            list.remove(0);
+        }
+        list.push(IdleConn { conn, since: Instant::now(), idle_timeout });
+    }
+
+    /// Closes connections idle past their timeout; run periodically by the worker.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut idle = self.idle.borrow_mut();
+        for list in idle.values_mut() {
+            list.retain(|c| now.duration_since(c.since) < c.idle_timeout);
+        }
+        idle.retain(|_, list| !list.is_empty());
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+}
+
+/// True unless the peer has closed (EOF or reset) or sent unsolicited bytes.
+fn is_open(conn: &Conn) -> bool {
+    let mut byte = [0u8; 1];
+    // SAFETY: recv into a valid 1-byte stack buffer on a socket fd we own; MSG_PEEK
+    // leaves the data in the socket and MSG_DONTWAIT never blocks the worker.
+    let n = unsafe {
+        libc::recv(conn.stream.as_raw_fd(), byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
