@@ -1,1 +1,164 @@
-fn main(){}
+//! The `weft` binary: parse the command line, load and validate the config, run.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weft_gateway::runtime::{self, Overrides};
+use weft_mesh::config::{self, Role};
+use weft_mesh::snapshot::{self, RouteAction, Snapshot};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "weft",
+    version,
+    about = "Edge ingress and service-mesh sidecar: one thread-per-core HTTP proxy engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run as an edge proxy: terminate client connections on the configured listeners.
+    Ingress(RunArgs),
+    /// Run beside one service instance: inbound (mesh -> app) and outbound (app -> mesh).
+    Sidecar(RunArgs),
+    /// Validate a config file: print a summary and exit 0, or every error and exit 1.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Check as this role; default: sidecar if the file has a [sidecar] table.
+        #[arg(long, value_parser = ["ingress", "sidecar"])]
+        role: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Worker threads (overrides runtime.workers; default one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Ingress(args) => run(args, Role::Ingress),
+        Command::Sidecar(args) => run(args, Role::Sidecar),
+        Command::Check { config, role } => {
+            let role = match role.as_deref() {
+                Some("sidecar") => Role::Sidecar,
+                Some(_) => Role::Ingress,
+                None => guess_role(&config),
+            };
+            match load(&config, role) {
+                Ok(snap) => {
+                    print!("{}", summary(&snap));
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
+    }
+}
+
+fn run(args: RunArgs, role: Role) -> ExitCode {
+    if args.workers == Some(0) {
+        eprintln!("--workers: must be at least 1");
+        return ExitCode::FAILURE;
+    }
+    let snap = match load(&args.config, role) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match runtime::run(
+        snap,
+        Overrides {
+            workers: args.workers,
+        },
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}: {e}", args.config.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads and compiles; on failure prints every error as `FILE: key: problem`.
+fn load(file: &Path, role: Role) -> Result<Snapshot, ExitCode> {
+    let compiled = config::load(file, role).and_then(|loaded| snapshot::compile(&loaded));
+    compiled.map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!(
+            "{}: {} error(s); nothing was started",
+            file.display(),
+            errors.0.len()
+        );
+        ExitCode::FAILURE
+    })
+}
+
+fn guess_role(file: &Path) -> Role {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let has_sidecar = text
+        .parse::<toml::Table>()
+        .map(|t| t.contains_key("sidecar"))
+        .unwrap_or(false);
+    if has_sidecar {
+        Role::Sidecar
+    } else {
+        Role::Ingress
+    }
+}
+
+fn summary(s: &Snapshot) -> String {
+    let mut out = format!("{}: ok ({:?})\n", s.source_file.display(), s.role);
+    for l in &s.listeners {
+        out += &format!(
+            "  listener {} on {}: {} route(s)\n",
+            l.name,
+            l.address,
+            l.routes.routes.len()
+        );
+        for r in &l.routes.routes {
+            let action = match &r.action {
+                RouteAction::Forward(f) => {
+                    let targets: Vec<String> = f
+                        .targets
+                        .iter()
+                        .map(|t| format!("{}={}", s.clusters[t.cluster].name, t.weight))
+                        .collect();
+                    format!("-> {}", targets.join(", "))
+                }
+                RouteAction::Direct(d) => format!("direct_response {}", d.status),
+                RouteAction::Redirect(r) => format!("redirect {}", r.status),
+            };
+            out += &format!("    route {}: {action}\n", r.name);
+        }
+    }
+    for c in &s.clusters {
+        let eps: Vec<String> = c
+            .endpoints
+            .iter()
+            .map(|e| format!("{} (weight {})", e.address, e.weight))
+            .collect();
+        out += &format!("  cluster {}: {:?}, {}\n", c.name, c.lb, eps.join(", "));
+    }
+    out += &format!("  admin on {}\n", s.admin_address);
+    out
+}

@@ -33,7 +33,10 @@ const INITIAL_READ: usize = 4096;
 
 impl Conn {
     pub fn new(stream: TcpStream) -> Conn {
-        Conn { stream, buf: BytesMut::new() }
+        Conn {
+            stream,
+            buf: BytesMut::new(),
+        }
     }
 
     fn spare(&mut self, want: usize) -> SliceMut<BytesMut> {
@@ -53,7 +56,11 @@ impl Conn {
         res
     }
 
-    pub async fn fill_with_timeout(&mut self, want: usize, limit: Duration) -> Result<usize, ReadError> {
+    pub async fn fill_with_timeout(
+        &mut self,
+        want: usize,
+        limit: Duration,
+    ) -> Result<usize, ReadError> {
         match monoio::time::timeout(limit, self.fill(want)).await {
             Ok(r) => r.map_err(ReadError::Io),
             Err(_) => Err(ReadError::TimedOut),
@@ -63,19 +70,24 @@ impl Conn {
     /// Waits for the next request on a keep-alive connection and reads its first bytes.
     /// Holds a read buffer only for `hold`; after that, waits for readiness with no
     /// buffer until `idle` has passed in all. `Ok(0)`: the peer closed.
-    pub async fn fill_after_idle(&mut self, hold: Duration, idle: Duration) -> Result<usize, ReadError> {
+    pub async fn fill_after_idle(
+        &mut self,
+        hold: Duration,
+        idle: Duration,
+    ) -> Result<usize, ReadError> {
         if hold >= idle {
             return self.fill_with_timeout(INITIAL_READ, idle).await;
         }
         let canceller = Canceller::new();
         let slice = self.spare(INITIAL_READ);
-        let read = self.stream.cancelable_read(slice, canceller.handle());
-        monoio::pin!(read);
-        let (res, slice) = monoio::select! {
-            r = &mut read => r,
-            _ = monoio::time::sleep(hold) => {
-                canceller.cancel();
-                read.await
+        let (res, slice) = {
+            let mut read = std::pin::pin!(self.stream.cancelable_read(slice, canceller.handle()));
+            monoio::select! {
+                r = &mut read => r,
+                _ = monoio::time::sleep(hold) => {
+                    let _ = canceller.cancel();
+                    read.await
+                }
             }
         };
         self.buf = slice.into_inner();

@@ -18,7 +18,10 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn new(cluster: &Cluster) -> Balancer {
-        Balancer { policy: cluster.lb, current: RefCell::new(vec![0; cluster.endpoints.len()]) }
+        Balancer {
+            policy: cluster.lb,
+            current: RefCell::new(vec![0; cluster.endpoints.len()]),
+        }
     }
 
     /// Index into `cluster.endpoints`, or `None` for a cluster with no endpoints.
@@ -71,7 +74,14 @@ mod tests {
     fn cluster(weights: &[u32], lb: LbPolicy) -> Cluster {
         Cluster {
             name: "c".into(),
-            endpoints: weights.iter().enumerate().map(|(i, &w)| Endpoint { address: ([127, 0, 0, 1], i as u16 + 1).into(), weight: w }).collect(),
+            endpoints: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| Endpoint {
+                    address: ([127, 0, 0, 1], i as u16 + 1).into(),
+                    weight: w,
+                })
+                .collect(),
             lb,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),

@@ -40,32 +40,63 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn new() -> Upstreams {
-        Upstreams { pool: Pool::default(), balancers: RefCell::new((0, Vec::new())) }
+        Upstreams {
+            pool: Pool::default(),
+            balancers: RefCell::new((0, Vec::new())),
+        }
     }
 
     fn balancer(&self, snapshot: &Snapshot, id: ClusterId) -> Rc<Balancer> {
         let mut b = self.balancers.borrow_mut();
         if b.0 != snapshot.version {
-            *b = (snapshot.version, snapshot.clusters.iter().map(|c| Rc::new(Balancer::new(c))).collect());
+            *b = (
+                snapshot.version,
+                snapshot
+                    .clusters
+                    .iter()
+                    .map(|c| Rc::new(Balancer::new(c)))
+                    .collect(),
+            );
         }
         b.1[id].clone()
     }
 
     /// Picks an endpoint of the cluster and returns a pooled or fresh connection to it.
-    pub async fn connect(&self, snapshot: &Snapshot, id: ClusterId) -> Result<Upstream, ConnectError> {
+    pub async fn connect(
+        &self,
+        snapshot: &Snapshot,
+        id: ClusterId,
+    ) -> Result<Upstream, ConnectError> {
         let cluster = &snapshot.clusters[id];
-        let idx = self.balancer(snapshot, id).pick(cluster).ok_or(ConnectError::NoEndpoints)?;
+        let idx = self
+            .balancer(snapshot, id)
+            .pick(cluster)
+            .ok_or(ConnectError::NoEndpoints)?;
         let endpoint = cluster.endpoints[idx].address;
         if let Some(conn) = self.pool.checkout(endpoint) {
-            return Ok(Upstream { conn, endpoint, reused: true });
+            return Ok(Upstream {
+                conn,
+                endpoint,
+                reused: true,
+            });
         }
         let conn = self.fresh(cluster, endpoint).await?;
-        Ok(Upstream { conn, endpoint, reused: false })
+        Ok(Upstream {
+            conn,
+            endpoint,
+            reused: false,
+        })
     }
 
     /// A new connection to `endpoint`, bypassing the pool.
-    pub async fn fresh(&self, cluster: &Cluster, endpoint: SocketAddr) -> Result<Conn, ConnectError> {
-        match monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(endpoint)).await {
+    pub async fn fresh(
+        &self,
+        cluster: &Cluster,
+        endpoint: SocketAddr,
+    ) -> Result<Conn, ConnectError> {
+        match monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(endpoint))
+            .await
+        {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 Ok(Conn::new(stream))
@@ -76,7 +107,12 @@ impl Upstreams {
     }
 
     pub fn release(&self, cluster: &Cluster, up: Upstream) {
-        self.pool.checkin(up.endpoint, up.conn, cluster.pool_max_idle, cluster.pool_idle_timeout);
+        self.pool.checkin(
+            up.endpoint,
+            up.conn,
+            cluster.pool_max_idle,
+            cluster.pool_idle_timeout,
+        );
     }
 }
 

@@ -42,7 +42,13 @@ impl Pool {
     }
 
     /// Parks a connection whose exchange ended cleanly and that may be reused.
-    pub fn checkin(&self, endpoint: SocketAddr, mut conn: Conn, max_idle: usize, idle_timeout: Duration) {
+    pub fn checkin(
+        &self,
+        endpoint: SocketAddr,
+        mut conn: Conn,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) {
         if max_idle == 0 || !conn.buf.is_empty() {
             return;
         }
@@ -52,7 +58,11 @@ impl Pool {
         if list.len() >= max_idle {
             list.remove(0);
         }
-        list.push(IdleConn { conn, since: Instant::now(), idle_timeout });
+        list.push(IdleConn {
+            conn,
+            since: Instant::now(),
+            idle_timeout,
+        });
     }
 
     /// Closes connections idle past their timeout; run periodically by the worker.
@@ -76,7 +86,12 @@ fn is_open(conn: &Conn) -> bool {
     // SAFETY: recv into a valid 1-byte stack buffer on a socket fd we own; MSG_PEEK
     // leaves the data in the socket and MSG_DONTWAIT never blocks the worker.
     let n = unsafe {
-        libc::recv(conn.stream.as_raw_fd(), byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        libc::recv(
+            conn.stream.as_raw_fd(),
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
     };
     n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }

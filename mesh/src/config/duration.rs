@@ -20,18 +20,28 @@ impl ConfigDuration {
 /// Parses `<integer><unit>` with unit one of `ms`, `s`, `m`, `h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits_end);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (write e.g. \"250ms\", \"5s\", \"2m\")"))?;
+    let n: u64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration (write e.g. \"250ms\", \"5s\", \"2m\")")
+    })?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "" => return Err(format!("`{text}` has no unit (write e.g. \"{n}s\" or \"{n}ms\")")),
-        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
+        "" => {
+            return Err(format!(
+                "`{text}` has no unit (write e.g. \"{n}s\" or \"{n}ms\")"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m or h)"
+            ))
+        }
     };
     Ok(d)
 }
@@ -78,7 +88,9 @@ mod tests {
     #[test]
     fn refuses_missing_or_unknown_units() {
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5d").unwrap_err().contains("unknown duration unit"));
+        assert!(parse_duration("5d")
+            .unwrap_err()
+            .contains("unknown duration unit"));
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("").is_err());
     }

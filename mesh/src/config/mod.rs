@@ -36,7 +36,13 @@ impl fmt::Display for ConfigError {
         if self.path.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.problem)
         } else {
-            write!(f, "{}: {}: {}", self.file.display(), self.path, self.problem)
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.path,
+                self.problem
+            )
         }
     }
 }
@@ -71,7 +77,11 @@ pub struct LoadedConfig {
 /// Reads and parses `file`. Semantic validation happens in `snapshot::compile`.
 pub fn load(file: &Path, role: Role) -> Result<LoadedConfig, ConfigErrors> {
     let text = std::fs::read_to_string(file).map_err(|e| {
-        ConfigErrors(vec![ConfigError { file: file.to_owned(), path: String::new(), problem: format!("cannot read: {e}") }])
+        ConfigErrors(vec![ConfigError {
+            file: file.to_owned(),
+            path: String::new(),
+            problem: format!("cannot read: {e}"),
+        }])
     })?;
     parse(file, &text, role)
 }
@@ -85,21 +95,37 @@ pub fn parse(file: &Path, text: &str, role: Role) -> Result<LoadedConfig, Config
     let parsed: Result<ConfigFile, _> = serde_path_to_error::deserialize(tracked);
     let mut errors: Vec<ConfigError> = unknown
         .into_iter()
-        .map(|path| ConfigError { file: file.to_owned(), path, problem: "unknown key".into() })
+        .map(|path| ConfigError {
+            file: file.to_owned(),
+            path,
+            problem: "unknown key".into(),
+        })
         .collect();
     match parsed {
-        Ok(config) if errors.is_empty() => Ok(LoadedConfig { file: file.to_owned(), role, source_text: text.to_owned(), config }),
+        Ok(config) if errors.is_empty() => Ok(LoadedConfig {
+            file: file.to_owned(),
+            role,
+            source_text: text.to_owned(),
+            config,
+        }),
         Ok(_) => Err(ConfigErrors(errors)),
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let problem = inner.message().to_string();
             let path = if path == "." || path.is_empty() {
-                inner.span().map(|s| line_col(text, s.start)).unwrap_or_default()
+                inner
+                    .span()
+                    .map(|s| line_col(text, s.start))
+                    .unwrap_or_default()
             } else {
                 path
             };
-            errors.push(ConfigError { file: file.to_owned(), path, problem });
+            errors.push(ConfigError {
+                file: file.to_owned(),
+                path,
+                problem,
+            });
             Err(ConfigErrors(errors))
         }
     }
@@ -125,7 +151,9 @@ fn render_ignored_path(path: &serde_ignored::Path) -> String {
                 format!("{p}.{key}")
             }
         }
-        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => render_ignored_path(parent),
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            render_ignored_path(parent)
+        }
     }
 }
 
@@ -134,7 +162,12 @@ mod tests {
     use super::*;
 
     fn errs(text: &str) -> Vec<String> {
-        parse(Path::new("t.toml"), text, Role::Ingress).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+        parse(Path::new("t.toml"), text, Role::Ingress)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
@@ -151,16 +184,28 @@ mod tests {
             cluster = "c"
             "#,
         );
-        assert_eq!(e, vec!["t.toml: runtime.wrokers: unknown key", "t.toml: listeners[0].routes[0].match.hots: unknown key"]);
+        assert_eq!(
+            e,
+            vec![
+                "t.toml: runtime.wrokers: unknown key",
+                "t.toml: listeners[0].routes[0].match.hots: unknown key"
+            ]
+        );
     }
 
     #[test]
     fn type_errors_name_the_key() {
         let e = errs("[clusters.api]\nendpoints = [\"127.0.0.1:1\", { address = \"127.0.0.1:2\", weight = -1 }]\n");
         assert_eq!(e.len(), 1);
-        assert!(e[0].starts_with("t.toml: clusters.api.endpoints[1]"), "{e:?}");
+        assert!(
+            e[0].starts_with("t.toml: clusters.api.endpoints[1]"),
+            "{e:?}"
+        );
         let e = errs("[clusters.api]\nconnect_timeout = \"5\"\n");
-        assert!(e[0].starts_with("t.toml: clusters.api.connect_timeout: "), "{e:?}");
+        assert!(
+            e[0].starts_with("t.toml: clusters.api.connect_timeout: "),
+            "{e:?}"
+        );
         assert!(e[0].contains("no unit"), "{e:?}");
     }
 

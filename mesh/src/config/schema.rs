@@ -63,7 +63,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { address: "127.0.0.1:9901".into() }
+        AdminConfig {
+            address: "127.0.0.1:9901".into(),
+        }
     }
 }
 
@@ -113,7 +115,12 @@ pub struct ForwardedConfig {
 
 impl Default for ForwardedConfig {
     fn default() -> Self {
-        ForwardedConfig { x_forwarded_for: true, x_forwarded_proto: true, forwarded: false, request_id: true }
+        ForwardedConfig {
+            x_forwarded_for: true,
+            x_forwarded_proto: true,
+            forwarded: false,
+            request_id: true,
+        }
     }
 }
 
@@ -247,7 +254,10 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig { max_idle: 128, idle_timeout: ConfigDuration::from_secs(30) }
+        PoolConfig {
+            max_idle: 128,
+            idle_timeout: ConfigDuration::from_secs(30),
+        }
     }
 }
 
@@ -279,11 +289,17 @@ impl<'de> Deserialize<'de> for EndpointConfig {
                 f.write_str("\"host:port\" or { address = \"host:port\", weight = N }")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<EndpointConfig, E> {
-                Ok(EndpointConfig { address: v.to_owned(), weight: 1 })
+                Ok(EndpointConfig {
+                    address: v.to_owned(),
+                    weight: 1,
+                })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointConfig, A::Error> {
                 let t = EndpointTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(EndpointConfig { address: t.address, weight: t.weight })
+                Ok(EndpointConfig {
+                    address: t.address,
+                    weight: t.weight,
+                })
             }
         }
         deserializer.deserialize_any(EndpointVisitor)
@@ -309,7 +325,10 @@ pub struct SidecarInbound {
 
 impl Default for SidecarInbound {
     fn default() -> Self {
-        SidecarInbound { address: "0.0.0.0:15006".into(), app: String::new() }
+        SidecarInbound {
+            address: "0.0.0.0:15006".into(),
+            app: String::new(),
+        }
     }
 }
 
@@ -323,6 +342,9 @@ pub struct SidecarOutbound {
 
 impl Default for SidecarOutbound {
     fn default() -> Self {
-        SidecarOutbound { address: "127.0.0.1:15001".into(), routes: Vec::new() }
+        SidecarOutbound {
+            address: "127.0.0.1:15001".into(),
+            routes: Vec::new(),
+        }
     }
 }

@@ -12,8 +12,8 @@ use regex::Regex;
 
 use super::*;
 use crate::config::{
-    ClusterConfig, ConfigError, ConfigErrors, EndpointConfig, HeaderEditsConfig, LbPolicy, ListenerConfig, LoadedConfig,
-    MatchConfig, PoolConfig, RouteConfig,
+    ClusterConfig, ConfigError, ConfigErrors, EndpointConfig, HeaderEditsConfig, LbPolicy,
+    ListenerConfig, LoadedConfig, MatchConfig, PoolConfig, RouteConfig,
 };
 
 /// Implicit cluster that a sidecar's inbound listener forwards to.
@@ -26,7 +26,11 @@ struct Diagnostics<'a> {
 
 impl Diagnostics<'_> {
     fn error(&mut self, path: impl Into<String>, problem: impl Into<String>) {
-        self.errors.push(ConfigError { file: self.file.to_owned(), path: path.into(), problem: problem.into() });
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            path: path.into(),
+            problem: problem.into(),
+        });
     }
 }
 
@@ -34,33 +38,63 @@ impl Diagnostics<'_> {
 /// publisher stamps the real one.
 pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
     let cfg = &loaded.config;
-    let mut d = Diagnostics { file: &loaded.file, errors: Vec::new() };
+    let mut d = Diagnostics {
+        file: &loaded.file,
+        errors: Vec::new(),
+    };
 
     let runtime = compile_runtime(cfg, &mut d);
-    let admin_address = parse_listen_address(&cfg.admin.address, "admin.address", &mut d).unwrap_or(([127, 0, 0, 1], 9901).into());
+    let admin_address = parse_listen_address(&cfg.admin.address, "admin.address", &mut d)
+        .unwrap_or(([127, 0, 0, 1], 9901).into());
     check_http(&cfg.http, &mut d);
 
     // Clusters first: routes refer to them by index.
-    let mut cluster_cfgs: Vec<(String, ClusterConfig, String)> =
-        cfg.clusters.iter().map(|(n, c)| (n.clone(), c.clone(), format!("clusters.{n}"))).collect();
-    let mut listener_cfgs: Vec<(ListenerConfig, String)> =
-        cfg.listeners.iter().enumerate().map(|(i, l)| (l.clone(), format!("listeners[{i}]"))).collect();
+    let mut cluster_cfgs: Vec<(String, ClusterConfig, String)> = cfg
+        .clusters
+        .iter()
+        .map(|(n, c)| (n.clone(), c.clone(), format!("clusters.{n}")))
+        .collect();
+    let mut listener_cfgs: Vec<(ListenerConfig, String)> = cfg
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.clone(), format!("listeners[{i}]")))
+        .collect();
 
     match (loaded.role, &cfg.sidecar) {
-        (Role::Ingress, Some(_)) => d.error("sidecar", "a [sidecar] section is only read by `weft sidecar`"),
-        (Role::Sidecar, None) => d.error("sidecar", "`weft sidecar` needs a [sidecar] section (inbound.app at least)"),
+        (Role::Ingress, Some(_)) => d.error(
+            "sidecar",
+            "a [sidecar] section is only read by `weft sidecar`",
+        ),
+        (Role::Sidecar, None) => d.error(
+            "sidecar",
+            "`weft sidecar` needs a [sidecar] section (inbound.app at least)",
+        ),
         (Role::Sidecar, Some(sc)) => {
             if cfg.clusters.contains_key(SIDECAR_APP_CLUSTER) {
-                d.error(format!("clusters.{SIDECAR_APP_CLUSTER}"), "this cluster name is reserved for the sidecar's local app");
+                d.error(
+                    format!("clusters.{SIDECAR_APP_CLUSTER}"),
+                    "this cluster name is reserved for the sidecar's local app",
+                );
             }
             if sc.inbound.app.is_empty() {
-                d.error("sidecar.inbound.app", "must name the local app, e.g. \"127.0.0.1:8080\"");
+                d.error(
+                    "sidecar.inbound.app",
+                    "must name the local app, e.g. \"127.0.0.1:8080\"",
+                );
             }
             let app = ClusterConfig {
-                endpoints: vec![EndpointConfig { address: sc.inbound.app.clone(), weight: 1 }],
+                endpoints: vec![EndpointConfig {
+                    address: sc.inbound.app.clone(),
+                    weight: 1,
+                }],
                 ..ClusterConfig::default()
             };
-            cluster_cfgs.push((SIDECAR_APP_CLUSTER.to_owned(), app, "sidecar.inbound.app".to_owned()));
+            cluster_cfgs.push((
+                SIDECAR_APP_CLUSTER.to_owned(),
+                app,
+                "sidecar.inbound.app".to_owned(),
+            ));
             let inbound = ListenerConfig {
                 name: "inbound".into(),
                 address: sc.inbound.address.clone(),
@@ -77,49 +111,98 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
             for name in cfg.clusters.keys() {
                 routes.push(RouteConfig {
                     name: Some(format!("outbound:{name}")),
-                    matcher: MatchConfig { host: Some(name.clone()), ..MatchConfig::default() },
+                    matcher: MatchConfig {
+                        host: Some(name.clone()),
+                        ..MatchConfig::default()
+                    },
                     cluster: Some(name.clone()),
                     ..RouteConfig::default()
                 });
             }
-            listener_cfgs.push((ListenerConfig { name: "outbound".into(), address: sc.outbound.address.clone(), routes }, "sidecar.outbound".into()));
+            listener_cfgs.push((
+                ListenerConfig {
+                    name: "outbound".into(),
+                    address: sc.outbound.address.clone(),
+                    routes,
+                },
+                "sidecar.outbound".into(),
+            ));
         }
         (Role::Ingress, None) => {}
     }
 
-    let clusters: Vec<Cluster> = cluster_cfgs.iter().map(|(name, c, path)| compile_cluster(name, c, path, &mut d)).collect();
-    let cluster_ids: BTreeMap<&str, ClusterId> = clusters.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
+    let clusters: Vec<Cluster> = cluster_cfgs
+        .iter()
+        .map(|(name, c, path)| compile_cluster(name, c, path, &mut d))
+        .collect();
+    let cluster_ids: BTreeMap<&str, ClusterId> = clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
 
     if listener_cfgs.is_empty() {
-        d.error("listeners", "no listener is configured: add at least one [[listeners]]");
+        d.error(
+            "listeners",
+            "no listener is configured: add at least one [[listeners]]",
+        );
     }
     let mut names = HashSet::new();
     let mut addresses = HashSet::new();
     let mut listeners = Vec::new();
     for (l, path) in &listener_cfgs {
         if l.name.is_empty() {
-            d.error(format!("{path}.name"), "missing: every listener needs a name");
+            d.error(
+                format!("{path}.name"),
+                "missing: every listener needs a name",
+            );
         } else if !names.insert(l.name.clone()) {
-            d.error(format!("{path}.name"), format!("duplicate listener name `{}`", l.name));
+            d.error(
+                format!("{path}.name"),
+                format!("duplicate listener name `{}`", l.name),
+            );
         }
         let address = parse_listen_address(&l.address, &format!("{path}.address"), &mut d);
         if let Some(a) = address {
             if !addresses.insert(a) {
-                d.error(format!("{path}.address"), format!("{a} is already used by another listener"));
+                d.error(
+                    format!("{path}.address"),
+                    format!("{a} is already used by another listener"),
+                );
             }
             if a == admin_address {
-                d.error(format!("{path}.address"), format!("{a} is the admin address"));
+                d.error(
+                    format!("{path}.address"),
+                    format!("{a} is the admin address"),
+                );
             }
         }
-        let routes_path = if path.starts_with("sidecar.outbound") { "sidecar.outbound".to_owned() } else { path.clone() };
+        let routes_path = if path.starts_with("sidecar.outbound") {
+            "sidecar.outbound".to_owned()
+        } else {
+            path.clone()
+        };
         let routes: Vec<Arc<Route>> = l
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| Arc::new(compile_route(&l.name, i, r, &format!("{routes_path}.routes[{i}]"), &cluster_ids, &mut d)))
+            .map(|(i, r)| {
+                Arc::new(compile_route(
+                    &l.name,
+                    i,
+                    r,
+                    &format!("{routes_path}.routes[{i}]"),
+                    &cluster_ids,
+                    &mut d,
+                ))
+            })
             .collect();
         if let Some(address) = address {
-            listeners.push(Listener { name: l.name.clone(), address, routes: RouteTable::new(routes) });
+            listeners.push(Listener {
+                name: l.name.clone(),
+                address,
+                routes: RouteTable::new(routes),
+            });
         }
     }
 
@@ -149,17 +232,28 @@ fn compile_runtime(cfg: &ConfigFile, d: &mut Diagnostics) -> RuntimeSettings {
         if cpus.is_empty() {
             d.error("runtime.cpus", "must list at least one CPU, or be left out");
         }
-        let max = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1024);
+        let max = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .max(1024);
         if let Some(bad) = cpus.iter().find(|&&c| c >= max) {
             d.error("runtime.cpus", format!("CPU {bad} does not exist"));
         }
     }
     if let Some(e) = r.uring.entries {
         if !(256..=32768).contains(&e) || !e.is_power_of_two() {
-            d.error("runtime.uring.entries", "must be a power of two between 256 and 32768");
+            d.error(
+                "runtime.uring.entries",
+                "must be a power of two between 256 and 32768",
+            );
         }
     }
-    RuntimeSettings { workers: r.workers, io: r.io, cpus: r.cpus.clone(), uring: r.uring.clone() }
+    RuntimeSettings {
+        workers: r.workers,
+        io: r.io,
+        cpus: r.cpus.clone(),
+        uring: r.uring.clone(),
+    }
 }
 
 fn check_http(h: &crate::config::HttpConfig, d: &mut Diagnostics) {
@@ -185,40 +279,73 @@ fn parse_listen_address(text: &str, path: &str, d: &mut Diagnostics) -> Option<S
     match text.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
-            d.error(path, format!("`{text}` is not an IP:port address (listeners bind IP addresses, not names)"));
+            d.error(
+                path,
+                format!(
+                    "`{text}` is not an IP:port address (listeners bind IP addresses, not names)"
+                ),
+            );
             None
         }
     }
 }
 
 fn compile_cluster(name: &str, c: &ClusterConfig, path: &str, d: &mut Diagnostics) -> Cluster {
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-        d.error(path, "cluster names may use letters, digits, '-', '_' and '.' only");
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        d.error(
+            path,
+            "cluster names may use letters, digits, '-', '_' and '.' only",
+        );
     }
     if c.endpoints.is_empty() {
-        d.error(format!("{path}.endpoints"), "a cluster needs at least one endpoint");
+        d.error(
+            format!("{path}.endpoints"),
+            "a cluster needs at least one endpoint",
+        );
     }
     let mut endpoints = Vec::new();
     for (i, e) in c.endpoints.iter().enumerate() {
-        let epath = if path.starts_with("sidecar") { path.to_owned() } else { format!("{path}.endpoints[{i}]") };
+        let epath = if path.starts_with("sidecar") {
+            path.to_owned()
+        } else {
+            format!("{path}.endpoints[{i}]")
+        };
         if e.weight == 0 {
             d.error(format!("{epath}.weight"), "must be > 0");
         }
         match resolve_endpoint(&e.address) {
-            Ok(address) => endpoints.push(Endpoint { address, weight: e.weight.max(1) }),
+            Ok(address) => endpoints.push(Endpoint {
+                address,
+                weight: e.weight.max(1),
+            }),
             Err(problem) => d.error(epath, problem),
         }
     }
-    for (key, dur) in [("connect_timeout", c.connect_timeout), ("request_timeout", c.request_timeout), ("read_timeout", c.read_timeout)] {
+    for (key, dur) in [
+        ("connect_timeout", c.connect_timeout),
+        ("request_timeout", c.request_timeout),
+        ("read_timeout", c.read_timeout),
+    ] {
         if dur.0.is_zero() {
             d.error(format!("{path}.{key}"), "must be greater than 0");
         }
     }
-    let PoolConfig { max_idle, idle_timeout } = &c.pool;
+    let PoolConfig {
+        max_idle,
+        idle_timeout,
+    } = &c.pool;
     Cluster {
         name: name.to_owned(),
         endpoints,
-        lb: if c.lb == LbPolicy::Random { LbPolicy::Random } else { LbPolicy::RoundRobin },
+        lb: if c.lb == LbPolicy::Random {
+            LbPolicy::Random
+        } else {
+            LbPolicy::RoundRobin
+        },
         connect_timeout: c.connect_timeout.0,
         request_timeout: c.request_timeout.0,
         read_timeout: c.read_timeout.0,
@@ -238,7 +365,9 @@ fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
         return Err(format!("`{text}` is not host:port"));
     }
     match text.to_socket_addrs() {
-        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("`{host}` resolved to no address")),
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("`{host}` resolved to no address")),
         Err(e) => Err(format!("cannot resolve `{host}`: {e}")),
     }
 }
@@ -258,20 +387,36 @@ fn compile_route(
             let h = h.to_ascii_lowercase();
             if let Some(suffix) = h.strip_prefix('*') {
                 if !suffix.starts_with('.') || suffix.len() < 2 || suffix[1..].contains('*') {
-                    d.error(format!("{path}.match.host"), "a wildcard host must look like \"*.example.com\"");
+                    d.error(
+                        format!("{path}.match.host"),
+                        "a wildcard host must look like \"*.example.com\"",
+                    );
                 }
                 HostMatch::Suffix(suffix.to_owned())
             } else {
                 if h.is_empty() || h.contains(['*', '/', ' ']) {
-                    d.error(format!("{path}.match.host"), format!("`{h}` is not a host name"));
+                    d.error(
+                        format!("{path}.match.host"),
+                        format!("`{h}` is not a host name"),
+                    );
                 }
                 HostMatch::Exact(h)
             }
         }
     };
-    let path_conditions = [m.path.is_some(), m.path_prefix.is_some(), m.path_regex.is_some()].iter().filter(|b| **b).count();
+    let path_conditions = [
+        m.path.is_some(),
+        m.path_prefix.is_some(),
+        m.path_regex.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if path_conditions > 1 {
-        d.error(format!("{path}.match"), "use only one of path, path_prefix and path_regex");
+        d.error(
+            format!("{path}.match"),
+            "use only one of path, path_prefix and path_regex",
+        );
     }
     let path_match = if let Some(p) = &m.path {
         check_path_literal(p, &format!("{path}.match.path"), d);
@@ -287,7 +432,10 @@ fn compile_route(
         match Regex::new(&format!("^(?:{re})$")) {
             Ok(re) => PathMatch::Regex(re),
             Err(e) => {
-                d.error(format!("{path}.match.path_regex"), format!("invalid regex: {e}"));
+                d.error(
+                    format!("{path}.match.path_regex"),
+                    format!("invalid regex: {e}"),
+                );
                 PathMatch::Any
             }
         }
@@ -296,7 +444,10 @@ fn compile_route(
     };
     let method = m.method.as_ref().map(|mth| {
         if mth.is_empty() || !mth.bytes().all(|b| b.is_ascii_uppercase()) {
-            d.error(format!("{path}.match.method"), format!("`{mth}` is not an HTTP method (write it in capitals, e.g. \"GET\")"));
+            d.error(
+                format!("{path}.match.method"),
+                format!("`{mth}` is not an HTTP method (write it in capitals, e.g. \"GET\")"),
+            );
         }
         mth.clone()
     });
@@ -307,7 +458,10 @@ fn compile_route(
         .map(|(i, h)| {
             let hp = format!("{path}.match.headers[{i}]");
             if !is_token(&h.name) {
-                d.error(format!("{hp}.name"), format!("`{}` is not a header name", h.name));
+                d.error(
+                    format!("{hp}.name"),
+                    format!("`{}` is not a header name", h.name),
+                );
             }
             let kind = match (&h.value, &h.regex) {
                 (Some(_), Some(_)) => {
@@ -324,27 +478,46 @@ fn compile_route(
                 },
                 (None, None) => HeaderMatchKind::Present,
             };
-            HeaderMatcher { name: h.name.to_ascii_lowercase(), kind, invert: h.invert }
+            HeaderMatcher {
+                name: h.name.to_ascii_lowercase(),
+                kind,
+                invert: h.invert,
+            }
         })
         .collect();
 
-    let actions = [r.cluster.is_some(), r.split.is_some(), r.direct_response.is_some(), r.redirect.is_some()].iter().filter(|b| **b).count();
+    let actions = [
+        r.cluster.is_some(),
+        r.split.is_some(),
+        r.direct_response.is_some(),
+        r.redirect.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if actions != 1 {
-        d.error(path.to_owned(), "a route needs exactly one of cluster, split, direct_response and redirect");
+        d.error(
+            path.to_owned(),
+            "a route needs exactly one of cluster, split, direct_response and redirect",
+        );
     }
-    let prefix_for_rewrite = |rewrite: &Option<String>, key: &str, d: &mut Diagnostics| -> Option<(String, String)> {
-        let to = rewrite.as_ref()?;
-        match &m.path_prefix {
-            Some(from) => {
-                check_path_literal(to, &format!("{path}.{key}"), d);
-                Some((from.clone(), to.clone()))
+    let prefix_for_rewrite =
+        |rewrite: &Option<String>, key: &str, d: &mut Diagnostics| -> Option<(String, String)> {
+            let to = rewrite.as_ref()?;
+            match &m.path_prefix {
+                Some(from) => {
+                    check_path_literal(to, &format!("{path}.{key}"), d);
+                    Some((from.clone(), to.clone()))
+                }
+                None => {
+                    d.error(
+                        format!("{path}.{key}"),
+                        "needs match.path_prefix (it replaces the matched prefix)",
+                    );
+                    None
+                }
             }
-            None => {
-                d.error(format!("{path}.{key}"), "needs match.path_prefix (it replaces the matched prefix)");
-                None
-            }
-        }
-    };
+        };
     let cluster_ref = |name: &str, key: String, d: &mut Diagnostics| -> ClusterId {
         match clusters.get(name) {
             Some(id) => *id,
@@ -357,7 +530,10 @@ fn compile_route(
     let action = if let Some(c) = &r.cluster {
         let id = cluster_ref(c, format!("{path}.cluster"), d);
         RouteAction::Forward(Forward {
-            targets: vec![SplitTarget { cluster: id, weight: 1 }],
+            targets: vec![SplitTarget {
+                cluster: id,
+                weight: 1,
+            }],
             total_weight: 1,
             prefix_rewrite: prefix_for_rewrite(&r.prefix_rewrite, "prefix_rewrite", d),
         })
@@ -371,14 +547,23 @@ fn compile_route(
                 d.error(format!("{path}.split[{i}].weight"), "must be > 0");
             }
             let id = cluster_ref(&s.cluster, format!("{path}.split[{i}].cluster"), d);
-            targets.push(SplitTarget { cluster: id, weight: s.weight });
+            targets.push(SplitTarget {
+                cluster: id,
+                weight: s.weight,
+            });
         }
         let total: u64 = targets.iter().map(|t| t.weight as u64).sum();
         if total > u32::MAX as u64 {
-            d.error(format!("{path}.split"), "weights add up to more than 4294967295");
+            d.error(
+                format!("{path}.split"),
+                "weights add up to more than 4294967295",
+            );
         }
         if targets.is_empty() {
-            targets.push(SplitTarget { cluster: 0, weight: 1 });
+            targets.push(SplitTarget {
+                cluster: 0,
+                weight: 1,
+            });
         }
         RouteAction::Forward(Forward {
             total_weight: (total as u32).max(1),
@@ -387,31 +572,49 @@ fn compile_route(
         })
     } else if let Some(dr) = &r.direct_response {
         if !(200..=599).contains(&dr.status) {
-            d.error(format!("{path}.direct_response.status"), "must be between 200 and 599");
+            d.error(
+                format!("{path}.direct_response.status"),
+                "must be between 200 and 599",
+            );
         }
         if r.prefix_rewrite.is_some() {
-            d.error(format!("{path}.prefix_rewrite"), "only applies to routes that forward");
+            d.error(
+                format!("{path}.prefix_rewrite"),
+                "only applies to routes that forward",
+            );
         }
         RouteAction::Direct(DirectResponse {
             status: dr.status,
             body: Arc::from(dr.body.as_bytes()),
-            content_type: dr.content_type.clone().unwrap_or_else(|| "text/plain; charset=utf-8".into()),
+            content_type: dr
+                .content_type
+                .clone()
+                .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
         })
     } else if let Some(rd) = &r.redirect {
         let status = rd.status.unwrap_or(301);
         if ![301, 302, 303, 307, 308].contains(&status) {
-            d.error(format!("{path}.redirect.status"), "must be 301, 302, 303, 307 or 308");
+            d.error(
+                format!("{path}.redirect.status"),
+                "must be 301, 302, 303, 307 or 308",
+            );
         }
         if let Some(s) = &rd.scheme {
             if s != "http" && s != "https" {
-                d.error(format!("{path}.redirect.scheme"), "must be \"http\" or \"https\"");
+                d.error(
+                    format!("{path}.redirect.scheme"),
+                    "must be \"http\" or \"https\"",
+                );
             }
         }
         if let Some(p) = &rd.path {
             check_path_literal(p, &format!("{path}.redirect.path"), d);
         }
         if rd.path.is_some() && rd.prefix_rewrite.is_some() {
-            d.error(format!("{path}.redirect"), "use either path or prefix_rewrite, not both");
+            d.error(
+                format!("{path}.redirect"),
+                "use either path or prefix_rewrite, not both",
+            );
         }
         RouteAction::Redirect(Redirect {
             status,
@@ -422,20 +625,31 @@ fn compile_route(
             strip_query: rd.strip_query,
         })
     } else {
-        RouteAction::Direct(DirectResponse { status: 404, body: Arc::from(&b""[..]), content_type: String::new() })
+        RouteAction::Direct(DirectResponse {
+            status: 404,
+            body: Arc::from(&b""[..]),
+            content_type: String::new(),
+        })
     };
     if r.timeout.is_some_and(|t| t.0.is_zero()) {
         d.error(format!("{path}.timeout"), "must be greater than 0");
     }
     Route {
-        name: r.name.clone().unwrap_or_else(|| format!("{listener}#{index}")),
+        name: r
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{listener}#{index}")),
         host,
         path: path_match,
         method,
         headers,
         action,
         request_headers: compile_edits(&r.request_headers, &format!("{path}.request_headers"), d),
-        response_headers: compile_edits(&r.response_headers, &format!("{path}.response_headers"), d),
+        response_headers: compile_edits(
+            &r.response_headers,
+            &format!("{path}.response_headers"),
+            d,
+        ),
         timeout: r.timeout.map(|t| t.0),
     }
 }
@@ -443,31 +657,55 @@ fn compile_route(
 fn check_path_literal(p: &str, key: &str, d: &mut Diagnostics) {
     if !p.starts_with('/') {
         d.error(key, format!("`{p}` must start with '/'"));
-    } else if p.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#') {
-        d.error(key, format!("`{p}` contains a character not allowed in a path"));
+    } else if p
+        .bytes()
+        .any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#')
+    {
+        d.error(
+            key,
+            format!("`{p}` contains a character not allowed in a path"),
+        );
     }
 }
 
 /// RFC 9110 token: what a header name may be made of.
 pub(crate) fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn compile_edits(e: &HeaderEditsConfig, path: &str, d: &mut Diagnostics) -> HeaderEdits {
-    const HOP_BY_HOP: [&str; 8] =
-        ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "content-length"];
+    const HOP_BY_HOP: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+    ];
     let check_name = |name: &str, key: String, d: &mut Diagnostics| {
         if !is_token(name) {
             d.error(key, format!("`{name}` is not a header name"));
-        } else if HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str()) || name.eq_ignore_ascii_case("host") {
-            d.error(key, format!("`{name}` is managed by weft and cannot be edited"));
+        } else if HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str())
+            || name.eq_ignore_ascii_case("host")
+        {
+            d.error(
+                key,
+                format!("`{name}` is managed by weft and cannot be edited"),
+            );
         }
     };
     let mut set = Vec::new();
     for (name, value) in &e.add {
         check_name(name, format!("{path}.add.{name}"), d);
         if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-            d.error(format!("{path}.add.{name}"), "header values cannot contain CR, LF or NUL");
+            d.error(
+                format!("{path}.add.{name}"),
+                "header values cannot contain CR, LF or NUL",
+            );
         }
         set.push((name.to_ascii_lowercase(), value.clone()));
     }
@@ -486,7 +724,8 @@ mod tests {
     use std::path::Path;
 
     fn compile_text(text: &str) -> Result<Snapshot, Vec<String>> {
-        let loaded = parse(Path::new("t.toml"), text, Role::Ingress).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        let loaded = parse(Path::new("t.toml"), text, Role::Ingress)
+            .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
         compile(&loaded).map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
     }
 
@@ -502,7 +741,10 @@ mod tests {
             self.2.as_bytes()
         }
         fn header(&self, name: &str) -> Option<&[u8]> {
-            self.3.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_bytes())
+            self.3
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_bytes())
         }
     }
 
@@ -578,7 +820,11 @@ mod tests {
     "#;
 
     fn route_name(s: &Snapshot, req: Req) -> String {
-        s.listeners[0].routes.find(&req).map(|r| r.name.clone()).unwrap_or_default()
+        s.listeners[0]
+            .routes
+            .find(&req)
+            .map(|r| r.name.clone())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -593,7 +839,10 @@ mod tests {
         assert_eq!(r("other", "/api/x", "GET", vec![]), "api");
         assert_eq!(r("other", "/items/42", "GET", vec![]), "regex");
         assert_eq!(r("other", "/items/4x", "GET", vec![]), "fallback");
-        assert_eq!(r("other", "/items/4x", "GET", vec![("x-canary", "1")]), "canary");
+        assert_eq!(
+            r("other", "/items/4x", "GET", vec![("x-canary", "1")]),
+            "canary"
+        );
         assert_eq!(r("other", "/exactly", "GET", vec![]), "fallback");
     }
 
@@ -610,18 +859,35 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert!(s.listeners[0].routes.find(&Req("b.example", "/x", "GET", vec![])).is_none());
-        assert!(s.listeners[0].routes.find(&Req("a.example", "/y", "GET", vec![])).is_none());
+        assert!(s.listeners[0]
+            .routes
+            .find(&Req("b.example", "/x", "GET", vec![]))
+            .is_none());
+        assert!(s.listeners[0]
+            .routes
+            .find(&Req("a.example", "/y", "GET", vec![]))
+            .is_none());
     }
 
     #[test]
     fn split_targets_follow_weights() {
         let f = Forward {
-            targets: vec![SplitTarget { cluster: 0, weight: 90 }, SplitTarget { cluster: 1, weight: 10 }],
+            targets: vec![
+                SplitTarget {
+                    cluster: 0,
+                    weight: 90,
+                },
+                SplitTarget {
+                    cluster: 1,
+                    weight: 10,
+                },
+            ],
             total_weight: 100,
             prefix_rewrite: None,
         };
-        let hits = (0..100).filter(|&roll| f.target_for(roll).cluster == 1).count();
+        let hits = (0..100)
+            .filter(|&roll| f.target_for(roll).cluster == 1)
+            .count();
         assert_eq!(hits, 10);
     }
 }

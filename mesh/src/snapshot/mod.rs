@@ -140,7 +140,10 @@ impl HeaderEdits {
 
     /// Whether a header of this name is dropped (removed, or replaced by `set`).
     pub fn drops(&self, name: &[u8]) -> bool {
-        self.remove.iter().chain(self.set.iter().map(|(n, _)| n)).any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+        self.remove
+            .iter()
+            .chain(self.set.iter().map(|(n, _)| n))
+            .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
     }
 }
 
@@ -177,7 +180,10 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(mut first: Snapshot) -> Publisher {
         first.version = 1;
-        Publisher { current: ArcSwap::from_pointee(first), next_version: AtomicU64::new(2) }
+        Publisher {
+            current: ArcSwap::from_pointee(first),
+            next_version: AtomicU64::new(2),
+        }
     }
 
     pub fn load(&self) -> Arc<Snapshot> {

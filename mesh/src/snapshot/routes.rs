@@ -66,7 +66,9 @@ impl HeaderMatcher {
             (_, None) => false,
             (HeaderMatchKind::Present, Some(_)) => true,
             (HeaderMatchKind::Exact(want), Some(v)) => v == want.as_slice(),
-            (HeaderMatchKind::Regex(re), Some(v)) => std::str::from_utf8(v).map(|s| re.is_match(s)).unwrap_or(false),
+            (HeaderMatchKind::Regex(re), Some(v)) => std::str::from_utf8(v)
+                .map(|s| re.is_match(s))
+                .unwrap_or(false),
         };
         hit != self.invert
     }
@@ -115,7 +117,9 @@ impl PrefixTrie {
 
     /// Calls `f` with the routes of every stored prefix of `path`.
     fn for_each_prefix_of(&self, path: &str, mut f: impl FnMut(&[u32])) {
-        let Some(mut node) = self.nodes.first() else { return };
+        let Some(mut node) = self.nodes.first() else {
+            return;
+        };
         f(&node.routes);
         for &b in path.as_bytes() {
             match node.children.binary_search_by_key(&b, |c| c.0) {
@@ -171,7 +175,10 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new(routes: Vec<Arc<Route>>) -> RouteTable {
-        let mut t = RouteTable { routes, ..Default::default() };
+        let mut t = RouteTable {
+            routes,
+            ..Default::default()
+        };
         let exact: Vec<String> = t
             .routes
             .iter()
@@ -217,7 +224,11 @@ impl RouteTable {
     /// The first route (in file order) that matches the request.
     pub fn find(&self, req: &impl RequestFacts) -> Option<&Arc<Route>> {
         let host = req.host();
-        let bucket = self.exact_hosts.get(host).or_else(|| self.most_specific_suffix(host)).unwrap_or(&self.any_host);
+        let bucket = self
+            .exact_hosts
+            .get(host)
+            .or_else(|| self.most_specific_suffix(host))
+            .unwrap_or(&self.any_host);
         let path = req.path();
         let idx = bucket.first(path, |i| self.routes[i as usize].rest_matches(req))?;
         self.routes.get(idx as usize)
@@ -227,7 +238,8 @@ impl RouteTable {
         if self.suffix_hosts.is_empty() {
             return None;
         }
-        host.match_indices('.').find_map(|(i, _)| self.suffix_hosts.get(&host[i..]))
+        host.match_indices('.')
+            .find_map(|(i, _)| self.suffix_hosts.get(&host[i..]))
     }
 }
 

@@ -44,7 +44,11 @@ pub struct BodyCopy {
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Copies the body; returns the number of body bytes written to `sink`.
-pub async fn copy_body(src: &mut Conn, sink: &mut TcpStream, spec: &BodyCopy) -> Result<u64, BodyError> {
+pub async fn copy_body(
+    src: &mut Conn,
+    sink: &mut TcpStream,
+    spec: &BodyCopy,
+) -> Result<u64, BodyError> {
     let mut written = 0u64;
     let mut seen = 0u64;
     let mut chunked = ChunkedParser::new(spec.max_trailer_bytes);
@@ -62,7 +66,11 @@ pub async fn copy_body(src: &mut Conn, sink: &mut TcpStream, spec: &BodyCopy) ->
         if src.buf.is_empty() {
             let n = src.fill_with_timeout(READ_CHUNK, spec.read_timeout).await?;
             if n == 0 {
-                return if spec.framing == BodyFraming::UntilClose { Ok(written) } else { Err(BodyError::SourceClosed) };
+                return if spec.framing == BodyFraming::UntilClose {
+                    Ok(written)
+                } else {
+                    Err(BodyError::SourceClosed)
+                };
             }
         }
         let (take, done, out) = match spec.framing {
@@ -81,7 +89,11 @@ pub async fn copy_body(src: &mut Conn, sink: &mut TcpStream, spec: &BodyCopy) ->
                         }
                     })
                     .map_err(BodyError::Malformed)?;
-                (progress.consumed, progress.done, decoded.map(BytesMut::freeze))
+                (
+                    progress.consumed,
+                    progress.done,
+                    decoded.map(BytesMut::freeze),
+                )
             }
             _ => (src.buf.len(), false, None),
         };

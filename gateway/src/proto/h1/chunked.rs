@@ -53,7 +53,14 @@ pub struct Progress {
 
 impl ChunkedParser {
     pub fn new(max_trailer_bytes: usize) -> ChunkedParser {
-        ChunkedParser { state: State::Size, size: 0, size_digits: 0, line_len: 0, trailer_bytes: 0, max_trailer_bytes }
+        ChunkedParser {
+            state: State::Size,
+            size: 0,
+            size_digits: 0,
+            line_len: 0,
+            trailer_bytes: 0,
+            max_trailer_bytes,
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -62,7 +69,11 @@ impl ChunkedParser {
 
     /// Walks `input`; `on_data` gets the ranges (within `input`) of chunk data, for
     /// callers that need the decoded body rather than the raw coding.
-    pub fn feed(&mut self, input: &[u8], mut on_data: impl FnMut(std::ops::Range<usize>)) -> Result<Progress, ChunkError> {
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        mut on_data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<Progress, ChunkError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -97,7 +108,11 @@ impl ChunkedParser {
                     }
                     self.line_len = 0;
                     self.size_digits = 0;
-                    self.state = if self.size == 0 { State::TrailerStart } else { State::Data };
+                    self.state = if self.size == 0 {
+                        State::TrailerStart
+                    } else {
+                        State::Data
+                    };
                 }
                 State::Data => {
                     let take = (self.size as usize).min(input.len() - i);
@@ -148,13 +163,24 @@ impl ChunkedParser {
                         return Err(ChunkError::BadLineEnd);
                     }
                     self.state = State::Done;
-                    return Ok(Progress { consumed: i + 1, done: true });
+                    return Ok(Progress {
+                        consumed: i + 1,
+                        done: true,
+                    });
                 }
-                State::Done => return Ok(Progress { consumed: i, done: true }),
+                State::Done => {
+                    return Ok(Progress {
+                        consumed: i,
+                        done: true,
+                    })
+                }
             }
             i += 1;
         }
-        Ok(Progress { consumed: i, done: self.state == State::Done })
+        Ok(Progress {
+            consumed: i,
+            done: self.state == State::Done,
+        })
     }
 
     fn count_trailer(&mut self) -> Result<(), ChunkError> {
@@ -205,15 +231,29 @@ mod tests {
 
     #[test]
     fn refuses_malformed_codings() {
-        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"5\nhello\r\n", b"-1\r\n", b"fffffffffffffffff\r\n", b"\r\n"] {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"5\nhello\r\n",
+            b"-1\r\n",
+            b"fffffffffffffffff\r\n",
+            b"\r\n",
+        ] {
             let mut p = ChunkedParser::new(1024);
-            assert!(p.feed(bad, |_| {}).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                p.feed(bad, |_| {}).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn trailers_are_bounded() {
         let mut p = ChunkedParser::new(8);
-        assert_eq!(p.feed(b"0\r\nX-Long-Trailer: 1\r\n\r\n", |_| {}), Err(ChunkError::TrailersTooLarge));
+        assert_eq!(
+            p.feed(b"0\r\nX-Long-Trailer: 1\r\n\r\n", |_| {}),
+            Err(ChunkError::TrailersTooLarge)
+        );
     }
 }

@@ -11,8 +11,16 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-pub const HOP_BY_HOP: [&[u8]; 8] =
-    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"proxy-authorization"];
+pub const HOP_BY_HOP: [&[u8]; 8] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"transfer-encoding",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"proxy-authorization",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -94,12 +102,19 @@ pub trait Head {
     }
     /// First value of the header `name` (any case).
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.fields().iter().find(|f| self.name(f).eq_ignore_ascii_case(name.as_bytes())).map(|f| self.value(f))
+        self.fields()
+            .iter()
+            .find(|f| self.name(f).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|f| self.value(f))
     }
     /// Whether the header is one weft must not forward: hop-by-hop, or listed in `Connection`.
     fn is_hop_by_hop(&self, f: &HeaderField, connection: &ConnectionInfo) -> bool {
         let n = self.name(f);
-        HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h)) || connection.listed.iter().any(|r| n.eq_ignore_ascii_case(&self.raw()[r.clone()]))
+        HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h))
+            || connection
+                .listed
+                .iter()
+                .any(|r| n.eq_ignore_ascii_case(&self.raw()[r.clone()]))
     }
 }
 
@@ -150,7 +165,11 @@ fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
 
 /// Tries to parse a request head at the front of `buf`. `Ok(None)`: need more bytes.
 /// On success the head's bytes are split off `buf`.
-pub fn parse_request(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Result<Option<RequestHead>, HeadError> {
+pub fn parse_request(
+    buf: &mut BytesMut,
+    max_head: usize,
+    max_headers: usize,
+) -> Result<Option<RequestHead>, HeadError> {
     // httparse wants a fixed slot array; 1024 is the config's upper bound.
     let mut slots = [httparse::EMPTY_HEADER; 128];
     let mut big_slots;
@@ -164,12 +183,18 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize, max_headers: usize) ->
     let status = match req.parse(buf) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(httparse::Error::Version) => return Err(HeadError::Malformed("unsupported HTTP version")),
+        Err(httparse::Error::Version) => {
+            return Err(HeadError::Malformed("unsupported HTTP version"))
+        }
         Err(_) => return Err(HeadError::Malformed("malformed request line or header")),
     };
     let len = match status {
         httparse::Status::Partial => {
-            return if buf.len() >= max_head { Err(HeadError::TooLarge) } else { Ok(None) };
+            return if buf.len() >= max_head {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
         }
         httparse::Status::Complete(n) => n,
     };
@@ -179,9 +204,19 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize, max_headers: usize) ->
     let base: &[u8] = buf;
     let method = offset(base, req.method.unwrap_or_default().as_bytes());
     let target = offset(base, req.path.unwrap_or_default().as_bytes());
-    let version = if req.version == Some(0) { Version::H10 } else { Version::H11 };
-    let headers: Vec<HeaderField> =
-        req.headers.iter().map(|h| HeaderField { name: offset(base, h.name.as_bytes()), value: offset(base, h.value) }).collect();
+    let version = if req.version == Some(0) {
+        Version::H10
+    } else {
+        Version::H11
+    };
+    let headers: Vec<HeaderField> = req
+        .headers
+        .iter()
+        .map(|h| HeaderField {
+            name: offset(base, h.name.as_bytes()),
+            value: offset(base, h.value),
+        })
+        .collect();
     let raw = buf.split_to(len).freeze();
     let mut head = RequestHead {
         raw,
@@ -202,12 +237,27 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize, max_headers: usize) ->
         return Err(HeadError::Malformed("HTTP/1.1 request without Host"));
     }
     let target = head.target();
-    if target.is_empty() || !(target[0] == b'/' || target == b"*" || target.starts_with(b"http://") || target.starts_with(b"https://")) {
-        return Err(HeadError::Malformed("request target must be a path or an absolute URI"));
+    if target.is_empty()
+        || !(target[0] == b'/'
+            || target == b"*"
+            || target.starts_with(b"http://")
+            || target.starts_with(b"https://"))
+    {
+        return Err(HeadError::Malformed(
+            "request target must be a path or an absolute URI",
+        ));
     }
     head.framing = match (facts.chunked, facts.length) {
-        (Some(_), Some(_)) => return Err(HeadError::Malformed("both Content-Length and Transfer-Encoding")),
-        (Some(_), None) if head.version == Version::H10 => return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request")),
+        (Some(_), Some(_)) => {
+            return Err(HeadError::Malformed(
+                "both Content-Length and Transfer-Encoding",
+            ))
+        }
+        (Some(_), None) if head.version == Version::H10 => {
+            return Err(HeadError::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ))
+        }
         (Some(true), None) => BodyFraming::Chunked,
         (Some(false), None) => return Err(HeadError::UnsupportedEncoding),
         (None, Some(0)) | (None, None) => BodyFraming::None,
@@ -227,21 +277,41 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize, max_headers: usize) ->
 
 /// Tries to parse a response head at the front of `buf`; `request_method` and the status
 /// decide whether a body follows (HEAD, 1xx, 204, 304 have none).
-pub fn parse_response(buf: &mut BytesMut, max_head: usize, head_request: bool) -> Result<Option<ResponseHead>, HeadError> {
+pub fn parse_response(
+    buf: &mut BytesMut,
+    max_head: usize,
+    head_request: bool,
+) -> Result<Option<ResponseHead>, HeadError> {
     let mut slots = [httparse::EMPTY_HEADER; 128];
     let mut resp = httparse::Response::new(&mut slots);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return if buf.len() >= max_head { Err(HeadError::TooLarge) } else { Ok(None) },
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= max_head {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            }
+        }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Malformed("malformed response from upstream")),
     };
     let base: &[u8] = buf;
     let status = resp.code.unwrap_or(0);
     let reason = offset(base, resp.reason.unwrap_or_default().as_bytes());
-    let version = if resp.version == Some(0) { Version::H10 } else { Version::H11 };
-    let headers: Vec<HeaderField> =
-        resp.headers.iter().map(|h| HeaderField { name: offset(base, h.name.as_bytes()), value: offset(base, h.value) }).collect();
+    let version = if resp.version == Some(0) {
+        Version::H10
+    } else {
+        Version::H11
+    };
+    let headers: Vec<HeaderField> = resp
+        .headers
+        .iter()
+        .map(|h| HeaderField {
+            name: offset(base, h.name.as_bytes()),
+            value: offset(base, h.value),
+        })
+        .collect();
     let raw = buf.split_to(len).freeze();
     let facts = scan_headers(&raw, &headers)?;
     let no_body = head_request || (100..200).contains(&status) || status == 204 || status == 304;
@@ -249,7 +319,11 @@ pub fn parse_response(buf: &mut BytesMut, max_head: usize, head_request: bool) -
         BodyFraming::None
     } else {
         match (facts.chunked, facts.length) {
-            (Some(_), Some(_)) => return Err(HeadError::Malformed("upstream sent both Content-Length and Transfer-Encoding")),
+            (Some(_), Some(_)) => {
+                return Err(HeadError::Malformed(
+                    "upstream sent both Content-Length and Transfer-Encoding",
+                ))
+            }
             (Some(true), None) => BodyFraming::Chunked,
             // A non-chunked final coding on a response: the body ends at close.
             (Some(false), None) => BodyFraming::UntilClose,
@@ -262,7 +336,15 @@ pub fn parse_response(buf: &mut BytesMut, max_head: usize, head_request: bool) -
     if version == Version::H10 && !connection.keep_alive {
         connection.close = true;
     }
-    Ok(Some(ResponseHead { raw, status, reason, version, headers, framing, connection }))
+    Ok(Some(ResponseHead {
+        raw,
+        status,
+        reason,
+        version,
+        headers,
+        framing,
+        connection,
+    }))
 }
 
 #[derive(Default)]
@@ -284,14 +366,19 @@ fn scan_headers(raw: &[u8], headers: &[HeaderField]) -> Result<HeaderFacts, Head
         let value = &raw[h.value.clone()];
         if name.eq_ignore_ascii_case(b"content-length") {
             for part in value.split(|&b| b == b',') {
-                let n = parse_length(trim(part)).ok_or(HeadError::Malformed("invalid Content-Length"))?;
+                let n = parse_length(trim(part))
+                    .ok_or(HeadError::Malformed("invalid Content-Length"))?;
                 if f.length.is_some_and(|prev| prev != n) {
                     return Err(HeadError::Malformed("conflicting Content-Length values"));
                 }
                 f.length = Some(n);
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            for coding in value.split(|&b| b == b',').map(trim).filter(|c| !c.is_empty()) {
+            for coding in value
+                .split(|&b| b == b',')
+                .map(trim)
+                .filter(|c| !c.is_empty())
+            {
                 codings += 1;
                 f.chunked = Some(coding.eq_ignore_ascii_case(b"chunked") && codings == 1);
             }
@@ -329,12 +416,20 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    v.iter().try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add((d - b'0') as u64))
+    v.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add((d - b'0') as u64)
+    })
 }
 
 pub fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -364,13 +459,19 @@ mod tests {
         assert!(req("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
         let mut b = BytesMut::from(&[b'a'; 9000][..]);
         assert!(parse_request(&mut b, 8192, 100).is_err());
-        let mut b = BytesMut::from(format!("GET / HTTP/1.1\r\nHost: x\r\nA: {}\r\n", "v".repeat(9000)).as_str());
-        assert_eq!(parse_request(&mut b, 8192, 100).unwrap_err(), HeadError::TooLarge);
+        let mut b = BytesMut::from(
+            format!("GET / HTTP/1.1\r\nHost: x\r\nA: {}\r\n", "v".repeat(9000)).as_str(),
+        );
+        assert_eq!(
+            parse_request(&mut b, 8192, 100).unwrap_err(),
+            HeadError::TooLarge
+        );
     }
 
     #[test]
     fn smuggling_shapes_are_refused() {
-        let both = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let both =
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(matches!(req(both), Err(HeadError::Malformed(_))));
         let two = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
         assert!(matches!(req(two), Err(HeadError::Malformed(_))));
@@ -388,11 +489,26 @@ mod tests {
 
     #[test]
     fn bad_bytes_and_missing_host_are_malformed() {
-        assert!(matches!(req("GET / HTTP/1.1\r\nHost: x\r\nA: b\0c\r\n\r\n"), Err(HeadError::Malformed(_))));
-        assert!(matches!(req("GET / HTTP/1.1\r\n\r\n"), Err(HeadError::Malformed(_))));
-        assert!(matches!(req("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), Err(HeadError::Malformed(_))));
-        assert!(matches!(req("GET nope HTTP/1.1\r\nHost: a\r\n\r\n"), Err(HeadError::Malformed(_))));
-        assert_eq!(req("GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n").unwrap_err(), HeadError::UnsupportedExpectation);
+        assert!(matches!(
+            req("GET / HTTP/1.1\r\nHost: x\r\nA: b\0c\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            req("GET / HTTP/1.1\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            req("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            req("GET nope HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        assert_eq!(
+            req("GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n").unwrap_err(),
+            HeadError::UnsupportedExpectation
+        );
     }
 
     #[test]
@@ -407,12 +523,41 @@ mod tests {
 
     #[test]
     fn response_bodies_follow_method_and_status() {
-        let parse = |t: &str, head: bool| parse_response(&mut BytesMut::from(t), 8192, head).unwrap().unwrap().framing;
-        assert_eq!(parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false), BodyFraming::Length(5));
-        assert_eq!(parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true), BodyFraming::None);
-        assert_eq!(parse("HTTP/1.1 204 No Content\r\n\r\n", false), BodyFraming::None);
-        assert_eq!(parse("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", false), BodyFraming::None);
-        assert_eq!(parse("HTTP/1.1 200 OK\r\n\r\n", false), BodyFraming::UntilClose);
-        assert_eq!(parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false), BodyFraming::Chunked);
+        let parse = |t: &str, head: bool| {
+            parse_response(&mut BytesMut::from(t), 8192, head)
+                .unwrap()
+                .unwrap()
+                .framing
+        };
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
+            BodyFraming::Length(5)
+        );
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true),
+            BodyFraming::None
+        );
+        assert_eq!(
+            parse("HTTP/1.1 204 No Content\r\n\r\n", false),
+            BodyFraming::None
+        );
+        assert_eq!(
+            parse(
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+                false
+            ),
+            BodyFraming::None
+        );
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\n\r\n", false),
+            BodyFraming::UntilClose
+        );
+        assert_eq!(
+            parse(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
+            BodyFraming::Chunked
+        );
     }
 }

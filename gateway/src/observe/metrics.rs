@@ -1,0 +1,292 @@
+//! Per-worker counters, summed only when Prometheus scrapes.
+//!
+//! Invariant: the request path touches only memory its own worker owns. Each worker has
+//! a `WorkerMetrics`; a series (one label set) is registered in it the first time the
+//! worker sees that label set — the only moment a lock is taken — and the worker then
+//! caches the series' `Arc<Cell>` by a small integer key. Bumping a counter is a
+//! relaxed load and store by the one thread that writes it (no atomic read-modify-write,
+//! no contention); the admin thread only reads. Counters are never reset, so a series
+//! lives as long as the process, across config reloads.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// A value written by one worker thread and read by the admin thread.
+#[derive(Default)]
+pub struct Cell(AtomicU64);
+
+impl Cell {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: a plain load + store is exact and cheaper than fetch_add.
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The metric families weft exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// Requests answered, by listener, route, cluster and status class.
+    Requests,
+    /// Failed upstream connection attempts, by cluster and reason.
+    UpstreamConnectErrors,
+    /// Upstream exchanges that ran out of time, by cluster and phase.
+    UpstreamTimeouts,
+    /// Client connections open now, by listener (a gauge).
+    OpenConnections,
+    /// Client connections accepted, by listener.
+    AcceptedConnections,
+    /// Requests refused before routing (bad request, too large, ...), by listener and status.
+    RejectedRequests,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::Requests => "weft_requests_total",
+            Family::UpstreamConnectErrors => "weft_upstream_connect_errors_total",
+            Family::UpstreamTimeouts => "weft_upstream_timeouts_total",
+            Family::OpenConnections => "weft_open_connections",
+            Family::AcceptedConnections => "weft_accepted_connections_total",
+            Family::RejectedRequests => "weft_rejected_requests_total",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Family::Requests => "Requests answered, by listener, route, cluster and status class.",
+            Family::UpstreamConnectErrors => {
+                "Upstream connection attempts that failed, by cluster and reason."
+            }
+            Family::UpstreamTimeouts => "Upstream exchanges that timed out, by cluster and phase.",
+            Family::OpenConnections => "Client connections open now, by listener.",
+            Family::AcceptedConnections => "Client connections accepted, by listener.",
+            Family::RejectedRequests => "Requests refused before routing, by listener and status.",
+        }
+    }
+    fn kind(self) -> &'static str {
+        match self {
+            Family::OpenConnections => "gauge",
+            _ => "counter",
+        }
+    }
+    const ALL: [Family; 6] = [
+        Family::Requests,
+        Family::UpstreamConnectErrors,
+        Family::UpstreamTimeouts,
+        Family::OpenConnections,
+        Family::AcceptedConnections,
+        Family::RejectedRequests,
+    ];
+}
+
+/// Label pairs of one series, in the order they are printed.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// One worker's series. Shared with the registry only to be read at scrape time.
+#[derive(Default)]
+pub struct WorkerMetrics {
+    series: Mutex<Vec<(Family, Labels, Arc<Cell>)>>,
+}
+
+impl WorkerMetrics {
+    fn register(&self, family: Family, labels: Labels) -> Arc<Cell> {
+        let cell = Arc::new(Cell::default());
+        self.series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((family, labels, cell.clone()));
+        cell
+    }
+}
+
+/// Every worker's metrics; the admin thread renders them.
+#[derive(Default)]
+pub struct Registry {
+    workers: Mutex<Vec<Arc<WorkerMetrics>>>,
+}
+
+impl Registry {
+    pub fn worker(&self) -> Arc<WorkerMetrics> {
+        let w = Arc::new(WorkerMetrics::default());
+        self.workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(w.clone());
+        w
+    }
+
+    /// Sum of a family's series across workers, by label set (for /metrics and tests).
+    fn totals(&self) -> BTreeMap<Family, BTreeMap<Labels, u64>> {
+        let mut out: BTreeMap<Family, BTreeMap<Labels, u64>> = BTreeMap::new();
+        for w in self
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            for (family, labels, cell) in w
+                .series
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
+                *out.entry(*family)
+                    .or_default()
+                    .entry(labels.clone())
+                    .or_default() += cell.get();
+            }
+        }
+        out
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self, extra: &[(&str, &str, &str, i64)]) -> String {
+        let totals = self.totals();
+        let mut out = String::new();
+        for family in Family::ALL {
+            let name = family.name();
+            let _ = writeln!(
+                out,
+                "# HELP {name} {}\n# TYPE {name} {}",
+                family.help(),
+                family.kind()
+            );
+            for (labels, value) in totals.get(&family).into_iter().flatten() {
+                // Gauges are stored as wrapping u64 increments and decrements.
+                let value = if family.kind() == "gauge" {
+                    *value as i64 as f64
+                } else {
+                    *value as f64
+                };
+                let _ = writeln!(out, "{name}{} {value}", render_labels(labels));
+            }
+        }
+        for (name, help, kind, value) in extra {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out
+    }
+}
+
+fn render_labels(labels: &Labels) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("{");
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "{k}=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => s.push_str("\\\\"),
+                '"' => s.push_str("\\\""),
+                '\n' => s.push_str("\\n"),
+                c => s.push(c),
+            }
+        }
+        s.push('"');
+    }
+    s.push('}');
+    s
+}
+
+/// A worker's handle: a cache from a caller-chosen key to its series.
+///
+/// Keys are small integers the caller derives from snapshot indices (plus the snapshot
+/// version), so the hot path hashes four integers, never a string.
+/// Snapshot version and indices that identify a series within one worker.
+pub type Key = [u64; 4];
+
+pub struct Counters {
+    shared: Arc<WorkerMetrics>,
+    cache: RefCell<HashMap<(Family, Key), Arc<Cell>, BuildKeyHasher>>,
+}
+
+impl Counters {
+    pub fn new(shared: Arc<WorkerMetrics>) -> Counters {
+        Counters {
+            shared,
+            cache: RefCell::new(HashMap::default()),
+        }
+    }
+
+    /// The series for `key`, registering it with `labels()` on first use.
+    pub fn cell(&self, family: Family, key: Key, labels: impl FnOnce() -> Labels) -> Arc<Cell> {
+        if let Some(c) = self.cache.borrow().get(&(family, key)) {
+            return c.clone();
+        }
+        let labels = labels();
+        // A later snapshot may map a new key to a label set this worker already has.
+        let existing = self
+            .shared
+            .series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(f, l, _)| *f == family && *l == labels)
+            .map(|(_, _, c)| c.clone());
+        let cell = existing.unwrap_or_else(|| self.shared.register(family, labels));
+        self.cache.borrow_mut().insert((family, key), cell.clone());
+        cell
+    }
+
+    pub fn bump(&self, family: Family, key: Key, labels: impl FnOnce() -> Labels) {
+        self.cell(family, key, labels).add(1);
+    }
+}
+
+/// Hasher for already well-mixed integer keys.
+#[derive(Default, Clone, Copy)]
+pub struct BuildKeyHasher;
+
+pub struct KeyHasher(u64);
+
+impl std::hash::BuildHasher for BuildKeyHasher {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100000001b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n)
+            .wrapping_mul(0x9E3779B97F4A7C15)
+            .rotate_left(29);
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(n as u64);
+    }
+    fn write_isize(&mut self, n: isize) {
+        self.write_u64(n as u64);
+    }
+}

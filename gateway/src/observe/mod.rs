@@ -1,0 +1,3 @@
+//! What weft tells operators about itself: metrics (and, later, tracing).
+
+pub mod metrics;

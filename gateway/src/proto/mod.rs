@@ -1,0 +1,3 @@
+//! Wire protocols. Codecs only: no routing, no sockets beyond the streams handed in.
+
+pub mod h1;

@@ -1,0 +1,94 @@
+//! Responses weft makes itself: errors, `direct_response`, redirects.
+//!
+//! Every error weft produces says why in a short text body and in `x-weft-error`,
+//! so an operator can tell a proxy-made 502 from an upstream's.
+
+use std::fmt::Write as _;
+
+use bytes::BytesMut;
+use weft_mesh::snapshot::{HeaderEdits, Redirect};
+
+use super::facts::Facts;
+use crate::proto::h1::reason;
+
+/// Builds a complete response. `close` adds `connection: close`; `head_only` omits the
+/// body (HEAD requests) but keeps its length.
+pub fn response(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    close: bool,
+    head_only: bool,
+    extra: &[(&str, &str)],
+) -> BytesMut {
+    let mut out = BytesMut::with_capacity(128 + body.len());
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
+        reason(status),
+        body.len()
+    );
+    for (name, value) in extra {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// A proxy-made error: short reason in the body and in `x-weft-error`.
+pub fn error(status: u16, why: &str, close: bool, head_only: bool) -> BytesMut {
+    let body = format!("{status} {}: {why}\n", reason(status));
+    response(
+        status,
+        "text/plain",
+        body.as_bytes(),
+        close,
+        head_only,
+        &[("x-weft-error", why)],
+    )
+}
+
+/// `direct_response` with the route's response header edits applied.
+pub fn direct(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    edits: &HeaderEdits,
+    close: bool,
+    head_only: bool,
+) -> BytesMut {
+    let mut extra: Vec<(&str, &str)> = edits
+        .set
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    if edits.drops(b"content-type") {
+        extra.retain(|(n, _)| *n != "content-type");
+    }
+    response(status, content_type, body, close, head_only, &extra)
+}
+
+/// The `Location` a redirect route sends this request to.
+pub fn redirect_location(r: &Redirect, facts: &Facts<'_>) -> String {
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let host = r.host.as_deref().unwrap_or(facts.authority);
+    let query = facts.path_and_query.split_once('?').map(|(_, q)| q);
+    let path = match (&r.path, &r.prefix_rewrite) {
+        (Some(p), _) => p.clone(),
+        (None, Some((prefix, repl))) => match facts.path.strip_prefix(prefix.as_str()) {
+            Some(rest) => format!("{repl}{rest}"),
+            None => facts.path.to_owned(),
+        },
+        (None, None) => facts.path.to_owned(),
+    };
+    match query {
+        Some(q) if !r.strip_query && !q.is_empty() => format!("{scheme}://{host}{path}?{q}"),
+        _ => format!("{scheme}://{host}{path}"),
+    }
+}

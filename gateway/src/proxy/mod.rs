@@ -1,0 +1,292 @@
+//! The request path: one task per client connection, requests answered in order.
+//!
+//! Phases of one exchange: read the head (idle timeout before its first byte, header
+//! timeout for the rest) -> route with the snapshot current at that moment -> answer
+//! locally (error, direct response, redirect) or forward -> keep the connection, close
+//! it, or turn it into a tunnel. Pipelined requests wait in the read buffer and are
+//! parsed after the previous response is complete, so answers keep their order.
+//!
+//! The connection task itself stays small while idle: the per-request state machine is
+//! boxed for the duration of one exchange, and the read buffer is given back while
+//! waiting for the next request (see `transport`).
+
+mod facts;
+mod forward;
+mod local;
+mod rewrite;
+mod tunnel;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use weft_mesh::config::HttpConfig;
+use weft_mesh::snapshot::{ClusterId, Route, RouteAction, Snapshot};
+
+use crate::observe::metrics::Family;
+use crate::proto::h1::head::{parse_request, BodyFraming, HeadError, RequestHead};
+use crate::runtime::worker::{BoundListener, Worker};
+use crate::transport::{Conn, ReadError};
+use facts::Facts;
+use weft_mesh::snapshot::RouteTable;
+
+/// How long a keep-alive connection keeps its read buffer while waiting for the next
+/// request; busy clients come back well within it, idle ones then cost no buffer.
+const BUFFER_HOLD: Duration = Duration::from_millis(500);
+
+const HEAD_READ: usize = 4096;
+
+/// What happens to the client connection after an exchange.
+pub enum Next {
+    KeepAlive,
+    Close,
+    /// The upstream switched protocols: relay bytes both ways from now on.
+    Tunnel(Conn),
+}
+
+pub async fn serve(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer: SocketAddr) {
+    let key = [bound.slot as u64, 0, 0, 0];
+    let listener_label = || vec![("listener", bound.name.to_string())];
+    worker
+        .counters
+        .bump(Family::AcceptedConnections, key, listener_label);
+    let open = worker
+        .counters
+        .cell(Family::OpenConnections, key, listener_label);
+    open.add(1);
+    worker.connection_opened();
+
+    let mut client = Conn::new(stream);
+    let mut first = true;
+    loop {
+        let snapshot = worker.snapshot();
+        let head = match read_head(&mut client, &snapshot.http, first).await {
+            HeadRead::Request(h) => h,
+            HeadRead::Closed => break,
+            HeadRead::Rejected(status, why) => {
+                worker.counters.bump(
+                    Family::RejectedRequests,
+                    [bound.slot as u64, status as u64, 0, 0],
+                    || {
+                        vec![
+                            ("listener", bound.name.to_string()),
+                            ("status", status.to_string()),
+                        ]
+                    },
+                );
+                let _ = client
+                    .stream
+                    .write_all(local::error(status, why, true, false))
+                    .await;
+                break;
+            }
+        };
+        first = false;
+        let exchange = Exchange {
+            worker: &worker,
+            snapshot: &snapshot,
+            bound: &bound,
+            peer,
+        };
+        match Box::pin(exchange.run(&mut client, head)).await {
+            Next::KeepAlive if !worker.draining() => continue,
+            Next::Tunnel(upstream) => {
+                tunnel::relay(client, upstream).await;
+                break;
+            }
+            _ => break,
+        }
+    }
+    open.sub(1);
+    worker.connection_closed();
+}
+
+enum HeadRead {
+    Request(RequestHead),
+    Closed,
+    Rejected(u16, &'static str),
+}
+
+async fn read_head(client: &mut Conn, http: &HttpConfig, first: bool) -> HeadRead {
+    if client.buf.is_empty() {
+        // Before the first byte: the idle timeout, or the header timeout on a new connection.
+        let wait = if first {
+            http.header_read_timeout.0
+        } else {
+            http.idle_timeout.0
+        };
+        match client.fill_after_idle(BUFFER_HOLD, wait).await {
+            Ok(0) | Err(_) => return HeadRead::Closed,
+            Ok(_) => {}
+        }
+    }
+    let deadline = Instant::now() + http.header_read_timeout.0;
+    loop {
+        match parse_request(&mut client.buf, http.max_header_bytes, http.max_headers) {
+            Ok(Some(head)) => return HeadRead::Request(head),
+            Ok(None) => {}
+            Err(e) => return HeadRead::Rejected(rejection_status(e), rejection_reason(e)),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return HeadRead::Rejected(408, "request head not received in time");
+        }
+        match client.fill_with_timeout(HEAD_READ, left).await {
+            Ok(0) | Err(ReadError::Io(_)) => return HeadRead::Closed,
+            Ok(_) => {}
+            Err(ReadError::TimedOut) => {
+                return HeadRead::Rejected(408, "request head not received in time")
+            }
+        }
+    }
+}
+
+fn rejection_status(e: HeadError) -> u16 {
+    match e {
+        HeadError::Malformed(_) => 400,
+        HeadError::TooLarge => 431,
+        HeadError::UnsupportedEncoding => 501,
+        HeadError::UnsupportedExpectation => 417,
+    }
+}
+
+fn rejection_reason(e: HeadError) -> &'static str {
+    match e {
+        HeadError::Malformed(why) => why,
+        HeadError::TooLarge => "request header section too large",
+        HeadError::UnsupportedEncoding => "unsupported transfer coding",
+        HeadError::UnsupportedExpectation => "unsupported expectation",
+    }
+}
+
+/// One request/response exchange and everything it needs to know.
+pub struct Exchange<'a> {
+    pub worker: &'a Worker,
+    pub snapshot: &'a Snapshot,
+    pub bound: &'a BoundListener,
+    pub peer: SocketAddr,
+}
+
+impl Exchange<'_> {
+    fn routes(&self) -> Option<&RouteTable> {
+        let by_slot = self
+            .snapshot
+            .listeners
+            .get(self.bound.slot)
+            .filter(|l| *l.name == *self.bound.name);
+        by_slot
+            .or_else(|| {
+                self.snapshot
+                    .listeners
+                    .iter()
+                    .find(|l| *l.name == *self.bound.name)
+            })
+            .map(|l| &l.routes)
+    }
+
+    async fn run(self, client: &mut Conn, head: RequestHead) -> Next {
+        let facts = Facts::new(&head);
+        let head_only = head.method() == b"HEAD";
+        let keep_alive = head.wants_keep_alive() && !self.worker.draining();
+        // An unread request body would be taken for the next request: close instead.
+        let close_local = !keep_alive || head.framing != BodyFraming::None;
+        let Some(route) = self.routes().and_then(|t| t.find(&facts)) else {
+            self.count(None, None, 404);
+            return self
+                .answer(
+                    client,
+                    local::error(404, "no route for this request", close_local, head_only),
+                    close_local,
+                )
+                .await;
+        };
+        match &route.action {
+            RouteAction::Direct(d) => {
+                self.count(Some(route), None, d.status);
+                let out = local::direct(
+                    d.status,
+                    &d.content_type,
+                    &d.body,
+                    &route.response_headers,
+                    close_local,
+                    head_only,
+                );
+                self.answer(client, out, close_local).await
+            }
+            RouteAction::Redirect(r) => {
+                self.count(Some(route), None, r.status);
+                let location = local::redirect_location(r, &facts);
+                let out = local::response(
+                    r.status,
+                    "text/plain",
+                    b"",
+                    close_local,
+                    head_only,
+                    &[("location", &location)],
+                );
+                self.answer(client, out, close_local).await
+            }
+            RouteAction::Forward(f) => {
+                forward::forward(&self, client, &facts, route, f, keep_alive).await
+            }
+        }
+    }
+
+    async fn answer(&self, client: &mut Conn, out: BytesMut, close: bool) -> Next {
+        match client.stream.write_all(out).await {
+            (Ok(_), _) if !close => Next::KeepAlive,
+            _ => Next::Close,
+        }
+    }
+
+    /// Counts a response by listener, route, cluster and status class.
+    fn count(&self, route: Option<&Arc<Route>>, cluster: Option<ClusterId>, status: u16) {
+        let class = (status / 100).min(5) as u64;
+        let route_key = route.map_or(0, |r| Arc::as_ptr(r) as u64);
+        let cluster_key = cluster.map_or(0, |c| c as u64 + 1);
+        let key = [
+            self.snapshot.version,
+            route_key,
+            cluster_key << 16 | self.bound.slot as u64,
+            class,
+        ];
+        self.worker.counters.bump(Family::Requests, key, || {
+            vec![
+                ("listener", self.bound.name.to_string()),
+                ("route", route.map(|r| r.name.clone()).unwrap_or_default()),
+                (
+                    "cluster",
+                    cluster
+                        .map(|c| self.snapshot.clusters[c].name.clone())
+                        .unwrap_or_default(),
+                ),
+                ("status_class", format!("{class}xx")),
+            ]
+        });
+    }
+
+    /// Counts an upstream failure in `family` by cluster and reason.
+    fn count_upstream(&self, family: Family, cluster: ClusterId, reason: &'static str) {
+        let key = [
+            self.snapshot.version,
+            cluster as u64,
+            reason.as_ptr() as u64,
+            0,
+        ];
+        self.worker.counters.bump(family, key, || {
+            let label = if family == Family::UpstreamTimeouts {
+                "phase"
+            } else {
+                "reason"
+            };
+            vec![
+                ("cluster", self.snapshot.clusters[cluster].name.clone()),
+                (label, reason.to_owned()),
+            ]
+        });
+    }
+}

@@ -1,0 +1,51 @@
+//! After `101 Switching Protocols` (WebSocket and other upgrades) the exchange is no
+//! longer HTTP: bytes are relayed both ways until both sides have closed.
+//!
+//! A half-close is passed on (EOF from one side shuts down writing to the other), so
+//! protocols that finish with a half-close still see every byte.
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+
+use crate::transport::Conn;
+
+const RELAY_BUF: usize = 16 * 1024;
+
+pub async fn relay(client: Conn, upstream: Conn) {
+    let Conn {
+        stream: client,
+        buf: client_early,
+    } = client;
+    let Conn {
+        stream: upstream,
+        buf: upstream_early,
+    } = upstream;
+    let (client_r, mut client_w) = client.into_split();
+    let (upstream_r, mut upstream_w) = upstream.into_split();
+    // Bytes that arrived behind the heads belong to the new protocol.
+    if !upstream_early.is_empty() && client_w.write_all(upstream_early).await.0.is_err() {
+        return;
+    }
+    if !client_early.is_empty() && upstream_w.write_all(client_early).await.0.is_err() {
+        return;
+    }
+    monoio::join!(pump(client_r, upstream_w), pump(upstream_r, client_w));
+}
+
+async fn pump(mut from: impl AsyncReadRent, mut to: impl AsyncWriteRent) {
+    let mut buf = Vec::with_capacity(RELAY_BUF);
+    loop {
+        let (res, b) = from.read(buf).await;
+        buf = b;
+        match res {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+        let (res, b) = to.write_all(buf).await;
+        buf = b;
+        if res.is_err() {
+            break;
+        }
+        buf.clear();
+    }
+    let _ = to.shutdown().await;
+}
