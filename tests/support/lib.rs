@@ -1,1 +1,13 @@
+//! Support for weft's end-to-end tests: the real `weft` binary as a child process,
+//! test upstreams (hyper on tokio, and raw sockets that misbehave on purpose), and
+//! helpers for raw HTTP/1.1 on a socket.
+//!
+//! Every process and server started here is stopped when its handle drops, including
+//! when the test panics, and every port is picked fresh (weft uses SO_REUSEPORT, so a
+//! leftover process on a shared port would silently take traffic).
 
+pub mod process;
+pub mod raw;
+pub mod upstream;
+
+pub use process::{free_port, weft_bin, Weft};

@@ -1,0 +1,173 @@
+//! Running the weft binary.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Path of the weft binary, built once per test run (debug profile).
+pub fn weft_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_path_buf();
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "weft-gateway", "--bin", "weft"])
+            .current_dir(&root)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building weft failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        target.join("debug").join("weft")
+    })
+    .clone()
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A running weft; killed on drop.
+pub struct Weft {
+    child: Child,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+    log_path: PathBuf,
+}
+
+impl Weft {
+    /// Writes `config` (which must use `admin` as admin address) and starts
+    /// `weft ROLE --config FILE --workers 2`, waiting until /ready says 200.
+    pub fn start(role: &str, config: &str, admin: SocketAddr) -> Weft {
+        Self::start_with(role, config, admin, &["--workers", "2"])
+    }
+
+    pub fn start_with(role: &str, config: &str, admin: SocketAddr, extra: &[&str]) -> Weft {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("weft.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log_path = dir.path().join("weft.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(weft_bin())
+            .arg(role)
+            .arg("--config")
+            .arg(&config_path)
+            .args(extra)
+            .env("WEFT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn weft");
+        let mut w = Weft {
+            child,
+            admin,
+            config_path,
+            _dir: dir,
+            log_path,
+        };
+        w.wait_ready();
+        w
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("weft exited early ({status}):\n{}", self.log());
+            }
+            if admin_get(self.admin, "/ready")
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("weft did not become ready:\n{}", self.log());
+    }
+
+    /// GET on the admin listener: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        admin_get(self.admin, path).expect("admin request")
+    }
+
+    /// Value of one Prometheus sample line whose name and labels contain all of `parts`.
+    pub fn metric(&self, parts: &[&str]) -> f64 {
+        let (_, body) = self.admin_get("/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (e.g. libc SIGHUP = 1, SIGTERM = 15).
+    pub fn signal(&self, sig: i32) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; None if it did not within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Weft {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn admin_get(admin: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Runs `weft ARGS...` to completion.
+pub fn weft_output(args: &[&str]) -> Output {
+    Command::new(weft_bin())
+        .args(args)
+        .output()
+        .expect("run weft")
+}
