@@ -124,13 +124,15 @@ async fn read_head(client: &mut Conn, http: &HttpConfig, first: bool) -> HeadRea
             Ok(_) => {}
         }
     }
-    let deadline = Instant::now() + http.header_read_timeout.0;
+    // The clock is read only when a head arrives in pieces.
+    let mut deadline = None;
     loop {
         match parse_request(&mut client.buf, http.max_header_bytes, http.max_headers) {
             Ok(Some(head)) => return HeadRead::Request(head),
             Ok(None) => {}
             Err(e) => return HeadRead::Rejected(rejection_status(e), rejection_reason(e)),
         }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + http.header_read_timeout.0);
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return HeadRead::Rejected(408, "request head not received in time");

@@ -2,9 +2,11 @@
 //!
 //! Owned by one worker (`RefCell`, no lock). Idle connections hold no read buffer.
 //! A connection is handed out only if it is still alive: one that expired
-//! (`idle_timeout`) or that the upstream closed while it sat idle is dropped at checkout
-//! (a non-blocking `MSG_PEEK` sees the FIN), so a request is never written to a socket
-//! the upstream already closed. A sweeper closes expired connections in the background
+//! (`idle_timeout`) is dropped at checkout, and one that sat idle longer than
+//! `PEEK_AFTER` is probed with a non-blocking `MSG_PEEK` that sees a FIN the upstream
+//! sent meanwhile. Upstreams close idle connections after seconds, not milliseconds, so
+//! a connection parked moments ago skips the probe (a syscall per request under load);
+//! the rare close that races a checkout is handled by the proxy's one safe retry. A sweeper closes expired connections in the background
 //! so idle sockets do not linger on the upstream.
 
 use std::cell::RefCell;
@@ -14,6 +16,9 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::transport::Conn;
+
+/// Connections idle for less than this are handed out without a liveness probe.
+const PEEK_AFTER: Duration = Duration::from_millis(200);
 
 struct IdleConn {
     conn: Conn,
@@ -34,7 +39,8 @@ impl Pool {
         let list = idle.get_mut(&endpoint)?;
         let now = Instant::now();
         while let Some(c) = list.pop() {
-            if now.duration_since(c.since) < c.idle_timeout && is_open(&c.conn) {
+            let idle = now.duration_since(c.since);
+            if idle < c.idle_timeout && (idle < PEEK_AFTER || is_open(&c.conn)) {
                 return Some(c.conn);
             }
         }

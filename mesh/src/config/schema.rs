@@ -255,7 +255,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
-            max_idle: 128,
+            max_idle: 1024,
             idle_timeout: ConfigDuration::from_secs(30),
         }
     }
