@@ -89,7 +89,13 @@ class System:
         self.name, self.start = name, start
 
 
-def weft_system(driver, upstream_port, tmp):
+def weft_system(driver, upstream_port, tmp, flags=None):
+    """flags: None for weft's default ring setup, or (coop_taskrun, single_issuer, defer_taskrun)."""
+    ring = ""
+    if flags is not None:
+        ring = "[runtime.uring]\n" + "".join(f"{k} = {str(v).lower()}\n" for k, v in
+                                            zip(("coop_taskrun", "single_issuer", "defer_taskrun"), flags))
+
     def start():
         port, admin = free_port(), free_port()
         cfg = os.path.join(tmp, f"weft-{driver}.toml")
@@ -97,7 +103,7 @@ def weft_system(driver, upstream_port, tmp):
             f.write(f"""[runtime]
 workers = 1
 io = "{driver}"
-[admin]
+{ring}[admin]
 address = "127.0.0.1:{admin}"
 [http.forwarded]
 x_forwarded_for = false
@@ -110,11 +116,12 @@ routes = [ {{ match = {{ path_prefix = "/" }}, cluster = "up" }} ]
 [clusters.up]
 endpoints = ["127.0.0.1:{upstream_port}"]
 """)
-        p = subprocess.Popen(["taskset", "-c", str(ARGS.proxy_cpu), os.path.join(ROOT, "target/release/weft"), "ingress",
+        p = subprocess.Popen(["taskset", "-c", str(ARGS.proxy_cpu), os.environ.get("WEFT_BIN", os.path.join(ROOT, "target/release/weft")), "ingress",
                               "--config", cfg], stderr=subprocess.DEVNULL, env=dict(os.environ, WEFT_LOG="warn"))
         wait_port(port)
         return p, port
-    return System(f"weft-{driver}", start)
+    name = f"weft-{driver}" if flags is None else f"weft-{driver}-" + "".join("1" if f else "0" for f in flags)
+    return System(name, start)
 
 
 def nginx_system(upstream_port, tmp):
@@ -199,6 +206,8 @@ def main():
     systems = {"direct": System("direct", lambda: (None, up_port)),
                "weft-io_uring": weft_system("io_uring", up_port, tmp),
                "weft-epoll": weft_system("epoll", up_port, tmp),
+               "weft-io_uring-000": weft_system("io_uring", up_port, tmp, (False, False, False)),
+               "weft-io_uring-110": weft_system("io_uring", up_port, tmp, (True, True, False)),
                "nginx": nginx_system(up_port, tmp),
                "haproxy": haproxy_system(up_port, tmp)}
     chosen = [systems[s] for s in ARGS.systems.split(",") if systems.get(s)]

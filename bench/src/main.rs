@@ -35,8 +35,18 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     match Cli::parse().command {
-        Command::Upstream { listen, body_size, threads, cpus } => {
-            match upstream::run(upstream::UpstreamOpts { listen, body_size, threads, cpus }) {
+        Command::Upstream {
+            listen,
+            body_size,
+            threads,
+            cpus,
+        } => {
+            match upstream::run(upstream::UpstreamOpts {
+                listen,
+                body_size,
+                threads,
+                cpus,
+            }) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("upstream: {e}");

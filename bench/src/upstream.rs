@@ -20,7 +20,11 @@ pub struct UpstreamOpts {
 }
 
 pub fn run(opts: UpstreamOpts) -> std::io::Result<()> {
-    let mut response = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n", opts.body_size).into_bytes();
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+        opts.body_size
+    )
+    .into_bytes();
     response.extend((0..opts.body_size).map(|i| b'a' + (i % 26) as u8));
     let response: &'static [u8] = Box::leak(response.into_boxed_slice());
     let mut handles = Vec::new();
@@ -31,7 +35,10 @@ pub fn run(opts: UpstreamOpts) -> std::io::Result<()> {
             if let Some(cpu) = cpu {
                 crate::net::pin(cpu);
             }
-            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().expect("runtime");
+            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 let listener = TcpListener::from_std(socket).expect("listener");
                 while let Ok((stream, _)) = listener.accept().await {

@@ -5,9 +5,9 @@
 //! A read in flight owns the buffer; if its future is dropped (a timeout) the buffer is
 //! lost with it, which is fine because the connection is closed in that case.
 //!
-//! Idle connections hold no buffer: `wait_readable_idle` waits with a cancelable read
-//! for a short while (fast path for busy keep-alive clients), then gives the buffer back
-//! and waits for readiness alone until the idle timeout.
+//! Idle connections hold no buffer: `fill_within` waits with a cancelable read for a
+//! short while (the fast path of busy keep-alive clients), then gives the buffer back,
+//! and the caller waits for readiness alone (see `proxy::serve`).
 
 use std::io;
 use std::time::Duration;
@@ -67,17 +67,10 @@ impl Conn {
         }
     }
 
-    /// Waits for the next request on a keep-alive connection and reads its first bytes.
-    /// Holds a read buffer only for `hold`; after that, waits for readiness with no
-    /// buffer until `idle` has passed in all. `Ok(0)`: the peer closed.
-    pub async fn fill_after_idle(
-        &mut self,
-        hold: Duration,
-        idle: Duration,
-    ) -> Result<usize, ReadError> {
-        if hold >= idle {
-            return self.fill_with_timeout(INITIAL_READ, idle).await;
-        }
+    /// Reads the first bytes of the next message, holding a read buffer for at most
+    /// `hold`. `Ok(Some(0))`: the peer closed. `Ok(None)`: nothing came; the buffer was
+    /// given back, so the caller can wait with `wait_readable`, which holds none.
+    pub async fn fill_within(&mut self, hold: Duration) -> Result<Option<usize>, ReadError> {
         let canceller = Canceller::new();
         let slice = self.spare(INITIAL_READ);
         let (res, slice) = {
@@ -92,19 +85,12 @@ impl Conn {
         };
         self.buf = slice.into_inner();
         match res {
-            Ok(n) => return Ok(n),
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
-            Err(e) => return Err(ReadError::Io(e)),
-        }
-        // Idle: give the buffer back and wait for the peer without one.
-        if self.buf.is_empty() {
-            self.buf = BytesMut::new();
-        }
-        let rest = idle - hold;
-        match monoio::time::timeout(rest, self.stream.readable(false)).await {
-            Ok(Ok(())) => self.fill_with_timeout(INITIAL_READ, rest).await,
-            Ok(Err(e)) => Err(ReadError::Io(e)),
-            Err(_) => Err(ReadError::TimedOut),
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                self.release_buffer();
+                Ok(None)
+            }
+            Err(e) => Err(ReadError::Io(e)),
         }
     }
 

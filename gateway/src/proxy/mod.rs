@@ -63,46 +63,97 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, 
     let mut client = Conn::new(stream);
     let mut first = true;
     loop {
-        let snapshot = worker.snapshot();
-        let head = match read_head(&mut client, &snapshot.http, first).await {
-            HeadRead::Request(h) => h,
-            HeadRead::Closed => break,
-            HeadRead::Rejected(status, why) => {
-                worker.counters.bump(
-                    Family::RejectedRequests,
-                    [bound.slot as u64, status as u64, 0, 0],
-                    || {
-                        vec![
-                            ("listener", bound.name.to_string()),
-                            ("status", status.to_string()),
-                        ]
-                    },
-                );
-                let _ = client
-                    .stream
-                    .write_all(local::error(status, why, true, false))
-                    .await;
+        // Everything a request needs lives in this box for the length of one turn, so
+        // a connection that sits idle costs only this small outer loop.
+        let turn = Box::pin(turn(&worker, &bound, &mut client, peer, first)).await;
+        match turn {
+            Turn::Idle { left } => {
+                let deadline = worker.idle_timers.deadline(Instant::now() + left);
+                let readable = monoio::select! {
+                    r = client.stream.readable(false) => r.is_ok(),
+                    _ = deadline => false,
+                };
+                if !readable {
+                    break;
+                }
+                // Bytes (or EOF) are waiting: the next turn reads them at once.
+            }
+            Turn::Done(Next::KeepAlive) if !worker.draining() => first = false,
+            Turn::Done(Next::Tunnel(upstream)) => {
+                Box::pin(tunnel::relay(client, upstream)).await;
                 break;
             }
-        };
-        first = false;
-        let exchange = Exchange {
-            worker: &worker,
-            snapshot: &snapshot,
-            bound: &bound,
-            peer,
-        };
-        match Box::pin(exchange.run(&mut client, head)).await {
-            Next::KeepAlive if !worker.draining() => continue,
-            Next::Tunnel(upstream) => {
-                tunnel::relay(client, upstream).await;
-                break;
-            }
-            _ => break,
+            Turn::Done(_) => break,
         }
     }
     open.sub(1);
     worker.connection_closed();
+}
+
+enum Turn {
+    /// No request arrived while the read buffer was held; wait (bufferless) for up
+    /// to `left` more.
+    Idle {
+        left: Duration,
+    },
+    Done(Next),
+}
+
+/// One turn of a connection: wait briefly for a request, read its head, answer it.
+async fn turn(
+    worker: &Worker,
+    bound: &BoundListener,
+    client: &mut Conn,
+    peer: SocketAddr,
+    first: bool,
+) -> Turn {
+    let snapshot = worker.snapshot();
+    let http = &snapshot.http;
+    if client.buf.is_empty() {
+        // Before the first byte: the header timeout on a new connection, else the idle timeout.
+        let wait = if first {
+            http.header_read_timeout.0
+        } else {
+            http.idle_timeout.0
+        };
+        match client.fill_within(BUFFER_HOLD.min(wait)).await {
+            Ok(Some(0)) | Err(_) => return Turn::Done(Next::Close),
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Turn::Idle {
+                    left: wait.saturating_sub(BUFFER_HOLD),
+                }
+            }
+        }
+    }
+    let head = match read_head(client, http).await {
+        HeadRead::Request(h) => h,
+        HeadRead::Closed => return Turn::Done(Next::Close),
+        HeadRead::Rejected(status, why) => {
+            worker.counters.bump(
+                Family::RejectedRequests,
+                [bound.slot as u64, status as u64, 0, 0],
+                || {
+                    vec![
+                        ("listener", bound.name.to_string()),
+                        ("status", status.to_string()),
+                    ]
+                },
+            );
+            let _ = client
+                .stream
+                .write_all(local::error(status, why, true, false))
+                .await;
+            return Turn::Done(Next::Close);
+        }
+    };
+    let exchange = Exchange {
+        worker,
+        snapshot: &snapshot,
+        bound,
+        peer,
+    };
+    Turn::Done(exchange.run(client, head).await)
 }
 
 enum HeadRead {
@@ -111,19 +162,8 @@ enum HeadRead {
     Rejected(u16, &'static str),
 }
 
-async fn read_head(client: &mut Conn, http: &HttpConfig, first: bool) -> HeadRead {
-    if client.buf.is_empty() {
-        // Before the first byte: the idle timeout, or the header timeout on a new connection.
-        let wait = if first {
-            http.header_read_timeout.0
-        } else {
-            http.idle_timeout.0
-        };
-        match client.fill_after_idle(BUFFER_HOLD, wait).await {
-            Ok(0) | Err(_) => return HeadRead::Closed,
-            Ok(_) => {}
-        }
-    }
+/// Completes the head whose first bytes are in the buffer.
+async fn read_head(client: &mut Conn, http: &HttpConfig) -> HeadRead {
     // The clock is read only when a head arrives in pieces.
     let mut deadline = None;
     loop {

@@ -5,6 +5,7 @@
 //! config (a new snapshot is published; workers pick it up on their next request),
 //! SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, exit).
 
+pub mod coarse_timer;
 pub mod driver;
 pub mod listen;
 pub mod worker;

@@ -17,6 +17,7 @@ use std::time::Duration;
 use monoio::net::TcpListener;
 use weft_mesh::snapshot::Snapshot;
 
+use super::coarse_timer::CoarseTimers;
 use super::{Control, Socket};
 use crate::observe::metrics::Counters;
 use crate::upstream::Upstreams;
@@ -27,6 +28,8 @@ pub struct Worker {
     snapshot: RefCell<Rc<Arc<Snapshot>>>,
     pub upstreams: Upstreams,
     pub counters: Counters,
+    /// Idle-connection deadlines, fired by the housekeeping tick.
+    pub idle_timers: CoarseTimers,
     /// Fired once when the process starts draining.
     pub drain: LocalEvent,
     /// Client connections this worker has open.
@@ -51,6 +54,7 @@ impl Worker {
             snapshot,
             upstreams: Upstreams::new(),
             counters,
+            idle_timers: CoarseTimers::default(),
             drain: LocalEvent::default(),
             open: Cell::new(0),
         }
@@ -92,6 +96,14 @@ impl Worker {
         loop {
             monoio::time::sleep(Duration::from_millis(100)).await;
             ticks = ticks.wrapping_add(1);
+            self.idle_timers.fire_expired(std::time::Instant::now());
+            if ticks % 10 == 0 {
+                // mimalloc returns freed pages to the OS lazily, on later allocations; a
+                // worker that went quiet would otherwise keep the buffers of its last
+                // burst resident. Once a second is cheap and keeps idle RSS honest.
+                // SAFETY: mi_collect only touches the calling thread's own heap.
+                unsafe { libmimalloc_sys::mi_collect(false) };
+            }
             if ticks % 50 == 0 {
                 self.upstreams.pool.sweep();
             }
