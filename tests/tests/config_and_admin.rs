@@ -236,3 +236,30 @@ fn sigterm_drains_and_exits() {
         .expect("exited after SIGTERM");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn sigterm_closes_idle_keep_alive_connections_and_finishes_in_flight_requests() {
+    let app = TestUpstream::start("app");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "[admin]\naddress = \"{admin}\"\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\nroutes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"app\" }} ]\n[clusters.app]\nendpoints = [\"{}\"]\n",
+        app.addr
+    );
+    let mut weft = Weft::start("ingress", &config, admin);
+    let mut idle = raw::RawClient::new(listen);
+    idle.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(idle.read_response().0, 200);
+    std::thread::sleep(Duration::from_millis(700)); // past the buffer hold: truly idle
+    let mut busy = raw::RawClient::new(listen);
+    busy.send(b"GET /sleep/800 HTTP/1.1\r\nHost: a\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    weft.signal(15);
+    // The in-flight request completes, and is told the connection closes.
+    let (status, head, _) = busy.read_response();
+    assert_eq!(status, 200);
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(raw::closed_within(&mut idle.stream, Duration::from_secs(2)), "idle connection closed by the drain");
+    let status = weft.wait_exit(Duration::from_secs(5)).expect("exited after the drain");
+    assert!(status.success());
+}

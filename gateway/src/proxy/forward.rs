@@ -163,7 +163,8 @@ pub async fn forward(
         };
     }
 
-    let framing = rewrite::client_framing(head, &response, keep_alive);
+    // A drain that began while the upstream worked still closes this connection.
+    let framing = rewrite::client_framing(head, &response, keep_alive && !x.worker.draining());
     let mut out = rewrite::response_head(head, &response, &route.response_headers, framing, false);
     // Small bodies that arrived with the head go out in the same write.
     let body_done = match response.framing {

@@ -72,6 +72,8 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, 
                 let readable = monoio::select! {
                     r = client.stream.readable(false) => r.is_ok(),
                     _ = deadline => false,
+                    // Draining closes idle keep-alive connections at once.
+                    _ = worker.drain.wait() => false,
                 };
                 if !readable {
                     break;
