@@ -52,12 +52,31 @@ impl Weft {
     }
 
     pub fn start_with(role: &str, config: &str, admin: SocketAddr, extra: &[&str]) -> Weft {
+        Self::start_under(&[], role, config, admin, extra)
+    }
+
+    /// Like `start_with`, run under a wrapper command such as `["taskset", "-c", "1"]`.
+    pub fn start_under(
+        wrapper: &[&str],
+        role: &str,
+        config: &str,
+        admin: SocketAddr,
+        extra: &[&str],
+    ) -> Weft {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("weft.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log_path = dir.path().join("weft.log");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(weft_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(weft_bin());
+                c
+            }
+            None => Command::new(weft_bin()),
+        };
+        let child = cmd
             .arg(role)
             .arg("--config")
             .arg(&config_path)
@@ -115,6 +134,28 @@ impl Weft {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `Cpus_allowed_list` of each thread whose name starts with `prefix`.
+    pub fn thread_cpus(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let dir = format!("/proc/{}/task", self.child.id());
+        for entry in std::fs::read_dir(dir).expect("proc task dir").flatten() {
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_owned())
+                    .unwrap_or_default()
+            };
+            let name = field("Name:");
+            if name.starts_with(prefix) {
+                out.push((name, field("Cpus_allowed_list:")));
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Sends a signal (e.g. libc SIGHUP = 1, SIGTERM = 15).

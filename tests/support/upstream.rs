@@ -35,7 +35,8 @@ fn hex(d: &[u8]) -> String {
 /// A hyper HTTP/1.1 server on its own thread and tokio runtime.
 ///
 /// Routes: `/ws` WebSocket echo; `/big?n=N` N pattern bytes, chunked; `/sha256` answers
-/// `HEX LEN` of the request body; `/status/N`; `/sleep/MS`; anything else: a dump of the
+/// `HEX LEN` of the request body, then ` name=value` per request trailer; `/trailers` a
+/// chunked body with an `x-checksum` trailer (sent when the request says `TE: trailers`); `/status/N`; `/sleep/MS`; anything else: a dump of the
 /// request as received (method, target, headers), prefixed by `upstream=NAME`.
 pub struct TestUpstream {
     pub addr: SocketAddr,
@@ -136,6 +137,7 @@ async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>
     if path == "/sha256" {
         let mut hasher = Sha256::new();
         let mut len = 0usize;
+        let mut trailers = String::new();
         let mut body = req.into_body();
         while let Some(frame) = body.frame().await {
             match frame {
@@ -144,11 +146,39 @@ async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>
                         hasher.update(d);
                         len += d.len();
                     }
+                    if let Some(t) = f.trailers_ref() {
+                        for (k, v) in t {
+                            trailers += &format!(" {k}={}", String::from_utf8_lossy(v.as_bytes()));
+                        }
+                    }
                 }
                 Err(e) => return Ok(full(400, format!("body error: {e}"))),
             }
         }
-        return Ok(full(200, format!("{} {len}", hex(&hasher.finalize()))));
+        return Ok(full(
+            200,
+            format!("{} {len}{trailers}", hex(&hasher.finalize())),
+        ));
+    }
+    if path == "/trailers" {
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert(
+            "x-checksum",
+            hyper::header::HeaderValue::from_static("abc123"),
+        );
+        let frames = vec![
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"part one,"))),
+            Ok(Frame::data(Bytes::from_static(b" part two"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+            frames,
+        ))));
+        r.headers_mut().insert(
+            "trailer",
+            hyper::header::HeaderValue::from_static("x-checksum"),
+        );
+        return Ok(r);
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let code: u16 = code.parse().unwrap_or(500);

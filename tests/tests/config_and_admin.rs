@@ -255,11 +255,22 @@ fn sigterm_closes_idle_keep_alive_connections_and_finishes_in_flight_requests() 
     busy.send(b"GET /sleep/800 HTTP/1.1\r\nHost: a\r\n\r\n");
     std::thread::sleep(Duration::from_millis(200));
     weft.signal(15);
+    std::thread::sleep(Duration::from_millis(250));
+    assert_eq!(
+        weft.admin_get("/ready"),
+        (503, "draining\n".into()),
+        "not ready while draining"
+    );
     // The in-flight request completes, and is told the connection closes.
     let (status, head, _) = busy.read_response();
     assert_eq!(status, 200);
     assert!(head.contains("connection: close"), "{head}");
-    assert!(raw::closed_within(&mut idle.stream, Duration::from_secs(2)), "idle connection closed by the drain");
-    let status = weft.wait_exit(Duration::from_secs(5)).expect("exited after the drain");
+    assert!(
+        raw::closed_within(&mut idle.stream, Duration::from_secs(2)),
+        "idle connection closed by the drain"
+    );
+    let status = weft
+        .wait_exit(Duration::from_secs(5))
+        .expect("exited after the drain");
     assert!(status.success());
 }

@@ -406,3 +406,84 @@ async fn websocket_echo_through_upgrade() {
     assert_eq!(ws.next().await.unwrap().unwrap().into_data(), big);
     ws.close(None).await.unwrap();
 }
+
+#[test]
+fn trailers_pass_through_chunked_bodies_both_ways() {
+    let s = setup();
+    let mut c = RawClient::new(s.listen);
+    c.send(b"POST /api/sha256 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 42\r\n\r\n");
+    let (status, _, body) = c.read_response();
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("{} 5 x-sum=42", sha256_hex(b"hello"))
+    );
+
+    let text = raw::exchange(
+        s.listen,
+        b"GET /api/trailers HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    );
+    let lower = text.to_ascii_lowercase();
+    assert!(lower.contains("transfer-encoding: chunked"), "{text}");
+    assert!(
+        lower.ends_with("0\r\nx-checksum: abc123\r\n\r\n"),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn forwarded_header_and_header_and_regex_matching() {
+    let api = TestUpstream::start("api");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        r#"
+[admin]
+address = "{admin}"
+
+[http.forwarded]
+x_forwarded_for = false
+forwarded = true
+request_id = false
+
+[[listeners]]
+name = "public"
+address = "{listen}"
+routes = [
+  {{ name = "canary", match = {{ path_prefix = "/", headers = [ {{ name = "x-canary", value = "1" }} ] }}, direct_response = {{ status = 200, body = "canary\n" }} }},
+  {{ name = "ids", match = {{ path_regex = "^/items/[0-9]+$" }}, cluster = "api" }},
+  {{ name = "rest", match = {{ path_prefix = "/" }}, direct_response = {{ status = 418, body = "rest\n" }} }},
+]
+
+[clusters.api]
+endpoints = ["{}"]
+"#,
+        api.addr
+    );
+    let _weft = Weft::start("ingress", &config, admin);
+    let mut c = RawClient::new(listen);
+    c.send(b"GET /items/42 HTTP/1.1\r\nHost: shop.test\r\n\r\n");
+    let (status, _, body) = c.read_response();
+    let dump = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        dump_header(&dump, "forwarded"),
+        Some("for=127.0.0.1;proto=http;host=\"shop.test\""),
+        "{dump}"
+    );
+    assert_eq!(
+        dump_header(&dump, "x-forwarded-for"),
+        None,
+        "disabled in config"
+    );
+    assert_eq!(
+        dump_header(&dump, "x-request-id"),
+        None,
+        "disabled in config"
+    );
+    c.send(b"GET /items/42x HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(c.read_response().0, 418);
+    c.send(b"GET /items/42 HTTP/1.1\r\nHost: a\r\nX-Canary: 1\r\n\r\n");
+    let (status, _, body) = c.read_response();
+    assert_eq!((status, body.as_slice()), (200, &b"canary\n"[..]));
+}

@@ -12,7 +12,7 @@ use weft_mesh::config::ForwardedConfig;
 use weft_mesh::snapshot::{Forward, HeaderEdits};
 
 use super::facts::Facts;
-use crate::proto::h1::head::{BodyFraming, Head, RequestHead, ResponseHead, Version};
+use crate::proto::h1::head::{trim, BodyFraming, Head, RequestHead, ResponseHead, Version};
 use crate::proto::h1::reason;
 
 /// Client-side facts the forwarded-headers need.
@@ -45,8 +45,17 @@ pub fn request_head(
 
     let mut prior_xff: Option<&[u8]> = None;
     let mut has_request_id = false;
+    let mut accepts_trailers = false;
     for f in &head.headers {
         let name = head.name(f);
+        if name.eq_ignore_ascii_case(b"te") {
+            // TE is hop-by-hop, but "trailers" holds for the next hop too: weft passes
+            // chunked bodies through with their trailers.
+            accepts_trailers |= head
+                .value(f)
+                .split(|&b| b == b',')
+                .any(|t| trim(t).eq_ignore_ascii_case(b"trailers"));
+        }
         if head.is_hop_by_hop(f, &head.connection) || edits.drops(name) {
             continue;
         }
@@ -112,6 +121,9 @@ pub fn request_head(
     }
     if head.framing == BodyFraming::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if accepts_trailers && head.version == Version::H11 {
+        out.extend_from_slice(b"te: trailers\r\n");
     }
     if head.is_upgrade() {
         out.extend_from_slice(b"connection: upgrade\r\n");
