@@ -10,4 +10,4 @@ pub mod process;
 pub mod raw;
 pub mod upstream;
 
-pub use process::{free_port, weft_bin, Weft};
+pub use process::{free_addr, free_port, weft_bin, Weft};

@@ -35,6 +35,11 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// A loopback address with a port nobody listens on right now.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
 /// A running weft; killed on drop.
 pub struct Weft {
     child: Child,

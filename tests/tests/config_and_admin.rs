@@ -8,7 +8,7 @@ use std::time::Duration;
 use weft_tests::process::weft_output;
 use weft_tests::raw;
 use weft_tests::upstream::TestUpstream;
-use weft_tests::{free_port, weft_bin, Weft};
+use weft_tests::{free_addr, free_port, weft_bin, Weft};
 
 #[test]
 fn every_shipped_config_passes_check() {
@@ -131,8 +131,8 @@ fn bad_config_lists_every_error_with_file_and_key_and_binds_nothing() {
 #[test]
 fn admin_endpoints_and_prometheus_metrics() {
     let app = TestUpstream::start("app");
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen: SocketAddr = free_addr();
+    let admin: SocketAddr = free_addr();
     let config = format!(
         r#"
 [admin]
@@ -224,8 +224,8 @@ endpoints = ["127.0.0.1:{}"]
 
 #[test]
 fn sigterm_drains_and_exits() {
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen: SocketAddr = free_addr();
+    let admin: SocketAddr = free_addr();
     let config = format!(
         "[admin]\naddress = \"{admin}\"\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\nroutes = [ {{ match = {{ path = \"/\" }}, direct_response = {{ status = 200, body = \"hi\" }} }} ]\n"
     );
@@ -240,8 +240,8 @@ fn sigterm_drains_and_exits() {
 #[test]
 fn sigterm_closes_idle_keep_alive_connections_and_finishes_in_flight_requests() {
     let app = TestUpstream::start("app");
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen: SocketAddr = free_addr();
+    let admin: SocketAddr = free_addr();
     let config = format!(
         "[admin]\naddress = \"{admin}\"\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\nroutes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"app\" }} ]\n[clusters.app]\nendpoints = [\"{}\"]\n",
         app.addr

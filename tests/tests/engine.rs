@@ -6,11 +6,7 @@ use std::net::SocketAddr;
 use weft_tests::process::weft_output;
 use weft_tests::raw::{self, RawClient};
 use weft_tests::upstream::{sha256_hex, TestUpstream};
-use weft_tests::{free_port, Weft};
-
-fn addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
+use weft_tests::{free_addr, Weft};
 
 fn simple_config(
     admin: SocketAddr,
@@ -46,7 +42,7 @@ fn cpus() -> usize {
 #[test]
 fn workers_follow_the_inherited_affinity_mask() {
     let app = TestUpstream::start("app");
-    let (admin, listen) = (addr(), addr());
+    let (admin, listen) = (free_addr(), free_addr());
     let cpu = if cpus() > 1 { "1" } else { "0" };
     let weft = Weft::start_under(
         &["taskset", "-c", cpu],
@@ -74,7 +70,7 @@ fn workers_follow_the_inherited_affinity_mask() {
 #[test]
 fn runtime_cpus_pins_each_worker() {
     let app = TestUpstream::start("app");
-    let (admin, listen) = (addr(), addr());
+    let (admin, listen) = (free_addr(), free_addr());
     let weft = Weft::start_with(
         "ingress",
         &simple_config(admin, listen, app.addr, "workers = 2\ncpus = [0]"),
@@ -93,7 +89,7 @@ fn runtime_cpus_pins_each_worker() {
 #[test]
 fn epoll_driver_carries_the_same_traffic() {
     let app = TestUpstream::start("app");
-    let (admin, listen) = (addr(), addr());
+    let (admin, listen) = (free_addr(), free_addr());
     let weft = Weft::start(
         "ingress",
         &simple_config(admin, listen, app.addr, "io = \"epoll\""),
@@ -117,7 +113,7 @@ fn epoll_driver_carries_the_same_traffic() {
 #[test]
 fn io_uring_driver_is_the_default_when_the_kernel_allows_it() {
     let app = TestUpstream::start("app");
-    let (admin, listen) = (addr(), addr());
+    let (admin, listen) = (free_addr(), free_addr());
     let weft = Weft::start(
         "ingress",
         &simple_config(admin, listen, app.addr, ""),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use weft_tests::raw::{self, RawClient};
 use weft_tests::upstream::{BlackHole, Misbehavior, RawUpstream, TestUpstream};
-use weft_tests::{free_port, Weft};
+use weft_tests::{free_addr, free_port, Weft};
 
 struct Setup {
     weft: Weft,
@@ -32,8 +32,8 @@ fn setup() -> Setup {
     let once = RawUpstream::start(Misbehavior::OneRequestPerConnection);
     let hole = BlackHole::start();
     let refused = format!("127.0.0.1:{}", free_port());
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen: SocketAddr = free_addr();
+    let admin: SocketAddr = free_addr();
     let config = format!(
         r#"
 [admin]

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioExecutor;
 use weft_tests::raw::{self, RawClient};
 
 use weft_tests::upstream::{big_body_byte, sha256_hex, TestUpstream};
-use weft_tests::{free_port, Weft};
+use weft_tests::{free_addr, Weft};
 
 struct Setup {
     weft: Weft,
@@ -21,8 +21,8 @@ struct Setup {
 
 fn setup() -> Setup {
     let api = TestUpstream::start("api");
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen: SocketAddr = free_addr();
+    let admin: SocketAddr = free_addr();
     let config = format!(
         r#"
 [admin]
@@ -434,8 +434,8 @@ fn trailers_pass_through_chunked_bodies_both_ways() {
 #[test]
 fn forwarded_header_and_header_and_regex_matching() {
     let api = TestUpstream::start("api");
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen: SocketAddr = free_addr();
+    let admin: SocketAddr = free_addr();
     let config = format!(
         r#"
 [admin]

@@ -1,14 +1,8 @@
 //! Traffic splits and the sidecar's inbound and outbound paths.
 
-use std::net::SocketAddr;
-
 use weft_tests::raw::{self, RawClient};
 use weft_tests::upstream::TestUpstream;
-use weft_tests::{free_port, Weft};
-
-fn addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
+use weft_tests::{free_addr, Weft};
 
 #[test]
 fn split_90_10_and_weighted_round_robin() {
@@ -17,7 +11,7 @@ fn split_90_10_and_weighted_round_robin() {
         TestUpstream::start("shop-v2"),
     );
     let (a, b) = (TestUpstream::start("api-a"), TestUpstream::start("api-b"));
-    let (listen, admin) = (addr(), addr());
+    let (listen, admin) = (free_addr(), free_addr());
     let config = format!(
         r#"
 [admin]
@@ -89,7 +83,7 @@ endpoints = ["{}"]
 fn sidecar_inbound_and_outbound() {
     let app = TestUpstream::start("local-app");
     let billing = TestUpstream::start("billing");
-    let (inbound, outbound, admin) = (addr(), addr(), addr());
+    let (inbound, outbound, admin) = (free_addr(), free_addr(), free_addr());
     let config = format!(
         r#"
 [admin]

@@ -163,6 +163,25 @@ fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
+fn version_of(minor: Option<u8>) -> Version {
+    if minor == Some(0) {
+        Version::H10
+    } else {
+        Version::H11
+    }
+}
+
+/// Header positions as ranges into the head's bytes (`base`).
+fn fields(base: &[u8], headers: &[httparse::Header<'_>]) -> Vec<HeaderField> {
+    headers
+        .iter()
+        .map(|h| HeaderField {
+            name: offset(base, h.name.as_bytes()),
+            value: offset(base, h.value),
+        })
+        .collect()
+}
+
 /// Tries to parse a request head at the front of `buf`. `Ok(None)`: need more bytes.
 /// On success the head's bytes are split off `buf`.
 pub fn parse_request(
@@ -204,19 +223,8 @@ pub fn parse_request(
     let base: &[u8] = buf;
     let method = offset(base, req.method.unwrap_or_default().as_bytes());
     let target = offset(base, req.path.unwrap_or_default().as_bytes());
-    let version = if req.version == Some(0) {
-        Version::H10
-    } else {
-        Version::H11
-    };
-    let headers: Vec<HeaderField> = req
-        .headers
-        .iter()
-        .map(|h| HeaderField {
-            name: offset(base, h.name.as_bytes()),
-            value: offset(base, h.value),
-        })
-        .collect();
+    let version = version_of(req.version);
+    let headers = fields(base, req.headers);
     let raw = buf.split_to(len).freeze();
     let mut head = RequestHead {
         raw,
@@ -299,19 +307,8 @@ pub fn parse_response(
     let base: &[u8] = buf;
     let status = resp.code.unwrap_or(0);
     let reason = offset(base, resp.reason.unwrap_or_default().as_bytes());
-    let version = if resp.version == Some(0) {
-        Version::H10
-    } else {
-        Version::H11
-    };
-    let headers: Vec<HeaderField> = resp
-        .headers
-        .iter()
-        .map(|h| HeaderField {
-            name: offset(base, h.name.as_bytes()),
-            value: offset(base, h.value),
-        })
-        .collect();
+    let version = version_of(resp.version);
+    let headers = fields(base, resp.headers);
     let raw = buf.split_to(len).freeze();
     let facts = scan_headers(&raw, &headers)?;
     let no_body = head_request || (100..200).contains(&status) || status == 204 || status == 304;
