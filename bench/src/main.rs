@@ -1,9 +1,21 @@
-//! weft-bench: the benchmark harness. For now: the upstream server the benchmarks
-//! proxy to; the load scenarios are driven by bench/foundation.sh (wrk) until the
-//! harness grows its own load generator.
+//! weft-bench: measures weft against `direct` and against nginx/haproxy, side by side.
+//!
+//! `run` starts everything itself (its upstreams, each system under test with a config
+//! it writes, its own load generator), interleaves systems per round, and reports
+//! medians as a markdown table, results.json and SVG plots. `load` is the bare load
+//! generator (to validate it against wrk); `upstream` the bench's upstream server.
 
+mod load;
 mod net;
+mod procstat;
+mod report;
+mod run;
+mod systems;
 mod upstream;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -11,7 +23,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "weft-bench")]
+#[command(name = "weft-bench", about = "weft's benchmark harness")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +31,58 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run scenarios against every available system and report.
+    Run {
+        /// Scenarios to run (default: all): h1-keepalive, h1-fixed-rate, h1-new-conn,
+        /// h1-large-body, idle-conns, reload-under-load, scale.
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+        /// Systems (default: all available): direct, weft-io_uring, weft-epoll, nginx, haproxy.
+        #[arg(long = "system")]
+        systems: Vec<String>,
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+        /// Smoke check: one short round of every scenario, under a minute.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per measured run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Connections for h1-keepalive.
+        #[arg(long, value_delimiter = ',', default_value = "50,400,2000")]
+        connections: Vec<usize>,
+        #[arg(long, default_value_t = 10_000)]
+        idle_connections: usize,
+        /// CPUs for the proxy under test (default: the first CPU).
+        #[arg(long, value_delimiter = ',')]
+        proxy_cpus: Vec<usize>,
+        /// CPUs for the load generator and upstreams (default: the others).
+        #[arg(long, value_delimiter = ',')]
+        load_cpus: Vec<usize>,
+        /// The weft binary (default: `weft` next to this executable).
+        #[arg(long)]
+        weft_bin: Option<PathBuf>,
+    },
+    /// Only the load generator, against any HTTP/1.1 server.
+    Load {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Requests/s in all (open loop); default closed loop.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long)]
+        new_connection: bool,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, value_delimiter = ',')]
+        cpus: Vec<usize>,
+    },
     /// A fixed-response HTTP/1.1 server to proxy to.
     Upstream {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -33,7 +97,7 @@ enum Command {
     },
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Upstream {
             listen,
@@ -47,12 +111,186 @@ fn main() -> std::process::ExitCode {
                 threads,
                 cpus,
             }) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("upstream: {e}");
-                    std::process::ExitCode::FAILURE
+                    ExitCode::FAILURE
                 }
             }
         }
+        Command::Load {
+            addr,
+            connections,
+            duration,
+            rate,
+            new_connection,
+            threads,
+            cpus,
+        } => {
+            let spec = load::LoadSpec {
+                addr,
+                connections,
+                duration: Duration::from_secs_f64(duration),
+                rate,
+                new_connection,
+                path: "/".into(),
+                threads,
+                cpus,
+            };
+            let r = load::run(&spec);
+            println!(
+                "{} requests in {:.2}s: {:.0} req/s, p50 {}us p90 {}us p99 {}us p99.9 {}us, errors {}",
+                r.requests,
+                r.elapsed.as_secs_f64(),
+                r.rps(),
+                r.p(50.0),
+                r.p(90.0),
+                r.p(99.0),
+                r.p(99.9),
+                r.errors
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Run {
+            scenarios,
+            systems,
+            out,
+            quick,
+            rounds,
+            duration,
+            connections,
+            idle_connections,
+            proxy_cpus,
+            load_cpus,
+            weft_bin,
+        } => run_command(run::RunOpts {
+            scenarios: if scenarios.is_empty() {
+                run::SCENARIOS.iter().map(|s| s.to_string()).collect()
+            } else {
+                scenarios
+            },
+            systems: pick_systems(&systems),
+            out,
+            quick,
+            rounds: if quick { 1 } else { rounds.max(1) },
+            duration: Duration::from_secs_f64(if quick { 1.0 } else { duration }),
+            proxy_cpus,
+            load_cpus,
+            weft_bin: weft_bin.unwrap_or_else(default_weft_bin),
+            connections: if quick { vec![50] } else { connections },
+            idle_connections: if quick { 1000 } else { idle_connections },
+        }),
     }
+}
+
+fn pick_systems(names: &[String]) -> Vec<systems::Kind> {
+    let names: Vec<&str> = if names.is_empty() {
+        vec!["direct", "weft-io_uring", "weft-epoll", "nginx", "haproxy"]
+    } else {
+        names.iter().map(String::as_str).collect()
+    };
+    names
+        .into_iter()
+        .filter_map(|n| match systems::Kind::parse(n) {
+            Some(k) if k.available() => Some(k),
+            Some(_) => {
+                eprintln!("{n}: not installed here, left out");
+                None
+            }
+            None => {
+                eprintln!("{n}: unknown system, left out");
+                None
+            }
+        })
+        .collect()
+}
+
+fn default_weft_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("weft")))
+        .unwrap_or_else(|| PathBuf::from("weft"))
+}
+
+fn run_command(mut opts: run::RunOpts) -> ExitCode {
+    let cpus = all_cpus();
+    if opts.proxy_cpus.is_empty() {
+        opts.proxy_cpus = vec![cpus[0]];
+    }
+    if opts.load_cpus.is_empty() {
+        opts.load_cpus = cpus
+            .iter()
+            .copied()
+            .filter(|c| !opts.proxy_cpus.contains(c))
+            .collect();
+        if opts.load_cpus.is_empty() {
+            opts.load_cpus = vec![cpus[0]];
+        }
+    }
+    if !opts.weft_bin.is_file() {
+        eprintln!(
+            "{}: no weft binary (build it: cargo build --release -p weft-gateway)",
+            opts.weft_bin.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let header = format!(
+        "weft-bench run: proxy CPUs {:?}, load+upstream CPUs {:?}, {} round(s) of {:.1}s, systems {}; {}",
+        opts.proxy_cpus,
+        opts.load_cpus,
+        opts.rounds,
+        opts.duration.as_secs_f64(),
+        opts.systems.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+        machine()
+    );
+    eprintln!("{header}");
+    let samples = match run::run(&opts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("weft-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{header}\n\n{}", report::markdown(&samples));
+    if let Err(e) = report::write_all(&samples, &opts.out, &header) {
+        eprintln!("weft-bench: writing results to {}: {e}", opts.out.display());
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "results: {}/results.json, results.md, *.svg",
+        opts.out.display()
+    );
+    let errors = report::total_errors(&samples);
+    if errors > 0 {
+        eprintln!("weft-bench: {errors} error(s) during the run");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn all_cpus() -> Vec<usize> {
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    (0..n).collect()
+}
+
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split(':')
+                    .nth(1)
+                    .map(|s| s.trim().to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{} CPUs ({model}), kernel {}",
+        all_cpus().len(),
+        kernel.trim()
+    )
 }

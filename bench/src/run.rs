@@ -1,0 +1,423 @@
+//! `weft-bench run`: scenarios x systems x rounds, interleaved, then medians.
+//!
+//! Within a round every system runs the same scenario point back to back (weft, nginx,
+//! haproxy, direct, ...), so slow drifts of a noisy machine hit all systems alike; the
+//! report takes the median over rounds.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::load::{self, LoadSpec};
+use crate::procstat;
+use crate::systems::{self, Env, Kind};
+
+pub struct RunOpts {
+    pub scenarios: Vec<String>,
+    pub systems: Vec<Kind>,
+    pub out: PathBuf,
+    pub quick: bool,
+    pub rounds: usize,
+    pub duration: Duration,
+    pub proxy_cpus: Vec<usize>,
+    pub load_cpus: Vec<usize>,
+    pub weft_bin: PathBuf,
+    pub connections: Vec<usize>,
+    pub idle_connections: usize,
+}
+
+pub const SCENARIOS: [&str; 7] = [
+    "h1-keepalive",
+    "h1-fixed-rate",
+    "h1-new-conn",
+    "h1-large-body",
+    "idle-conns",
+    "reload-under-load",
+    "scale",
+];
+
+/// One measured run of one system at one scenario point.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub scenario: String,
+    pub system: String,
+    pub connections: usize,
+    pub workers: usize,
+    pub round: usize,
+    pub rps: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub errors: u64,
+    /// Proxy CPU (user+sys) per request in microseconds; absent for `direct`.
+    pub cpu_us_per_req: Option<f64>,
+    pub rss_kib: Option<u64>,
+    /// idle-conns: RSS growth per idle connection, bytes.
+    pub idle_bytes_per_conn: Option<f64>,
+    /// reload-under-load: SIGHUPs sent and the config version reached.
+    pub reloads: Option<u64>,
+    /// Latency curve for plots: (percentile, microseconds).
+    pub curve: Vec<(f64, u64)>,
+}
+
+struct Upstreams {
+    small: SocketAddr,
+    large: SocketAddr,
+    children: Vec<Child>,
+}
+
+impl Drop for Upstreams {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_upstreams(opts: &RunOpts) -> std::io::Result<Upstreams> {
+    let exe = std::env::current_exe()?;
+    let cpus = opts
+        .load_cpus
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children = Vec::new();
+    let mut addrs = Vec::new();
+    for body in [64usize, 1 << 20] {
+        let port = systems::free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let child = Command::new(&exe)
+            .args([
+                "upstream",
+                "--listen",
+                &addr.to_string(),
+                "--body-size",
+                &body.to_string(),
+                "--cpus",
+                &cpus,
+            ])
+            .args(["--threads", &opts.load_cpus.len().max(1).to_string()])
+            .stdout(Stdio::null())
+            .spawn()?;
+        children.push(child);
+        addrs.push(addr);
+    }
+    for a in &addrs {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(a).is_err() {
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other(format!(
+                    "bench upstream on {a} did not start"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(Upstreams {
+        small: addrs[0],
+        large: addrs[1],
+        children,
+    })
+}
+
+pub fn run(opts: &RunOpts) -> Result<Vec<Sample>, String> {
+    procstat::raise_nofile();
+    std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    let env = Env {
+        weft_bin: opts.weft_bin.clone(),
+        proxy_cpus: opts.proxy_cpus.clone(),
+        dir: opts.out.join("work"),
+    };
+    std::fs::create_dir_all(&env.dir).map_err(|e| e.to_string())?;
+    let ups = start_upstreams(opts).map_err(|e| e.to_string())?;
+    let mut samples = Vec::new();
+    for round in 1..=opts.rounds {
+        for scenario in &opts.scenarios {
+            for point in points(scenario, opts) {
+                for kind in systems_for(scenario, opts) {
+                    let s = measure(scenario, &kind, &point, round, opts, &env, &ups);
+                    match s {
+                        Ok(s) => {
+                            eprintln!("{}", one_line(&s));
+                            samples.push(s);
+                        }
+                        Err(e) => {
+                            eprintln!("round {round} {scenario} {}: skipped: {e}", kind.name())
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(samples)
+}
+
+/// A scenario point: connections and workers (and for fixed-rate, the rate).
+#[derive(Clone, Debug)]
+struct Point {
+    connections: usize,
+    workers: usize,
+    rate: Option<f64>,
+}
+
+fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
+    let one = |c: usize| Point {
+        connections: c,
+        workers: 1,
+        rate: None,
+    };
+    match scenario {
+        "h1-keepalive" => opts.connections.iter().map(|&c| one(c)).collect(),
+        "h1-fixed-rate" => vec![Point {
+            connections: 50,
+            workers: 1,
+            rate: Some(if opts.quick { 5_000.0 } else { 20_000.0 }),
+        }],
+        "h1-new-conn" | "h1-large-body" => vec![one(if opts.quick { 10 } else { 50 })],
+        "idle-conns" => vec![one(opts.idle_connections)],
+        "reload-under-load" => vec![one(50)],
+        "scale" => {
+            let mut w = 1;
+            let mut out = Vec::new();
+            while w <= opts.proxy_cpus.len().max(1) {
+                out.push(Point {
+                    connections: 400,
+                    workers: w,
+                    rate: None,
+                });
+                w *= 2;
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn systems_for(scenario: &str, opts: &RunOpts) -> Vec<Kind> {
+    match scenario {
+        // Only weft reloads; scale compares weft with itself (and nginx as the yardstick).
+        "reload-under-load" => opts
+            .systems
+            .iter()
+            .filter(|k| matches!(k, Kind::Weft { .. }))
+            .cloned()
+            .collect(),
+        "scale" => opts
+            .systems
+            .iter()
+            .filter(|k| matches!(k, Kind::Weft { driver: "io_uring" } | Kind::Nginx))
+            .cloned()
+            .collect(),
+        "idle-conns" => opts
+            .systems
+            .iter()
+            .filter(|k| **k != Kind::Direct)
+            .cloned()
+            .collect(),
+        _ => opts.systems.clone(),
+    }
+}
+
+fn measure(
+    scenario: &str,
+    kind: &Kind,
+    point: &Point,
+    round: usize,
+    opts: &RunOpts,
+    env: &Env,
+    ups: &Upstreams,
+) -> Result<Sample, String> {
+    let upstream = if scenario == "h1-large-body" {
+        ups.large
+    } else {
+        ups.small
+    };
+    let running =
+        systems::start(kind, env, Some(upstream), point.workers).map_err(|e| e.to_string())?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], running.port));
+    let pids = running.pids();
+    let mut sample = Sample {
+        scenario: scenario.into(),
+        system: kind.name(),
+        connections: point.connections,
+        workers: point.workers,
+        round,
+        rps: 0.0,
+        p50_us: 0,
+        p90_us: 0,
+        p99_us: 0,
+        p999_us: 0,
+        errors: 0,
+        cpu_us_per_req: None,
+        rss_kib: None,
+        idle_bytes_per_conn: None,
+        reloads: None,
+        curve: Vec::new(),
+    };
+    if scenario == "idle-conns" {
+        sample.idle_bytes_per_conn = Some(idle_rss(addr, &pids, point.connections)?);
+        running.stop();
+        return Ok(sample);
+    }
+    let spec = LoadSpec {
+        addr,
+        connections: point.connections,
+        duration: opts.duration,
+        rate: point.rate,
+        new_connection: scenario == "h1-new-conn",
+        path: "/".into(),
+        threads: opts.load_cpus.len().max(1),
+        cpus: opts.load_cpus.clone(),
+    };
+    // Warm-up: pools filled, caches hot, before anything is counted.
+    load::run(&LoadSpec {
+        duration: opts.duration.mul_f64(0.2).max(Duration::from_millis(300)),
+        rate: None,
+        ..spec.clone()
+    });
+    let cpu_before = procstat::cpu_time(&pids);
+    let reloader = (scenario == "reload-under-load").then(|| reload_loop(&running, opts.duration));
+    let result = load::run(&spec);
+    let cpu = procstat::cpu_time(&pids).saturating_sub(cpu_before);
+    if let Some(r) = reloader {
+        let sent = r.join().unwrap_or(0);
+        let version = running
+            .admin
+            .map(|a| admin_metric(a, "weft_config_version"))
+            .unwrap_or(0.0);
+        if (version as u64) < sent + 1 {
+            sample.errors += 1;
+            eprintln!("reload-under-load: sent {sent} SIGHUPs but config version is {version}");
+        }
+        sample.reloads = Some(sent);
+    }
+    sample.rss_kib = (!pids.is_empty()).then(|| procstat::rss_kib(&pids));
+    running.stop();
+    sample.rps = result.rps();
+    sample.p50_us = result.p(50.0);
+    sample.p90_us = result.p(90.0);
+    sample.p99_us = result.p(99.0);
+    sample.p999_us = result.p(99.9);
+    sample.errors += result.errors;
+    if !pids.is_empty() && result.requests > 0 {
+        sample.cpu_us_per_req = Some(cpu.as_secs_f64() * 1e6 / result.requests as f64);
+    }
+    sample.curve = [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99]
+        .iter()
+        .map(|&p| (p, result.p(p)))
+        .collect();
+    Ok(sample)
+}
+
+/// SIGHUPs every 100 ms during the run, alternating two valid configs.
+fn reload_loop(running: &systems::Running, duration: Duration) -> std::thread::JoinHandle<u64> {
+    let config = running.config.clone();
+    let pid = running.pids().first().copied();
+    let text = config
+        .as_ref()
+        .and_then(|c| std::fs::read_to_string(c).ok())
+        .unwrap_or_default();
+    std::thread::spawn(move || {
+        let (Some(config), Some(pid)) = (config, pid) else {
+            return 0;
+        };
+        // The two variants differ in one route and in the split weights.
+        let other = text.replace("\"/v-a\"", "\"/v-b\"").replace(
+            "weight = 90 }, { cluster = \"b\", weight = 10",
+            "weight = 10 }, { cluster = \"b\", weight = 90",
+        );
+        let deadline = Instant::now() + duration;
+        let mut sent = 0u64;
+        std::thread::sleep(Duration::from_millis(50));
+        while Instant::now() + Duration::from_millis(100) < deadline {
+            let body = if sent % 2 == 0 { &other } else { &text };
+            if std::fs::write(&config, body).is_err() {
+                break;
+            }
+            // SAFETY: kill(2) on the process we started.
+            unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Let the last reload land before the version is read.
+        std::thread::sleep(Duration::from_millis(100));
+        sent
+    })
+}
+
+fn admin_metric(admin: SocketAddr, name: &str) -> f64 {
+    let Ok(mut s) = TcpStream::connect(admin) else {
+        return 0.0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Opens `n` connections with one request each, lets them idle, and returns the RSS
+/// growth per connection in bytes.
+fn idle_rss(addr: SocketAddr, pids: &[u32], n: usize) -> Result<f64, String> {
+    let request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
+    // One exchange first, so code and allocator warm-up are not counted.
+    let mut warm = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    warm.write_all(request).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4096];
+    let _ = warm.read(&mut buf);
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = procstat::rss_kib(pids);
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s =
+            TcpStream::connect(addr).map_err(|e| format!("connection {}: {e}", conns.len()))?;
+        s.write_all(request).map_err(|e| e.to_string())?;
+        conns.push(s);
+        if conns.len() % 256 == 0 {
+            let from = conns.len() - 256;
+            for s in &mut conns[from..] {
+                let _ = s.read(&mut buf);
+            }
+        }
+    }
+    let done = conns.len() - conns.len() % 256;
+    for s in &mut conns[done..] {
+        let _ = s.read(&mut buf);
+    }
+    // Past weft's buffer hold and allocator collection, and nginx's/haproxy's timers.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = procstat::rss_kib(pids);
+    Ok((after.saturating_sub(before)) as f64 * 1024.0 / n as f64)
+}
+
+fn one_line(s: &Sample) -> String {
+    let mut line = format!(
+        "round {} {:<17} {:<14} c={:<5} w={} ",
+        s.round, s.scenario, s.system, s.connections, s.workers
+    );
+    if let Some(b) = s.idle_bytes_per_conn {
+        line += &format!("{b:.0} bytes/idle connection");
+        return line;
+    }
+    line += &format!(
+        "{:>9.0} req/s p50 {:>6}us p99 {:>6}us errors {}",
+        s.rps, s.p50_us, s.p99_us, s.errors
+    );
+    if let Some(c) = s.cpu_us_per_req {
+        line += &format!(" cpu/req {c:.2}us");
+    }
+    if let Some(r) = s.reloads {
+        line += &format!(" reloads {r}");
+    }
+    line
+}

@@ -1,0 +1,279 @@
+//! The systems a scenario runs against: `direct` (no proxy), weft on each io driver,
+//! nginx and haproxy — each started pinned to the proxy CPUs with a config written
+//! here, stopped after its run.
+//!
+//! Peer configs aim at a like-for-like comparison: one worker/thread per proxy CPU
+//! used, keep-alive to the upstream, access logs off, no headers added.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Direct,
+    Weft { driver: &'static str },
+    Nginx,
+    Haproxy,
+}
+
+impl Kind {
+    pub fn name(&self) -> String {
+        match self {
+            Kind::Direct => "direct".into(),
+            Kind::Weft { driver } => format!("weft-{driver}"),
+            Kind::Nginx => "nginx".into(),
+            Kind::Haproxy => "haproxy".into(),
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        match name {
+            "direct" => Some(Kind::Direct),
+            "weft-io_uring" => Some(Kind::Weft { driver: "io_uring" }),
+            "weft-epoll" => Some(Kind::Weft { driver: "epoll" }),
+            "nginx" => Some(Kind::Nginx),
+            "haproxy" => Some(Kind::Haproxy),
+            _ => None,
+        }
+    }
+
+    /// Whether the system can run here (peers are optional Debian packages).
+    pub fn available(&self) -> bool {
+        match self {
+            Kind::Nginx => find_program("nginx").is_some(),
+            Kind::Haproxy => find_program("haproxy").is_some(),
+            _ => true,
+        }
+    }
+}
+
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+/// Where and how systems run.
+pub struct Env {
+    pub weft_bin: PathBuf,
+    pub proxy_cpus: Vec<usize>,
+    pub dir: PathBuf,
+}
+
+/// What a started system needs to be measured and stopped.
+pub struct Running {
+    pub port: u16,
+    pub admin: Option<SocketAddr>,
+    pub config: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+impl Running {
+    /// The system's processes (the proxy and any workers it forked).
+    pub fn pids(&self) -> Vec<u32> {
+        self.child
+            .as_ref()
+            .map(|c| crate::procstat::tree(c.id()))
+            .unwrap_or_default()
+    }
+
+    pub fn stop(mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM for a clean drain, then insist.
+            // SAFETY: as above.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn wait_port(port: u16, child: &mut Child) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(io::Error::other(format!("exited early: {status}")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(io::Error::other(format!("port {port} never opened")))
+}
+
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The weft config for a bench run; `variant` flips the route set used by reload runs.
+pub fn weft_config(
+    port: u16,
+    admin: u16,
+    upstream: SocketAddr,
+    driver: &str,
+    workers: usize,
+    variant: bool,
+) -> String {
+    // Both variants route everything to the upstream; they differ in routes and weights
+    // so a reload really swaps the table.
+    let (w1, w2, extra) = if variant {
+        (90, 10, "/v-a")
+    } else {
+        (10, 90, "/v-b")
+    };
+    format!(
+        r#"[runtime]
+workers = {workers}
+io = "{driver}"
+
+[admin]
+address = "127.0.0.1:{admin}"
+
+[http.forwarded]
+x_forwarded_for = false
+x_forwarded_proto = false
+request_id = false
+
+[[listeners]]
+name = "bench"
+address = "127.0.0.1:{port}"
+routes = [
+  {{ match = {{ path = "{extra}" }}, direct_response = {{ status = 200, body = "variant" }} }},
+  {{ match = {{ path_prefix = "/" }}, split = [ {{ cluster = "a", weight = {w1} }}, {{ cluster = "b", weight = {w2} }} ] }},
+]
+
+[clusters.a]
+endpoints = ["{upstream}"]
+pool = {{ max_idle = 4096 }}
+
+[clusters.b]
+endpoints = ["{upstream}"]
+pool = {{ max_idle = 4096 }}
+"#
+    )
+}
+
+pub fn start(
+    kind: &Kind,
+    env: &Env,
+    upstream: Option<SocketAddr>,
+    workers: usize,
+) -> io::Result<Running> {
+    let Some(upstream) = upstream else {
+        return Err(io::Error::other("no upstream"));
+    };
+    if *kind == Kind::Direct {
+        return Ok(Running {
+            port: upstream.port(),
+            admin: None,
+            config: None,
+            child: None,
+        });
+    }
+    let port = free_port();
+    let cpus = cpu_list(&env.proxy_cpus);
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c")
+        .arg(&cpus)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut admin = None;
+    let config;
+    match kind {
+        Kind::Direct => unreachable!("handled above"),
+        Kind::Weft { driver } => {
+            let admin_port = free_port();
+            admin = Some(SocketAddr::from(([127, 0, 0, 1], admin_port)));
+            let path = env.dir.join(format!("weft-{driver}.toml"));
+            std::fs::write(
+                &path,
+                weft_config(port, admin_port, upstream, driver, workers, true),
+            )?;
+            cmd.arg(&env.weft_bin)
+                .arg("ingress")
+                .arg("--config")
+                .arg(&path)
+                .env("WEFT_LOG", "warn");
+            config = Some(path);
+        }
+        Kind::Nginx => {
+            let dir = env.dir.join(format!("nginx-{port}"));
+            std::fs::create_dir_all(&dir)?;
+            let d = dir.display();
+            let conf = format!(
+                "worker_processes {workers};\ndaemon off;\nerror_log {d}/error.log crit;\npid {d}/nginx.pid;\n\
+                 worker_rlimit_nofile 65536;\nevents {{ worker_connections 30000; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+                 upstream up {{ server {upstream}; keepalive 4096; keepalive_requests 1000000; }}\n\
+                 server {{\n    listen 127.0.0.1:{port} reuseport;\n    keepalive_requests 1000000;\n\
+                 location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }}\n  }}\n}}\n"
+            );
+            let path = dir.join("nginx.conf");
+            std::fs::write(&path, conf)?;
+            let nginx =
+                find_program("nginx").ok_or_else(|| io::Error::other("nginx not installed"))?;
+            cmd.arg(nginx).arg("-c").arg(&path).arg("-p").arg(&dir);
+            config = Some(path);
+        }
+        Kind::Haproxy => {
+            // haproxy refuses to start when maxconn needs more descriptors than allowed.
+            let maxconn = (crate::procstat::raise_nofile() / 2)
+                .saturating_sub(100)
+                .clamp(1000, 30000);
+            let conf = format!(
+                "global\n  nbthread {workers}\n  maxconn {maxconn}\n\
+                 defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n\
+                 frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
+                 backend be\n  server up {upstream}\n"
+            );
+            let path = env.dir.join(format!("haproxy-{port}.cfg"));
+            std::fs::write(&path, conf)?;
+            let haproxy =
+                find_program("haproxy").ok_or_else(|| io::Error::other("haproxy not installed"))?;
+            cmd.arg(haproxy).arg("-f").arg(&path);
+            config = Some(path);
+        }
+    }
+    let mut child = cmd.spawn()?;
+    wait_port(port, &mut child)?;
+    Ok(Running {
+        port,
+        admin,
+        config,
+        child: Some(child),
+    })
+}
