@@ -5,9 +5,9 @@
 //! config (a new snapshot is published; workers pick it up on their next request),
 //! SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, exit).
 
-pub mod coarse_timer;
 pub mod driver;
 pub mod listen;
+pub mod wakers;
 pub mod worker;
 
 use std::io;

@@ -6,18 +6,16 @@
 //! and touches no cache line another core writes.
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use monoio::net::TcpListener;
 use weft_mesh::snapshot::Snapshot;
 
-use super::coarse_timer::CoarseTimers;
+use super::wakers::{CoarseTimers, LocalEvent};
 use super::{Control, Socket};
 use crate::observe::metrics::Counters;
 use crate::upstream::Upstreams;
@@ -146,42 +144,5 @@ async fn accept_loop(worker: Rc<Worker>, bound: BoundListener, listener: TcpList
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    }
-}
-
-/// Client address of a connection, for X-Forwarded-For and logs.
-pub type Peer = SocketAddr;
-
-/// A one-shot, thread-local event: `fire` once, any number of `wait`ers wake.
-#[derive(Default)]
-pub struct LocalEvent {
-    fired: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
-}
-
-impl LocalEvent {
-    pub fn fire(&self) {
-        self.fired.set(true);
-        for w in self.waiters.borrow_mut().drain(..) {
-            w.wake();
-        }
-    }
-
-    pub fn fired(&self) -> bool {
-        self.fired.get()
-    }
-
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.fired.get() {
-                return Poll::Ready(());
-            }
-            let mut waiters = self.waiters.borrow_mut();
-            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                waiters.push(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
     }
 }
