@@ -130,10 +130,12 @@ fn start_upstreams(opts: &RunOpts) -> std::io::Result<Upstreams> {
 pub fn run(opts: &RunOpts) -> Result<Vec<Sample>, String> {
     procstat::raise_nofile();
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    // Absolute: peers resolve relative paths in their configs against their own prefix.
+    let out = std::fs::canonicalize(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
     let env = Env {
         weft_bin: opts.weft_bin.clone(),
         proxy_cpus: opts.proxy_cpus.clone(),
-        dir: opts.out.join("work"),
+        dir: out.join("work"),
     };
     std::fs::create_dir_all(&env.dir).map_err(|e| e.to_string())?;
     let ups = start_upstreams(opts).map_err(|e| e.to_string())?;
