@@ -42,9 +42,30 @@ pub fn markdown(samples: &[Sample]) -> String {
         "| scenario | conns | workers | system | req/s | p50 us | p90 us | p99 us | p99.9 us | proxy CPU/req us | errors | rounds |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut idle = String::new();
+    let mut swaps = String::new();
     for ((scenario, conns, workers, system), rows) in groups(samples) {
         let med = |f: &dyn Fn(&Sample) -> f64| median(rows.iter().map(|s| f(s)).collect());
         let errors: u64 = rows.iter().map(|s| s.errors).sum();
+        if scenario == "reload-swap" {
+            let figs: Vec<_> = rows.iter().filter_map(|s| s.swap.clone()).collect();
+            if let Some(f) = figs.first() {
+                let m = |g: &dyn Fn(&crate::run::SwapFigures) -> f64| {
+                    median(figs.iter().map(g).collect())
+                };
+                let _ = writeln!(
+                    swaps,
+                    "| {system} | {} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {errors} |",
+                    f.routes,
+                    f.clusters,
+                    m(&|f| f.swaps as f64),
+                    m(&|f| f.median_ms),
+                    m(&|f| f.max_ms),
+                    m(&|f| f.p99_without_swaps_us as f64),
+                    m(&|f| f.p99_with_swaps_us as f64)
+                );
+            }
+            continue;
+        }
         if scenario == "idle-conns" {
             let b = med(&|s| s.idle_bytes_per_conn.unwrap_or(f64::NAN));
             let _ = writeln!(idle, "| {system} | {conns} | {b:.0} |");
@@ -70,6 +91,10 @@ pub fn markdown(samples: &[Sample]) -> String {
             med(&|s| s.p999_us as f64),
             rows.len()
         );
+    }
+    if !swaps.is_empty() {
+        out += "\n| reload-swap: system | routes | clusters | swaps | SIGHUP->serving median ms | max ms | p99 us without swaps | p99 us with swaps | errors |\n|---|---|---|---|---|---|---|---|---|\n";
+        out += &swaps;
     }
     if !idle.is_empty() {
         out += "\n| idle keep-alive connections: system | connections | RSS bytes per connection |\n|---|---|---|\n";

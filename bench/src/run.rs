@@ -61,8 +61,22 @@ pub struct Sample {
     pub idle_bytes_per_conn: Option<f64>,
     /// reload-under-load: SIGHUPs sent and the config version reached.
     pub reloads: Option<u64>,
+    /// reload-swap: SIGHUP -> new snapshot serving, median and max in milliseconds,
+    /// and p99 of the concurrent load without and with swaps.
+    pub swap: Option<SwapFigures>,
     /// Latency curve for plots: (percentile, microseconds).
     pub curve: Vec<(f64, u64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapFigures {
+    pub routes: usize,
+    pub clusters: usize,
+    pub swaps: usize,
+    pub median_ms: f64,
+    pub max_ms: f64,
+    pub p99_without_swaps_us: u64,
+    pub p99_with_swaps_us: u64,
 }
 
 struct Upstreams {
@@ -131,7 +145,8 @@ pub fn run(opts: &RunOpts) -> Result<Vec<Sample>, String> {
     procstat::raise_nofile();
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
     // Absolute: peers resolve relative paths in their configs against their own prefix.
-    let out = std::fs::canonicalize(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    let out =
+        std::fs::canonicalize(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
     let env = Env {
         weft_bin: opts.weft_bin.clone(),
         proxy_cpus: opts.proxy_cpus.clone(),
@@ -184,7 +199,7 @@ fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
         }],
         "h1-new-conn" | "h1-large-body" => vec![one(if opts.quick { 10 } else { 50 })],
         "idle-conns" => vec![one(opts.idle_connections)],
-        "reload-under-load" => vec![one(50)],
+        "reload-under-load" | "reload-swap" => vec![one(50)],
         "scale" => {
             let mut w = 1;
             let mut out = Vec::new();
@@ -209,6 +224,12 @@ fn systems_for(scenario: &str, opts: &RunOpts) -> Vec<Kind> {
             .systems
             .iter()
             .filter(|k| matches!(k, Kind::Weft { .. }))
+            .cloned()
+            .collect(),
+        "reload-swap" => opts
+            .systems
+            .iter()
+            .filter(|k| matches!(k, Kind::Weft { driver: "io_uring" }))
             .cloned()
             .collect(),
         "scale" => opts
@@ -236,6 +257,9 @@ fn measure(
     env: &Env,
     ups: &Upstreams,
 ) -> Result<Sample, String> {
+    if scenario == "reload-swap" {
+        return swap_latency(kind, point, round, opts, env, ups.small);
+    }
     let upstream = if scenario == "h1-large-body" {
         ups.large
     } else {
@@ -261,6 +285,7 @@ fn measure(
         rss_kib: None,
         idle_bytes_per_conn: None,
         reloads: None,
+        swap: None,
         curve: Vec::new(),
     };
     if scenario == "idle-conns" {
@@ -407,6 +432,13 @@ fn one_line(s: &Sample) -> String {
         "round {} {:<17} {:<14} c={:<5} w={} ",
         s.round, s.scenario, s.system, s.connections, s.workers
     );
+    if let Some(w) = &s.swap {
+        line += &format!(
+            "{} swaps with {} routes / {} clusters: median {:.1} ms, max {:.1} ms; p99 {} us without swaps, {} us with",
+            w.swaps, w.routes, w.clusters, w.median_ms, w.max_ms, w.p99_without_swaps_us, w.p99_with_swaps_us
+        );
+        return line;
+    }
     if let Some(b) = s.idle_bytes_per_conn {
         line += &format!("{b:.0} bytes/idle connection");
         return line;
@@ -422,4 +454,180 @@ fn one_line(s: &Sample) -> String {
         line += &format!(" reloads {r}");
     }
     line
+}
+
+/// A weft config with `routes` exact-path routes over `clusters` clusters, plus a
+/// `/probe` route whose body says which variant is serving.
+fn big_config(
+    port: u16,
+    admin: u16,
+    upstream: SocketAddr,
+    routes: usize,
+    clusters: usize,
+    variant: u32,
+) -> String {
+    let mut c = format!(
+        "[runtime]\nworkers = 1\n[admin]\naddress = \"127.0.0.1:{admin}\"\n[http.forwarded]\nx_forwarded_for = false\nx_forwarded_proto = false\nrequest_id = false\n\n[[listeners]]\nname = \"bench\"\naddress = \"127.0.0.1:{port}\"\n\n  [[listeners.routes]]\n  match = {{ path = \"/probe\" }}\n  direct_response = {{ status = 200, body = \"variant-{variant}\" }}\n"
+    );
+    for i in 0..routes {
+        let _ = std::fmt::Write::write_fmt(
+            &mut c,
+            format_args!(
+                "\n  [[listeners.routes]]\n  match = {{ path = \"/r{i}\" }}\n  cluster = \"c{}\"\n",
+                i % clusters
+            ),
+        );
+    }
+    c += "\n  [[listeners.routes]]\n  match = { path_prefix = \"/\" }\n  cluster = \"c0\"\n";
+    for i in 0..clusters {
+        let _ = std::fmt::Write::write_fmt(
+            &mut c,
+            format_args!("\n[clusters.c{i}]\nendpoints = [\"{upstream}\"]\n"),
+        );
+    }
+    c
+}
+
+fn probe(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /probe HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split("\r\n\r\n").nth(1).map(str::to_owned)
+}
+
+/// SIGHUP -> new snapshot serving, for a config with 10,000 routes and 1,000 clusters,
+/// and the p99 of concurrent load with and without swaps.
+fn swap_latency(
+    kind: &Kind,
+    point: &Point,
+    round: usize,
+    opts: &RunOpts,
+    env: &Env,
+    upstream: SocketAddr,
+) -> Result<Sample, String> {
+    let (routes, clusters) = if opts.quick {
+        (1_000, 100)
+    } else {
+        (10_000, 1_000)
+    };
+    let (port, admin) = (systems::free_port(), systems::free_port());
+    let path = env.dir.join("weft-swap.toml");
+    let write = |variant: u32| {
+        std::fs::write(
+            &path,
+            big_config(port, admin, upstream, routes, clusters, variant),
+        )
+        .map_err(|e| e.to_string())
+    };
+    write(0)?;
+    let mut child = Command::new("taskset")
+        .arg("-c")
+        .arg(
+            opts.proxy_cpus
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .arg(&env.weft_bin)
+        .args(["ingress", "--config"])
+        .arg(&path)
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while probe(addr).is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("weft with the big config did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let spec = LoadSpec {
+        addr,
+        connections: point.connections,
+        duration: opts.duration,
+        rate: None,
+        new_connection: false,
+        path: "/r1".into(),
+        threads: opts.load_cpus.len().max(1),
+        cpus: opts.load_cpus.clone(),
+    };
+    load::run(&LoadSpec {
+        duration: Duration::from_millis(300),
+        ..spec.clone()
+    });
+    let quiet = load::run(&spec);
+    // Swaps while the same load runs: every 500 ms, timed until the probe changes.
+    let swapper = {
+        let (path, duration) = (path.clone(), opts.duration);
+        let pid = child.id() as i32;
+        let texts: Vec<String> = (1..=2)
+            .map(|v| big_config(port, admin, upstream, routes, clusters, v))
+            .collect();
+        std::thread::spawn(move || {
+            let mut took = Vec::new();
+            let end = Instant::now() + duration;
+            let mut variant = 1usize;
+            while Instant::now() + Duration::from_millis(600) < end {
+                std::thread::sleep(Duration::from_millis(250));
+                if std::fs::write(&path, &texts[variant - 1]).is_err() {
+                    break;
+                }
+                let want = format!("variant-{variant}");
+                let t = Instant::now();
+                // SAFETY: kill(2) on the child we started.
+                unsafe { libc::kill(pid, libc::SIGHUP) };
+                while probe(addr).as_deref() != Some(want.as_str())
+                    && t.elapsed() < Duration::from_secs(10)
+                {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                took.push(t.elapsed().as_secs_f64() * 1e3);
+                variant = 3 - variant;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            took
+        })
+    };
+    let busy = load::run(&spec);
+    let took = swapper.join().unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut sorted = took.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let swap = SwapFigures {
+        routes,
+        clusters,
+        swaps: took.len(),
+        median_ms: sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN),
+        max_ms: sorted.last().copied().unwrap_or(f64::NAN),
+        p99_without_swaps_us: quiet.p(99.0),
+        p99_with_swaps_us: busy.p(99.0),
+    };
+    Ok(Sample {
+        scenario: "reload-swap".into(),
+        system: kind.name(),
+        connections: point.connections,
+        workers: 1,
+        round,
+        rps: busy.rps(),
+        p50_us: busy.p(50.0),
+        p90_us: busy.p(90.0),
+        p99_us: busy.p(99.0),
+        p999_us: busy.p(99.9),
+        errors: quiet.errors + busy.errors + u64::from(took.is_empty()),
+        cpu_us_per_req: None,
+        rss_kib: None,
+        idle_bytes_per_conn: None,
+        reloads: Some(took.len() as u64),
+        swap: Some(swap),
+        curve: Vec::new(),
+    })
 }

@@ -74,8 +74,19 @@ fn serve(mut stream: TcpStream, control: &Control) -> io::Result<()> {
         }
         "/config" => {
             let snap = control.publisher.load();
+            let last_error = control
+                .reloads
+                .last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             let body = serde_json::json!({
                 "version": snap.version,
+                "reloads": {
+                    "succeeded": control.reloads.succeeded.load(Ordering::Relaxed),
+                    "failed": control.reloads.failed.load(Ordering::Relaxed),
+                    "last_error": last_error,
+                },
                 "content_hash": format!("{:016x}", snap.content_hash),
                 "file": snap.source_file.display().to_string(),
                 "role": format!("{:?}", snap.role).to_lowercase(),
@@ -89,7 +100,21 @@ fn serve(mut stream: TcpStream, control: &Control) -> io::Result<()> {
             let version = control.version.load(Ordering::Acquire) as i64;
             let ready = control.ready() as i64;
             let workers = control.workers as i64;
+            let reloaded = control.reloads.succeeded.load(Ordering::Relaxed) as i64;
+            let refused = control.reloads.failed.load(Ordering::Relaxed) as i64;
             let body = control.registry.render(&[
+                (
+                    "weft_config_reloads_total",
+                    "Reloads that published a new config.",
+                    "counter",
+                    reloaded,
+                ),
+                (
+                    "weft_config_reload_failures_total",
+                    "Reloads refused (invalid config, bind failure); the running config stayed.",
+                    "counter",
+                    refused,
+                ),
                 (
                     "weft_config_version",
                     "Version of the config snapshot being served.",

@@ -164,7 +164,7 @@ pub async fn forward(
     }
 
     // A drain that began while the upstream worked still closes this connection.
-    let framing = rewrite::client_framing(head, &response, keep_alive && !x.worker.draining());
+    let framing = rewrite::client_framing(head, &response, keep_alive && !x.closing());
     let mut out = rewrite::response_head(head, &response, &route.response_headers, framing, false);
     // Small bodies that arrived with the head go out in the same write.
     let body_done = match response.framing {

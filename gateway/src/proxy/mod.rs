@@ -72,15 +72,19 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, 
                 let readable = monoio::select! {
                     r = client.stream.readable(false) => r.is_ok(),
                     _ = deadline => false,
-                    // Draining closes idle keep-alive connections at once.
+                    // Draining, or a reload that removed the listener, closes idle
+                    // keep-alive connections at once.
                     _ = worker.drain.wait() => false,
+                    _ = bound.closed.wait() => false,
                 };
                 if !readable {
                     break;
                 }
                 // Bytes (or EOF) are waiting: the next turn reads them at once.
             }
-            Turn::Done(Next::KeepAlive) if !worker.draining() => first = false,
+            Turn::Done(Next::KeepAlive) if !worker.draining() && !bound.closed.fired() => {
+                first = false
+            }
             Turn::Done(Next::Tunnel(upstream)) => {
                 Box::pin(tunnel::relay(client, upstream)).await;
                 break;
@@ -235,7 +239,7 @@ impl Exchange<'_> {
     async fn run(self, client: &mut Conn, head: RequestHead) -> Next {
         let facts = Facts::new(&head);
         let head_only = head.method() == b"HEAD";
-        let keep_alive = head.wants_keep_alive() && !self.worker.draining();
+        let keep_alive = head.wants_keep_alive() && !self.closing();
         // An unread request body would be taken for the next request: close instead.
         let close_local = !keep_alive || head.framing != BodyFraming::None;
         let Some(route) = self.routes().and_then(|t| t.find(&facts)) else {
@@ -278,6 +282,12 @@ impl Exchange<'_> {
                 forward::forward(&self, client, &facts, route, f, keep_alive).await
             }
         }
+    }
+
+    /// Whether this connection must close after the current exchange: the process is
+    /// draining, or a reload removed the listener.
+    fn closing(&self) -> bool {
+        self.worker.draining() || self.bound.closed.fired()
     }
 
     async fn answer(&self, client: &mut Conn, out: BytesMut, close: bool) -> Next {

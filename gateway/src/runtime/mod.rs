@@ -3,10 +3,12 @@
 //! The main thread decides the driver, binds every socket, starts one pinned worker
 //! thread per core and the admin thread, then only waits for signals: SIGHUP reloads the
 //! config (a new snapshot is published; workers pick it up on their next request),
-//! SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, exit).
+//! SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, exit; a second
+//! signal exits at once).
 
 pub mod driver;
 pub mod listen;
+pub mod reload;
 pub mod wakers;
 pub mod worker;
 
@@ -14,12 +16,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
-use weft_mesh::config::{self, Role};
-use weft_mesh::snapshot::{self, Publisher, Snapshot};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use weft_mesh::config::Role;
+use weft_mesh::snapshot::{Publisher, Snapshot};
 
 use crate::observe::metrics::Registry;
 use driver::Driver;
@@ -36,6 +40,9 @@ pub struct Control {
     pub workers: usize,
     pub driver: Driver,
     pub role: Role,
+    pub reloads: ReloadStatus,
+    /// One sender per worker; only the control thread sends (the lock is never contended).
+    pub mailboxes: Mutex<Vec<mpsc::Sender<WorkerMsg>>>,
 }
 
 impl Control {
@@ -70,9 +77,6 @@ pub struct Overrides {
     pub workers: Option<usize>,
 }
 
-/// How long a drain waits for in-flight requests before exiting anyway.
-const DRAIN_GRACE: Duration = Duration::from_secs(10);
-
 /// Runs weft until SIGTERM/SIGINT. Returns after the drain.
 pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     let allowed = listen::allowed_cpus();
@@ -97,22 +101,19 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     }
 
     // Bind everything before starting anything, so a conflict leaves nothing behind.
-    let mut sockets: Vec<Vec<Socket>> = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let mut mine = Vec::new();
-        for (slot, l) in first.listeners.iter().enumerate() {
-            let s = listen::bind_reuseport(l.address).map_err(|source| StartError::Bind {
+    let mut listeners = reload::BoundSet::default();
+    let mut sockets: Vec<Vec<Socket>> = (0..workers).map(|_| Vec::new()).collect();
+    for l in &first.listeners {
+        let per_worker = listeners
+            .bind(&l.name, l.address, workers)
+            .map_err(|source| StartError::Bind {
                 listener: l.name.clone(),
                 address: l.address,
                 source,
             })?;
-            mine.push(Socket {
-                slot,
-                name: l.name.clone(),
-                listener: s,
-            });
+        for (mine, socket) in sockets.iter_mut().zip(per_worker) {
+            mine.push(socket);
         }
-        sockets.push(mine);
     }
     let admin_address = first.admin_address;
     let admin_socket =
@@ -122,121 +123,95 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
         })?;
 
     let role = first.role;
-    let listeners: Vec<String> = first
-        .listeners
-        .iter()
-        .map(|l| format!("{}={}", l.name, l.address))
-        .collect();
+    let drain_timeout = first.runtime.drain_timeout;
+    let (mailboxes, inboxes): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| mpsc::channel::<WorkerMsg>()).unzip();
     let control = Arc::new(Control {
-        publisher: Publisher::new(first),
         version: AtomicU64::new(1),
+        publisher: Publisher::new(first),
         registry: Registry::default(),
         draining: AtomicBool::new(false),
         ready_workers: AtomicUsize::new(0),
         workers,
         driver: decision.driver,
         role,
+        reloads: ReloadStatus::default(),
+        mailboxes: Mutex::new(mailboxes),
     });
     // Signals first: a SIGHUP or SIGTERM that arrives while workers start is not lost.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGHUP,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .map_err(StartError::Thread)?;
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(StartError::Thread)?;
 
     crate::admin::start(admin_socket, control.clone()).map_err(StartError::Thread)?;
     let mut threads = Vec::with_capacity(workers);
-    for (id, mine) in sockets.into_iter().enumerate() {
+    for (id, (mine, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
         let cpu = cpus[id % cpus.len()];
         let control = control.clone();
         let t = std::thread::Builder::new()
             .name(format!("weft-worker-{id}"))
-            .spawn(move || worker_thread(id, cpu, control, mine))
+            .spawn(move || worker_thread(id, cpu, control, mine, inbox))
             .map_err(StartError::Thread)?;
         threads.push(t);
     }
-    tracing::info!(role = ?role, workers, driver = %decision.driver, admin = %admin_address, listeners = ?listeners, "weft started");
+    tracing::info!(role = ?role, workers, driver = %decision.driver, admin = %admin_address, listeners = %listeners, "weft started");
 
     for signal in signals.forever() {
         match signal {
-            signal_hook::consts::SIGHUP => reload(&control),
+            SIGHUP => reload::apply(&control, &mut listeners),
             _ => break,
         }
     }
-    tracing::info!(
-        "draining: no new connections; waiting up to {DRAIN_GRACE:?} for in-flight requests"
-    );
+    tracing::info!("draining: not accepting; closing idle connections; waiting up to {drain_timeout:?} for in-flight requests (signal again to stop now)");
     control.draining.store(true, Ordering::Release);
-    let deadline = Instant::now() + DRAIN_GRACE;
+    let deadline = Instant::now() + drain_timeout;
     while Instant::now() < deadline && threads.iter().any(|t| !t.is_finished()) {
+        if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
+            tracing::warn!("second signal: exiting without waiting for in-flight requests");
+            return Ok(());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Re-reads the config file and publishes it if it is valid; keeps the running one if not.
-fn reload(control: &Control) {
-    let current = control.publisher.load();
-    let loaded = match config::load(&current.source_file, current.role) {
-        Ok(l) => l,
-        Err(errors) => {
-            tracing::error!(
-                "reload refused, keeping version {}:\n{errors}",
-                current.version
-            );
-            return;
-        }
-    };
-    let next = match snapshot::compile(&loaded) {
-        Ok(s) => s,
-        Err(errors) => {
-            tracing::error!(
-                "reload refused, keeping version {}:\n{errors}",
-                current.version
-            );
-            return;
-        }
-    };
-    if next.content_hash == current.content_hash {
-        tracing::info!("reload: config unchanged (version {})", current.version);
-        return;
-    }
-    let bound: Vec<_> = current
-        .listeners
-        .iter()
-        .map(|l| (&l.name, l.address))
-        .collect();
-    let wanted: Vec<_> = next
-        .listeners
-        .iter()
-        .map(|l| (&l.name, l.address))
-        .collect();
-    if bound != wanted {
-        tracing::error!(
-            "reload refused: listeners (names or addresses) changed; that needs a restart"
-        );
-        return;
-    }
-    let version = control.publisher.publish(next);
-    control.version.store(version, Ordering::Release);
-    tracing::info!("reload: now serving config version {version}");
-}
-
 /// A listening socket bound for one worker, with the listener it belongs to.
 pub struct Socket {
+    /// Unique for the process lifetime (a re-added listener gets a new one): the key of
+    /// the listener's metrics series in the workers.
     pub slot: usize,
     pub name: String,
     pub listener: std::net::TcpListener,
 }
 
-fn worker_thread(id: usize, cpu: usize, control: Arc<Control>, listeners: Vec<Socket>) {
+/// What the control thread tells a worker.
+pub enum WorkerMsg {
+    /// Start accepting on this socket (a listener added by a reload).
+    Listen(Socket),
+    /// Stop accepting on the listener of this name and drain its connections.
+    Unlisten(String),
+}
+
+/// Reload outcomes, for /config and /metrics.
+#[derive(Default)]
+pub struct ReloadStatus {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    /// The errors of the last refused reload (cleared by a successful one).
+    pub last_error: Mutex<Option<String>>,
+}
+
+fn worker_thread(
+    id: usize,
+    cpu: usize,
+    control: Arc<Control>,
+    listeners: Vec<Socket>,
+    inbox: mpsc::Receiver<WorkerMsg>,
+) {
     if let Err(e) = listen::pin_current_thread(cpu) {
         tracing::warn!(worker = id, cpu, "cannot pin worker: {e}");
     }
     let driver = control.driver;
-    let worker = Rc::new(Worker::new(id, control));
+    let worker = Rc::new(Worker::new(id, control, inbox));
     let served = match driver {
         Driver::IoUring { flags, entries } => RuntimeBuilder::<IoUringDriver>::new()
             .enable_timer()

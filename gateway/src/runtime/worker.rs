@@ -6,16 +6,17 @@
 //! and touches no cache line another core writes.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use monoio::net::TcpListener;
 use weft_mesh::snapshot::Snapshot;
 
 use super::wakers::{CoarseTimers, LocalEvent};
-use super::{Control, Socket};
+use super::{Control, Socket, WorkerMsg};
 use crate::observe::metrics::Counters;
 use crate::upstream::Upstreams;
 
@@ -31,18 +32,25 @@ pub struct Worker {
     pub drain: LocalEvent,
     /// Client connections this worker has open.
     open: Cell<usize>,
+    /// Messages from the control thread (listeners added or removed by a reload),
+    /// read by the housekeeping tick.
+    inbox: mpsc::Receiver<WorkerMsg>,
+    /// This worker's accepting listeners, by name.
+    listeners: RefCell<HashMap<String, BoundListener>>,
 }
 
-/// A listener socket as bound at startup: its name (the metrics label) and slot.
+/// A listener this worker accepts on: its name (the metrics label), its slot (unique
+/// for the process lifetime), and the event that fires when a reload removes it.
 #[derive(Clone)]
 pub struct BoundListener {
     pub name: Rc<str>,
-    /// Position in the startup config; the listener keeps it for the process lifetime.
     pub slot: usize,
+    /// Fired when the listener is removed: stop accepting, drain its connections.
+    pub closed: Rc<LocalEvent>,
 }
 
 impl Worker {
-    pub fn new(id: usize, control: Arc<Control>) -> Worker {
+    pub fn new(id: usize, control: Arc<Control>, inbox: mpsc::Receiver<WorkerMsg>) -> Worker {
         let counters = Counters::new(control.registry.worker());
         let snapshot = RefCell::new(Rc::new(control.publisher.load()));
         Worker {
@@ -54,6 +62,8 @@ impl Worker {
             idle_timers: CoarseTimers::default(),
             drain: LocalEvent::default(),
             open: Cell::new(0),
+            inbox,
+            listeners: RefCell::new(HashMap::new()),
         }
     }
 
@@ -74,18 +84,8 @@ impl Worker {
     /// Serves until the process drains and this worker's connections are done.
     pub async fn run(self: Rc<Self>, sockets: Vec<Socket>) {
         for socket in sockets {
-            let bound = BoundListener {
-                name: socket.name.into(),
-                slot: socket.slot,
-            };
-            match TcpListener::from_std(socket.listener) {
-                Ok(l) => {
-                    monoio::spawn(accept_loop(self.clone(), bound, l));
-                }
-                Err(e) => {
-                    tracing::error!(worker = self.id, listener = %bound.name, "cannot register listener: {e}");
-                    return;
-                }
+            if !self.listen(socket) {
+                return;
             }
         }
         self.control.ready_workers.fetch_add(1, Ordering::AcqRel);
@@ -94,12 +94,30 @@ impl Worker {
             monoio::time::sleep(Duration::from_millis(100)).await;
             ticks = ticks.wrapping_add(1);
             self.idle_timers.fire_expired(std::time::Instant::now());
+            while let Ok(msg) = self.inbox.try_recv() {
+                match msg {
+                    WorkerMsg::Listen(socket) => {
+                        self.listen(socket);
+                    }
+                    WorkerMsg::Unlisten(name) => {
+                        if let Some(bound) = self.listeners.borrow_mut().remove(&name) {
+                            bound.closed.fire();
+                        }
+                    }
+                }
+            }
             if ticks % 10 == 0 {
                 // mimalloc returns freed pages to the OS lazily, on later allocations; a
                 // worker that went quiet would otherwise keep the buffers of its last
                 // burst resident. Once a second is cheap and keeps idle RSS honest.
                 // SAFETY: mi_collect only touches the calling thread's own heap.
                 unsafe { libmimalloc_sys::mi_collect(false) };
+                // In-flight requests to endpoints a reload removed finish on their own
+                // connections; only idle ones are closed here.
+                let snapshot = self.snapshot();
+                self.upstreams
+                    .pool
+                    .retain_endpoints(|addr| snapshot.has_endpoint(addr));
             }
             if ticks % 50 == 0 {
                 self.upstreams.pool.sweep();
@@ -109,6 +127,28 @@ impl Worker {
             }
             if self.drain.fired() && self.open.get() == 0 {
                 return;
+            }
+        }
+    }
+
+    /// Starts accepting on a socket; false if monoio cannot take it.
+    fn listen(self: &Rc<Self>, socket: Socket) -> bool {
+        let bound = BoundListener {
+            name: socket.name.as_str().into(),
+            slot: socket.slot,
+            closed: Rc::new(LocalEvent::default()),
+        };
+        match TcpListener::from_std(socket.listener) {
+            Ok(l) => {
+                self.listeners
+                    .borrow_mut()
+                    .insert(socket.name, bound.clone());
+                monoio::spawn(accept_loop(self.clone(), bound, l));
+                true
+            }
+            Err(e) => {
+                tracing::error!(worker = self.id, listener = %bound.name, "cannot register listener: {e}");
+                false
             }
         }
     }
@@ -126,6 +166,7 @@ async fn accept_loop(worker: Rc<Worker>, bound: BoundListener, listener: TcpList
         let accepted = monoio::select! {
             r = listener.accept() => r,
             _ = worker.drain.wait() => return,
+            _ = bound.closed.wait() => return,
         };
         match accepted {
             Ok((stream, peer)) => {

@@ -81,6 +81,11 @@ impl Pool {
         idle.retain(|_, list| !list.is_empty());
     }
 
+    /// Closes the idle connections of endpoints `keep` rejects (endpoints a reload removed).
+    pub fn retain_endpoints(&self, keep: impl Fn(SocketAddr) -> bool) {
+        self.idle.borrow_mut().retain(|addr, _| keep(*addr));
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle.borrow().values().map(Vec::len).sum()
     }

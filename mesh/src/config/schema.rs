@@ -42,6 +42,9 @@ pub struct RuntimeConfig {
     /// CPUs to pin workers to, in order; default: the inherited affinity mask.
     pub cpus: Option<Vec<usize>>,
     pub uring: UringConfig,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take before weft exits anyway
+    /// (default 30s).
+    pub drain_timeout: Option<ConfigDuration>,
 }
 
 /// io_uring ring setup flags. `None` lets `io = "auto"` decide from what the bench

@@ -253,6 +253,10 @@ fn compile_runtime(cfg: &ConfigFile, d: &mut Diagnostics) -> RuntimeSettings {
         io: r.io,
         cpus: r.cpus.clone(),
         uring: r.uring.clone(),
+        drain_timeout: r
+            .drain_timeout
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(30), |d| d.0),
     }
 }
 

@@ -48,6 +48,7 @@ pub struct RuntimeSettings {
     pub io: IoDriver,
     pub cpus: Option<Vec<usize>>,
     pub uring: UringConfig,
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -166,6 +167,14 @@ pub struct Endpoint {
 }
 
 impl Snapshot {
+    /// Whether any cluster still sends traffic to `addr` (pooled connections to
+    /// endpoints that left are closed).
+    pub fn has_endpoint(&self, addr: SocketAddr) -> bool {
+        self.clusters
+            .iter()
+            .any(|c| c.endpoints.iter().any(|e| e.address == addr))
+    }
+
     pub fn cluster_by_name(&self, name: &str) -> Option<ClusterId> {
         self.clusters.iter().position(|c| c.name == name)
     }
