@@ -465,9 +465,10 @@ fn big_config(
     routes: usize,
     clusters: usize,
     variant: u32,
+    worker_cpu: usize,
 ) -> String {
     let mut c = format!(
-        "[runtime]\nworkers = 1\n[admin]\naddress = \"127.0.0.1:{admin}\"\n[http.forwarded]\nx_forwarded_for = false\nx_forwarded_proto = false\nrequest_id = false\n\n[[listeners]]\nname = \"bench\"\naddress = \"127.0.0.1:{port}\"\n\n  [[listeners.routes]]\n  match = {{ path = \"/probe\" }}\n  direct_response = {{ status = 200, body = \"variant-{variant}\" }}\n"
+        "[runtime]\nworkers = 1\ncpus = [{worker_cpu}]\n[admin]\naddress = \"127.0.0.1:{admin}\"\n[http.forwarded]\nx_forwarded_for = false\nx_forwarded_proto = false\nrequest_id = false\n\n[[listeners]]\nname = \"bench\"\naddress = \"127.0.0.1:{port}\"\n\n  [[listeners.routes]]\n  match = {{ path = \"/probe\" }}\n  direct_response = {{ status = 200, body = \"variant-{variant}\" }}\n"
     );
     for i in 0..routes {
         let _ = std::fmt::Write::write_fmt(
@@ -515,23 +516,27 @@ fn swap_latency(
     };
     let (port, admin) = (systems::free_port(), systems::free_port());
     let path = env.dir.join("weft-swap.toml");
+    // The worker is pinned to the proxy CPU; the process mask also spans the load CPUs,
+    // so the control thread compiles the new config beside the worker, not on its core
+    // (a deployment gives the control thread a core of its own the same way).
+    let worker_cpu = opts.proxy_cpus.first().copied().unwrap_or(0);
     let write = |variant: u32| {
         std::fs::write(
             &path,
-            big_config(port, admin, upstream, routes, clusters, variant),
+            big_config(port, admin, upstream, routes, clusters, variant, worker_cpu),
         )
         .map_err(|e| e.to_string())
     };
     write(0)?;
+    let mask: Vec<String> = opts
+        .proxy_cpus
+        .iter()
+        .chain(&opts.load_cpus)
+        .map(|c| c.to_string())
+        .collect();
     let mut child = Command::new("taskset")
         .arg("-c")
-        .arg(
-            opts.proxy_cpus
-                .iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        )
+        .arg(mask.join(","))
         .arg(&env.weft_bin)
         .args(["ingress", "--config"])
         .arg(&path)
@@ -569,7 +574,7 @@ fn swap_latency(
         let (path, duration) = (path.clone(), opts.duration);
         let pid = child.id() as i32;
         let texts: Vec<String> = (1..=2)
-            .map(|v| big_config(port, admin, upstream, routes, clusters, v))
+            .map(|v| big_config(port, admin, upstream, routes, clusters, v, worker_cpu))
             .collect();
         std::thread::spawn(move || {
             let mut took = Vec::new();

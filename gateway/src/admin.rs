@@ -90,7 +90,7 @@ fn serve(mut stream: TcpStream, control: &Control) -> io::Result<()> {
                 "content_hash": format!("{:016x}", snap.content_hash),
                 "file": snap.source_file.display().to_string(),
                 "role": format!("{:?}", snap.role).to_lowercase(),
-                "config": &snap.source,
+                "config": toml::from_str::<toml::Value>(&snap.source_text).unwrap_or(toml::Value::String(snap.source_text.clone())),
             });
             let text = serde_json::to_string_pretty(&body)
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));

@@ -142,6 +142,7 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(StartError::Thread)?;
 
     crate::admin::start(admin_socket, control.clone()).map_err(StartError::Thread)?;
+    start_janitor(control.clone()).map_err(StartError::Thread)?;
     let mut threads = Vec::with_capacity(workers);
     for (id, (mine, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
         let cpu = cpus[id % cpus.len()];
@@ -171,6 +172,17 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
         std::thread::sleep(Duration::from_millis(20));
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Frees replaced snapshots once no request holds them, off the workers' threads.
+fn start_janitor(control: Arc<Control>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("weft-janitor".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(250));
+            control.publisher.collect_retired();
+        })?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! Endpoint host names are resolved here, once, so the request path only ever sees
 //! socket addresses.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -49,16 +50,17 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
     check_http(&cfg.http, &mut d);
 
     // Clusters first: routes refer to them by index.
-    let mut cluster_cfgs: Vec<(String, ClusterConfig, String)> = cfg
+    // Borrowed from the file; only the sidecar's implicit entries are owned.
+    let mut cluster_cfgs: Vec<(String, Cow<'_, ClusterConfig>, String)> = cfg
         .clusters
         .iter()
-        .map(|(n, c)| (n.clone(), c.clone(), format!("clusters.{n}")))
+        .map(|(n, c)| (n.clone(), Cow::Borrowed(c), format!("clusters.{n}")))
         .collect();
-    let mut listener_cfgs: Vec<(ListenerConfig, String)> = cfg
+    let mut listener_cfgs: Vec<(Cow<'_, ListenerConfig>, String)> = cfg
         .listeners
         .iter()
         .enumerate()
-        .map(|(i, l)| (l.clone(), format!("listeners[{i}]")))
+        .map(|(i, l)| (Cow::Borrowed(l), format!("listeners[{i}]")))
         .collect();
 
     match (loaded.role, &cfg.sidecar) {
@@ -92,7 +94,7 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
             };
             cluster_cfgs.push((
                 SIDECAR_APP_CLUSTER.to_owned(),
-                app,
+                Cow::Owned(app),
                 "sidecar.inbound.app".to_owned(),
             ));
             let inbound = ListenerConfig {
@@ -104,7 +106,7 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
                     ..RouteConfig::default()
                 }],
             };
-            listener_cfgs.push((inbound, "sidecar.inbound".into()));
+            listener_cfgs.push((Cow::Owned(inbound), "sidecar.inbound".into()));
             // Outbound: the operator's routes first, then one route per cluster,
             // matched by the service name the app puts in `Host`.
             let mut routes = sc.outbound.routes.clone();
@@ -120,11 +122,11 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
                 });
             }
             listener_cfgs.push((
-                ListenerConfig {
+                Cow::Owned(ListenerConfig {
                     name: "outbound".into(),
                     address: sc.outbound.address.clone(),
                     routes,
-                },
+                }),
                 "sidecar.outbound".into(),
             ));
         }
@@ -214,7 +216,7 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
         content_hash: fnv1a(loaded.source_text.as_bytes()),
         role: loaded.role,
         source_file: loaded.file.clone(),
-        source: cfg.clone(),
+        source_text: loaded.source_text.clone(),
         runtime,
         admin_address,
         http: cfg.http.clone(),

@@ -33,8 +33,9 @@ pub struct Snapshot {
     pub content_hash: u64,
     pub role: Role,
     pub source_file: std::path::PathBuf,
-    /// The config as parsed, for `/config` (weft's config holds no secrets yet).
-    pub source: ConfigFile,
+    /// The config file's text, for `/config` (weft's config holds no secrets yet).
+    /// Kept as text: a deep copy of the parsed tree would cost every reload.
+    pub source_text: String,
     pub runtime: RuntimeSettings,
     pub admin_address: SocketAddr,
     pub http: HttpConfig,
@@ -181,9 +182,15 @@ impl Snapshot {
 }
 
 /// Holds the active snapshot; the control thread publishes, workers load.
+///
+/// Replaced snapshots are retired here rather than dropped by whoever lets go last:
+/// freeing a config with thousands of routes takes milliseconds, and that must not
+/// happen on a worker between two requests. `collect_retired` (a control-side thread)
+/// frees those that no request holds any more.
 pub struct Publisher {
     current: ArcSwap<Snapshot>,
     next_version: AtomicU64,
+    retired: std::sync::Mutex<Vec<Arc<Snapshot>>>,
 }
 
 impl Publisher {
@@ -192,6 +199,7 @@ impl Publisher {
         Publisher {
             current: ArcSwap::from_pointee(first),
             next_version: AtomicU64::new(2),
+            retired: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -208,8 +216,28 @@ impl Publisher {
     pub fn publish(&self, mut next: Snapshot) -> u64 {
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         next.version = version;
-        self.current.store(Arc::new(next));
+        // `swap` settles arc-swap's outstanding loans, so after it the retired Arc's
+        // strong count says exactly who still holds the old snapshot.
+        let old = self.current.swap(Arc::new(next));
+        self.retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(old);
         version
+    }
+
+    /// Frees retired snapshots nobody uses any more; returns how many are still held.
+    pub fn collect_retired(&self) -> usize {
+        let mut retired = self
+            .retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (free, keep): (Vec<_>, Vec<_>) =
+            retired.drain(..).partition(|s| Arc::strong_count(s) == 1);
+        *retired = keep;
+        drop(retired);
+        drop(free);
+        self.retired.lock().map(|r| r.len()).unwrap_or(0)
     }
 }
 
