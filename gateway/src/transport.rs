@@ -67,17 +67,20 @@ impl Conn {
         }
     }
 
-    /// Reads the first bytes of the next message, holding a read buffer for at most
-    /// `hold`. `Ok(Some(0))`: the peer closed. `Ok(None)`: nothing came; the buffer was
-    /// given back, so the caller can wait with `wait_readable`, which holds none.
-    pub async fn fill_within(&mut self, hold: Duration) -> Result<Option<usize>, ReadError> {
+    /// Reads the first bytes of the next message, holding a read buffer until `hold`
+    /// completes. `Ok(Some(0))`: the peer closed. `Ok(None)`: nothing came; the buffer
+    /// was given back, so the caller can wait for readiness alone, which holds none.
+    pub async fn fill_within(
+        &mut self,
+        hold: impl std::future::Future<Output = ()>,
+    ) -> Result<Option<usize>, ReadError> {
         let canceller = Canceller::new();
         let slice = self.spare(INITIAL_READ);
         let (res, slice) = {
             let mut read = std::pin::pin!(self.stream.cancelable_read(slice, canceller.handle()));
             monoio::select! {
                 r = &mut read => r,
-                _ = monoio::time::sleep(hold) => {
+                _ = hold => {
                     let _ = canceller.cancel();
                     read.await
                 }

@@ -122,7 +122,12 @@ async fn turn(
         } else {
             http.idle_timeout.0
         };
-        match client.fill_within(BUFFER_HOLD.min(wait)).await {
+        // A coarse deadline: the hold needs no precision, and a monoio timer per
+        // request costs more than a slot in the worker's slab.
+        let hold = worker
+            .idle_timers
+            .deadline(Instant::now() + BUFFER_HOLD.min(wait));
+        match client.fill_within(hold).await {
             Ok(Some(0)) | Err(_) => return Turn::Done(Next::Close),
             Ok(Some(_)) => {}
             Ok(None) => {
