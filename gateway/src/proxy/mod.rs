@@ -74,7 +74,6 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, 
                     _ = deadline => false,
                     // Draining, or a reload that removed the listener, closes idle
                     // keep-alive connections at once.
-                    _ = worker.drain.wait() => false,
                     _ = bound.closed.wait() => false,
                 };
                 if !readable {
@@ -82,9 +81,7 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, 
                 }
                 // Bytes (or EOF) are waiting: the next turn reads them at once.
             }
-            Turn::Done(Next::KeepAlive) if !worker.draining() && !bound.closed.fired() => {
-                first = false
-            }
+            Turn::Done(Next::KeepAlive) if !bound.closed.fired() => first = false,
             Turn::Done(Next::Tunnel(upstream)) => {
                 Box::pin(tunnel::relay(client, upstream)).await;
                 break;
@@ -292,7 +289,7 @@ impl Exchange<'_> {
     /// Whether this connection must close after the current exchange: the process is
     /// draining, or a reload removed the listener.
     fn closing(&self) -> bool {
-        self.worker.draining() || self.bound.closed.fired()
+        self.bound.closed.fired()
     }
 
     async fn answer(&self, client: &mut Conn, out: BytesMut, close: bool) -> Next {
