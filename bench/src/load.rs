@@ -42,6 +42,23 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    fn empty() -> LoadResult {
+        LoadResult {
+            requests: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latency: histogram(),
+            bytes: 0,
+        }
+    }
+
+    fn merge(&mut self, other: &LoadResult) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.bytes += other.bytes;
+        let _ = self.latency.add(&other.latency);
+    }
+
     pub fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -80,19 +97,10 @@ pub fn run(spec: &LoadSpec) -> LoadResult {
             })
         })
         .collect();
-    let mut total = LoadResult {
-        requests: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latency: histogram(),
-        bytes: 0,
-    };
+    let mut total = LoadResult::empty();
     for h in handles {
         if let Ok(r) = h.join() {
-            total.requests += r.requests;
-            total.errors += r.errors;
-            total.bytes += r.bytes;
-            let _ = total.latency.add(&r.latency);
+            total.merge(&r);
         }
     }
     total.elapsed = started
@@ -133,19 +141,9 @@ async fn thread_load(spec: LoadSpec, conns: usize, rate: Option<f64>) -> LoadRes
             monoio::spawn(connection_loop(shared, start, period, offset))
         })
         .collect();
-    let mut out = LoadResult {
-        requests: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latency: histogram(),
-        bytes: 0,
-    };
+    let mut out = LoadResult::empty();
     for t in tasks {
-        let r = t.await;
-        out.requests += r.requests;
-        out.errors += r.errors;
-        out.bytes += r.bytes;
-        let _ = out.latency.add(&r.latency);
+        out.merge(&t.await);
     }
     out
 }
@@ -156,13 +154,7 @@ async fn connection_loop(
     period: Option<Duration>,
     offset: Option<Duration>,
 ) -> LoadResult {
-    let mut out = LoadResult {
-        requests: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latency: histogram(),
-        bytes: 0,
-    };
+    let mut out = LoadResult::empty();
     let mut stream: Option<TcpStream> = None;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut due = start + offset.unwrap_or_default();
