@@ -344,8 +344,11 @@ fn measure(
 }
 
 /// SIGHUPs every 100 ms during the run, alternating two valid configs.
+/// Every SIGHUP is confirmed (the served version advances) before the next is sent:
+/// signals that arrive during a reload coalesce, so unconfirmed SIGHUPs prove nothing.
 fn reload_loop(running: &systems::Running, duration: Duration) -> std::thread::JoinHandle<u64> {
     let config = running.config.clone();
+    let admin = running.admin;
     let pid = running.pids().first().copied();
     let text = config
         .as_ref()
@@ -371,10 +374,17 @@ fn reload_loop(running: &systems::Running, duration: Duration) -> std::thread::J
             // SAFETY: kill(2) on the process we started.
             unsafe { libc::kill(pid as i32, libc::SIGHUP) };
             sent += 1;
+            let confirm_by = Instant::now() + Duration::from_secs(2);
+            while let Some(a) = admin {
+                if admin_metric(a, "weft_config_version") as u64 > sent
+                    || Instant::now() > confirm_by
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        // Let the last reload land before the version is read.
-        std::thread::sleep(Duration::from_millis(100));
         sent
     })
 }
