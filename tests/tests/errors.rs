@@ -328,3 +328,28 @@ fn slow_and_idle_clients_are_cut_off() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off() {
+    let app = TestUpstream::start("app");
+    let (listen, admin) = (weft_tests::free_addr(), weft_tests::free_addr());
+    let config = format!(
+        "[admin]\naddress = \"{admin}\"\n[http]\nidle_timeout = \"1s\"\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\nroutes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"app\" }} ]\n[clusters.app]\nendpoints = [\"{}\"]\n",
+        app.addr
+    );
+    let weft = Weft::start("ingress", &config, admin);
+    // Ask for 64 MiB and never read: socket buffers fill, weft's writes stall.
+    let mut c = raw::connect(listen);
+    c.write_all(b"GET /big?n=67108864 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    std::thread::sleep(Duration::from_millis(500));
+    while weft.metric(&["weft_open_connections"]) > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "stalled client still holds its connection"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(c);
+}

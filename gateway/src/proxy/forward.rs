@@ -184,6 +184,8 @@ pub async fn forward(
             framing: response.framing,
             max_bytes: None,
             read_timeout: cluster.read_timeout,
+            // Like nginx's send_timeout: a client that stops reading is cut off.
+            write_timeout: x.snapshot.http.idle_timeout.0,
             dechunk: framing.dechunk,
             max_trailer_bytes: MAX_TRAILER_BYTES,
         };
@@ -272,6 +274,7 @@ async fn attempt(
             framing: head.framing,
             max_bytes: http.max_request_body_bytes,
             read_timeout: http.idle_timeout.0,
+            write_timeout: cluster.read_timeout,
             dechunk: false,
             max_trailer_bytes: http.max_header_bytes,
         };
@@ -293,6 +296,12 @@ async fn attempt(
                 return Err(Failure::Respond(
                     502,
                     "upstream closed the connection during the request",
+                ))
+            }
+            Err(BodyError::SinkStalled) => {
+                return Err(Failure::Respond(
+                    504,
+                    "upstream stopped reading the request body",
                 ))
             }
             Err(BodyError::SourceClosed | BodyError::SourceIo(_)) => {

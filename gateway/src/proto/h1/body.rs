@@ -27,6 +27,9 @@ pub enum BodyError {
     Malformed(ChunkError),
     /// The source sent nothing for longer than the read timeout.
     Stalled,
+    /// The sink took nothing for longer than the write timeout (a reader that stopped
+    /// reading must not hold the exchange, and its upstream connection, forever).
+    SinkStalled,
 }
 
 /// How to copy one body.
@@ -36,6 +39,8 @@ pub struct BodyCopy {
     pub max_bytes: Option<u64>,
     /// Longest wait for the next piece from the source.
     pub read_timeout: Duration,
+    /// Longest wait for the sink to take one piece.
+    pub write_timeout: Duration,
     /// Send only chunk data (for a HTTP/1.0 client of a chunked response).
     pub dechunk: bool,
     pub max_trailer_bytes: usize,
@@ -105,8 +110,10 @@ pub async fn copy_body(
         let piece = out.unwrap_or(piece);
         if !piece.is_empty() {
             written += piece.len() as u64;
-            let (res, _) = sink.write_all(piece).await;
-            res.map_err(BodyError::SinkIo)?;
+            match monoio::time::timeout(spec.write_timeout, sink.write_all(piece)).await {
+                Ok((res, _)) => res.map_err(BodyError::SinkIo)?,
+                Err(_) => return Err(BodyError::SinkStalled),
+            };
         }
         if done {
             return Ok(written);
