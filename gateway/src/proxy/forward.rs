@@ -61,9 +61,7 @@ pub async fn forward(
         ($status:expr, $why:expr) => {{
             let status: u16 = $status;
             x.count(Some(route), Some(cluster_id), status);
-            let _ = client
-                .stream
-                .write_all(local::error(status, $why, true, head_only))
+            x.send(client, local::error(status, $why, true, head_only))
                 .await;
             Next::Close
         }};
@@ -157,9 +155,10 @@ pub async fn forward(
         x.count(Some(route), Some(cluster_id), 101);
         let framing = rewrite::client_framing(head, &response, false);
         let out = rewrite::response_head(head, &response, &route.response_headers, framing, true);
-        return match client.stream.write_all(out).await {
-            (Ok(_), _) => Next::Tunnel(up.conn),
-            _ => Next::Close,
+        return if x.send(client, out).await {
+            Next::Tunnel(up.conn)
+        } else {
+            Next::Close
         };
     }
 
@@ -176,7 +175,7 @@ pub async fn forward(
         _ => false,
     };
     x.count(Some(route), Some(cluster_id), response.status);
-    if client.stream.write_all(out).await.0.is_err() {
+    if !x.send(client, out).await {
         return Next::Close;
     }
     if !body_done {
@@ -259,13 +258,7 @@ async fn attempt(
     if has_body {
         if head.expect_continue && !*continue_sent {
             *continue_sent = true;
-            if client
-                .stream
-                .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
-                .await
-                .0
-                .is_err()
-            {
+            if !x.send(client, &b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await {
                 return Err(Failure::ClientGone);
             }
         }
@@ -322,10 +315,7 @@ async fn attempt(
             Ok(Some(r)) if (100..200).contains(&r.status) && r.status != 101 => {
                 // Interim responses go to HTTP/1.1 clients; weft's own 100 already did.
                 let ours = r.status == 100 && *continue_sent;
-                if head.version == Version::H11
-                    && !ours
-                    && client.stream.write_all(r.raw).await.0.is_err()
-                {
+                if head.version == Version::H11 && !ours && !x.send(client, r.raw).await {
                     return Err(Failure::ClientGone);
                 }
                 continue;

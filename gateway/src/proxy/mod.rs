@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use monoio::buf::IoBuf;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use weft_mesh::config::HttpConfig;
@@ -148,10 +149,8 @@ async fn turn(
                     ]
                 },
             );
-            let _ = client
-                .stream
-                .write_all(local::error(status, why, true, false))
-                .await;
+            let out = local::error(status, why, true, false);
+            send_within(worker, &mut client.stream, out, http.idle_timeout.0).await;
             return Turn::Done(Next::Close);
         }
     };
@@ -192,6 +191,22 @@ async fn read_head(client: &mut Conn, http: &HttpConfig) -> HeadRead {
                 return HeadRead::Rejected(408, "request head not received in time")
             }
         }
+    }
+}
+
+/// Writes to the client, giving up (false) when it takes nothing for `limit`: a client
+/// that stops reading must not pin a task forever. The deadline is a coarse slot in the
+/// worker's slab, not a timer, because every response goes through here.
+async fn send_within<B: IoBuf>(
+    worker: &Worker,
+    stream: &mut TcpStream,
+    buf: B,
+    limit: Duration,
+) -> bool {
+    let deadline = worker.idle_timers.deadline(Instant::now() + limit);
+    monoio::select! {
+        r = stream.write_all(buf) => r.0.is_ok(),
+        _ = deadline => false,
     }
 }
 
@@ -293,10 +308,22 @@ impl Exchange<'_> {
     }
 
     async fn answer(&self, client: &mut Conn, out: BytesMut, close: bool) -> Next {
-        match client.stream.write_all(out).await {
-            (Ok(_), _) if !close => Next::KeepAlive,
-            _ => Next::Close,
+        if self.send(client, out).await && !close {
+            Next::KeepAlive
+        } else {
+            Next::Close
         }
+    }
+
+    /// Writes to the client within the idle timeout; false if it failed or stalled.
+    async fn send<B: IoBuf>(&self, client: &mut Conn, buf: B) -> bool {
+        send_within(
+            self.worker,
+            &mut client.stream,
+            buf,
+            self.snapshot.http.idle_timeout.0,
+        )
+        .await
     }
 
     /// Counts a response by listener, route, cluster and status class.
