@@ -26,14 +26,13 @@ use monoio::buf::IoBuf;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use weft_mesh::config::HttpConfig;
-use weft_mesh::snapshot::{ClusterId, Route, RouteAction, Snapshot};
+use weft_mesh::snapshot::{ClusterId, Route, RouteAction, RouteTable, Snapshot};
 
 use crate::observe::metrics::Family;
 use crate::proto::h1::head::{parse_request, BodyFraming, HeadError, RequestHead};
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::{Conn, ReadError};
 use facts::Facts;
-use weft_mesh::snapshot::RouteTable;
 
 /// How long a keep-alive connection keeps its read buffer while waiting for the next
 /// request; busy clients come back well within it, idle ones then cost no buffer.
