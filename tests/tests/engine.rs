@@ -172,3 +172,51 @@ endpoints = ["127.0.0.1:9200"]
     assert!(out.contains("-> shop-v1=90, shop-v2=10"), "{out}");
     assert!(out.contains("127.0.0.1:9001 (weight 3)"), "{out}");
 }
+
+/// Disables io_uring system-wide for the duration of a test (root only), restoring the
+/// previous setting on drop, even if the test fails.
+struct UringDisabled(String);
+
+impl UringDisabled {
+    const PATH: &'static str = "/proc/sys/kernel/io_uring_disabled";
+
+    fn set() -> Option<UringDisabled> {
+        let before = std::fs::read_to_string(Self::PATH).ok()?;
+        std::fs::write(Self::PATH, "2").ok()?;
+        Some(UringDisabled(before.trim().to_owned()))
+    }
+}
+
+impl Drop for UringDisabled {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+#[test]
+fn falls_back_to_epoll_with_one_warning_when_io_uring_is_unavailable() {
+    let Some(_disabled) = UringDisabled::set() else {
+        // Not root, or no such sysctl: the fallback cannot be provoked on this machine.
+        eprintln!("skipped: cannot write {}", UringDisabled::PATH);
+        return;
+    };
+    let app = TestUpstream::start("app");
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start(
+        "ingress",
+        &simple_config(admin, listen, app.addr, ""),
+        admin,
+    );
+    let log = weft.log();
+    assert_eq!(
+        log.matches("falling back to the epoll driver").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("driver=epoll"), "{log}");
+    let text = raw::exchange(
+        listen,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
