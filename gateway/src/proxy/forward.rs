@@ -90,7 +90,7 @@ pub async fn forward(
         peer: x.peer,
         scheme: "http",
     };
-    let request: Bytes = rewrite::request_head(
+    let request: Bytes = rewrite::h1_request_head(
         facts,
         fwd,
         &route.request_headers,

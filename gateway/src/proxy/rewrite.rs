@@ -22,53 +22,54 @@ pub struct ClientInfo {
     pub scheme: &'static str,
 }
 
-pub fn request_head(
-    facts: &Facts<'_>,
+/// The request line and framing of a request going upstream, whatever protocol the
+/// client spoke.
+pub struct Outgoing<'a> {
+    pub method: &'a [u8],
+    pub path: &'a str,
+    pub path_and_query: &'a str,
+    /// Authority the client addressed (Host or :authority); empty if none.
+    pub authority: &'a str,
+    pub chunked: bool,
+    pub accepts_trailers: bool,
+    /// The `Upgrade` protocol, when the client asked to switch protocols.
+    pub upgrade: Option<&'a [u8]>,
+}
+
+/// The HTTP/1.1 request head for the upstream. `headers` are the client's end-to-end
+/// headers (hop-by-hop ones already filtered out by the caller, which knows its
+/// protocol); this adds Host, the forwarding headers, the request id and the route's
+/// edits, and states the framing.
+pub fn request_head<'h>(
+    req: &Outgoing<'_>,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     forward: &Forward,
     edits: &HeaderEdits,
     fwd: &ForwardedConfig,
     client: &ClientInfo,
     upstream_host: &str,
 ) -> BytesMut {
-    let head = facts.head;
-    let mut out = BytesMut::with_capacity(head.raw.len() + 256);
-    out.extend_from_slice(head.method());
+    let mut out = BytesMut::with_capacity(512);
+    out.extend_from_slice(req.method);
     out.extend_from_slice(b" ");
     match &forward.prefix_rewrite {
-        Some((prefix, repl)) if facts.path.starts_with(prefix.as_str()) => {
+        Some((prefix, repl)) if req.path.starts_with(prefix.as_str()) => {
             out.extend_from_slice(repl.as_bytes());
-            out.extend_from_slice(facts.path_and_query[prefix.len()..].as_bytes());
+            out.extend_from_slice(req.path_and_query[prefix.len()..].as_bytes());
         }
-        _ => out.extend_from_slice(facts.path_and_query.as_bytes()),
+        _ => out.extend_from_slice(req.path_and_query.as_bytes()),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
     let mut prior_xff: Option<&[u8]> = None;
     let mut has_request_id = false;
-    let mut accepts_trailers = false;
-    for f in &head.headers {
-        let name = head.name(f);
-        if name.eq_ignore_ascii_case(b"te") {
-            // TE is hop-by-hop, but "trailers" holds for the next hop too: weft passes
-            // chunked bodies through with their trailers.
-            accepts_trailers |= head
-                .value(f)
-                .split(|&b| b == b',')
-                .any(|t| trim(t).eq_ignore_ascii_case(b"trailers"));
-        }
-        if head.is_hop_by_hop(f, &head.connection) || edits.drops(name) {
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"host") {
-            // Written below, from the authority routing used.
-            continue;
-        }
-        if head.expect_continue && name.eq_ignore_ascii_case(b"expect") {
-            // weft answered the 100-continue itself.
+    for (name, value) in headers {
+        if edits.drops(name) || name.eq_ignore_ascii_case(b"host") {
+            // Host is written below, from the authority routing used.
             continue;
         }
         if fwd.x_forwarded_for && name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            prior_xff = Some(head.value(f));
+            prior_xff = Some(value);
             continue;
         }
         if fwd.x_forwarded_proto && name.eq_ignore_ascii_case(b"x-forwarded-proto") {
@@ -77,12 +78,12 @@ pub fn request_head(
         if name.eq_ignore_ascii_case(b"x-request-id") {
             has_request_id = true;
         }
-        push_header(&mut out, name, head.value(f));
+        push_header(&mut out, name, value);
     }
-    let host = if facts.authority.is_empty() {
+    let host = if req.authority.is_empty() {
         upstream_host
     } else {
-        facts.authority
+        req.authority
     };
     push_header(&mut out, b"host", host.as_bytes());
     let ip = client.peer.ip();
@@ -103,13 +104,13 @@ pub fn request_head(
             IpAddr::V6(v6) => format!("\"[{v6}]\""),
         };
         let _ = write!(out, "forwarded: for={node};proto={}", client.scheme);
-        if !facts.authority.is_empty()
-            && facts
+        if !req.authority.is_empty()
+            && req
                 .authority
                 .bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"')
         {
-            let _ = write!(out, ";host=\"{}\"", facts.authority);
+            let _ = write!(out, ";host=\"{}\"", req.authority);
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -119,20 +120,63 @@ pub fn request_head(
     for (name, value) in &edits.set {
         push_header(&mut out, name.as_bytes(), value.as_bytes());
     }
-    if head.framing == BodyFraming::Chunked {
+    if req.chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    if accepts_trailers && head.version == Version::H11 {
+    if req.accepts_trailers {
+        // TE is hop-by-hop, but "trailers" holds for the next hop too: weft passes
+        // trailers through.
         out.extend_from_slice(b"te: trailers\r\n");
     }
-    if head.is_upgrade() {
+    if let Some(proto) = req.upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
-        if let Some(proto) = head.header("upgrade") {
-            push_header(&mut out, b"upgrade", proto);
-        }
+        push_header(&mut out, b"upgrade", proto);
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// The upstream request head for an HTTP/1.1 client's request.
+pub fn h1_request_head(
+    facts: &Facts<'_>,
+    forward: &Forward,
+    edits: &HeaderEdits,
+    fwd: &ForwardedConfig,
+    client: &ClientInfo,
+    upstream_host: &str,
+) -> BytesMut {
+    let head = facts.head;
+    let accepts_trailers = head.version == Version::H11
+        && head
+            .fields()
+            .iter()
+            .filter(|f| head.name(f).eq_ignore_ascii_case(b"te"))
+            .any(|f| {
+                head.value(f)
+                    .split(|&b| b == b',')
+                    .any(|t| trim(t).eq_ignore_ascii_case(b"trailers"))
+            });
+    let req = Outgoing {
+        method: head.method(),
+        path: facts.path,
+        path_and_query: facts.path_and_query,
+        authority: facts.authority,
+        chunked: head.framing == BodyFraming::Chunked,
+        accepts_trailers,
+        upgrade: if head.is_upgrade() {
+            head.header("upgrade")
+        } else {
+            None
+        },
+    };
+    let headers = head
+        .headers
+        .iter()
+        .filter(|f| !head.is_hop_by_hop(f, &head.connection))
+        // weft answered a 100-continue itself.
+        .filter(|f| !(head.expect_continue && head.name(f).eq_ignore_ascii_case(b"expect")))
+        .map(|f| (head.name(f), head.value(f)));
+    request_head(&req, headers, forward, edits, fwd, client, upstream_host)
 }
 
 /// How the response body travels to the client.
