@@ -60,7 +60,7 @@ fn split_absolute(target: &str) -> (Option<&str>, &str) {
 }
 
 /// Lowercase host without port; `[v6]` keeps its brackets.
-fn normalize_host(authority: &str) -> Cow<'_, str> {
+pub(super) fn normalize_host(authority: &str) -> Cow<'_, str> {
     let authority = authority.rsplit('@').next().unwrap_or(authority);
     let host = if authority.starts_with('[') {
         match authority.find(']') {

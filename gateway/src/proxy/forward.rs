@@ -213,7 +213,11 @@ fn upstream_reusable(req: &RequestHead, resp: &ResponseHead) -> bool {
     !resp.connection.close && resp.framing != BodyFraming::UntilClose && !req.is_upgrade()
 }
 
-fn connect_failure(x: &Exchange<'_>, cluster: usize, e: &ConnectError) -> (u16, &'static str) {
+pub(super) fn connect_failure(
+    x: &Exchange<'_>,
+    cluster: usize,
+    e: &ConnectError,
+) -> (u16, &'static str) {
     match e {
         ConnectError::NoEndpoints => {
             x.count_upstream(Family::UpstreamConnectErrors, cluster, "no_endpoints");

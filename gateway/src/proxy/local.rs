@@ -8,7 +8,6 @@ use std::fmt::Write as _;
 use bytes::BytesMut;
 use weft_mesh::snapshot::{HeaderEdits, Redirect};
 
-use super::facts::Facts;
 use crate::proto::h1::reason;
 
 /// Builds a complete response. `close` adds `connection: close`; `head_only` omits the
@@ -75,17 +74,22 @@ pub fn direct(
 }
 
 /// The `Location` a redirect route sends this request to.
-pub fn redirect_location(r: &Redirect, facts: &Facts<'_>) -> String {
+pub fn redirect_location(
+    r: &Redirect,
+    authority: &str,
+    path: &str,
+    path_and_query: &str,
+) -> String {
     let scheme = r.scheme.as_deref().unwrap_or("http");
-    let host = r.host.as_deref().unwrap_or(facts.authority);
-    let query = facts.path_and_query.split_once('?').map(|(_, q)| q);
+    let host = r.host.as_deref().unwrap_or(authority);
+    let query = path_and_query.split_once('?').map(|(_, q)| q);
     let path = match (&r.path, &r.prefix_rewrite) {
         (Some(p), _) => p.clone(),
-        (None, Some((prefix, repl))) => match facts.path.strip_prefix(prefix.as_str()) {
+        (None, Some((prefix, repl))) => match path.strip_prefix(prefix.as_str()) {
             Some(rest) => format!("{repl}{rest}"),
-            None => facts.path.to_owned(),
+            None => path.to_owned(),
         },
-        (None, None) => facts.path.to_owned(),
+        (None, None) => path.to_owned(),
     };
     match query {
         Some(q) if !r.strip_query && !q.is_empty() => format!("{scheme}://{host}{path}?{q}"),

@@ -12,6 +12,7 @@
 
 mod facts;
 mod forward;
+mod http2;
 mod local;
 mod rewrite;
 mod tunnel;
@@ -46,6 +47,8 @@ pub enum Next {
     Close,
     /// The upstream switched protocols: relay bytes both ways from now on.
     Tunnel(Conn),
+    /// The client opened with the HTTP/2 preface (h2c, prior knowledge).
+    Http2,
 }
 
 pub async fn serve(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer: SocketAddr) {
@@ -82,6 +85,10 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, 
                 // Bytes (or EOF) are waiting: the next turn reads them at once.
             }
             Turn::Done(Next::KeepAlive) if !bound.closed.fired() => first = false,
+            Turn::Done(Next::Http2) => {
+                Box::pin(http2::serve(worker.clone(), bound.clone(), client, peer)).await;
+                break;
+            }
             Turn::Done(Next::Tunnel(upstream)) => {
                 Box::pin(tunnel::relay(client, upstream)).await;
                 break;
@@ -134,6 +141,9 @@ async fn turn(
             }
         }
     }
+    if first && is_h2_preface(client, http).await {
+        return Turn::Done(Next::Http2);
+    }
     let head = match read_head(client, http).await {
         HeadRead::Request(h) => h,
         HeadRead::Closed => return Turn::Done(Next::Close),
@@ -166,6 +176,21 @@ enum HeadRead {
     Request(RequestHead),
     Closed,
     Rejected(u16, &'static str),
+}
+
+/// Whether a new connection opened with the HTTP/2 preface (reading more while what
+/// arrived so far could still be one).
+async fn is_h2_preface(client: &mut Conn, http: &HttpConfig) -> bool {
+    while client.buf.len() < http2::PREFACE.len() && http2::PREFACE.starts_with(&client.buf) {
+        match client
+            .fill_with_timeout(HEAD_READ, http.header_read_timeout.0)
+            .await
+        {
+            Ok(n) if n > 0 => {}
+            _ => return false,
+        }
+    }
+    client.buf.starts_with(http2::PREFACE)
 }
 
 /// Completes the head whose first bytes are in the buffer.
@@ -283,7 +308,8 @@ impl Exchange<'_> {
             }
             RouteAction::Redirect(r) => {
                 self.count(Some(route), None, r.status);
-                let location = local::redirect_location(r, &facts);
+                let location =
+                    local::redirect_location(r, facts.authority, facts.path, facts.path_and_query);
                 let out = local::response(
                     r.status,
                     "text/plain",

@@ -1,0 +1,191 @@
+//! HTTP/2 clients (h2c with prior knowledge) through weft to HTTP/1.1 upstreams:
+//! curl, hyper's h2 client and h2load, with bodies checked by hash.
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use weft_tests::upstream::{big_body_byte, sha256_hex, TestUpstream};
+use weft_tests::{free_addr, Weft};
+
+fn setup() -> (Weft, SocketAddr, TestUpstream) {
+    let app = TestUpstream::start("app");
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = format!(
+        r#"
+[admin]
+address = "{admin}"
+
+[[listeners]]
+name = "public"
+address = "{listen}"
+routes = [
+  {{ match = {{ path = "/" }}, direct_response = {{ status = 200, body = "hello over h2\n" }} }},
+  {{ match = {{ path_prefix = "/api/" }}, cluster = "app" }},
+]
+
+[clusters.app]
+endpoints = ["{}"]
+"#,
+        app.addr
+    );
+    (Weft::start("ingress", &config, admin), listen, app)
+}
+
+fn curl_h2(args: &[&str]) -> (bool, Vec<u8>, String) {
+    let o = Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        o.stdout,
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn curl_prior_knowledge_with_bodies_of_0_1_and_10_mib() {
+    let (_weft, listen, _app) = setup();
+    let (ok, out, err) = curl_h2(&["-D", "-", &format!("http://{listen}/")]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(ok, "{err}");
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
+    assert!(text.ends_with("hello over h2\n"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    for size in [0usize, 1, 10 * 1024 * 1024] {
+        let data: Vec<u8> = (0..size).map(big_body_byte).collect();
+        let file = dir.path().join(format!("up-{size}"));
+        std::fs::write(&file, &data).unwrap();
+        let (ok, out, err) = curl_h2(&[
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("http://{listen}/api/sha256"),
+        ]);
+        assert!(ok, "upload {size}: {err}");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("{} {size}", sha256_hex(&data)),
+            "upload {size}"
+        );
+        let (ok, out, err) = curl_h2(&[&format!("http://{listen}/api/big?n={size}")]);
+        assert!(ok, "download {size}: {err}");
+        assert_eq!(out.len(), size);
+        assert_eq!(sha256_hex(&out), sha256_hex(&data), "download {size}");
+    }
+    let (_, out, _) = curl_h2(&["-D", "-", &format!("http://{listen}/nowhere")]);
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/2 404"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyper_h2_client_multiplexes_streams_on_one_connection() {
+    let (weft, listen, _app) = setup();
+    let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let mut sender = sender.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = hyper::Request::post(format!("http://weft.test/api/sha256?i={i}"))
+                .body(Full::new(Bytes::from(vec![i as u8; 1000 + i])))
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                format!("{} {}", sha256_hex(&vec![i as u8; 1000 + i]), 1000 + i)
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        weft.metric(&["weft_accepted_connections_total"]),
+        1.0,
+        "all streams on one connection"
+    );
+    assert_eq!(
+        weft.metric(&[
+            "weft_requests_total",
+            "cluster=\"app\"",
+            "status_class=\"2xx\""
+        ]),
+        50.0
+    );
+}
+
+#[test]
+fn h2load_sees_no_failures() {
+    let (_weft, listen, _app) = setup();
+    let o = Command::new("h2load")
+        .args([
+            "-n",
+            "2000",
+            "-c",
+            "4",
+            "-m",
+            "10",
+            &format!("http://{listen}/api/x"),
+        ])
+        .output()
+        .expect("h2load (nghttp2-client) is installed");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("2000 succeeded, 0 failed, 0 errored"),
+        "{text}"
+    );
+    assert!(text.contains("2000 2xx"), "{text}");
+}
+
+#[test]
+fn http1_still_works_on_the_same_port() {
+    let (_weft, listen, _app) = setup();
+    let text = weft_tests::raw::exchange(
+        listen,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("hello over h2\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_sends_goaway_and_weft_exits() {
+    let (mut weft, listen, _app) = setup();
+    let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get("http://weft.test/")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+    weft.signal(15);
+    // The idle h2 connection gets GOAWAY and ends; weft then exits cleanly.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
+    assert!(
+        ended.is_ok(),
+        "h2 connection still open after the drain began"
+    );
+    let status =
+        tokio::task::spawn_blocking(move || weft.wait_exit(std::time::Duration::from_secs(5)))
+            .await
+            .unwrap();
+    assert!(status.expect("weft exited").success());
+}
