@@ -78,6 +78,15 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, client: Conn, peer:
             return;
         }
     };
+    let spawn_stream = |req, respond| {
+        monoio::spawn(stream_task(
+            worker.clone(),
+            bound.clone(),
+            peer,
+            req,
+            respond,
+        ));
+    };
     loop {
         let accepted = monoio::select! {
             r = conn.accept() => r,
@@ -88,15 +97,7 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, client: Conn, peer:
             }
         };
         match accepted {
-            Some(Ok((req, respond))) => {
-                monoio::spawn(stream_task(
-                    worker.clone(),
-                    bound.clone(),
-                    peer,
-                    req,
-                    respond,
-                ));
-            }
+            Some(Ok((req, respond))) => spawn_stream(req, respond),
             Some(Err(e)) => {
                 tracing::debug!("h2 connection error: {e}");
                 return;
@@ -105,13 +106,7 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, client: Conn, peer:
         }
     }
     while let Some(Ok((req, respond))) = conn.accept().await {
-        monoio::spawn(stream_task(
-            worker.clone(),
-            bound.clone(),
-            peer,
-            req,
-            respond,
-        ));
+        spawn_stream(req, respond);
     }
 }
 
