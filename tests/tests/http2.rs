@@ -189,3 +189,36 @@ async fn drain_sends_goaway_and_weft_exits() {
             .unwrap();
     assert!(status.expect("weft exited").success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2_connection_gets_goaway_after_the_idle_timeout() {
+    let app = TestUpstream::start("app");
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = format!(
+        "[admin]\naddress = \"{admin}\"\n[http]\nidle_timeout = \"1s\"\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\nroutes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"app\" }} ]\n[clusters.app]\nendpoints = [\"{}\"]\n",
+        app.addr
+    );
+    let weft = Weft::start("ingress", &config, admin);
+    let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    // A stream that outlives the idle timeout keeps the connection.
+    let req = hyper::Request::get("http://weft.test/api/sleep/1500")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "idle h2 connection was not closed");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(800),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(weft.metric(&["weft_open_connections"]), 0.0);
+}

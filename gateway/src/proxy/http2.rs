@@ -78,22 +78,40 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, client: Conn, peer:
             return;
         }
     };
+    // Streams in flight, and when the last one ended: a connection with no stream for
+    // the idle timeout is sent GOAWAY, as an idle HTTP/1.1 keep-alive connection is
+    // closed.
+    let activity = Rc::new((
+        std::cell::Cell::new(0usize),
+        std::cell::Cell::new(Instant::now()),
+    ));
     let spawn_stream = |req, respond| {
-        monoio::spawn(stream_task(
-            worker.clone(),
-            bound.clone(),
-            peer,
-            req,
-            respond,
-        ));
+        let activity = activity.clone();
+        activity.0.set(activity.0.get() + 1);
+        let task = stream_task(worker.clone(), bound.clone(), peer, req, respond);
+        monoio::spawn(async move {
+            task.await;
+            activity.0.set(activity.0.get() - 1);
+            activity.1.set(Instant::now());
+        });
     };
+    let idle_timeout = worker.snapshot().http.idle_timeout.0;
     loop {
+        let idle_since = if activity.0.get() == 0 {
+            activity.1.get()
+        } else {
+            Instant::now()
+        };
+        let idle = worker.idle_timers.deadline(idle_since + idle_timeout);
         let accepted = monoio::select! {
             r = conn.accept() => r,
             // Draining or listener removed: GOAWAY, then let open streams finish.
-            _ = bound.closed.wait() => {
-                conn.graceful_shutdown();
-                break;
+            _ = bound.closed.wait() => break,
+            _ = idle => {
+                if activity.0.get() == 0 && activity.1.get().elapsed() >= idle_timeout {
+                    break;
+                }
+                continue;
             }
         };
         match accepted {
@@ -105,6 +123,7 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, client: Conn, peer:
             None => return,
         }
     }
+    conn.graceful_shutdown();
     while let Some(Ok((req, respond))) = conn.accept().await {
         spawn_stream(req, respond);
     }
