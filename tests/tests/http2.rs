@@ -222,3 +222,58 @@ async fn idle_h2_connection_gets_goaway_after_the_idle_timeout() {
     );
     assert_eq!(weft.metric(&["weft_open_connections"]), 0.0);
 }
+
+#[test]
+fn h2_errors_are_proper_responses() {
+    let app = TestUpstream::start("app");
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = format!(
+        r#"
+[admin]
+address = "{admin}"
+
+[http]
+max_request_body_bytes = 1000
+
+[[listeners]]
+name = "l"
+address = "{listen}"
+routes = [
+  {{ match = {{ path_prefix = "/api/" }}, cluster = "app" }},
+  {{ match = {{ path_prefix = "/down" }}, cluster = "down" }},
+  {{ match = {{ path = "/moved" }}, redirect = {{ status = 308, path = "/new" }} }},
+]
+
+[clusters.app]
+endpoints = ["{}"]
+
+[clusters.down]
+endpoints = ["{}"]
+"#,
+        app.addr,
+        free_addr()
+    );
+    let _weft = Weft::start("ingress", &config, admin);
+    let (_, out, _) = curl_h2(&["-D", "-", &format!("http://{listen}/down")]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/2 502") && text.contains("x-weft-error: upstream connection failed"),
+        "{text}"
+    );
+    let (_, out, _) = curl_h2(&[
+        "-D",
+        "-",
+        "--data-binary",
+        &"a".repeat(5000),
+        &format!("http://{listen}/api/sha256"),
+    ]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/2 413"), "{text}");
+    let (_, out, _) = curl_h2(&["-D", "-", &format!("http://{listen}/moved?x=1")]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/2 308")
+            && text.contains(&format!("location: http://{listen}/new?x=1")),
+        "{text}"
+    );
+}
