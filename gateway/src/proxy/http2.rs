@@ -323,6 +323,18 @@ async fn exchange(
 ) -> Result<u16, Abort> {
     let cluster = &x.snapshot.clusters[cluster_id];
     let parts = facts.parts;
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let (Some(n), Some(max)) = (declared, x.snapshot.http.max_request_body_bytes) {
+        if n > max {
+            return Err(Abort::Respond(
+                413,
+                "request body larger than http.max_request_body_bytes",
+            ));
+        }
+    }
     let mut up = x
         .worker
         .upstreams
