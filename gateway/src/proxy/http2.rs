@@ -306,8 +306,35 @@ async fn forward(
             }
             x.count(Some(route), Some(cluster_id), status);
             reply_error(&mut respond, status, why, head_only);
+            discard_request_body(x, &mut body).await;
         }
         Err(Abort::Reset) => respond.send_reset(Reason::INTERNAL_ERROR),
+    }
+}
+
+/// After an early error response, reads and drops what is left of the request body (a
+/// bounded amount, for a bounded time), so the stream ends with RST_STREAM(NO_ERROR)
+/// once the response is out rather than CANCEL, which clients may take to mean the
+/// response is void (RFC 9113 §8.1).
+async fn discard_request_body(x: &Exchange<'_>, body: &mut RecvStream) {
+    const DISCARD_LIMIT: usize = 1 << 20;
+    let deadline = x
+        .worker
+        .idle_timers
+        .deadline(Instant::now() + x.snapshot.http.header_read_timeout.0);
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(data)) = body.data().await {
+            seen += data.len();
+            let _ = body.flow_control().release_capacity(data.len());
+            if seen > DISCARD_LIMIT {
+                break;
+            }
+        }
+    };
+    monoio::select! {
+        _ = drain => {}
+        _ = deadline => {}
     }
 }
 
