@@ -30,6 +30,9 @@ pub struct LoadSpec {
     pub path: String,
     pub threads: usize,
     pub cpus: Vec<usize>,
+    /// Speak HTTP/2 (h2c, prior knowledge) with this many concurrent streams per
+    /// connection; `None` is HTTP/1.1.
+    pub h2_streams: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -132,6 +135,16 @@ async fn thread_load(spec: LoadSpec, conns: usize, rate: Option<f64>) -> LoadRes
         deadline: start + spec.duration,
         new_connection: spec.new_connection,
     });
+    if let Some(streams) = spec.h2_streams {
+        let tasks: Vec<_> = (0..conns)
+            .map(|_| monoio::spawn(h2_connection(shared.clone(), spec.path.clone(), streams)))
+            .collect();
+        let mut out = LoadResult::empty();
+        for t in tasks {
+            out.merge(&t.await);
+        }
+        return out;
+    }
     // Open loop: connection i sends at start + (i/conns + k) * period.
     let period = rate.map(|r| Duration::from_secs_f64(conns as f64 / r.max(1e-9)));
     let tasks: Vec<_> = (0..conns)
@@ -268,4 +281,77 @@ async fn read_more(s: &mut TcpStream, buf: &mut BytesMut) -> Result<(), ()> {
         Ok(n) if n > 0 => Ok(()),
         _ => Err(()),
     }
+}
+
+/// One HTTP/2 connection with `streams` closed-loop streams on it (h2 on monoio's
+/// poll-io, the same stack weft serves h2 with).
+async fn h2_connection(shared: Rc<Shared>, path: String, streams: usize) -> LoadResult {
+    use monoio::io::IntoPollIo;
+    let mut out = LoadResult::empty();
+    let Ok(stream) = TcpStream::connect_addr(shared.addr).await else {
+        out.errors += 1;
+        return out;
+    };
+    let _ = stream.set_nodelay(true);
+    let Ok(io) = stream.into_poll_io() else {
+        out.errors += 1;
+        return out;
+    };
+    let Ok((sender, conn)) = h2::client::handshake(io).await else {
+        out.errors += 1;
+        return out;
+    };
+    monoio::spawn(async move {
+        let _ = conn.await;
+    });
+    let uri: http::Uri = format!("http://bench{path}").parse().unwrap_or_default();
+    let tasks: Vec<_> = (0..streams)
+        .map(|_| {
+            let (sender, shared, uri) = (sender.clone(), shared.clone(), uri.clone());
+            monoio::spawn(async move {
+                let mut out = LoadResult::empty();
+                while Instant::now() < shared.deadline {
+                    let sent = Instant::now();
+                    match h2_request(sender.clone(), uri.clone()).await {
+                        Ok((status, bytes)) if (200..400).contains(&status) => {
+                            out.requests += 1;
+                            out.bytes += bytes;
+                            let _ = out.latency.record(sent.elapsed().as_micros().max(1) as u64);
+                        }
+                        _ if Instant::now() >= shared.deadline => break,
+                        _ => {
+                            out.errors += 1;
+                            break;
+                        }
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    for t in tasks {
+        out.merge(&t.await);
+    }
+    out
+}
+
+async fn h2_request(
+    sender: h2::client::SendRequest<bytes::Bytes>,
+    uri: http::Uri,
+) -> Result<(u16, u64), h2::Error> {
+    let mut sender = sender.ready().await?;
+    let req = http::Request::get(uri)
+        .body(())
+        .map_err(|_| h2::Error::from(h2::Reason::INTERNAL_ERROR))?;
+    let (response, _) = sender.send_request(req, true)?;
+    let response = response.await?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut bytes = 0u64;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        bytes += chunk.len() as u64;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    Ok((status, bytes))
 }

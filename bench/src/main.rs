@@ -33,8 +33,8 @@ struct Cli {
 enum Command {
     /// Run scenarios against every available system and report.
     Run {
-        /// Scenarios to run (default: all): h1-keepalive, h1-fixed-rate, h1-new-conn,
-        /// h1-large-body, idle-conns, reload-under-load, scale.
+        /// Scenarios to run (default: all): h1-keepalive, h2-multiplexed, h1-fixed-rate,
+        /// h1-new-conn, h1-large-body, idle-conns, reload-under-load, reload-swap, scale.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
         /// Systems (default: all available): direct, weft-io_uring, weft-epoll, nginx, haproxy.
@@ -78,6 +78,9 @@ enum Command {
         rate: Option<f64>,
         #[arg(long)]
         new_connection: bool,
+        /// HTTP/2 (h2c) with this many concurrent streams per connection.
+        #[arg(long)]
+        h2_streams: Option<usize>,
         #[arg(long, default_value_t = 1)]
         threads: usize,
         #[arg(long, value_delimiter = ',')]
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
             duration,
             rate,
             new_connection,
+            h2_streams,
             threads,
             cpus,
         } => {
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
                 path: "/".into(),
                 threads,
                 cpus,
+                h2_streams,
             };
             let r = load::run(&spec);
             println!(

@@ -30,15 +30,20 @@ pub struct RunOpts {
     pub idle_connections: usize,
 }
 
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 9] = [
     "h1-keepalive",
+    "h2-multiplexed",
     "h1-fixed-rate",
     "h1-new-conn",
     "h1-large-body",
     "idle-conns",
     "reload-under-load",
+    "reload-swap",
     "scale",
 ];
+
+/// Concurrent streams per connection in `h2-multiplexed`.
+const H2_STREAMS: usize = 10;
 
 /// One measured run of one system at one scenario point.
 #[derive(Debug, Clone, Serialize)]
@@ -199,7 +204,7 @@ fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
         }],
         "h1-new-conn" | "h1-large-body" => vec![one(if opts.quick { 10 } else { 50 })],
         "idle-conns" => vec![one(opts.idle_connections)],
-        "reload-under-load" | "reload-swap" => vec![one(50)],
+        "reload-under-load" | "reload-swap" | "h2-multiplexed" => vec![one(50)],
         "scale" => {
             let mut w = 1;
             let mut out = Vec::new();
@@ -238,6 +243,13 @@ fn systems_for(scenario: &str, opts: &RunOpts) -> Vec<Kind> {
             .filter(|k| matches!(k, Kind::Weft { driver: "io_uring" } | Kind::Nginx))
             .cloned()
             .collect(),
+        // The bench upstream speaks HTTP/1.1 only, so there is no direct h2 row.
+        "h2-multiplexed" => opts
+            .systems
+            .iter()
+            .filter(|k| **k != Kind::Direct)
+            .cloned()
+            .collect(),
         "idle-conns" => opts
             .systems
             .iter()
@@ -265,8 +277,14 @@ fn measure(
     } else {
         ups.small
     };
-    let running =
-        systems::start(kind, env, Some(upstream), point.workers).map_err(|e| e.to_string())?;
+    let running = systems::start(
+        kind,
+        env,
+        Some(upstream),
+        point.workers,
+        scenario == "h2-multiplexed",
+    )
+    .map_err(|e| e.to_string())?;
     let addr = SocketAddr::from(([127, 0, 0, 1], running.port));
     let pids = running.pids();
     let mut sample = Sample {
@@ -302,6 +320,7 @@ fn measure(
         path: "/".into(),
         threads: opts.load_cpus.len().max(1),
         cpus: opts.load_cpus.clone(),
+        h2_streams: (scenario == "h2-multiplexed").then_some(H2_STREAMS),
     };
     // Warm-up: pools filled, caches hot, before anything is counted.
     load::run(&LoadSpec {
@@ -573,6 +592,7 @@ fn swap_latency(
         path: "/r1".into(),
         threads: opts.load_cpus.len().max(1),
         cpus: opts.load_cpus.clone(),
+        h2_streams: None,
     };
     load::run(&LoadSpec {
         duration: Duration::from_millis(300),

@@ -187,11 +187,14 @@ pool = {{ max_idle = 4096 }}
     )
 }
 
+/// Starts `kind`; with `speak_h2` the peers' listeners speak HTTP/2 with prior knowledge
+/// (weft detects it on any plain listener).
 pub fn start(
     kind: &Kind,
     env: &Env,
     upstream: Option<SocketAddr>,
     workers: usize,
+    speak_h2: bool,
 ) -> io::Result<Running> {
     let Some(upstream) = upstream else {
         return Err(io::Error::other("no upstream"));
@@ -206,6 +209,11 @@ pub fn start(
     }
     let port = free_port();
     let cpus = cpu_list(&env.proxy_cpus);
+    let (nginx_h2, haproxy_h2) = if speak_h2 {
+        (" http2", " proto h2")
+    } else {
+        ("", "")
+    };
     let mut cmd = Command::new("taskset");
     cmd.arg("-c")
         .arg(&cpus)
@@ -239,7 +247,7 @@ pub fn start(
                  worker_rlimit_nofile 65536;\nevents {{ worker_connections 30000; }}\n\
                  http {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
                  upstream up {{ server {upstream}; keepalive 4096; keepalive_requests 1000000; }}\n\
-                 server {{\n    listen 127.0.0.1:{port} reuseport;\n    keepalive_requests 1000000;\n\
+                 server {{\n    listen 127.0.0.1:{port} reuseport{nginx_h2};\n    keepalive_requests 1000000;\n\
                  location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }}\n  }}\n}}\n"
             );
             let path = dir.join("nginx.conf");
@@ -257,7 +265,7 @@ pub fn start(
             let conf = format!(
                 "global\n  nbthread {workers}\n  maxconn {maxconn}\n\
                  defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n\
-                 frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
+                 frontend fe\n  bind 127.0.0.1:{port}{haproxy_h2}\n  default_backend be\n\
                  backend be\n  server up {upstream}\n"
             );
             let path = env.dir.join(format!("haproxy-{port}.cfg"));

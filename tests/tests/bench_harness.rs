@@ -34,6 +34,7 @@ fn quick_run_covers_every_scenario_without_errors() {
     let table = String::from_utf8_lossy(&o.stdout);
     for scenario in [
         "h1-keepalive",
+        "h2-multiplexed",
         "h1-fixed-rate",
         "h1-new-conn",
         "h1-large-body",
@@ -46,6 +47,7 @@ fn quick_run_covers_every_scenario_without_errors() {
         );
     }
     assert!(table.contains("idle keep-alive connections"), "{table}");
+    assert!(table.contains("reload-swap: system"), "{table}");
     let json: String = std::fs::read_to_string(out.path().join("results.json")).unwrap();
     assert!(
         json.contains("\"system\": \"weft-io_uring\"") && json.contains("\"system\": \"direct\"")
