@@ -61,11 +61,13 @@ fn main() -> ExitCode {
         Command::Ingress(args) => run(args, Role::Ingress),
         Command::Sidecar(args) => run(args, Role::Sidecar),
         Command::Check { config, role } => {
-            let role = match role.as_deref() {
-                Some("sidecar") => Role::Sidecar,
-                Some(_) => Role::Ingress,
-                None => guess_role(&config),
-            };
+            let role = role.as_deref().map(|r| {
+                if r == "sidecar" {
+                    Role::Sidecar
+                } else {
+                    Role::Ingress
+                }
+            });
             match load(&config, role) {
                 Ok(snap) => {
                     print!("{}", summary(&snap));
@@ -82,7 +84,7 @@ fn run(args: RunArgs, role: Role) -> ExitCode {
         eprintln!("--workers: must be at least 1");
         return ExitCode::FAILURE;
     }
-    let snap = match load(&args.config, role) {
+    let snap = match load(&args.config, Some(role)) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -100,9 +102,16 @@ fn run(args: RunArgs, role: Role) -> ExitCode {
     }
 }
 
-/// Loads and compiles; on failure prints every error as `FILE: key: problem`.
-fn load(file: &Path, role: Role) -> Result<Snapshot, ExitCode> {
-    let compiled = config::load(file, role).and_then(|loaded| snapshot::compile(&loaded));
+/// Loads and compiles as `role`; with no role (`weft check` without `--role`), as a
+/// sidecar when the file has a [sidecar] table. On failure prints every error as
+/// `FILE: key: problem`.
+fn load(file: &Path, role: Option<Role>) -> Result<Snapshot, ExitCode> {
+    let compiled = config::load(file, role.unwrap_or(Role::Ingress)).and_then(|mut loaded| {
+        if role.is_none() && loaded.config.sidecar.is_some() {
+            loaded.role = Role::Sidecar;
+        }
+        snapshot::compile(&loaded)
+    });
     compiled.map_err(|errors| {
         eprintln!("{errors}");
         eprintln!(
@@ -112,19 +121,6 @@ fn load(file: &Path, role: Role) -> Result<Snapshot, ExitCode> {
         );
         ExitCode::FAILURE
     })
-}
-
-fn guess_role(file: &Path) -> Role {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    let has_sidecar = text
-        .parse::<toml::Table>()
-        .map(|t| t.contains_key("sidecar"))
-        .unwrap_or(false);
-    if has_sidecar {
-        Role::Sidecar
-    } else {
-        Role::Ingress
-    }
 }
 
 fn summary(s: &Snapshot) -> String {
