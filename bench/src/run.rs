@@ -409,16 +409,22 @@ fn reload_loop(running: &systems::Running, duration: Duration) -> std::thread::J
 }
 
 fn admin_metric(admin: SocketAddr, name: &str) -> f64 {
-    let Ok(mut s) = TcpStream::connect(admin) else {
-        return 0.0;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.lines()
+    http_get(admin, "/metrics")
+        .unwrap_or_default()
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The body of a one-shot HTTP/1.1 GET (`Connection: close`), or `None` on any failure.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
 }
 
 /// Opens `n` connections with one request each, lets them idle, and returns the RSS
@@ -496,8 +502,9 @@ fn big_config(
     variant: u32,
     worker_cpu: usize,
 ) -> String {
+    let preamble = systems::weft_preamble(&format!("workers = 1\ncpus = [{worker_cpu}]"), admin);
     let mut c = format!(
-        "[runtime]\nworkers = 1\ncpus = [{worker_cpu}]\n[admin]\naddress = \"127.0.0.1:{admin}\"\n[http.forwarded]\nx_forwarded_for = false\nx_forwarded_proto = false\nrequest_id = false\n\n[[listeners]]\nname = \"bench\"\naddress = \"127.0.0.1:{port}\"\n\n  [[listeners.routes]]\n  match = {{ path = \"/probe\" }}\n  direct_response = {{ status = 200, body = \"variant-{variant}\" }}\n"
+        "{preamble}\n[[listeners]]\nname = \"bench\"\naddress = \"127.0.0.1:{port}\"\n\n  [[listeners.routes]]\n  match = {{ path = \"/probe\" }}\n  direct_response = {{ status = 200, body = \"variant-{variant}\" }}\n"
     );
     for i in 0..routes {
         let _ = std::fmt::Write::write_fmt(
@@ -516,16 +523,6 @@ fn big_config(
         );
     }
     c
-}
-
-fn probe(addr: SocketAddr) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /probe HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.split("\r\n\r\n").nth(1).map(str::to_owned)
 }
 
 /// SIGHUP -> new snapshot serving, for a config with 10,000 routes and 1,000 clusters,
@@ -576,7 +573,7 @@ fn swap_latency(
         .map_err(|e| e.to_string())?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while probe(addr).is_none() {
+    while http_get(addr, "/probe").is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
             return Err("weft with the big config did not start".into());
@@ -619,7 +616,7 @@ fn swap_latency(
                 let t = Instant::now();
                 // SAFETY: kill(2) on the child we started.
                 unsafe { libc::kill(pid, libc::SIGHUP) };
-                while probe(addr).as_deref() != Some(want.as_str())
+                while http_get(addr, "/probe").as_deref() != Some(want.as_str())
                     && t.elapsed() < Duration::from_secs(10)
                 {
                     std::thread::sleep(Duration::from_micros(200));

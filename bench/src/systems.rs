@@ -139,6 +139,14 @@ fn cpu_list(cpus: &[usize]) -> String {
         .join(",")
 }
 
+/// What every bench config of weft starts with: the runtime lines given, the admin
+/// address, and no forwarding headers (the peers add none either).
+pub fn weft_preamble(runtime: &str, admin: u16) -> String {
+    format!(
+        "[runtime]\n{runtime}\n\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\n[http.forwarded]\nx_forwarded_for = false\nx_forwarded_proto = false\nrequest_id = false\n"
+    )
+}
+
 /// The weft config for a bench run; `variant` flips the route set used by reload runs.
 pub fn weft_config(
     port: u16,
@@ -155,19 +163,9 @@ pub fn weft_config(
     } else {
         (10, 90, "/v-b")
     };
+    let preamble = weft_preamble(&format!("workers = {workers}\nio = \"{driver}\""), admin);
     format!(
-        r#"[runtime]
-workers = {workers}
-io = "{driver}"
-
-[admin]
-address = "127.0.0.1:{admin}"
-
-[http.forwarded]
-x_forwarded_for = false
-x_forwarded_proto = false
-request_id = false
-
+        r#"{preamble}
 [[listeners]]
 name = "bench"
 address = "127.0.0.1:{port}"
