@@ -16,7 +16,7 @@ use monoio::io::AsyncWriteRentExt;
 use weft_mesh::snapshot::{Cluster, Forward, Route};
 
 use super::facts::Facts;
-use super::rewrite::{self, ClientInfo};
+use super::rewrite;
 use super::{local, Exchange, Next};
 use crate::observe::metrics::Family;
 use crate::proto::h1::body::{copy_body, BodyCopy, BodyError};
@@ -49,10 +49,7 @@ pub async fn forward(
 ) -> Next {
     let head = facts.head;
     let head_only = head.method() == b"HEAD";
-    let target = match fwd.targets.as_slice() {
-        [only] => only,
-        _ => fwd.target_for(fastrand::u32(0..fwd.total_weight.max(1))),
-    };
+    let target = fwd.target(|total| fastrand::u32(0..total));
     let cluster_id = target.cluster;
     let cluster = &x.snapshot.clusters[cluster_id];
     // Every failure answers with a proxy-made error and closes: the request body may be
@@ -81,22 +78,13 @@ pub async fn forward(
             return fail!(status, why);
         }
     };
-    let upstream_host = if facts.authority.is_empty() {
-        up.endpoint.to_string()
-    } else {
-        String::new()
-    };
-    let client_info = ClientInfo {
-        peer: x.peer,
-        scheme: "http",
-    };
     let request: Bytes = rewrite::h1_request_head(
         facts,
         fwd,
         &route.request_headers,
         &x.snapshot.http.forwarded,
-        &client_info,
-        &upstream_host,
+        &x.client_info(),
+        up.endpoint,
     )
     .freeze();
 
@@ -118,18 +106,9 @@ pub async fn forward(
             Ok(r) => break r,
             Err(Failure::Stale) if up.reused && !retried => {
                 retried = true;
-                match x.worker.upstreams.fresh(cluster, up.endpoint).await {
-                    Ok(conn) => {
-                        up = Upstream {
-                            conn,
-                            endpoint: up.endpoint,
-                            reused: false,
-                        }
-                    }
-                    Err(e) => {
-                        let (status, why) = connect_failure(x, cluster_id, &e);
-                        return fail!(status, why);
-                    }
+                if let Err(e) = x.worker.upstreams.reconnect(cluster, &mut up).await {
+                    let (status, why) = connect_failure(x, cluster_id, &e);
+                    return fail!(status, why);
                 }
             }
             Err(Failure::Stale) => {

@@ -27,7 +27,7 @@ use weft_mesh::snapshot::{Forward, RequestFacts, Route, RouteAction};
 
 use super::facts::normalize_host;
 use super::forward::connect_failure;
-use super::rewrite::{self, ClientInfo};
+use super::rewrite;
 use super::{local, Exchange};
 use crate::observe::metrics::Family;
 use crate::proto::h1::chunked::ChunkedParser;
@@ -204,12 +204,7 @@ async fn stream_task(
     match &route.action {
         RouteAction::Direct(d) => {
             x.count(Some(route), None, d.status);
-            let extra: Vec<(&str, &str)> = route
-                .response_headers
-                .set
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
+            let extra = local::direct_headers(&route.response_headers);
             reply(
                 &mut respond,
                 d.status,
@@ -265,7 +260,7 @@ fn reply(
 }
 
 fn reply_error(respond: &mut SendResponse<Bytes>, status: u16, why: &str, head_only: bool) {
-    let body = format!("{status} {}: {why}\n", crate::proto::h1::reason(status));
+    let body = local::error_body(status, why);
     reply(
         respond,
         status,
@@ -292,10 +287,7 @@ async fn forward(
     route: &Arc<Route>,
     fwd: &Forward,
 ) {
-    let target = match fwd.targets.as_slice() {
-        [only] => only,
-        _ => fwd.target_for(fastrand::u32(0..fwd.total_weight.max(1))),
-    };
+    let target = fwd.target(|total| fastrand::u32(0..total));
     let cluster_id = target.cluster;
     let head_only = facts.parts.method == http::Method::HEAD;
     match exchange(x, facts, &mut body, &mut respond, route, fwd, cluster_id).await {
@@ -391,23 +383,14 @@ async fn exchange(
         .iter()
         .filter(|(n, _)| !connection_specific(n.as_str().as_bytes()))
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-    let upstream_host = if facts.authority.is_empty() {
-        up.endpoint.to_string()
-    } else {
-        String::new()
-    };
-    let client = ClientInfo {
-        peer: x.peer,
-        scheme: "http",
-    };
     let head = rewrite::request_head(
         &outgoing,
         headers,
         fwd,
         &route.request_headers,
         &x.snapshot.http.forwarded,
-        &client,
-        &upstream_host,
+        &x.client_info(),
+        up.endpoint,
     )
     .freeze();
 
@@ -419,20 +402,14 @@ async fn exchange(
                 "upstream closed the connection before responding",
             ));
         }
-        let conn = x
-            .worker
+        x.worker
             .upstreams
-            .fresh(cluster, up.endpoint)
+            .reconnect(cluster, &mut up)
             .await
             .map_err(|e| {
                 let (status, why) = connect_failure(x, cluster_id, &e);
                 Abort::Respond(status, why)
             })?;
-        up = Upstream {
-            conn,
-            endpoint: up.endpoint,
-            reused: false,
-        };
         if up.conn.stream.write_all(head).await.0.is_err() {
             return Err(Abort::Respond(
                 502,

@@ -40,9 +40,14 @@ pub fn response(
     out
 }
 
+/// The body of a proxy-made error, whatever the protocol.
+pub fn error_body(status: u16, why: &str) -> String {
+    format!("{status} {}: {why}\n", reason(status))
+}
+
 /// A proxy-made error: short reason in the body and in `x-weft-error`.
 pub fn error(status: u16, why: &str, close: bool, head_only: bool) -> BytesMut {
-    let body = format!("{status} {}: {why}\n", reason(status));
+    let body = error_body(status, why);
     response(
         status,
         "text/plain",
@@ -51,6 +56,17 @@ pub fn error(status: u16, why: &str, close: bool, head_only: bool) -> BytesMut {
         head_only,
         &[("x-weft-error", why)],
     )
+}
+
+/// The headers a `direct_response` carries besides content type and length: the route's
+/// response header edits, except content-type, which the route's `content_type` states.
+pub fn direct_headers(edits: &HeaderEdits) -> Vec<(&str, &str)> {
+    edits
+        .set
+        .iter()
+        .filter(|(name, _)| name != "content-type")
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect()
 }
 
 /// `direct_response` with the route's response header edits applied.
@@ -62,15 +78,14 @@ pub fn direct(
     close: bool,
     head_only: bool,
 ) -> BytesMut {
-    let mut extra: Vec<(&str, &str)> = edits
-        .set
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
-    if edits.drops(b"content-type") {
-        extra.retain(|(n, _)| *n != "content-type");
-    }
-    response(status, content_type, body, close, head_only, &extra)
+    response(
+        status,
+        content_type,
+        body,
+        close,
+        head_only,
+        &direct_headers(edits),
+    )
 }
 
 /// The `Location` a redirect route sends this request to.

@@ -326,6 +326,14 @@ impl Exchange<'_> {
         }
     }
 
+    /// Who the client is, for the forwarding headers.
+    fn client_info(&self) -> rewrite::ClientInfo {
+        rewrite::ClientInfo {
+            peer: self.peer,
+            scheme: "http",
+        }
+    }
+
     /// Whether this connection must close after the current exchange: the process is
     /// draining, or a reload removed the listener.
     fn closing(&self) -> bool {

@@ -47,7 +47,7 @@ pub fn request_head<'h>(
     edits: &HeaderEdits,
     fwd: &ForwardedConfig,
     client: &ClientInfo,
-    upstream_host: &str,
+    endpoint: SocketAddr,
 ) -> BytesMut {
     let mut out = BytesMut::with_capacity(512);
     out.extend_from_slice(req.method);
@@ -80,12 +80,12 @@ pub fn request_head<'h>(
         }
         push_header(&mut out, name, value);
     }
-    let host = if req.authority.is_empty() {
-        upstream_host
+    if req.authority.is_empty() {
+        // A request without any authority (HTTP/1.0) names the endpoint it goes to.
+        let _ = write!(out, "host: {endpoint}\r\n");
     } else {
-        req.authority
-    };
-    push_header(&mut out, b"host", host.as_bytes());
+        push_header(&mut out, b"host", req.authority.as_bytes());
+    }
     let ip = client.peer.ip();
     if fwd.x_forwarded_for {
         out.extend_from_slice(b"x-forwarded-for: ");
@@ -143,7 +143,7 @@ pub fn h1_request_head(
     edits: &HeaderEdits,
     fwd: &ForwardedConfig,
     client: &ClientInfo,
-    upstream_host: &str,
+    endpoint: SocketAddr,
 ) -> BytesMut {
     let head = facts.head;
     let accepts_trailers = head.version == Version::H11
@@ -176,7 +176,7 @@ pub fn h1_request_head(
         // weft answered a 100-continue itself.
         .filter(|f| !(head.expect_continue && head.name(f).eq_ignore_ascii_case(b"expect")))
         .map(|f| (head.name(f), head.value(f)));
-    request_head(&req, headers, forward, edits, fwd, client, upstream_host)
+    request_head(&req, headers, forward, edits, fwd, client, endpoint)
 }
 
 /// How the response body travels to the client.

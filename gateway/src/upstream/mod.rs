@@ -89,11 +89,7 @@ impl Upstreams {
     }
 
     /// A new connection to `endpoint`, bypassing the pool.
-    pub async fn fresh(
-        &self,
-        cluster: &Cluster,
-        endpoint: SocketAddr,
-    ) -> Result<Conn, ConnectError> {
+    async fn fresh(&self, cluster: &Cluster, endpoint: SocketAddr) -> Result<Conn, ConnectError> {
         match monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(endpoint))
             .await
         {
@@ -104,6 +100,17 @@ impl Upstreams {
             Ok(Err(e)) => Err(ConnectError::Refused(e)),
             Err(_) => Err(ConnectError::TimedOut),
         }
+    }
+
+    /// Replaces a pooled connection found dead with a fresh one to the same endpoint.
+    pub async fn reconnect(
+        &self,
+        cluster: &Cluster,
+        up: &mut Upstream,
+    ) -> Result<(), ConnectError> {
+        up.conn = self.fresh(cluster, up.endpoint).await?;
+        up.reused = false;
+        Ok(())
     }
 
     pub fn release(&self, cluster: &Cluster, up: Upstream) {

@@ -85,10 +85,6 @@ impl Pool {
     pub fn retain_endpoints(&self, keep: impl Fn(SocketAddr) -> bool) {
         self.idle.borrow_mut().retain(|addr, _| keep(*addr));
     }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.borrow().values().map(Vec::len).sum()
-    }
 }
 
 /// True unless the peer has closed (EOF or reset) or sent unsolicited bytes.

@@ -96,6 +96,15 @@ pub struct SplitTarget {
 }
 
 impl Forward {
+    /// The target for one request; `roll(n)` returns a uniformly random number in
+    /// `0..n` and is only called when there is a split to choose from.
+    pub fn target(&self, roll: impl FnOnce(u32) -> u32) -> &SplitTarget {
+        match self.targets.as_slice() {
+            [only] => only,
+            _ => self.target_for(roll(self.total_weight.max(1))),
+        }
+    }
+
     /// Picks a target from a uniformly random `roll` in `0..total_weight`.
     pub fn target_for(&self, mut roll: u32) -> &SplitTarget {
         for t in &self.targets {

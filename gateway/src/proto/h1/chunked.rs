@@ -63,10 +63,6 @@ impl ChunkedParser {
         }
     }
 
-    pub fn is_done(&self) -> bool {
-        self.state == State::Done
-    }
-
     /// Walks `input`; `on_data` gets the ranges (within `input`) of chunk data, for
     /// callers that need the decoded body rather than the raw coding.
     pub fn feed(
