@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::{Digest, Sha256};
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -47,7 +47,17 @@ pub struct TestUpstream {
 }
 
 impl TestUpstream {
+    /// An HTTP/1.1 upstream.
     pub fn start(name: &str) -> TestUpstream {
+        Self::start_speaking(name, false)
+    }
+
+    /// The same upstream speaking HTTP/2 with prior knowledge (h2c).
+    pub fn start_h2(name: &str) -> TestUpstream {
+        Self::start_speaking(name, true)
+    }
+
+    fn start_speaking(name: &str, h2: bool) -> TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
@@ -71,10 +81,16 @@ impl TestUpstream {
                             let name = name.clone();
                             tokio::spawn(async move {
                                 let service = hyper::service::service_fn(move |req| handle(name.clone(), req));
-                                let _ = hyper::server::conn::http1::Builder::new()
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .with_upgrades()
-                                    .await;
+                                if h2 {
+                                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                        .serve_connection(TokioIo::new(stream), service)
+                                        .await;
+                                } else {
+                                    let _ = hyper::server::conn::http1::Builder::new()
+                                        .serve_connection(TokioIo::new(stream), service)
+                                        .with_upgrades()
+                                        .await;
+                                }
                             });
                         }
                     }

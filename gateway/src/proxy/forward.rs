@@ -207,6 +207,11 @@ pub(super) fn connect_failure(
             x.count_upstream(Family::UpstreamConnectErrors, cluster, "refused");
             (502, "upstream connection failed")
         }
+        ConnectError::Handshake(err) => {
+            tracing::debug!(cluster = %x.snapshot.clusters[cluster].name, "upstream h2 handshake failed: {err}");
+            x.count_upstream(Family::UpstreamConnectErrors, cluster, "handshake");
+            (502, "upstream HTTP/2 handshake failed")
+        }
         ConnectError::TimedOut => {
             x.count_upstream(Family::UpstreamConnectErrors, cluster, "timeout");
             x.count_upstream(Family::UpstreamTimeouts, cluster, "connect");

@@ -12,6 +12,7 @@
 
 mod facts;
 mod forward;
+mod grpc;
 mod http2;
 mod local;
 mod rewrite;
@@ -27,10 +28,12 @@ use monoio::buf::IoBuf;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use weft_mesh::config::HttpConfig;
-use weft_mesh::snapshot::{ClusterId, Route, RouteAction, RouteTable, Snapshot};
+use weft_mesh::snapshot::{
+    is_grpc_content_type, ClusterId, Route, RouteAction, RouteTable, Snapshot,
+};
 
 use crate::observe::metrics::Family;
-use crate::proto::h1::head::{parse_request, BodyFraming, HeadError, RequestHead};
+use crate::proto::h1::head::{parse_request, BodyFraming, Head, HeadError, RequestHead};
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::{Conn, ReadError};
 use facts::Facts;
@@ -283,6 +286,22 @@ impl Exchange<'_> {
         let keep_alive = head.wants_keep_alive() && !self.closing();
         // An unread request body would be taken for the next request: close instead.
         let close_local = !keep_alive || head.framing != BodyFraming::None;
+        if head
+            .header("content-type")
+            .is_some_and(is_grpc_content_type)
+        {
+            // gRPC is defined over HTTP/2 only; an HTTP/1.1 gRPC call cannot carry its
+            // status trailers reliably, so it is refused rather than half-proxied.
+            self.count(None, None, 505);
+            let why = "gRPC needs HTTP/2 (h2c prior knowledge, or TLS with ALPN h2)";
+            return self
+                .answer(
+                    client,
+                    local::error(505, why, close_local, head_only),
+                    close_local,
+                )
+                .await;
+        }
         let Some(route) = self.routes().and_then(|t| t.find(&facts)) else {
             self.count(None, None, 404);
             return self

@@ -4,7 +4,8 @@
 //! header edits, and state framing for the next hop explicitly. Header names and values
 //! are copied as received; nothing is re-cased or re-folded.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::BytesMut;
@@ -36,6 +37,83 @@ pub struct Outgoing<'a> {
     pub upgrade: Option<&'a [u8]>,
 }
 
+/// Where the headers of a head being built go: an HTTP/1.1 head as bytes, or the
+/// header map of an HTTP/2 request.
+pub trait HeaderSink {
+    fn header(&mut self, name: &[u8], value: &[u8]);
+    fn header_fmt(&mut self, name: &[u8], value: fmt::Arguments<'_>);
+}
+
+impl HeaderSink for BytesMut {
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        push_header(self, name, value);
+    }
+    fn header_fmt(&mut self, name: &[u8], value: fmt::Arguments<'_>) {
+        self.extend_from_slice(name);
+        self.extend_from_slice(b": ");
+        let _ = self.write_fmt(value);
+        self.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Headers of a request to an HTTP/2 upstream: lowercase names, no connection-specific
+/// fields (RFC 9113 §8.2.2), and `host` turned into the `:authority`.
+#[derive(Default)]
+pub struct H2Headers {
+    pub map: http::HeaderMap,
+    pub authority: Option<String>,
+}
+
+impl HeaderSink for H2Headers {
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"host") {
+            self.authority = Some(String::from_utf8_lossy(value).into_owned());
+            return;
+        }
+        if connection_specific(name)
+            && !(name.eq_ignore_ascii_case(b"te") && value.eq_ignore_ascii_case(b"trailers"))
+        {
+            return;
+        }
+        // Names and values that cannot travel in HTTP/2 were refused when parsed; a
+        // route's edits are validated at config load.
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            self.map.append(n, v);
+        }
+    }
+    fn header_fmt(&mut self, name: &[u8], value: fmt::Arguments<'_>) {
+        self.header(name, value.to_string().as_bytes());
+    }
+}
+
+/// Headers that describe a connection, never an HTTP/2 message (RFC 9113 §8.2.2).
+/// `te` may only say `trailers`, which the writers state themselves.
+pub fn connection_specific(name: &[u8]) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
+/// The path (and query) sent upstream: the route's prefix rewrite applied.
+pub fn upstream_target<'a>(req: &Outgoing<'a>, forward: &Forward) -> Cow<'a, str> {
+    match &forward.prefix_rewrite {
+        Some((prefix, repl)) if req.path.starts_with(prefix.as_str()) => {
+            Cow::Owned(format!("{repl}{}", &req.path_and_query[prefix.len()..]))
+        }
+        _ => Cow::Borrowed(req.path_and_query),
+    }
+}
+
 /// The HTTP/1.1 request head for the upstream. `headers` are the client's end-to-end
 /// headers (hop-by-hop ones already filtered out by the caller, which knows its
 /// protocol); this adds Host, the forwarding headers, the request id and the route's
@@ -52,15 +130,32 @@ pub fn request_head<'h>(
     let mut out = BytesMut::with_capacity(512);
     out.extend_from_slice(req.method);
     out.extend_from_slice(b" ");
-    match &forward.prefix_rewrite {
-        Some((prefix, repl)) if req.path.starts_with(prefix.as_str()) => {
-            out.extend_from_slice(repl.as_bytes());
-            out.extend_from_slice(req.path_and_query[prefix.len()..].as_bytes());
-        }
-        _ => out.extend_from_slice(req.path_and_query.as_bytes()),
-    }
+    out.extend_from_slice(upstream_target(req, forward).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    request_headers(req, headers, edits, fwd, client, endpoint, &mut out);
+    if req.chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if let Some(proto) = req.upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+        push_header(&mut out, b"upgrade", proto);
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
 
+/// The end-to-end headers of a forwarded request, whatever protocol carries them:
+/// the client's (less Host and what the route drops), then Host, the forwarding
+/// headers, the request id, the route's additions and `te: trailers`.
+pub fn request_headers<'h>(
+    req: &Outgoing<'_>,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    edits: &HeaderEdits,
+    fwd: &ForwardedConfig,
+    client: &ClientInfo,
+    endpoint: SocketAddr,
+    out: &mut impl HeaderSink,
+) {
     let mut prior_xff: Option<&[u8]> = None;
     let mut has_request_id = false;
     for (name, value) in headers {
@@ -78,62 +173,63 @@ pub fn request_head<'h>(
         if name.eq_ignore_ascii_case(b"x-request-id") {
             has_request_id = true;
         }
-        push_header(&mut out, name, value);
+        out.header(name, value);
     }
     if req.authority.is_empty() {
         // A request without any authority (HTTP/1.0) names the endpoint it goes to.
-        let _ = write!(out, "host: {endpoint}\r\n");
+        out.header_fmt(b"host", format_args!("{endpoint}"));
     } else {
-        push_header(&mut out, b"host", req.authority.as_bytes());
+        out.header(b"host", req.authority.as_bytes());
     }
     let ip = client.peer.ip();
     if fwd.x_forwarded_for {
-        out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prior) = prior_xff.filter(|p| !p.is_empty()) {
-            out.extend_from_slice(prior);
-            out.extend_from_slice(b", ");
+        match prior_xff.filter(|p| !p.is_empty()) {
+            Some(prior) => out.header_fmt(
+                b"x-forwarded-for",
+                format_args!("{}, {ip}", String::from_utf8_lossy(prior)),
+            ),
+            None => out.header_fmt(b"x-forwarded-for", format_args!("{ip}")),
         }
-        let _ = write!(out, "{ip}\r\n");
     }
     if fwd.x_forwarded_proto {
-        let _ = write!(out, "x-forwarded-proto: {}\r\n", client.scheme);
+        out.header(b"x-forwarded-proto", client.scheme.as_bytes());
     }
     if fwd.forwarded {
         let node = match ip {
             IpAddr::V4(v4) => v4.to_string(),
             IpAddr::V6(v6) => format!("\"[{v6}]\""),
         };
-        let _ = write!(out, "forwarded: for={node};proto={}", client.scheme);
-        if !req.authority.is_empty()
+        let host_ok = !req.authority.is_empty()
             && req
                 .authority
                 .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"')
-        {
-            let _ = write!(out, ";host=\"{}\"", req.authority);
+                .all(|b| b.is_ascii_graphic() && b != b'"');
+        if host_ok {
+            out.header_fmt(
+                b"forwarded",
+                format_args!(
+                    "for={node};proto={};host=\"{}\"",
+                    client.scheme, req.authority
+                ),
+            );
+        } else {
+            out.header_fmt(
+                b"forwarded",
+                format_args!("for={node};proto={}", client.scheme),
+            );
         }
-        out.extend_from_slice(b"\r\n");
     }
     if fwd.request_id && !has_request_id {
-        let _ = write!(out, "x-request-id: {:032x}\r\n", fastrand::u128(..));
+        out.header_fmt(b"x-request-id", format_args!("{:032x}", fastrand::u128(..)));
     }
     for (name, value) in &edits.set {
-        push_header(&mut out, name.as_bytes(), value.as_bytes());
-    }
-    if req.chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        out.header(name.as_bytes(), value.as_bytes());
     }
     if req.accepts_trailers {
         // TE is hop-by-hop, but "trailers" holds for the next hop too: weft passes
         // trailers through.
-        out.extend_from_slice(b"te: trailers\r\n");
+        out.header(b"te", b"trailers");
     }
-    if let Some(proto) = req.upgrade {
-        out.extend_from_slice(b"connection: upgrade\r\n");
-        push_header(&mut out, b"upgrade", proto);
-    }
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// The upstream request head for an HTTP/1.1 client's request.

@@ -114,11 +114,10 @@ impl Worker {
                 // connections; only idle ones are closed here.
                 let snapshot = self.snapshot();
                 self.upstreams
-                    .pool
                     .retain_endpoints(|addr| snapshot.has_endpoint(addr));
             }
             if ticks % 50 == 0 {
-                self.upstreams.pool.sweep();
+                self.upstreams.sweep();
             }
             if !self.draining.get() && self.control.draining.load(Ordering::Acquire) {
                 // Draining closes every listener: accept loops end, idle connections

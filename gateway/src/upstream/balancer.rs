@@ -82,6 +82,7 @@ mod tests {
                     weight: w,
                 })
                 .collect(),
+            protocol: Default::default(),
             lb,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),

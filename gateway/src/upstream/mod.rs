@@ -4,6 +4,7 @@
 //! Balancer state is rebuilt when the worker first sees a new snapshot version.
 
 mod balancer;
+mod multiplex;
 mod pool;
 
 use std::cell::RefCell;
@@ -15,6 +16,7 @@ use monoio::net::TcpStream;
 use weft_mesh::snapshot::{Cluster, ClusterId, Snapshot};
 
 pub use balancer::Balancer;
+pub use multiplex::{H2Stream, Multiplexed};
 pub use pool::Pool;
 
 use crate::transport::Conn;
@@ -24,6 +26,8 @@ pub enum ConnectError {
     NoEndpoints,
     Refused(io::Error),
     TimedOut,
+    /// The HTTP/2 connection preface or SETTINGS exchange failed.
+    Handshake(String),
 }
 
 /// A connection to an upstream, and whether it came from the pool.
@@ -35,6 +39,7 @@ pub struct Upstream {
 
 pub struct Upstreams {
     pub pool: Pool,
+    pub h2: Multiplexed,
     balancers: RefCell<(u64, Vec<Rc<Balancer>>)>,
 }
 
@@ -42,6 +47,7 @@ impl Upstreams {
     pub fn new() -> Upstreams {
         Upstreams {
             pool: Pool::default(),
+            h2: Multiplexed::default(),
             balancers: RefCell::new((0, Vec::new())),
         }
     }
@@ -61,6 +67,15 @@ impl Upstreams {
         b.1[id].clone()
     }
 
+    fn pick(&self, snapshot: &Snapshot, id: ClusterId) -> Result<SocketAddr, ConnectError> {
+        let cluster = &snapshot.clusters[id];
+        let idx = self
+            .balancer(snapshot, id)
+            .pick(cluster)
+            .ok_or(ConnectError::NoEndpoints)?;
+        Ok(cluster.endpoints[idx].address)
+    }
+
     /// Picks an endpoint of the cluster and returns a pooled or fresh connection to it.
     pub async fn connect(
         &self,
@@ -68,11 +83,7 @@ impl Upstreams {
         id: ClusterId,
     ) -> Result<Upstream, ConnectError> {
         let cluster = &snapshot.clusters[id];
-        let idx = self
-            .balancer(snapshot, id)
-            .pick(cluster)
-            .ok_or(ConnectError::NoEndpoints)?;
-        let endpoint = cluster.endpoints[idx].address;
+        let endpoint = self.pick(snapshot, id)?;
         if let Some(conn) = self.pool.checkout(endpoint) {
             return Ok(Upstream {
                 conn,
@@ -86,6 +97,36 @@ impl Upstreams {
             endpoint,
             reused: false,
         })
+    }
+
+    /// Picks an endpoint of an HTTP/2 cluster and a stream slot on a connection to it.
+    pub async fn open_h2(
+        &self,
+        snapshot: &Snapshot,
+        id: ClusterId,
+    ) -> Result<H2Stream, ConnectError> {
+        let cluster = &snapshot.clusters[id];
+        let endpoint = self.pick(snapshot, id)?;
+        self.h2
+            .open(
+                endpoint,
+                cluster.connect_timeout,
+                cluster.pool_idle_timeout,
+                &snapshot.http2,
+            )
+            .await
+    }
+
+    /// Closes idle connections past their timeout; run periodically by the worker.
+    pub fn sweep(&self) {
+        self.pool.sweep();
+        self.h2.sweep();
+    }
+
+    /// Stops reusing connections to endpoints `keep` rejects (endpoints a reload removed).
+    pub fn retain_endpoints(&self, keep: impl Fn(SocketAddr) -> bool) {
+        self.pool.retain_endpoints(&keep);
+        self.h2.retain_endpoints(keep);
     }
 
     /// A new connection to `endpoint`, bypassing the pool.

@@ -19,6 +19,7 @@ pub struct ConfigFile {
     pub runtime: RuntimeConfig,
     pub admin: AdminConfig,
     pub http: HttpConfig,
+    pub http2: Http2Config,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: BTreeMap<String, ClusterConfig>,
     pub sidecar: Option<SidecarConfig>,
@@ -102,6 +103,44 @@ impl Default for HttpConfig {
     }
 }
 
+/// HTTP/2 limits, for client connections (server side) and upstream connections.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Http2Config {
+    /// Streams a client may have open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// Largest header list accepted (SETTINGS_MAX_HEADER_LIST_SIZE); bigger is refused.
+    pub max_header_list_size: u32,
+    /// Flow-control window per stream, in bytes (SETTINGS_INITIAL_WINDOW_SIZE).
+    pub initial_stream_window: u32,
+    /// Flow-control window per connection, in bytes.
+    pub initial_connection_window: u32,
+    /// Largest frame payload weft accepts (SETTINGS_MAX_FRAME_SIZE, 16384..=16777215).
+    pub max_frame_size: u32,
+    /// Send a PING on a client connection this often; `None`: no keepalive pings.
+    pub keepalive_interval: Option<ConfigDuration>,
+    /// A PING not answered within this closes the connection.
+    pub keepalive_timeout: ConfigDuration,
+    /// Streams a client may reset in a row, without a completed stream in between, before
+    /// the connection is closed with ENHANCE_YOUR_CALM (rapid-reset defence).
+    pub max_reset_streams: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            max_concurrent_streams: 256,
+            max_header_list_size: 64 * 1024,
+            initial_stream_window: 1024 * 1024,
+            initial_connection_window: 4 * 1024 * 1024,
+            max_frame_size: 16 * 1024,
+            keepalive_interval: None,
+            keepalive_timeout: ConfigDuration::from_secs(20),
+            max_reset_streams: 200,
+        }
+    }
+}
+
 /// Which client-information headers weft adds to requests it forwards.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -163,6 +202,11 @@ pub struct MatchConfig {
     pub path_regex: Option<String>,
     pub method: Option<String>,
     pub headers: Vec<HeaderMatchConfig>,
+    /// gRPC requests (`content-type: application/grpc...`) for this service
+    /// (`package.Service`), i.e. paths under `/package.Service/`.
+    pub grpc_service: Option<String>,
+    /// With `grpc_service`: only this method, i.e. the path `/package.Service/Method`.
+    pub grpc_method: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -221,10 +265,23 @@ pub enum LbPolicy {
     Random,
 }
 
+/// How weft talks to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c): multiplexed connections shared by a worker's
+    /// requests. gRPC upstreams need this.
+    Http2,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ClusterConfig {
     pub endpoints: Vec<EndpointConfig>,
+    pub protocol: UpstreamProtocol,
     pub lb: LbPolicy,
     pub connect_timeout: ConfigDuration,
     /// Time from sending the request until the response head has arrived.
@@ -238,6 +295,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             endpoints: Vec::new(),
+            protocol: UpstreamProtocol::default(),
             lb: LbPolicy::default(),
             connect_timeout: ConfigDuration::from_secs(2),
             request_timeout: ConfigDuration::from_secs(15),
@@ -324,6 +382,8 @@ pub struct SidecarInbound {
     pub address: String,
     /// The local application instance, `host:port`.
     pub app: String,
+    /// How the sidecar talks to the app (`"http2"` for a gRPC app).
+    pub app_protocol: UpstreamProtocol,
 }
 
 impl Default for SidecarInbound {
@@ -331,6 +391,7 @@ impl Default for SidecarInbound {
         SidecarInbound {
             address: "0.0.0.0:15006".into(),
             app: String::new(),
+            app_protocol: UpstreamProtocol::default(),
         }
     }
 }

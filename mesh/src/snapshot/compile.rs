@@ -48,6 +48,7 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
     let admin_address = parse_listen_address(&cfg.admin.address, "admin.address", &mut d)
         .unwrap_or(([127, 0, 0, 1], 9901).into());
     check_http(&cfg.http, &mut d);
+    check_http2(&cfg.http2, &mut d);
 
     // Clusters first: routes refer to them by index.
     // Borrowed from the file; only the sidecar's implicit entries are owned.
@@ -90,6 +91,7 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
                     address: sc.inbound.app.clone(),
                     weight: 1,
                 }],
+                protocol: sc.inbound.app_protocol,
                 ..ClusterConfig::default()
             };
             cluster_cfgs.push((
@@ -220,6 +222,7 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
         runtime,
         admin_address,
         http: cfg.http.clone(),
+        http2: cfg.http2.clone(),
         listeners,
         clusters,
     })
@@ -274,6 +277,81 @@ fn check_http(h: &crate::config::HttpConfig, d: &mut Diagnostics) {
     }
     if h.idle_timeout.0.is_zero() {
         d.error("http.idle_timeout", "must be greater than 0");
+    }
+}
+
+/// The path a `grpc_service` (and `grpc_method`) match stands for.
+fn grpc_path(service: &str, method: Option<&str>, path: &str, d: &mut Diagnostics) -> PathMatch {
+    let ident = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('.')
+            && !s.ends_with('.')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    };
+    if !ident(service) {
+        d.error(
+            format!("{path}.match.grpc_service"),
+            format!("`{service}` is not a gRPC service name (package.Service)"),
+        );
+    }
+    match method {
+        Some(m) => {
+            if !ident(m) || m.contains('.') {
+                d.error(
+                    format!("{path}.match.grpc_method"),
+                    format!("`{m}` is not a gRPC method name"),
+                );
+            }
+            PathMatch::Exact(format!("/{service}/{m}"))
+        }
+        None => PathMatch::Prefix(format!("/{service}/")),
+    }
+}
+
+fn grpc_content_type() -> HeaderMatcher {
+    HeaderMatcher {
+        name: "content-type".into(),
+        kind: HeaderMatchKind::Grpc,
+        invert: false,
+    }
+}
+
+fn check_http2(h: &crate::config::Http2Config, d: &mut Diagnostics) {
+    // RFC 9113 §6.5.2 bounds.
+    const MAX_WINDOW: u32 = (1 << 31) - 1;
+    if h.max_concurrent_streams == 0 {
+        d.error("http2.max_concurrent_streams", "must be at least 1");
+    }
+    if h.max_header_list_size < 1024 {
+        d.error("http2.max_header_list_size", "must be at least 1024");
+    }
+    if !(65_535..=MAX_WINDOW).contains(&h.initial_stream_window) {
+        d.error(
+            "http2.initial_stream_window",
+            format!("must be between 65535 and {MAX_WINDOW}"),
+        );
+    }
+    if !(65_535..=MAX_WINDOW).contains(&h.initial_connection_window) {
+        d.error(
+            "http2.initial_connection_window",
+            format!("must be between 65535 and {MAX_WINDOW}"),
+        );
+    }
+    if !(16_384..=16_777_215).contains(&h.max_frame_size) {
+        d.error("http2.max_frame_size", "must be between 16384 and 16777215");
+    }
+    if h.keepalive_interval.is_some_and(|i| i.0.is_zero()) {
+        d.error(
+            "http2.keepalive_interval",
+            "must be greater than 0 (leave it out to send no pings)",
+        );
+    }
+    if h.keepalive_timeout.0.is_zero() {
+        d.error("http2.keepalive_timeout", "must be greater than 0");
+    }
+    if h.max_reset_streams == 0 {
+        d.error("http2.max_reset_streams", "must be at least 1");
     }
 }
 
@@ -347,6 +425,7 @@ fn compile_cluster(name: &str, c: &ClusterConfig, path: &str, d: &mut Diagnostic
     Cluster {
         name: name.to_owned(),
         endpoints,
+        protocol: c.protocol,
         lb: if c.lb == LbPolicy::Random {
             LbPolicy::Random
         } else {
@@ -414,6 +493,7 @@ fn compile_route(
         m.path.is_some(),
         m.path_prefix.is_some(),
         m.path_regex.is_some(),
+        m.grpc_service.is_some(),
     ]
     .iter()
     .filter(|b| **b)
@@ -421,10 +501,18 @@ fn compile_route(
     if path_conditions > 1 {
         d.error(
             format!("{path}.match"),
-            "use only one of path, path_prefix and path_regex",
+            "use only one of path, path_prefix, path_regex and grpc_service",
         );
     }
-    let path_match = if let Some(p) = &m.path {
+    if m.grpc_method.is_some() && m.grpc_service.is_none() {
+        d.error(
+            format!("{path}.match.grpc_method"),
+            "needs match.grpc_service",
+        );
+    }
+    let path_match = if let Some(service) = &m.grpc_service {
+        grpc_path(service, m.grpc_method.as_deref(), path, d)
+    } else if let Some(p) = &m.path {
         check_path_literal(p, &format!("{path}.match.path"), d);
         PathMatch::Exact(p.clone())
     } else if let Some(p) = &m.path_prefix {
@@ -457,7 +545,7 @@ fn compile_route(
         }
         mth.clone()
     });
-    let headers = m
+    let mut headers: Vec<HeaderMatcher> = m
         .headers
         .iter()
         .enumerate()
@@ -491,6 +579,9 @@ fn compile_route(
             }
         })
         .collect();
+    if m.grpc_service.is_some() {
+        headers.push(grpc_content_type());
+    }
 
     let actions = [
         r.cluster.is_some(),

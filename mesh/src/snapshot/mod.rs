@@ -18,9 +18,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 pub use compile::compile;
-pub use routes::{HeaderMatchKind, HeaderMatcher, HostMatch, PathMatch, RequestFacts, RouteTable};
+pub use routes::{
+    is_grpc_content_type, HeaderMatchKind, HeaderMatcher, HostMatch, PathMatch, RequestFacts,
+    RouteTable,
+};
 
-use crate::config::{ConfigFile, HttpConfig, IoDriver, LbPolicy, Role, UringConfig};
+use crate::config::{
+    ConfigFile, Http2Config, HttpConfig, IoDriver, LbPolicy, Role, UpstreamProtocol, UringConfig,
+};
 
 /// Index of a cluster in `Snapshot::clusters`.
 pub type ClusterId = usize;
@@ -39,6 +44,7 @@ pub struct Snapshot {
     pub runtime: RuntimeSettings,
     pub admin_address: SocketAddr,
     pub http: HttpConfig,
+    pub http2: Http2Config,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
 }
@@ -162,6 +168,7 @@ impl HeaderEdits {
 pub struct Cluster {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
+    pub protocol: UpstreamProtocol,
     pub lb: LbPolicy,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,

@@ -58,6 +58,17 @@ pub enum HeaderMatchKind {
     Present,
     Exact(Vec<u8>),
     Regex(Regex),
+    /// A gRPC content type (`match.grpc_service` adds this on `content-type`).
+    Grpc,
+}
+
+/// `application/grpc`, `application/grpc+proto`, `application/grpc;...`: gRPC over
+/// HTTP/2 (the spec's "Requests" section); gRPC-Web (`application/grpc-web`) is not.
+pub fn is_grpc_content_type(value: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    value.len() >= GRPC.len()
+        && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(value.get(GRPC.len()), None | Some(b'+') | Some(b';'))
 }
 
 impl HeaderMatcher {
@@ -66,6 +77,7 @@ impl HeaderMatcher {
             (_, None) => false,
             (HeaderMatchKind::Present, Some(_)) => true,
             (HeaderMatchKind::Exact(want), Some(v)) => v == want.as_slice(),
+            (HeaderMatchKind::Grpc, Some(v)) => is_grpc_content_type(v),
             (HeaderMatchKind::Regex(re), Some(v)) => std::str::from_utf8(v)
                 .map(|s| re.is_match(s))
                 .unwrap_or(false),

@@ -1,0 +1,158 @@
+//! gRPC-specific rules of the HTTP/2 path: which requests are gRPC, their deadline, and
+//! the form of the errors weft itself answers them with.
+//!
+//! A gRPC client reads the outcome of a call from `grpc-status` alone, so an error made
+//! by weft is HTTP 200 with a "Trailers-Only" response (one HEADERS frame with
+//! END_STREAM carrying `grpc-status` and `grpc-message`), never a bare 5xx.
+
+use std::time::Duration;
+
+use http::HeaderMap;
+use weft_mesh::snapshot::is_grpc_content_type;
+
+/// The status codes weft produces (grpc/doc/statuscodes.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Code {
+    Unknown = 2,
+    Internal = 13,
+    DeadlineExceeded = 4,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    Unimplemented = 12,
+    Unavailable = 14,
+    Unauthenticated = 16,
+}
+
+impl Code {
+    /// The gRPC status for an error weft would answer a plain HTTP client with `status`:
+    /// no route is UNIMPLEMENTED, a limit is RESOURCE_EXHAUSTED, a timeout is
+    /// DEADLINE_EXCEEDED, an unreachable upstream is UNAVAILABLE (otherwise as
+    /// grpc/doc/http-grpc-status-mapping.md).
+    pub fn for_http(status: u16) -> Code {
+        match status {
+            404 => Code::Unimplemented,
+            413 | 429 | 431 => Code::ResourceExhausted,
+            408 | 504 => Code::DeadlineExceeded,
+            502 | 503 => Code::Unavailable,
+            400 => Code::Internal,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            _ => Code::Unknown,
+        }
+    }
+}
+
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| is_grpc_content_type(v.as_bytes()))
+}
+
+/// `grpc-timeout` (`TimeoutValue TimeoutUnit`: at most 8 digits, then one of H M S m u n).
+/// `None` when absent or malformed; a malformed value is ignored, as gRPC servers do.
+pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A Trailers-Only response head carrying `code` and `message`.
+pub fn error_response(code: Code, message: &str) -> http::Response<()> {
+    let mut resp = http::Response::new(());
+    *resp.headers_mut() = error_trailers(code, message);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    resp
+}
+
+/// The trailers that end a call weft cuts short after the response head went out.
+pub fn error_trailers(code: Code, message: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("grpc-status", http::HeaderValue::from(code as u16));
+    if let Ok(v) = http::HeaderValue::from_str(&percent_encode(message)) {
+        h.insert("grpc-message", v);
+    }
+    h
+}
+
+/// `grpc-message` is percent-encoded UTF-8: everything outside printable ASCII, and '%'.
+fn percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timeout(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn parses_grpc_timeout_units() {
+        assert_eq!(
+            timeout(&with_timeout("1H")),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(timeout(&with_timeout("2M")), Some(Duration::from_secs(120)));
+        assert_eq!(timeout(&with_timeout("3S")), Some(Duration::from_secs(3)));
+        assert_eq!(
+            timeout(&with_timeout("250m")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            timeout(&with_timeout("99999999u")),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(timeout(&with_timeout("5n")), Some(Duration::from_nanos(5)));
+    }
+
+    #[test]
+    fn refuses_malformed_grpc_timeout() {
+        for bad in ["", "S", "100", "123456789S", "10x", "-1S", "1.5S"] {
+            assert_eq!(timeout(&with_timeout(bad)), None, "{bad:?}");
+        }
+        assert_eq!(timeout(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn maps_proxy_errors_to_grpc_codes() {
+        assert_eq!(Code::for_http(404), Code::Unimplemented);
+        assert_eq!(Code::for_http(503), Code::Unavailable);
+        assert_eq!(Code::for_http(502), Code::Unavailable);
+        assert_eq!(Code::for_http(504), Code::DeadlineExceeded);
+        assert_eq!(Code::for_http(413), Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn percent_encodes_messages() {
+        assert_eq!(percent_encode("no route"), "no route");
+        assert_eq!(percent_encode("50% off\n"), "50%25 off%0A");
+        assert_eq!(percent_encode("é"), "%C3%A9");
+    }
+}

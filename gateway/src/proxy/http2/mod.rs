@@ -1,0 +1,471 @@
+//! HTTP/2 clients: h2c with prior knowledge on plain listeners, forwarded to HTTP/1.1
+//! upstreams.
+//!
+//! One task drives the connection (h2's `accept` loop); every stream gets a task of its
+//! own that routes with the snapshot current when it arrived and answers as the h1
+//! path does: local responses, or a forwarded exchange on a pooled upstream connection.
+//! Bodies stream both ways under h2 flow control: client data is released only once
+//! the upstream took it, and data goes to the client only as its window allows, so a
+//! slow reader holds back the upstream read instead of growing memory.
+//!
+//! Not yet: h2 upstreams, response trailers towards h2 clients, gRPC specifics.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::request::Parts;
+use http::Response;
+use monoio::io::IntoPollIo;
+use weft_mesh::config::UpstreamProtocol;
+use weft_mesh::snapshot::{Cluster, Forward, RequestFacts, Route, RouteAction};
+
+use super::facts::normalize_host;
+use super::{grpc, local, Exchange};
+use crate::observe::metrics::Family;
+use crate::runtime::worker::{BoundListener, Worker};
+use crate::transport::{Conn, Replay};
+
+mod to_h1;
+mod to_h2;
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a stream task ended, as the connection's rapid-reset defence counts it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    Done,
+    /// The client reset the stream before its exchange finished.
+    ClientReset,
+}
+
+/// Per-connection stream bookkeeping, shared by the connection task and its streams.
+#[derive(Default)]
+struct Activity {
+    open: Cell<usize>,
+    /// When the last stream ended; a connection with no stream for the idle timeout is
+    /// sent GOAWAY, as an idle HTTP/1.1 keep-alive connection is closed.
+    idle_since: Cell<Option<Instant>>,
+    streams: Cell<u64>,
+    client_resets: Cell<u64>,
+}
+
+impl Activity {
+    /// Whether the client has reset so many of its streams that serving it is work for
+    /// nothing (CVE-2023-44487): more than the limit, and more than half of all streams.
+    fn abusive(&self, max_resets: u32) -> bool {
+        let resets = self.client_resets.get();
+        resets > u64::from(max_resets) && resets * 2 > self.streams.get()
+    }
+}
+
+pub async fn serve(worker: Rc<Worker>, bound: BoundListener, client: Conn, peer: SocketAddr) {
+    let Conn { stream, buf } = client;
+    let Ok(io) = stream.into_poll_io() else {
+        return;
+    };
+    let io = Replay {
+        head: buf,
+        inner: io,
+    };
+    let snapshot = worker.snapshot();
+    let limits = &snapshot.http2;
+    let mut conn = match h2::server::Builder::new()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_list_size)
+        .initial_window_size(limits.initial_stream_window)
+        .initial_connection_window_size(limits.initial_connection_window)
+        .max_frame_size(limits.max_frame_size)
+        .handshake::<_, Bytes>(io)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("h2 handshake failed: {e}");
+            return;
+        }
+    };
+    let activity = Rc::new(Activity {
+        idle_since: Cell::new(Some(Instant::now())),
+        ..Activity::default()
+    });
+    let spawn_stream = |req, respond| {
+        let activity = activity.clone();
+        activity.open.set(activity.open.get() + 1);
+        activity.idle_since.set(None);
+        activity.streams.set(activity.streams.get() + 1);
+        let task = stream_task(worker.clone(), bound.clone(), peer, req, respond);
+        monoio::spawn(async move {
+            if task.await == StreamEnd::ClientReset {
+                activity.client_resets.set(activity.client_resets.get() + 1);
+            }
+            activity.open.set(activity.open.get() - 1);
+            if activity.open.get() == 0 {
+                activity.idle_since.set(Some(Instant::now()));
+            }
+        });
+    };
+    let idle_timeout = snapshot.http.idle_timeout.0;
+    let max_resets = limits.max_reset_streams;
+    let keepalive = keepalive(
+        conn.ping_pong(),
+        limits.keepalive_interval.map(|d| d.0),
+        limits.keepalive_timeout.0,
+    );
+    let mut keepalive = std::pin::pin!(keepalive);
+    drop(snapshot);
+    loop {
+        if activity.abusive(max_resets) {
+            tracing::debug!(%peer, "h2 client resets most of its streams; closing the connection");
+            conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+            return flush_goaway(&worker, conn).await;
+        }
+        let idle_since = activity.idle_since.get().unwrap_or_else(Instant::now);
+        let idle = worker.idle_timers.deadline(idle_since + idle_timeout);
+        let accepted = monoio::select! {
+            r = conn.accept() => r,
+            // Draining or listener removed: GOAWAY, then let open streams finish.
+            _ = bound.closed.wait() => break,
+            _ = &mut keepalive => {
+                tracing::debug!(%peer, "h2 client did not answer a keepalive PING");
+                return;
+            }
+            _ = idle => {
+                if activity.idle_since.get().is_some_and(|t| t.elapsed() >= idle_timeout) {
+                    break;
+                }
+                continue;
+            }
+        };
+        match accepted {
+            Some(Ok((req, respond))) => spawn_stream(req, respond),
+            Some(Err(e)) => {
+                tracing::debug!("h2 connection error: {e}");
+                return;
+            }
+            None => return,
+        }
+    }
+    conn.graceful_shutdown();
+    while let Some(Ok((req, respond))) = conn.accept().await {
+        spawn_stream(req, respond);
+    }
+}
+
+/// Drives a connection that was shut down abruptly until its GOAWAY is written (or for
+/// a second at most), dropping any stream it still yields.
+async fn flush_goaway<T>(worker: &Worker, mut conn: h2::server::Connection<T, Bytes>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let deadline = worker
+        .idle_timers
+        .deadline(Instant::now() + std::time::Duration::from_secs(1));
+    let flush = async { while let Some(Ok(_)) = conn.accept().await {} };
+    monoio::select! {
+        _ = flush => {}
+        _ = deadline => {}
+    }
+}
+
+/// Resolves when the client fails to answer a PING within `timeout`; pings every
+/// `interval` (never resolves when keepalive is off).
+async fn keepalive(
+    pings: Option<h2::PingPong>,
+    interval: Option<std::time::Duration>,
+    timeout: std::time::Duration,
+) {
+    let (Some(mut pings), Some(interval)) = (pings, interval) else {
+        return std::future::pending().await;
+    };
+    loop {
+        monoio::time::sleep(interval).await;
+        if pings.send_ping(h2::Ping::opaque()).is_err() {
+            return;
+        }
+        match monoio::time::timeout(timeout, poll_fn(|cx| pings.poll_pong(cx))).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+    }
+}
+
+/// Routing facts of an HTTP/2 request.
+struct H2Facts<'a> {
+    parts: &'a Parts,
+    host: Cow<'a, str>,
+    authority: &'a str,
+    path: &'a str,
+    path_and_query: &'a str,
+    /// A gRPC call: errors weft makes are gRPC statuses.
+    grpc: bool,
+    /// The call's `grpc-timeout`.
+    grpc_timeout: Option<Duration>,
+}
+
+impl<'a> H2Facts<'a> {
+    fn new(parts: &'a Parts) -> H2Facts<'a> {
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("");
+        let grpc = grpc::is_grpc(&parts.headers);
+        H2Facts {
+            parts,
+            host: normalize_host(authority),
+            authority,
+            path: parts.uri.path(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
+            grpc,
+            grpc_timeout: grpc.then(|| grpc::timeout(&parts.headers)).flatten(),
+        }
+    }
+}
+
+impl RequestFacts for H2Facts<'_> {
+    fn host(&self) -> &str {
+        &self.host
+    }
+    fn path(&self) -> &str {
+        self.path
+    }
+    fn method(&self) -> &[u8] {
+        self.parts.method.as_str().as_bytes()
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.parts.headers.get(name).map(|v| v.as_bytes())
+    }
+}
+
+async fn stream_task(
+    worker: Rc<Worker>,
+    bound: BoundListener,
+    peer: SocketAddr,
+    req: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) -> StreamEnd {
+    let snapshot = worker.snapshot();
+    let (parts, body) = req.into_parts();
+    let facts = H2Facts::new(&parts);
+    let x = Exchange {
+        worker: &worker,
+        snapshot: &snapshot,
+        bound: &bound,
+        peer,
+    };
+    let head_only = parts.method == http::Method::HEAD;
+    let Some(route) = x.routes().and_then(|t| t.find(&facts)) else {
+        x.count(None, None, 404);
+        reply_error(&mut respond, &facts, 404, "no route for this request");
+        return StreamEnd::Done;
+    };
+    match &route.action {
+        RouteAction::Direct(d) => {
+            x.count(Some(route), None, d.status);
+            let extra = local::direct_headers(&route.response_headers);
+            reply(
+                &mut respond,
+                d.status,
+                &d.content_type,
+                &d.body,
+                &extra,
+                head_only,
+            );
+        }
+        RouteAction::Redirect(r) => {
+            x.count(Some(route), None, r.status);
+            let location =
+                local::redirect_location(r, facts.authority, facts.path, facts.path_and_query);
+            reply(
+                &mut respond,
+                r.status,
+                "text/plain",
+                b"",
+                &[("location", &location)],
+                head_only,
+            );
+        }
+        RouteAction::Forward(f) => return forward(&x, &facts, body, respond, route, f).await,
+    }
+    StreamEnd::Done
+}
+
+fn reply(
+    respond: &mut SendResponse<Bytes>,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+    head_only: bool,
+) {
+    let mut b = Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len());
+    for (name, value) in extra {
+        b = b.header(*name, *value);
+    }
+    let Ok(resp) = b.body(()) else {
+        respond.send_reset(Reason::INTERNAL_ERROR);
+        return;
+    };
+    let empty = body.is_empty() || head_only;
+    if let Ok(mut send) = respond.send_response(resp, empty) {
+        if !empty {
+            // Local bodies are small; h2 queues what the window does not take yet.
+            let _ = send.send_data(Bytes::copy_from_slice(body), true);
+        }
+    }
+}
+
+/// An error made by weft: a gRPC status for gRPC calls, an HTTP error otherwise.
+fn reply_error(respond: &mut SendResponse<Bytes>, facts: &H2Facts<'_>, status: u16, why: &str) {
+    if facts.grpc {
+        let _ = respond.send_response(
+            grpc::error_response(grpc::Code::for_http(status), why),
+            true,
+        );
+        return;
+    }
+    let body = local::error_body(status, why);
+    reply(
+        respond,
+        status,
+        "text/plain",
+        body.as_bytes(),
+        &[("x-weft-error", why)],
+        facts.parts.method == http::Method::HEAD,
+    );
+}
+
+/// Why forwarding stopped early.
+enum Abort {
+    /// Answer with this error (nothing was sent to the client yet).
+    Respond(u16, &'static str),
+    /// Too late for a response: reset the stream.
+    Reset(Reason),
+    /// The client reset the stream; nothing more to send.
+    ClientGone,
+}
+
+async fn forward(
+    x: &Exchange<'_>,
+    facts: &H2Facts<'_>,
+    mut body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    route: &Arc<Route>,
+    fwd: &Forward,
+) -> StreamEnd {
+    let target = fwd.target(|total| fastrand::u32(0..total));
+    let cluster_id = target.cluster;
+    let outcome = match check_declared_length(x, facts) {
+        Err(e) => Err(e),
+        Ok(()) => match x.snapshot.clusters[cluster_id].protocol {
+            UpstreamProtocol::Http1 => {
+                to_h1::exchange(x, facts, &mut body, &mut respond, route, fwd, cluster_id).await
+            }
+            UpstreamProtocol::Http2 => {
+                to_h2::relay(x, facts, &mut body, &mut respond, route, fwd, cluster_id).await
+            }
+        },
+    };
+    match outcome {
+        Ok(status) => x.count(Some(route), Some(cluster_id), status),
+        Err(Abort::Respond(status, why)) => {
+            if status == 504 {
+                x.count_upstream(Family::UpstreamTimeouts, cluster_id, "response");
+            }
+            x.count(Some(route), Some(cluster_id), status);
+            reply_error(&mut respond, facts, status, why);
+            discard_request_body(x, &mut body).await;
+        }
+        Err(Abort::Reset(reason)) => respond.send_reset(reason),
+        Err(Abort::ClientGone) => return StreamEnd::ClientReset,
+    }
+    StreamEnd::Done
+}
+
+/// How long the upstream has to send the response head: the route's timeout (or the
+/// cluster's), shortened by a gRPC call's own deadline.
+fn response_timeout(facts: &H2Facts<'_>, route: &Route, cluster: &Cluster) -> Duration {
+    let timeout = route.timeout.unwrap_or(cluster.request_timeout);
+    match facts.grpc_timeout {
+        Some(t) => t.min(timeout),
+        None => timeout,
+    }
+}
+
+/// A declared request body over `http.max_request_body_bytes` is refused up front.
+fn check_declared_length(x: &Exchange<'_>, facts: &H2Facts<'_>) -> Result<(), Abort> {
+    let declared = facts
+        .parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match (declared, x.snapshot.http.max_request_body_bytes) {
+        (Some(n), Some(max)) if n > max => Err(Abort::Respond(
+            413,
+            "request body larger than http.max_request_body_bytes",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// After an early error response, reads and drops what is left of the request body (a
+/// bounded amount, for a bounded time), so the stream ends with RST_STREAM(NO_ERROR)
+/// once the response is out rather than CANCEL, which clients may take to mean the
+/// response is void (RFC 9113 §8.1).
+async fn discard_request_body(x: &Exchange<'_>, body: &mut RecvStream) {
+    const DISCARD_LIMIT: usize = 1 << 20;
+    let deadline = x
+        .worker
+        .idle_timers
+        .deadline(Instant::now() + x.snapshot.http.header_read_timeout.0);
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(data)) = body.data().await {
+            seen += data.len();
+            let _ = body.flow_control().release_capacity(data.len());
+            if seen > DISCARD_LIMIT {
+                break;
+            }
+        }
+    };
+    monoio::select! {
+        _ = drain => {}
+        _ = deadline => {}
+    }
+}
+
+/// Sends `data` as the stream's flow-control window opens.
+async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        match poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(0)) => continue,
+            Some(Ok(n)) => send.send_data(data.split_to(n.min(data.len())), false)?,
+            Some(Err(e)) => return Err(e),
+            None => return Err(h2::Error::from(Reason::CANCEL)),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! HTTP/2 client streams forwarded to HTTP/1.1 upstreams.
+//!
+//! The request goes out on a pooled connection, body and all, before the response is
+//! read (an HTTP/1.1 upstream cannot interleave them usefully); the response body is
+//! decoded from its h1 framing into DATA frames as the client's window allows, and
+//! chunked trailers become HTTP/2 trailers.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::Response;
+use monoio::io::AsyncWriteRentExt;
+use weft_mesh::snapshot::{Cluster, Forward, Route};
+
+use super::{response_timeout, send_all, Abort, H2Facts};
+use crate::proto::h1::chunked::ChunkedParser;
+use crate::proto::h1::head::{parse_response, BodyFraming, Head, ResponseHead};
+use crate::proxy::forward::connect_failure;
+use crate::proxy::{rewrite, Exchange};
+use crate::transport::ReadError;
+use crate::upstream::Upstream;
+
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const UPSTREAM_READ: usize = 64 * 1024;
+
+/// Sends the request upstream and relays the response; returns the status sent.
+pub(super) async fn exchange(
+    x: &Exchange<'_>,
+    facts: &H2Facts<'_>,
+    body: &mut RecvStream,
+    respond: &mut SendResponse<Bytes>,
+    route: &Route,
+    fwd: &Forward,
+    cluster_id: usize,
+) -> Result<u16, Abort> {
+    let cluster = &x.snapshot.clusters[cluster_id];
+    let parts = facts.parts;
+    let mut up = x
+        .worker
+        .upstreams
+        .connect(x.snapshot, cluster_id)
+        .await
+        .map_err(|e| {
+            let (status, why) = connect_failure(x, cluster_id, &e);
+            Abort::Respond(status, why)
+        })?;
+    let has_body = !body.is_end_stream();
+    let length = parts.headers.get(http::header::CONTENT_LENGTH).is_some();
+    let accepts_trailers = parts
+        .headers
+        .get(http::header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let outgoing = rewrite::Outgoing {
+        method: parts.method.as_str().as_bytes(),
+        path: facts.path,
+        path_and_query: facts.path_and_query,
+        authority: facts.authority,
+        chunked: has_body && !length,
+        accepts_trailers,
+        upgrade: None,
+    };
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(n, _)| !rewrite::connection_specific(n.as_str().as_bytes()))
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    let head = rewrite::request_head(
+        &outgoing,
+        headers,
+        fwd,
+        &route.request_headers,
+        &x.snapshot.http.forwarded,
+        &x.client_info(),
+        up.endpoint,
+    )
+    .freeze();
+
+    // A dead pooled connection is replaced once, before any body byte was taken.
+    if up.conn.stream.write_all(head.clone()).await.0.is_err() {
+        if !up.reused {
+            return Err(Abort::Respond(
+                502,
+                "upstream closed the connection before responding",
+            ));
+        }
+        x.worker
+            .upstreams
+            .reconnect(cluster, &mut up)
+            .await
+            .map_err(|e| {
+                let (status, why) = connect_failure(x, cluster_id, &e);
+                Abort::Respond(status, why)
+            })?;
+        if up.conn.stream.write_all(head).await.0.is_err() {
+            return Err(Abort::Respond(
+                502,
+                "upstream closed the connection before responding",
+            ));
+        }
+    }
+    if has_body {
+        send_request_body(x, body, &mut up, outgoing.chunked, cluster).await?;
+    }
+
+    let response = read_response_head(
+        &mut up,
+        response_timeout(facts, route, cluster),
+        parts.method == http::Method::HEAD,
+    )
+    .await?;
+    let mut builder = Response::builder().status(response.status);
+    for f in &response.headers {
+        let name = response.name(f);
+        if response.is_hop_by_hop(f, &response.connection) || route.response_headers.drops(name) {
+            continue;
+        }
+        builder = builder.header(name, response.value(f));
+    }
+    for (name, value) in &route.response_headers.set {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let Ok(head) = builder.body(()) else {
+        return Err(Abort::Respond(
+            502,
+            "upstream response headers not valid in HTTP/2",
+        ));
+    };
+    let no_body = response.framing == BodyFraming::None;
+    let mut send = respond
+        .send_response(head, no_body)
+        .map_err(|_| Abort::ClientGone)?;
+    if !no_body {
+        relay_response_body(&mut up, &mut send, response.framing, cluster).await?;
+    }
+    let reusable = !response.connection.close
+        && response.framing != BodyFraming::UntilClose
+        && up.conn.buf.is_empty();
+    if reusable {
+        x.worker.upstreams.release(cluster, up);
+    }
+    Ok(response.status)
+}
+
+async fn send_request_body(
+    x: &Exchange<'_>,
+    body: &mut RecvStream,
+    up: &mut Upstream,
+    chunked: bool,
+    cluster: &Cluster,
+) -> Result<(), Abort> {
+    let limit = x.snapshot.http.max_request_body_bytes;
+    let mut seen = 0u64;
+    while let Some(data) = body.data().await {
+        let data = data.map_err(|_| Abort::ClientGone)?;
+        let n = data.len();
+        seen += n as u64;
+        if limit.is_some_and(|max| seen > max) {
+            return Err(Abort::Respond(
+                413,
+                "request body larger than http.max_request_body_bytes",
+            ));
+        }
+        let piece = if chunked {
+            let mut framed = BytesMut::with_capacity(n + 16);
+            framed.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+            framed.extend_from_slice(&data);
+            framed.extend_from_slice(b"\r\n");
+            framed.freeze()
+        } else {
+            data
+        };
+        if n > 0 {
+            match monoio::time::timeout(cluster.read_timeout, up.conn.stream.write_all(piece)).await
+            {
+                Ok((Ok(_), _)) => {}
+                Ok((Err(_), _)) => {
+                    return Err(Abort::Respond(
+                        502,
+                        "upstream closed the connection during the request",
+                    ))
+                }
+                Err(_) => {
+                    return Err(Abort::Respond(
+                        504,
+                        "upstream stopped reading the request body",
+                    ))
+                }
+            }
+        }
+        // Only now may the client send more: the upstream took this piece.
+        let _ = body.flow_control().release_capacity(n);
+    }
+    if chunked {
+        let mut last = BytesMut::from(&b"0\r\n"[..]);
+        if let Ok(Some(trailers)) = body.trailers().await {
+            for (name, value) in &trailers {
+                last.extend_from_slice(name.as_str().as_bytes());
+                last.extend_from_slice(b": ");
+                last.extend_from_slice(value.as_bytes());
+                last.extend_from_slice(b"\r\n");
+            }
+        }
+        last.extend_from_slice(b"\r\n");
+        if up.conn.stream.write_all(last.freeze()).await.0.is_err() {
+            return Err(Abort::Respond(
+                502,
+                "upstream closed the connection during the request",
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn read_response_head(
+    up: &mut Upstream,
+    timeout: Duration,
+    head_request: bool,
+) -> Result<ResponseHead, Abort> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match parse_response(&mut up.conn.buf, MAX_RESPONSE_HEAD, head_request) {
+            // Interim responses (other than 101, never asked for here) are not relayed.
+            Ok(Some(r)) if (100..200).contains(&r.status) => continue,
+            Ok(Some(r)) => return Ok(r),
+            Ok(None) => {}
+            Err(_) => return Err(Abort::Respond(502, "invalid response head from upstream")),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Abort::Respond(504, "upstream response timeout"));
+        }
+        match up.conn.fill_with_timeout(UPSTREAM_READ, left).await {
+            Ok(n) if n > 0 => {}
+            Ok(_) | Err(ReadError::Io(_)) => {
+                return Err(Abort::Respond(
+                    502,
+                    "upstream closed the connection before responding",
+                ))
+            }
+            Err(ReadError::TimedOut) => {
+                return Err(Abort::Respond(504, "upstream response timeout"))
+            }
+        }
+    }
+}
+
+/// Streams the upstream body (decoding chunked) into the h2 stream, as the window allows.
+async fn relay_response_body(
+    up: &mut Upstream,
+    send: &mut SendStream<Bytes>,
+    framing: BodyFraming,
+    cluster: &Cluster,
+) -> Result<(), Abort> {
+    let mut remaining = match framing {
+        BodyFraming::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut chunked = ChunkedParser::new(MAX_RESPONSE_HEAD);
+    loop {
+        if up.conn.buf.is_empty() {
+            match up
+                .conn
+                .fill_with_timeout(UPSTREAM_READ, cluster.read_timeout)
+                .await
+            {
+                Ok(n) if n > 0 => {}
+                Ok(_) if framing == BodyFraming::UntilClose => break,
+                _ => return Err(Abort::Reset(Reason::INTERNAL_ERROR)),
+            }
+        }
+        let (data, done) = match framing {
+            BodyFraming::Length(_) => {
+                let take = (up.conn.buf.len() as u64).min(remaining) as usize;
+                remaining -= take as u64;
+                (up.conn.buf.split_to(take).freeze(), remaining == 0)
+            }
+            BodyFraming::Chunked => {
+                let mut decoded = BytesMut::new();
+                let window = &up.conn.buf[..];
+                let progress = chunked
+                    .feed(window, |r| decoded.extend_from_slice(&window[r]))
+                    .map_err(|_| Abort::Reset(Reason::INTERNAL_ERROR))?;
+                let _ = up.conn.buf.split_to(progress.consumed);
+                (decoded.freeze(), progress.done)
+            }
+            _ => (up.conn.buf.split().freeze(), false),
+        };
+        send_all(send, data).await.map_err(|_| Abort::ClientGone)?;
+        if done {
+            break;
+        }
+    }
+    send.send_data(Bytes::new(), true)
+        .map_err(|_| Abort::Reset(Reason::INTERNAL_ERROR))
+}

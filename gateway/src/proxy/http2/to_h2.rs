@@ -1,0 +1,313 @@
+//! HTTP/2 client streams relayed to HTTP/2 upstreams, stream to stream.
+//!
+//! The request body and the response run at the same time (gRPC client, server and
+//! bidirectional streaming need both directions open at once). Each direction moves
+//! DATA only as the receiving side's window allows and releases the sending side's
+//! window only once the data went on, so neither end can grow weft's memory. Trailers
+//! pass through unchanged both ways.
+//!
+//! Cancellation crosses weft: a client reset drops the upstream stream (h2 resets it
+//! with CANCEL), and an upstream reset resets the client stream with the same reason.
+//! A gRPC call's `grpc-timeout` bounds the whole call: when it passes, the upstream
+//! stream is cancelled and the client gets DEADLINE_EXCEEDED.
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::ResponseFuture;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::Response;
+use weft_mesh::snapshot::{Forward, Route};
+
+use super::{response_timeout, send_all, Abort, H2Facts};
+use crate::observe::metrics::Family;
+use crate::proxy::forward::connect_failure;
+use crate::proxy::grpc;
+use crate::proxy::rewrite::{self, H2Headers, Outgoing};
+use crate::proxy::Exchange;
+
+/// Why the request direction stopped.
+enum PumpEnd {
+    /// Client reset or broke its stream.
+    Client,
+    /// The upstream stopped taking the request (it may still answer).
+    Upstream,
+    /// Over `http.max_request_body_bytes`.
+    TooLarge,
+}
+
+pub(super) async fn relay(
+    x: &Exchange<'_>,
+    facts: &H2Facts<'_>,
+    body: &mut RecvStream,
+    respond: &mut SendResponse<Bytes>,
+    route: &Route,
+    fwd: &Forward,
+    cluster_id: usize,
+) -> Result<u16, Abort> {
+    let cluster = &x.snapshot.clusters[cluster_id];
+    let call_deadline = facts
+        .grpc_timeout
+        .map(|t| Instant::now() + route.timeout.map_or(t, |r| r.min(t)));
+    let mut slot = x
+        .worker
+        .upstreams
+        .open_h2(x.snapshot, cluster_id)
+        .await
+        .map_err(|e| {
+            let (status, why) = connect_failure(x, cluster_id, &e);
+            Abort::Respond(status, why)
+        })?;
+    let request = upstream_request(x, facts, route, fwd, slot.endpoint)?;
+    let end = body.is_end_stream();
+    let refused = |e: h2::Error| {
+        tracing::debug!(cluster = %cluster.name, "h2 upstream refused a stream: {e}");
+        Abort::Respond(502, "upstream HTTP/2 connection failed")
+    };
+    poll_fn(|cx| slot.send.poll_ready(cx))
+        .await
+        .map_err(refused)?;
+    let (response, upstream_body) = slot.send.send_request(request, end).map_err(refused)?;
+
+    // The client's response stream, once the head went out: what a deadline ends.
+    let mut sent: Option<SendStream<Bytes>> = None;
+    let limit = x.snapshot.http.max_request_body_bytes;
+    // A call deadline (never later than the route's timeout) covers the head as well.
+    let head_timeout = call_deadline
+        .is_none()
+        .then(|| response_timeout(facts, route, cluster));
+    // gRPC streams may sit quiet for long; their deadline is the call's own.
+    let stall = (!facts.grpc).then_some(cluster.read_timeout);
+    let outcome = {
+        let pump = pin!(pump_request(body, upstream_body, limit));
+        let answer = pin!(relay_response(
+            response,
+            respond,
+            &mut sent,
+            route,
+            head_timeout,
+            stall
+        ));
+        let both = both_directions(pump, answer, end);
+        match call_deadline {
+            None => both.await,
+            Some(at) => {
+                match monoio::time::timeout_at(monoio::time::Instant::from_std(at), both).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Abort::Respond(504, "gRPC deadline exceeded")),
+                }
+            }
+        }
+    };
+    match (outcome, sent.as_mut()) {
+        // Too late for a Trailers-Only answer: end the call with status trailers.
+        (Err(Abort::Respond(status, why)), Some(stream)) => {
+            if status == 504 {
+                x.count_upstream(Family::UpstreamTimeouts, cluster_id, "deadline");
+            }
+            if facts.grpc {
+                let _ =
+                    stream.send_trailers(grpc::error_trailers(grpc::Code::for_http(status), why));
+                Ok(200)
+            } else {
+                Err(Abort::Reset(Reason::INTERNAL_ERROR))
+            }
+        }
+        (outcome, _) => outcome,
+    }
+}
+
+/// Runs both directions; the call is over when the response is. A request direction
+/// that ends early only matters if the client went away or sent too much.
+async fn both_directions(
+    mut pump: std::pin::Pin<&mut impl Future<Output = Result<(), PumpEnd>>>,
+    mut answer: std::pin::Pin<&mut impl Future<Output = Result<u16, Abort>>>,
+    request_done: bool,
+) -> Result<u16, Abort> {
+    let mut pumping = !request_done;
+    poll_fn(|cx| {
+        if pumping {
+            if let Poll::Ready(end) = pump.as_mut().poll(cx) {
+                pumping = false;
+                match end {
+                    Ok(()) | Err(PumpEnd::Upstream) => {}
+                    Err(PumpEnd::Client) => return Poll::Ready(Err(Abort::ClientGone)),
+                    Err(PumpEnd::TooLarge) => {
+                        return Poll::Ready(Err(Abort::Respond(
+                            413,
+                            "request body larger than http.max_request_body_bytes",
+                        )))
+                    }
+                }
+            }
+        }
+        answer.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// The request for the upstream: the client's end-to-end headers with the forwarding
+/// headers and the route's edits, its authority, and the rewritten path.
+fn upstream_request(
+    x: &Exchange<'_>,
+    facts: &H2Facts<'_>,
+    route: &Route,
+    fwd: &Forward,
+    endpoint: std::net::SocketAddr,
+) -> Result<http::Request<()>, Abort> {
+    let parts = facts.parts;
+    let outgoing = Outgoing {
+        method: parts.method.as_str().as_bytes(),
+        path: facts.path,
+        path_and_query: facts.path_and_query,
+        authority: facts.authority,
+        chunked: false,
+        accepts_trailers: parts
+            .headers
+            .get(http::header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")),
+        upgrade: None,
+    };
+    let mut headers = H2Headers::default();
+    rewrite::request_headers(
+        &outgoing,
+        parts
+            .headers
+            .iter()
+            .filter(|(n, _)| !rewrite::connection_specific(n.as_str().as_bytes()))
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        &route.request_headers,
+        &x.snapshot.http.forwarded,
+        &x.client_info(),
+        endpoint,
+        &mut headers,
+    );
+    let authority = headers.authority.unwrap_or_else(|| endpoint.to_string());
+    let invalid = |_| Abort::Respond(400, "request target not valid for the upstream");
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(rewrite::upstream_target(&outgoing, fwd).as_ref())
+        .build()
+        .map_err(invalid)?;
+    let mut request = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(uri)
+        .body(())
+        .map_err(invalid)?;
+    *request.headers_mut() = headers.map;
+    Ok(request)
+}
+
+/// Client request body (and trailers) to the upstream stream.
+async fn pump_request(
+    body: &mut RecvStream,
+    mut upstream: SendStream<Bytes>,
+    limit: Option<u64>,
+) -> Result<(), PumpEnd> {
+    let mut seen = 0u64;
+    while let Some(data) = body.data().await {
+        let data = data.map_err(|_| PumpEnd::Client)?;
+        let n = data.len();
+        seen += n as u64;
+        if limit.is_some_and(|max| seen > max) {
+            return Err(PumpEnd::TooLarge);
+        }
+        send_all(&mut upstream, data)
+            .await
+            .map_err(|_| PumpEnd::Upstream)?;
+        // Only now may the client send more: the upstream took this piece.
+        let _ = body.flow_control().release_capacity(n);
+    }
+    match body.trailers().await {
+        Ok(Some(trailers)) => upstream.send_trailers(trailers),
+        Ok(None) => upstream.send_data(Bytes::new(), true),
+        Err(_) => return Err(PumpEnd::Client),
+    }
+    .map_err(|_| PumpEnd::Upstream)
+}
+
+/// Upstream response (head, body, trailers) to the client stream.
+async fn relay_response(
+    response: ResponseFuture,
+    respond: &mut SendResponse<Bytes>,
+    sent: &mut Option<SendStream<Bytes>>,
+    route: &Route,
+    head_timeout: Option<Duration>,
+    stall: Option<Duration>,
+) -> Result<u16, Abort> {
+    let head = monoio::select! {
+        r = response => r,
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return Err(Abort::ClientGone),
+        _ = sleep_or_never(head_timeout) => {
+            return Err(Abort::Respond(504, "upstream response timeout"))
+        }
+    };
+    let (parts, mut upstream) = head.map_err(upstream_reset)?.into_parts();
+    let status = parts.status.as_u16();
+    let mut builder = Response::builder().status(parts.status);
+    for (name, value) in &parts.headers {
+        if !route.response_headers.drops(name.as_str().as_bytes()) {
+            builder = builder.header(name, value);
+        }
+    }
+    for (name, value) in &route.response_headers.set {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let head = builder
+        .body(())
+        .map_err(|_| Abort::Respond(502, "upstream response headers not valid"))?;
+    let end = upstream.is_end_stream();
+    let client = respond
+        .send_response(head, end)
+        .map_err(|_| Abort::ClientGone)?;
+    let client = sent.insert(client);
+    if end {
+        return Ok(status);
+    }
+    loop {
+        let next = monoio::select! {
+            d = upstream.data() => d,
+            _ = poll_fn(|cx| client.poll_reset(cx)) => return Err(Abort::ClientGone),
+            _ = sleep_or_never(stall) => return Err(Abort::Reset(Reason::CANCEL)),
+        };
+        match next {
+            Some(Ok(data)) => {
+                let n = data.len();
+                send_all(client, data)
+                    .await
+                    .map_err(|_| Abort::ClientGone)?;
+                let _ = upstream.flow_control().release_capacity(n);
+            }
+            Some(Err(e)) => return Err(Abort::Reset(e.reason().unwrap_or(Reason::CANCEL))),
+            None => break,
+        }
+    }
+    match upstream.trailers().await {
+        Ok(Some(trailers)) => client.send_trailers(trailers),
+        Ok(None) => client.send_data(Bytes::new(), true),
+        Err(e) => return Err(Abort::Reset(e.reason().unwrap_or(Reason::CANCEL))),
+    }
+    .map_err(|_| Abort::ClientGone)?;
+    Ok(status)
+}
+
+async fn sleep_or_never(limit: Option<Duration>) {
+    match limit {
+        Some(t) => monoio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An upstream stream that failed before its response head.
+fn upstream_reset(e: h2::Error) -> Abort {
+    tracing::debug!("h2 upstream stream failed: {e}");
+    match e.reason() {
+        Some(Reason::REFUSED_STREAM) => Abort::Respond(503, "upstream refused the stream"),
+        _ => Abort::Respond(502, "upstream reset the stream"),
+    }
+}

@@ -1,0 +1,160 @@
+//! Per-worker HTTP/2 upstream connections, shared by all of a worker's requests to an
+//! endpoint.
+//!
+//! A connection carries as many streams at once as the upstream's
+//! SETTINGS_MAX_CONCURRENT_STREAMS allows. A request takes a slot ([`H2Stream`], given
+//! back on drop) on the first live connection with one free, and opens another
+//! connection only when every connection to that endpoint is full. h2 spawns nothing:
+//! each connection's driver is a task on the worker, and when it ends (GOAWAY, reset,
+//! error) the connection is marked dead and leaves the list at the next checkout. The
+//! worker's sweep closes connections that carried no stream for the cluster's pool idle
+//! timeout; dropping the last `SendRequest` lets h2 close them cleanly.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use monoio::io::IntoPollIo;
+use monoio::net::TcpStream;
+use weft_mesh::config::Http2Config;
+
+use super::ConnectError;
+
+struct H2Conn {
+    send: SendRequest<Bytes>,
+    /// Streams this worker has open on the connection.
+    active: Cell<usize>,
+    dead: Rc<Cell<bool>>,
+    idle_since: Cell<Instant>,
+    idle_timeout: Duration,
+}
+
+impl H2Conn {
+    fn has_room(&self) -> bool {
+        !self.dead.get() && self.active.get() < self.send.current_max_send_streams()
+    }
+}
+
+/// One stream's slot on a shared connection; `send` opens the stream.
+pub struct H2Stream {
+    pub send: SendRequest<Bytes>,
+    pub endpoint: SocketAddr,
+    conn: Rc<H2Conn>,
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        let left = self.conn.active.get() - 1;
+        self.conn.active.set(left);
+        if left == 0 {
+            self.conn.idle_since.set(Instant::now());
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Multiplexed {
+    conns: RefCell<HashMap<SocketAddr, Vec<Rc<H2Conn>>>>,
+}
+
+impl Multiplexed {
+    /// A stream slot to `endpoint`, on a shared connection or a new one.
+    pub async fn open(
+        &self,
+        endpoint: SocketAddr,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        settings: &Http2Config,
+    ) -> Result<H2Stream, ConnectError> {
+        if let Some(conn) = self.with_room(endpoint) {
+            return Ok(Self::slot(conn, endpoint));
+        }
+        let conn = monoio::time::timeout(
+            connect_timeout,
+            Self::handshake(endpoint, idle_timeout, settings),
+        )
+        .await
+        .map_err(|_| ConnectError::TimedOut)??;
+        self.conns
+            .borrow_mut()
+            .entry(endpoint)
+            .or_default()
+            .push(conn.clone());
+        Ok(Self::slot(conn, endpoint))
+    }
+
+    fn with_room(&self, endpoint: SocketAddr) -> Option<Rc<H2Conn>> {
+        let mut conns = self.conns.borrow_mut();
+        let list = conns.get_mut(&endpoint)?;
+        list.retain(|c| !c.dead.get());
+        list.iter().find(|c| c.has_room()).cloned()
+    }
+
+    fn slot(conn: Rc<H2Conn>, endpoint: SocketAddr) -> H2Stream {
+        conn.active.set(conn.active.get() + 1);
+        H2Stream {
+            send: conn.send.clone(),
+            endpoint,
+            conn,
+        }
+    }
+
+    async fn handshake(
+        endpoint: SocketAddr,
+        idle_timeout: Duration,
+        settings: &Http2Config,
+    ) -> Result<Rc<H2Conn>, ConnectError> {
+        let stream = TcpStream::connect_addr(endpoint)
+            .await
+            .map_err(ConnectError::Refused)?;
+        let _ = stream.set_nodelay(true);
+        let io = stream.into_poll_io().map_err(ConnectError::Refused)?;
+        let (send, connection) = h2::client::Builder::new()
+            .enable_push(false)
+            .initial_window_size(settings.initial_stream_window)
+            .initial_connection_window_size(settings.initial_connection_window)
+            .max_frame_size(settings.max_frame_size)
+            .max_header_list_size(settings.max_header_list_size)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+        let dead = Rc::new(Cell::new(false));
+        let flag = dead.clone();
+        monoio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("h2 upstream connection to {endpoint} ended: {e}");
+            }
+            flag.set(true);
+        });
+        Ok(Rc::new(H2Conn {
+            send,
+            active: Cell::new(0),
+            dead,
+            idle_since: Cell::new(Instant::now()),
+            idle_timeout,
+        }))
+    }
+
+    /// Closes connections idle past their timeout, and dead ones.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut conns = self.conns.borrow_mut();
+        for list in conns.values_mut() {
+            list.retain(|c| {
+                !c.dead.get()
+                    && (c.active.get() > 0
+                        || now.duration_since(c.idle_since.get()) < c.idle_timeout)
+            });
+        }
+        conns.retain(|_, list| !list.is_empty());
+    }
+
+    /// Stops sharing connections to endpoints `keep` rejects; their open streams finish.
+    pub fn retain_endpoints(&self, keep: impl Fn(SocketAddr) -> bool) {
+        self.conns.borrow_mut().retain(|addr, _| keep(*addr));
+    }
+}
