@@ -210,9 +210,10 @@ async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>
         return Ok(full(200, "slept\n"));
     }
     let mut dump = format!(
-        "upstream={name}\nmethod={}\ntarget={}\n",
+        "upstream={name}\nmethod={}\ntarget={}\nversion={:?}\n",
         req.method(),
-        req.uri()
+        req.uri(),
+        req.version()
     );
     for (k, v) in req.headers() {
         dump += &format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes()));

@@ -10,7 +10,14 @@ use weft_tests::upstream::{big_body_byte, sha256_hex, TestUpstream};
 use weft_tests::{free_addr, Weft};
 
 fn setup() -> (Weft, SocketAddr, TestUpstream) {
+    let (weft, listen, app, _) = setup_with_h2_upstream();
+    (weft, listen, app)
+}
+
+/// weft with an HTTP/1.1 upstream under `/api/` and an HTTP/2 (h2c) one under `/h2/`.
+fn setup_with_h2_upstream() -> (Weft, SocketAddr, TestUpstream, TestUpstream) {
     let app = TestUpstream::start("app");
+    let app2 = TestUpstream::start_h2("app2");
     let (listen, admin) = (free_addr(), free_addr());
     let config = format!(
         r#"
@@ -23,14 +30,19 @@ address = "{listen}"
 routes = [
   {{ match = {{ path = "/" }}, direct_response = {{ status = 200, body = "hello over h2\n" }} }},
   {{ match = {{ path_prefix = "/api/" }}, cluster = "app" }},
+  {{ match = {{ path_prefix = "/h2/" }}, cluster = "app2", prefix_rewrite = "/" }},
 ]
 
 [clusters.app]
 endpoints = ["{}"]
+
+[clusters.app2]
+protocol = "http2"
+endpoints = ["{}"]
 "#,
-        app.addr
+        app.addr, app2.addr
     );
-    (Weft::start("ingress", &config, admin), listen, app)
+    (Weft::start("ingress", &config, admin), listen, app, app2)
 }
 
 fn curl_h2(args: &[&str]) -> (bool, Vec<u8>, String) {
@@ -44,6 +56,94 @@ fn curl_h2(args: &[&str]) -> (bool, Vec<u8>, String) {
         o.stdout,
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// Uploads and downloads of 0 B, 1 B and 10 MiB through `base`, checked by hash.
+fn bodies_round_trip(curl_args: &[&str], base: &str) {
+    let curl = |args: &[&str]| {
+        let o = Command::new("curl")
+            .arg("-sS")
+            .args(curl_args)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for size in [0usize, 1, 10 * 1024 * 1024] {
+        let data: Vec<u8> = (0..size).map(big_body_byte).collect();
+        let file = dir.path().join(format!("up-{size}"));
+        std::fs::write(&file, &data).unwrap();
+        let out = curl(&[
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{base}/sha256"),
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("{} {size}", sha256_hex(&data)),
+            "upload {size} via {curl_args:?}"
+        );
+        if curl_args == ["--http1.0"] {
+            continue; // HTTP/1.0 has no chunked coding.
+        }
+        // Chunked upload (no length) as well.
+        let out = curl(&[
+            "-H",
+            "transfer-encoding: chunked",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{base}/sha256"),
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("{} {size}", sha256_hex(&data)),
+            "chunked upload {size} via {curl_args:?}"
+        );
+    }
+    for size in [0usize, 1, 10 * 1024 * 1024] {
+        let data: Vec<u8> = (0..size).map(big_body_byte).collect();
+        let out = curl(&[&format!("{base}/big?n={size}")]);
+        assert_eq!(out.len(), size, "download {size} via {curl_args:?}");
+        assert_eq!(sha256_hex(&out), sha256_hex(&data), "download {size}");
+    }
+}
+
+#[test]
+fn http1_and_h2_clients_to_an_h2_upstream_with_bodies_of_0_1_and_10_mib() {
+    let (_weft, listen, _app, app2) = setup_with_h2_upstream();
+    bodies_round_trip(&["--http1.1"], &format!("http://{listen}/h2"));
+    bodies_round_trip(&["--http1.0"], &format!("http://{listen}/h2"));
+    bodies_round_trip(&["--http2-prior-knowledge"], &format!("http://{listen}/h2"));
+    // Every request above shared a handful of multiplexed connections.
+    let connections = app2.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(connections <= 2, "{connections} upstream connections");
+
+    // Headers are translated: Host becomes :authority, the upstream sees what the
+    // client sent plus the forwarding headers; the response's status passes.
+    let o = Command::new("curl")
+        .args(["-sS", "--http1.1", "-H", "x-test: 1", "-D", "-"])
+        .arg(format!("http://{listen}/h2/status/418"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.starts_with("HTTP/1.1 418"), "{text}");
+    let o = Command::new("curl")
+        .args(["-sS", "--http1.1", "-H", "x-test: 1"])
+        .arg(format!("http://{listen}/h2/dump"))
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&o.stdout).to_lowercase();
+    assert!(dump.contains("x-test: 1"), "{dump}");
+    assert!(dump.contains("x-forwarded-for: 127.0.0.1"), "{dump}");
+    // The client's Host became the :authority.
+    assert!(
+        dump.contains(&format!("target=http://{listen}/dump")),
+        "{dump}"
+    );
+    assert!(dump.contains("version=http/2.0"), "{dump}");
+    assert!(!dump.contains("\nhost:"), "{dump}");
 }
 
 #[test]

@@ -13,11 +13,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
+use weft_mesh::config::UpstreamProtocol;
 use weft_mesh::snapshot::{Cluster, Forward, Route};
 
 use super::facts::Facts;
 use super::rewrite;
-use super::{local, Exchange, Next};
+use super::{forward_h2, Exchange, Next};
 use crate::observe::metrics::Family;
 use crate::proto::h1::body::{copy_body, BodyCopy, BodyError};
 use crate::proto::h1::head::{parse_response, BodyFraming, RequestHead, ResponseHead, Version};
@@ -55,13 +56,10 @@ pub async fn forward(
     // Every failure answers with a proxy-made error and closes: the request body may be
     // partly unread, so the connection cannot carry another request.
     macro_rules! fail {
-        ($status:expr, $why:expr) => {{
-            let status: u16 = $status;
-            x.count(Some(route), Some(cluster_id), status);
-            x.send(client, local::error(status, $why, true, head_only))
-                .await;
-            Next::Close
-        }};
+        ($status:expr, $why:expr) => {
+            x.fail(client, route, cluster_id, $status, $why, head_only)
+                .await
+        };
     }
 
     if let (BodyFraming::Length(n), Some(max)) =
@@ -70,6 +68,9 @@ pub async fn forward(
         if n > max {
             return fail!(413, "request body larger than http.max_request_body_bytes");
         }
+    }
+    if cluster.protocol == UpstreamProtocol::Http2 {
+        return forward_h2::forward(x, client, facts, route, fwd, cluster_id, keep_alive).await;
     }
     let mut up = match x.worker.upstreams.connect(x.snapshot, cluster_id).await {
         Ok(up) => up,

@@ -12,6 +12,7 @@
 
 mod facts;
 mod forward;
+mod forward_h2;
 mod grpc;
 mod http2;
 mod local;
@@ -365,6 +366,23 @@ impl Exchange<'_> {
         } else {
             Next::Close
         }
+    }
+
+    /// Answers a forwarding failure with a weft-made error and closes: the request body
+    /// may be partly unread, so the connection cannot carry another request.
+    async fn fail(
+        &self,
+        client: &mut Conn,
+        route: &Arc<Route>,
+        cluster: ClusterId,
+        status: u16,
+        why: &str,
+        head_only: bool,
+    ) -> Next {
+        self.count(Some(route), Some(cluster), status);
+        self.send(client, local::error(status, why, true, head_only))
+            .await;
+        Next::Close
     }
 
     /// Writes to the client within the idle timeout; false if it failed or stalled.

@@ -232,15 +232,8 @@ pub fn request_headers<'h>(
     }
 }
 
-/// The upstream request head for an HTTP/1.1 client's request.
-pub fn h1_request_head(
-    facts: &Facts<'_>,
-    forward: &Forward,
-    edits: &HeaderEdits,
-    fwd: &ForwardedConfig,
-    client: &ClientInfo,
-    endpoint: SocketAddr,
-) -> BytesMut {
+/// The request line and framing of an HTTP/1.1 client's request.
+pub fn h1_outgoing<'a>(facts: &Facts<'a>) -> Outgoing<'a> {
     let head = facts.head;
     let accepts_trailers = head.version == Version::H11
         && head
@@ -252,7 +245,7 @@ pub fn h1_request_head(
                     .split(|&b| b == b',')
                     .any(|t| trim(t).eq_ignore_ascii_case(b"trailers"))
             });
-    let req = Outgoing {
+    Outgoing {
         method: head.method(),
         path: facts.path,
         path_and_query: facts.path_and_query,
@@ -264,15 +257,101 @@ pub fn h1_request_head(
         } else {
             None
         },
-    };
-    let headers = head
-        .headers
+    }
+}
+
+/// An HTTP/1.1 client's end-to-end headers.
+pub fn h1_headers<'h>(head: &'h RequestHead) -> impl Iterator<Item = (&'h [u8], &'h [u8])> {
+    head.headers
         .iter()
         .filter(|f| !head.is_hop_by_hop(f, &head.connection))
         // weft answered a 100-continue itself.
         .filter(|f| !(head.expect_continue && head.name(f).eq_ignore_ascii_case(b"expect")))
-        .map(|f| (head.name(f), head.value(f)));
-    request_head(&req, headers, forward, edits, fwd, client, endpoint)
+        .map(|f| (head.name(f), head.value(f)))
+}
+
+/// The upstream request head for an HTTP/1.1 client's request.
+pub fn h1_request_head(
+    facts: &Facts<'_>,
+    forward: &Forward,
+    edits: &HeaderEdits,
+    fwd: &ForwardedConfig,
+    client: &ClientInfo,
+    endpoint: SocketAddr,
+) -> BytesMut {
+    let req = h1_outgoing(facts);
+    request_head(
+        &req,
+        h1_headers(facts.head),
+        forward,
+        edits,
+        fwd,
+        client,
+        endpoint,
+    )
+}
+
+/// The request for an HTTP/2 upstream, from any client: its end-to-end headers with the
+/// forwarding headers and the route's edits, the authority, and the rewritten path.
+/// `None` if the target cannot be written as an HTTP/2 request.
+#[allow(clippy::too_many_arguments)]
+pub fn h2_request<'h>(
+    req: &Outgoing<'_>,
+    method: http::Method,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    forward: &Forward,
+    edits: &HeaderEdits,
+    fwd: &ForwardedConfig,
+    client: &ClientInfo,
+    endpoint: SocketAddr,
+) -> Option<http::Request<()>> {
+    let mut out = H2Headers::default();
+    request_headers(req, headers, edits, fwd, client, endpoint, &mut out);
+    let authority = out.authority.unwrap_or_else(|| endpoint.to_string());
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(upstream_target(req, forward).as_ref())
+        .build()
+        .ok()?;
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(())
+        .ok()?;
+    *request.headers_mut() = out.map;
+    Some(request)
+}
+
+/// The HTTP/1.1 response head for an HTTP/2 upstream's response: `framing` says how
+/// the body travels (the h2 response has none of its own beyond content-length).
+pub fn h1_response_head_from_h2(
+    resp: &http::response::Parts,
+    edits: &HeaderEdits,
+    framing: ClientFraming,
+    version: Version,
+) -> BytesMut {
+    let mut out = BytesMut::with_capacity(256);
+    let status = resp.status.as_u16();
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
+    for (name, value) in &resp.headers {
+        if !edits.drops(name.as_str().as_bytes()) {
+            push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    for (name, value) in &edits.set {
+        push_header(&mut out, name.as_bytes(), value.as_bytes());
+    }
+    if framing.chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if framing.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::H10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// How the response body travels to the client.

@@ -48,10 +48,29 @@ pub struct BodyCopy {
 
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Where a copied body goes: the next hop's socket, or an HTTP/2 stream.
+pub trait BodySink {
+    /// Takes one piece, or fails with `SinkStalled` if that takes longer than `limit`.
+    fn put(
+        &mut self,
+        piece: Bytes,
+        limit: Duration,
+    ) -> impl std::future::Future<Output = Result<(), BodyError>>;
+}
+
+impl BodySink for TcpStream {
+    async fn put(&mut self, piece: Bytes, limit: Duration) -> Result<(), BodyError> {
+        match monoio::time::timeout(limit, self.write_all(piece)).await {
+            Ok((res, _)) => res.map(|_| ()).map_err(BodyError::SinkIo),
+            Err(_) => Err(BodyError::SinkStalled),
+        }
+    }
+}
+
 /// Copies the body; returns the number of body bytes written to `sink`.
 pub async fn copy_body(
     src: &mut Conn,
-    sink: &mut TcpStream,
+    sink: &mut impl BodySink,
     spec: &BodyCopy,
 ) -> Result<u64, BodyError> {
     let mut written = 0u64;
@@ -110,10 +129,7 @@ pub async fn copy_body(
         let piece = out.unwrap_or(piece);
         if !piece.is_empty() {
             written += piece.len() as u64;
-            match monoio::time::timeout(spec.write_timeout, sink.write_all(piece)).await {
-                Ok((res, _)) => res.map_err(BodyError::SinkIo)?,
-                Err(_) => return Err(BodyError::SinkStalled),
-            };
+            sink.put(piece, spec.write_timeout).await?;
         }
         if done {
             return Ok(written);

@@ -3,7 +3,12 @@
 //! weft forwards chunked bodies as they came (chunk boundaries and trailers included)
 //! while this state machine walks them, so it knows exactly where the body ends and
 //! refuses anything malformed before forwarding it. It is fed whatever bytes arrived,
-//! in any split, and never buffers: it only counts.
+//! in any split, and never buffers: it only counts. The encoders write the chunked
+//! coding for bodies that arrive unframed (HTTP/2 DATA frames).
+
+use std::fmt::Write as _;
+
+use bytes::{Bytes, BytesMut};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkError {
@@ -28,6 +33,28 @@ enum State {
     TrailerLf,
     FinalLf,
     Done,
+}
+
+/// `data` as one chunk of the chunked coding.
+pub fn encode_chunk(data: &[u8]) -> Bytes {
+    let mut framed = BytesMut::with_capacity(data.len() + 16);
+    let _ = write!(framed, "{:x}\r\n", data.len());
+    framed.extend_from_slice(data);
+    framed.extend_from_slice(b"\r\n");
+    framed.freeze()
+}
+
+/// The last chunk, carrying `trailers` (HTTP/2 trailers become the trailer section).
+pub fn last_chunk(trailers: Option<&http::HeaderMap>) -> Bytes {
+    let mut last = BytesMut::from(&b"0\r\n"[..]);
+    for (name, value) in trailers.into_iter().flatten() {
+        last.extend_from_slice(name.as_str().as_bytes());
+        last.extend_from_slice(b": ");
+        last.extend_from_slice(value.as_bytes());
+        last.extend_from_slice(b"\r\n");
+    }
+    last.extend_from_slice(b"\r\n");
+    last.freeze()
 }
 
 /// Limits guard against a peer that streams an endless size line or trailer.

@@ -457,7 +457,10 @@ async fn discard_request_body(x: &Exchange<'_>, body: &mut RecvStream) {
 }
 
 /// Sends `data` as the stream's flow-control window opens.
-async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+pub(super) async fn send_all(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+) -> Result<(), h2::Error> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         match poll_fn(|cx| send.poll_capacity(cx)).await {

@@ -15,7 +15,7 @@ use monoio::io::AsyncWriteRentExt;
 use weft_mesh::snapshot::{Cluster, Forward, Route};
 
 use super::{response_timeout, send_all, Abort, H2Facts};
-use crate::proto::h1::chunked::ChunkedParser;
+use crate::proto::h1::chunked::{encode_chunk, last_chunk, ChunkedParser};
 use crate::proto::h1::head::{parse_response, BodyFraming, Head, ResponseHead};
 use crate::proxy::forward::connect_failure;
 use crate::proxy::{rewrite, Exchange};
@@ -162,15 +162,7 @@ async fn send_request_body(
                 "request body larger than http.max_request_body_bytes",
             ));
         }
-        let piece = if chunked {
-            let mut framed = BytesMut::with_capacity(n + 16);
-            framed.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-            framed.extend_from_slice(&data);
-            framed.extend_from_slice(b"\r\n");
-            framed.freeze()
-        } else {
-            data
-        };
+        let piece = if chunked { encode_chunk(&data) } else { data };
         if n > 0 {
             match monoio::time::timeout(cluster.read_timeout, up.conn.stream.write_all(piece)).await
             {
@@ -193,17 +185,15 @@ async fn send_request_body(
         let _ = body.flow_control().release_capacity(n);
     }
     if chunked {
-        let mut last = BytesMut::from(&b"0\r\n"[..]);
-        if let Ok(Some(trailers)) = body.trailers().await {
-            for (name, value) in &trailers {
-                last.extend_from_slice(name.as_str().as_bytes());
-                last.extend_from_slice(b": ");
-                last.extend_from_slice(value.as_bytes());
-                last.extend_from_slice(b"\r\n");
-            }
-        }
-        last.extend_from_slice(b"\r\n");
-        if up.conn.stream.write_all(last.freeze()).await.0.is_err() {
+        let trailers = body.trailers().await.ok().flatten();
+        if up
+            .conn
+            .stream
+            .write_all(last_chunk(trailers.as_ref()))
+            .await
+            .0
+            .is_err()
+        {
             return Err(Abort::Respond(
                 502,
                 "upstream closed the connection during the request",

@@ -27,7 +27,7 @@ use super::{response_timeout, send_all, Abort, H2Facts};
 use crate::observe::metrics::Family;
 use crate::proxy::forward::connect_failure;
 use crate::proxy::grpc;
-use crate::proxy::rewrite::{self, H2Headers, Outgoing};
+use crate::proxy::rewrite::{self, Outgoing};
 use crate::proxy::Exchange;
 
 /// Why the request direction stopped.
@@ -150,8 +150,6 @@ async fn both_directions(
     .await
 }
 
-/// The request for the upstream: the client's end-to-end headers with the forwarding
-/// headers and the route's edits, its authority, and the rewritten path.
 fn upstream_request(
     x: &Exchange<'_>,
     facts: &H2Facts<'_>,
@@ -172,35 +170,25 @@ fn upstream_request(
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")),
         upgrade: None,
     };
-    let mut headers = H2Headers::default();
-    rewrite::request_headers(
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(n, _)| !rewrite::connection_specific(n.as_str().as_bytes()))
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    rewrite::h2_request(
         &outgoing,
-        parts
-            .headers
-            .iter()
-            .filter(|(n, _)| !rewrite::connection_specific(n.as_str().as_bytes()))
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        parts.method.clone(),
+        headers,
+        fwd,
         &route.request_headers,
         &x.snapshot.http.forwarded,
         &x.client_info(),
         endpoint,
-        &mut headers,
-    );
-    let authority = headers.authority.unwrap_or_else(|| endpoint.to_string());
-    let invalid = |_| Abort::Respond(400, "request target not valid for the upstream");
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(rewrite::upstream_target(&outgoing, fwd).as_ref())
-        .build()
-        .map_err(invalid)?;
-    let mut request = http::Request::builder()
-        .method(parts.method.clone())
-        .uri(uri)
-        .body(())
-        .map_err(invalid)?;
-    *request.headers_mut() = headers.map;
-    Ok(request)
+    )
+    .ok_or(Abort::Respond(
+        400,
+        "request target not valid for the upstream",
+    ))
 }
 
 /// Client request body (and trailers) to the upstream stream.

@@ -1,0 +1,239 @@
+//! HTTP/1.1 clients forwarded to HTTP/2 upstreams (h1 -> h2 translation).
+//!
+//! The request goes out as an HTTP/2 stream on the worker's shared connection to the
+//! endpoint: `Host` becomes `:authority`, connection-specific headers are dropped, a
+//! chunked body is decoded into DATA frames. The response comes back as HTTP/1.1 with
+//! its Content-Length when the upstream gave one, chunked otherwise (upstream trailers
+//! then ride in the last chunk), or delimited by close for an HTTP/1.0 client. Both
+//! bodies move under h2 flow control: a client that reads slowly holds back the
+//! upstream's window, never weft's memory.
+//!
+//! Failure rules are the HTTP/1.1 path's (503/502/504 with a reason, then close), plus:
+//! an upstream that refuses the stream (REFUSED_STREAM) gets 503; one that resets it
+//! before the head, 502. Protocol upgrades cannot cross to HTTP/2 (501).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::SendStream;
+use weft_mesh::snapshot::{Forward, Route};
+
+use super::facts::Facts;
+use super::forward::connect_failure;
+use super::http2::send_all;
+use super::rewrite::{self, ClientFraming};
+use super::{Exchange, Next};
+use crate::observe::metrics::Family;
+use crate::proto::h1::body::{copy_body, BodyCopy, BodyError, BodySink};
+use crate::proto::h1::chunked::{encode_chunk, last_chunk};
+use crate::proto::h1::head::{BodyFraming, Version};
+use crate::transport::Conn;
+
+/// An HTTP/2 request stream as the sink of an HTTP/1.1 request body.
+struct StreamSink<'a>(&'a mut SendStream<Bytes>);
+
+impl BodySink for StreamSink<'_> {
+    async fn put(&mut self, piece: Bytes, limit: Duration) -> Result<(), BodyError> {
+        match monoio::time::timeout(limit, send_all(self.0, piece)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BodyError::SinkIo(std::io::Error::other(e))),
+            Err(_) => Err(BodyError::SinkStalled),
+        }
+    }
+}
+
+pub async fn forward(
+    x: &Exchange<'_>,
+    client: &mut Conn,
+    facts: &Facts<'_>,
+    route: &std::sync::Arc<Route>,
+    fwd: &Forward,
+    cluster_id: usize,
+    keep_alive: bool,
+) -> Next {
+    let head = facts.head;
+    let head_only = head.method() == b"HEAD";
+    let cluster = &x.snapshot.clusters[cluster_id];
+    macro_rules! fail {
+        ($status:expr, $why:expr) => {
+            x.fail(client, route, cluster_id, $status, $why, head_only)
+                .await
+        };
+    }
+    if head.is_upgrade() {
+        return fail!(
+            501,
+            "protocol upgrades cannot be forwarded to an HTTP/2 upstream"
+        );
+    }
+    let Ok(method) = http::Method::from_bytes(head.method()) else {
+        return fail!(400, "method not valid for an HTTP/2 upstream");
+    };
+    let mut slot = match x.worker.upstreams.open_h2(x.snapshot, cluster_id).await {
+        Ok(s) => s,
+        Err(e) => {
+            let (status, why) = connect_failure(x, cluster_id, &e);
+            return fail!(status, why);
+        }
+    };
+    let outgoing = rewrite::h1_outgoing(facts);
+    let Some(request) = rewrite::h2_request(
+        &outgoing,
+        method,
+        rewrite::h1_headers(head),
+        fwd,
+        &route.request_headers,
+        &x.snapshot.http.forwarded,
+        &x.client_info(),
+        slot.endpoint,
+    ) else {
+        return fail!(400, "request target not valid for an HTTP/2 upstream");
+    };
+    let has_body = head.framing != BodyFraming::None;
+    let opened = match std::future::poll_fn(|cx| slot.send.poll_ready(cx)).await {
+        Ok(()) => slot.send.send_request(request, !has_body),
+        Err(e) => Err(e),
+    };
+    let (response, mut upstream_body) = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::debug!(cluster = %cluster.name, "h2 upstream refused a stream: {e}");
+            return fail!(502, "upstream HTTP/2 connection failed");
+        }
+    };
+
+    // An upstream may answer before it has read the whole body (and reset the request
+    // side); the answer is still relayed, and the connection closed after it.
+    let mut body_unread = false;
+    if has_body {
+        if head.expect_continue && !x.send(client, &b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await {
+            return Next::Close;
+        }
+        let http = &x.snapshot.http;
+        let spec = BodyCopy {
+            framing: head.framing,
+            max_bytes: http.max_request_body_bytes,
+            read_timeout: http.idle_timeout.0,
+            write_timeout: cluster.read_timeout,
+            dechunk: true,
+            max_trailer_bytes: http.max_header_bytes,
+        };
+        match copy_body(client, &mut StreamSink(&mut upstream_body), &spec).await {
+            Ok(_) => {
+                let _ = upstream_body.send_data(Bytes::new(), true);
+            }
+            Err(BodyError::TooLarge) => {
+                return fail!(413, "request body larger than http.max_request_body_bytes")
+            }
+            Err(BodyError::Malformed(_)) => return fail!(400, "malformed chunked request body"),
+            Err(BodyError::Stalled) => return fail!(408, "request body not received in time"),
+            Err(BodyError::SourceClosed | BodyError::SourceIo(_)) => return Next::Close,
+            Err(BodyError::SinkStalled) => {
+                return fail!(504, "upstream stopped reading the request body")
+            }
+            Err(BodyError::SinkIo(_)) => body_unread = true,
+        }
+    }
+
+    let timeout = route.timeout.unwrap_or(cluster.request_timeout);
+    let resp = match monoio::time::timeout(timeout, response).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(cluster = %cluster.name, "h2 upstream stream failed: {e}");
+            return if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                fail!(503, "upstream refused the stream")
+            } else {
+                fail!(502, "upstream reset the stream")
+            };
+        }
+        Err(_) => {
+            x.count_upstream(Family::UpstreamTimeouts, cluster_id, "response");
+            return fail!(504, "upstream response timeout");
+        }
+    };
+    let (parts, mut upstream) = resp.into_parts();
+    let status = parts.status.as_u16();
+    let no_body = head_only || status == 204 || status == 304;
+    let mut parts = parts;
+    if !no_body && upstream.is_end_stream() {
+        // An empty body without a length still needs one to end on HTTP/1.1.
+        parts
+            .headers
+            .entry(http::header::CONTENT_LENGTH)
+            .or_insert(http::HeaderValue::from_static("0"));
+    }
+    let declared = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    let keep = keep_alive && !body_unread && !x.closing();
+    let framing = ClientFraming {
+        chunked: !no_body && !declared && head.version == Version::H11,
+        dechunk: false,
+        close: !keep || (!no_body && !declared && head.version == Version::H10),
+    };
+    let out =
+        rewrite::h1_response_head_from_h2(&parts, &route.response_headers, framing, head.version);
+    x.count(Some(route), Some(cluster_id), status);
+    if !x.send(client, out).await {
+        return Next::Close;
+    }
+    if !no_body {
+        if let Err(why) = relay_body(
+            x,
+            client,
+            &mut upstream,
+            framing.chunked,
+            cluster.read_timeout,
+        )
+        .await
+        {
+            tracing::debug!(cluster = %cluster.name, "response body aborted: {why}");
+            return Next::Close;
+        }
+    }
+    if framing.close {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}
+
+/// Upstream DATA (and trailers) to the client, chunk-framed when `chunked`.
+async fn relay_body(
+    x: &Exchange<'_>,
+    client: &mut Conn,
+    upstream: &mut h2::RecvStream,
+    chunked: bool,
+    stall: Duration,
+) -> Result<(), &'static str> {
+    loop {
+        let next = match monoio::time::timeout(stall, upstream.data()).await {
+            Ok(next) => next,
+            Err(_) => return Err("upstream stalled"),
+        };
+        let data = match next {
+            Some(Ok(d)) => d,
+            Some(Err(_)) => return Err("upstream reset the stream"),
+            None => break,
+        };
+        let n = data.len();
+        if n == 0 {
+            continue;
+        }
+        let sent = if chunked {
+            x.send(client, encode_chunk(&data)).await
+        } else {
+            x.send(client, data).await
+        };
+        if !sent {
+            return Err("client stopped reading");
+        }
+        // The client took it: the upstream may send more.
+        let _ = upstream.flow_control().release_capacity(n);
+    }
+    if chunked {
+        let trailers = upstream.trailers().await.ok().flatten();
+        if !x.send(client, last_chunk(trailers.as_ref())).await {
+            return Err("client stopped reading");
+        }
+    }
+    Ok(())
+}
