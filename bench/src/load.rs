@@ -33,6 +33,9 @@ pub struct LoadSpec {
     /// Speak HTTP/2 (h2c, prior knowledge) with this many concurrent streams per
     /// connection; `None` is HTTP/1.1.
     pub h2_streams: Option<usize>,
+    /// With `h2_streams`: make gRPC unary calls (a 16-byte message each, success only
+    /// with `grpc-status: 0`) instead of GETs.
+    pub grpc: bool,
 }
 
 #[derive(Debug)]
@@ -137,7 +140,14 @@ async fn thread_load(spec: LoadSpec, conns: usize, rate: Option<f64>) -> LoadRes
     });
     if let Some(streams) = spec.h2_streams {
         let tasks: Vec<_> = (0..conns)
-            .map(|_| monoio::spawn(h2_connection(shared.clone(), spec.path.clone(), streams)))
+            .map(|_| {
+                monoio::spawn(h2_connection(
+                    shared.clone(),
+                    spec.path.clone(),
+                    streams,
+                    spec.grpc,
+                ))
+            })
             .collect();
         let mut out = LoadResult::empty();
         for t in tasks {
@@ -285,7 +295,7 @@ async fn read_more(s: &mut TcpStream, buf: &mut BytesMut) -> Result<(), ()> {
 
 /// One HTTP/2 connection with `streams` closed-loop streams on it (h2 on monoio's
 /// poll-io, the same stack weft serves h2 with).
-async fn h2_connection(shared: Rc<Shared>, path: String, streams: usize) -> LoadResult {
+async fn h2_connection(shared: Rc<Shared>, path: String, streams: usize, grpc: bool) -> LoadResult {
     use monoio::io::IntoPollIo;
     let mut out = LoadResult::empty();
     let Ok(stream) = TcpStream::connect_addr(shared.addr).await else {
@@ -312,7 +322,7 @@ async fn h2_connection(shared: Rc<Shared>, path: String, streams: usize) -> Load
                 let mut out = LoadResult::empty();
                 while Instant::now() < shared.deadline {
                     let sent = Instant::now();
-                    match h2_request(sender.clone(), uri.clone()).await {
+                    match h2_request(sender.clone(), uri.clone(), grpc).await {
                         Ok((status, bytes)) if (200..400).contains(&status) => {
                             out.requests += 1;
                             out.bytes += bytes;
@@ -335,23 +345,50 @@ async fn h2_connection(shared: Rc<Shared>, path: String, streams: usize) -> Load
     out
 }
 
+/// One gRPC message of 16 bytes: the 5-byte frame prefix, then the payload.
+const GRPC_MESSAGE: &[u8] = b"\0\0\0\0\x10weft-bench-call!";
+
+/// One GET (or gRPC unary call); the HTTP status (a failed gRPC status counts as 500)
+/// and the body bytes.
 async fn h2_request(
     sender: h2::client::SendRequest<bytes::Bytes>,
     uri: http::Uri,
+    grpc: bool,
 ) -> Result<(u16, u64), h2::Error> {
     let mut sender = sender.ready().await?;
-    let req = http::Request::get(uri)
-        .body(())
-        .map_err(|_| h2::Error::from(h2::Reason::INTERNAL_ERROR))?;
-    let (response, _) = sender.send_request(req, true)?;
+    let internal = |_| h2::Error::from(h2::Reason::INTERNAL_ERROR);
+    let req = if grpc {
+        http::Request::post(uri)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+    } else {
+        http::Request::get(uri).body(())
+    }
+    .map_err(internal)?;
+    let (response, mut request_body) = sender.send_request(req, !grpc)?;
+    if grpc {
+        request_body.send_data(bytes::Bytes::from_static(GRPC_MESSAGE), true)?;
+    }
     let response = response.await?;
-    let status = response.status().as_u16();
+    let mut status = response.status().as_u16();
+    let grpc_status = |h: &http::HeaderMap| h.get("grpc-status").map(|v| v.as_bytes() == b"0");
+    let trailers_only = grpc_status(response.headers());
     let mut body = response.into_body();
     let mut bytes = 0u64;
     while let Some(chunk) = body.data().await {
         let chunk = chunk?;
         bytes += chunk.len() as u64;
         let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    if grpc {
+        let ok = match trailers_only {
+            Some(ok) => ok,
+            None => body.trailers().await?.as_ref().and_then(grpc_status) == Some(true),
+        };
+        if !ok {
+            status = 500;
+        }
     }
     Ok((status, bytes))
 }

@@ -33,7 +33,7 @@ struct Cli {
 enum Command {
     /// Run scenarios against every available system and report.
     Run {
-        /// Scenarios to run (default: all): h1-keepalive, h2-multiplexed, h1-fixed-rate,
+        /// Scenarios to run (default: all): h1-keepalive, h2-multiplexed, grpc-unary, h1-fixed-rate,
         /// h1-new-conn, h1-large-body, idle-conns, reload-under-load, reload-swap, scale.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
@@ -81,12 +81,15 @@ enum Command {
         /// HTTP/2 (h2c) with this many concurrent streams per connection.
         #[arg(long)]
         h2_streams: Option<usize>,
+        /// With --h2-streams: gRPC unary calls instead of GETs.
+        #[arg(long)]
+        grpc: bool,
         #[arg(long, default_value_t = 1)]
         threads: usize,
         #[arg(long, value_delimiter = ',')]
         cpus: Vec<usize>,
     },
-    /// A fixed-response HTTP/1.1 server to proxy to.
+    /// A fixed-response server to proxy to: HTTP/1.1, h2c and gRPC on one port.
     Upstream {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: std::net::SocketAddr,
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
             rate,
             new_connection,
             h2_streams,
+            grpc,
             threads,
             cpus,
         } => {
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
                 threads,
                 cpus,
                 h2_streams,
+                grpc,
             };
             let r = load::run(&spec);
             println!(

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::load::{self, LoadSpec};
 use crate::procstat;
-use crate::systems::{self, Env, Kind};
+use crate::systems::{self, Env, Kind, Protocol};
 
 pub struct RunOpts {
     pub scenarios: Vec<String>,
@@ -30,9 +30,10 @@ pub struct RunOpts {
     pub idle_connections: usize,
 }
 
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "h1-keepalive",
     "h2-multiplexed",
+    "grpc-unary",
     "h1-fixed-rate",
     "h1-new-conn",
     "h1-large-body",
@@ -42,7 +43,7 @@ pub const SCENARIOS: [&str; 9] = [
     "scale",
 ];
 
-/// Concurrent streams per connection in `h2-multiplexed`.
+/// Concurrent streams per connection in `h2-multiplexed` and `grpc-unary`.
 const H2_STREAMS: usize = 10;
 
 /// One measured run of one system at one scenario point.
@@ -204,7 +205,7 @@ fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
         }],
         "h1-new-conn" | "h1-large-body" => vec![one(if opts.quick { 10 } else { 50 })],
         "idle-conns" => vec![one(opts.idle_connections)],
-        "reload-under-load" | "reload-swap" | "h2-multiplexed" => vec![one(50)],
+        "reload-under-load" | "reload-swap" | "h2-multiplexed" | "grpc-unary" => vec![one(50)],
         "scale" => {
             let mut w = 1;
             let mut out = Vec::new();
@@ -243,13 +244,6 @@ fn systems_for(scenario: &str, opts: &RunOpts) -> Vec<Kind> {
             .filter(|k| matches!(k, Kind::Weft { driver: "io_uring" } | Kind::Nginx))
             .cloned()
             .collect(),
-        // The bench upstream speaks HTTP/1.1 only, so there is no direct h2 row.
-        "h2-multiplexed" => opts
-            .systems
-            .iter()
-            .filter(|k| **k != Kind::Direct)
-            .cloned()
-            .collect(),
         "idle-conns" => opts
             .systems
             .iter()
@@ -277,14 +271,13 @@ fn measure(
     } else {
         ups.small
     };
-    let running = systems::start(
-        kind,
-        env,
-        Some(upstream),
-        point.workers,
-        scenario == "h2-multiplexed",
-    )
-    .map_err(|e| e.to_string())?;
+    let protocol = match scenario {
+        "h2-multiplexed" => Protocol::H2,
+        "grpc-unary" => Protocol::Grpc,
+        _ => Protocol::H1,
+    };
+    let running = systems::start(kind, env, Some(upstream), point.workers, protocol)
+        .map_err(|e| e.to_string())?;
     let addr = SocketAddr::from(([127, 0, 0, 1], running.port));
     let pids = running.pids();
     let mut sample = Sample {
@@ -320,7 +313,8 @@ fn measure(
         path: "/".into(),
         threads: opts.load_cpus.len().max(1),
         cpus: opts.load_cpus.clone(),
-        h2_streams: (scenario == "h2-multiplexed").then_some(H2_STREAMS),
+        h2_streams: (protocol != Protocol::H1).then_some(H2_STREAMS),
+        grpc: protocol == Protocol::Grpc,
     };
     // Warm-up: pools filled, caches hot, before anything is counted.
     load::run(&LoadSpec {
@@ -590,6 +584,7 @@ fn swap_latency(
         threads: opts.load_cpus.len().max(1),
         cpus: opts.load_cpus.clone(),
         h2_streams: None,
+        grpc: false,
     };
     load::run(&LoadSpec {
         duration: Duration::from_millis(300),

@@ -60,6 +60,17 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
     found
 }
 
+/// What the load speaks to the proxy, and so what the proxy speaks upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 both sides.
+    H1,
+    /// h2c from the clients, HTTP/1.1 to the upstream.
+    H2,
+    /// gRPC: h2c both sides.
+    Grpc,
+}
+
 /// Where and how systems run.
 pub struct Env {
     pub weft_bin: PathBuf,
@@ -155,6 +166,7 @@ pub fn weft_config(
     driver: &str,
     workers: usize,
     variant: bool,
+    upstream_h2: bool,
 ) -> String {
     // Both variants route everything to the upstream; they differ in routes and weights
     // so a reload really swaps the table.
@@ -164,6 +176,7 @@ pub fn weft_config(
         (10, 90, "/v-b")
     };
     let preamble = weft_preamble(&format!("workers = {workers}\nio = \"{driver}\""), admin);
+    let protocol = if upstream_h2 { "http2" } else { "http1" };
     format!(
         r#"{preamble}
 [[listeners]]
@@ -176,23 +189,25 @@ routes = [
 
 [clusters.a]
 endpoints = ["{upstream}"]
+protocol = "{protocol}"
 pool = {{ max_idle = 4096 }}
 
 [clusters.b]
 endpoints = ["{upstream}"]
+protocol = "{protocol}"
 pool = {{ max_idle = 4096 }}
 "#
     )
 }
 
-/// Starts `kind`; with `speak_h2` the peers' listeners speak HTTP/2 with prior knowledge
-/// (weft detects it on any plain listener).
+/// Starts `kind`; for h2 and gRPC the peers' listeners speak HTTP/2 with prior knowledge
+/// (weft detects it on any plain listener), and for gRPC every proxy speaks h2c upstream.
 pub fn start(
     kind: &Kind,
     env: &Env,
     upstream: Option<SocketAddr>,
     workers: usize,
-    speak_h2: bool,
+    protocol: Protocol,
 ) -> io::Result<Running> {
     let Some(upstream) = upstream else {
         return Err(io::Error::other("no upstream"));
@@ -207,11 +222,18 @@ pub fn start(
     }
     let port = free_port();
     let cpus = cpu_list(&env.proxy_cpus);
-    let (nginx_h2, haproxy_h2) = if speak_h2 {
-        (" http2", " proto h2")
-    } else {
+    let (nginx_h2, haproxy_h2) = if protocol == Protocol::H1 {
         ("", "")
+    } else {
+        (" http2", " proto h2")
     };
+    let grpc = protocol == Protocol::Grpc;
+    let nginx_location = if grpc {
+        "grpc_pass grpc://up;"
+    } else {
+        "proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on;"
+    };
+    let haproxy_server_h2 = if grpc { " proto h2" } else { "" };
     let mut cmd = Command::new("taskset");
     cmd.arg("-c")
         .arg(&cpus)
@@ -227,7 +249,7 @@ pub fn start(
             let path = env.dir.join(format!("weft-{driver}.toml"));
             std::fs::write(
                 &path,
-                weft_config(port, admin_port, upstream, driver, workers, true),
+                weft_config(port, admin_port, upstream, driver, workers, true, grpc),
             )?;
             cmd.arg(&env.weft_bin)
                 .arg("ingress")
@@ -246,7 +268,7 @@ pub fn start(
                  http {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
                  upstream up {{ server {upstream}; keepalive 4096; keepalive_requests 1000000; }}\n\
                  server {{\n    listen 127.0.0.1:{port} reuseport{nginx_h2};\n    keepalive_requests 1000000;\n\
-                 location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }}\n  }}\n}}\n"
+                 location / {{ {nginx_location} }}\n  }}\n}}\n"
             );
             let path = dir.join("nginx.conf");
             std::fs::write(&path, conf)?;
@@ -264,7 +286,7 @@ pub fn start(
                 "global\n  nbthread {workers}\n  maxconn {maxconn}\n\
                  defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n\
                  frontend fe\n  bind 127.0.0.1:{port}{haproxy_h2}\n  default_backend be\n\
-                 backend be\n  server up {upstream}\n"
+                 backend be\n  server up {upstream}{haproxy_server_h2}\n"
             );
             let path = env.dir.join(format!("haproxy-{port}.cfg"));
             std::fs::write(&path, conf)?;

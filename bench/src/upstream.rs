@@ -1,13 +1,15 @@
-//! The bench's upstream: a minimal monoio HTTP/1.1 server answering every request with
-//! a fixed body, fast enough that it is never what a benchmark measures.
+//! The bench's upstream: a minimal monoio server answering every request with a fixed
+//! body, fast enough that it is never what a benchmark measures.
 //!
-//! Keep-alive and pipelining are honoured; request bodies (Content-Length only) are
-//! read and discarded. One thread per `--threads`, each with its own SO_REUSEPORT
-//! socket, optionally pinned.
+//! HTTP/1.1 with keep-alive and pipelining (request bodies, Content-Length only, are
+//! read and discarded), and h2c with prior knowledge on the same port (the preface
+//! decides). Over h2 a gRPC call (`content-type: application/grpc`) gets the body as
+//! one gRPC message and `grpc-status: 0` trailers. One thread per `--threads`, each
+//! with its own SO_REUSEPORT socket, optionally pinned.
 
 use std::net::SocketAddr;
 
-use bytes::BytesMut;
+use bytes::{BufMut, Bytes, BytesMut};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
@@ -27,9 +29,19 @@ pub fn run(opts: UpstreamOpts) -> std::io::Result<()> {
     .into_bytes();
     response.extend((0..opts.body_size).map(|i| b'a' + (i % 26) as u8));
     let response: &'static [u8] = Box::leak(response.into_boxed_slice());
+    let body = Bytes::from_static(&response[response.len() - opts.body_size..]);
+    let mut message = BytesMut::with_capacity(5 + opts.body_size);
+    message.put_u8(0);
+    message.put_u32(opts.body_size as u32);
+    message.extend_from_slice(&body);
+    let bodies = Bodies {
+        plain: body,
+        grpc: message.freeze(),
+    };
     let mut handles = Vec::new();
     for t in 0..opts.threads.max(1) {
         let socket = crate::net::bind_reuseport(opts.listen)?;
+        let bodies = bodies.clone();
         let cpu = opts.cpus.get(t % opts.cpus.len().max(1)).copied();
         handles.push(std::thread::spawn(move || {
             if let Some(cpu) = cpu {
@@ -43,7 +55,7 @@ pub fn run(opts: UpstreamOpts) -> std::io::Result<()> {
                 let listener = TcpListener::from_std(socket).expect("listener");
                 while let Ok((stream, _)) = listener.accept().await {
                     let _ = stream.set_nodelay(true);
-                    monoio::spawn(serve(stream, response));
+                    monoio::spawn(serve(stream, response, bodies.clone()));
                 }
             });
         }));
@@ -54,10 +66,20 @@ pub fn run(opts: UpstreamOpts) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn serve(mut stream: TcpStream, response: &'static [u8]) {
+/// The fixed body, plain and as one gRPC message.
+#[derive(Clone)]
+struct Bodies {
+    plain: Bytes,
+    grpc: Bytes,
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+async fn serve(mut stream: TcpStream, response: &'static [u8], bodies: Bodies) {
     let mut buf = BytesMut::with_capacity(8192);
     let mut out = Vec::with_capacity(response.len() * 4);
     let mut skip_body = 0usize;
+    let mut first = true;
     loop {
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
@@ -69,6 +91,15 @@ async fn serve(mut stream: TcpStream, response: &'static [u8]) {
         match res {
             Ok(n) if n > 0 => {}
             _ => return,
+        }
+        if first {
+            if buf.len() < PREFACE.len() && PREFACE.starts_with(&buf) {
+                continue;
+            }
+            first = false;
+            if buf.starts_with(PREFACE) {
+                return serve_h2(stream, buf.freeze(), bodies).await;
+            }
         }
         loop {
             if skip_body > 0 {
@@ -104,5 +135,96 @@ async fn serve(mut stream: TcpStream, response: &'static [u8]) {
                 return;
             }
         }
+    }
+}
+
+/// h2c: every stream answered with the fixed body; gRPC calls as one message plus
+/// `grpc-status: 0`.
+async fn serve_h2(stream: TcpStream, head: Bytes, bodies: Bodies) {
+    use monoio::io::IntoPollIo;
+    let Ok(io) = stream.into_poll_io() else {
+        return;
+    };
+    let io = Prefixed { head, inner: io };
+    let Ok(mut conn) = h2::server::handshake(io).await else {
+        return;
+    };
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        let bodies = bodies.clone();
+        monoio::spawn(async move {
+            let grpc = req
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            let mut body = req.into_body();
+            while let Some(Ok(d)) = body.data().await {
+                let _ = body.flow_control().release_capacity(d.len());
+            }
+            let mut head = http::Response::builder().status(200);
+            head = head.header(
+                "content-type",
+                if grpc {
+                    "application/grpc"
+                } else {
+                    "text/plain"
+                },
+            );
+            let Ok(head) = head.body(()) else { return };
+            let Ok(mut send) = respond.send_response(head, false) else {
+                return;
+            };
+            if grpc {
+                let _ = send.send_data(bodies.grpc, false);
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let _ = send.send_trailers(trailers);
+            } else {
+                let _ = send.send_data(bodies.plain, true);
+            }
+        });
+    }
+}
+
+/// Bytes read while looking for the preface, replayed before the socket.
+struct Prefixed<T> {
+    head: Bytes,
+    inner: T,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.head.is_empty() {
+            let n = self.head.len().min(buf.remaining());
+            let piece = self.head.split_to(n);
+            buf.put_slice(&piece);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -30,11 +30,16 @@ use crate::proto::h1::head::{BodyFraming, Version};
 use crate::transport::Conn;
 
 /// An HTTP/2 request stream as the sink of an HTTP/1.1 request body.
-struct StreamSink<'a>(&'a mut SendStream<Bytes>);
+struct StreamSink<'a> {
+    stream: &'a mut SendStream<Bytes>,
+    /// The last piece went out with END_STREAM.
+    ended: bool,
+}
 
 impl BodySink for StreamSink<'_> {
-    async fn put(&mut self, piece: Bytes, limit: Duration) -> Result<(), BodyError> {
-        match monoio::time::timeout(limit, send_all(self.0, piece)).await {
+    async fn put(&mut self, piece: Bytes, limit: Duration, last: bool) -> Result<(), BodyError> {
+        self.ended = last;
+        match monoio::time::timeout(limit, send_all(self.stream, piece, last)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(BodyError::SinkIo(std::io::Error::other(e))),
             Err(_) => Err(BodyError::SinkStalled),
@@ -118,9 +123,15 @@ pub async fn forward(
             dechunk: true,
             max_trailer_bytes: http.max_header_bytes,
         };
-        match copy_body(client, &mut StreamSink(&mut upstream_body), &spec).await {
+        let mut sink = StreamSink {
+            stream: &mut upstream_body,
+            ended: false,
+        };
+        match copy_body(client, &mut sink, &spec).await {
             Ok(_) => {
-                let _ = upstream_body.send_data(Bytes::new(), true);
+                if !sink.ended {
+                    let _ = upstream_body.send_data(Bytes::new(), true);
+                }
             }
             Err(BodyError::TooLarge) => {
                 return fail!(413, "request body larger than http.max_request_body_bytes")

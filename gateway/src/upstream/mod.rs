@@ -30,6 +30,19 @@ pub enum ConnectError {
     Handshake(String),
 }
 
+impl Clone for ConnectError {
+    fn clone(&self) -> Self {
+        match self {
+            ConnectError::NoEndpoints => ConnectError::NoEndpoints,
+            ConnectError::Refused(e) => {
+                ConnectError::Refused(io::Error::new(e.kind(), e.to_string()))
+            }
+            ConnectError::TimedOut => ConnectError::TimedOut,
+            ConnectError::Handshake(why) => ConnectError::Handshake(why.clone()),
+        }
+    }
+}
+
 /// A connection to an upstream, and whether it came from the pool.
 pub struct Upstream {
     pub conn: Conn,

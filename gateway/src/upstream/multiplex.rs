@@ -4,7 +4,10 @@
 //! A connection carries as many streams at once as the upstream's
 //! SETTINGS_MAX_CONCURRENT_STREAMS allows. A request takes a slot ([`H2Stream`], given
 //! back on drop) on the first live connection with one free, and opens another
-//! connection only when every connection to that endpoint is full. h2 spawns nothing:
+//! connection only when every connection to that endpoint is full. Requests that find
+//! no room while a connection to the endpoint is being opened wait for that one rather
+//! than each opening their own (a burst would otherwise open a connection per request,
+//! which is what multiplexing is meant to avoid). h2 spawns nothing:
 //! each connection's driver is a task on the worker, and when it ends (GOAWAY, reset,
 //! error) the connection is marked dead and leaves the list at the next checkout. The
 //! worker's sweep closes connections that carried no stream for the cluster's pool idle
@@ -23,6 +26,7 @@ use monoio::net::TcpStream;
 use weft_mesh::config::Http2Config;
 
 use super::ConnectError;
+use crate::runtime::wakers::LocalEvent;
 
 struct H2Conn {
     send: SendRequest<Bytes>,
@@ -56,9 +60,52 @@ impl Drop for H2Stream {
     }
 }
 
+/// A connection being opened, which requests arriving meanwhile wait for.
+#[derive(Default)]
+struct Opening {
+    done: LocalEvent,
+    outcome: RefCell<Option<Result<Rc<H2Conn>, ConnectError>>>,
+}
+
+/// Marks a connection attempt as under way; when dropped (done, or abandoned because
+/// the request that started it went away) it wakes the waiters, which then find the
+/// connection, the error, or nothing and try themselves.
+struct OpeningGuard<'a> {
+    owner: &'a Multiplexed,
+    endpoint: SocketAddr,
+    opening: Rc<Opening>,
+}
+
+impl<'a> OpeningGuard<'a> {
+    fn start(owner: &'a Multiplexed, endpoint: SocketAddr) -> OpeningGuard<'a> {
+        let opening = Rc::new(Opening::default());
+        owner.opening.borrow_mut().insert(endpoint, opening.clone());
+        OpeningGuard {
+            owner,
+            endpoint,
+            opening,
+        }
+    }
+}
+
+impl Drop for OpeningGuard<'_> {
+    fn drop(&mut self) {
+        let mut opening = self.owner.opening.borrow_mut();
+        if opening
+            .get(&self.endpoint)
+            .is_some_and(|o| Rc::ptr_eq(o, &self.opening))
+        {
+            opening.remove(&self.endpoint);
+        }
+        drop(opening);
+        self.opening.done.fire();
+    }
+}
+
 #[derive(Default)]
 pub struct Multiplexed {
     conns: RefCell<HashMap<SocketAddr, Vec<Rc<H2Conn>>>>,
+    opening: RefCell<HashMap<SocketAddr, Rc<Opening>>>,
 }
 
 impl Multiplexed {
@@ -73,18 +120,38 @@ impl Multiplexed {
         if let Some(conn) = self.with_room(endpoint) {
             return Ok(Self::slot(conn, endpoint));
         }
-        let conn = monoio::time::timeout(
+        let pending = self.opening.borrow().get(&endpoint).cloned();
+        if let Some(opening) = pending {
+            opening.done.wait().await;
+            if let Some(conn) = self.with_room(endpoint) {
+                return Ok(Self::slot(conn, endpoint));
+            }
+            if let Some(Err(e)) = opening.outcome.borrow().as_ref() {
+                return Err(e.clone());
+            }
+            // Full already: open another below.
+        }
+        let opening = OpeningGuard::start(self, endpoint);
+        let outcome = monoio::time::timeout(
             connect_timeout,
             Self::handshake(endpoint, idle_timeout, settings),
         )
         .await
-        .map_err(|_| ConnectError::TimedOut)??;
-        self.conns
-            .borrow_mut()
-            .entry(endpoint)
-            .or_default()
-            .push(conn.clone());
-        Ok(Self::slot(conn, endpoint))
+        .unwrap_or(Err(ConnectError::TimedOut));
+        let result = match &outcome {
+            Ok(conn) => {
+                self.conns
+                    .borrow_mut()
+                    .entry(endpoint)
+                    .or_default()
+                    .push(conn.clone());
+                // Taken before the waiters wake, so they count this stream.
+                Ok(Self::slot(conn.clone(), endpoint))
+            }
+            Err(e) => Err(e.clone()),
+        };
+        *opening.opening.outcome.borrow_mut() = Some(outcome);
+        result
     }
 
     fn with_room(&self, endpoint: SocketAddr) -> Option<Rc<H2Conn>> {

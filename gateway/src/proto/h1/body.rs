@@ -50,16 +50,18 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// Where a copied body goes: the next hop's socket, or an HTTP/2 stream.
 pub trait BodySink {
-    /// Takes one piece, or fails with `SinkStalled` if that takes longer than `limit`.
+    /// Takes one piece (`last` when it ends the body), or fails with `SinkStalled` if
+    /// that takes longer than `limit`.
     fn put(
         &mut self,
         piece: Bytes,
         limit: Duration,
+        last: bool,
     ) -> impl std::future::Future<Output = Result<(), BodyError>>;
 }
 
 impl BodySink for TcpStream {
-    async fn put(&mut self, piece: Bytes, limit: Duration) -> Result<(), BodyError> {
+    async fn put(&mut self, piece: Bytes, limit: Duration, _last: bool) -> Result<(), BodyError> {
         match monoio::time::timeout(limit, self.write_all(piece)).await {
             Ok((res, _)) => res.map(|_| ()).map_err(BodyError::SinkIo),
             Err(_) => Err(BodyError::SinkStalled),
@@ -129,7 +131,7 @@ pub async fn copy_body(
         let piece = out.unwrap_or(piece);
         if !piece.is_empty() {
             written += piece.len() as u64;
-            sink.put(piece, spec.write_timeout).await?;
+            sink.put(piece, spec.write_timeout, done).await?;
         }
         if done {
             return Ok(written);

@@ -456,16 +456,30 @@ async fn discard_request_body(x: &Exchange<'_>, body: &mut RecvStream) {
     }
 }
 
-/// Sends `data` as the stream's flow-control window opens.
+/// Sends `data` as the stream's flow-control window opens; with `end`, the last frame
+/// ends the stream. Ending on the last DATA frame rather than an empty one after it
+/// matters: h2 peers budget small non-final DATA frames (a flood defence), and a proxy
+/// that splits every small message into two frames spends that budget for nothing.
 pub(super) async fn send_all(
     send: &mut SendStream<Bytes>,
     mut data: Bytes,
+    end: bool,
 ) -> Result<(), h2::Error> {
+    if data.is_empty() {
+        return if end {
+            send.send_data(data, true)
+        } else {
+            Ok(())
+        };
+    }
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         match poll_fn(|cx| send.poll_capacity(cx)).await {
             Some(Ok(0)) => continue,
-            Some(Ok(n)) => send.send_data(data.split_to(n.min(data.len())), false)?,
+            Some(Ok(n)) => {
+                let piece = data.split_to(n.min(data.len()));
+                send.send_data(piece, end && data.is_empty())?
+            }
             Some(Err(e)) => return Err(e),
             None => return Err(h2::Error::from(Reason::CANCEL)),
         }

@@ -277,7 +277,9 @@ async fn relay_response_body(
             }
             _ => (up.conn.buf.split().freeze(), false),
         };
-        send_all(send, data).await.map_err(|_| Abort::ClientGone)?;
+        send_all(send, data, false)
+            .await
+            .map_err(|_| Abort::ClientGone)?;
         if done {
             break;
         }

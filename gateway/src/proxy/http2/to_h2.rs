@@ -205,11 +205,15 @@ async fn pump_request(
         if limit.is_some_and(|max| seen > max) {
             return Err(PumpEnd::TooLarge);
         }
-        send_all(&mut upstream, data)
+        let last = body.is_end_stream();
+        send_all(&mut upstream, data, last)
             .await
             .map_err(|_| PumpEnd::Upstream)?;
         // Only now may the client send more: the upstream took this piece.
         let _ = body.flow_control().release_capacity(n);
+        if last {
+            return Ok(());
+        }
     }
     match body.trailers().await {
         Ok(Some(trailers)) => upstream.send_trailers(trailers),
@@ -266,10 +270,14 @@ async fn relay_response(
         match next {
             Some(Ok(data)) => {
                 let n = data.len();
-                send_all(client, data)
+                let last = upstream.is_end_stream();
+                send_all(client, data, last)
                     .await
                     .map_err(|_| Abort::ClientGone)?;
                 let _ = upstream.flow_control().release_capacity(n);
+                if last {
+                    return Ok(status);
+                }
             }
             Some(Err(e)) => return Err(Abort::Reset(e.reason().unwrap_or(Reason::CANCEL))),
             None => break,
