@@ -55,6 +55,9 @@ struct Activity {
     /// sent GOAWAY, as an idle HTTP/1.1 keep-alive connection is closed.
     idle_since: Cell<Option<Instant>>,
     streams: Cell<u64>,
+    /// Streams the client reset before their exchange finished, and streams refused
+    /// because the client had more in flight than it may (only possible by resetting
+    /// streams whose work was still running).
     client_resets: Cell<u64>,
 }
 
@@ -115,6 +118,7 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, client: Conn, peer:
     };
     let idle_timeout = snapshot.http.idle_timeout.0;
     let max_resets = limits.max_reset_streams;
+    let max_streams = limits.max_concurrent_streams as usize;
     let keepalive = keepalive(
         conn.ping_pong(),
         limits.keepalive_interval.map(|d| d.0),
@@ -146,6 +150,13 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, client: Conn, peer:
             }
         };
         match accepted {
+            // h2 counts a reset stream as closed at once, while its exchange may still
+            // be at work: a client cannot get more work in flight than its stream limit.
+            Some(Ok((_, mut respond))) if activity.open.get() >= max_streams => {
+                respond.send_reset(Reason::REFUSED_STREAM);
+                activity.streams.set(activity.streams.get() + 1);
+                activity.client_resets.set(activity.client_resets.get() + 1);
+            }
             Some(Ok((req, respond))) => spawn_stream(req, respond),
             Some(Err(e)) => {
                 tracing::debug!("h2 connection error: {e}");
