@@ -49,15 +49,20 @@ pub struct TestUpstream {
 impl TestUpstream {
     /// An HTTP/1.1 upstream.
     pub fn start(name: &str) -> TestUpstream {
-        Self::start_speaking(name, false)
+        Self::start_speaking(name, false, None)
     }
 
     /// The same upstream speaking HTTP/2 with prior knowledge (h2c).
     pub fn start_h2(name: &str) -> TestUpstream {
-        Self::start_speaking(name, true)
+        Self::start_speaking(name, true, None)
     }
 
-    fn start_speaking(name: &str, h2: bool) -> TestUpstream {
+    /// An h2c upstream that allows at most `streams` concurrent streams per connection.
+    pub fn start_h2_limited(name: &str, streams: u32) -> TestUpstream {
+        Self::start_speaking(name, true, Some(streams))
+    }
+
+    fn start_speaking(name: &str, h2: bool, max_streams: Option<u32>) -> TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
@@ -83,6 +88,7 @@ impl TestUpstream {
                                 let service = hyper::service::service_fn(move |req| handle(name.clone(), req));
                                 if h2 {
                                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                        .max_concurrent_streams(max_streams)
                                         .serve_connection(TokioIo::new(stream), service)
                                         .await;
                                 } else {

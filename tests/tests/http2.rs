@@ -377,3 +377,98 @@ endpoints = ["{}"]
         "{text}"
     );
 }
+
+#[test]
+fn a_full_h2_upstream_connection_makes_weft_open_another() {
+    let app = TestUpstream::start_h2_limited("narrow", 2);
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = format!(
+        r#"
+[admin]
+address = "{admin}"
+
+[[listeners]]
+name = "l"
+address = "{listen}"
+routes = [ {{ match = {{ path_prefix = "/" }}, cluster = "narrow" }} ]
+
+[clusters.narrow]
+protocol = "http2"
+endpoints = ["{}"]
+"#,
+        app.addr
+    );
+    let _weft = Weft::start("ingress", &config, admin);
+    // Ten slow requests at once, over one h2 client connection.
+    let o = Command::new("h2load")
+        .args(["-n", "10", "-c", "1", "-m", "10"])
+        .arg(format!("http://{listen}/sleep/300"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("10 succeeded"), "{text}");
+    // The upstream allows two streams per connection: weft needed at least five.
+    let conns = app.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((5..=10).contains(&conns), "{conns} upstream connections");
+}
+
+#[test]
+fn keepalive_ping_unanswered_closes_the_connection() {
+    use std::io::{Read, Write};
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = format!(
+        r#"
+[admin]
+address = "{admin}"
+
+[http2]
+keepalive_interval = "200ms"
+keepalive_timeout = "300ms"
+max_concurrent_streams = 77
+
+[[listeners]]
+name = "l"
+address = "{listen}"
+routes = [ {{ match = {{ path = "/" }}, direct_response = {{ status = 200, body = "x" }} }} ]
+"#
+    );
+    let _weft = Weft::start("ingress", &config, admin);
+    let mut s = std::net::TcpStream::connect(listen).unwrap();
+    // Preface and an empty SETTINGS, and then silence: no ACKs, no PING answers.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    // Frames seen: weft's SETTINGS (advertising the configured stream limit), a PING.
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= seen.len() {
+        let len = u32::from_be_bytes([0, seen[at], seen[at + 1], seen[at + 2]]) as usize;
+        frames.push((
+            seen[at + 3],
+            seen[at + 9..(at + 9 + len).min(seen.len())].to_vec(),
+        ));
+        at += 9 + len;
+    }
+    let settings = &frames.iter().find(|f| f.0 == 0x4).expect("SETTINGS").1;
+    let max_streams = settings
+        .chunks(6)
+        .find(|c| c[..2] == [0, 3])
+        .map(|c| u32::from_be_bytes([c[2], c[3], c[4], c[5]]));
+    assert_eq!(max_streams, Some(77), "{frames:?}");
+    assert!(frames.iter().any(|f| f.0 == 0x6), "no PING: {frames:?}");
+}

@@ -28,6 +28,7 @@ use crate::proto::h1::body::{copy_body, BodyCopy, BodyError, BodySink};
 use crate::proto::h1::chunked::{encode_chunk, last_chunk};
 use crate::proto::h1::head::{BodyFraming, Version};
 use crate::transport::Conn;
+use crate::upstream::REFUSED_RETRIES;
 
 /// An HTTP/2 request stream as the sink of an HTTP/1.1 request body.
 struct StreamSink<'a> {
@@ -74,92 +75,100 @@ pub async fn forward(
     let Ok(method) = http::Method::from_bytes(head.method()) else {
         return fail!(400, "method not valid for an HTTP/2 upstream");
     };
-    let mut slot = match x.worker.upstreams.open_h2(x.snapshot, cluster_id).await {
-        Ok(s) => s,
-        Err(e) => {
-            let (status, why) = connect_failure(x, cluster_id, &e);
-            return fail!(status, why);
-        }
-    };
-    let outgoing = rewrite::h1_outgoing(facts);
-    let Some(request) = rewrite::h2_request(
-        &outgoing,
-        method,
-        rewrite::h1_headers(head),
-        fwd,
-        &route.request_headers,
-        &x.snapshot.http.forwarded,
-        &x.client_info(),
-        slot.endpoint,
-    ) else {
-        return fail!(400, "request target not valid for an HTTP/2 upstream");
-    };
     let has_body = head.framing != BodyFraming::None;
-    let opened = match std::future::poll_fn(|cx| slot.send.poll_ready(cx)).await {
-        Ok(()) => slot.send.send_request(request, !has_body),
-        Err(e) => Err(e),
-    };
-    let (response, mut upstream_body) = match opened {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::debug!(cluster = %cluster.name, "h2 upstream refused a stream: {e}");
-            return fail!(502, "upstream HTTP/2 connection failed");
-        }
-    };
-
-    // An upstream may answer before it has read the whole body (and reset the request
-    // side); the answer is still relayed, and the connection closed after it.
-    let mut body_unread = false;
-    if has_body {
-        if head.expect_continue && !x.send(client, &b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await {
-            return Next::Close;
-        }
-        let http = &x.snapshot.http;
-        let spec = BodyCopy {
-            framing: head.framing,
-            max_bytes: http.max_request_body_bytes,
-            read_timeout: http.idle_timeout.0,
-            write_timeout: cluster.read_timeout,
-            dechunk: true,
-            max_trailer_bytes: http.max_header_bytes,
+    let outgoing = rewrite::h1_outgoing(facts);
+    let mut retries = 0;
+    // A refused bodiless request is sent again (RFC 9113 §8.7: the upstream did no
+    // work on it); one whose body was already streamed cannot be.
+    let (resp, _slot, body_unread) = loop {
+        let mut slot = match x.worker.upstreams.open_h2(x.snapshot, cluster_id).await {
+            Ok(s) => s,
+            Err(e) => {
+                let (status, why) = connect_failure(x, cluster_id, &e);
+                return fail!(status, why);
+            }
         };
-        let mut sink = StreamSink {
-            stream: &mut upstream_body,
-            ended: false,
+        let Some(request) = rewrite::h2_request(
+            &outgoing,
+            method.clone(),
+            rewrite::h1_headers(head),
+            fwd,
+            &route.request_headers,
+            &x.snapshot.http.forwarded,
+            &x.client_info(),
+            slot.endpoint,
+        ) else {
+            return fail!(400, "request target not valid for an HTTP/2 upstream");
         };
-        match copy_body(client, &mut sink, &spec).await {
-            Ok(_) => {
-                if !sink.ended {
-                    let _ = upstream_body.send_data(Bytes::new(), true);
-                }
+        let opened = match std::future::poll_fn(|cx| slot.send.poll_ready(cx)).await {
+            Ok(()) => slot.send.send_request(request, !has_body),
+            Err(e) => Err(e),
+        };
+        let (response, mut upstream_body) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(cluster = %cluster.name, "h2 upstream connection failed: {e}");
+                return fail!(502, "upstream HTTP/2 connection failed");
             }
-            Err(BodyError::TooLarge) => {
-                return fail!(413, "request body larger than http.max_request_body_bytes")
+        };
+        // An upstream may answer before it has read the whole body (and reset the
+        // request side); the answer is still relayed, and the connection closed after.
+        let mut body_unread = false;
+        if has_body {
+            if head.expect_continue && !x.send(client, &b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await
+            {
+                return Next::Close;
             }
-            Err(BodyError::Malformed(_)) => return fail!(400, "malformed chunked request body"),
-            Err(BodyError::Stalled) => return fail!(408, "request body not received in time"),
-            Err(BodyError::SourceClosed | BodyError::SourceIo(_)) => return Next::Close,
-            Err(BodyError::SinkStalled) => {
-                return fail!(504, "upstream stopped reading the request body")
-            }
-            Err(BodyError::SinkIo(_)) => body_unread = true,
-        }
-    }
-
-    let timeout = route.timeout.unwrap_or(cluster.request_timeout);
-    let resp = match monoio::time::timeout(timeout, response).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::debug!(cluster = %cluster.name, "h2 upstream stream failed: {e}");
-            return if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
-                fail!(503, "upstream refused the stream")
-            } else {
-                fail!(502, "upstream reset the stream")
+            let http = &x.snapshot.http;
+            let spec = BodyCopy {
+                framing: head.framing,
+                max_bytes: http.max_request_body_bytes,
+                read_timeout: http.idle_timeout.0,
+                write_timeout: cluster.read_timeout,
+                dechunk: true,
+                max_trailer_bytes: http.max_header_bytes,
             };
+            let mut sink = StreamSink {
+                stream: &mut upstream_body,
+                ended: false,
+            };
+            match copy_body(client, &mut sink, &spec).await {
+                Ok(_) => {
+                    if !sink.ended {
+                        let _ = upstream_body.send_data(Bytes::new(), true);
+                    }
+                }
+                Err(BodyError::TooLarge) => {
+                    return fail!(413, "request body larger than http.max_request_body_bytes")
+                }
+                Err(BodyError::Malformed(_)) => {
+                    return fail!(400, "malformed chunked request body")
+                }
+                Err(BodyError::Stalled) => return fail!(408, "request body not received in time"),
+                Err(BodyError::SourceClosed | BodyError::SourceIo(_)) => return Next::Close,
+                Err(BodyError::SinkStalled) => {
+                    return fail!(504, "upstream stopped reading the request body")
+                }
+                Err(BodyError::SinkIo(_)) => body_unread = true,
+            }
         }
-        Err(_) => {
-            x.count_upstream(Family::UpstreamTimeouts, cluster_id, "response");
-            return fail!(504, "upstream response timeout");
+        let timeout = route.timeout.unwrap_or(cluster.request_timeout);
+        match monoio::time::timeout(timeout, response).await {
+            Ok(Ok(r)) => break (r, slot, body_unread),
+            Ok(Err(e)) => {
+                tracing::debug!(cluster = %cluster.name, "h2 upstream stream failed: {e}");
+                if e.reason() != Some(h2::Reason::REFUSED_STREAM) {
+                    return fail!(502, "upstream reset the stream");
+                }
+                if has_body || retries == REFUSED_RETRIES {
+                    return fail!(503, "upstream refused the stream");
+                }
+                retries += 1;
+            }
+            Err(_) => {
+                x.count_upstream(Family::UpstreamTimeouts, cluster_id, "response");
+                return fail!(504, "upstream response timeout");
+            }
         }
     };
     let (parts, mut upstream) = resp.into_parts();

@@ -16,7 +16,7 @@ use monoio::net::TcpStream;
 use weft_mesh::snapshot::{Cluster, ClusterId, Snapshot};
 
 pub use balancer::Balancer;
-pub use multiplex::{H2Stream, Multiplexed};
+pub use multiplex::{H2Stream, Multiplexed, REFUSED_RETRIES};
 pub use pool::Pool;
 
 use crate::transport::Conn;

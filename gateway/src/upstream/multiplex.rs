@@ -28,6 +28,12 @@ use weft_mesh::config::Http2Config;
 use super::ConnectError;
 use crate::runtime::wakers::LocalEvent;
 
+/// A refused bodiless request is sent again, this many times at most (RFC 9113 §8.7: a
+/// refused stream was not processed, so the request may be retried; one whose body was
+/// already streamed cannot be). Refusals happen when streams went out before the
+/// upstream's SETTINGS said how many it takes.
+pub const REFUSED_RETRIES: usize = 2;
+
 struct H2Conn {
     send: SendRequest<Bytes>,
     /// Streams this worker has open on the connection.

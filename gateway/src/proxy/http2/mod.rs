@@ -390,12 +390,32 @@ async fn forward(
     let cluster_id = target.cluster;
     let outcome = match check_declared_length(x, facts) {
         Err(e) => Err(e),
+        // Boxed: the exchange futures are kilobytes, and an unboxed one would make every
+        // stream task that large, copied on each spawn whatever the stream does.
         Ok(()) => match x.snapshot.clusters[cluster_id].protocol {
             UpstreamProtocol::Http1 => {
-                to_h1::exchange(x, facts, &mut body, &mut respond, route, fwd, cluster_id).await
+                Box::pin(to_h1::exchange(
+                    x,
+                    facts,
+                    &mut body,
+                    &mut respond,
+                    route,
+                    fwd,
+                    cluster_id,
+                ))
+                .await
             }
             UpstreamProtocol::Http2 => {
-                to_h2::relay(x, facts, &mut body, &mut respond, route, fwd, cluster_id).await
+                Box::pin(to_h2::relay(
+                    x,
+                    facts,
+                    &mut body,
+                    &mut respond,
+                    route,
+                    fwd,
+                    cluster_id,
+                ))
+                .await
             }
         },
     };

@@ -29,6 +29,7 @@ use crate::proxy::forward::connect_failure;
 use crate::proxy::grpc;
 use crate::proxy::rewrite::{self, Outgoing};
 use crate::proxy::Exchange;
+use crate::upstream::REFUSED_RETRIES;
 
 /// Why the request direction stopped.
 enum PumpEnd {
@@ -40,6 +41,9 @@ enum PumpEnd {
     TooLarge,
 }
 
+/// Why an upstream refused a stream (REFUSED_STREAM): it did no work on it.
+const REFUSED: &str = "upstream refused the stream";
+
 pub(super) async fn relay(
     x: &Exchange<'_>,
     facts: &H2Facts<'_>,
@@ -49,10 +53,62 @@ pub(super) async fn relay(
     fwd: &Forward,
     cluster_id: usize,
 ) -> Result<u16, Abort> {
-    let cluster = &x.snapshot.clusters[cluster_id];
     let call_deadline = facts
         .grpc_timeout
         .map(|t| Instant::now() + route.timeout.map_or(t, |r| r.min(t)));
+    let bodiless = body.is_end_stream();
+    let mut retries = 0;
+    loop {
+        // The client's response stream, once the head went out: what a deadline ends.
+        let mut sent: Option<SendStream<Bytes>> = None;
+        let outcome = attempt(
+            x,
+            facts,
+            body,
+            respond,
+            route,
+            fwd,
+            cluster_id,
+            call_deadline,
+            &mut sent,
+        )
+        .await;
+        match (outcome, sent.as_mut()) {
+            (Err(Abort::Respond(_, REFUSED)), None) if bodiless && retries < REFUSED_RETRIES => {
+                retries += 1;
+            }
+            // Too late for a Trailers-Only answer: end the call with status trailers.
+            (Err(Abort::Respond(status, why)), Some(stream)) => {
+                if status == 504 {
+                    x.count_upstream(Family::UpstreamTimeouts, cluster_id, "deadline");
+                }
+                return if facts.grpc {
+                    let code = grpc::Code::for_http(status);
+                    let _ = stream.send_trailers(grpc::error_trailers(code, why));
+                    Ok(200)
+                } else {
+                    Err(Abort::Reset(Reason::INTERNAL_ERROR))
+                };
+            }
+            (outcome, _) => return outcome,
+        }
+    }
+}
+
+/// One try: a stream on a shared connection, both directions, until the response ends.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    x: &Exchange<'_>,
+    facts: &H2Facts<'_>,
+    body: &mut RecvStream,
+    respond: &mut SendResponse<Bytes>,
+    route: &Route,
+    fwd: &Forward,
+    cluster_id: usize,
+    call_deadline: Option<Instant>,
+    sent: &mut Option<SendStream<Bytes>>,
+) -> Result<u16, Abort> {
+    let cluster = &x.snapshot.clusters[cluster_id];
     let mut slot = x
         .worker
         .upstreams
@@ -64,17 +120,15 @@ pub(super) async fn relay(
         })?;
     let request = upstream_request(x, facts, route, fwd, slot.endpoint)?;
     let end = body.is_end_stream();
-    let refused = |e: h2::Error| {
-        tracing::debug!(cluster = %cluster.name, "h2 upstream refused a stream: {e}");
+    let failed = |e: h2::Error| {
+        tracing::debug!(cluster = %cluster.name, "h2 upstream connection failed: {e}");
         Abort::Respond(502, "upstream HTTP/2 connection failed")
     };
     poll_fn(|cx| slot.send.poll_ready(cx))
         .await
-        .map_err(refused)?;
-    let (response, upstream_body) = slot.send.send_request(request, end).map_err(refused)?;
+        .map_err(failed)?;
+    let (response, upstream_body) = slot.send.send_request(request, end).map_err(failed)?;
 
-    // The client's response stream, once the head went out: what a deadline ends.
-    let mut sent: Option<SendStream<Bytes>> = None;
     let limit = x.snapshot.http.max_request_body_bytes;
     // A call deadline (never later than the route's timeout) covers the head as well.
     let head_timeout = call_deadline
@@ -82,42 +136,23 @@ pub(super) async fn relay(
         .then(|| response_timeout(facts, route, cluster));
     // gRPC streams may sit quiet for long; their deadline is the call's own.
     let stall = (!facts.grpc).then_some(cluster.read_timeout);
-    let outcome = {
-        let pump = pin!(pump_request(body, upstream_body, limit));
-        let answer = pin!(relay_response(
-            response,
-            respond,
-            &mut sent,
-            route,
-            head_timeout,
-            stall
-        ));
-        let both = both_directions(pump, answer, end);
-        match call_deadline {
-            None => both.await,
-            Some(at) => {
-                match monoio::time::timeout_at(monoio::time::Instant::from_std(at), both).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Abort::Respond(504, "gRPC deadline exceeded")),
-                }
-            }
-        }
-    };
-    match (outcome, sent.as_mut()) {
-        // Too late for a Trailers-Only answer: end the call with status trailers.
-        (Err(Abort::Respond(status, why)), Some(stream)) => {
-            if status == 504 {
-                x.count_upstream(Family::UpstreamTimeouts, cluster_id, "deadline");
-            }
-            if facts.grpc {
-                let _ =
-                    stream.send_trailers(grpc::error_trailers(grpc::Code::for_http(status), why));
-                Ok(200)
-            } else {
-                Err(Abort::Reset(Reason::INTERNAL_ERROR))
-            }
-        }
-        (outcome, _) => outcome,
+    let pump = pin!(pump_request(body, upstream_body, limit));
+    let answer = pin!(relay_response(
+        response,
+        respond,
+        sent,
+        route,
+        head_timeout,
+        stall
+    ));
+    let both = both_directions(pump, answer, end);
+    match call_deadline {
+        None => both.await,
+        Some(at) => match monoio::time::timeout_at(monoio::time::Instant::from_std(at), both).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(Abort::Respond(504, "gRPC deadline exceeded")),
+        },
     }
 }
 
@@ -303,7 +338,7 @@ async fn sleep_or_never(limit: Option<Duration>) {
 fn upstream_reset(e: h2::Error) -> Abort {
     tracing::debug!("h2 upstream stream failed: {e}");
     match e.reason() {
-        Some(Reason::REFUSED_STREAM) => Abort::Respond(503, "upstream refused the stream"),
+        Some(Reason::REFUSED_STREAM) => Abort::Respond(503, REFUSED),
         _ => Abort::Respond(502, "upstream reset the stream"),
     }
 }
