@@ -186,7 +186,7 @@ impl Multiplexed {
             .map_err(ConnectError::Refused)?;
         let _ = stream.set_nodelay(true);
         let io = stream.into_poll_io().map_err(ConnectError::Refused)?;
-        let (send, connection) = h2::client::Builder::new()
+        let (send, mut connection) = h2::client::Builder::new()
             .enable_push(false)
             .initial_window_size(settings.initial_stream_window)
             .initial_connection_window_size(settings.initial_connection_window)
@@ -195,6 +195,7 @@ impl Multiplexed {
             .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+        let pings = connection.ping_pong();
         let dead = Rc::new(Cell::new(false));
         let flag = dead.clone();
         monoio::spawn(async move {
@@ -203,6 +204,17 @@ impl Multiplexed {
             }
             flag.set(true);
         });
+        // Until the upstream's SETTINGS arrive its stream limit is unknown, and streams
+        // sent meanwhile may be refused. A peer's SETTINGS come first on the wire, so
+        // once a PING round trip is done they have been applied.
+        if let Some(mut pings) = pings {
+            pings
+                .send_ping(h2::Ping::opaque())
+                .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+            std::future::poll_fn(|cx| pings.poll_pong(cx))
+                .await
+                .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+        }
         Ok(Rc::new(H2Conn {
             send,
             active: Cell::new(0),
