@@ -1,4 +1,8 @@
-//! A TCP stream with its read buffer, for monoio's owned-buffer I/O.
+//! A client or upstream stream with its read buffer, for monoio's owned-buffer I/O.
+//!
+//! Client streams are plain TCP or TLS (rustls driven through monoio's poll-io and
+//! adapted back to owned-buffer I/O by [`PollStream`]); [`ClientStream`] says what the
+//! request path may do with each.
 //!
 //! monoio's `read(buf)` writes from index 0 and would overwrite what the buffer holds,
 //! so every read here goes into the spare capacity (`slice_mut(len..cap)`) and appends.
@@ -9,13 +13,169 @@
 //! short while (the fast path of busy keep-alive clients), then gives the buffer back,
 //! and the caller waits for readiness alone (see `proxy::serve`).
 
+use std::future::{poll_fn, Future};
 use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use monoio::buf::{IoBufMut, SliceMut};
-use monoio::io::{AsyncReadRent, CancelableAsyncReadRent, Canceller};
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut, RawBuf, SliceMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
+use monoio::BufResult;
+
+/// What the request path needs from a client stream beyond reading and writing.
+pub trait ClientStream: AsyncReadRent + AsyncWriteRent {
+    /// Plain TCP: an idle connection gives its read buffer back and waits for
+    /// readiness alone. Otherwise a read stays in flight while idle.
+    const BUFFERLESS_IDLE: bool;
+    /// The connection may start with the HTTP/2 preface (h2c with prior knowledge).
+    const PRIOR_KNOWLEDGE_H2: bool;
+    /// "http" or "https", for the forwarding headers.
+    const SCHEME: &'static str;
+
+    /// Reads into `buf` unless `hold` completes first. `Ok(None)`: nothing came; the
+    /// buffer is handed back when the read could be cancelled (`None` buffer when not).
+    fn read_or_hold<B: IoBufMut>(
+        &mut self,
+        buf: B,
+        hold: impl Future<Output = ()>,
+    ) -> impl Future<Output = (io::Result<Option<usize>>, Option<B>)>;
+
+    /// Waits until bytes (or EOF) are ready; only called when `BUFFERLESS_IDLE`.
+    fn readable(&mut self) -> impl Future<Output = bool>;
+}
+
+impl ClientStream for TcpStream {
+    const BUFFERLESS_IDLE: bool = true;
+    const PRIOR_KNOWLEDGE_H2: bool = true;
+    const SCHEME: &'static str = "http";
+
+    async fn read_or_hold<B: IoBufMut>(
+        &mut self,
+        buf: B,
+        hold: impl Future<Output = ()>,
+    ) -> (io::Result<Option<usize>>, Option<B>) {
+        let canceller = Canceller::new();
+        let (res, buf) = {
+            let mut read = std::pin::pin!(self.cancelable_read(buf, canceller.handle()));
+            monoio::select! {
+                r = &mut read => r,
+                _ = hold => {
+                    let _ = canceller.cancel();
+                    read.await
+                }
+            }
+        };
+        match res {
+            Ok(n) => (Ok(Some(n)), Some(buf)),
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => (Ok(None), Some(buf)),
+            Err(e) => (Err(e), Some(buf)),
+        }
+    }
+
+    async fn readable(&mut self) -> bool {
+        TcpStream::readable(self, false).await.is_ok()
+    }
+}
+
+/// A poll-based stream (rustls over monoio's poll-io) behind monoio's owned-buffer
+/// traits. Poll reads move data only when they complete, so dropping one loses nothing.
+pub struct PollStream<T>(pub T);
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> ClientStream for PollStream<T> {
+    const BUFFERLESS_IDLE: bool = false;
+    const PRIOR_KNOWLEDGE_H2: bool = false;
+    const SCHEME: &'static str = "https";
+
+    async fn read_or_hold<B: IoBufMut>(
+        &mut self,
+        buf: B,
+        hold: impl Future<Output = ()>,
+    ) -> (io::Result<Option<usize>>, Option<B>) {
+        monoio::select! {
+            r = self.read(buf) => match r {
+                (Ok(n), buf) => (Ok(Some(n)), Some(buf)),
+                (Err(e), buf) => (Err(e), Some(buf)),
+            },
+            _ = hold => (Ok(None), None),
+        }
+    }
+
+    async fn readable(&mut self) -> bool {
+        false
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> AsyncReadRent for PollStream<T> {
+    async fn read<B: IoBufMut>(&mut self, mut buf: B) -> BufResult<usize, B> {
+        let total = buf.bytes_total();
+        // SAFETY: `write_ptr` is valid for `bytes_total` bytes, which ReadBuf treats as
+        // uninitialized; only the `n` bytes it filled are then marked initialized.
+        let spare = unsafe {
+            std::slice::from_raw_parts_mut(buf.write_ptr().cast::<MaybeUninit<u8>>(), total)
+        };
+        let mut read_buf = tokio::io::ReadBuf::uninit(spare);
+        let res = poll_fn(|cx| Pin::new(&mut self.0).poll_read(cx, &mut read_buf)).await;
+        let n = read_buf.filled().len();
+        match res {
+            Ok(()) => {
+                // SAFETY: ReadBuf filled exactly `n` bytes from the start.
+                unsafe { buf.set_init(n) };
+                (Ok(n), buf)
+            }
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    async fn readv<B: IoVecBufMut>(&mut self, mut buf: B) -> BufResult<usize, B> {
+        // SAFETY: the first iovec, as a plain buffer, lives as long as `buf`.
+        let n = match unsafe { RawBuf::new_from_iovec_mut(&mut buf) } {
+            Some(raw) => self.read(raw).await.0,
+            None => Ok(0),
+        };
+        if let Ok(n) = n {
+            // SAFETY: `n` bytes of the first iovec were written.
+            unsafe { buf.set_init(n) };
+        }
+        (n, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> AsyncWriteRent for PollStream<T> {
+    async fn write<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        // SAFETY: `read_ptr` is valid for `bytes_init` bytes while we hold `buf`.
+        let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        let res = poll_fn(|cx| Pin::new(&mut self.0).poll_write(cx, data)).await;
+        // TLS keeps records it could not write yet; push them out now, as a socket write
+        // would have.
+        let res = match res {
+            Ok(n) => poll_fn(|cx| Pin::new(&mut self.0).poll_flush(cx))
+                .await
+                .map(|()| n),
+            Err(e) => Err(e),
+        };
+        (res, buf)
+    }
+
+    async fn writev<B: IoVecBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        // SAFETY: the first iovec, as a plain buffer, lives as long as `buf`.
+        let res = match unsafe { RawBuf::new_from_iovec(&buf) } {
+            Some(raw) => self.write(raw).await.0,
+            None => Ok(0),
+        };
+        (res, buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        poll_fn(|cx| Pin::new(&mut self.0).poll_flush(cx)).await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        poll_fn(|cx| Pin::new(&mut self.0).poll_shutdown(cx)).await
+    }
+}
 
 #[derive(Debug)]
 pub enum ReadError {
@@ -23,16 +183,16 @@ pub enum ReadError {
     Io(io::Error),
 }
 
-pub struct Conn {
-    pub stream: TcpStream,
+pub struct Conn<S = TcpStream> {
+    pub stream: S,
     pub buf: BytesMut,
 }
 
 /// Buffers released while idle are this size when taken back.
 const INITIAL_READ: usize = 4096;
 
-impl Conn {
-    pub fn new(stream: TcpStream) -> Conn {
+impl<S: AsyncReadRent> Conn<S> {
+    pub fn new(stream: S) -> Conn<S> {
         Conn {
             stream,
             buf: BytesMut::new(),
@@ -73,23 +233,16 @@ impl Conn {
     pub async fn fill_within(
         &mut self,
         hold: impl std::future::Future<Output = ()>,
-    ) -> Result<Option<usize>, ReadError> {
-        let canceller = Canceller::new();
+    ) -> Result<Option<usize>, ReadError>
+    where
+        S: ClientStream,
+    {
         let slice = self.spare(INITIAL_READ);
-        let (res, slice) = {
-            let mut read = std::pin::pin!(self.stream.cancelable_read(slice, canceller.handle()));
-            monoio::select! {
-                r = &mut read => r,
-                _ = hold => {
-                    let _ = canceller.cancel();
-                    read.await
-                }
-            }
-        };
-        self.buf = slice.into_inner();
+        let (res, slice) = self.stream.read_or_hold(slice, hold).await;
+        self.buf = slice.map(SliceMut::into_inner).unwrap_or_default();
         match res {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+            Ok(Some(n)) => Ok(Some(n)),
+            Ok(None) => {
                 self.release_buffer();
                 Ok(None)
             }

@@ -60,6 +60,12 @@ impl Weft {
         Self::start_under(&[], role, config, admin, extra)
     }
 
+    /// Like `start`, with the config file written into `dir` (where relative paths
+    /// in it, such as certificates, resolve).
+    pub fn start_in(dir: &Path, role: &str, config: &str, admin: SocketAddr) -> Weft {
+        Self::start_at(Some(dir), &[], role, config, admin, &["--workers", "2"])
+    }
+
     /// Like `start_with`, run under a wrapper command such as `["taskset", "-c", "1"]`.
     pub fn start_under(
         wrapper: &[&str],
@@ -68,8 +74,19 @@ impl Weft {
         admin: SocketAddr,
         extra: &[&str],
     ) -> Weft {
+        Self::start_at(None, wrapper, role, config, admin, extra)
+    }
+
+    fn start_at(
+        config_dir: Option<&Path>,
+        wrapper: &[&str],
+        role: &str,
+        config: &str,
+        admin: SocketAddr,
+        extra: &[&str],
+    ) -> Weft {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("weft.toml");
+        let config_path = config_dir.unwrap_or(dir.path()).join("weft.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log_path = dir.path().join("weft.log");
         let log = std::fs::File::create(&log_path).expect("log file");

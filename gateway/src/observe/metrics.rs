@@ -54,6 +54,8 @@ pub enum Family {
     AcceptedConnections,
     /// Requests refused before routing (bad request, too large, ...), by listener and status.
     RejectedRequests,
+    /// TLS handshakes that failed, by listener and reason.
+    TlsHandshakeFailures,
 }
 
 impl Family {
@@ -65,6 +67,7 @@ impl Family {
             Family::OpenConnections => "weft_open_connections",
             Family::AcceptedConnections => "weft_accepted_connections_total",
             Family::RejectedRequests => "weft_rejected_requests_total",
+            Family::TlsHandshakeFailures => "weft_tls_handshake_failures_total",
         }
     }
     fn help(self) -> &'static str {
@@ -77,6 +80,7 @@ impl Family {
             Family::OpenConnections => "Client connections open now, by listener.",
             Family::AcceptedConnections => "Client connections accepted, by listener.",
             Family::RejectedRequests => "Requests refused before routing, by listener and status.",
+            Family::TlsHandshakeFailures => "TLS handshakes that failed, by listener and reason.",
         }
     }
     fn kind(self) -> &'static str {
@@ -85,13 +89,14 @@ impl Family {
             _ => "counter",
         }
     }
-    const ALL: [Family; 6] = [
+    const ALL: [Family; 7] = [
         Family::Requests,
         Family::UpstreamConnectErrors,
         Family::UpstreamTimeouts,
         Family::OpenConnections,
         Family::AcceptedConnections,
         Family::RejectedRequests,
+        Family::TlsHandshakeFailures,
     ];
 }
 

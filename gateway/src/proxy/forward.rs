@@ -22,7 +22,7 @@ use super::{forward_h2, Exchange, Next};
 use crate::observe::metrics::Family;
 use crate::proto::h1::body::{copy_body, BodyCopy, BodyError};
 use crate::proto::h1::head::{parse_response, BodyFraming, RequestHead, ResponseHead, Version};
-use crate::transport::{Conn, ReadError};
+use crate::transport::{ClientStream, Conn, ReadError};
 use crate::upstream::{ConnectError, Upstream};
 
 /// Largest response head accepted from an upstream.
@@ -40,9 +40,9 @@ enum Failure {
     ClientGone,
 }
 
-pub async fn forward(
+pub async fn forward<S: ClientStream>(
     x: &Exchange<'_>,
-    client: &mut Conn,
+    client: &mut Conn<S>,
     facts: &Facts<'_>,
     route: &std::sync::Arc<Route>,
     fwd: &Forward,
@@ -230,9 +230,9 @@ fn idempotent(method: &[u8]) -> bool {
 
 /// Sends the request (head, then body) and reads the final response head.
 #[allow(clippy::too_many_arguments)]
-async fn attempt(
+async fn attempt<S: ClientStream>(
     x: &Exchange<'_>,
-    client: &mut Conn,
+    client: &mut Conn<S>,
     up: &mut Upstream,
     request: &Bytes,
     head: &RequestHead,

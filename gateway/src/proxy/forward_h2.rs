@@ -27,7 +27,7 @@ use crate::observe::metrics::Family;
 use crate::proto::h1::body::{copy_body, BodyCopy, BodyError, BodySink};
 use crate::proto::h1::chunked::{encode_chunk, last_chunk};
 use crate::proto::h1::head::{BodyFraming, Version};
-use crate::transport::Conn;
+use crate::transport::{ClientStream, Conn};
 use crate::upstream::REFUSED_RETRIES;
 
 /// An HTTP/2 request stream as the sink of an HTTP/1.1 request body.
@@ -48,9 +48,9 @@ impl BodySink for StreamSink<'_> {
     }
 }
 
-pub async fn forward(
+pub async fn forward<S: ClientStream>(
     x: &Exchange<'_>,
-    client: &mut Conn,
+    client: &mut Conn<S>,
     facts: &Facts<'_>,
     route: &std::sync::Arc<Route>,
     fwd: &Forward,
@@ -217,9 +217,9 @@ pub async fn forward(
 }
 
 /// Upstream DATA (and trailers) to the client, chunk-framed when `chunked`.
-async fn relay_body(
+async fn relay_body<S: ClientStream>(
     x: &Exchange<'_>,
-    client: &mut Conn,
+    client: &mut Conn<S>,
     upstream: &mut h2::RecvStream,
     chunked: bool,
     stall: Duration,

@@ -17,6 +17,7 @@ mod grpc;
 mod http2;
 mod local;
 mod rewrite;
+mod tls;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -36,7 +37,7 @@ use weft_mesh::snapshot::{
 use crate::observe::metrics::Family;
 use crate::proto::h1::head::{parse_request, BodyFraming, Head, HeadError, RequestHead};
 use crate::runtime::worker::{BoundListener, Worker};
-use crate::transport::{Conn, ReadError};
+use crate::transport::{ClientStream, Conn, PollStream, ReadError};
 use facts::Facts;
 
 /// How long a keep-alive connection keeps its read buffer while waiting for the next
@@ -55,7 +56,60 @@ pub enum Next {
     Http2,
 }
 
-pub async fn serve(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer: SocketAddr) {
+/// Serves a new client connection on `bound`: TLS first where the listener terminates
+/// it, then HTTP/1.1 or HTTP/2.
+pub async fn accept(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer: SocketAddr) {
+    let snapshot = worker.snapshot();
+    let tls = snapshot
+        .listeners
+        .iter()
+        .find(|l| *l.name == *bound.name)
+        .and_then(|l| l.tls.as_ref())
+        .map(|t| (t.server.clone(), t.handshake_timeout));
+    drop(snapshot);
+    match tls {
+        Some((config, timeout)) => tls::serve(worker, bound, stream, peer, config, timeout).await,
+        None => serve(worker, bound, stream, peer).await,
+    }
+}
+
+/// Serves a plain TCP client: HTTP/1.1, or h2c when it opens with the preface.
+async fn serve(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer: SocketAddr) {
+    match serve_conn(&worker, &bound, Conn::new(stream), peer).await {
+        Handoff::Closed => {}
+        Handoff::Http2(client) => {
+            Box::pin(http2::serve(worker.clone(), bound.clone(), client, peer)).await
+        }
+        Handoff::Tunnel(client, upstream) => Box::pin(tunnel::relay(client, upstream)).await,
+    }
+}
+
+/// Serves an HTTP/1.1 client over TLS (ALPN chose http/1.1, or nothing).
+pub async fn serve_tls<T>(worker: Rc<Worker>, bound: BoundListener, stream: T, peer: SocketAddr)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match serve_conn(&worker, &bound, Conn::new(PollStream(stream)), peer).await {
+        Handoff::Closed | Handoff::Http2(_) => {}
+        Handoff::Tunnel(client, upstream) => Box::pin(tunnel::relay_poll(client, upstream)).await,
+    }
+}
+
+/// Where a connection goes when its HTTP/1.1 exchanges are over.
+enum Handoff<S> {
+    Closed,
+    /// The client opened with the HTTP/2 preface.
+    Http2(Conn<S>),
+    /// The upstream switched protocols: relay bytes both ways.
+    Tunnel(Conn<S>, Conn),
+}
+
+async fn serve_conn<S: ClientStream>(
+    worker: &Rc<Worker>,
+    bound: &BoundListener,
+    mut client: Conn<S>,
+    peer: SocketAddr,
+) -> Handoff<S> {
     let key = [bound.slot as u64, 0, 0, 0];
     let listener_label = || vec![("listener", bound.name.to_string())];
     worker
@@ -67,41 +121,36 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, 
     open.add(1);
     worker.connection_opened();
 
-    let mut client = Conn::new(stream);
     let mut first = true;
-    loop {
+    let handoff = loop {
         // Everything a request needs lives in this box for the length of one turn, so
         // a connection that sits idle costs only this small outer loop.
-        let turn = Box::pin(turn(&worker, &bound, &mut client, peer, first)).await;
+        let turn = Box::pin(turn(worker, bound, &mut client, peer, first)).await;
         match turn {
-            Turn::Idle { left } => {
+            Turn::Idle { left } if S::BUFFERLESS_IDLE => {
                 let deadline = worker.idle_timers.deadline(Instant::now() + left);
                 let readable = monoio::select! {
-                    r = client.stream.readable(false) => r.is_ok(),
+                    r = client.stream.readable() => r,
                     _ = deadline => false,
                     // Draining, or a reload that removed the listener, closes idle
                     // keep-alive connections at once.
                     _ = bound.closed.wait() => false,
                 };
                 if !readable {
-                    break;
+                    break Handoff::Closed;
                 }
                 // Bytes (or EOF) are waiting: the next turn reads them at once.
             }
             Turn::Done(Next::KeepAlive) if !bound.closed.fired() => first = false,
-            Turn::Done(Next::Http2) => {
-                Box::pin(http2::serve(worker.clone(), bound.clone(), client, peer)).await;
-                break;
-            }
-            Turn::Done(Next::Tunnel(upstream)) => {
-                Box::pin(tunnel::relay(client, upstream)).await;
-                break;
-            }
-            Turn::Done(_) => break,
+            Turn::Done(Next::Http2) => break Handoff::Http2(client),
+            Turn::Done(Next::Tunnel(upstream)) => break Handoff::Tunnel(client, upstream),
+            Turn::Idle { .. } | Turn::Done(_) => break Handoff::Closed,
         }
-    }
+    };
+    // The open-connections gauge counts HTTP/1.1 connections; h2 and tunnels end here.
     open.sub(1);
     worker.connection_closed();
+    handoff
 }
 
 enum Turn {
@@ -114,10 +163,10 @@ enum Turn {
 }
 
 /// One turn of a connection: wait briefly for a request, read its head, answer it.
-async fn turn(
+async fn turn<S: ClientStream>(
     worker: &Worker,
     bound: &BoundListener,
-    client: &mut Conn,
+    client: &mut Conn<S>,
     peer: SocketAddr,
     first: bool,
 ) -> Turn {
@@ -132,20 +181,24 @@ async fn turn(
         };
         // A coarse deadline: the hold needs no precision, and a monoio timer per
         // request costs more than a slot in the worker's slab.
-        let hold = worker
-            .idle_timers
-            .deadline(Instant::now() + BUFFER_HOLD.min(wait));
+        // Streams that cannot wait bufferless hold the read for the whole wait.
+        let hold_for = if S::BUFFERLESS_IDLE {
+            BUFFER_HOLD.min(wait)
+        } else {
+            wait
+        };
+        let hold = worker.idle_timers.deadline(Instant::now() + hold_for);
         match client.fill_within(hold).await {
             Ok(Some(0)) | Err(_) => return Turn::Done(Next::Close),
             Ok(Some(_)) => {}
             Ok(None) => {
                 return Turn::Idle {
-                    left: wait.saturating_sub(BUFFER_HOLD),
+                    left: wait.saturating_sub(hold_for),
                 }
             }
         }
     }
-    if first && is_h2_preface(client, http).await {
+    if S::PRIOR_KNOWLEDGE_H2 && first && is_h2_preface(client, http).await {
         return Turn::Done(Next::Http2);
     }
     let head = match read_head(client, http).await {
@@ -172,6 +225,7 @@ async fn turn(
         snapshot: &snapshot,
         bound,
         peer,
+        scheme: S::SCHEME,
     };
     Turn::Done(exchange.run(client, head).await)
 }
@@ -184,7 +238,7 @@ enum HeadRead {
 
 /// Whether a new connection opened with the HTTP/2 preface (reading more while what
 /// arrived so far could still be one).
-async fn is_h2_preface(client: &mut Conn, http: &HttpConfig) -> bool {
+async fn is_h2_preface<S: ClientStream>(client: &mut Conn<S>, http: &HttpConfig) -> bool {
     while client.buf.len() < http2::PREFACE.len() && http2::PREFACE.starts_with(&client.buf) {
         match client
             .fill_with_timeout(HEAD_READ, http.header_read_timeout.0)
@@ -198,7 +252,7 @@ async fn is_h2_preface(client: &mut Conn, http: &HttpConfig) -> bool {
 }
 
 /// Completes the head whose first bytes are in the buffer.
-async fn read_head(client: &mut Conn, http: &HttpConfig) -> HeadRead {
+async fn read_head<S: ClientStream>(client: &mut Conn<S>, http: &HttpConfig) -> HeadRead {
     // The clock is read only when a head arrives in pieces.
     let mut deadline = None;
     loop {
@@ -225,9 +279,9 @@ async fn read_head(client: &mut Conn, http: &HttpConfig) -> HeadRead {
 /// Writes to the client, giving up (false) when it takes nothing for `limit`: a client
 /// that stops reading must not pin a task forever. The deadline is a coarse slot in the
 /// worker's slab, not a timer, because every response goes through here.
-async fn send_within<B: IoBuf>(
+async fn send_within<B: IoBuf, S: ClientStream>(
     worker: &Worker,
-    stream: &mut TcpStream,
+    stream: &mut S,
     buf: B,
     limit: Duration,
 ) -> bool {
@@ -262,6 +316,8 @@ pub struct Exchange<'a> {
     pub snapshot: &'a Snapshot,
     pub bound: &'a BoundListener,
     pub peer: SocketAddr,
+    /// "https" on TLS connections.
+    pub scheme: &'static str,
 }
 
 impl Exchange<'_> {
@@ -281,7 +337,7 @@ impl Exchange<'_> {
             .map(|l| &l.routes)
     }
 
-    async fn run(self, client: &mut Conn, head: RequestHead) -> Next {
+    async fn run<S: ClientStream>(self, client: &mut Conn<S>, head: RequestHead) -> Next {
         let facts = Facts::new(&head);
         let head_only = head.method() == b"HEAD";
         let keep_alive = head.wants_keep_alive() && !self.closing();
@@ -350,7 +406,7 @@ impl Exchange<'_> {
     fn client_info(&self) -> rewrite::ClientInfo {
         rewrite::ClientInfo {
             peer: self.peer,
-            scheme: "http",
+            scheme: self.scheme,
         }
     }
 
@@ -360,7 +416,12 @@ impl Exchange<'_> {
         self.bound.closed.fired()
     }
 
-    async fn answer(&self, client: &mut Conn, out: BytesMut, close: bool) -> Next {
+    async fn answer<S: ClientStream>(
+        &self,
+        client: &mut Conn<S>,
+        out: BytesMut,
+        close: bool,
+    ) -> Next {
         if self.send(client, out).await && !close {
             Next::KeepAlive
         } else {
@@ -370,9 +431,9 @@ impl Exchange<'_> {
 
     /// Answers a forwarding failure with a weft-made error and closes: the request body
     /// may be partly unread, so the connection cannot carry another request.
-    async fn fail(
+    async fn fail<S: ClientStream>(
         &self,
-        client: &mut Conn,
+        client: &mut Conn<S>,
         route: &Arc<Route>,
         cluster: ClusterId,
         status: u16,
@@ -386,7 +447,7 @@ impl Exchange<'_> {
     }
 
     /// Writes to the client within the idle timeout; false if it failed or stalled.
-    async fn send<B: IoBuf>(&self, client: &mut Conn, buf: B) -> bool {
+    async fn send<B: IoBuf, S: ClientStream>(&self, client: &mut Conn<S>, buf: B) -> bool {
         send_within(
             self.worker,
             &mut client.stream,

@@ -6,7 +6,9 @@
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
-use crate::transport::Conn;
+use monoio::io::IntoPollIo;
+
+use crate::transport::{Conn, PollStream};
 
 const RELAY_BUF: usize = 16 * 1024;
 
@@ -48,4 +50,30 @@ async fn pump(mut from: impl AsyncReadRent, mut to: impl AsyncWriteRent) {
         buf.clear();
     }
     let _ = to.shutdown().await;
+}
+
+/// The same for a TLS client: both sides as poll-based streams (TLS cannot be split
+/// into independent halves), copied both ways in one task.
+pub async fn relay_poll<T>(client: Conn<PollStream<T>>, upstream: Conn)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let Conn {
+        stream: PollStream(mut client),
+        buf: client_early,
+    } = client;
+    let Conn {
+        stream: upstream,
+        buf: upstream_early,
+    } = upstream;
+    let Ok(mut upstream) = upstream.into_poll_io() else {
+        return;
+    };
+    if client.write_all(&upstream_early).await.is_err()
+        || upstream.write_all(&client_early).await.is_err()
+    {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }

@@ -172,7 +172,7 @@ async fn accept_loop(worker: Rc<Worker>, bound: BoundListener, listener: TcpList
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(crate::proxy::serve(
+                monoio::spawn(crate::proxy::accept(
                     worker.clone(),
                     bound.clone(),
                     stream,

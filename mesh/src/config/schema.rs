@@ -171,7 +171,75 @@ impl Default for ForwardedConfig {
 pub struct ListenerConfig {
     pub name: String,
     pub address: String,
+    /// Terminate TLS on this listener.
+    pub tls: Option<ListenerTlsConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// TLS termination. Relative file paths are relative to the config file's directory.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ListenerTlsConfig {
+    /// Certificate chains with their keys (PEM; RSA, ECDSA or Ed25519). The SNI names
+    /// each serves are its SAN DNS names (wildcards included); the first is the default
+    /// for clients that send no SNI or an unknown one.
+    pub certificates: Vec<CertificateConfig>,
+    /// Protocols offered by ALPN, in preference order: "h2", "http/1.1".
+    pub alpn: Vec<String>,
+    /// "1.2" (default) or "1.3".
+    pub min_version: String,
+    /// An SNI no certificate covers: "default" (serve the first) or "reject".
+    pub unknown_sni: UnknownSni,
+    /// Verify client certificates.
+    pub client_auth: Option<ClientAuthConfig>,
+    /// A handshake not done within this is abandoned.
+    pub handshake_timeout: ConfigDuration,
+}
+
+impl Default for ListenerTlsConfig {
+    fn default() -> Self {
+        ListenerTlsConfig {
+            certificates: Vec::new(),
+            alpn: vec!["h2".into(), "http/1.1".into()],
+            min_version: "1.2".into(),
+            unknown_sni: UnknownSni::Default,
+            client_auth: None,
+            handshake_timeout: ConfigDuration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownSni {
+    #[default]
+    Default,
+    Reject,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CertificateConfig {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ClientAuthConfig {
+    /// CA bundle (PEM) client certificates must chain to.
+    pub ca: String,
+    pub mode: ClientAuthMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMode {
+    /// A verified client certificate is required.
+    #[default]
+    Require,
+    /// Verified if presented; clients without one are served too.
+    Optional,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

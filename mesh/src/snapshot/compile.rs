@@ -102,6 +102,7 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
             let inbound = ListenerConfig {
                 name: "inbound".into(),
                 address: sc.inbound.address.clone(),
+                tls: None,
                 routes: vec![RouteConfig {
                     name: Some("inbound".into()),
                     cluster: Some(SIDECAR_APP_CLUSTER.into()),
@@ -127,6 +128,7 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
                 Cow::Owned(ListenerConfig {
                     name: "outbound".into(),
                     address: sc.outbound.address.clone(),
+                    tls: None,
                     routes,
                 }),
                 "sidecar.outbound".into(),
@@ -201,10 +203,15 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
                 ))
             })
             .collect();
+        let tls = l.tls.as_ref().and_then(|t| {
+            let base = loaded.file.parent().unwrap_or(std::path::Path::new("."));
+            tls::compile_listener_tls(t, base, &format!("{path}.tls"), &mut |k, p| d.error(k, p))
+        });
         if let Some(address) = address {
             listeners.push(Listener {
                 name: l.name.clone(),
                 address,
+                tls,
                 routes: RouteTable::new(routes),
             });
         }

@@ -9,6 +9,7 @@
 
 mod compile;
 mod routes;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +63,8 @@ pub struct RuntimeSettings {
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
+    /// TLS termination, when configured.
+    pub tls: Option<tls::ListenerTls>,
     pub routes: RouteTable,
 }
 

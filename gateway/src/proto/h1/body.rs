@@ -10,8 +10,8 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use monoio::io::AsyncWriteRent;
 use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 
 use super::chunked::{ChunkError, ChunkedParser};
 use super::head::BodyFraming;
@@ -60,7 +60,7 @@ pub trait BodySink {
     ) -> impl std::future::Future<Output = Result<(), BodyError>>;
 }
 
-impl BodySink for TcpStream {
+impl<S: AsyncWriteRent> BodySink for S {
     async fn put(&mut self, piece: Bytes, limit: Duration, _last: bool) -> Result<(), BodyError> {
         match monoio::time::timeout(limit, self.write_all(piece)).await {
             Ok((res, _)) => res.map(|_| ()).map_err(BodyError::SinkIo),
@@ -70,8 +70,8 @@ impl BodySink for TcpStream {
 }
 
 /// Copies the body; returns the number of body bytes written to `sink`.
-pub async fn copy_body(
-    src: &mut Conn,
+pub async fn copy_body<R: monoio::io::AsyncReadRent>(
+    src: &mut Conn<R>,
     sink: &mut impl BodySink,
     spec: &BodyCopy,
 ) -> Result<u64, BodyError> {

@@ -70,6 +70,7 @@ impl Activity {
     }
 }
 
+/// Serves an h2c client whose first bytes (the preface) are already in `client.buf`.
 pub async fn serve(worker: Rc<Worker>, bound: BoundListener, client: Conn, peer: SocketAddr) {
     let Conn { stream, buf } = client;
     let Ok(io) = stream.into_poll_io() else {
@@ -79,6 +80,19 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, client: Conn, peer:
         head: buf,
         inner: io,
     };
+    serve_io(worker, bound, io, peer, "http").await
+}
+
+/// Serves an HTTP/2 client on any transport (h2c, or TLS after ALPN chose h2).
+pub async fn serve_io<T>(
+    worker: Rc<Worker>,
+    bound: BoundListener,
+    io: T,
+    peer: SocketAddr,
+    scheme: &'static str,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let snapshot = worker.snapshot();
     let limits = &snapshot.http2;
     let mut conn = match h2::server::Builder::new()
@@ -105,7 +119,7 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, client: Conn, peer:
         activity.open.set(activity.open.get() + 1);
         activity.idle_since.set(None);
         activity.streams.set(activity.streams.get() + 1);
-        let task = stream_task(worker.clone(), bound.clone(), peer, req, respond);
+        let task = stream_task(worker.clone(), bound.clone(), peer, scheme, req, respond);
         monoio::spawn(async move {
             if task.await == StreamEnd::ClientReset {
                 activity.client_resets.set(activity.client_resets.get() + 1);
@@ -271,6 +285,7 @@ async fn stream_task(
     worker: Rc<Worker>,
     bound: BoundListener,
     peer: SocketAddr,
+    scheme: &'static str,
     req: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) -> StreamEnd {
@@ -282,6 +297,7 @@ async fn stream_task(
         snapshot: &snapshot,
         bound: &bound,
         peer,
+        scheme,
     };
     let head_only = parts.method == http::Method::HEAD;
     let Some(route) = x.routes().and_then(|t| t.find(&facts)) else {

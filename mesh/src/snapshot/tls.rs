@@ -1,0 +1,221 @@
+//! TLS settings compiled into rustls configs: certificates are read and checked here,
+//! once per config load, so a bad file refuses the config (naming the key) and a good
+//! one is in the snapshot, used by the next handshake after a reload.
+//!
+//! The crypto provider is aws-lc-rs, explicitly (never rustls' process default): it is
+//! rustls' default provider, the fastest for the ECDSA P-256 and X25519 handshakes that
+//! dominate, and its FIPS-capable build is what operators ask for. Only one provider is
+//! compiled in.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{ClientAuthMode, ListenerTlsConfig, UnknownSni};
+
+/// A listener's TLS termination, ready for handshakes.
+#[derive(Debug)]
+pub struct ListenerTls {
+    pub server: Arc<ServerConfig>,
+    pub handshake_timeout: Duration,
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Compiles `tls` (at key `path`); problems are reported through `error(key, problem)`.
+pub fn compile_listener_tls(
+    tls: &ListenerTlsConfig,
+    base: &Path,
+    path: &str,
+    error: &mut dyn FnMut(String, String),
+) -> Option<ListenerTls> {
+    if tls.certificates.is_empty() {
+        error(
+            format!("{path}.certificates"),
+            "a TLS listener needs at least one { cert, key }".into(),
+        );
+        return None;
+    }
+    let mut certs = Vec::new();
+    for (i, c) in tls.certificates.iter().enumerate() {
+        let key_path = format!("{path}.certificates[{i}]");
+        match load_certified_key(&resolve(base, &c.cert), &resolve(base, &c.key)) {
+            Ok(named) => certs.push(named),
+            Err(e) => error(key_path, e),
+        }
+    }
+    for (i, proto) in tls.alpn.iter().enumerate() {
+        if proto != "h2" && proto != "http/1.1" {
+            error(
+                format!("{path}.alpn[{i}]"),
+                format!("`{proto}` is not a protocol weft serves (\"h2\" or \"http/1.1\")"),
+            );
+        }
+    }
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match tls.min_version.as_str() {
+        "1.2" => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        "1.3" => &[&rustls::version::TLS13],
+        other => {
+            error(
+                format!("{path}.min_version"),
+                format!("`{other}` is not \"1.2\" or \"1.3\""),
+            );
+            return None;
+        }
+    };
+    let verifier = match &tls.client_auth {
+        None => None,
+        Some(auth) => {
+            let roots = match load_roots(&resolve(base, &auth.ca)) {
+                Ok(r) => r,
+                Err(e) => {
+                    error(format!("{path}.client_auth.ca"), e);
+                    return None;
+                }
+            };
+            let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            let builder = match auth.mode {
+                ClientAuthMode::Require => builder,
+                ClientAuthMode::Optional => builder.allow_unauthenticated(),
+            };
+            match builder.build() {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    error(format!("{path}.client_auth"), e.to_string());
+                    return None;
+                }
+            }
+        }
+    };
+    if certs.len() != tls.certificates.len() {
+        return None;
+    }
+    let builder =
+        match ServerConfig::builder_with_provider(provider()).with_protocol_versions(versions) {
+            Ok(b) => b,
+            Err(e) => {
+                error(format!("{path}.min_version"), e.to_string());
+                return None;
+            }
+        };
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder.with_cert_resolver(Arc::new(SniResolver {
+        certs,
+        unknown: tls.unknown_sni,
+    }));
+    server.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    // Stateless tickets: resumption without per-worker session caches to share.
+    if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
+        server.ticketer = ticketer;
+    }
+    Some(ListenerTls {
+        server: Arc::new(server),
+        handshake_timeout: tls.handshake_timeout.0,
+    })
+}
+
+fn resolve(base: &Path, file: &str) -> PathBuf {
+    let p = Path::new(file);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+/// A certificate chain and key, with the SNI names the leaf covers.
+#[derive(Debug)]
+struct NamedCert {
+    key: Arc<CertifiedKey>,
+    /// Lowercase SAN DNS names; `*.example.com` wildcards kept as written.
+    names: Vec<String>,
+}
+
+fn load_certified_key(cert: &Path, key: &Path) -> Result<NamedCert, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM in {}: {e}", cert.display()))?;
+    let Some(leaf) = chain.first() else {
+        return Err(format!("no certificate in {}", cert.display()));
+    };
+    let names = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("{} is not a usable certificate: {e}", cert.display()))?
+        .valid_dns_names()
+        .map(|n| n.to_ascii_lowercase())
+        .collect();
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
+    let certified = CertifiedKey::from_der(chain, private, &provider())
+        .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
+    Ok(NamedCert {
+        key: Arc::new(certified),
+        names,
+    })
+}
+
+/// Trust anchors from a PEM bundle.
+pub fn load_roots(file: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(file)
+        .map_err(|e| format!("cannot read CA bundle {}: {e}", file.display()))?;
+    for c in certs {
+        let c = c.map_err(|e| format!("bad PEM in {}: {e}", file.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("bad CA certificate in {}: {e}", file.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("no CA certificate in {}", file.display()));
+    }
+    Ok(roots)
+}
+
+/// Picks the certificate by SNI: an exact SAN match first, then a wildcard one
+/// (`*.example.com` covers one label), then the first certificate unless unknown
+/// names are to be refused.
+#[derive(Debug)]
+struct SniResolver {
+    certs: Vec<NamedCert>,
+    unknown: UnknownSni,
+}
+
+impl SniResolver {
+    fn find(&self, sni: &str) -> Option<&Arc<CertifiedKey>> {
+        let sni = sni.to_ascii_lowercase();
+        let exact = self
+            .certs
+            .iter()
+            .find(|c| c.names.iter().any(|n| *n == sni));
+        let wildcard = || {
+            let (_, parent) = sni.split_once('.')?;
+            self.certs
+                .iter()
+                .find(|c| c.names.iter().any(|n| n.strip_prefix("*.") == Some(parent)))
+        };
+        exact.or_else(wildcard).map(|c| &c.key)
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let found = hello.server_name().and_then(|sni| self.find(sni));
+        match (found, self.unknown) {
+            (Some(k), _) => Some(k.clone()),
+            (None, UnknownSni::Default) => self.certs.first().map(|c| c.key.clone()),
+            (None, UnknownSni::Reject) => None,
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! TLS termination with real clients: curl (OpenSSL) over HTTP/1.1 and HTTP/2 (ALPN),
+//! `openssl s_client` for SNI, client certificates and a connection kept open across a
+//! certificate reload. Certificates are made fresh by each test with the openssl CLI.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weft_tests::upstream::{big_body_byte, sha256_hex, TestUpstream};
+use weft_tests::{free_addr, Weft};
+
+/// A test CA and leaf certificates it signs, in a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let pki = Pki {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        pki.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=weft test CA",
+        ]);
+        pki
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// A leaf `name.crt`/`name.key` for `sans` (e.g. "DNS:a.test"), signed by the CA.
+    fn leaf(&self, name: &str, cn: &str, sans: &str, client: bool) {
+        let usage = if client { "clientAuth" } else { "serverAuth" };
+        std::fs::write(
+            self.path(&format!("{name}.ext")),
+            format!("subjectAltName={sans}\nextendedKeyUsage={usage}\n"),
+        )
+        .unwrap();
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "1",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+}
+
+fn tls_config(listen: SocketAddr, admin: SocketAddr, app: SocketAddr, extra_tls: &str) -> String {
+    format!(
+        r#"
+[admin]
+address = "{admin}"
+
+[[listeners]]
+name = "public-tls"
+address = "{listen}"
+tls = {{ certificates = [ {{ cert = "a.crt", key = "a.key" }}, {{ cert = "b.crt", key = "b.key" }} ], alpn = ["h2", "http/1.1"], handshake_timeout = "500ms" {extra_tls} }}
+routes = [
+  {{ match = {{ path = "/" }}, direct_response = {{ status = 200, body = "hello over tls\n" }} }},
+  {{ match = {{ path_prefix = "/api/" }}, cluster = "app" }},
+]
+
+[clusters.app]
+endpoints = ["{app}"]
+"#
+    )
+}
+
+/// weft with a TLS listener whose config file sits next to the certificates.
+fn start(pki: &Pki, extra_tls: &str) -> (Weft, SocketAddr, TestUpstream) {
+    pki.leaf("a", "a.test", "DNS:a.test,DNS:*.wild.test", false);
+    pki.leaf("b", "b.test", "DNS:b.test", false);
+    let app = TestUpstream::start("app");
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = tls_config(listen, admin, app.addr, extra_tls);
+    // Relative certificate paths resolve against the config file's directory.
+    let weft = Weft::start_in(pki.dir.path(), "ingress", &config, admin);
+    (weft, listen, app)
+}
+
+fn curl(pki: &Pki, listen: SocketAddr, host: &str, args: &[&str], path: &str) -> (bool, String) {
+    let o = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(pki.path("ca.crt"))
+        .arg("--resolve")
+        .arg(format!("{host}:{}:127.0.0.1", listen.port()))
+        .args(args)
+        .arg(format!("https://{host}:{}{path}", listen.port()))
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+    )
+}
+
+/// The subject CN of the certificate weft serves for `sni`.
+fn served_cn(listen: SocketAddr, sni: &str) -> String {
+    let o = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &listen.to_string(),
+            "-servername",
+            sni,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("subject=").map(|s| s.trim().to_owned()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn https_over_http1_and_h2_with_sni_and_bodies() {
+    let pki = Pki::new();
+    let (weft, listen, _app) = start(&pki, "");
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let (ok, out) = curl(
+            &pki,
+            listen,
+            "a.test",
+            &[flag, "-w", "|%{http_version}"],
+            "/",
+        );
+        assert!(ok, "{out}");
+        assert_eq!(out, format!("hello over tls\n|{version}"));
+    }
+    // SNI picks the certificate: exact names, a wildcard, and the first as the default.
+    assert!(served_cn(listen, "a.test").contains("a.test"));
+    assert!(served_cn(listen, "b.test").contains("b.test"));
+    assert!(served_cn(listen, "x.wild.test").contains("a.test"));
+    assert!(served_cn(listen, "nobody.test").contains("a.test"));
+    let (ok, out) = curl(&pki, listen, "b.test", &["--http2"], "/");
+    assert!(ok, "verified against b's certificate: {out}");
+
+    // Forwarded over both protocols, with a 10 MiB body each way; the upstream learns
+    // the client spoke https.
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..10 * 1024 * 1024).map(big_body_byte).collect();
+    let file = dir.path().join("up");
+    std::fs::write(&file, &data).unwrap();
+    for flag in ["--http1.1", "--http2"] {
+        let upload = format!("@{}", file.display());
+        let (ok, out) = curl(
+            &pki,
+            listen,
+            "a.test",
+            &[flag, "--data-binary", &upload],
+            "/api/sha256",
+        );
+        assert!(ok, "{out}");
+        assert_eq!(
+            out,
+            format!("{} {}", sha256_hex(&data), data.len()),
+            "{flag}"
+        );
+        let o = Command::new("curl")
+            .args(["-sS", flag, "--cacert"])
+            .arg(pki.path("ca.crt"))
+            .arg("--resolve")
+            .arg(format!("a.test:{}:127.0.0.1", listen.port()))
+            .arg(format!(
+                "https://a.test:{}/api/big?n={}",
+                listen.port(),
+                data.len()
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(sha256_hex(&o.stdout), sha256_hex(&data), "{flag} download");
+        let (_, dump) = curl(&pki, listen, "a.test", &[flag], "/api/dump");
+        assert!(dump.contains("x-forwarded-proto: https"), "{dump}");
+    }
+    drop(weft);
+}
+
+#[test]
+fn bad_handshakes_close_cleanly_and_are_counted() {
+    let pki = Pki::new();
+    let (weft, listen, _app) = start(&pki, ", unknown_sni = \"reject\"");
+    // Plain HTTP to the TLS port.
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("200"),
+        "served plain HTTP"
+    );
+    // A client that stalls mid-handshake is cut off after handshake_timeout (500 ms).
+    let started = Instant::now();
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap(); // a ClientHello's start
+    let mut byte = [0u8; 1];
+    assert!(matches!(s.read(&mut byte), Ok(0) | Err(_)));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // An SNI no certificate covers is refused when so configured.
+    let (ok, _) = curl(&pki, listen, "nobody.test", &["-k"], "/");
+    assert!(!ok, "unknown SNI was served");
+    // Each counted by reason; the listener still serves good clients.
+    let (ok, out) = curl(&pki, listen, "a.test", &[], "/");
+    assert!(ok, "{out}");
+    let metrics = weft.admin_get("/metrics").1;
+    for reason in ["not_tls", "timeout", "refused"] {
+        assert!(
+            metrics.contains(&format!(
+                "weft_tls_handshake_failures_total{{listener=\"public-tls\",reason=\"{reason}\"}}"
+            )),
+            "{reason} missing:\n{metrics}"
+        );
+    }
+}
+
+#[test]
+fn client_certificates_are_required_when_configured() {
+    let pki = Pki::new();
+    pki.leaf("client", "client-1", "URI:spiffe://test/client-1", true);
+    let (_weft, listen, _app) = start(
+        &pki,
+        ", client_auth = { ca = \"ca.crt\", mode = \"require\" }",
+    );
+    let (ok, out) = curl(&pki, listen, "a.test", &[], "/");
+    assert!(!ok, "served without a client certificate: {out}");
+    let cert = pki.path("client.crt");
+    let key = pki.path("client.key");
+    let (ok, out) = curl(
+        &pki,
+        listen,
+        "a.test",
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        "/",
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out, "hello over tls\n");
+    // A certificate from another CA is refused.
+    let other = Pki::new();
+    other.leaf("client", "stranger", "URI:spiffe://other/x", true);
+    let (ok, _) = curl(
+        &pki,
+        listen,
+        "a.test",
+        &[
+            "--cert",
+            other.path("client.crt").to_str().unwrap(),
+            "--key",
+            other.path("client.key").to_str().unwrap(),
+        ],
+        "/",
+    );
+    assert!(!ok, "a stranger's certificate was accepted");
+}
+
+#[test]
+fn certificate_reload_serves_new_handshakes_and_keeps_old_connections() {
+    let pki = Pki::new();
+    let (weft, listen, _app) = start(&pki, "");
+    // An established connection, kept open by openssl s_client.
+    let mut old = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &listen.to_string(),
+            "-servername",
+            "a.test",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut old_in = old.stdin.take().unwrap();
+    let mut old_out = BufReader::new(old.stdout.take().unwrap());
+    let ask = |w: &mut std::process::ChildStdin, r: &mut BufReader<std::process::ChildStdout>| {
+        w.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .unwrap();
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+            line.clear();
+        }
+        let mut body = [0u8; 15];
+        r.read_exact(&mut body).unwrap();
+        status
+    };
+    assert!(ask(&mut old_in, &mut old_out).starts_with("HTTP/1.1 200"));
+    let before = served_cn(listen, "a.test");
+    assert!(before.contains("a.test"), "{before}");
+
+    // New certificate for a.test (a new CN shows which one is served), then SIGHUP.
+    pki.leaf("a2", "a.test renewed", "DNS:a.test", false);
+    let text = std::fs::read_to_string(&weft.config_path).unwrap();
+    std::fs::write(
+        &weft.config_path,
+        text.replace("\"a.crt\"", "\"a2.crt\"")
+            .replace("\"a.key\"", "\"a2.key\""),
+    )
+    .unwrap();
+    let version = weft.metric(&["weft_config_version"]);
+    weft.signal(1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while weft.metric(&["weft_config_version"]) <= version {
+        assert!(Instant::now() < deadline, "reload not applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        served_cn(listen, "a.test").contains("renewed"),
+        "new handshakes get the new certificate"
+    );
+    assert!(
+        ask(&mut old_in, &mut old_out).starts_with("HTTP/1.1 200"),
+        "the old connection still works"
+    );
+
+    // A key that does not match its certificate is refused; the running config stays.
+    let text = std::fs::read_to_string(&weft.config_path).unwrap();
+    std::fs::write(&weft.config_path, text.replace("\"a2.key\"", "\"b.key\"")).unwrap();
+    weft.signal(1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while weft.metric(&["weft_config_reload_failures_total"]) < 1.0 {
+        assert!(Instant::now() < deadline, "bad reload not reported");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = weft.admin_get("/config").1;
+    assert!(status.contains("certificates[0]"), "{status}");
+    assert!(served_cn(listen, "a.test").contains("renewed"));
+    let _ = old.kill();
+}
+
+#[test]
+fn weft_check_names_the_key_of_a_bad_certificate() {
+    let pki = Pki::new();
+    pki.leaf("a", "a.test", "DNS:a.test", false);
+    let config = format!(
+        r#"
+[[listeners]]
+name = "tls"
+address = "127.0.0.1:{}"
+tls = {{ certificates = [ {{ cert = "a.crt", key = "missing.key" }} ], alpn = ["h3"] }}
+routes = [ {{ match = {{ path = "/" }}, direct_response = {{ status = 200 }} }} ]
+"#,
+        free_addr().port()
+    );
+    let file = pki.path("bad.toml");
+    std::fs::write(&file, config).unwrap();
+    let o = weft_tests::process::weft_output(&["check", "--config", file.to_str().unwrap()]);
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        text.contains("listeners[0].tls.certificates[0]") && text.contains("missing.key"),
+        "{text}"
+    );
+    assert!(text.contains("listeners[0].tls.alpn[0]"), "{text}");
+}
