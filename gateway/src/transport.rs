@@ -183,6 +183,67 @@ pub enum ReadError {
     Io(io::Error),
 }
 
+/// TLS to an upstream: rustls (tokio-rustls) over monoio's poll-io.
+pub type TlsToUpstream =
+    tokio_rustls::client::TlsStream<monoio::net::tcp::stream_poll::TcpStreamPoll>;
+
+/// An upstream connection: plain TCP, or TLS where the cluster asks for it.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<PollStream<TlsToUpstream>>),
+}
+
+impl AsyncReadRent for UpstreamStream {
+    async fn read<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        match self {
+            UpstreamStream::Plain(s) => s.read(buf).await,
+            UpstreamStream::Tls(s) => s.read(buf).await,
+        }
+    }
+    async fn readv<B: IoVecBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        match self {
+            UpstreamStream::Plain(s) => s.readv(buf).await,
+            UpstreamStream::Tls(s) => s.readv(buf).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for UpstreamStream {
+    async fn write<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        match self {
+            UpstreamStream::Plain(s) => s.write(buf).await,
+            UpstreamStream::Tls(s) => s.write(buf).await,
+        }
+    }
+    async fn writev<B: IoVecBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        match self {
+            UpstreamStream::Plain(s) => s.writev(buf).await,
+            UpstreamStream::Tls(s) => s.writev(buf).await,
+        }
+    }
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            UpstreamStream::Plain(s) => s.flush().await,
+            UpstreamStream::Tls(s) => s.flush().await,
+        }
+    }
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            UpstreamStream::Plain(s) => s.shutdown().await,
+            UpstreamStream::Tls(s) => s.shutdown().await,
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for UpstreamStream {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            UpstreamStream::Plain(s) => s.as_raw_fd(),
+            UpstreamStream::Tls(s) => s.0.get_ref().0.as_raw_fd(),
+        }
+    }
+}
+
 pub struct Conn<S = TcpStream> {
     pub stream: S,
     pub buf: BytesMut,

@@ -49,20 +49,35 @@ pub struct TestUpstream {
 impl TestUpstream {
     /// An HTTP/1.1 upstream.
     pub fn start(name: &str) -> TestUpstream {
-        Self::start_speaking(name, false, None)
+        Self::start_speaking(name, false, None, None)
     }
 
     /// The same upstream speaking HTTP/2 with prior knowledge (h2c).
     pub fn start_h2(name: &str) -> TestUpstream {
-        Self::start_speaking(name, true, None)
+        Self::start_speaking(name, true, None, None)
+    }
+
+    /// The upstream behind TLS (`h2` picks the protocol, announced by ALPN).
+    pub fn start_tls(name: &str, h2: bool, mut tls: rustls::ServerConfig) -> TestUpstream {
+        tls.alpn_protocols = vec![if h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        Self::start_speaking(name, h2, None, Some(Arc::new(tls)))
     }
 
     /// An h2c upstream that allows at most `streams` concurrent streams per connection.
     pub fn start_h2_limited(name: &str, streams: u32) -> TestUpstream {
-        Self::start_speaking(name, true, Some(streams))
+        Self::start_speaking(name, true, Some(streams), None)
     }
 
-    fn start_speaking(name: &str, h2: bool, max_streams: Option<u32>) -> TestUpstream {
+    fn start_speaking(
+        name: &str,
+        h2: bool,
+        max_streams: Option<u32>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
@@ -84,18 +99,16 @@ impl TestUpstream {
                             let Ok((stream, _)) = accepted else { continue };
                             count.fetch_add(1, Ordering::SeqCst);
                             let name = name.clone();
+                            let tls = tls.clone();
                             tokio::spawn(async move {
-                                let service = hyper::service::service_fn(move |req| handle(name.clone(), req));
-                                if h2 {
-                                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                                        .max_concurrent_streams(max_streams)
-                                        .serve_connection(TokioIo::new(stream), service)
-                                        .await;
-                                } else {
-                                    let _ = hyper::server::conn::http1::Builder::new()
-                                        .serve_connection(TokioIo::new(stream), service)
-                                        .with_upgrades()
-                                        .await;
+                                match tls {
+                                    None => serve_one(stream, name, h2, max_streams).await,
+                                    Some(config) => {
+                                        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                                        if let Ok(stream) = acceptor.accept(stream).await {
+                                            serve_one(stream, name, h2, max_streams).await;
+                                        }
+                                    }
                                 }
                             });
                         }
@@ -109,6 +122,25 @@ impl TestUpstream {
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+}
+
+/// Serves one connection (plain or TLS) with hyper.
+async fn serve_one<T>(stream: T, name: Arc<str>, h2: bool, max_streams: Option<u32>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| handle(name.clone(), req));
+    if h2 {
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .max_concurrent_streams(max_streams)
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    } else {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades()
+            .await;
     }
 }
 

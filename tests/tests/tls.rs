@@ -422,3 +422,151 @@ routes = [ {{ match = {{ path = "/" }}, direct_response = {{ status = 200 }} }} 
     );
     assert!(text.contains("listeners[0].tls.alpn[0]"), "{text}");
 }
+
+/// A rustls server config for a test upstream, optionally requiring client certificates
+/// from the test CA.
+fn upstream_tls(pki: &Pki, name: &str, require_client: bool) -> rustls::ServerConfig {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(pki.path(&format!("{name}.crt")))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{name}.key"))).unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if require_client {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(pki.path("ca.crt")).unwrap() {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    builder.with_single_cert(chain, key).unwrap()
+}
+
+#[test]
+fn tls_to_upstreams_over_http1_and_h2_with_mtls_and_bad_certificates() {
+    let pki = Pki::new();
+    pki.leaf("billing", "billing", "DNS:billing.internal", false);
+    pki.leaf("weft-client", "weft", "URI:spiffe://test/weft", true);
+    let h1 = TestUpstream::start_tls("tls-h1", false, upstream_tls(&pki, "billing", false));
+    let h2 = TestUpstream::start_tls("tls-h2", true, upstream_tls(&pki, "billing", false));
+    let mtls = TestUpstream::start_tls("tls-mtls", false, upstream_tls(&pki, "billing", true));
+    let other = Pki::new();
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = format!(
+        r#"
+[admin]
+address = "{admin}"
+
+[[listeners]]
+name = "plain"
+address = "{listen}"
+routes = [
+  {{ match = {{ path_prefix = "/h1/" }}, cluster = "h1", prefix_rewrite = "/" }},
+  {{ match = {{ path_prefix = "/h2/" }}, cluster = "h2", prefix_rewrite = "/" }},
+  {{ match = {{ path_prefix = "/mtls/" }}, cluster = "mtls", prefix_rewrite = "/" }},
+  {{ match = {{ path_prefix = "/no-cert/" }}, cluster = "no_cert", prefix_rewrite = "/" }},
+  {{ match = {{ path_prefix = "/wrong-name/" }}, cluster = "wrong_name", prefix_rewrite = "/" }},
+  {{ match = {{ path_prefix = "/untrusted/" }}, cluster = "untrusted", prefix_rewrite = "/" }},
+]
+
+[clusters.h1]
+endpoints = ["{h1}"]
+tls = {{ ca = "ca.crt", sni = "billing.internal" }}
+
+[clusters.h2]
+protocol = "http2"
+endpoints = ["{h2}"]
+tls = {{ ca = "ca.crt", sni = "billing.internal" }}
+
+[clusters.mtls]
+endpoints = ["{mtls}"]
+tls = {{ ca = "ca.crt", sni = "billing.internal", cert = "weft-client.crt", key = "weft-client.key" }}
+
+[clusters.no_cert]
+endpoints = ["{mtls}"]
+tls = {{ ca = "ca.crt", sni = "billing.internal" }}
+
+[clusters.wrong_name]
+endpoints = ["{h1}"]
+tls = {{ ca = "ca.crt", sni = "payments.internal" }}
+
+[clusters.untrusted]
+endpoints = ["{h1}"]
+tls = {{ ca = "{other_ca}", sni = "billing.internal" }}
+"#,
+        h1 = h1.addr,
+        h2 = h2.addr,
+        mtls = mtls.addr,
+        other_ca = other.path("ca.crt").display(),
+    );
+    let _weft = Weft::start_in(pki.dir.path(), "ingress", &config, admin);
+    let get = |path: &str, args: &[&str]| {
+        let o = Command::new("curl")
+            .args(["-sS", "-o", "-", "-w", "|%{http_code}"])
+            .args(args)
+            .arg(format!("http://{listen}{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    for prefix in ["/h1", "/h2", "/mtls"] {
+        let out = get(&format!("{prefix}/dump"), &[]);
+        assert!(out.ends_with("|200"), "{prefix}: {out}");
+        // The client's Host went upstream as the request authority.
+        assert!(out.contains(&listen.to_string()), "{prefix}: {out}");
+    }
+    let h2_dump = get("/h2/dump", &[]);
+    assert!(h2_dump.contains("version=HTTP/2.0"), "{h2_dump}");
+    // h2 over TLS with a 10 MiB upload, and an h2c client in front.
+    let data: Vec<u8> = (0..10 * 1024 * 1024).map(big_body_byte).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("up");
+    std::fs::write(&file, &data).unwrap();
+    let upload = format!("@{}", file.display());
+    for args in [vec!["--http1.1"], vec!["--http2-prior-knowledge"]] {
+        let mut a = args.clone();
+        a.extend(["--data-binary", upload.as_str()]);
+        let out = get("/h2/sha256", &a);
+        assert_eq!(
+            out,
+            format!("{} {}|200", sha256_hex(&data), data.len()),
+            "{args:?}"
+        );
+    }
+    // Without the client certificate the upstream refuses the connection (in TLS 1.3 it
+    // says so after the client's side of the handshake is done): a 502. The pooled mTLS
+    // connections to the same endpoint are never lent to this cluster.
+    let o = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null"])
+        .arg(format!("http://{listen}/no-cert/dump"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&o.stdout);
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    // An upstream certificate that does not verify is a 502 with the reason.
+    for path in ["/wrong-name/dump", "/untrusted/dump"] {
+        let o = Command::new("curl")
+            .args(["-sS", "-D", "-", "-o", "/dev/null"])
+            .arg(format!("http://{listen}{path}"))
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&o.stdout);
+        assert!(head.starts_with("HTTP/1.1 502"), "{path}: {head}");
+        assert!(
+            head.contains("x-weft-error: upstream TLS handshake failed"),
+            "{path}: {head}"
+        );
+    }
+}

@@ -213,6 +213,11 @@ pub(super) fn connect_failure(
             x.count_upstream(Family::UpstreamConnectErrors, cluster, "handshake");
             (502, "upstream HTTP/2 handshake failed")
         }
+        ConnectError::Tls(err) => {
+            tracing::warn!(cluster = %x.snapshot.clusters[cluster].name, "upstream TLS handshake failed: {err}");
+            x.count_upstream(Family::UpstreamConnectErrors, cluster, "tls");
+            (502, "upstream TLS handshake failed")
+        }
         ConnectError::TimedOut => {
             x.count_upstream(Family::UpstreamConnectErrors, cluster, "timeout");
             x.count_upstream(Family::UpstreamTimeouts, cluster, "connect");

@@ -37,7 +37,7 @@ use weft_mesh::snapshot::{
 use crate::observe::metrics::Family;
 use crate::proto::h1::head::{parse_request, BodyFraming, Head, HeadError, RequestHead};
 use crate::runtime::worker::{BoundListener, Worker};
-use crate::transport::{ClientStream, Conn, PollStream, ReadError};
+use crate::transport::{ClientStream, Conn, PollStream, ReadError, UpstreamStream};
 use facts::Facts;
 
 /// How long a keep-alive connection keeps its read buffer while waiting for the next
@@ -51,7 +51,7 @@ pub enum Next {
     KeepAlive,
     Close,
     /// The upstream switched protocols: relay bytes both ways from now on.
-    Tunnel(Conn),
+    Tunnel(Conn<UpstreamStream>),
     /// The client opened with the HTTP/2 preface (h2c, prior knowledge).
     Http2,
 }
@@ -101,7 +101,7 @@ enum Handoff<S> {
     /// The client opened with the HTTP/2 preface.
     Http2(Conn<S>),
     /// The upstream switched protocols: relay bytes both ways.
-    Tunnel(Conn<S>, Conn),
+    Tunnel(Conn<S>, Conn<UpstreamStream>),
 }
 
 async fn serve_conn<S: ClientStream>(

@@ -8,11 +8,13 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
 use monoio::io::IntoPollIo;
 
-use crate::transport::{Conn, PollStream};
+use bytes::BytesMut;
+
+use crate::transport::{Conn, PollStream, UpstreamStream};
 
 const RELAY_BUF: usize = 16 * 1024;
 
-pub async fn relay(client: Conn, upstream: Conn) {
+pub async fn relay(client: Conn, upstream: Conn<UpstreamStream>) {
     let Conn {
         stream: client,
         buf: client_early,
@@ -21,6 +23,15 @@ pub async fn relay(client: Conn, upstream: Conn) {
         stream: upstream,
         buf: upstream_early,
     } = upstream;
+    let upstream = match upstream {
+        UpstreamStream::Plain(s) => s,
+        UpstreamStream::Tls(tls) => {
+            let Ok(client) = client.into_poll_io() else {
+                return;
+            };
+            return copy_both(client, client_early, tls.0, upstream_early).await;
+        }
+    };
     let (client_r, mut client_w) = client.into_split();
     let (upstream_r, mut upstream_w) = upstream.into_split();
     // Bytes that arrived behind the heads belong to the new protocol.
@@ -54,22 +65,39 @@ async fn pump(mut from: impl AsyncReadRent, mut to: impl AsyncWriteRent) {
 
 /// The same for a TLS client: both sides as poll-based streams (TLS cannot be split
 /// into independent halves), copied both ways in one task.
-pub async fn relay_poll<T>(client: Conn<PollStream<T>>, upstream: Conn)
+pub async fn relay_poll<T>(client: Conn<PollStream<T>>, upstream: Conn<UpstreamStream>)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::AsyncWriteExt;
     let Conn {
-        stream: PollStream(mut client),
+        stream: PollStream(client),
         buf: client_early,
     } = client;
     let Conn {
         stream: upstream,
         buf: upstream_early,
     } = upstream;
-    let Ok(mut upstream) = upstream.into_poll_io() else {
-        return;
-    };
+    match upstream {
+        UpstreamStream::Plain(s) => {
+            if let Ok(s) = s.into_poll_io() {
+                copy_both(client, client_early, s, upstream_early).await;
+            }
+        }
+        UpstreamStream::Tls(tls) => copy_both(client, client_early, tls.0, upstream_early).await,
+    }
+}
+
+/// Relays between two poll-based streams, after handing each the other's early bytes.
+async fn copy_both<A, B>(
+    mut client: A,
+    client_early: BytesMut,
+    mut upstream: B,
+    upstream_early: BytesMut,
+) where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
     if client.write_all(&upstream_early).await.is_err()
         || upstream.write_all(&client_early).await.is_err()
     {

@@ -13,13 +13,14 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use monoio::net::TcpStream;
+use weft_mesh::snapshot::tls::ClusterTls;
 use weft_mesh::snapshot::{Cluster, ClusterId, Snapshot};
 
 pub use balancer::Balancer;
 pub use multiplex::{H2Stream, Multiplexed, REFUSED_RETRIES};
 pub use pool::Pool;
 
-use crate::transport::Conn;
+use crate::transport::{Conn, PollStream, UpstreamStream};
 
 #[derive(Debug)]
 pub enum ConnectError {
@@ -28,6 +29,8 @@ pub enum ConnectError {
     TimedOut,
     /// The HTTP/2 connection preface or SETTINGS exchange failed.
     Handshake(String),
+    /// The TLS handshake failed (untrusted or wrong-name certificate, ...).
+    Tls(String),
 }
 
 impl Clone for ConnectError {
@@ -39,13 +42,22 @@ impl Clone for ConnectError {
             }
             ConnectError::TimedOut => ConnectError::TimedOut,
             ConnectError::Handshake(why) => ConnectError::Handshake(why.clone()),
+            ConnectError::Tls(why) => ConnectError::Tls(why.clone()),
         }
     }
 }
 
+/// What pooled connections are keyed by: the endpoint, and the identity of the TLS
+/// settings used to reach it (0 for plain TCP).
+pub type PoolKey = (SocketAddr, u64);
+
+fn pool_key(cluster: &Cluster, endpoint: SocketAddr) -> PoolKey {
+    (endpoint, cluster.tls.as_ref().map_or(0, |t| t.identity))
+}
+
 /// A connection to an upstream, and whether it came from the pool.
 pub struct Upstream {
-    pub conn: Conn,
+    pub conn: Conn<UpstreamStream>,
     pub endpoint: SocketAddr,
     pub reused: bool,
 }
@@ -97,7 +109,7 @@ impl Upstreams {
     ) -> Result<Upstream, ConnectError> {
         let cluster = &snapshot.clusters[id];
         let endpoint = self.pick(snapshot, id)?;
-        if let Some(conn) = self.pool.checkout(endpoint) {
+        if let Some(conn) = self.pool.checkout(pool_key(cluster, endpoint)) {
             return Ok(Upstream {
                 conn,
                 endpoint,
@@ -122,10 +134,11 @@ impl Upstreams {
         let endpoint = self.pick(snapshot, id)?;
         self.h2
             .open(
-                endpoint,
+                pool_key(cluster, endpoint),
                 cluster.connect_timeout,
                 cluster.pool_idle_timeout,
                 &snapshot.http2,
+                cluster.tls.as_ref(),
             )
             .await
     }
@@ -143,15 +156,26 @@ impl Upstreams {
     }
 
     /// A new connection to `endpoint`, bypassing the pool.
-    async fn fresh(&self, cluster: &Cluster, endpoint: SocketAddr) -> Result<Conn, ConnectError> {
-        match monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(endpoint))
-            .await
-        {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                Ok(Conn::new(stream))
+    async fn fresh(
+        &self,
+        cluster: &Cluster,
+        endpoint: SocketAddr,
+    ) -> Result<Conn<UpstreamStream>, ConnectError> {
+        let connect = async {
+            let stream = TcpStream::connect_addr(endpoint)
+                .await
+                .map_err(ConnectError::Refused)?;
+            let _ = stream.set_nodelay(true);
+            match &cluster.tls {
+                None => Ok(UpstreamStream::Plain(stream)),
+                Some(tls) => Ok(UpstreamStream::Tls(Box::new(PollStream(
+                    tls_connect(tls, stream).await?,
+                )))),
             }
-            Ok(Err(e)) => Err(ConnectError::Refused(e)),
+        };
+        match monoio::time::timeout(cluster.connect_timeout, connect).await {
+            Ok(Ok(stream)) => Ok(Conn::new(stream)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(ConnectError::TimedOut),
         }
     }
@@ -169,7 +193,7 @@ impl Upstreams {
 
     pub fn release(&self, cluster: &Cluster, up: Upstream) {
         self.pool.checkin(
-            up.endpoint,
+            pool_key(cluster, up.endpoint),
             up.conn,
             cluster.pool_max_idle,
             cluster.pool_idle_timeout,
@@ -181,4 +205,17 @@ impl Default for Upstreams {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The TLS handshake with an upstream, verifying its certificate for the cluster's name.
+pub async fn tls_connect(
+    tls: &ClusterTls,
+    stream: TcpStream,
+) -> Result<crate::transport::TlsToUpstream, ConnectError> {
+    use monoio::io::IntoPollIo;
+    let io = stream.into_poll_io().map_err(ConnectError::Refused)?;
+    tokio_rustls::TlsConnector::from(tls.client.clone())
+        .connect(tls.server_name.clone(), io)
+        .await
+        .map_err(|e| ConnectError::Tls(e.to_string()))
 }

@@ -24,8 +24,9 @@ use h2::client::SendRequest;
 use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use weft_mesh::config::Http2Config;
+use weft_mesh::snapshot::tls::ClusterTls;
 
-use super::ConnectError;
+use super::{ConnectError, PoolKey};
 use crate::runtime::wakers::LocalEvent;
 
 /// A refused bodiless request is sent again, this many times at most (RFC 9113 §8.7: a
@@ -78,17 +79,17 @@ struct Opening {
 /// connection, the error, or nothing and try themselves.
 struct OpeningGuard<'a> {
     owner: &'a Multiplexed,
-    endpoint: SocketAddr,
+    key: PoolKey,
     opening: Rc<Opening>,
 }
 
 impl<'a> OpeningGuard<'a> {
-    fn start(owner: &'a Multiplexed, endpoint: SocketAddr) -> OpeningGuard<'a> {
+    fn start(owner: &'a Multiplexed, key: PoolKey) -> OpeningGuard<'a> {
         let opening = Rc::new(Opening::default());
-        owner.opening.borrow_mut().insert(endpoint, opening.clone());
+        owner.opening.borrow_mut().insert(key, opening.clone());
         OpeningGuard {
             owner,
-            endpoint,
+            key,
             opening,
         }
     }
@@ -98,10 +99,10 @@ impl Drop for OpeningGuard<'_> {
     fn drop(&mut self) {
         let mut opening = self.owner.opening.borrow_mut();
         if opening
-            .get(&self.endpoint)
+            .get(&self.key)
             .is_some_and(|o| Rc::ptr_eq(o, &self.opening))
         {
-            opening.remove(&self.endpoint);
+            opening.remove(&self.key);
         }
         drop(opening);
         self.opening.done.fire();
@@ -110,26 +111,28 @@ impl Drop for OpeningGuard<'_> {
 
 #[derive(Default)]
 pub struct Multiplexed {
-    conns: RefCell<HashMap<SocketAddr, Vec<Rc<H2Conn>>>>,
-    opening: RefCell<HashMap<SocketAddr, Rc<Opening>>>,
+    conns: RefCell<HashMap<PoolKey, Vec<Rc<H2Conn>>>>,
+    opening: RefCell<HashMap<PoolKey, Rc<Opening>>>,
 }
 
 impl Multiplexed {
     /// A stream slot to `endpoint`, on a shared connection or a new one.
     pub async fn open(
         &self,
-        endpoint: SocketAddr,
+        key: PoolKey,
         connect_timeout: Duration,
         idle_timeout: Duration,
         settings: &Http2Config,
+        tls: Option<&ClusterTls>,
     ) -> Result<H2Stream, ConnectError> {
-        if let Some(conn) = self.with_room(endpoint) {
+        let endpoint = key.0;
+        if let Some(conn) = self.with_room(key) {
             return Ok(Self::slot(conn, endpoint));
         }
-        let pending = self.opening.borrow().get(&endpoint).cloned();
+        let pending = self.opening.borrow().get(&key).cloned();
         if let Some(opening) = pending {
             opening.done.wait().await;
-            if let Some(conn) = self.with_room(endpoint) {
+            if let Some(conn) = self.with_room(key) {
                 return Ok(Self::slot(conn, endpoint));
             }
             if let Some(Err(e)) = opening.outcome.borrow().as_ref() {
@@ -137,10 +140,10 @@ impl Multiplexed {
             }
             // Full already: open another below.
         }
-        let opening = OpeningGuard::start(self, endpoint);
+        let opening = OpeningGuard::start(self, key);
         let outcome = monoio::time::timeout(
             connect_timeout,
-            Self::handshake(endpoint, idle_timeout, settings),
+            Self::handshake(endpoint, idle_timeout, settings, tls),
         )
         .await
         .unwrap_or(Err(ConnectError::TimedOut));
@@ -148,7 +151,7 @@ impl Multiplexed {
             Ok(conn) => {
                 self.conns
                     .borrow_mut()
-                    .entry(endpoint)
+                    .entry(key)
                     .or_default()
                     .push(conn.clone());
                 // Taken before the waiters wake, so they count this stream.
@@ -160,9 +163,9 @@ impl Multiplexed {
         result
     }
 
-    fn with_room(&self, endpoint: SocketAddr) -> Option<Rc<H2Conn>> {
+    fn with_room(&self, key: PoolKey) -> Option<Rc<H2Conn>> {
         let mut conns = self.conns.borrow_mut();
-        let list = conns.get_mut(&endpoint)?;
+        let list = conns.get_mut(&key)?;
         list.retain(|c| !c.dead.get());
         list.iter().find(|c| c.has_room()).cloned()
     }
@@ -180,12 +183,34 @@ impl Multiplexed {
         endpoint: SocketAddr,
         idle_timeout: Duration,
         settings: &Http2Config,
+        tls: Option<&ClusterTls>,
     ) -> Result<Rc<H2Conn>, ConnectError> {
         let stream = TcpStream::connect_addr(endpoint)
             .await
             .map_err(ConnectError::Refused)?;
         let _ = stream.set_nodelay(true);
-        let io = stream.into_poll_io().map_err(ConnectError::Refused)?;
+        match tls {
+            Some(tls) => {
+                let io = super::tls_connect(tls, stream).await?;
+                Self::start(io, endpoint, idle_timeout, settings).await
+            }
+            None => {
+                let io = stream.into_poll_io().map_err(ConnectError::Refused)?;
+                Self::start(io, endpoint, idle_timeout, settings).await
+            }
+        }
+    }
+
+    /// The HTTP/2 handshake on a connected transport, and its driver task.
+    async fn start<T>(
+        io: T,
+        endpoint: SocketAddr,
+        idle_timeout: Duration,
+        settings: &Http2Config,
+    ) -> Result<Rc<H2Conn>, ConnectError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    {
         let (send, mut connection) = h2::client::Builder::new()
             .enable_push(false)
             .initial_window_size(settings.initial_stream_window)
@@ -240,6 +265,6 @@ impl Multiplexed {
 
     /// Stops sharing connections to endpoints `keep` rejects; their open streams finish.
     pub fn retain_endpoints(&self, keep: impl Fn(SocketAddr) -> bool) {
-        self.conns.borrow_mut().retain(|addr, _| keep(*addr));
+        self.conns.borrow_mut().retain(|(addr, _), _| keep(*addr));
     }
 }

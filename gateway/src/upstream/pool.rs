@@ -15,13 +15,14 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use crate::transport::Conn;
+use super::PoolKey;
+use crate::transport::{Conn, UpstreamStream};
 
 /// Connections idle for less than this are handed out without a liveness probe.
 const PEEK_AFTER: Duration = Duration::from_millis(200);
 
 struct IdleConn {
-    conn: Conn,
+    conn: Conn<UpstreamStream>,
     since: Instant,
     /// The cluster's idle timeout when the connection was parked.
     idle_timeout: Duration,
@@ -29,14 +30,14 @@ struct IdleConn {
 
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<IdleConn>>>,
+    idle: RefCell<HashMap<PoolKey, Vec<IdleConn>>>,
 }
 
 impl Pool {
     /// Most recently used live connection to `endpoint`, if any.
-    pub fn checkout(&self, endpoint: SocketAddr) -> Option<Conn> {
+    pub fn checkout(&self, key: PoolKey) -> Option<Conn<UpstreamStream>> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&endpoint)?;
+        let list = idle.get_mut(&key)?;
         let now = Instant::now();
         while let Some(c) = list.pop() {
             let idle = now.duration_since(c.since);
@@ -50,8 +51,8 @@ impl Pool {
     /// Parks a connection whose exchange ended cleanly and that may be reused.
     pub fn checkin(
         &self,
-        endpoint: SocketAddr,
-        mut conn: Conn,
+        key: PoolKey,
+        mut conn: Conn<UpstreamStream>,
         max_idle: usize,
         idle_timeout: Duration,
     ) {
@@ -60,7 +61,7 @@ impl Pool {
         }
         conn.release_buffer();
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(endpoint).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() >= max_idle {
             list.remove(0);
         }
@@ -83,12 +84,12 @@ impl Pool {
 
     /// Closes the idle connections of endpoints `keep` rejects (endpoints a reload removed).
     pub fn retain_endpoints(&self, keep: impl Fn(SocketAddr) -> bool) {
-        self.idle.borrow_mut().retain(|addr, _| keep(*addr));
+        self.idle.borrow_mut().retain(|(addr, _), _| keep(*addr));
     }
 }
 
 /// True unless the peer has closed (EOF or reset) or sent unsolicited bytes.
-fn is_open(conn: &Conn) -> bool {
+fn is_open(conn: &Conn<UpstreamStream>) -> bool {
     let mut byte = [0u8; 1];
     // SAFETY: recv into a valid 1-byte stack buffer on a socket fd we own; MSG_PEEK
     // leaves the data in the socket and MSG_DONTWAIT never blocks the worker.

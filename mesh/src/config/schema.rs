@@ -209,6 +209,21 @@ impl Default for ListenerTlsConfig {
     }
 }
 
+/// TLS to a cluster's endpoints. Relative paths are relative to the config file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ClusterTlsConfig {
+    /// CA bundle (PEM) the upstream's certificate must chain to; default: the system
+    /// bundle (/etc/ssl/certs/ca-certificates.crt).
+    pub ca: Option<String>,
+    /// The name sent as SNI and verified in the upstream's certificate; default: the
+    /// endpoint's host name, or its IP address.
+    pub sni: Option<String>,
+    /// Client certificate and key, for mTLS to the upstream.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnknownSni {
@@ -350,6 +365,8 @@ pub enum UpstreamProtocol {
 pub struct ClusterConfig {
     pub endpoints: Vec<EndpointConfig>,
     pub protocol: UpstreamProtocol,
+    /// Connect to the endpoints over TLS.
+    pub tls: Option<ClusterTlsConfig>,
     pub lb: LbPolicy,
     pub connect_timeout: ConfigDuration,
     /// Time from sending the request until the response head has arrived.
@@ -364,6 +381,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             endpoints: Vec::new(),
             protocol: UpstreamProtocol::default(),
+            tls: None,
             lb: LbPolicy::default(),
             connect_timeout: ConfigDuration::from_secs(2),
             request_timeout: ConfigDuration::from_secs(15),

@@ -429,10 +429,34 @@ fn compile_cluster(name: &str, c: &ClusterConfig, path: &str, d: &mut Diagnostic
         max_idle,
         idle_timeout,
     } = &c.pool;
+    let tls = c.tls.as_ref().and_then(|t| {
+        // The default name to verify: the first endpoint's host as written.
+        let first = c
+            .endpoints
+            .first()
+            .map(|e| {
+                e.address
+                    .rsplit_once(':')
+                    .map_or(e.address.as_str(), |(h, _)| h)
+            })
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let base = d.file.parent().unwrap_or(std::path::Path::new("."));
+        tls::compile_cluster_tls(
+            t,
+            c.protocol,
+            first,
+            base,
+            &format!("{path}.tls"),
+            &mut |k, p| d.error(k, p),
+        )
+    });
     Cluster {
         name: name.to_owned(),
         endpoints,
         protocol: c.protocol,
+        tls,
         lb: if c.lb == LbPolicy::Random {
             LbPolicy::Random
         } else {

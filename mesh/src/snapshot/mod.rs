@@ -172,6 +172,8 @@ pub struct Cluster {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
     pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints, when configured.
+    pub tls: Option<tls::ClusterTls>,
     pub lb: LbPolicy,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,

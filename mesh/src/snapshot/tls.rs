@@ -18,7 +18,112 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{ClientAuthMode, ListenerTlsConfig, UnknownSni};
+use crate::config::UpstreamProtocol;
+use crate::config::{ClientAuthMode, ClusterTlsConfig, ListenerTlsConfig, UnknownSni};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+
+/// The system CA bundle (Debian's ca-certificates), used when a cluster names no CA.
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// TLS to a cluster's endpoints.
+#[derive(Debug)]
+pub struct ClusterTls {
+    pub client: Arc<ClientConfig>,
+    /// SNI and the name the upstream's certificate must carry.
+    pub server_name: ServerName<'static>,
+    /// Equal for equal TLS settings: connections are pooled per endpoint *and* this, so
+    /// a connection made with one client certificate never serves another cluster.
+    pub identity: u64,
+}
+
+/// Compiles a cluster's TLS; `first_host` is the host part of its first endpoint as
+/// written (the default name to verify).
+pub fn compile_cluster_tls(
+    tls: &ClusterTlsConfig,
+    protocol: UpstreamProtocol,
+    first_host: &str,
+    base: &Path,
+    path: &str,
+    error: &mut dyn FnMut(String, String),
+) -> Option<ClusterTls> {
+    let ca = tls
+        .ca
+        .as_deref()
+        .map(|c| resolve(base, c))
+        .unwrap_or_else(|| PathBuf::from(SYSTEM_ROOTS));
+    let roots = match load_roots(&ca) {
+        Ok(r) => r,
+        Err(e) => {
+            error(format!("{path}.ca"), e);
+            return None;
+        }
+    };
+    let name = tls.sni.as_deref().unwrap_or(first_host);
+    let server_name = match ServerName::try_from(name.to_owned()) {
+        Ok(n) => n,
+        Err(_) => {
+            error(
+                format!("{path}.sni"),
+                format!("`{name}` is not a DNS name or IP address"),
+            );
+            return None;
+        }
+    };
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots));
+    let builder = match builder {
+        Ok(b) => b,
+        Err(e) => {
+            error(path.to_owned(), e.to_string());
+            return None;
+        }
+    };
+    let mut client = match (&tls.cert, &tls.key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let loaded = load_chain_and_key(&resolve(base, cert), &resolve(base, key));
+            match loaded.and_then(|(chain, private)| {
+                builder
+                    .with_client_auth_cert(chain, private)
+                    .map_err(|e| format!("{cert} and {key}: {e}"))
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    error(format!("{path}.cert"), e);
+                    return None;
+                }
+            }
+        }
+        _ => {
+            error(
+                path.to_owned(),
+                "mTLS needs both cert and key (or neither)".into(),
+            );
+            return None;
+        }
+    };
+    client.alpn_protocols = vec![match protocol {
+        UpstreamProtocol::Http1 => b"http/1.1".to_vec(),
+        UpstreamProtocol::Http2 => b"h2".to_vec(),
+    }];
+    let identity = super::fnv1a(
+        format!(
+            "{}|{name}|{:?}|{:?}|{protocol:?}",
+            ca.display(),
+            tls.cert.as_deref().map(|c| resolve(base, c)),
+            tls.key.as_deref().map(|k| resolve(base, k)),
+        )
+        .as_bytes(),
+    )
+    .max(1);
+    Some(ClusterTls {
+        client: Arc::new(client),
+        server_name,
+        identity,
+    })
+}
 
 /// A listener's TLS termination, ready for handshakes.
 #[derive(Debug)]
@@ -143,21 +248,31 @@ struct NamedCert {
     names: Vec<String>,
 }
 
-fn load_certified_key(cert: &Path, key: &Path) -> Result<NamedCert, String> {
+/// A PEM certificate chain (leaf first) and its private key.
+fn load_chain_and_key(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
         .collect::<Result<_, _>>()
         .map_err(|e| format!("bad PEM in {}: {e}", cert.display()))?;
-    let Some(leaf) = chain.first() else {
+    if chain.is_empty() {
         return Err(format!("no certificate in {}", cert.display()));
-    };
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
+    Ok((chain, private))
+}
+
+fn load_certified_key(cert: &Path, key: &Path) -> Result<NamedCert, String> {
+    let (chain, private) = load_chain_and_key(cert, key)?;
+    let leaf = &chain[0];
     let names = webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| format!("{} is not a usable certificate: {e}", cert.display()))?
         .valid_dns_names()
         .map(|n| n.to_ascii_lowercase())
         .collect();
-    let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
     let certified = CertifiedKey::from_der(chain, private, &provider())
         .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
     Ok(NamedCert {
