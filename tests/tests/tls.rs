@@ -58,9 +58,9 @@ impl Pki {
         );
     }
 
-    /// A leaf `name.crt`/`name.key` for `sans` (e.g. "DNS:a.test"), signed by the CA.
-    fn leaf(&self, name: &str, cn: &str, sans: &str, client: bool) {
-        let usage = if client { "clientAuth" } else { "serverAuth" };
+    /// A leaf `name.crt`/`name.key` for `sans` (e.g. "DNS:a.test"), signed by the CA,
+    /// for `usage` ("serverAuth", "clientAuth" or both, comma-separated).
+    fn leaf(&self, name: &str, cn: &str, sans: &str, usage: &str) {
         std::fs::write(
             self.path(&format!("{name}.ext")),
             format!("subjectAltName={sans}\nextendedKeyUsage={usage}\n"),
@@ -100,6 +100,9 @@ impl Pki {
     }
 }
 
+const SERVER: &str = "serverAuth";
+const CLIENT: &str = "clientAuth";
+
 fn tls_config(listen: SocketAddr, admin: SocketAddr, app: SocketAddr, extra_tls: &str) -> String {
     format!(
         r#"
@@ -112,6 +115,7 @@ address = "{listen}"
 tls = {{ certificates = [ {{ cert = "a.crt", key = "a.key" }}, {{ cert = "b.crt", key = "b.key" }} ], alpn = ["h2", "http/1.1"], handshake_timeout = "500ms" {extra_tls} }}
 routes = [
   {{ match = {{ path = "/" }}, direct_response = {{ status = 200, body = "hello over tls\n" }} }},
+  {{ match = {{ path = "/whoami", headers = [{{ name = "x-forwarded-client-cert", regex = "URI=spiffe://test/client-1(;.*)?" }}] }}, direct_response = {{ status = 200, body = "client-1\n" }} }},
   {{ match = {{ path_prefix = "/api/" }}, cluster = "app" }},
 ]
 
@@ -123,8 +127,8 @@ endpoints = ["{app}"]
 
 /// weft with a TLS listener whose config file sits next to the certificates.
 fn start(pki: &Pki, extra_tls: &str) -> (Weft, SocketAddr, TestUpstream) {
-    pki.leaf("a", "a.test", "DNS:a.test,DNS:*.wild.test", false);
-    pki.leaf("b", "b.test", "DNS:b.test", false);
+    pki.leaf("a", "a.test", "DNS:a.test,DNS:*.wild.test", SERVER);
+    pki.leaf("b", "b.test", "DNS:b.test", SERVER);
     let app = TestUpstream::start("app");
     let (listen, admin) = (free_addr(), free_addr());
     let config = tls_config(listen, admin, app.addr, extra_tls);
@@ -277,7 +281,7 @@ fn bad_handshakes_close_cleanly_and_are_counted() {
 #[test]
 fn client_certificates_are_required_when_configured() {
     let pki = Pki::new();
-    pki.leaf("client", "client-1", "URI:spiffe://test/client-1", true);
+    pki.leaf("client", "client-1", "URI:spiffe://test/client-1", CLIENT);
     let (_weft, listen, _app) = start(
         &pki,
         ", client_auth = { ca = \"ca.crt\", mode = \"require\" }",
@@ -300,9 +304,30 @@ fn client_certificates_are_required_when_configured() {
     );
     assert!(ok, "{out}");
     assert_eq!(out, "hello over tls\n");
+    let with_cert = [
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    // The verified identity routes, over both protocols, and goes upstream; a header
+    // of that name sent by the client is never believed.
+    for flag in ["--http1.1", "--http2"] {
+        let mut args = with_cert.to_vec();
+        args.push(flag);
+        let (ok, out) = curl(&pki, listen, "a.test", &args, "/whoami");
+        assert!(ok && out == "client-1\n", "{flag}: {out}");
+        args.extend(["-H", "x-forwarded-client-cert: URI=spiffe://evil/admin"]);
+        let (_, dump) = curl(&pki, listen, "a.test", &args, "/api/dump");
+        assert!(
+            dump.contains("x-forwarded-client-cert: URI=spiffe://test/client-1"),
+            "{flag}: {dump}"
+        );
+        assert!(!dump.contains("evil"), "{flag}: {dump}");
+    }
     // A certificate from another CA is refused.
     let other = Pki::new();
-    other.leaf("client", "stranger", "URI:spiffe://other/x", true);
+    other.leaf("client", "stranger", "URI:spiffe://other/x", CLIENT);
     let (ok, _) = curl(
         &pki,
         listen,
@@ -357,7 +382,7 @@ fn certificate_reload_serves_new_handshakes_and_keeps_old_connections() {
     assert!(before.contains("a.test"), "{before}");
 
     // New certificate for a.test (a new CN shows which one is served), then SIGHUP.
-    pki.leaf("a2", "a.test renewed", "DNS:a.test", false);
+    pki.leaf("a2", "a.test renewed", "DNS:a.test", SERVER);
     let text = std::fs::read_to_string(&weft.config_path).unwrap();
     std::fs::write(
         &weft.config_path,
@@ -399,7 +424,7 @@ fn certificate_reload_serves_new_handshakes_and_keeps_old_connections() {
 #[test]
 fn weft_check_names_the_key_of_a_bad_certificate() {
     let pki = Pki::new();
-    pki.leaf("a", "a.test", "DNS:a.test", false);
+    pki.leaf("a", "a.test", "DNS:a.test", SERVER);
     let config = format!(
         r#"
 [[listeners]]
@@ -457,8 +482,8 @@ fn upstream_tls(pki: &Pki, name: &str, require_client: bool) -> rustls::ServerCo
 #[test]
 fn tls_to_upstreams_over_http1_and_h2_with_mtls_and_bad_certificates() {
     let pki = Pki::new();
-    pki.leaf("billing", "billing", "DNS:billing.internal", false);
-    pki.leaf("weft-client", "weft", "URI:spiffe://test/weft", true);
+    pki.leaf("billing", "billing", "DNS:billing.internal", SERVER);
+    pki.leaf("weft-client", "weft", "URI:spiffe://test/weft", CLIENT);
     let h1 = TestUpstream::start_tls("tls-h1", false, upstream_tls(&pki, "billing", false));
     let h2 = TestUpstream::start_tls("tls-h2", true, upstream_tls(&pki, "billing", false));
     let mtls = TestUpstream::start_tls("tls-mtls", false, upstream_tls(&pki, "billing", true));
@@ -569,4 +594,88 @@ tls = {{ ca = "{other_ca}", sni = "billing.internal" }}
             "{path}: {head}"
         );
     }
+}
+
+#[test]
+fn sidecars_talk_mtls_and_the_app_learns_the_caller() {
+    let pki = Pki::new();
+    // Each sidecar's certificate serves its inbound listener and its outbound calls.
+    let both = "serverAuth,clientAuth";
+    pki.leaf(
+        "orders",
+        "orders",
+        "URI:spiffe://mesh/orders,DNS:orders.mesh",
+        both,
+    );
+    pki.leaf(
+        "billing",
+        "billing",
+        "URI:spiffe://mesh/billing,DNS:billing.mesh",
+        both,
+    );
+    let billing_app = TestUpstream::start("billing-app");
+    let (b_in, b_out, b_admin) = (free_addr(), free_addr(), free_addr());
+    let billing = Weft::start_in(
+        pki.dir.path(),
+        "sidecar",
+        &format!(
+            r#"
+[admin]
+address = "{b_admin}"
+
+[sidecar.inbound]
+address = "{b_in}"
+app = "{}"
+tls = {{ certificates = [ {{ cert = "billing.crt", key = "billing.key" }} ], client_auth = {{ ca = "ca.crt", mode = "require" }} }}
+
+[sidecar.outbound]
+address = "{b_out}"
+"#,
+            billing_app.addr
+        ),
+        b_admin,
+    );
+    let (o_in, o_out, o_admin) = (free_addr(), free_addr(), free_addr());
+    let _orders = Weft::start_in(
+        pki.dir.path(),
+        "sidecar",
+        &format!(
+            r#"
+[admin]
+address = "{o_admin}"
+
+[sidecar.inbound]
+address = "{o_in}"
+app = "127.0.0.1:9"
+
+[sidecar.outbound]
+address = "{o_out}"
+
+[clusters.billing]
+endpoints = ["{b_in}"]
+tls = {{ ca = "ca.crt", sni = "billing.mesh", cert = "orders.crt", key = "orders.key" }}
+"#
+        ),
+        o_admin,
+    );
+    // The orders app calls http://billing/... on its outbound sidecar.
+    let o = Command::new("curl")
+        .args(["-sS", "-H", "host: billing"])
+        .arg(format!("http://{o_out}/invoice/7"))
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&o.stdout);
+    assert!(dump.contains("upstream=billing-app"), "{dump}");
+    assert!(
+        dump.contains("x-forwarded-client-cert: URI=spiffe://mesh/orders;DNS=orders.mesh"),
+        "{dump}"
+    );
+    // Without a client certificate the billing sidecar refuses the connection.
+    let o = Command::new("curl")
+        .args(["-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://{b_in}/"))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&o.stdout), "200");
+    drop(billing);
 }

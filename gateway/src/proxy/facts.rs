@@ -9,6 +9,9 @@ use weft_mesh::snapshot::RequestFacts;
 
 use crate::proto::h1::head::{Head, RequestHead};
 
+/// The header that carries a verified client certificate's identity.
+pub const CLIENT_CERT_HEADER: &str = "x-forwarded-client-cert";
+
 pub struct Facts<'a> {
     pub head: &'a RequestHead,
     host: Cow<'a, str>,
@@ -17,6 +20,9 @@ pub struct Facts<'a> {
     /// Path and query, origin-form.
     pub path_and_query: &'a str,
     pub path: &'a str,
+    /// A verified client certificate's identity; what `x-forwarded-client-cert` means
+    /// to routing (a client-sent header of that name is never believed).
+    pub client_cert: Option<&'a str>,
 }
 
 impl<'a> Facts<'a> {
@@ -38,6 +44,7 @@ impl<'a> Facts<'a> {
             authority,
             path_and_query,
             path,
+            client_cert: None,
         }
     }
 }
@@ -88,6 +95,9 @@ impl RequestFacts for Facts<'_> {
         self.head.method()
     }
     fn header(&self, name: &str) -> Option<&[u8]> {
+        if name.eq_ignore_ascii_case(CLIENT_CERT_HEADER) {
+            return self.client_cert.map(str::as_bytes);
+        }
         Head::header(self.head, name)
     }
 }

@@ -65,17 +65,19 @@ pub async fn accept(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream,
         .iter()
         .find(|l| *l.name == *bound.name)
         .and_then(|l| l.tls.as_ref())
-        .map(|t| (t.server.clone(), t.handshake_timeout));
+        .map(|t| (t.server.clone(), t.handshake_timeout, t.forward_client_cert));
     drop(snapshot);
     match tls {
-        Some((config, timeout)) => tls::serve(worker, bound, stream, peer, config, timeout).await,
+        Some((config, timeout, forward)) => {
+            tls::serve(worker, bound, stream, peer, config, timeout, forward).await
+        }
         None => serve(worker, bound, stream, peer).await,
     }
 }
 
 /// Serves a plain TCP client: HTTP/1.1, or h2c when it opens with the preface.
 async fn serve(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer: SocketAddr) {
-    match serve_conn(&worker, &bound, Conn::new(stream), peer).await {
+    match serve_conn(&worker, &bound, Conn::new(stream), peer, None).await {
         Handoff::Closed => {}
         Handoff::Http2(client) => {
             Box::pin(http2::serve(worker.clone(), bound.clone(), client, peer)).await
@@ -85,14 +87,28 @@ async fn serve(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer
 }
 
 /// Serves an HTTP/1.1 client over TLS (ALPN chose http/1.1, or nothing).
-pub async fn serve_tls<T>(worker: Rc<Worker>, bound: BoundListener, stream: T, peer: SocketAddr)
-where
+pub async fn serve_tls<T>(
+    worker: Rc<Worker>,
+    bound: BoundListener,
+    stream: T,
+    peer: SocketAddr,
+    client_cert: Option<Rc<ClientCert>>,
+) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    match serve_conn(&worker, &bound, Conn::new(PollStream(stream)), peer).await {
+    let client = Conn::new(PollStream(stream));
+    match serve_conn(&worker, &bound, client, peer, client_cert).await {
         Handoff::Closed | Handoff::Http2(_) => {}
         Handoff::Tunnel(client, upstream) => Box::pin(tunnel::relay_poll(client, upstream)).await,
     }
+}
+
+/// The identity of a verified client certificate, for routing and upstreams.
+pub struct ClientCert {
+    /// `URI=...;DNS=...`, the `x-forwarded-client-cert` value.
+    pub value: String,
+    /// Send it upstream (the listener's `tls.forward_client_cert`).
+    pub forward: bool,
 }
 
 /// Where a connection goes when its HTTP/1.1 exchanges are over.
@@ -109,6 +125,7 @@ async fn serve_conn<S: ClientStream>(
     bound: &BoundListener,
     mut client: Conn<S>,
     peer: SocketAddr,
+    client_cert: Option<Rc<ClientCert>>,
 ) -> Handoff<S> {
     let key = [bound.slot as u64, 0, 0, 0];
     let listener_label = || vec![("listener", bound.name.to_string())];
@@ -125,7 +142,8 @@ async fn serve_conn<S: ClientStream>(
     let handoff = loop {
         // Everything a request needs lives in this box for the length of one turn, so
         // a connection that sits idle costs only this small outer loop.
-        let turn = Box::pin(turn(worker, bound, &mut client, peer, first)).await;
+        let cert = client_cert.as_deref();
+        let turn = Box::pin(turn(worker, bound, &mut client, peer, cert, first)).await;
         match turn {
             Turn::Idle { left } if S::BUFFERLESS_IDLE => {
                 let deadline = worker.idle_timers.deadline(Instant::now() + left);
@@ -168,6 +186,7 @@ async fn turn<S: ClientStream>(
     bound: &BoundListener,
     client: &mut Conn<S>,
     peer: SocketAddr,
+    client_cert: Option<&ClientCert>,
     first: bool,
 ) -> Turn {
     let snapshot = worker.snapshot();
@@ -226,6 +245,7 @@ async fn turn<S: ClientStream>(
         bound,
         peer,
         scheme: S::SCHEME,
+        client_cert,
     };
     Turn::Done(exchange.run(client, head).await)
 }
@@ -318,6 +338,8 @@ pub struct Exchange<'a> {
     pub peer: SocketAddr,
     /// "https" on TLS connections.
     pub scheme: &'static str,
+    /// The client's verified certificate, on TLS listeners that ask for one.
+    pub client_cert: Option<&'a ClientCert>,
 }
 
 impl Exchange<'_> {
@@ -338,7 +360,8 @@ impl Exchange<'_> {
     }
 
     async fn run<S: ClientStream>(self, client: &mut Conn<S>, head: RequestHead) -> Next {
-        let facts = Facts::new(&head);
+        let mut facts = Facts::new(&head);
+        facts.client_cert = self.client_cert.map(|c| c.value.as_str());
         let head_only = head.method() == b"HEAD";
         let keep_alive = head.wants_keep_alive() && !self.closing();
         // An unread request body would be taken for the next request: close instead.
@@ -403,10 +426,14 @@ impl Exchange<'_> {
     }
 
     /// Who the client is, for the forwarding headers.
-    fn client_info(&self) -> rewrite::ClientInfo {
+    fn client_info(&self) -> rewrite::ClientInfo<'_> {
         rewrite::ClientInfo {
             peer: self.peer,
             scheme: self.scheme,
+            client_cert: self
+                .client_cert
+                .filter(|c| c.forward)
+                .map(|c| c.value.as_str()),
         }
     }
 

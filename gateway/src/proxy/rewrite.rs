@@ -12,15 +12,18 @@ use bytes::BytesMut;
 use weft_mesh::config::ForwardedConfig;
 use weft_mesh::snapshot::{Forward, HeaderEdits};
 
-use super::facts::Facts;
+use super::facts::{Facts, CLIENT_CERT_HEADER};
 use crate::proto::h1::head::{trim, BodyFraming, Head, RequestHead, ResponseHead, Version};
 use crate::proto::h1::reason;
 
 /// Client-side facts the forwarded-headers need.
-pub struct ClientInfo {
+pub struct ClientInfo<'a> {
     pub peer: SocketAddr,
-    /// `http` until TLS termination arrives.
+    /// `http`, or `https` on TLS listeners.
     pub scheme: &'static str,
+    /// The `x-forwarded-client-cert` value to send, when a verified client certificate
+    /// is to be forwarded.
+    pub client_cert: Option<&'a str>,
 }
 
 /// The request line and framing of a request going upstream, whatever protocol the
@@ -124,7 +127,7 @@ pub fn request_head<'h>(
     forward: &Forward,
     edits: &HeaderEdits,
     fwd: &ForwardedConfig,
-    client: &ClientInfo,
+    client: &ClientInfo<'_>,
     endpoint: SocketAddr,
 ) -> BytesMut {
     let mut out = BytesMut::with_capacity(512);
@@ -152,7 +155,7 @@ pub fn request_headers<'h>(
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     edits: &HeaderEdits,
     fwd: &ForwardedConfig,
-    client: &ClientInfo,
+    client: &ClientInfo<'_>,
     endpoint: SocketAddr,
     out: &mut impl HeaderSink,
 ) {
@@ -173,7 +176,14 @@ pub fn request_headers<'h>(
         if name.eq_ignore_ascii_case(b"x-request-id") {
             has_request_id = true;
         }
+        if name.eq_ignore_ascii_case(CLIENT_CERT_HEADER.as_bytes()) {
+            // Only weft vouches for a client certificate.
+            continue;
+        }
         out.header(name, value);
+    }
+    if let Some(cert) = client.client_cert {
+        out.header(CLIENT_CERT_HEADER.as_bytes(), cert.as_bytes());
     }
     if req.authority.is_empty() {
         // A request without any authority (HTTP/1.0) names the endpoint it goes to.
@@ -276,7 +286,7 @@ pub fn h1_request_head(
     forward: &Forward,
     edits: &HeaderEdits,
     fwd: &ForwardedConfig,
-    client: &ClientInfo,
+    client: &ClientInfo<'_>,
     endpoint: SocketAddr,
 ) -> BytesMut {
     let req = h1_outgoing(facts);
@@ -302,7 +312,7 @@ pub fn h2_request<'h>(
     forward: &Forward,
     edits: &HeaderEdits,
     fwd: &ForwardedConfig,
-    client: &ClientInfo,
+    client: &ClientInfo<'_>,
     endpoint: SocketAddr,
 ) -> Option<http::Request<()>> {
     let mut out = H2Headers::default();

@@ -17,7 +17,7 @@ use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use rustls::ServerConfig;
 
-use super::http2;
+use super::{http2, ClientCert};
 use crate::observe::metrics::Family;
 use crate::runtime::worker::{BoundListener, Worker};
 
@@ -28,6 +28,7 @@ pub async fn serve(
     peer: SocketAddr,
     config: Arc<ServerConfig>,
     timeout: Duration,
+    forward_client_cert: bool,
 ) {
     let Ok(io) = stream.into_poll_io() else {
         return;
@@ -57,11 +58,32 @@ pub async fn serve(
             return;
         }
     };
-    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        http2::serve_io(worker, bound, tls, peer, "https").await;
+    let session = tls.get_ref().1;
+    let client_cert = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| identity(leaf, forward_client_cert));
+    if session.alpn_protocol() == Some(b"h2") {
+        http2::serve_io(worker, bound, tls, peer, "https", client_cert).await;
     } else {
-        super::serve_tls(worker, bound, tls, peer).await;
+        super::serve_tls(worker, bound, tls, peer, client_cert).await;
     }
+}
+
+/// A verified client certificate's identity, as an `x-forwarded-client-cert` value:
+/// `URI=spiffe://...;DNS=name` (every SAN URI and DNS name, in certificate order).
+fn identity(leaf: &rustls_pki_types::CertificateDer<'_>, forward: bool) -> Option<Rc<ClientCert>> {
+    let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
+    let mut value = String::new();
+    for uri in cert.valid_uri_names() {
+        value.push_str(if value.is_empty() { "URI=" } else { ";URI=" });
+        value.push_str(uri);
+    }
+    for dns in cert.valid_dns_names() {
+        value.push_str(if value.is_empty() { "DNS=" } else { ";DNS=" });
+        value.push_str(dns);
+    }
+    Some(Rc::new(ClientCert { value, forward }))
 }
 
 /// A short, stable label for why a handshake failed.

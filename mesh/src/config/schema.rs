@@ -192,6 +192,10 @@ pub struct ListenerTlsConfig {
     pub unknown_sni: UnknownSni,
     /// Verify client certificates.
     pub client_auth: Option<ClientAuthConfig>,
+    /// Send a verified client certificate's identity upstream as
+    /// `x-forwarded-client-cert: URI=...;DNS=...` (routes can match that header either
+    /// way; a client-sent one is always dropped).
+    pub forward_client_cert: bool,
     /// A handshake not done within this is abandoned.
     pub handshake_timeout: ConfigDuration,
 }
@@ -204,6 +208,7 @@ impl Default for ListenerTlsConfig {
             min_version: "1.2".into(),
             unknown_sni: UnknownSni::Default,
             client_auth: None,
+            forward_client_cert: true,
             handshake_timeout: ConfigDuration::from_secs(10),
         }
     }
@@ -470,6 +475,9 @@ pub struct SidecarInbound {
     pub app: String,
     /// How the sidecar talks to the app (`"http2"` for a gRPC app).
     pub app_protocol: UpstreamProtocol,
+    /// TLS on the inbound listener (mTLS between sidecars: `client_auth` with the mesh
+    /// CA, and the peers' clusters with `tls.cert`/`tls.key`).
+    pub tls: Option<ListenerTlsConfig>,
 }
 
 impl Default for SidecarInbound {
@@ -478,6 +486,7 @@ impl Default for SidecarInbound {
             address: "0.0.0.0:15006".into(),
             app: String::new(),
             app_protocol: UpstreamProtocol::default(),
+            tls: None,
         }
     }
 }

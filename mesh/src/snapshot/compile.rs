@@ -102,7 +102,7 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
             let inbound = ListenerConfig {
                 name: "inbound".into(),
                 address: sc.inbound.address.clone(),
-                tls: None,
+                tls: sc.inbound.tls.clone(),
                 routes: vec![RouteConfig {
                     name: Some("inbound".into()),
                     cluster: Some(SIDECAR_APP_CLUSTER.into()),

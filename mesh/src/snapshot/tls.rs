@@ -130,6 +130,7 @@ pub fn compile_cluster_tls(
 pub struct ListenerTls {
     pub server: Arc<ServerConfig>,
     pub handshake_timeout: Duration,
+    pub forward_client_cert: bool,
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
@@ -228,6 +229,7 @@ pub fn compile_listener_tls(
     Some(ListenerTls {
         server: Arc::new(server),
         handshake_timeout: tls.handshake_timeout.0,
+        forward_client_cert: tls.forward_client_cert,
     })
 }
 

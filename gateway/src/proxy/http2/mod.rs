@@ -27,8 +27,8 @@ use monoio::io::IntoPollIo;
 use weft_mesh::config::UpstreamProtocol;
 use weft_mesh::snapshot::{Cluster, Forward, RequestFacts, Route, RouteAction};
 
-use super::facts::normalize_host;
-use super::{grpc, local, Exchange};
+use super::facts::{normalize_host, CLIENT_CERT_HEADER};
+use super::{grpc, local, ClientCert, Exchange};
 use crate::observe::metrics::Family;
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::{Conn, Replay};
@@ -80,7 +80,7 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, client: Conn, peer:
         head: buf,
         inner: io,
     };
-    serve_io(worker, bound, io, peer, "http").await
+    serve_io(worker, bound, io, peer, "http", None).await
 }
 
 /// Serves an HTTP/2 client on any transport (h2c, or TLS after ALPN chose h2).
@@ -90,6 +90,7 @@ pub async fn serve_io<T>(
     io: T,
     peer: SocketAddr,
     scheme: &'static str,
+    client_cert: Option<Rc<ClientCert>>,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -119,7 +120,15 @@ pub async fn serve_io<T>(
         activity.open.set(activity.open.get() + 1);
         activity.idle_since.set(None);
         activity.streams.set(activity.streams.get() + 1);
-        let task = stream_task(worker.clone(), bound.clone(), peer, scheme, req, respond);
+        let task = stream_task(
+            worker.clone(),
+            bound.clone(),
+            peer,
+            scheme,
+            client_cert.clone(),
+            req,
+            respond,
+        );
         monoio::spawn(async move {
             if task.await == StreamEnd::ClientReset {
                 activity.client_resets.set(activity.client_resets.get() + 1);
@@ -234,6 +243,8 @@ struct H2Facts<'a> {
     grpc: bool,
     /// The call's `grpc-timeout`.
     grpc_timeout: Option<Duration>,
+    /// A verified client certificate's identity (see `facts::CLIENT_CERT_HEADER`).
+    client_cert: Option<&'a str>,
 }
 
 impl<'a> H2Facts<'a> {
@@ -262,6 +273,7 @@ impl<'a> H2Facts<'a> {
                 .unwrap_or("/"),
             grpc,
             grpc_timeout: grpc.then(|| grpc::timeout(&parts.headers)).flatten(),
+            client_cert: None,
         }
     }
 }
@@ -277,6 +289,9 @@ impl RequestFacts for H2Facts<'_> {
         self.parts.method.as_str().as_bytes()
     }
     fn header(&self, name: &str) -> Option<&[u8]> {
+        if name.eq_ignore_ascii_case(CLIENT_CERT_HEADER) {
+            return self.client_cert.map(str::as_bytes);
+        }
         self.parts.headers.get(name).map(|v| v.as_bytes())
     }
 }
@@ -286,18 +301,21 @@ async fn stream_task(
     bound: BoundListener,
     peer: SocketAddr,
     scheme: &'static str,
+    client_cert: Option<Rc<ClientCert>>,
     req: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) -> StreamEnd {
     let snapshot = worker.snapshot();
     let (parts, body) = req.into_parts();
-    let facts = H2Facts::new(&parts);
+    let mut facts = H2Facts::new(&parts);
+    facts.client_cert = client_cert.as_deref().map(|c| c.value.as_str());
     let x = Exchange {
         worker: &worker,
         snapshot: &snapshot,
         bound: &bound,
         peer,
         scheme,
+        client_cert: client_cert.as_deref(),
     };
     let head_only = parts.method == http::Method::HEAD;
     let Some(route) = x.routes().and_then(|t| t.find(&facts)) else {
