@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -36,6 +37,8 @@ pub struct LoadSpec {
     /// With `h2_streams`: make gRPC unary calls (a 16-byte message each, success only
     /// with `grpc-status: 0`) instead of GETs.
     pub grpc: bool,
+    /// HTTP/1.1 over TLS, trusting this CA certificate (PEM); SNI `bench.test`.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -123,6 +126,93 @@ struct Shared {
     addr: SocketAddr,
     deadline: Instant,
     new_connection: bool,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The name the bench's TLS certificate is for.
+pub const TLS_NAME: &str = "bench.test";
+
+/// A client config trusting only `ca` (aws-lc-rs, as weft uses).
+fn tls_client(ca: &std::path::Path) -> Option<Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).ok()? {
+        roots.add(c.ok()?).ok()?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Every new connection is a full handshake: what `tls-handshake` measures.
+    config.resumption = rustls::client::Resumption::disabled();
+    Some(Arc::new(config))
+}
+
+/// A client connection the load generator speaks HTTP/1.1 over: plain TCP (monoio's
+/// owned-buffer I/O) or TLS (rustls over poll-io).
+trait Wire: Sized {
+    async fn open(shared: &Shared) -> Option<Self>;
+    async fn send(&mut self, data: &'static [u8]) -> Result<(), ()>;
+    /// Appends what arrives to `buf`; an error at EOF.
+    async fn recv(&mut self, buf: &mut BytesMut) -> Result<(), ()>;
+}
+
+impl Wire for TcpStream {
+    async fn open(shared: &Shared) -> Option<Self> {
+        let s = TcpStream::connect_addr(shared.addr).await.ok()?;
+        let _ = s.set_nodelay(true);
+        Some(s)
+    }
+    async fn send(&mut self, data: &'static [u8]) -> Result<(), ()> {
+        self.write_all(data).await.0.map(|_| ()).map_err(|_| ())
+    }
+    async fn recv(&mut self, buf: &mut BytesMut) -> Result<(), ()> {
+        if buf.capacity() - buf.len() < 8192 {
+            buf.reserve(64 * 1024);
+        }
+        let owned = std::mem::take(buf);
+        let (len, cap) = (owned.len(), owned.capacity());
+        let (res, slice) = self.read(owned.slice_mut(len..cap)).await;
+        *buf = slice.into_inner();
+        match res {
+            Ok(n) if n > 0 => Ok(()),
+            _ => Err(()),
+        }
+    }
+}
+
+struct TlsWire(tokio_rustls::client::TlsStream<monoio::net::tcp::stream_poll::TcpStreamPoll>);
+
+impl Wire for TlsWire {
+    async fn open(shared: &Shared) -> Option<Self> {
+        use monoio::io::IntoPollIo;
+        let s = TcpStream::connect_addr(shared.addr).await.ok()?;
+        let _ = s.set_nodelay(true);
+        let name = rustls_pki_types::ServerName::try_from(TLS_NAME).ok()?;
+        let tls = tokio_rustls::TlsConnector::from(shared.tls.clone()?)
+            .connect(name, s.into_poll_io().ok()?)
+            .await
+            .ok()?;
+        Some(TlsWire(tls))
+    }
+    async fn send(&mut self, data: &'static [u8]) -> Result<(), ()> {
+        use tokio::io::AsyncWriteExt;
+        self.0.write_all(data).await.map_err(|_| ())?;
+        self.0.flush().await.map_err(|_| ())
+    }
+    async fn recv(&mut self, buf: &mut BytesMut) -> Result<(), ()> {
+        use tokio::io::AsyncReadExt;
+        if buf.capacity() - buf.len() < 8192 {
+            buf.reserve(64 * 1024);
+        }
+        match self.0.read_buf(buf).await {
+            Ok(n) if n > 0 => Ok(()),
+            _ => Err(()),
+        }
+    }
 }
 
 async fn thread_load(spec: LoadSpec, conns: usize, rate: Option<f64>) -> LoadResult {
@@ -137,6 +227,7 @@ async fn thread_load(spec: LoadSpec, conns: usize, rate: Option<f64>) -> LoadRes
         addr: spec.addr,
         deadline: start + spec.duration,
         new_connection: spec.new_connection,
+        tls: spec.tls_ca.as_deref().and_then(tls_client),
     });
     if let Some(streams) = spec.h2_streams {
         let tasks: Vec<_> = (0..conns)
@@ -161,7 +252,14 @@ async fn thread_load(spec: LoadSpec, conns: usize, rate: Option<f64>) -> LoadRes
         .map(|i| {
             let shared = shared.clone();
             let offset = period.map(|p| p.mul_f64(i as f64 / conns as f64));
-            monoio::spawn(connection_loop(shared, start, period, offset))
+            let tls = shared.tls.is_some();
+            monoio::spawn(async move {
+                if tls {
+                    connection_loop::<TlsWire>(shared, start, period, offset).await
+                } else {
+                    connection_loop::<TcpStream>(shared, start, period, offset).await
+                }
+            })
         })
         .collect();
     let mut out = LoadResult::empty();
@@ -171,14 +269,14 @@ async fn thread_load(spec: LoadSpec, conns: usize, rate: Option<f64>) -> LoadRes
     out
 }
 
-async fn connection_loop(
+async fn connection_loop<W: Wire>(
     shared: Rc<Shared>,
     start: Instant,
     period: Option<Duration>,
     offset: Option<Duration>,
 ) -> LoadResult {
     let mut out = LoadResult::empty();
-    let mut stream: Option<TcpStream> = None;
+    let mut stream: Option<W> = None;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut due = start + offset.unwrap_or_default();
     loop {
@@ -198,12 +296,9 @@ async fn connection_loop(
             due += p;
         }
         if stream.is_none() {
-            match TcpStream::connect_addr(shared.addr).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    stream = Some(s);
-                }
-                Err(_) => {
+            match W::open(&shared).await {
+                Some(s) => stream = Some(s),
+                None => {
                     out.errors += 1;
                     monoio::time::sleep(Duration::from_millis(10)).await;
                     continue;
@@ -237,13 +332,12 @@ async fn connection_loop(
 }
 
 /// One request and its response: (status, body bytes, connection reusable).
-async fn exchange(
-    s: &mut TcpStream,
+async fn exchange<W: Wire>(
+    s: &mut W,
     request: &'static [u8],
     buf: &mut BytesMut,
 ) -> Result<(u16, u64, bool), ()> {
-    let (res, _) = s.write_all(request).await;
-    res.map_err(|_| ())?;
+    s.send(request).await?;
     buf.clear();
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -268,28 +362,14 @@ async fn exchange(
                 let length = length.ok_or(())?;
                 let _ = buf.split_to(head_len);
                 while buf.len() < length {
-                    read_more(s, buf).await?;
+                    s.recv(buf).await?;
                 }
                 let _ = buf.split_to(length);
                 return Ok((status, length as u64, !close));
             }
-            Ok(httparse::Status::Partial) => read_more(s, buf).await?,
+            Ok(httparse::Status::Partial) => s.recv(buf).await?,
             Err(_) => return Err(()),
         }
-    }
-}
-
-async fn read_more(s: &mut TcpStream, buf: &mut BytesMut) -> Result<(), ()> {
-    if buf.capacity() - buf.len() < 8192 {
-        buf.reserve(64 * 1024);
-    }
-    let owned = std::mem::take(buf);
-    let (len, cap) = (owned.len(), owned.capacity());
-    let (res, slice) = s.read(owned.slice_mut(len..cap)).await;
-    *buf = slice.into_inner();
-    match res {
-        Ok(n) if n > 0 => Ok(()),
-        _ => Err(()),
     }
 }
 

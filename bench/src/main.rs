@@ -33,7 +33,7 @@ struct Cli {
 enum Command {
     /// Run scenarios against every available system and report.
     Run {
-        /// Scenarios to run (default: all): h1-keepalive, h2-multiplexed, grpc-unary, h1-fixed-rate,
+        /// Scenarios to run (default: all): h1-keepalive, h2-multiplexed, grpc-unary, tls-h1, tls-handshake, h1-fixed-rate,
         /// h1-new-conn, h1-large-body, idle-conns, reload-under-load, reload-swap, scale.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
@@ -84,6 +84,9 @@ enum Command {
         /// With --h2-streams: gRPC unary calls instead of GETs.
         #[arg(long)]
         grpc: bool,
+        /// HTTPS: trust this CA (PEM); the server must have a certificate for bench.test.
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
         #[arg(long, default_value_t = 1)]
         threads: usize,
         #[arg(long, value_delimiter = ',')]
@@ -132,6 +135,7 @@ fn main() -> ExitCode {
             new_connection,
             h2_streams,
             grpc,
+            tls_ca,
             threads,
             cpus,
         } => {
@@ -146,6 +150,7 @@ fn main() -> ExitCode {
                 cpus,
                 h2_streams,
                 grpc,
+                tls_ca,
             };
             let r = load::run(&spec);
             println!(

@@ -30,10 +30,12 @@ pub struct RunOpts {
     pub idle_connections: usize,
 }
 
-pub const SCENARIOS: [&str; 10] = [
+pub const SCENARIOS: [&str; 12] = [
     "h1-keepalive",
     "h2-multiplexed",
     "grpc-unary",
+    "tls-h1",
+    "tls-handshake",
     "h1-fixed-rate",
     "h1-new-conn",
     "h1-large-body",
@@ -159,6 +161,9 @@ pub fn run(opts: &RunOpts) -> Result<Vec<Sample>, String> {
         dir: out.join("work"),
     };
     std::fs::create_dir_all(&env.dir).map_err(|e| e.to_string())?;
+    if opts.scenarios.iter().any(|s| s.starts_with("tls-")) {
+        systems::make_tls_cert(&env.dir).map_err(|e| e.to_string())?;
+    }
     let ups = start_upstreams(opts).map_err(|e| e.to_string())?;
     let mut samples = Vec::new();
     for round in 1..=opts.rounds {
@@ -205,7 +210,10 @@ fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
         }],
         "h1-new-conn" | "h1-large-body" => vec![one(if opts.quick { 10 } else { 50 })],
         "idle-conns" => vec![one(opts.idle_connections)],
-        "reload-under-load" | "reload-swap" | "h2-multiplexed" | "grpc-unary" => vec![one(50)],
+        "reload-under-load" | "reload-swap" | "h2-multiplexed" | "grpc-unary" | "tls-h1" => {
+            vec![one(50)]
+        }
+        "tls-handshake" => vec![one(if opts.quick { 10 } else { 50 })],
         "scale" => {
             let mut w = 1;
             let mut out = Vec::new();
@@ -244,7 +252,8 @@ fn systems_for(scenario: &str, opts: &RunOpts) -> Vec<Kind> {
             .filter(|k| matches!(k, Kind::Weft { driver: "io_uring" } | Kind::Nginx))
             .cloned()
             .collect(),
-        "idle-conns" => opts
+        // The upstream speaks plain HTTP: no direct row for TLS.
+        "idle-conns" | "tls-h1" | "tls-handshake" => opts
             .systems
             .iter()
             .filter(|k| **k != Kind::Direct)
@@ -274,6 +283,7 @@ fn measure(
     let protocol = match scenario {
         "h2-multiplexed" => Protocol::H2,
         "grpc-unary" => Protocol::Grpc,
+        "tls-h1" | "tls-handshake" => Protocol::Tls,
         _ => Protocol::H1,
     };
     let running = systems::start(kind, env, Some(upstream), point.workers, protocol)
@@ -309,12 +319,13 @@ fn measure(
         connections: point.connections,
         duration: opts.duration,
         rate: point.rate,
-        new_connection: scenario == "h1-new-conn",
+        new_connection: scenario == "h1-new-conn" || scenario == "tls-handshake",
         path: "/".into(),
         threads: opts.load_cpus.len().max(1),
         cpus: opts.load_cpus.clone(),
-        h2_streams: (protocol != Protocol::H1).then_some(H2_STREAMS),
+        h2_streams: matches!(protocol, Protocol::H2 | Protocol::Grpc).then_some(H2_STREAMS),
         grpc: protocol == Protocol::Grpc,
+        tls_ca: (protocol == Protocol::Tls).then(|| env.dir.join("bench-ca.crt")),
     };
     // Warm-up: pools filled, caches hot, before anything is counted.
     load::run(&LoadSpec {
@@ -585,6 +596,7 @@ fn swap_latency(
         cpus: opts.load_cpus.clone(),
         h2_streams: None,
         grpc: false,
+        tls_ca: None,
     };
     load::run(&LoadSpec {
         duration: Duration::from_millis(300),

@@ -69,6 +69,83 @@ pub enum Protocol {
     H2,
     /// gRPC: h2c both sides.
     Grpc,
+    /// HTTPS (HTTP/1.1 over TLS, ECDSA P-256) from the clients, plain HTTP/1.1 upstream.
+    Tls,
+}
+
+/// Writes a bench CA (`bench-ca.crt`) and an ECDSA P-256 certificate it signs for
+/// `load::TLS_NAME` (`bench.crt`, `bench.key`, and `bench.pem` with both for haproxy)
+/// into `dir`, with the openssl CLI; every proxy serves the same one.
+pub fn make_tls_cert(dir: &Path) -> io::Result<()> {
+    let name = crate::load::TLS_NAME;
+    std::fs::write(
+        dir.join("bench.ext"),
+        format!("subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth\n"),
+    )?;
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "bench-ca.key",
+            "-out",
+            "bench-ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=weft bench CA",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "bench.key",
+            "-out",
+            "bench.csr",
+            "-subj",
+            "/CN=bench.test",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "bench.csr",
+            "-CA",
+            "bench-ca.crt",
+            "-CAkey",
+            "bench-ca.key",
+            "-CAcreateserial",
+            "-out",
+            "bench.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "bench.ext",
+        ],
+    ];
+    for args in steps {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !status.success() {
+            return Err(io::Error::other(format!("openssl {} failed", args[0])));
+        }
+    }
+    let mut pem = std::fs::read(dir.join("bench.crt"))?;
+    pem.extend(std::fs::read(dir.join("bench.key"))?);
+    std::fs::write(dir.join("bench.pem"), pem)
 }
 
 /// Where and how systems run.
@@ -167,6 +244,7 @@ pub fn weft_config(
     workers: usize,
     variant: bool,
     upstream_h2: bool,
+    tls: Option<&Path>,
 ) -> String {
     // Both variants route everything to the upstream; they differ in routes and weights
     // so a reload really swaps the table.
@@ -177,12 +255,21 @@ pub fn weft_config(
     };
     let preamble = weft_preamble(&format!("workers = {workers}\nio = \"{driver}\""), admin);
     let protocol = if upstream_h2 { "http2" } else { "http1" };
+    let tls = tls
+        .map(|dir| {
+            format!(
+                "tls = {{ certificates = [ {{ cert = \"{}\", key = \"{}\" }} ], alpn = [\"http/1.1\"] }}\n",
+                dir.join("bench.crt").display(),
+                dir.join("bench.key").display()
+            )
+        })
+        .unwrap_or_default();
     format!(
         r#"{preamble}
 [[listeners]]
 name = "bench"
 address = "127.0.0.1:{port}"
-routes = [
+{tls}routes = [
   {{ match = {{ path = "{extra}" }}, direct_response = {{ status = 200, body = "variant" }} }},
   {{ match = {{ path_prefix = "/" }}, split = [ {{ cluster = "a", weight = {w1} }}, {{ cluster = "b", weight = {w2} }} ] }},
 ]
@@ -222,10 +309,14 @@ pub fn start(
     }
     let port = free_port();
     let cpus = cpu_list(&env.proxy_cpus);
-    let (nginx_h2, haproxy_h2) = if protocol == Protocol::H1 {
-        ("", "")
-    } else {
-        (" http2", " proto h2")
+    let d = env.dir.display();
+    let (nginx_h2, haproxy_h2) = match protocol {
+        Protocol::H1 => (String::new(), String::new()),
+        Protocol::H2 | Protocol::Grpc => (" http2".into(), " proto h2".into()),
+        Protocol::Tls => (
+            format!(" ssl;\n    ssl_certificate {d}/bench.crt;\n    ssl_certificate_key {d}/bench.key;\n    ssl_session_tickets on"),
+            format!(" ssl crt {d}/bench.pem alpn http/1.1"),
+        ),
     };
     let grpc = protocol == Protocol::Grpc;
     let nginx_location = if grpc {
@@ -249,7 +340,16 @@ pub fn start(
             let path = env.dir.join(format!("weft-{driver}.toml"));
             std::fs::write(
                 &path,
-                weft_config(port, admin_port, upstream, driver, workers, true, grpc),
+                weft_config(
+                    port,
+                    admin_port,
+                    upstream,
+                    driver,
+                    workers,
+                    true,
+                    grpc,
+                    (protocol == Protocol::Tls).then_some(env.dir.as_path()),
+                ),
             )?;
             cmd.arg(&env.weft_bin)
                 .arg("ingress")
