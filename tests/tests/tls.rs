@@ -261,14 +261,20 @@ fn bad_handshakes_close_cleanly_and_are_counted() {
         "{:?}",
         started.elapsed()
     );
+    // A handshake cut off half way.
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+        .unwrap();
+    drop(s);
     // An SNI no certificate covers is refused when so configured.
     let (ok, _) = curl(&pki, listen, "nobody.test", &["-k"], "/");
     assert!(!ok, "unknown SNI was served");
     // Each counted by reason; the listener still serves good clients.
     let (ok, out) = curl(&pki, listen, "a.test", &[], "/");
     assert!(ok, "{out}");
+    std::thread::sleep(Duration::from_millis(200));
     let metrics = weft.admin_get("/metrics").1;
-    for reason in ["not_tls", "timeout", "refused"] {
+    for reason in ["not_tls", "timeout", "refused", "eof"] {
         assert!(
             metrics.contains(&format!(
                 "weft_tls_handshake_failures_total{{listener=\"public-tls\",reason=\"{reason}\"}}"
@@ -430,7 +436,7 @@ fn weft_check_names_the_key_of_a_bad_certificate() {
 [[listeners]]
 name = "tls"
 address = "127.0.0.1:{}"
-tls = {{ certificates = [ {{ cert = "a.crt", key = "missing.key" }} ], alpn = ["h3"] }}
+tls = {{ certificates = [ {{ cert = "a.crt", key = "missing.key" }} ], alpn = ["h3"], cipher_suites = ["TLS_RSA_WITH_RC4_128_MD5"] }}
 routes = [ {{ match = {{ path = "/" }}, direct_response = {{ status = 200 }} }} ]
 "#,
         free_addr().port()
@@ -446,6 +452,7 @@ routes = [ {{ match = {{ path = "/" }}, direct_response = {{ status = 200 }} }} 
         "{text}"
     );
     assert!(text.contains("listeners[0].tls.alpn[0]"), "{text}");
+    assert!(text.contains("listeners[0].tls.cipher_suites[0]"), "{text}");
 }
 
 /// A rustls server config for a test upstream, optionally requiring client certificates
@@ -678,4 +685,54 @@ tls = {{ ca = "ca.crt", sni = "billing.mesh", cert = "orders.crt", key = "orders
         .unwrap();
     assert_ne!(String::from_utf8_lossy(&o.stdout), "200");
     drop(billing);
+}
+
+#[test]
+fn optional_client_certificates_and_chosen_cipher_suites() {
+    let pki = Pki::new();
+    pki.leaf("client", "client-1", "URI:spiffe://test/client-1", CLIENT);
+    let (_weft, listen, _app) = start(
+        &pki,
+        ", client_auth = { ca = \"ca.crt\", mode = \"optional\" }, cipher_suites = [\"TLS13_CHACHA20_POLY1305_SHA256\", \"TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256\"]",
+    );
+    // Without a certificate: served, but the identity route does not match.
+    let (ok, out) = curl(&pki, listen, "a.test", &[], "/");
+    assert!(ok && out == "hello over tls\n", "{out}");
+    let (_, out) = curl(
+        &pki,
+        listen,
+        "a.test",
+        &["-o", "/dev/null", "-w", "%{http_code}"],
+        "/whoami",
+    );
+    assert_eq!(out, "404");
+    let cert = pki.path("client.crt");
+    let key = pki.path("client.key");
+    let args = [
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let (ok, out) = curl(&pki, listen, "a.test", &args, "/whoami");
+    assert!(ok && out == "client-1\n", "{out}");
+    // Only the configured suites are offered.
+    let suite = |ciphersuites: &str| {
+        let o = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &listen.to_string(),
+                "-servername",
+                "a.test",
+            ])
+            .args(["-tls1_3", "-ciphersuites", ciphersuites])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).contains("Cipher is ")
+            && !String::from_utf8_lossy(&o.stdout).contains("Cipher is (NONE)")
+    };
+    assert!(suite("TLS_CHACHA20_POLY1305_SHA256"));
+    assert!(!suite("TLS_AES_128_GCM_SHA256"));
 }

@@ -188,6 +188,9 @@ pub struct ListenerTlsConfig {
     pub alpn: Vec<String>,
     /// "1.2" (default) or "1.3".
     pub min_version: String,
+    /// Cipher suites to offer, by IANA name (e.g. "TLS13_AES_128_GCM_SHA256",
+    /// "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"); default: rustls' safe set.
+    pub cipher_suites: Option<Vec<String>>,
     /// An SNI no certificate covers: "default" (serve the first) or "reject".
     pub unknown_sni: UnknownSni,
     /// Verify client certificates.
@@ -206,6 +209,7 @@ impl Default for ListenerTlsConfig {
             certificates: Vec::new(),
             alpn: vec!["h2".into(), "http/1.1".into()],
             min_version: "1.2".into(),
+            cipher_suites: None,
             unknown_sni: UnknownSni::Default,
             client_auth: None,
             forward_client_cert: true,

@@ -202,17 +202,38 @@ pub fn compile_listener_tls(
             }
         }
     };
+    let mut chosen = provider();
+    if let Some(names) = &tls.cipher_suites {
+        let all = chosen.cipher_suites.clone();
+        let mut suites = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            match all
+                .iter()
+                .find(|s| s.suite().as_str() == Some(name.as_str()))
+            {
+                Some(s) => suites.push(*s),
+                None => error(
+                    format!("{path}.cipher_suites[{i}]"),
+                    format!("`{name}` is not a cipher suite rustls offers"),
+                ),
+            }
+        }
+        if suites.len() != names.len() || suites.is_empty() {
+            return None;
+        }
+        Arc::make_mut(&mut chosen).cipher_suites = suites;
+    }
     if certs.len() != tls.certificates.len() {
         return None;
     }
-    let builder =
-        match ServerConfig::builder_with_provider(provider()).with_protocol_versions(versions) {
-            Ok(b) => b,
-            Err(e) => {
-                error(format!("{path}.min_version"), e.to_string());
-                return None;
-            }
-        };
+    let builder = match ServerConfig::builder_with_provider(chosen).with_protocol_versions(versions)
+    {
+        Ok(b) => b,
+        Err(e) => {
+            error(format!("{path}.min_version"), e.to_string());
+            return None;
+        }
+    };
     let builder = match verifier {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
