@@ -61,6 +61,11 @@ impl Pki {
     /// A leaf `name.crt`/`name.key` for `sans` (e.g. "DNS:a.test"), signed by the CA,
     /// for `usage` ("serverAuth", "clientAuth" or both, comma-separated).
     fn leaf(&self, name: &str, cn: &str, sans: &str, usage: &str) {
+        self.leaf_for_days(name, cn, sans, usage, 1);
+    }
+
+    /// `leaf` valid for `days` from now (0: it expires within the second).
+    fn leaf_for_days(&self, name: &str, cn: &str, sans: &str, usage: &str, days: u32) {
         std::fs::write(
             self.path(&format!("{name}.ext")),
             format!("subjectAltName={sans}\nextendedKeyUsage={usage}\n"),
@@ -93,7 +98,7 @@ impl Pki {
             "-out",
             &format!("{name}.crt"),
             "-days",
-            "1",
+            &days.to_string(),
             "-extfile",
             &format!("{name}.ext"),
         ]);
@@ -288,7 +293,7 @@ fn bad_handshakes_close_cleanly_and_are_counted() {
 fn client_certificates_are_required_when_configured() {
     let pki = Pki::new();
     pki.leaf("client", "client-1", "URI:spiffe://test/client-1", CLIENT);
-    let (_weft, listen, _app) = start(
+    let (weft, listen, _app) = start(
         &pki,
         ", client_auth = { ca = \"ca.crt\", mode = \"require\" }",
     );
@@ -331,6 +336,34 @@ fn client_certificates_are_required_when_configured() {
         );
         assert!(!dump.contains("evil"), "{flag}: {dump}");
     }
+    // An expired certificate is refused, and counted as a bad client certificate.
+    pki.leaf_for_days(
+        "expired",
+        "client-1",
+        "URI:spiffe://test/client-1",
+        CLIENT,
+        0,
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let (ok, _) = curl(
+        &pki,
+        listen,
+        "a.test",
+        &[
+            "--cert",
+            pki.path("expired.crt").to_str().unwrap(),
+            "--key",
+            pki.path("expired.key").to_str().unwrap(),
+        ],
+        "/",
+    );
+    assert!(!ok, "an expired client certificate was accepted");
+    std::thread::sleep(Duration::from_millis(100));
+    let metrics = weft.admin_get("/metrics").1;
+    assert!(
+        metrics.contains("reason=\"bad_client_certificate\""),
+        "{metrics}"
+    );
     // A certificate from another CA is refused.
     let other = Pki::new();
     other.leaf("client", "stranger", "URI:spiffe://other/x", CLIENT);
