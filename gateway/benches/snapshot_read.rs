@@ -40,6 +40,8 @@ fn main() {
         role: Role::Ingress,
         reloads: ReloadStatus::default(),
         mailboxes: Mutex::new(Vec::new()),
+        discovery: Default::default(),
+        publishing: Mutex::new(()),
     });
     let (_tx, rx) = mpsc::channel();
     let worker = Worker::new(0, control.clone(), rx);

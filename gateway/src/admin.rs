@@ -87,6 +87,7 @@ fn serve(mut stream: TcpStream, control: &Control) -> io::Result<()> {
                     "failed": control.reloads.failed.load(Ordering::Relaxed),
                     "last_error": last_error,
                 },
+                "discovery": control.discovery.status(),
                 "content_hash": format!("{:016x}", snap.content_hash),
                 "file": snap.source_file.display().to_string(),
                 "role": format!("{:?}", snap.role).to_lowercase(),
@@ -129,6 +130,7 @@ fn serve(mut stream: TcpStream, control: &Control) -> io::Result<()> {
                 ),
                 ("weft_workers", "Worker threads.", "gauge", workers),
             ]);
+            let body = body + &discovery_metrics(&control.discovery.status());
             respond(&mut stream, 200, "text/plain; version=0.0.4", &body)
         }
         _ => respond(
@@ -138,6 +140,55 @@ fn serve(mut stream: TcpStream, control: &Control) -> io::Result<()> {
             "not found: try /ready /live /config /metrics\n",
         ),
     }
+}
+
+/// Per-cluster discovery series: whether the served endpoints are stale, errors, updates.
+fn discovery_metrics(
+    status: &std::collections::BTreeMap<String, crate::runtime::discovery::SourceStatus>,
+) -> String {
+    if status.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let families: [(
+        &str,
+        &str,
+        &str,
+        fn(&crate::runtime::discovery::SourceStatus) -> u64,
+    ); 4] = [
+        (
+            "weft_discovery_stale",
+            "1 when a cluster's discovery source failed and its last good endpoints are served.",
+            "gauge",
+            |s| u64::from(s.stale),
+        ),
+        (
+            "weft_discovery_errors_total",
+            "Failed discovery reads, by cluster.",
+            "counter",
+            |s| s.errors,
+        ),
+        (
+            "weft_discovery_updates_total",
+            "Discovery answers applied, by cluster.",
+            "counter",
+            |s| s.updates,
+        ),
+        (
+            "weft_discovery_endpoints",
+            "Endpoints the last good discovery answer listed, by cluster.",
+            "gauge",
+            |s| s.endpoints as u64,
+        ),
+    ];
+    for (name, help, kind, value) in families {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (cluster, s) in status {
+            let cluster = cluster.replace('\\', "\\\\").replace('"', "\\\"");
+            out.push_str(&format!("{name}{{cluster=\"{cluster}\"}} {}\n", value(s)));
+        }
+    }
+    out
 }
 
 fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) -> io::Result<()> {

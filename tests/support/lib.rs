@@ -6,6 +6,7 @@
 //! when the test panics, and every port is picked fresh (weft uses SO_REUSEPORT, so a
 //! leftover process on a shared port would silently take traffic).
 
+pub mod consul;
 pub mod grpc;
 pub mod process;
 pub mod raw;

@@ -6,6 +6,8 @@
 //! SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, exit; a second
 //! signal exits at once).
 
+mod consul;
+pub mod discovery;
 pub mod driver;
 pub mod listen;
 pub mod reload;
@@ -43,6 +45,11 @@ pub struct Control {
     pub reloads: ReloadStatus,
     /// One sender per worker; only the control thread sends (the lock is never contended).
     pub mailboxes: Mutex<Vec<mpsc::Sender<WorkerMsg>>>,
+    /// Endpoints found by discovery, and how its sources are doing.
+    pub discovery: discovery::DiscoveryState,
+    /// Held while a snapshot is compiled and published (reloads and discovery updates
+    /// come from different threads).
+    pub publishing: Mutex<()>,
 }
 
 impl Control {
@@ -137,6 +144,8 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
         role,
         reloads: ReloadStatus::default(),
         mailboxes: Mutex::new(mailboxes),
+        discovery: discovery::DiscoveryState::default(),
+        publishing: Mutex::new(()),
     });
     // Signals first: a SIGHUP or SIGTERM that arrives while workers start is not lost.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(StartError::Thread)?;
@@ -154,10 +163,14 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
         threads.push(t);
     }
     tracing::info!(role = ?role, workers, driver = %decision.driver, admin = %admin_address, listeners = %listeners, "weft started");
+    discovery::reconcile(&control);
 
     for signal in signals.forever() {
         match signal {
-            SIGHUP => reload::apply(&control, &mut listeners),
+            SIGHUP => {
+                reload::apply(&control, &mut listeners);
+                discovery::reconcile(&control);
+            }
             _ => break,
         }
     }

@@ -103,9 +103,14 @@ fn diff(bound: &BoundSet, next: &Snapshot) -> ListenerDiff {
 
 pub fn apply(control: &Control, bound: &mut BoundSet) {
     let started = Instant::now();
+    let _publishing = control
+        .publishing
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let current = control.publisher.load();
+    let found = control.discovery.found();
     let next = match config::load(&current.source_file, current.role)
-        .and_then(|l| snapshot::compile(&l))
+        .and_then(|l| snapshot::compile_with(&l, &found))
     {
         Ok(s) => s,
         Err(errors) => return refuse(control, current.version, errors.to_string()),

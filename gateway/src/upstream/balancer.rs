@@ -84,6 +84,7 @@ mod tests {
                 .collect(),
             protocol: Default::default(),
             tls: None,
+            discovery: None,
             lb,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),

@@ -23,6 +23,66 @@ pub struct ConfigFile {
     pub listeners: Vec<ListenerConfig>,
     pub clusters: BTreeMap<String, ClusterConfig>,
     pub sidecar: Option<SidecarConfig>,
+    /// The Consul agent clusters with `discovery.consul` ask.
+    pub consul: ConsulConfig,
+}
+
+/// The local Consul agent. The ACL token is read from `token_file` or the
+/// `CONSUL_HTTP_TOKEN` environment variable, never from this file (which `/config`
+/// shows).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ConsulConfig {
+    /// `host:port` of the agent's HTTP API.
+    pub address: String,
+    pub token_file: Option<String>,
+    /// How long one blocking query may wait for a change (Consul's `wait`).
+    pub wait: ConfigDuration,
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        ConsulConfig {
+            address: "127.0.0.1:8500".into(),
+            token_file: None,
+            wait: ConfigDuration::from_secs(300),
+        }
+    }
+}
+
+/// Where a cluster's endpoints come from instead of (or before) `endpoints`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct DiscoveryConfig {
+    /// A file listing the endpoints (TOML `endpoints = [...]`, or a JSON array of
+    /// `{ "address": "host:port", "weight": N }`), watched and re-read on change.
+    pub file: Option<String>,
+    pub consul: Option<ConsulServiceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ConsulServiceConfig {
+    pub service: String,
+    /// Only instances whose checks all pass (`?passing`).
+    pub passing_only: bool,
+    /// Instances must carry every one of these tags.
+    pub tags: Vec<String>,
+    pub datacenter: Option<String>,
+    /// A Consul filter expression, e.g. `Service.Meta.version == "v2"`.
+    pub filter: Option<String>,
+}
+
+impl Default for ConsulServiceConfig {
+    fn default() -> Self {
+        ConsulServiceConfig {
+            service: String::new(),
+            passing_only: true,
+            tags: Vec::new(),
+            datacenter: None,
+            filter: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -376,6 +436,9 @@ pub struct ClusterConfig {
     pub protocol: UpstreamProtocol,
     /// Connect to the endpoints over TLS.
     pub tls: Option<ClusterTlsConfig>,
+    /// Discover the endpoints (a watched file, or Consul); `endpoints` then serve only
+    /// until the first answer.
+    pub discovery: Option<DiscoveryConfig>,
     pub lb: LbPolicy,
     pub connect_timeout: ConfigDuration,
     /// Time from sending the request until the response head has arrived.
@@ -391,6 +454,7 @@ impl Default for ClusterConfig {
             endpoints: Vec::new(),
             protocol: UpstreamProtocol::default(),
             tls: None,
+            discovery: None,
             lb: LbPolicy::default(),
             connect_timeout: ConfigDuration::from_secs(2),
             request_timeout: ConfigDuration::from_secs(15),

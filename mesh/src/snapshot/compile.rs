@@ -38,6 +38,15 @@ impl Diagnostics<'_> {
 /// Validates `loaded` and compiles it. The returned snapshot has version 0; the
 /// publisher stamps the real one.
 pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
+    compile_with(loaded, &Discovered::new())
+}
+
+/// Like `compile`, with the endpoints discovery found for some clusters (by name) in
+/// place of the ones the file lists.
+pub fn compile_with(
+    loaded: &LoadedConfig,
+    discovered: &Discovered,
+) -> Result<Snapshot, ConfigErrors> {
     let cfg = &loaded.config;
     let mut d = Diagnostics {
         file: &loaded.file,
@@ -139,7 +148,7 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
 
     let clusters: Vec<Cluster> = cluster_cfgs
         .iter()
-        .map(|(name, c, path)| compile_cluster(name, c, path, &mut d))
+        .map(|(name, c, path)| compile_cluster(name, c, path, discovered.get(name), &mut d))
         .collect();
     let cluster_ids: BTreeMap<&str, ClusterId> = clusters
         .iter()
@@ -222,7 +231,21 @@ pub fn compile(loaded: &LoadedConfig) -> Result<Snapshot, ConfigErrors> {
     }
     Ok(Snapshot {
         version: 0,
-        content_hash: fnv1a(loaded.source_text.as_bytes()),
+        content_hash: fnv1a(loaded.source_text.as_bytes())
+            ^ if discovered.is_empty() {
+                0
+            } else {
+                fnv1a(format!("{discovered:?}").as_bytes())
+            },
+        consul: ConsulSettings {
+            address: cfg.consul.address.clone(),
+            token_file: cfg
+                .consul
+                .token_file
+                .as_ref()
+                .map(|f| resolve_relative(&loaded.file, f)),
+            wait: cfg.consul.wait.0,
+        },
         role: loaded.role,
         source_file: loaded.file.clone(),
         source_text: loaded.source_text.clone(),
@@ -381,7 +404,13 @@ fn parse_listen_address(text: &str, path: &str, d: &mut Diagnostics) -> Option<S
     }
 }
 
-fn compile_cluster(name: &str, c: &ClusterConfig, path: &str, d: &mut Diagnostics) -> Cluster {
+fn compile_cluster(
+    name: &str,
+    c: &ClusterConfig,
+    path: &str,
+    discovered: Option<&Vec<EndpointConfig>>,
+    d: &mut Diagnostics,
+) -> Cluster {
     if name.is_empty()
         || !name
             .bytes()
@@ -392,14 +421,21 @@ fn compile_cluster(name: &str, c: &ClusterConfig, path: &str, d: &mut Diagnostic
             "cluster names may use letters, digits, '-', '_' and '.' only",
         );
     }
-    if c.endpoints.is_empty() {
+    let discovery = c
+        .discovery
+        .as_ref()
+        .and_then(|dc| compile_discovery(dc, d.file, &format!("{path}.discovery"), d));
+    if c.endpoints.is_empty() && c.discovery.is_none() {
         d.error(
             format!("{path}.endpoints"),
-            "a cluster needs at least one endpoint",
+            "a cluster needs at least one endpoint (or discovery)",
         );
     }
+    // Discovered endpoints replace the listed ones; until discovery answers, the listed
+    // ones (possibly none: 503) serve.
+    let listed = discovered.unwrap_or(&c.endpoints);
     let mut endpoints = Vec::new();
-    for (i, e) in c.endpoints.iter().enumerate() {
+    for (i, e) in listed.iter().enumerate() {
         let epath = if path.starts_with("sidecar") {
             path.to_owned()
         } else {
@@ -457,6 +493,7 @@ fn compile_cluster(name: &str, c: &ClusterConfig, path: &str, d: &mut Diagnostic
         endpoints,
         protocol: c.protocol,
         tls,
+        discovery,
         lb: if c.lb == LbPolicy::Random {
             LbPolicy::Random
         } else {
@@ -467,6 +504,47 @@ fn compile_cluster(name: &str, c: &ClusterConfig, path: &str, d: &mut Diagnostic
         read_timeout: c.read_timeout.0,
         pool_max_idle: *max_idle,
         pool_idle_timeout: idle_timeout.0,
+    }
+}
+
+fn compile_discovery(
+    dc: &crate::config::DiscoveryConfig,
+    file: &std::path::Path,
+    path: &str,
+    d: &mut Diagnostics,
+) -> Option<Discovery> {
+    match (&dc.file, &dc.consul) {
+        (Some(f), None) => Some(Discovery::File(resolve_relative(file, f))),
+        (None, Some(q)) => {
+            if q.service.is_empty() {
+                d.error(
+                    format!("{path}.consul.service"),
+                    "missing: the Consul service name",
+                );
+                return None;
+            }
+            Some(Discovery::Consul(ConsulQuery {
+                service: q.service.clone(),
+                passing_only: q.passing_only,
+                tags: q.tags.clone(),
+                datacenter: q.datacenter.clone(),
+                filter: q.filter.clone(),
+            }))
+        }
+        _ => {
+            d.error(path.to_owned(), "use exactly one of file and consul");
+            None
+        }
+    }
+}
+
+/// `name` relative to the directory of the config `file`.
+fn resolve_relative(file: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(name);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        file.parent().unwrap_or(std::path::Path::new(".")).join(p)
     }
 }
 
@@ -895,7 +973,7 @@ mod tests {
         )
         .unwrap_err();
         let want = [
-            "t.toml: clusters.api.endpoints: a cluster needs at least one endpoint",
+            "t.toml: clusters.api.endpoints: a cluster needs at least one endpoint (or discovery)",
             "t.toml: listeners[0].address: `localhost:80` is not an IP:port address (listeners bind IP addresses, not names)",
             "t.toml: listeners[0].routes[0].match.path_prefix: `api` must start with '/'",
             "t.toml: listeners[0].routes[0].cluster: unknown cluster `nope`",

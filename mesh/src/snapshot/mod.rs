@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-pub use compile::compile;
+pub use compile::{compile, compile_with};
+
+/// Endpoints found by discovery, by cluster name, as the config would list them.
+pub type Discovered = std::collections::BTreeMap<String, Vec<crate::config::EndpointConfig>>;
 pub use routes::{
     is_grpc_content_type, HeaderMatchKind, HeaderMatcher, HostMatch, PathMatch, RequestFacts,
     RouteTable,
@@ -48,6 +51,33 @@ pub struct Snapshot {
     pub http2: Http2Config,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
+    pub consul: ConsulSettings,
+}
+
+/// How to reach the Consul agent.
+#[derive(Debug, Clone)]
+pub struct ConsulSettings {
+    pub address: String,
+    pub token_file: Option<std::path::PathBuf>,
+    pub wait: Duration,
+}
+
+/// Where a cluster's endpoints are discovered.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Discovery {
+    /// A watched endpoints file.
+    File(std::path::PathBuf),
+    Consul(ConsulQuery),
+}
+
+/// One Consul health query; clusters asking the same one share a watch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConsulQuery {
+    pub service: String,
+    pub passing_only: bool,
+    pub tags: Vec<String>,
+    pub datacenter: Option<String>,
+    pub filter: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +204,8 @@ pub struct Cluster {
     pub protocol: UpstreamProtocol,
     /// TLS to the endpoints, when configured.
     pub tls: Option<tls::ClusterTls>,
+    /// Where the endpoints are discovered, when they are.
+    pub discovery: Option<Discovery>,
     pub lb: LbPolicy,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,

@@ -1,0 +1,251 @@
+//! A blocking client for the one Consul endpoint weft reads:
+//! `GET /v1/health/service/<name>` (blocking queries), on the control side only.
+//!
+//! Plain blocking sockets on the watch's own thread: one request at a time per distinct
+//! query, `Connection: close`, a read timeout above `wait + wait/16` (Consul adds up to
+//! wait/16 of jitter). The ACL token travels in `X-Consul-Token` and is never logged.
+//! Answers follow Consul's documented shapes: address from `Service.Address`, else
+//! `Node.Address`; weights from `Service.Weights` (`{1, 1}` when absent), the Warning
+//! weight for an instance whose worst check warns; critical instances never serve.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use serde_json::Value;
+use weft_mesh::config::EndpointConfig;
+use weft_mesh::snapshot::ConsulQuery;
+
+use crate::proto::h1::chunked::ChunkedParser;
+
+#[derive(Debug)]
+pub enum ConsulError {
+    Connect(std::io::Error),
+    Io(std::io::Error),
+    /// A non-200 answer, with Consul's plain-text reason.
+    Status(u16, String),
+    /// The answer was not a health response (truncated, not JSON, ...).
+    Malformed(String),
+}
+
+impl std::fmt::Display for ConsulError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConsulError::Connect(e) => write!(f, "cannot connect to the Consul agent: {e}"),
+            ConsulError::Io(e) => write!(f, "Consul request failed: {e}"),
+            ConsulError::Status(s, why) => write!(f, "Consul answered {s}: {why}"),
+            ConsulError::Malformed(why) => write!(f, "Consul answer unusable: {why}"),
+        }
+    }
+}
+
+/// One answer: the blocking index it carries (0 if none) and the endpoints.
+pub struct Answer {
+    pub index: u64,
+    pub endpoints: Vec<EndpointConfig>,
+    /// `X-Consul-Results-Filtered-By-ACLs: true`: the token may not see everything.
+    pub acl_filtered: bool,
+}
+
+/// Asks for the instances of `query`; with `index > 0`, blocks up to `wait` for a change.
+pub fn health(
+    agent: &str,
+    query: &ConsulQuery,
+    index: u64,
+    wait: Duration,
+    token: Option<&str>,
+) -> Result<Answer, ConsulError> {
+    let addr = agent
+        .to_socket_addrs()
+        .map_err(ConsulError::Connect)?
+        .next()
+        .ok_or_else(|| ConsulError::Connect(std::io::Error::other("no address")))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(ConsulError::Connect)?;
+    let read_timeout = wait + wait / 16 + Duration::from_secs(5);
+    stream
+        .set_read_timeout(Some(read_timeout))
+        .map_err(ConsulError::Io)?;
+    let mut target = format!("/v1/health/service/{}?", encode(&query.service));
+    if query.passing_only {
+        target.push_str("passing&");
+    }
+    if index > 0 {
+        target.push_str(&format!("index={index}&wait={}s&", wait.as_secs().max(1)));
+    }
+    if let Some(dc) = &query.datacenter {
+        target.push_str(&format!("dc={}&", encode(dc)));
+    }
+    let mut filters: Vec<String> = query
+        .tags
+        .iter()
+        .map(|t| format!("\"{}\" in Service.Tags", t.replace('"', "\\\"")))
+        .collect();
+    if let Some(f) = &query.filter {
+        filters.push(format!("({f})"));
+    }
+    if !filters.is_empty() {
+        target.push_str(&format!("filter={}&", encode(&filters.join(" and "))));
+    }
+    target.pop();
+    let mut request = format!("GET {target} HTTP/1.1\r\nHost: {agent}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        request.push_str(&format!("X-Consul-Token: {t}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(ConsulError::Io)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(ConsulError::Io)?;
+
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(&raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Err(ConsulError::Malformed("incomplete response head".into())),
+    };
+    let status = resp.code.unwrap_or(0);
+    let header = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+    };
+    let new_index = header("x-consul-index")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let acl_filtered = header("x-consul-results-filtered-by-acls").as_deref() == Some("true");
+    let chunked = header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let length: Option<usize> = header("content-length").and_then(|v| v.parse().ok());
+    let body = &raw[head_len..];
+    let body = if chunked {
+        let mut parser = ChunkedParser::new(64 * 1024);
+        let mut out = Vec::new();
+        let progress = parser
+            .feed(body, |r| out.extend_from_slice(&body[r]))
+            .map_err(|e| ConsulError::Malformed(format!("bad chunked body: {e:?}")))?;
+        if !progress.done {
+            return Err(ConsulError::Malformed("body cut short".into()));
+        }
+        out
+    } else {
+        match length {
+            Some(n) if body.len() < n => {
+                return Err(ConsulError::Malformed("body cut short".into()))
+            }
+            Some(n) => body[..n].to_vec(),
+            None => body.to_vec(),
+        }
+    };
+    if status != 200 {
+        let why = String::from_utf8_lossy(&body).trim().to_owned();
+        return Err(ConsulError::Status(status, why));
+    }
+    let entries: Vec<Value> = serde_json::from_slice(&body)
+        .map_err(|e| ConsulError::Malformed(format!("not a JSON array: {e}")))?;
+    Ok(Answer {
+        index: new_index,
+        endpoints: entries.iter().filter_map(endpoint).collect(),
+        acl_filtered,
+    })
+}
+
+/// The endpoint of one health entry, or `None` for one that must not serve.
+fn endpoint(entry: &Value) -> Option<EndpointConfig> {
+    let service = entry.get("Service")?;
+    let address = service
+        .get("Address")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+        .or_else(|| entry.get("Node")?.get("Address")?.as_str())?;
+    let port = service.get("Port").and_then(Value::as_u64).unwrap_or(0);
+    if port == 0 || port > u64::from(u16::MAX) {
+        return None;
+    }
+    let worst = entry
+        .get("Checks")
+        .and_then(Value::as_array)
+        .map(|checks| {
+            checks
+                .iter()
+                .filter_map(|c| c.get("Status")?.as_str())
+                .fold("passing", |worst, s| match (worst, s) {
+                    (_, "critical") | ("critical", _) => "critical",
+                    (_, "warning") | ("warning", _) => "warning",
+                    _ => "passing",
+                })
+        })
+        .unwrap_or("passing");
+    let weights = service.get("Weights");
+    let weight = |key: &str| {
+        weights
+            .and_then(|w| w.get(key))
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+    };
+    let weight = match worst {
+        "critical" => return None,
+        "warning" => weight("Warning"),
+        _ => weight("Passing"),
+    };
+    if weight == 0 {
+        return None;
+    }
+    let address = if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    };
+    Some(EndpointConfig {
+        address,
+        weight: weight.min(u64::from(u32::MAX)) as u32,
+    })
+}
+
+/// Percent-encoding for query values.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_consuls_documented_health_sample() {
+        let text = include_str!("../../../tests/support/consul/health-service-redis.json");
+        let entries: Vec<Value> = serde_json::from_str(text).unwrap();
+        let endpoints: Vec<_> = entries.iter().filter_map(endpoint).collect();
+        assert!(!endpoints.is_empty());
+        assert!(
+            endpoints.iter().all(|e| e.address.ends_with(":8000")),
+            "{endpoints:?}"
+        );
+    }
+
+    #[test]
+    fn falls_back_to_the_node_address_and_weighs_warnings() {
+        let entry: Value = serde_json::json!({
+            "Node": {"Address": "10.0.0.9"},
+            "Service": {"Address": "", "Port": 80, "Weights": {"Passing": 5, "Warning": 2}},
+            "Checks": [{"Status": "passing"}, {"Status": "warning"}]
+        });
+        let e = endpoint(&entry).unwrap();
+        assert_eq!((e.address.as_str(), e.weight), ("10.0.0.9:80", 2));
+        let critical: Value = serde_json::json!({
+            "Node": {"Address": "10.0.0.9"},
+            "Service": {"Port": 80, "Weights": null},
+            "Checks": [{"Status": "critical"}]
+        });
+        assert!(endpoint(&critical).is_none());
+    }
+}

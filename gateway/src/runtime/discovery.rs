@@ -1,0 +1,360 @@
+//! Service discovery, on the control side: one thread per watched source (an endpoints
+//! file, or one Consul health query shared by every cluster that asks it), never on a
+//! worker.
+//!
+//! Found endpoints are applied the way a reload is: the running config (the text of
+//! the published snapshot, not the file, which may hold unreviewed edits) is compiled
+//! again with them and published, under the same lock as SIGHUP reloads. Pools are
+//! keyed by endpoint address, so keep-alive connections to endpoints that stay are
+//! kept. A source that fails keeps its last good endpoints (an outage never empties a
+//! cluster) and is reported stale on /config and /metrics; an empty healthy set is
+//! applied (the cluster then answers 503).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use weft_mesh::config::{self, EndpointConfig};
+use weft_mesh::snapshot::{ConsulQuery, ConsulSettings, Discovered, Discovery};
+
+use super::consul;
+use super::Control;
+
+/// What discovery knows, shared by the watch threads and the admin thread.
+#[derive(Default)]
+pub struct DiscoveryState {
+    found: Mutex<Discovered>,
+    status: Mutex<BTreeMap<String, SourceStatus>>,
+    watches: Mutex<HashMap<Discovery, Watch>>,
+}
+
+/// How one cluster's source is doing.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SourceStatus {
+    pub source: String,
+    /// The last answer could not be used: the endpoints served are the last good ones.
+    pub stale: bool,
+    pub last_error: Option<String>,
+    pub updates: u64,
+    pub errors: u64,
+    pub endpoints: usize,
+}
+
+struct Watch {
+    clusters: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl DiscoveryState {
+    pub fn found(&self) -> Discovered {
+        lock(&self.found).clone()
+    }
+
+    pub fn status(&self) -> BTreeMap<String, SourceStatus> {
+        lock(&self.status).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Starts watches the published snapshot needs and stops those it no longer does.
+pub fn reconcile(control: &Arc<Control>) {
+    let snapshot = control.publisher.load();
+    let mut wanted: HashMap<Discovery, Vec<String>> = HashMap::new();
+    for c in &snapshot.clusters {
+        if let Some(d) = &c.discovery {
+            wanted.entry(d.clone()).or_default().push(c.name.clone());
+        }
+    }
+    let state = &control.discovery;
+    let mut watches = lock(&state.watches);
+    watches.retain(|spec, w| {
+        let keep = wanted.contains_key(spec);
+        if !keep {
+            w.stop.store(true, Ordering::Release);
+        }
+        keep
+    });
+    {
+        let mut found = lock(&state.found);
+        let mut status = lock(&state.status);
+        let discovering: Vec<&String> = wanted.values().flatten().collect();
+        found.retain(|name, _| discovering.contains(&name));
+        status.retain(|name, _| discovering.contains(&name));
+    }
+    for (spec, clusters) in wanted {
+        if let Some(w) = watches.get(&spec) {
+            *lock(&w.clusters) = clusters;
+            continue;
+        }
+        let watch = Watch {
+            clusters: Arc::new(Mutex::new(clusters)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (c, clusters, stop) = (control.clone(), watch.clusters.clone(), watch.stop.clone());
+        let settings = snapshot.consul.clone();
+        let spawned = match spec.clone() {
+            Discovery::File(path) => std::thread::Builder::new()
+                .name("weft-discovery-file".into())
+                .spawn(move || watch_file(&c, &clusters, &stop, &path)),
+            Discovery::Consul(query) => std::thread::Builder::new()
+                .name("weft-discovery-consul".into())
+                .spawn(move || watch_consul(&c, &clusters, &stop, &query, &settings)),
+        };
+        match spawned {
+            Ok(_) => {
+                watches.insert(spec, watch);
+            }
+            Err(e) => tracing::error!("discovery: cannot start a watch thread: {e}"),
+        }
+    }
+}
+
+/// Records what a source said and, when it changed the endpoints, publishes.
+fn deliver(
+    control: &Control,
+    clusters: &Mutex<Vec<String>>,
+    source: &str,
+    outcome: Result<Vec<EndpointConfig>, String>,
+) {
+    let clusters = lock(clusters).clone();
+    let state = &control.discovery;
+    let mut changed = false;
+    {
+        let mut found = lock(&state.found);
+        let mut status = lock(&state.status);
+        for name in &clusters {
+            let s = status.entry(name.clone()).or_default();
+            s.source = source.to_owned();
+            match &outcome {
+                Ok(endpoints) => {
+                    s.stale = false;
+                    s.last_error = None;
+                    s.updates += 1;
+                    s.endpoints = endpoints.len();
+                    let same = found
+                        .get(name)
+                        .is_some_and(|old| same_endpoints(old, endpoints));
+                    if !same {
+                        found.insert(name.clone(), endpoints.clone());
+                        changed = true;
+                    }
+                }
+                Err(e) => {
+                    s.stale = true;
+                    s.errors += 1;
+                    s.last_error = Some(e.clone());
+                }
+            }
+        }
+    }
+    match &outcome {
+        Err(e) => tracing::warn!(source, "discovery: keeping the last good endpoints: {e}"),
+        Ok(_) if changed => republish(control, source),
+        Ok(_) => {}
+    }
+}
+
+fn same_endpoints(a: &[EndpointConfig], b: &[EndpointConfig]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.address == y.address && x.weight == y.weight)
+}
+
+/// Compiles the running config again with what discovery found, and publishes it.
+pub fn republish(control: &Control, source: &str) {
+    let _publishing = lock(&control.publishing);
+    let current = control.publisher.load();
+    let found = control.discovery.found();
+    let next = config::parse(&current.source_file, &current.source_text, current.role)
+        .and_then(|loaded| weft_mesh::snapshot::compile_with(&loaded, &found));
+    match next {
+        Ok(next) if next.content_hash == current.content_hash => {}
+        Ok(next) => {
+            let version = control.publisher.publish(next);
+            control.version.store(version, Ordering::Release);
+            tracing::info!(version, source, "discovery: serving new endpoints");
+        }
+        Err(errors) => {
+            // An endpoint that does not resolve, say: the last good set stays.
+            tracing::warn!(source, "discovery: endpoints refused: {errors}");
+            let mut status = lock(&control.discovery.status);
+            for s in status.values_mut().filter(|s| s.source == source) {
+                s.stale = true;
+                s.errors += 1;
+                s.last_error = Some(errors.to_string());
+            }
+        }
+    }
+}
+
+/// How often a watched file is looked at.
+const FILE_POLL: Duration = Duration::from_millis(200);
+
+fn watch_file(control: &Control, clusters: &Mutex<Vec<String>>, stop: &AtomicBool, path: &Path) {
+    let source = format!("file:{}", path.display());
+    let mut seen: Option<(SystemTime, u64)> = None;
+    while !stop.load(Ordering::Acquire) {
+        let stamp = std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        if stamp != seen || seen.is_none() {
+            seen = stamp;
+            deliver(control, clusters, &source, read_endpoints_file(path));
+        }
+        std::thread::sleep(FILE_POLL);
+    }
+}
+
+/// An endpoints file: TOML `endpoints = ["host:port", { address, weight }]`, or a JSON
+/// array of `"host:port"` / `{ "address": ..., "weight": ... }`.
+pub fn read_endpoints_file(path: &Path) -> Result<Vec<EndpointConfig>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        endpoints: Vec<EndpointConfig>,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let endpoints = if text.trim_start().starts_with('[') {
+        serde_json::from_str::<Vec<EndpointConfig>>(&text)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+    } else {
+        toml::from_str::<File>(&text)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .endpoints
+    };
+    for e in &endpoints {
+        if e.weight == 0 {
+            return Err(format!(
+                "{}: {}: weight must be > 0",
+                path.display(),
+                e.address
+            ));
+        }
+    }
+    Ok(endpoints)
+}
+
+/// Consul's blocking-query loop for one query (see `../shared/consul/README.md`).
+fn watch_consul(
+    control: &Control,
+    clusters: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
+    query: &ConsulQuery,
+    settings: &ConsulSettings,
+) {
+    let source = format!("consul:{}", query.service);
+    let token = consul_token(settings.token_file.as_deref());
+    let mut index = 0u64;
+    let mut bucket = TokenBucket::new();
+    let mut backoff = Backoff::default();
+    while !stop.load(Ordering::Acquire) {
+        bucket.take();
+        match consul::health(
+            &settings.address,
+            query,
+            index,
+            settings.wait,
+            token.as_deref(),
+        ) {
+            Ok(answer) => {
+                backoff.reset();
+                if answer.acl_filtered {
+                    tracing::warn!(
+                        source,
+                        "Consul filtered the results by ACL: check the token's policy"
+                    );
+                }
+                // The index must grow: a smaller one means Consul's state was reset, so
+                // start over; 0 (or none) must never be sent back (it would not block).
+                index = if answer.index < index {
+                    0
+                } else {
+                    answer.index.max(1)
+                };
+                if !stop.load(Ordering::Acquire) {
+                    deliver(control, clusters, &source, Ok(answer.endpoints));
+                }
+            }
+            Err(e) => {
+                deliver(control, clusters, &source, Err(e.to_string()));
+                std::thread::sleep(backoff.next());
+            }
+        }
+    }
+}
+
+fn consul_token(file: Option<&Path>) -> Option<String> {
+    match file {
+        Some(f) => match std::fs::read_to_string(f) {
+            Ok(t) => Some(t.trim().to_owned()),
+            Err(e) => {
+                tracing::error!("consul.token_file {}: {e}", f.display());
+                None
+            }
+        },
+        None => std::env::var("CONSUL_HTTP_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    }
+}
+
+/// Paces the query loop: a burst for quick successive changes, then at most one
+/// request per `REFILL` while results churn.
+struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+const BURST: f64 = 5.0;
+const REFILL: Duration = Duration::from_millis(200);
+
+impl TokenBucket {
+    fn new() -> TokenBucket {
+        TokenBucket {
+            tokens: BURST,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) {
+        let now = Instant::now();
+        self.tokens = (self.tokens
+            + now.duration_since(self.last).as_secs_f64() / REFILL.as_secs_f64())
+        .min(BURST);
+        self.last = now;
+        if self.tokens < 1.0 {
+            let wait = REFILL.mul_f64(1.0 - self.tokens);
+            std::thread::sleep(wait);
+            self.tokens = 1.0;
+            self.last = Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}
+
+/// Exponential backoff with full jitter, 100 ms doubling up to a minute.
+#[derive(Default)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let cap = Duration::from_millis(100)
+            .saturating_mul(1 << self.attempt.min(10))
+            .min(Duration::from_secs(60));
+        self.attempt += 1;
+        cap.mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}

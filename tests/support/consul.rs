@@ -1,0 +1,309 @@
+//! A Consul HTTP-API test agent: `GET /v1/health/service/<name>` with Consul's JSON
+//! shape, `X-Consul-Index`, `?passing` and blocking queries (`index` + `wait`), as
+//! ../shared/consul/README.md documents them. Tests add, remove and flip instances, and
+//! inject the faults a client must survive. Every request is recorded.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+/// What the agent does wrong on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Answer with an index lower than the last one.
+    IndexBackwards,
+    /// Answer with `X-Consul-Index: 0`.
+    IndexZero,
+    /// `500 No cluster leader`.
+    ServerError,
+    /// Close the connection half way through the body.
+    CloseMidBody,
+    /// Close every new connection at once, without an answer (the agent is down).
+    Down,
+}
+
+#[derive(Debug, Clone)]
+struct Instance {
+    id: String,
+    service: String,
+    addr: SocketAddr,
+    status: &'static str,
+}
+
+struct State {
+    index: u64,
+    instances: Vec<Instance>,
+    fault: Fault,
+    /// Every request's target, in order.
+    requests: Vec<String>,
+}
+
+pub struct ConsulAgent {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    changed: Arc<tokio::sync::Notify>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ConsulAgent {
+    pub fn start() -> ConsulAgent {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind agent");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(State {
+            index: 10,
+            instances: Vec::new(),
+            fault: Fault::None,
+            requests: Vec::new(),
+        }));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (st, ch) = (state.clone(), changed.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let stream = tokio::select! {
+                        _ = &mut stopped => break,
+                        a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+                    };
+                    let fault = st.lock().unwrap().fault;
+                    if fault == Fault::Down {
+                        drop(stream);
+                        continue;
+                    }
+                    if fault == Fault::CloseMidBody {
+                        tokio::spawn(close_mid_body(stream));
+                        continue;
+                    }
+                    let (st, ch) = (st.clone(), ch.clone());
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            handle(st.clone(), ch.clone(), req)
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        ConsulAgent {
+            addr,
+            state,
+            changed,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn change(&self, f: impl FnOnce(&mut State)) {
+        let mut s = self.state.lock().unwrap();
+        f(&mut s);
+        s.index += 1;
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    /// Registers a passing instance of `service` at `addr`.
+    pub fn add(&self, service: &str, id: &str, addr: SocketAddr) {
+        self.change(|s| {
+            s.instances.push(Instance {
+                id: id.into(),
+                service: service.into(),
+                addr,
+                status: "passing",
+            })
+        });
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.change(|s| s.instances.retain(|i| i.id != id));
+    }
+
+    /// Sets an instance's check status: "passing", "warning" or "critical".
+    pub fn set_status(&self, id: &str, status: &'static str) {
+        self.change(|s| {
+            for i in s.instances.iter_mut().filter(|i| i.id == id) {
+                i.status = status;
+            }
+        });
+    }
+
+    pub fn set_fault(&self, fault: Fault) {
+        self.state.lock().unwrap().fault = fault;
+        // Blocked queries answer now, with the fault.
+        self.changed.notify_waiters();
+    }
+
+    /// The targets of every request so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().unwrap().requests.clone()
+    }
+}
+
+impl Drop for ConsulAgent {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn parse_wait(v: &str) -> Duration {
+    let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: u64 = n.parse().unwrap_or(300);
+    match unit {
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => Duration::from_secs(n),
+    }
+    .min(Duration::from_secs(600))
+}
+
+async fn handle(
+    state: Arc<Mutex<State>>,
+    changed: Arc<tokio::sync::Notify>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let target = req.uri().to_string();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    state.lock().unwrap().requests.push(target);
+    let Some(service) = path.strip_prefix("/v1/health/service/") else {
+        return Ok(plain(404, "unknown endpoint"));
+    };
+    let asked: u64 = query_param(&query, "index")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let wait = query_param(&query, "wait")
+        .map(parse_wait)
+        .unwrap_or(Duration::from_secs(300));
+    // Blocking query: hold until the index moves past the one asked, or `wait` passes.
+    if asked > 0 {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = changed.notified();
+            {
+                let s = state.lock().unwrap();
+                if s.index > asked || s.fault != Fault::None {
+                    break;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+    }
+    let (fault, index, body) = {
+        let s = state.lock().unwrap();
+        let passing = query_param(&query, "passing").is_some();
+        let entries: Vec<serde_json::Value> = s
+            .instances
+            .iter()
+            .filter(|i| i.service == service && (!passing || i.status == "passing"))
+            .map(|i| {
+                serde_json::json!({
+                    "Node": {"Node": format!("node-{}", i.id), "Address": i.addr.ip().to_string()},
+                    "Service": {
+                        "ID": i.id, "Service": i.service, "Tags": null, "Meta": null,
+                        // Empty: the client must fall back to the node address.
+                        "Address": "", "Port": i.addr.port(), "Weights": {"Passing": 1, "Warning": 1}
+                    },
+                    "Checks": [{"CheckID": "serfHealth", "Status": "passing"}, {"CheckID": format!("service:{}", i.id), "Status": i.status}]
+                })
+            })
+            .collect();
+        (s.fault, s.index, serde_json::to_string(&entries).unwrap())
+    };
+    let index = match fault {
+        Fault::IndexBackwards => 1,
+        Fault::IndexZero => 0,
+        _ => index,
+    };
+    match fault {
+        Fault::ServerError => return Ok(plain(500, "No cluster leader")),
+        Fault::Down => return Ok(plain(503, "agent going down")),
+        _ => {}
+    }
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("x-consul-index", index.to_string().parse().unwrap());
+    r.headers_mut()
+        .insert("x-consul-knownleader", "true".parse().unwrap());
+    Ok(r)
+}
+
+/// Reads a request, then answers with a head promising more body than it sends.
+async fn close_mid_body(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 4096];
+    let _ = stream.read(&mut buf).await;
+    let _ = stream
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: 99\r\nContent-Length: 400\r\n\r\n[{\"Node\": {\"Address\": \"10.")
+        .await;
+}
+
+fn plain(status: u16, text: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(text.to_owned())));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    r
+}
+
+/// Which test upstream (its `x-upstream` header) answered each of `n` GETs of `path`
+/// on `addr`, and how many requests failed.
+pub fn spread(addr: SocketAddr, path: &str, n: usize) -> (HashMap<String, usize>, usize) {
+    use std::io::{Read, Write};
+    let mut seen = HashMap::new();
+    let mut failed = 0;
+    for _ in 0..n {
+        let answer = std::net::TcpStream::connect(addr).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            )?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        });
+        let name = answer
+            .ok()
+            .filter(|a| a.starts_with("HTTP/1.1 200"))
+            .and_then(|a| {
+                a.lines()
+                    .find_map(|l| l.strip_prefix("x-upstream: ").map(|v| v.trim().to_owned()))
+            });
+        match name {
+            Some(name) => *seen.entry(name).or_insert(0) += 1,
+            None => failed += 1,
+        }
+    }
+    (seen, failed)
+}

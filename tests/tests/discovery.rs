@@ -1,0 +1,202 @@
+//! Service discovery: a watched endpoints file, and Consul through the test agent
+//! (blocking queries, faults, an outage), with traffic checked at every step.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weft_tests::consul::{spread, ConsulAgent, Fault};
+use weft_tests::upstream::TestUpstream;
+use weft_tests::{free_addr, Weft};
+
+/// Waits (up to `limit`) until every one of 20 requests is answered by `only`.
+fn served_only_by(listen: SocketAddr, only: &[&str], limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (seen, failed) = spread(listen, "/dump", 20);
+        if failed == 0
+            && seen.keys().all(|k| only.contains(&k.as_str()))
+            && seen.len() == only.len()
+        {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "after {limit:?}: {seen:?}, {failed} failed, want {only:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn endpoints_file_edits_are_applied_and_broken_ones_refused() {
+    let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("billing.toml");
+    std::fs::write(&file, format!("endpoints = [\"{}\"]\n", a.addr)).unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = format!(
+        r#"
+[admin]
+address = "{admin}"
+
+[[listeners]]
+name = "l"
+address = "{listen}"
+routes = [ {{ match = {{ path_prefix = "/" }}, cluster = "billing" }} ]
+
+[clusters.billing]
+discovery = {{ file = "billing.toml" }}
+"#
+    );
+    let weft = Weft::start_in(dir.path(), "ingress", &config, admin);
+    served_only_by(listen, &["a"], Duration::from_secs(5));
+    // JSON works too, and the edit lands within a second.
+    std::fs::write(
+        &file,
+        format!("[{{ \"address\": \"{}\", \"weight\": 2 }}]", b.addr),
+    )
+    .unwrap();
+    let took = served_only_by(listen, &["b"], Duration::from_secs(2));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // A broken edit keeps the last good endpoints and says so.
+    std::fs::write(&file, "endpoints = [ \"not an address").unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    served_only_by(listen, &["b"], Duration::from_secs(1));
+    let status = weft.admin_get("/config").1;
+    assert!(
+        status.contains("\"stale\": true") && status.contains("billing.toml"),
+        "{status}"
+    );
+    assert_eq!(
+        weft.metric(&["weft_discovery_stale", "cluster=\"billing\""]),
+        1.0
+    );
+}
+
+fn consul_config(listen: SocketAddr, admin: SocketAddr, agent: SocketAddr) -> String {
+    format!(
+        r#"
+[admin]
+address = "{admin}"
+
+[consul]
+address = "{agent}"
+wait = "2s"
+
+[[listeners]]
+name = "l"
+address = "{listen}"
+routes = [ {{ match = {{ path_prefix = "/" }}, cluster = "billing" }} ]
+
+[clusters.billing]
+discovery = {{ consul = {{ service = "billing" }} }}
+"#
+    )
+}
+
+#[test]
+fn consul_changes_reach_traffic_within_a_second_without_failures() {
+    let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
+    let agent = ConsulAgent::start();
+    agent.add("billing", "a1", a.addr);
+    agent.add("other", "x1", free_addr());
+    let (listen, admin) = (free_addr(), free_addr());
+    let _weft = Weft::start("ingress", &consul_config(listen, admin, agent.addr), admin);
+    served_only_by(listen, &["a"], Duration::from_secs(5));
+
+    // Continuous load while instances come, go and turn critical.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, failures) = (stop.clone(), failures.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                failures.fetch_add(spread(listen, "/dump", 10).1, Ordering::Relaxed);
+            }
+        })
+    };
+    agent.add("billing", "b1", b.addr);
+    let took = served_only_by(listen, &["a", "b"], Duration::from_secs(3));
+    assert!(took < Duration::from_secs(1), "add took {took:?}");
+    agent.set_status("a1", "critical");
+    let took = served_only_by(listen, &["b"], Duration::from_secs(3));
+    assert!(took < Duration::from_secs(1), "critical took {took:?}");
+    agent.set_status("a1", "passing");
+    agent.remove("b1");
+    let took = served_only_by(listen, &["a"], Duration::from_secs(3));
+    assert!(took < Duration::from_secs(1), "remove took {took:?}");
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during changes"
+    );
+
+    // Quiet: blocking queries, not polling (wait is 2 s here).
+    let before = agent.requests().len();
+    std::thread::sleep(Duration::from_secs(3));
+    let quiet = agent.requests().len() - before;
+    assert!(quiet <= 3, "{quiet} requests in 3 quiet seconds");
+    assert!(agent.requests().iter().all(|r| r.contains("passing")));
+}
+
+#[test]
+fn consul_faults_keep_the_last_good_endpoints_and_never_busy_loop() {
+    let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
+    let agent = ConsulAgent::start();
+    agent.add("billing", "a1", a.addr);
+    let (listen, admin) = (free_addr(), free_addr());
+    let weft = Weft::start("ingress", &consul_config(listen, admin, agent.addr), admin);
+    served_only_by(listen, &["a"], Duration::from_secs(5));
+
+    // 500s, a body cut short, and the agent down: traffic keeps its endpoints, discovery
+    // is reported stale, and retries back off.
+    for fault in [Fault::ServerError, Fault::CloseMidBody, Fault::Down] {
+        let before = agent.requests().len();
+        agent.set_fault(fault);
+        std::thread::sleep(Duration::from_secs(2));
+        served_only_by(listen, &["a"], Duration::from_secs(1));
+        let during = agent.requests().len() - before;
+        assert!(during <= 12, "{fault:?}: {during} requests in 2 s");
+        let status = weft.admin_get("/config").1;
+        assert!(status.contains("\"stale\": true"), "{fault:?}: {status}");
+        agent.set_fault(Fault::None);
+        agent.add("billing", "b1", b.addr);
+        served_only_by(listen, &["a", "b"], Duration::from_secs(5));
+        agent.remove("b1");
+        served_only_by(listen, &["a"], Duration::from_secs(5));
+    }
+    assert_eq!(
+        weft.metric(&["weft_discovery_stale", "cluster=\"billing\""]),
+        0.0
+    );
+
+    // An index that goes backwards: the client starts over without an index.
+    let before = agent.requests().len();
+    agent.set_fault(Fault::IndexBackwards);
+    agent.add("billing", "b1", b.addr);
+    std::thread::sleep(Duration::from_millis(500));
+    agent.set_fault(Fault::None);
+    let after: Vec<String> = agent.requests()[before..].to_vec();
+    assert!(after.iter().any(|r| !r.contains("index=")), "{after:?}");
+    served_only_by(listen, &["a", "b"], Duration::from_secs(5));
+
+    // Index 0: the client sends index=1 next, and the loop stays paced.
+    let before = agent.requests().len();
+    agent.set_fault(Fault::IndexZero);
+    agent.remove("b1");
+    std::thread::sleep(Duration::from_secs(2));
+    agent.set_fault(Fault::None);
+    let after: Vec<String> = agent.requests()[before..].to_vec();
+    assert!(after.iter().any(|r| r.contains("index=1&")), "{after:?}");
+    assert!(!after.iter().any(|r| r.contains("index=0")), "{after:?}");
+    assert!(
+        after.len() <= 16,
+        "{} requests in 2 s with index 0",
+        after.len()
+    );
+    served_only_by(listen, &["a"], Duration::from_secs(5));
+}
