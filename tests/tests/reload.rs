@@ -22,6 +22,22 @@ fn config(
     v2: SocketAddr,
     v: &Variant,
 ) -> String {
+    config_with_grpc(admin, main, v1, v2, None, v)
+}
+
+fn config_with_grpc(
+    admin: SocketAddr,
+    main: SocketAddr,
+    v1: SocketAddr,
+    v2: SocketAddr,
+    grpc: Option<SocketAddr>,
+    v: &Variant,
+) -> String {
+    let grpc_route = if grpc.is_some() {
+        "{ match = { grpc_service = \"test.Echo\" }, cluster = \"grpc\" },\n  "
+    } else {
+        ""
+    };
     let mut c = format!(
         r#"
 [admin]
@@ -30,7 +46,9 @@ address = "{admin}"
 [[listeners]]
 name = "main"
 address = "{main}"
-routes = [ {{ match = {{ path_prefix = "/" }}, cluster = "{}" }} ]
+routes = [
+  {grpc_route}{{ match = {{ path_prefix = "/" }}, cluster = "{}" }},
+]
 
 [clusters.v1]
 endpoints = ["{v1}"]
@@ -40,6 +58,9 @@ endpoints = ["{v2}"]
 "#,
         v.cluster
     );
+    if let Some(g) = grpc {
+        c += &format!("\n[clusters.grpc]\nprotocol = \"http2\"\nendpoints = [\"{g}\"]\n");
+    }
     if let Some(extra) = v.extra_listener {
         c += &format!(
             "\n[[listeners]]\nname = \"extra\"\naddress = \"{extra}\"\nroutes = [ {{ match = {{ path = \"/\" }}, direct_response = {{ status = 200, body = \"extra\" }} }} ]\n"
@@ -66,6 +87,102 @@ fn load(
                 failed.fetch_add(1, Ordering::Relaxed);
             }
         }
+    })
+}
+
+/// An h2c client (hyper) sending GETs on one connection until `stop`.
+fn h2_load(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use http_body_util::{BodyExt, Empty};
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(conn);
+            while !stop.load(Ordering::Relaxed) {
+                let req = hyper::Request::get(format!("http://{addr}/work"))
+                    .body(Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let good = match send.send_request(req).await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+                        status == 200 && body.is_ok_and(|b| b.starts_with(b"upstream=v"))
+                    }
+                    Err(_) => false,
+                };
+                if good {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    })
+}
+
+/// One bidirectional gRPC stream kept open until `stop`, a message every 20 ms.
+fn grpc_stream(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    answers: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use weft_tests::grpc::{client, RawCodec};
+            let mut c = client(addr).await;
+            let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+            c.ready().await.unwrap();
+            tx.send(bytes::Bytes::from_static(b"m0")).await.unwrap();
+            let mut replies = c
+                .streaming(
+                    tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                    http::uri::PathAndQuery::from_static("/test.Echo/Chat"),
+                    RawCodec,
+                )
+                .await
+                .unwrap()
+                .into_inner();
+            let mut i = 0u64;
+            loop {
+                match replies.message().await {
+                    Ok(Some(m)) if m == bytes::Bytes::from(format!("echo:m{i}")) => {
+                        answers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if tx.send(bytes::Bytes::from(format!("m{i}"))).await.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        });
     })
 }
 
@@ -103,20 +220,35 @@ fn fifty_reloads_under_load_lose_nothing() {
         cluster: "v2",
         extra_listener: None,
     };
-    let mut weft = Weft::start("ingress", &config(admin, main, v1.addr, v2.addr, &a), admin);
+    let grpc = weft_tests::grpc::GrpcUpstream::start();
+    let g = Some(grpc.addr);
+    let mut weft = Weft::start(
+        "ingress",
+        &config_with_grpc(admin, main, v1.addr, v2.addr, g, &a),
+        admin,
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let clients: Vec<_> = (0..4)
+    let mut clients: Vec<_> = (0..3)
         .map(|_| load(main, stop.clone(), ok.clone(), failed.clone()))
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // HTTP/2 clients (hyper) and one long gRPC stream (tonic) through every reload.
+    clients.push(h2_load(main, stop.clone(), ok.clone(), failed.clone()));
+    let stream_answers = Arc::new(AtomicU64::new(0));
+    clients.push(grpc_stream(
+        main,
+        stop.clone(),
+        stream_answers.clone(),
+        failed.clone(),
+    ));
+    std::thread::sleep(Duration::from_millis(300));
 
     for i in 0..50u64 {
         let variant = if i % 2 == 0 { &b } else { &a };
         std::fs::write(
             &weft.config_path,
-            config(admin, main, v1.addr, v2.addr, variant),
+            config_with_grpc(admin, main, v1.addr, v2.addr, g, variant),
         )
         .unwrap();
         weft.signal(1);
@@ -154,6 +286,10 @@ fn fifty_reloads_under_load_lose_nothing() {
         "failed requests during reloads"
     );
     assert!(ok.load(Ordering::Relaxed) > 100, "load actually ran");
+    assert!(
+        stream_answers.load(Ordering::Relaxed) > 20,
+        "the gRPC stream kept answering through the reloads"
+    );
     assert_eq!(weft.metric(&["weft_config_reloads_total "]), 50.0);
     assert_eq!(weft.metric(&["weft_config_reload_failures_total "]), 0.0);
     let (_, config_json) = weft.admin_get("/config");

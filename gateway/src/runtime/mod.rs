@@ -163,6 +163,8 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
         threads.push(t);
     }
     tracing::info!(role = ?role, workers, driver = %decision.driver, admin = %admin_address, listeners = %listeners, "weft started");
+    // From here this thread only reloads (and starts discovery threads, which inherit).
+    yield_to_workers();
     discovery::reconcile(&control);
 
     for signal in signals.forever() {
@@ -192,11 +194,28 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
 fn start_janitor(control: Arc<Control>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("weft-janitor".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(250));
-            control.publisher.collect_retired();
+        .spawn(move || {
+            yield_to_workers();
+            loop {
+                std::thread::sleep(Duration::from_millis(250));
+                control.publisher.collect_retired();
+            }
         })?;
     Ok(())
+}
+
+/// Gives the calling thread the lowest CPU priority (nice 19; per thread on Linux).
+///
+/// Control-plane work (compiling a reload, freeing an old snapshot, discovery, admin
+/// scrapes) shares cores with the workers, which are pinned there: under load, a worker
+/// must win the core, or a 100 ms compile of a big config shows up in request p99.
+/// Threads this one starts inherit the setting.
+pub fn yield_to_workers() {
+    // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
 }
 
 /// A listening socket bound for one worker, with the listener it belongs to.
