@@ -30,6 +30,8 @@ pub enum Fault {
     CloseMidBody,
     /// Close every new connection at once, without an answer (the agent is down).
     Down,
+    /// Hold every request for a minute (past any client read timeout).
+    Stall,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +194,11 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let target = req.uri().to_string();
+    if state.lock().unwrap().fault == Fault::Stall {
+        state.lock().unwrap().requests.push(target.clone());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        return Ok(plain(500, "stalled"));
+    }
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     state.lock().unwrap().requests.push(target);
@@ -211,7 +218,7 @@ async fn handle(
             let notified = changed.notified();
             {
                 let s = state.lock().unwrap();
-                if s.index > asked || s.fault != Fault::None {
+                if s.index > asked || !matches!(s.fault, Fault::None | Fault::Stall) {
                     break;
                 }
             }

@@ -200,3 +200,42 @@ fn consul_faults_keep_the_last_good_endpoints_and_never_busy_loop() {
     );
     served_only_by(listen, &["a"], Duration::from_secs(5));
 }
+
+#[test]
+fn a_stalled_agent_times_out_and_traffic_keeps_flowing_under_load() {
+    let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
+    let agent = ConsulAgent::start();
+    agent.add("billing", "a1", a.addr);
+    let (listen, admin) = (free_addr(), free_addr());
+    let weft = Weft::start("ingress", &consul_config(listen, admin, agent.addr), admin);
+    served_only_by(listen, &["a"], Duration::from_secs(5));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, failures) = (stop.clone(), failures.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                failures.fetch_add(spread(listen, "/dump", 10).1, Ordering::Relaxed);
+            }
+        })
+    };
+    // The agent stops answering: the query in flight times out (wait 2 s + 2/16 s +
+    // 5 s of margin), discovery turns stale, traffic never notices.
+    agent.set_fault(Fault::Stall);
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while !weft.admin_get("/config").1.contains("\"stale\": true") {
+        assert!(
+            Instant::now() < deadline,
+            "a stalled agent was never noticed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    served_only_by(listen, &["a"], Duration::from_secs(1));
+    agent.set_fault(Fault::None);
+    agent.add("billing", "b1", b.addr);
+    served_only_by(listen, &["a", "b"], Duration::from_secs(10));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+}

@@ -4,7 +4,9 @@
 //!
 //! Found endpoints are applied the way a reload is: the running config (the text of
 //! the published snapshot, not the file, which may hold unreviewed edits) is compiled
-//! again with them and published, under the same lock as SIGHUP reloads. Pools are
+//! again with them and published, under the same lock as SIGHUP reloads. One publisher
+//! thread does that for all sources, coalescing changes that arrive together (hundreds
+//! of services answering at start-up cost one compile, not hundreds). Pools are
 //! keyed by endpoint address, so keep-alive connections to endpoints that stay are
 //! kept. A source that fails keeps its last good endpoints (an outage never empties a
 //! cluster) and is reported stale on /config and /metrics; an empty healthy set is
@@ -28,6 +30,10 @@ pub struct DiscoveryState {
     found: Mutex<Discovered>,
     status: Mutex<BTreeMap<String, SourceStatus>>,
     watches: Mutex<HashMap<Discovery, Watch>>,
+    /// Sources whose endpoints changed since the last publish (empty: nothing to do).
+    pending: Mutex<Vec<String>>,
+    wake: std::sync::Condvar,
+    publisher_started: AtomicBool,
 }
 
 /// How one cluster's source is doing.
@@ -71,6 +77,16 @@ pub fn reconcile(control: &Arc<Control>) {
         }
     }
     let state = &control.discovery;
+    if !wanted.is_empty() && !state.publisher_started.swap(true, Ordering::AcqRel) {
+        let c = control.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("weft-discovery".into())
+            .spawn(move || publisher(&c))
+        {
+            tracing::error!("discovery: cannot start the publisher thread: {e}");
+            state.publisher_started.store(false, Ordering::Release);
+        }
+    }
     let mut watches = lock(&state.watches);
     watches.retain(|spec, w| {
         let keep = wanted.contains_key(spec);
@@ -154,8 +170,32 @@ fn deliver(
     }
     match &outcome {
         Err(e) => tracing::warn!(source, "discovery: keeping the last good endpoints: {e}"),
-        Ok(_) if changed => republish(control, source),
+        Ok(_) if changed => {
+            lock(&state.pending).push(source.to_owned());
+            state.wake.notify_one();
+        }
         Ok(_) => {}
+    }
+}
+
+/// How long the publisher lets changes gather before compiling them together.
+const COALESCE: Duration = Duration::from_millis(10);
+
+/// The one thread that publishes what discovery found.
+fn publisher(control: &Control) {
+    let state = &control.discovery;
+    loop {
+        let mut pending = lock(&state.pending);
+        while pending.is_empty() {
+            pending = state
+                .wake
+                .wait(pending)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(pending);
+        std::thread::sleep(COALESCE);
+        let sources = std::mem::take(&mut *lock(&state.pending));
+        republish(control, &sources.join(","));
     }
 }
 
@@ -184,7 +224,10 @@ pub fn republish(control: &Control, source: &str) {
             // An endpoint that does not resolve, say: the last good set stays.
             tracing::warn!(source, "discovery: endpoints refused: {errors}");
             let mut status = lock(&control.discovery.status);
-            for s in status.values_mut().filter(|s| s.source == source) {
+            for s in status
+                .values_mut()
+                .filter(|s| source.split(',').any(|src| src == s.source))
+            {
                 s.stale = true;
                 s.errors += 1;
                 s.last_error = Some(errors.to_string());
@@ -193,21 +236,78 @@ pub fn republish(control: &Control, source: &str) {
     }
 }
 
-/// How often a watched file is looked at.
+/// How often a watched file is looked at when inotify is not available.
 const FILE_POLL: Duration = Duration::from_millis(200);
+/// With inotify, a look this often anyway (a missed event costs at most this).
+const FILE_RECHECK: Duration = Duration::from_secs(2);
 
 fn watch_file(control: &Control, clusters: &Mutex<Vec<String>>, stop: &AtomicBool, path: &Path) {
     let source = format!("file:{}", path.display());
+    let notify = Inotify::watch_dir(path.parent().unwrap_or(Path::new(".")));
+    if notify.is_none() {
+        tracing::info!(
+            source,
+            "discovery: inotify unavailable, polling every {FILE_POLL:?}"
+        );
+    }
     let mut seen: Option<(SystemTime, u64)> = None;
+    let mut first = true;
     while !stop.load(Ordering::Acquire) {
         let stamp = std::fs::metadata(path)
             .ok()
             .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-        if stamp != seen || seen.is_none() {
+        if stamp != seen || first {
+            first = false;
             seen = stamp;
             deliver(control, clusters, &source, read_endpoints_file(path));
         }
-        std::thread::sleep(FILE_POLL);
+        match &notify {
+            Some(n) => n.wait(FILE_RECHECK),
+            None => std::thread::sleep(FILE_POLL),
+        }
+    }
+}
+
+/// An inotify watch on a directory: wakes on any write, rename or removal in it (an
+/// editor's save-by-rename replaces the file, so the directory is what to watch).
+struct Inotify(std::os::fd::OwnedFd);
+
+impl Inotify {
+    fn watch_dir(dir: &Path) -> Option<Inotify> {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: inotify_init1 returns a new fd or -1; ownership moves to OwnedFd.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let mask = libc::IN_CLOSE_WRITE
+            | libc::IN_MOVED_TO
+            | libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_MODIFY;
+        // SAFETY: a valid inotify fd and a NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(fd, dir.as_ptr(), mask) };
+        (wd >= 0).then_some(Inotify(owned))
+    }
+
+    /// Waits for an event or `limit`, then drains whatever arrived.
+    fn wait(&self, limit: Duration) {
+        use std::os::fd::AsRawFd;
+        let fd = self.0.as_raw_fd();
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the timeout is bounded.
+        unsafe { libc::poll(&mut pfd, 1, limit.as_millis() as libc::c_int) };
+        let mut buf = [0u8; 4096];
+        // SAFETY: reads into a stack buffer of the given length; the fd is non-blocking.
+        while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
     }
 }
 
