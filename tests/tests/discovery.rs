@@ -239,3 +239,72 @@ fn a_stalled_agent_times_out_and_traffic_keeps_flowing_under_load() {
     load.join().unwrap();
     assert_eq!(failures.load(Ordering::Relaxed), 0);
 }
+
+/// Scale, for the issue note (not a timed test: run it with `--ignored` and read the
+/// output): 500 services x 20 instances in the agent.
+#[test]
+#[ignore]
+fn scale_500_services_x_20_instances() {
+    let agent = ConsulAgent::start();
+    let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
+    for s in 0..500 {
+        for i in 0..20u16 {
+            let addr = if s == 0 && i == 0 {
+                a.addr
+            } else if s == 0 {
+                b.addr
+            } else {
+                SocketAddr::from(([10, (s / 250) as u8, (s % 250) as u8, 1], 8000 + i))
+            };
+            agent.add(&format!("svc{s}"), &format!("svc{s}-{i}"), addr);
+        }
+    }
+    let (listen, admin) = (free_addr(), free_addr());
+    let mut config = format!(
+        "[admin]\naddress = \"{admin}\"\n\n[consul]\naddress = \"{}\"\nwait = \"30s\"\n\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\nroutes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"svc0\" }} ]\n",
+        agent.addr
+    );
+    for s in 0..500 {
+        config += &format!(
+            "\n[clusters.svc{s}]\ndiscovery = {{ consul = {{ service = \"svc{s}\" }} }}\n"
+        );
+    }
+    let started = Instant::now();
+    let weft = Weft::start("ingress", &config, admin);
+    loop {
+        let status = weft.admin_get("/config").1;
+        if status.matches("\"endpoints\": 20").count() == 500 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no full sync in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let synced = started.elapsed();
+    // Settled: retired snapshots freed, buffers of the start-up burst returned.
+    std::thread::sleep(Duration::from_secs(2));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", weft.pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let rss = format!("RSS {} with {} threads", field("VmRSS"), field("Threads"));
+    // svc0 has instance a plus 19 on b: take a out, see traffic follow.
+    let change = Instant::now();
+    agent.remove("svc0-0");
+    served_only_by(listen, &["b"], Duration::from_secs(10));
+    let followed = change.elapsed();
+    println!(
+        "scale: 500 services x 20 instances: full sync {synced:?} after start; {rss}; \
+         instance removal to traffic following: {followed:?}; agent requests: {}",
+        agent.requests().len()
+    );
+}

@@ -1,16 +1,18 @@
 //! A blocking client for the one Consul endpoint weft reads:
 //! `GET /v1/health/service/<name>` (blocking queries), on the control side only.
 //!
-//! Plain blocking sockets on the watch's own thread: one request at a time per distinct
-//! query, `Connection: close`, a read timeout above `wait + wait/16` (Consul adds up to
-//! wait/16 of jitter). The ACL token travels in `X-Consul-Token` and is never logged.
+//! Runs on the discovery thread's own monoio runtime (every watch is a task there, so
+//! hundreds of services cost hundreds of small tasks, not threads): one request at a
+//! time per distinct query, `Connection: close`, a read timeout above `wait + wait/16`
+//! (Consul adds up to wait/16 of jitter). The ACL token travels in `X-Consul-Token` and is never logged.
 //! Answers follow Consul's documented shapes: address from `Service.Address`, else
 //! `Node.Address`; weights from `Service.Weights` (`{1, 1}` when absent), the Warning
 //! weight for an instance whose worst check warns; critical instances never serve.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
 use serde_json::Value;
 use weft_mesh::config::EndpointConfig;
@@ -48,7 +50,7 @@ pub struct Answer {
 }
 
 /// Asks for the instances of `query`; with `index > 0`, blocks up to `wait` for a change.
-pub fn health(
+pub async fn health(
     agent: &str,
     query: &ConsulQuery,
     index: u64,
@@ -60,12 +62,21 @@ pub fn health(
         .map_err(ConsulError::Connect)?
         .next()
         .ok_or_else(|| ConsulError::Connect(std::io::Error::other("no address")))?;
-    let mut stream =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(ConsulError::Connect)?;
+    let mut stream = match monoio::time::timeout(
+        Duration::from_secs(5),
+        monoio::net::TcpStream::connect_addr(addr),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(ConsulError::Connect(e)),
+        Err(_) => {
+            return Err(ConsulError::Connect(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            )))
+        }
+    };
     let read_timeout = wait + wait / 16 + Duration::from_secs(5);
-    stream
-        .set_read_timeout(Some(read_timeout))
-        .map_err(ConsulError::Io)?;
     let mut target = format!("/v1/health/service/{}?", encode(&query.service));
     if query.passing_only {
         target.push_str("passing&");
@@ -93,11 +104,26 @@ pub fn health(
         request.push_str(&format!("X-Consul-Token: {t}\r\n"));
     }
     request.push_str("\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .map_err(ConsulError::Io)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(ConsulError::Io)?;
+    let exchange = async {
+        stream.write_all(request.into_bytes()).await.0?;
+        let mut raw = Vec::new();
+        loop {
+            let buf = Vec::with_capacity(16 * 1024);
+            let (res, buf) = stream.read(buf).await;
+            if res? == 0 {
+                return Ok::<_, std::io::Error>(raw);
+            }
+            raw.extend_from_slice(&buf);
+        }
+    };
+    let raw = match monoio::time::timeout(read_timeout, exchange).await {
+        Ok(r) => r.map_err(ConsulError::Io)?,
+        Err(_) => {
+            return Err(ConsulError::Io(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            )))
+        }
+    };
 
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);

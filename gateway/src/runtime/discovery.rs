@@ -1,6 +1,6 @@
-//! Service discovery, on the control side: one thread per watched source (an endpoints
-//! file, or one Consul health query shared by every cluster that asks it), never on a
-//! worker.
+//! Service discovery, on the control side, never on a worker: a thread per watched
+//! endpoints file (there are few), and one thread whose monoio runtime runs every Consul
+//! watch as a task (one per distinct health query, shared by the clusters that ask it).
 //!
 //! Found endpoints are applied the way a reload is: the running config (the text of
 //! the published snapshot, not the file, which may hold unreviewed edits) is compiled
@@ -34,6 +34,8 @@ pub struct DiscoveryState {
     pending: Mutex<Vec<String>>,
     wake: std::sync::Condvar,
     publisher_started: AtomicBool,
+    /// Hands new Consul watches to the thread that runs them all.
+    consul_tasks: Mutex<Option<std::sync::mpsc::Sender<ConsulWatch>>>,
 }
 
 /// How one cluster's source is doing.
@@ -113,19 +115,28 @@ pub fn reconcile(control: &Arc<Control>) {
         };
         let (c, clusters, stop) = (control.clone(), watch.clusters.clone(), watch.stop.clone());
         let settings = snapshot.consul.clone();
-        let spawned = match spec.clone() {
+        let started = match spec.clone() {
             Discovery::File(path) => std::thread::Builder::new()
                 .name("weft-discovery-file".into())
-                .spawn(move || watch_file(&c, &clusters, &stop, &path)),
-            Discovery::Consul(query) => std::thread::Builder::new()
-                .name("weft-discovery-consul".into())
-                .spawn(move || watch_consul(&c, &clusters, &stop, &query, &settings)),
+                .spawn(move || watch_file(&c, &clusters, &stop, &path))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Discovery::Consul(query) => consul_runtime(control).and_then(|tx| {
+                tx.send(ConsulWatch {
+                    control: c,
+                    clusters,
+                    stop,
+                    query,
+                    settings,
+                })
+                .map_err(|_| "the Consul watch thread is gone".to_owned())
+            }),
         };
-        match spawned {
-            Ok(_) => {
+        match started {
+            Ok(()) => {
                 watches.insert(spec, watch);
             }
-            Err(e) => tracing::error!("discovery: cannot start a watch thread: {e}"),
+            Err(e) => tracing::error!("discovery: cannot start a watch: {e}"),
         }
     }
 }
@@ -341,8 +352,68 @@ pub fn read_endpoints_file(path: &Path) -> Result<Vec<EndpointConfig>, String> {
     Ok(endpoints)
 }
 
+/// A Consul watch to start on the discovery runtime.
+struct ConsulWatch {
+    control: Arc<Control>,
+    clusters: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    query: ConsulQuery,
+    settings: ConsulSettings,
+}
+
+/// The sender of the thread that runs every Consul watch as a task on one monoio
+/// runtime, started on first use.
+fn consul_runtime(control: &Arc<Control>) -> Result<std::sync::mpsc::Sender<ConsulWatch>, String> {
+    let mut slot = lock(&control.discovery.consul_tasks);
+    if let Some(tx) = slot.as_ref() {
+        return Ok(tx.clone());
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<ConsulWatch>();
+    std::thread::Builder::new()
+        .name("weft-discovery-consul".into())
+        .spawn(move || {
+            let mut rt = match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("discovery: cannot start the Consul runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                loop {
+                    // New watches arrive from reloads; a tenth of a second is soon enough.
+                    loop {
+                        match rx.try_recv() {
+                            Ok(w) => {
+                                monoio::spawn(async move {
+                                    watch_consul(
+                                        &w.control,
+                                        &w.clusters,
+                                        &w.stop,
+                                        &w.query,
+                                        &w.settings,
+                                    )
+                                    .await
+                                });
+                            }
+                            Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                            Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                        }
+                    }
+                    monoio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        })
+        .map_err(|e| e.to_string())?;
+    *slot = Some(tx.clone());
+    Ok(tx)
+}
+
 /// Consul's blocking-query loop for one query (see `../shared/consul/README.md`).
-fn watch_consul(
+async fn watch_consul(
     control: &Control,
     clusters: &Mutex<Vec<String>>,
     stop: &AtomicBool,
@@ -355,14 +426,15 @@ fn watch_consul(
     let mut bucket = TokenBucket::new();
     let mut backoff = Backoff::default();
     while !stop.load(Ordering::Acquire) {
-        bucket.take();
-        match consul::health(
+        bucket.take().await;
+        let asked = consul::health(
             &settings.address,
             query,
             index,
             settings.wait,
             token.as_deref(),
-        ) {
+        );
+        match asked.await {
             Ok(answer) => {
                 backoff.reset();
                 if answer.acl_filtered {
@@ -384,7 +456,7 @@ fn watch_consul(
             }
             Err(e) => {
                 deliver(control, clusters, &source, Err(e.to_string()));
-                std::thread::sleep(backoff.next());
+                monoio::time::sleep(backoff.next()).await;
             }
         }
     }
@@ -423,7 +495,7 @@ impl TokenBucket {
         }
     }
 
-    fn take(&mut self) {
+    async fn take(&mut self) {
         let now = Instant::now();
         self.tokens = (self.tokens
             + now.duration_since(self.last).as_secs_f64() / REFILL.as_secs_f64())
@@ -431,7 +503,7 @@ impl TokenBucket {
         self.last = now;
         if self.tokens < 1.0 {
             let wait = REFILL.mul_f64(1.0 - self.tokens);
-            std::thread::sleep(wait);
+            monoio::time::sleep(wait).await;
             self.tokens = 1.0;
             self.last = Instant::now();
         }
