@@ -65,7 +65,7 @@ pub struct Upstream {
 pub struct Upstreams {
     pub pool: Pool,
     pub h2: Multiplexed,
-    balancers: RefCell<(u64, Vec<Rc<Balancer>>)>,
+    balancers: RefCell<(u64, Vec<Option<Rc<Balancer>>>)>,
 }
 
 impl Upstreams {
@@ -77,19 +77,19 @@ impl Upstreams {
         }
     }
 
+    /// The cluster's balancer for this snapshot, built when first used: a snapshot with
+    /// a thousand clusters must not cost the first request after a swap a thousand
+    /// balancers.
     fn balancer(&self, snapshot: &Snapshot, id: ClusterId) -> Rc<Balancer> {
         let mut b = self.balancers.borrow_mut();
         if b.0 != snapshot.version {
-            *b = (
-                snapshot.version,
-                snapshot
-                    .clusters
-                    .iter()
-                    .map(|c| Rc::new(Balancer::new(c)))
-                    .collect(),
-            );
+            b.0 = snapshot.version;
+            b.1.clear();
+            b.1.resize(snapshot.clusters.len(), None);
         }
-        b.1[id].clone()
+        b.1[id]
+            .get_or_insert_with(|| Rc::new(Balancer::new(&snapshot.clusters[id])))
+            .clone()
     }
 
     fn pick(&self, snapshot: &Snapshot, id: ClusterId) -> Result<SocketAddr, ConnectError> {
