@@ -48,6 +48,8 @@ struct State {
     fault: Fault,
     /// Every request's target, in order.
     requests: Vec<String>,
+    /// Services registered through the agent API, by ID (the JSON as sent).
+    registered: HashMap<String, serde_json::Value>,
 }
 
 pub struct ConsulAgent {
@@ -68,6 +70,7 @@ impl ConsulAgent {
             instances: Vec::new(),
             fault: Fault::None,
             requests: Vec::new(),
+            registered: HashMap::new(),
         }));
         let changed = Arc::new(tokio::sync::Notify::new());
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
@@ -153,6 +156,11 @@ impl ConsulAgent {
         self.changed.notify_waiters();
     }
 
+    /// The registration (as sent) of the service with this ID, if registered.
+    pub fn registered(&self, id: &str) -> Option<serde_json::Value> {
+        self.state.lock().unwrap().registered.get(id).cloned()
+    }
+
     /// The targets of every request so far.
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
@@ -202,6 +210,36 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     state.lock().unwrap().requests.push(target);
+    if req.method() == hyper::Method::PUT {
+        use http_body_util::BodyExt;
+        if path == "/v1/agent/service/register" {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let Ok(reg) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                return Ok(plain(400, "Request decode failed"));
+            };
+            let id = reg
+                .get("ID")
+                .or_else(|| reg.get("Name"))
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            state.lock().unwrap().registered.insert(id, reg);
+            return Ok(plain(200, ""));
+        }
+        if let Some(id) = path.strip_prefix("/v1/agent/service/deregister/") {
+            let removed = state.lock().unwrap().registered.remove(id);
+            return Ok(match removed {
+                Some(_) => plain(200, ""),
+                None => plain(404, &format!("Unknown service ID {id:?}")),
+            });
+        }
+        return Ok(plain(404, "unknown endpoint"));
+    }
     let Some(service) = path.strip_prefix("/v1/health/service/") else {
         return Ok(plain(404, "unknown endpoint"));
     };

@@ -308,3 +308,58 @@ fn scale_500_services_x_20_instances() {
         agent.requests().len()
     );
 }
+
+#[test]
+fn a_sidecar_registers_with_consul_and_deregisters_on_drain() {
+    let agent = ConsulAgent::start();
+    let app = TestUpstream::start("app");
+    let (inbound, outbound, admin) = (free_addr(), free_addr(), free_addr());
+    let config = format!(
+        r#"
+[admin]
+address = "{admin}"
+
+[consul]
+address = "{}"
+
+[sidecar.inbound]
+address = "{inbound}"
+app = "{}"
+
+[sidecar.outbound]
+address = "{outbound}"
+
+[sidecar.register]
+service = "billing"
+tags = ["v2"]
+check_interval = "5s"
+"#,
+        agent.addr, app.addr
+    );
+    let mut weft = Weft::start("sidecar", &config, admin);
+    let id = format!("billing-{}", inbound.port());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reg = loop {
+        if let Some(r) = agent.registered(&id) {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never registered: {:?}",
+            agent.requests()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(reg["Name"], "billing");
+    assert_eq!(reg["Address"], inbound.ip().to_string());
+    assert_eq!(reg["Port"], inbound.port());
+    assert_eq!(reg["Tags"][0], "v2");
+    assert_eq!(reg["Check"]["TCP"], inbound.to_string());
+    assert_eq!(reg["Check"]["Interval"], "5s");
+    weft.signal(15); // SIGTERM
+    assert!(weft.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(
+        agent.registered(&id).is_none(),
+        "still registered after drain"
+    );
+}

@@ -1,5 +1,5 @@
-//! A blocking client for the one Consul endpoint weft reads:
-//! `GET /v1/health/service/<name>` (blocking queries), on the control side only.
+//! weft's Consul client, on the control side only: `GET /v1/health/service/<name>`
+//! (blocking queries) for discovery, and a sidecar's own registration.
 //!
 //! Runs on the discovery thread's own monoio runtime (every watch is a task there, so
 //! hundreds of services cost hundreds of small tasks, not threads): one request at a
@@ -16,7 +16,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
 use serde_json::Value;
 use weft_mesh::config::EndpointConfig;
-use weft_mesh::snapshot::ConsulQuery;
+use weft_mesh::snapshot::{ConsulQuery, Registration};
 
 use crate::proto::h1::chunked::ChunkedParser;
 
@@ -273,5 +273,82 @@ mod tests {
             "Checks": [{"Status": "critical"}]
         });
         assert!(endpoint(&critical).is_none());
+    }
+}
+
+/// Registers `reg` with the agent (blocking; called once at start-up, on the control
+/// thread), with a TCP check on the registered address.
+pub fn register(agent: &str, reg: &Registration, token: Option<&str>) -> Result<(), ConsulError> {
+    let secs = |d: Duration| format!("{}s", d.as_secs().max(1));
+    let body = serde_json::json!({
+        "ID": reg.id,
+        "Name": reg.service,
+        "Address": reg.address.to_string(),
+        "Port": reg.port,
+        "Tags": reg.tags,
+        "Meta": reg.meta,
+        "Check": {
+            "TCP": std::net::SocketAddr::new(reg.address, reg.port).to_string(),
+            "Interval": secs(reg.check_interval),
+            "DeregisterCriticalServiceAfter": secs(reg.deregister_critical_after),
+        },
+    });
+    put(
+        agent,
+        "/v1/agent/service/register",
+        &body.to_string(),
+        token,
+    )
+}
+
+/// Removes the registration with this ID (on drain).
+pub fn deregister(agent: &str, id: &str, token: Option<&str>) -> Result<(), ConsulError> {
+    put(
+        agent,
+        &format!("/v1/agent/service/deregister/{}", encode(id)),
+        "",
+        token,
+    )
+}
+
+/// A blocking `PUT` to the agent; any 2xx is success.
+fn put(agent: &str, path: &str, body: &str, token: Option<&str>) -> Result<(), ConsulError> {
+    use std::io::{Read, Write};
+    let addr = agent
+        .to_socket_addrs()
+        .map_err(ConsulError::Connect)?
+        .next()
+        .ok_or_else(|| ConsulError::Connect(std::io::Error::other("no address")))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(ConsulError::Connect)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(ConsulError::Io)?;
+    let mut request = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {agent}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        request.push_str(&format!("X-Consul-Token: {t}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream
+        .write_all(request.as_bytes())
+        .map_err(ConsulError::Io)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(ConsulError::Io)?;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(&raw) {
+        Ok(httparse::Status::Complete(n)) => match resp.code {
+            Some(code) if (200..300).contains(&code) => Ok(()),
+            Some(code) => Err(ConsulError::Status(
+                code,
+                String::from_utf8_lossy(&raw[n..]).trim().to_owned(),
+            )),
+            None => Err(ConsulError::Malformed("no status".into())),
+        },
+        _ => Err(ConsulError::Malformed("incomplete response head".into())),
     }
 }

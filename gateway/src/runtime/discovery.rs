@@ -462,6 +462,33 @@ async fn watch_consul(
     }
 }
 
+/// Registers the sidecar's service, if configured (logged, never fatal: the agent may
+/// come later, and discovery elsewhere handles a missing instance).
+pub fn register(control: &Control) {
+    let snapshot = control.publisher.load();
+    let Some(reg) = &snapshot.registration else {
+        return;
+    };
+    let token = consul_token(snapshot.consul.token_file.as_deref());
+    match consul::register(&snapshot.consul.address, reg, token.as_deref()) {
+        Ok(()) => tracing::info!(id = %reg.id, "registered with the Consul agent"),
+        Err(e) => tracing::error!(id = %reg.id, "Consul registration failed: {e}"),
+    }
+}
+
+/// Takes the registration back (draining).
+pub fn deregister(control: &Control) {
+    let snapshot = control.publisher.load();
+    let Some(reg) = &snapshot.registration else {
+        return;
+    };
+    let token = consul_token(snapshot.consul.token_file.as_deref());
+    match consul::deregister(&snapshot.consul.address, &reg.id, token.as_deref()) {
+        Ok(()) => tracing::info!(id = %reg.id, "deregistered from the Consul agent"),
+        Err(e) => tracing::warn!(id = %reg.id, "Consul deregistration failed: {e}"),
+    }
+}
+
 fn consul_token(file: Option<&Path>) -> Option<String> {
     match file {
         Some(f) => match std::fs::read_to_string(f) {

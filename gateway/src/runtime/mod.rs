@@ -166,6 +166,7 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     // From here this thread only reloads (and starts discovery threads, which inherit).
     yield_to_workers();
     discovery::reconcile(&control);
+    discovery::register(&control);
 
     for signal in signals.forever() {
         match signal {
@@ -178,6 +179,8 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     }
     tracing::info!("draining: not accepting; closing idle connections; waiting up to {drain_timeout:?} for in-flight requests (signal again to stop now)");
     control.draining.store(true, Ordering::Release);
+    // Leave the registry first, so callers stop picking this instance while it drains.
+    discovery::deregister(&control);
     let deadline = Instant::now() + drain_timeout;
     while Instant::now() < deadline && threads.iter().any(|t| !t.is_finished()) {
         if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {

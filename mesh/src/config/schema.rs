@@ -533,6 +533,40 @@ impl<'de> Deserialize<'de> for EndpointConfig {
 pub struct SidecarConfig {
     pub inbound: SidecarInbound,
     pub outbound: SidecarOutbound,
+    /// Register the local service with the Consul agent (`[consul]`) on start, and
+    /// deregister it when draining.
+    pub register: Option<RegisterConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RegisterConfig {
+    pub service: String,
+    /// Default: `SERVICE-INBOUNDPORT`.
+    pub id: Option<String>,
+    /// The address other sidecars reach this one at; default: the inbound listener's
+    /// (which then must be a specific IP, not 0.0.0.0).
+    pub address: Option<String>,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+    /// The agent checks the inbound listener over TCP this often.
+    pub check_interval: ConfigDuration,
+    /// A service critical this long is deregistered by the agent.
+    pub deregister_critical_after: ConfigDuration,
+}
+
+impl Default for RegisterConfig {
+    fn default() -> Self {
+        RegisterConfig {
+            service: String::new(),
+            id: None,
+            address: None,
+            tags: Vec::new(),
+            meta: BTreeMap::new(),
+            check_interval: ConfigDuration::from_secs(10),
+            deregister_critical_after: ConfigDuration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

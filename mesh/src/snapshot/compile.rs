@@ -226,6 +226,14 @@ pub fn compile_with(
         }
     }
 
+    let registration = cfg
+        .sidecar
+        .as_ref()
+        .filter(|_| loaded.role == Role::Sidecar)
+        .and_then(|sc| {
+            let r = sc.register.as_ref()?;
+            compile_registration(r, &sc.inbound.address, &mut d)
+        });
     if !d.errors.is_empty() {
         return Err(ConfigErrors(d.errors));
     }
@@ -237,6 +245,7 @@ pub fn compile_with(
             } else {
                 fnv1a(format!("{discovered:?}").as_bytes())
             },
+        registration,
         consul: ConsulSettings {
             address: cfg.consul.address.clone(),
             token_file: cfg
@@ -505,6 +514,55 @@ fn compile_cluster(
         pool_max_idle: *max_idle,
         pool_idle_timeout: idle_timeout.0,
     }
+}
+
+fn compile_registration(
+    r: &crate::config::RegisterConfig,
+    inbound: &str,
+    d: &mut Diagnostics,
+) -> Option<Registration> {
+    let path = "sidecar.register";
+    if r.service.is_empty() {
+        d.error(
+            format!("{path}.service"),
+            "missing: the service name to register",
+        );
+        return None;
+    }
+    let listen: SocketAddr = inbound.parse().ok()?;
+    let address = match &r.address {
+        Some(a) => match a.parse() {
+            Ok(ip) => ip,
+            Err(_) => {
+                d.error(
+                    format!("{path}.address"),
+                    format!("`{a}` is not an IP address"),
+                );
+                return None;
+            }
+        },
+        None if listen.ip().is_unspecified() => {
+            d.error(
+                format!("{path}.address"),
+                "sidecar.inbound.address listens on all addresses: say which one to register",
+            );
+            return None;
+        }
+        None => listen.ip(),
+    };
+    Some(Registration {
+        service: r.service.clone(),
+        id: r
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", r.service, listen.port())),
+        address,
+        port: listen.port(),
+        tags: r.tags.clone(),
+        meta: r.meta.clone(),
+        check_interval: r.check_interval.0,
+        deregister_critical_after: r.deregister_critical_after.0,
+    })
 }
 
 fn compile_discovery(

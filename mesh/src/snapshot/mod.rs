@@ -52,6 +52,21 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
     pub consul: ConsulSettings,
+    /// What a sidecar registers with the Consul agent.
+    pub registration: Option<Registration>,
+}
+
+/// A service registration (`PUT /v1/agent/service/register`).
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub service: String,
+    pub id: String,
+    pub address: std::net::IpAddr,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub meta: std::collections::BTreeMap<String, String>,
+    pub check_interval: Duration,
+    pub deregister_critical_after: Duration,
 }
 
 /// How to reach the Consul agent.
