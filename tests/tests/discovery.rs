@@ -363,3 +363,38 @@ check_interval = "5s"
         "still registered after drain"
     );
 }
+
+#[test]
+fn a_ten_second_consul_outage_under_load_loses_nothing() {
+    let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
+    let agent = ConsulAgent::start();
+    agent.add("billing", "a1", a.addr);
+    agent.add("billing", "b1", b.addr);
+    let (listen, admin) = (free_addr(), free_addr());
+    let weft = Weft::start("ingress", &consul_config(listen, admin, agent.addr), admin);
+    served_only_by(listen, &["a", "b"], Duration::from_secs(5));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, failures) = (stop.clone(), failures.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                failures.fetch_add(spread(listen, "/dump", 10).1, Ordering::Relaxed);
+            }
+        })
+    };
+    agent.set_fault(Fault::Down);
+    std::thread::sleep(Duration::from_secs(10));
+    served_only_by(listen, &["a", "b"], Duration::from_secs(1));
+    assert!(weft.admin_get("/config").1.contains("\"stale\": true"));
+    agent.set_fault(Fault::None);
+    agent.remove("b1");
+    served_only_by(listen, &["a"], Duration::from_secs(70));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during the outage"
+    );
+}
