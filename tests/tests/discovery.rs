@@ -55,7 +55,11 @@ discovery = {{ file = "billing.toml" }}
     // JSON works too, and the edit lands within a second.
     std::fs::write(
         &file,
-        format!("[{{ \"address\": \"{}\", \"weight\": 2 }}]", b.addr),
+        format!(
+            "[{{ \"address\": \"{}\", \"port\": {}, \"weight\": 2, \"tags\": [\"v2\"], \"meta\": {{ \"zone\": \"a\" }} }}]",
+            b.addr.ip(),
+            b.addr.port()
+        ),
     )
     .unwrap();
     let took = served_only_by(listen, &["b"], Duration::from_secs(2));
@@ -141,6 +145,29 @@ fn consul_changes_reach_traffic_within_a_second_without_failures() {
     let quiet = agent.requests().len() - before;
     assert!(quiet <= 3, "{quiet} requests in 3 quiet seconds");
     assert!(agent.requests().iter().all(|r| r.contains("passing")));
+
+    // No healthy instance left: an empty set is applied, and the cluster says so.
+    agent.set_status("a1", "critical");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let o = std::process::Command::new("curl")
+            .args(["-s", "-D", "-", "-o", "/dev/null"])
+            .arg(format!("http://{listen}/dump"))
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&o.stdout).into_owned();
+        if head.starts_with("HTTP/1.1 503") {
+            assert!(
+                head.contains("x-weft-error: no healthy endpoints"),
+                "{head}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never 503: {head}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.set_status("a1", "passing");
+    served_only_by(listen, &["a"], Duration::from_secs(3));
 }
 
 #[test]

@@ -201,7 +201,7 @@ pub(super) fn connect_failure(
     match e {
         ConnectError::NoEndpoints => {
             x.count_upstream(Family::UpstreamConnectErrors, cluster, "no_endpoints");
-            (503, "cluster has no endpoints")
+            (503, "no healthy endpoints")
         }
         ConnectError::Refused(err) => {
             tracing::debug!(cluster = %x.snapshot.clusters[cluster].name, "upstream connect failed: {err}");

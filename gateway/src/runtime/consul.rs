@@ -223,9 +223,29 @@ fn endpoint(entry: &Value) -> Option<EndpointConfig> {
     } else {
         format!("{address}:{port}")
     };
+    let tags = service
+        .get("Tags")
+        .and_then(Value::as_array)
+        .map(|t| {
+            t.iter()
+                .filter_map(|v| Some(v.as_str()?.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let meta = service
+        .get("Meta")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
     Some(EndpointConfig {
         address,
         weight: weight.min(u64::from(u32::MAX)) as u32,
+        tags,
+        meta,
     })
 }
 

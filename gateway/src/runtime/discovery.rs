@@ -212,9 +212,9 @@ fn publisher(control: &Control) {
 
 fn same_endpoints(a: &[EndpointConfig], b: &[EndpointConfig]) -> bool {
     a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(x, y)| x.address == y.address && x.weight == y.weight)
+        && a.iter().zip(b).all(|(x, y)| {
+            x.address == y.address && x.weight == y.weight && x.tags == y.tags && x.meta == y.meta
+        })
 }
 
 /// Compiles the running config again with what discovery found, and publishes it.

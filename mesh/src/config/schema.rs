@@ -481,19 +481,29 @@ impl Default for PoolConfig {
     }
 }
 
-/// `"127.0.0.1:9000"` or `{ address = "127.0.0.1:9001", weight = 3 }`.
-#[derive(Debug, Clone, Serialize)]
+/// `"127.0.0.1:9000"` or `{ address = "127.0.0.1:9001", weight = 3 }`; in endpoint
+/// files also `{ address = "10.0.0.5", port = 9001, tags = [..], meta = {..} }`.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct EndpointConfig {
     pub address: String,
     pub weight: u32,
+    /// Labels carried for subset routing; not used for balancing.
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EndpointTable {
     address: String,
+    /// With `port`, `address` is the host alone.
+    port: Option<u16>,
     #[serde(default = "default_weight")]
     weight: u32,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    meta: BTreeMap<String, String>,
 }
 
 fn default_weight() -> u32 {
@@ -512,13 +522,21 @@ impl<'de> Deserialize<'de> for EndpointConfig {
                 Ok(EndpointConfig {
                     address: v.to_owned(),
                     weight: 1,
+                    ..EndpointConfig::default()
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointConfig, A::Error> {
                 let t = EndpointTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let address = match t.port {
+                    Some(port) if t.address.contains(':') => format!("[{}]:{port}", t.address),
+                    Some(port) => format!("{}:{port}", t.address),
+                    None => t.address,
+                };
                 Ok(EndpointConfig {
-                    address: t.address,
+                    address,
                     weight: t.weight,
+                    tags: t.tags,
+                    meta: t.meta,
                 })
             }
         }

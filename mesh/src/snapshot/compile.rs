@@ -99,6 +99,7 @@ pub fn compile_with(
                 endpoints: vec![EndpointConfig {
                     address: sc.inbound.app.clone(),
                     weight: 1,
+                    ..EndpointConfig::default()
                 }],
                 protocol: sc.inbound.app_protocol,
                 ..ClusterConfig::default()
