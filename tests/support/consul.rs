@@ -62,6 +62,15 @@ pub struct ConsulAgent {
 
 impl ConsulAgent {
     pub fn start() -> ConsulAgent {
+        Self::start_with(None)
+    }
+
+    /// The agent on HTTPS, with this server config.
+    pub fn start_tls(tls: rustls::ServerConfig) -> ConsulAgent {
+        Self::start_with(Some(Arc::new(tls)))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> ConsulAgent {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind agent");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
@@ -96,14 +105,25 @@ impl ConsulAgent {
                         tokio::spawn(close_mid_body(stream));
                         continue;
                     }
-                    let (st, ch) = (st.clone(), ch.clone());
+                    let (st, ch, tls) = (st.clone(), ch.clone(), tls.clone());
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
                             handle(st.clone(), ch.clone(), req)
                         });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                        let http = hyper::server::conn::http1::Builder::new();
+                        match tls {
+                            None => {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                            Some(config) => {
+                                let Ok(stream) =
+                                    tokio_rustls::TlsAcceptor::from(config).accept(stream).await
+                                else {
+                                    return;
+                                };
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
                     });
                 }
             });

@@ -8,6 +8,7 @@
 
 pub mod consul;
 pub mod grpc;
+pub mod pki;
 pub mod process;
 pub mod raw;
 pub mod upstream;

@@ -425,3 +425,38 @@ fn a_ten_second_consul_outage_under_load_loses_nothing() {
         "requests failed during the outage"
     );
 }
+
+#[test]
+fn consul_over_tls() {
+    use rustls_pki_types::pem::PemObject;
+    let pki = weft_tests::pki::Pki::new();
+    pki.leaf(
+        "agent",
+        "consul",
+        "DNS:consul.test",
+        weft_tests::pki::SERVER,
+    );
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(pki.path("agent.crt"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(pki.path("agent.key")).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let agent = ConsulAgent::start_tls(server);
+    let a = TestUpstream::start("a");
+    agent.add("billing", "a1", a.addr);
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = consul_config(listen, admin, agent.addr).replace(
+        "wait = \"2s\"",
+        "wait = \"2s\"\ntls = { ca = \"ca.crt\", sni = \"consul.test\" }",
+    );
+    let _weft = Weft::start_in(pki.dir.path(), "ingress", &config, admin);
+    served_only_by(listen, &["a"], Duration::from_secs(5));
+}

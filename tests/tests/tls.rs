@@ -4,109 +4,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use weft_tests::pki::{Pki, CLIENT, SERVER};
 use weft_tests::upstream::{big_body_byte, sha256_hex, TestUpstream};
 use weft_tests::{free_addr, Weft};
-
-/// A test CA and leaf certificates it signs, in a temporary directory.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let pki = Pki {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=weft test CA",
-        ]);
-        pki
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let o = Command::new("openssl")
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-
-    /// A leaf `name.crt`/`name.key` for `sans` (e.g. "DNS:a.test"), signed by the CA,
-    /// for `usage` ("serverAuth", "clientAuth" or both, comma-separated).
-    fn leaf(&self, name: &str, cn: &str, sans: &str, usage: &str) {
-        self.leaf_for_days(name, cn, sans, usage, 1);
-    }
-
-    /// `leaf` valid for `days` from now (0: it expires within the second).
-    fn leaf_for_days(&self, name: &str, cn: &str, sans: &str, usage: &str, days: u32) {
-        std::fs::write(
-            self.path(&format!("{name}.ext")),
-            format!("subjectAltName={sans}\nextendedKeyUsage={usage}\n"),
-        )
-        .unwrap();
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={cn}"),
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            &days.to_string(),
-            "-extfile",
-            &format!("{name}.ext"),
-        ]);
-    }
-}
-
-const SERVER: &str = "serverAuth";
-const CLIENT: &str = "clientAuth";
 
 fn tls_config(listen: SocketAddr, admin: SocketAddr, app: SocketAddr, extra_tls: &str) -> String {
     format!(

@@ -16,7 +16,10 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
 use serde_json::Value;
 use weft_mesh::config::EndpointConfig;
-use weft_mesh::snapshot::{ConsulQuery, Registration};
+use weft_mesh::snapshot::{ConsulQuery, ConsulSettings, Registration};
+
+use crate::transport::{PollStream, UpstreamStream};
+use crate::upstream::tls_connect;
 
 use crate::proto::h1::chunked::ChunkedParser;
 
@@ -51,31 +54,12 @@ pub struct Answer {
 
 /// Asks for the instances of `query`; with `index > 0`, blocks up to `wait` for a change.
 pub async fn health(
-    agent: &str,
+    settings: &ConsulSettings,
     query: &ConsulQuery,
     index: u64,
-    wait: Duration,
     token: Option<&str>,
 ) -> Result<Answer, ConsulError> {
-    let addr = agent
-        .to_socket_addrs()
-        .map_err(ConsulError::Connect)?
-        .next()
-        .ok_or_else(|| ConsulError::Connect(std::io::Error::other("no address")))?;
-    let mut stream = match monoio::time::timeout(
-        Duration::from_secs(5),
-        monoio::net::TcpStream::connect_addr(addr),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(ConsulError::Connect(e)),
-        Err(_) => {
-            return Err(ConsulError::Connect(std::io::Error::from(
-                std::io::ErrorKind::TimedOut,
-            )))
-        }
-    };
+    let (agent, wait) = (settings.address.as_str(), settings.wait);
     let read_timeout = wait + wait / 16 + Duration::from_secs(5);
     let mut target = format!("/v1/health/service/{}?", encode(&query.service));
     if query.passing_only {
@@ -104,26 +88,7 @@ pub async fn health(
         request.push_str(&format!("X-Consul-Token: {t}\r\n"));
     }
     request.push_str("\r\n");
-    let exchange = async {
-        stream.write_all(request.into_bytes()).await.0?;
-        let mut raw = Vec::new();
-        loop {
-            let buf = Vec::with_capacity(16 * 1024);
-            let (res, buf) = stream.read(buf).await;
-            if res? == 0 {
-                return Ok::<_, std::io::Error>(raw);
-            }
-            raw.extend_from_slice(&buf);
-        }
-    };
-    let raw = match monoio::time::timeout(read_timeout, exchange).await {
-        Ok(r) => r.map_err(ConsulError::Io)?,
-        Err(_) => {
-            return Err(ConsulError::Io(std::io::Error::from(
-                std::io::ErrorKind::TimedOut,
-            )))
-        }
-    };
+    let raw = exchange(settings, request, read_timeout).await?;
 
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
@@ -296,9 +261,13 @@ mod tests {
     }
 }
 
-/// Registers `reg` with the agent (blocking; called once at start-up, on the control
-/// thread), with a TCP check on the registered address.
-pub fn register(agent: &str, reg: &Registration, token: Option<&str>) -> Result<(), ConsulError> {
+/// Registers `reg` with the agent, with a TCP check on the registered address.
+/// Blocking: called once at start-up, on the control thread.
+pub fn register(
+    settings: &ConsulSettings,
+    reg: &Registration,
+    token: Option<&str>,
+) -> Result<(), ConsulError> {
     let secs = |d: Duration| format!("{}s", d.as_secs().max(1));
     let body = serde_json::json!({
         "ID": reg.id,
@@ -314,7 +283,7 @@ pub fn register(agent: &str, reg: &Registration, token: Option<&str>) -> Result<
         },
     });
     put(
-        agent,
+        settings,
         "/v1/agent/service/register",
         &body.to_string(),
         token,
@@ -322,30 +291,29 @@ pub fn register(agent: &str, reg: &Registration, token: Option<&str>) -> Result<
 }
 
 /// Removes the registration with this ID (on drain).
-pub fn deregister(agent: &str, id: &str, token: Option<&str>) -> Result<(), ConsulError> {
+pub fn deregister(
+    settings: &ConsulSettings,
+    id: &str,
+    token: Option<&str>,
+) -> Result<(), ConsulError> {
     put(
-        agent,
+        settings,
         &format!("/v1/agent/service/deregister/{}", encode(id)),
         "",
         token,
     )
 }
 
-/// A blocking `PUT` to the agent; any 2xx is success.
-fn put(agent: &str, path: &str, body: &str, token: Option<&str>) -> Result<(), ConsulError> {
-    use std::io::{Read, Write};
-    let addr = agent
-        .to_socket_addrs()
-        .map_err(ConsulError::Connect)?
-        .next()
-        .ok_or_else(|| ConsulError::Connect(std::io::Error::other("no address")))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(ConsulError::Connect)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(ConsulError::Io)?;
+/// A blocking `PUT` to the agent (on a runtime of its own); any 2xx is success.
+fn put(
+    settings: &ConsulSettings,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> Result<(), ConsulError> {
     let mut request = format!(
-        "PUT {path} HTTP/1.1\r\nHost: {agent}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "PUT {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        settings.address,
         body.len()
     );
     if let Some(t) = token {
@@ -353,11 +321,11 @@ fn put(agent: &str, path: &str, body: &str, token: Option<&str>) -> Result<(), C
     }
     request.push_str("\r\n");
     request.push_str(body);
-    stream
-        .write_all(request.as_bytes())
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
         .map_err(ConsulError::Io)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(ConsulError::Io)?;
+    let raw = rt.block_on(exchange(settings, request, Duration::from_secs(10)))?;
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(&raw) {
@@ -370,5 +338,63 @@ fn put(agent: &str, path: &str, body: &str, token: Option<&str>) -> Result<(), C
             None => Err(ConsulError::Malformed("no status".into())),
         },
         _ => Err(ConsulError::Malformed("incomplete response head".into())),
+    }
+}
+
+/// One request on a fresh connection to the agent (TLS when configured), and
+/// everything it answered until it closed.
+async fn exchange(
+    settings: &ConsulSettings,
+    request: String,
+    timeout: Duration,
+) -> Result<Vec<u8>, ConsulError> {
+    let addr = settings
+        .address
+        .to_socket_addrs()
+        .map_err(ConsulError::Connect)?
+        .next()
+        .ok_or_else(|| ConsulError::Connect(std::io::Error::other("no address")))?;
+    let tcp = match monoio::time::timeout(
+        Duration::from_secs(5),
+        monoio::net::TcpStream::connect_addr(addr),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(ConsulError::Connect(e)),
+        Err(_) => {
+            return Err(ConsulError::Connect(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            )))
+        }
+    };
+    let mut stream = match &settings.tls {
+        None => UpstreamStream::Plain(tcp),
+        Some(tls) => match tls_connect(tls, tcp).await {
+            Ok(t) => UpstreamStream::Tls(Box::new(PollStream(t))),
+            Err(e) => {
+                return Err(ConsulError::Connect(std::io::Error::other(format!(
+                    "TLS to the agent: {e:?}"
+                ))))
+            }
+        },
+    };
+    let talk = async {
+        stream.write_all(request.into_bytes()).await.0?;
+        let mut raw = Vec::new();
+        loop {
+            let buf = Vec::with_capacity(16 * 1024);
+            let (res, buf) = stream.read(buf).await;
+            if res? == 0 {
+                return Ok::<_, std::io::Error>(raw);
+            }
+            raw.extend_from_slice(&buf);
+        }
+    };
+    match monoio::time::timeout(timeout, talk).await {
+        Ok(r) => r.map_err(ConsulError::Io),
+        Err(_) => Err(ConsulError::Io(std::io::Error::from(
+            std::io::ErrorKind::TimedOut,
+        ))),
     }
 }

@@ -427,13 +427,7 @@ async fn watch_consul(
     let mut backoff = Backoff::default();
     while !stop.load(Ordering::Acquire) {
         bucket.take().await;
-        let asked = consul::health(
-            &settings.address,
-            query,
-            index,
-            settings.wait,
-            token.as_deref(),
-        );
+        let asked = consul::health(settings, query, index, token.as_deref());
         match asked.await {
             Ok(answer) => {
                 backoff.reset();
@@ -470,7 +464,7 @@ pub fn register(control: &Control) {
         return;
     };
     let token = consul_token(snapshot.consul.token_file.as_deref());
-    match consul::register(&snapshot.consul.address, reg, token.as_deref()) {
+    match consul::register(&snapshot.consul, reg, token.as_deref()) {
         Ok(()) => tracing::info!(id = %reg.id, "registered with the Consul agent"),
         Err(e) => tracing::error!(id = %reg.id, "Consul registration failed: {e}"),
     }
@@ -483,7 +477,7 @@ pub fn deregister(control: &Control) {
         return;
     };
     let token = consul_token(snapshot.consul.token_file.as_deref());
-    match consul::deregister(&snapshot.consul.address, &reg.id, token.as_deref()) {
+    match consul::deregister(&snapshot.consul, &reg.id, token.as_deref()) {
         Ok(()) => tracing::info!(id = %reg.id, "deregistered from the Consul agent"),
         Err(e) => tracing::warn!(id = %reg.id, "Consul deregistration failed: {e}"),
     }

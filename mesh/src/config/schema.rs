@@ -38,6 +38,9 @@ pub struct ConsulConfig {
     pub token_file: Option<String>,
     /// How long one blocking query may wait for a change (Consul's `wait`).
     pub wait: ConfigDuration,
+    /// Talk to the agent over TLS (its HTTPS port): `ca`, `sni`, and `cert`/`key` when
+    /// the agent verifies clients.
+    pub tls: Option<ClusterTlsConfig>,
 }
 
 impl Default for ConsulConfig {
@@ -45,6 +48,7 @@ impl Default for ConsulConfig {
         ConsulConfig {
             address: "127.0.0.1:8500".into(),
             token_file: None,
+            tls: None,
             wait: ConfigDuration::from_secs(300),
         }
     }

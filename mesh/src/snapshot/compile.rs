@@ -227,6 +227,23 @@ pub fn compile_with(
         }
     }
 
+    let consul_tls = cfg.consul.tls.as_ref().and_then(|t| {
+        let host = cfg
+            .consul
+            .address
+            .rsplit_once(':')
+            .map_or(cfg.consul.address.as_str(), |(h, _)| h);
+        let base = loaded.file.parent().unwrap_or(std::path::Path::new("."));
+        tls::compile_cluster_tls(
+            t,
+            crate::config::UpstreamProtocol::Http1,
+            host,
+            base,
+            "consul.tls",
+            &mut |k, p| d.error(k, p),
+        )
+        .map(Arc::new)
+    });
     let registration = cfg
         .sidecar
         .as_ref()
@@ -255,6 +272,7 @@ pub fn compile_with(
                 .as_ref()
                 .map(|f| resolve_relative(&loaded.file, f)),
             wait: cfg.consul.wait.0,
+            tls: consul_tls,
         },
         role: loaded.role,
         source_file: loaded.file.clone(),

@@ -75,6 +75,7 @@ pub struct ConsulSettings {
     pub address: String,
     pub token_file: Option<std::path::PathBuf>,
     pub wait: Duration,
+    pub tls: Option<Arc<tls::ClusterTls>>,
 }
 
 /// Where a cluster's endpoints are discovered.
