@@ -92,7 +92,7 @@ fn serve(mut stream: TcpStream, control: &Control) -> io::Result<()> {
                 "content_hash": format!("{:016x}", snap.content_hash),
                 "file": snap.source_file.display().to_string(),
                 "role": format!("{:?}", snap.role).to_lowercase(),
-                "config": toml::from_str::<toml::Value>(&snap.source_text).unwrap_or(toml::Value::String(snap.source_text.clone())),
+                "config": redacted(&snap.source_text),
             });
             let text = serde_json::to_string_pretty(&body)
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
@@ -141,6 +141,17 @@ fn serve(mut stream: TcpStream, control: &Control) -> io::Result<()> {
             "not found: try /ready /live /config /metrics\n",
         ),
     }
+}
+
+/// The config as JSON-ready TOML, with secrets (`consul.token`) replaced.
+fn redacted(text: &str) -> toml::Value {
+    let Ok(mut value) = toml::from_str::<toml::Value>(text) else {
+        return toml::Value::String("<config text not shown: it did not parse>".into());
+    };
+    if let Some(token) = value.get_mut("consul").and_then(|c| c.get_mut("token")) {
+        *token = toml::Value::String("<redacted>".into());
+    }
+    value
 }
 
 /// Per-cluster discovery series: whether the served endpoints are stale, errors, updates.

@@ -50,6 +50,8 @@ struct State {
     requests: Vec<String>,
     /// Services registered through the agent API, by ID (the JSON as sent).
     registered: HashMap<String, serde_json::Value>,
+    /// The `X-Consul-Token` of every request that had one.
+    tokens: Vec<String>,
 }
 
 pub struct ConsulAgent {
@@ -80,6 +82,7 @@ impl ConsulAgent {
             fault: Fault::None,
             requests: Vec::new(),
             registered: HashMap::new(),
+            tokens: Vec::new(),
         }));
         let changed = Arc::new(tokio::sync::Notify::new());
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
@@ -181,6 +184,11 @@ impl ConsulAgent {
         self.state.lock().unwrap().registered.get(id).cloned()
     }
 
+    /// The ACL tokens requests carried.
+    pub fn tokens(&self) -> Vec<String> {
+        self.state.lock().unwrap().tokens.clone()
+    }
+
     /// The targets of every request so far.
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
@@ -230,6 +238,10 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     state.lock().unwrap().requests.push(target);
+    if let Some(t) = req.headers().get("x-consul-token") {
+        let t = String::from_utf8_lossy(t.as_bytes()).into_owned();
+        state.lock().unwrap().tokens.push(t);
+    }
     if req.method() == hyper::Method::PUT {
         use http_body_util::BodyExt;
         if path == "/v1/agent/service/register" {

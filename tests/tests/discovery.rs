@@ -348,6 +348,7 @@ address = "{admin}"
 
 [consul]
 address = "{}"
+token = "s3cr3t-token"
 
 [sidecar.inbound]
 address = "{inbound}"
@@ -383,6 +384,14 @@ check_interval = "5s"
     assert_eq!(reg["Tags"][0], "v2");
     assert_eq!(reg["Check"]["TCP"], inbound.to_string());
     assert_eq!(reg["Check"]["Interval"], "5s");
+    // The token goes to the agent, and nowhere else.
+    assert!(agent.tokens().iter().all(|t| t == "s3cr3t-token") && !agent.tokens().is_empty());
+    let shown = weft.admin_get("/config").1;
+    assert!(
+        !shown.contains("s3cr3t") && shown.contains("<redacted>"),
+        "{shown}"
+    );
+    assert!(!weft.log().contains("s3cr3t"));
     weft.signal(15); // SIGTERM
     assert!(weft.wait_exit(Duration::from_secs(10)).is_some());
     assert!(

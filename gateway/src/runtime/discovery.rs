@@ -421,7 +421,7 @@ async fn watch_consul(
     settings: &ConsulSettings,
 ) {
     let source = format!("consul:{}", query.service);
-    let token = consul_token(settings.token_file.as_deref());
+    let token = consul_token(settings);
     let mut index = 0u64;
     let mut bucket = TokenBucket::new();
     let mut backoff = Backoff::default();
@@ -463,7 +463,7 @@ pub fn register(control: &Control) {
     let Some(reg) = &snapshot.registration else {
         return;
     };
-    let token = consul_token(snapshot.consul.token_file.as_deref());
+    let token = consul_token(&snapshot.consul);
     match consul::register(&snapshot.consul, reg, token.as_deref()) {
         Ok(()) => tracing::info!(id = %reg.id, "registered with the Consul agent"),
         Err(e) => tracing::error!(id = %reg.id, "Consul registration failed: {e}"),
@@ -476,15 +476,19 @@ pub fn deregister(control: &Control) {
     let Some(reg) = &snapshot.registration else {
         return;
     };
-    let token = consul_token(snapshot.consul.token_file.as_deref());
+    let token = consul_token(&snapshot.consul);
     match consul::deregister(&snapshot.consul, &reg.id, token.as_deref()) {
         Ok(()) => tracing::info!(id = %reg.id, "deregistered from the Consul agent"),
         Err(e) => tracing::warn!(id = %reg.id, "Consul deregistration failed: {e}"),
     }
 }
 
-fn consul_token(file: Option<&Path>) -> Option<String> {
-    match file {
+/// The ACL token: `consul.token`, else `consul.token_file`, else `CONSUL_HTTP_TOKEN`.
+fn consul_token(settings: &ConsulSettings) -> Option<String> {
+    if let Some(t) = &settings.token {
+        return Some(t.clone());
+    }
+    match settings.token_file.as_deref() {
         Some(f) => match std::fs::read_to_string(f) {
             Ok(t) => Some(t.trim().to_owned()),
             Err(e) => {

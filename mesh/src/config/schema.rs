@@ -27,14 +27,14 @@ pub struct ConfigFile {
     pub consul: ConsulConfig,
 }
 
-/// The local Consul agent. The ACL token is read from `token_file` or the
-/// `CONSUL_HTTP_TOKEN` environment variable, never from this file (which `/config`
-/// shows).
+/// The local Consul agent. The ACL token comes from `token`, `token_file` or the
+/// `CONSUL_HTTP_TOKEN` environment variable, in that order; `/config` never shows it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ConsulConfig {
     /// `host:port` of the agent's HTTP API.
     pub address: String,
+    pub token: Option<String>,
     pub token_file: Option<String>,
     /// How long one blocking query may wait for a change (Consul's `wait`).
     pub wait: ConfigDuration,
@@ -47,6 +47,7 @@ impl Default for ConsulConfig {
     fn default() -> Self {
         ConsulConfig {
             address: "127.0.0.1:8500".into(),
+            token: None,
             token_file: None,
             tls: None,
             wait: ConfigDuration::from_secs(300),

@@ -266,6 +266,7 @@ pub fn compile_with(
         registration,
         consul: ConsulSettings {
             address: cfg.consul.address.clone(),
+            token: cfg.consul.token.clone(),
             token_file: cfg
                 .consul
                 .token_file

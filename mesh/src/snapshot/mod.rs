@@ -42,7 +42,7 @@ pub struct Snapshot {
     pub content_hash: u64,
     pub role: Role,
     pub source_file: std::path::PathBuf,
-    /// The config file's text, for `/config` (weft's config holds no secrets yet).
+    /// The config file's text, for `/config` (which redacts `consul.token`).
     /// Kept as text: a deep copy of the parsed tree would cost every reload.
     pub source_text: String,
     pub runtime: RuntimeSettings,
@@ -73,6 +73,8 @@ pub struct Registration {
 #[derive(Debug, Clone)]
 pub struct ConsulSettings {
     pub address: String,
+    /// An inline ACL token (the config's `consul.token`).
+    pub token: Option<String>,
     pub token_file: Option<std::path::PathBuf>,
     pub wait: Duration,
     pub tls: Option<Arc<tls::ClusterTls>>,
