@@ -1,14 +1,16 @@
-//! HTTP/2 clients: h2c with prior knowledge on plain listeners, forwarded to HTTP/1.1
-//! upstreams.
+//! HTTP/2 clients (h2c with prior knowledge on plain listeners, or TLS with ALPN h2):
+//! the connection, its limits and defences, and each stream's routing.
 //!
 //! One task drives the connection (h2's `accept` loop); every stream gets a task of its
 //! own that routes with the snapshot current when it arrived and answers as the h1
-//! path does: local responses, or a forwarded exchange on a pooled upstream connection.
-//! Bodies stream both ways under h2 flow control: client data is released only once
-//! the upstream took it, and data goes to the client only as its window allows, so a
-//! slow reader holds back the upstream read instead of growing memory.
+//! path does: local responses, or a forwarded exchange, to an HTTP/1.1 upstream
+//! (`to_h1`) or an HTTP/2 one (`to_h2`). Bodies stream both ways under h2 flow control:
+//! client data is released only once the upstream took it, and data goes to the client
+//! only as its window allows, so a slow reader holds back the upstream read instead of
+//! growing memory. Errors weft makes on gRPC calls are gRPC statuses (`grpc`).
 //!
-//! Not yet: h2 upstreams, response trailers towards h2 clients, gRPC specifics.
+//! Not yet: trailers of a chunked HTTP/1.1 upstream response are not passed to h2
+//! clients (HTTP/2 upstreams' trailers are).
 
 use std::borrow::Cow;
 use std::cell::Cell;
