@@ -472,3 +472,29 @@ routes = [ {{ match = {{ path = "/" }}, direct_response = {{ status = 200, body 
     assert_eq!(max_streams, Some(77), "{frames:?}");
     assert!(frames.iter().any(|f| f.0 == 0x6), "no PING: {frames:?}");
 }
+
+#[tokio::test]
+async fn trailers_of_an_http1_chunked_response_reach_h2_clients() {
+    let (_weft, listen, _app) = setup();
+    let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("http://weft.test/api/trailers")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers.get("x-checksum").unwrap(), "abc123");
+    assert_eq!(
+        collected.to_bytes(),
+        Bytes::from_static(b"part one, part two")
+    );
+}

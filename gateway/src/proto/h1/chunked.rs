@@ -95,7 +95,18 @@ impl ChunkedParser {
     pub fn feed(
         &mut self,
         input: &[u8],
+        on_data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<Progress, ChunkError> {
+        self.feed_with_trailers(input, on_data, |_| {})
+    }
+
+    /// Like `feed`, also handing over the trailer section's bytes (its field lines,
+    /// CRLFs included) as they pass.
+    pub fn feed_with_trailers(
+        &mut self,
+        input: &[u8],
         mut on_data: impl FnMut(std::ops::Range<usize>),
+        mut on_trailer: impl FnMut(u8),
     ) -> Result<Progress, ChunkError> {
         let mut i = 0;
         while i < input.len() {
@@ -164,11 +175,13 @@ impl ChunkedParser {
                         self.state = State::FinalLf;
                     } else {
                         self.count_trailer()?;
+                        on_trailer(b);
                         self.state = State::TrailerLine;
                     }
                 }
                 State::TrailerLine => {
                     self.count_trailer()?;
+                    on_trailer(b);
                     if b == b'\r' {
                         self.state = State::TrailerLf;
                     } else if b == b'\n' || b == 0 {
@@ -179,6 +192,7 @@ impl ChunkedParser {
                     if b != b'\n' {
                         return Err(ChunkError::BadLineEnd);
                     }
+                    on_trailer(b);
                     self.state = State::TrailerStart;
                 }
                 State::FinalLf => {
@@ -278,5 +292,22 @@ mod tests {
             p.feed(b"0\r\nX-Long-Trailer: 1\r\n\r\n", |_| {}),
             Err(ChunkError::TrailersTooLarge)
         );
+    }
+
+    #[test]
+    fn hands_over_the_trailer_section() {
+        let body = b"3\r\nabc\r\n0\r\nx-sum: 1\r\nx-b: 2\r\n\r\n";
+        let mut p = ChunkedParser::new(1024);
+        let (mut data, mut trailers) = (Vec::new(), Vec::new());
+        let progress = p
+            .feed_with_trailers(
+                body,
+                |r| data.extend_from_slice(&body[r]),
+                |b| trailers.push(b),
+            )
+            .unwrap();
+        assert!(progress.done);
+        assert_eq!(data, b"abc");
+        assert_eq!(trailers, b"x-sum: 1\r\nx-b: 2\r\n");
     }
 }

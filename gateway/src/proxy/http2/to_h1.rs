@@ -248,6 +248,7 @@ async fn relay_response_body(
         _ => u64::MAX,
     };
     let mut chunked = ChunkedParser::new(MAX_RESPONSE_HEAD);
+    let mut trailer_section = Vec::new();
     loop {
         if up.conn.buf.is_empty() {
             match up
@@ -270,7 +271,11 @@ async fn relay_response_body(
                 let mut decoded = BytesMut::new();
                 let window = &up.conn.buf[..];
                 let progress = chunked
-                    .feed(window, |r| decoded.extend_from_slice(&window[r]))
+                    .feed_with_trailers(
+                        window,
+                        |r| decoded.extend_from_slice(&window[r]),
+                        |b| trailer_section.push(b),
+                    )
                     .map_err(|_| Abort::Reset(Reason::INTERNAL_ERROR))?;
                 let _ = up.conn.buf.split_to(progress.consumed);
                 (decoded.freeze(), progress.done)
@@ -284,6 +289,37 @@ async fn relay_response_body(
             break;
         }
     }
-    send.send_data(Bytes::new(), true)
-        .map_err(|_| Abort::Reset(Reason::INTERNAL_ERROR))
+    match trailers(&trailer_section) {
+        Some(t) => send.send_trailers(t),
+        None => send.send_data(Bytes::new(), true),
+    }
+    .map_err(|_| Abort::Reset(Reason::INTERNAL_ERROR))
+}
+
+/// A chunked body's trailer section as HTTP/2 trailers: lowercase names, no
+/// connection-specific fields; `None` when there are none to send.
+fn trailers(section: &[u8]) -> Option<http::HeaderMap> {
+    if section.is_empty() {
+        return None;
+    }
+    let mut raw = section.to_vec();
+    raw.extend_from_slice(b"\r\n");
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(&raw, &mut fields)
+    else {
+        return None;
+    };
+    let mut map = http::HeaderMap::new();
+    for f in fields.iter() {
+        if rewrite::connection_specific(f.name.as_bytes()) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(f.name.as_bytes()),
+            http::HeaderValue::from_bytes(f.value),
+        ) {
+            map.append(n, v);
+        }
+    }
+    (!map.is_empty()).then_some(map)
 }
