@@ -29,6 +29,38 @@ fn served_only_by(listen: SocketAddr, only: &[&str], limit: Duration) -> Duratio
     }
 }
 
+/// Continuous GETs on `listen` from a thread of their own, counting failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(listen: SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let (s, f) = (stop.clone(), failures.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                f.fetch_add(spread(listen, "/dump", 10).1, Ordering::Relaxed);
+            }
+        });
+        Load {
+            stop,
+            failures,
+            thread,
+        }
+    }
+
+    /// Stops the load; returns how many requests failed.
+    fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.failures.load(Ordering::Relaxed)
+    }
+}
+
 #[test]
 fn endpoints_file_edits_are_applied_and_broken_ones_refused() {
     let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
@@ -111,16 +143,7 @@ fn consul_changes_reach_traffic_within_a_second_without_failures() {
     served_only_by(listen, &["a"], Duration::from_secs(5));
 
     // Continuous load while instances come, go and turn critical.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let load = {
-        let (stop, failures) = (stop.clone(), failures.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                failures.fetch_add(spread(listen, "/dump", 10).1, Ordering::Relaxed);
-            }
-        })
-    };
+    let load = Load::start(listen);
     agent.add("billing", "b1", b.addr);
     let took = served_only_by(listen, &["a", "b"], Duration::from_secs(3));
     assert!(took < Duration::from_secs(1), "add took {took:?}");
@@ -131,13 +154,8 @@ fn consul_changes_reach_traffic_within_a_second_without_failures() {
     agent.remove("b1");
     let took = served_only_by(listen, &["a"], Duration::from_secs(3));
     assert!(took < Duration::from_secs(1), "remove took {took:?}");
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "requests failed during changes"
-    );
+    let failed = load.finish();
+    assert_eq!(failed, 0, "requests failed during changes");
 
     // Quiet: blocking queries, not polling (wait is 2 s here).
     let before = agent.requests().len();
@@ -237,16 +255,7 @@ fn a_stalled_agent_times_out_and_traffic_keeps_flowing_under_load() {
     let weft = Weft::start("ingress", &consul_config(listen, admin, agent.addr), admin);
     served_only_by(listen, &["a"], Duration::from_secs(5));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let load = {
-        let (stop, failures) = (stop.clone(), failures.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                failures.fetch_add(spread(listen, "/dump", 10).1, Ordering::Relaxed);
-            }
-        })
-    };
+    let load = Load::start(listen);
     // The agent stops answering: the query in flight times out (wait 2 s + 2/16 s +
     // 5 s of margin), discovery turns stale, traffic never notices.
     agent.set_fault(Fault::Stall);
@@ -262,9 +271,8 @@ fn a_stalled_agent_times_out_and_traffic_keeps_flowing_under_load() {
     agent.set_fault(Fault::None);
     agent.add("billing", "b1", b.addr);
     served_only_by(listen, &["a", "b"], Duration::from_secs(10));
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
-    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    let failed = load.finish();
+    assert_eq!(failed, 0);
 }
 
 /// Scale, for the issue note (not a timed test: run it with `--ignored` and read the
@@ -409,16 +417,7 @@ fn a_ten_second_consul_outage_under_load_loses_nothing() {
     let (listen, admin) = (free_addr(), free_addr());
     let weft = Weft::start("ingress", &consul_config(listen, admin, agent.addr), admin);
     served_only_by(listen, &["a", "b"], Duration::from_secs(5));
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let load = {
-        let (stop, failures) = (stop.clone(), failures.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                failures.fetch_add(spread(listen, "/dump", 10).1, Ordering::Relaxed);
-            }
-        })
-    };
+    let load = Load::start(listen);
     agent.set_fault(Fault::Down);
     std::thread::sleep(Duration::from_secs(10));
     served_only_by(listen, &["a", "b"], Duration::from_secs(1));
@@ -426,13 +425,8 @@ fn a_ten_second_consul_outage_under_load_loses_nothing() {
     agent.set_fault(Fault::None);
     agent.remove("b1");
     served_only_by(listen, &["a"], Duration::from_secs(70));
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "requests failed during the outage"
-    );
+    let failed = load.finish();
+    assert_eq!(failed, 0, "requests failed during the outage");
 }
 
 #[test]

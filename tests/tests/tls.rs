@@ -61,6 +61,12 @@ fn curl(pki: &Pki, listen: SocketAddr, host: &str, args: &[&str], path: &str) ->
     )
 }
 
+/// curl's arguments to present `name.crt`/`name.key` of `pki` as the client certificate.
+fn cert_args(pki: &Pki, name: &str) -> Vec<String> {
+    let file = |ext: &str| pki.path(&format!("{name}.{ext}")).display().to_string();
+    vec!["--cert".into(), file("crt"), "--key".into(), file("key")]
+}
+
 /// The subject CN of the certificate weft serves for `sni`.
 fn served_cn(listen: SocketAddr, sni: &str) -> String {
     let o = Command::new("openssl")
@@ -202,28 +208,11 @@ fn client_certificates_are_required_when_configured() {
     );
     let (ok, out) = curl(&pki, listen, "a.test", &[], "/");
     assert!(!ok, "served without a client certificate: {out}");
-    let cert = pki.path("client.crt");
-    let key = pki.path("client.key");
-    let (ok, out) = curl(
-        &pki,
-        listen,
-        "a.test",
-        &[
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ],
-        "/",
-    );
+    let owned = cert_args(&pki, "client");
+    let with_cert: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let (ok, out) = curl(&pki, listen, "a.test", &with_cert, "/");
     assert!(ok, "{out}");
     assert_eq!(out, "hello over tls\n");
-    let with_cert = [
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ];
     // The verified identity routes, over both protocols, and goes upstream; a header
     // of that name sent by the client is never believed.
     for flag in ["--http1.1", "--http2"] {
@@ -248,18 +237,9 @@ fn client_certificates_are_required_when_configured() {
         0,
     );
     std::thread::sleep(Duration::from_millis(1100));
-    let (ok, _) = curl(
-        &pki,
-        listen,
-        "a.test",
-        &[
-            "--cert",
-            pki.path("expired.crt").to_str().unwrap(),
-            "--key",
-            pki.path("expired.key").to_str().unwrap(),
-        ],
-        "/",
-    );
+    let owned = cert_args(&pki, "expired");
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let (ok, _) = curl(&pki, listen, "a.test", &args, "/");
     assert!(!ok, "an expired client certificate was accepted");
     std::thread::sleep(Duration::from_millis(100));
     let metrics = weft.admin_get("/metrics").1;
@@ -270,18 +250,9 @@ fn client_certificates_are_required_when_configured() {
     // A certificate from another CA is refused.
     let other = Pki::new();
     other.leaf("client", "stranger", "URI:spiffe://other/x", CLIENT);
-    let (ok, _) = curl(
-        &pki,
-        listen,
-        "a.test",
-        &[
-            "--cert",
-            other.path("client.crt").to_str().unwrap(),
-            "--key",
-            other.path("client.key").to_str().unwrap(),
-        ],
-        "/",
-    );
+    let owned = cert_args(&other, "client");
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let (ok, _) = curl(&pki, listen, "a.test", &args, "/");
     assert!(!ok, "a stranger's certificate was accepted");
 }
 
@@ -642,14 +613,8 @@ fn optional_client_certificates_and_chosen_cipher_suites() {
         "/whoami",
     );
     assert_eq!(out, "404");
-    let cert = pki.path("client.crt");
-    let key = pki.path("client.key");
-    let args = [
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ];
+    let owned = cert_args(&pki, "client");
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     let (ok, out) = curl(&pki, listen, "a.test", &args, "/whoami");
     assert!(ok && out == "client-1\n", "{out}");
     // Only the configured suites are offered.
