@@ -60,10 +60,8 @@ pub enum Next {
 /// it, then HTTP/1.1 or HTTP/2.
 pub async fn accept(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer: SocketAddr) {
     let snapshot = worker.snapshot();
-    let tls = snapshot
-        .listeners
-        .iter()
-        .find(|l| *l.name == *bound.name)
+    let tls = bound
+        .in_snapshot(&snapshot)
         .and_then(|l| l.tls.as_ref())
         .map(|t| (t.server.clone(), t.handshake_timeout, t.forward_client_cert));
     drop(snapshot);
@@ -344,19 +342,7 @@ pub struct Exchange<'a> {
 
 impl Exchange<'_> {
     fn routes(&self) -> Option<&RouteTable> {
-        let by_slot = self
-            .snapshot
-            .listeners
-            .get(self.bound.slot)
-            .filter(|l| *l.name == *self.bound.name);
-        by_slot
-            .or_else(|| {
-                self.snapshot
-                    .listeners
-                    .iter()
-                    .find(|l| *l.name == *self.bound.name)
-            })
-            .map(|l| &l.routes)
+        self.bound.in_snapshot(self.snapshot).map(|l| &l.routes)
     }
 
     async fn run<S: ClientStream>(self, client: &mut Conn<S>, head: RequestHead) -> Next {

@@ -352,6 +352,14 @@ pub fn h1_response_head_from_h2(
     for (name, value) in &edits.set {
         push_header(&mut out, name.as_bytes(), value.as_bytes());
     }
+    push_framing(&mut out, framing, version);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The lines that state how the body travels to the client and whether the connection
+/// stays open.
+fn push_framing(out: &mut BytesMut, framing: ClientFraming, version: Version) {
     if framing.chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -360,8 +368,6 @@ pub fn h1_response_head_from_h2(
     } else if version == Version::H10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// How the response body travels to the client.
@@ -433,14 +439,7 @@ pub fn response_head(
             push_header(&mut out, b"upgrade", proto);
         }
     } else {
-        if framing.chunked {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        }
-        if framing.close {
-            out.extend_from_slice(b"connection: close\r\n");
-        } else if req.version == Version::H10 {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
-        }
+        push_framing(&mut out, framing, req.version);
     }
     out.extend_from_slice(b"\r\n");
     out

@@ -34,14 +34,14 @@ pub async fn serve(
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let failed = |reason: &'static str| {
+    let failed = |why: Failure| {
         worker.counters.bump(
             Family::TlsHandshakeFailures,
-            [bound.slot as u64, reason.as_ptr() as u64, 0, 0],
+            [bound.slot as u64, why as u64, 0, 0],
             || {
                 vec![
                     ("listener", bound.name.to_string()),
-                    ("reason", reason.to_string()),
+                    ("reason", why.label().to_string()),
                 ]
             },
         );
@@ -50,11 +50,11 @@ pub async fn serve(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, listener = %bound.name, "TLS handshake failed: {e}");
-            failed(reason(&e));
+            failed(Failure::of(&e));
             return;
         }
         Err(_) => {
-            failed("timeout");
+            failed(Failure::Timeout);
             return;
         }
     };
@@ -86,26 +86,60 @@ fn identity(leaf: &rustls_pki_types::CertificateDer<'_>, forward: bool) -> Optio
     Some(Rc::new(ClientCert { value, forward }))
 }
 
-/// A short, stable label for why a handshake failed.
-fn reason(e: &std::io::Error) -> &'static str {
-    let Some(tls) = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    else {
-        return if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            "eof"
-        } else {
-            "io"
+/// Why a handshake failed, as counted.
+#[derive(Clone, Copy)]
+enum Failure {
+    Timeout,
+    Eof,
+    Io,
+    BadClientCertificate,
+    NoClientCertificate,
+    NotTls,
+    Alpn,
+    Incompatible,
+    Alert,
+    Refused,
+    Other,
+}
+
+impl Failure {
+    fn of(e: &std::io::Error) -> Failure {
+        let Some(tls) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
+            return if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Failure::Eof
+            } else {
+                Failure::Io
+            };
         };
-    };
-    match tls {
-        rustls::Error::InvalidCertificate(_) => "bad_client_certificate",
-        rustls::Error::NoCertificatesPresented => "no_client_certificate",
-        rustls::Error::InvalidMessage(_) => "not_tls",
-        rustls::Error::NoApplicationProtocol => "alpn",
-        rustls::Error::PeerIncompatible(_) => "incompatible",
-        rustls::Error::AlertReceived(_) => "alert",
-        rustls::Error::General(_) => "refused",
-        _ => "other",
+        match tls {
+            rustls::Error::InvalidCertificate(_) => Failure::BadClientCertificate,
+            rustls::Error::NoCertificatesPresented => Failure::NoClientCertificate,
+            rustls::Error::InvalidMessage(_) => Failure::NotTls,
+            rustls::Error::NoApplicationProtocol => Failure::Alpn,
+            rustls::Error::PeerIncompatible(_) => Failure::Incompatible,
+            rustls::Error::AlertReceived(_) => Failure::Alert,
+            rustls::Error::General(_) => Failure::Refused,
+            _ => Failure::Other,
+        }
+    }
+
+    /// The metric's `reason` label: short and stable.
+    fn label(self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Eof => "eof",
+            Failure::Io => "io",
+            Failure::BadClientCertificate => "bad_client_certificate",
+            Failure::NoClientCertificate => "no_client_certificate",
+            Failure::NotTls => "not_tls",
+            Failure::Alpn => "alpn",
+            Failure::Incompatible => "incompatible",
+            Failure::Alert => "alert",
+            Failure::Refused => "refused",
+            Failure::Other => "other",
+        }
     }
 }

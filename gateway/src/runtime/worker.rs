@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use monoio::net::TcpListener;
-use weft_mesh::snapshot::Snapshot;
+use weft_mesh::snapshot::{Listener, Snapshot};
 
 use super::wakers::{CoarseTimers, LocalEvent};
 use super::{Control, Socket, WorkerMsg};
@@ -48,6 +48,18 @@ pub struct BoundListener {
     /// Fired when the listener stops (a reload removed it, or the worker drains):
     /// accepting ends and its connections close once idle.
     pub closed: Rc<LocalEvent>,
+}
+
+impl BoundListener {
+    /// This listener's entry in `snapshot` (its rules and TLS), if the snapshot still
+    /// has it. The slot is tried first: it is the index while listeners are unchanged.
+    pub fn in_snapshot<'s>(&self, snapshot: &'s Snapshot) -> Option<&'s Listener> {
+        snapshot
+            .listeners
+            .get(self.slot)
+            .filter(|l| *l.name == *self.name)
+            .or_else(|| snapshot.listeners.iter().find(|l| *l.name == *self.name))
+    }
 }
 
 impl Worker {

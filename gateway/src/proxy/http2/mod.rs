@@ -30,7 +30,7 @@ use weft_mesh::config::UpstreamProtocol;
 use weft_mesh::snapshot::{Cluster, Forward, RequestFacts, Route, RouteAction};
 
 use super::facts::{normalize_host, CLIENT_CERT_HEADER};
-use super::{grpc, local, ClientCert, Exchange};
+use super::{grpc, local, rewrite, ClientCert, Exchange};
 use crate::observe::metrics::Family;
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::{Conn, Replay};
@@ -277,6 +277,33 @@ impl<'a> H2Facts<'a> {
             grpc_timeout: grpc.then(|| grpc::timeout(&parts.headers)).flatten(),
             client_cert: None,
         }
+    }
+
+    /// The request line of this request as it goes upstream; `chunked` when its body
+    /// is to be sent with the chunked coding (HTTP/1.1 upstreams only).
+    fn outgoing(&self, chunked: bool) -> rewrite::Outgoing<'a> {
+        let parts = self.parts;
+        rewrite::Outgoing {
+            method: parts.method.as_str().as_bytes(),
+            path: self.path,
+            path_and_query: self.path_and_query,
+            authority: self.authority,
+            chunked,
+            accepts_trailers: parts
+                .headers
+                .get(http::header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")),
+            upgrade: None,
+        }
+    }
+
+    /// The client's end-to-end headers (none that describe the connection).
+    fn end_to_end_headers(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        self.parts
+            .headers
+            .iter()
+            .filter(|(n, _)| !rewrite::connection_specific(n.as_str().as_bytes()))
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
     }
 }
 

@@ -48,27 +48,10 @@ pub(super) async fn exchange(
         })?;
     let has_body = !body.is_end_stream();
     let length = parts.headers.get(http::header::CONTENT_LENGTH).is_some();
-    let accepts_trailers = parts
-        .headers
-        .get(http::header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let outgoing = rewrite::Outgoing {
-        method: parts.method.as_str().as_bytes(),
-        path: facts.path,
-        path_and_query: facts.path_and_query,
-        authority: facts.authority,
-        chunked: has_body && !length,
-        accepts_trailers,
-        upgrade: None,
-    };
-    let headers = parts
-        .headers
-        .iter()
-        .filter(|(n, _)| !rewrite::connection_specific(n.as_str().as_bytes()))
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    let outgoing = facts.outgoing(has_body && !length);
     let head = rewrite::request_head(
         &outgoing,
-        headers,
+        facts.end_to_end_headers(),
         fwd,
         &route.request_headers,
         &x.snapshot.http.forwarded,

@@ -27,7 +27,7 @@ use super::{response_timeout, send_all, Abort, H2Facts};
 use crate::observe::metrics::Family;
 use crate::proxy::forward::connect_failure;
 use crate::proxy::grpc;
-use crate::proxy::rewrite::{self, Outgoing};
+use crate::proxy::rewrite;
 use crate::proxy::Exchange;
 use crate::upstream::REFUSED_RETRIES;
 
@@ -192,28 +192,10 @@ fn upstream_request(
     fwd: &Forward,
     endpoint: std::net::SocketAddr,
 ) -> Result<http::Request<()>, Abort> {
-    let parts = facts.parts;
-    let outgoing = Outgoing {
-        method: parts.method.as_str().as_bytes(),
-        path: facts.path,
-        path_and_query: facts.path_and_query,
-        authority: facts.authority,
-        chunked: false,
-        accepts_trailers: parts
-            .headers
-            .get(http::header::TE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")),
-        upgrade: None,
-    };
-    let headers = parts
-        .headers
-        .iter()
-        .filter(|(n, _)| !rewrite::connection_specific(n.as_str().as_bytes()))
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
     rewrite::h2_request(
-        &outgoing,
-        parts.method.clone(),
-        headers,
+        &facts.outgoing(false),
+        facts.parts.method.clone(),
+        facts.end_to_end_headers(),
         fwd,
         &route.request_headers,
         &x.snapshot.http.forwarded,
