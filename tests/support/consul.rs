@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +14,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+
+use crate::background::Background;
 
 /// What the agent does wrong on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +59,7 @@ pub struct ConsulAgent {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     changed: Arc<tokio::sync::Notify>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _server: Background,
 }
 
 impl ConsulAgent {
@@ -85,58 +85,49 @@ impl ConsulAgent {
             tokens: Vec::new(),
         }));
         let changed = Arc::new(tokio::sync::Notify::new());
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let (st, ch) = (state.clone(), changed.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let stream = tokio::select! {
-                        _ = &mut stopped => break,
-                        a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
-                    };
-                    let fault = st.lock().unwrap().fault;
-                    if fault == Fault::Down {
-                        drop(stream);
-                        continue;
-                    }
-                    if fault == Fault::CloseMidBody {
-                        tokio::spawn(close_mid_body(stream));
-                        continue;
-                    }
-                    let (st, ch, tls) = (st.clone(), ch.clone(), tls.clone());
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
-                            handle(st.clone(), ch.clone(), req)
-                        });
-                        let http = hyper::server::conn::http1::Builder::new();
-                        match tls {
-                            None => {
-                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
-                            }
-                            Some(config) => {
-                                let Ok(stream) =
-                                    tokio_rustls::TlsAcceptor::from(config).accept(stream).await
-                                else {
-                                    return;
-                                };
-                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
-                            }
-                        }
-                    });
+        let server = Background::spawn(1, move |mut stopped| async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let stream = tokio::select! {
+                    _ = &mut stopped => break,
+                    a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+                };
+                let fault = st.lock().unwrap().fault;
+                if fault == Fault::Down {
+                    drop(stream);
+                    continue;
                 }
-            });
+                if fault == Fault::CloseMidBody {
+                    tokio::spawn(close_mid_body(stream));
+                    continue;
+                }
+                let (st, ch, tls) = (st.clone(), ch.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req| handle(st.clone(), ch.clone(), req));
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(config) => {
+                            let Ok(stream) =
+                                tokio_rustls::TlsAcceptor::from(config).accept(stream).await
+                            else {
+                                return;
+                            };
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                });
+            }
         });
         ConsulAgent {
             addr,
             state,
             changed,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -192,17 +183,6 @@ impl ConsulAgent {
     /// The targets of every request so far.
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
-    }
-}
-
-impl Drop for ConsulAgent {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -17,7 +17,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
@@ -25,6 +24,8 @@ use futures_util::StreamExt;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::background::Background;
 
 /// Largest message either side accepts in these tests.
 pub const MAX_MESSAGE: usize = 16 << 20;
@@ -209,8 +210,7 @@ pub struct GrpcUpstream {
     /// `Repeat("forever")` streams that ended because the client went away.
     pub cancelled: Arc<AtomicUsize>,
     pub health: tonic_health::server::HealthReporter,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _server: Background,
 }
 
 impl GrpcUpstream {
@@ -222,47 +222,27 @@ impl GrpcUpstream {
         let echo = Echo {
             cancelled: cancelled.clone(),
         };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (health_tx, health_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let (reporter, health) = tonic_health::server::health_reporter();
-                reporter.set_serving::<Echo>().await;
-                let _ = health_tx.send(reporter);
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                let _ = tonic::transport::Server::builder()
-                    .add_service(health)
-                    .add_service(echo)
-                    .serve_with_incoming_shutdown(incoming, async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
+        let server = Background::spawn(2, move |stopped| async move {
+            let (reporter, health) = tonic_health::server::health_reporter();
+            reporter.set_serving::<Echo>().await;
+            let _ = health_tx.send(reporter);
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(echo)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
         });
         let health = health_rx.recv().expect("health reporter");
         GrpcUpstream {
             addr,
             cancelled,
             health,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for GrpcUpstream {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _server: server,
         }
     }
 }
@@ -283,8 +263,7 @@ pub async fn client(addr: SocketAddr) -> tonic::client::Grpc<tonic::transport::C
 /// and then resets the stream with CANCEL.
 pub struct ResettingUpstream {
     pub addr: SocketAddr,
-    thread: Option<JoinHandle<()>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _server: Background,
 }
 
 impl ResettingUpstream {
@@ -292,61 +271,42 @@ impl ResettingUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let stream = tokio::select! {
-                        _ = &mut stopped => break,
-                        a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+        let server = Background::spawn(1, move |mut stopped| async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let stream = tokio::select! {
+                    _ = &mut stopped => break,
+                    a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+                };
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(stream).await else {
+                        return;
                     };
-                    tokio::spawn(async move {
-                        let Ok(mut conn) = h2::server::handshake(stream).await else {
-                            return;
-                        };
-                        while let Some(Ok((_req, mut respond))) = conn.accept().await {
-                            tokio::spawn(async move {
-                                let head = http::Response::builder()
-                                    .status(200)
-                                    .header("content-type", "application/grpc")
-                                    .body(())
-                                    .expect("response");
-                                let Ok(mut send) = respond.send_response(head, false) else {
-                                    return;
-                                };
-                                let mut frame = bytes::BytesMut::new();
-                                frame.put_u8(0);
-                                frame.put_u32(5);
-                                frame.extend_from_slice(b"first");
-                                let _ = send.send_data(frame.freeze(), false);
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                send.send_reset(h2::Reason::CANCEL);
-                            });
-                        }
-                    });
-                }
-            });
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        tokio::spawn(async move {
+                            let head = http::Response::builder()
+                                .status(200)
+                                .header("content-type", "application/grpc")
+                                .body(())
+                                .expect("response");
+                            let Ok(mut send) = respond.send_response(head, false) else {
+                                return;
+                            };
+                            let mut frame = bytes::BytesMut::new();
+                            frame.put_u8(0);
+                            frame.put_u32(5);
+                            frame.extend_from_slice(b"first");
+                            let _ = send.send_data(frame.freeze(), false);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            send.send_reset(h2::Reason::CANCEL);
+                        });
+                    }
+                });
+            }
         });
         ResettingUpstream {
             addr,
-            thread: Some(thread),
-            stop: Some(stop),
-        }
-    }
-}
-
-impl Drop for ResettingUpstream {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _server: server,
         }
     }
 }

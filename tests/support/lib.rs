@@ -6,8 +6,10 @@
 //! when the test panics, and every port is picked fresh (weft uses SO_REUSEPORT, so a
 //! leftover process on a shared port would silently take traffic).
 
+pub mod background;
 pub mod consul;
 pub mod grpc;
+pub mod h2c;
 pub mod pki;
 pub mod process;
 pub mod raw;

@@ -6,7 +6,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +15,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::{Digest, Sha256};
+
+use crate::background::Background;
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -42,8 +43,7 @@ pub struct TestUpstream {
     pub addr: SocketAddr,
     /// TCP connections accepted so far.
     pub connections: Arc<AtomicUsize>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _server: Background,
 }
 
 impl TestUpstream {
@@ -82,45 +82,37 @@ impl TestUpstream {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let connections = Arc::new(AtomicUsize::new(0));
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let name: Arc<str> = name.into();
         let count = connections.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                loop {
-                    tokio::select! {
-                        _ = &mut stopped => break,
-                        accepted = listener.accept() => {
-                            let Ok((stream, _)) = accepted else { continue };
-                            count.fetch_add(1, Ordering::SeqCst);
-                            let name = name.clone();
-                            let tls = tls.clone();
-                            tokio::spawn(async move {
-                                match tls {
-                                    None => serve_one(stream, name, h2, max_streams).await,
-                                    Some(config) => {
-                                        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                                        if let Ok(stream) = acceptor.accept(stream).await {
-                                            serve_one(stream, name, h2, max_streams).await;
-                                        }
+        let server = Background::spawn(1, move |mut stopped| async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let name = name.clone();
+                        let tls = tls.clone();
+                        tokio::spawn(async move {
+                            match tls {
+                                None => serve_one(stream, name, h2, max_streams).await,
+                                Some(config) => {
+                                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                                    if let Ok(stream) = acceptor.accept(stream).await {
+                                        serve_one(stream, name, h2, max_streams).await;
                                     }
                                 }
-                            });
-                        }
+                            }
+                        });
                     }
                 }
-            });
+            }
         });
         TestUpstream {
             addr,
             connections,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         }
     }
 }
@@ -141,17 +133,6 @@ where
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades()
             .await;
-    }
-}
-
-impl Drop for TestUpstream {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -183,14 +183,7 @@ fn curl_prior_knowledge_with_bodies_of_0_1_and_10_mib() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hyper_h2_client_multiplexes_streams_on_one_connection() {
     let (weft, listen, _app) = setup();
-    let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (sender, _conn) = weft_tests::h2c::connect(listen).await;
     let mut tasks = Vec::new();
     for i in 0..50 {
         let mut sender = sender.clone();
@@ -264,14 +257,7 @@ fn http1_still_works_on_the_same_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_sends_goaway_and_weft_exits() {
     let (mut weft, listen, _app) = setup();
-    let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = weft_tests::h2c::connect(listen).await;
     let req = hyper::Request::get("http://weft.test/")
         .body(Full::<Bytes>::default())
         .unwrap();
@@ -299,14 +285,7 @@ async fn idle_h2_connection_gets_goaway_after_the_idle_timeout() {
         app.addr
     );
     let weft = Weft::start("ingress", &config, admin);
-    let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = weft_tests::h2c::connect(listen).await;
     // A stream that outlives the idle timeout keeps the connection.
     let req = hyper::Request::get("http://weft.test/api/sleep/1500")
         .body(Full::<Bytes>::default())
@@ -476,14 +455,7 @@ routes = [ {{ match = {{ path = "/" }}, direct_response = {{ status = 200, body 
 #[tokio::test]
 async fn trailers_of_an_http1_chunked_response_reach_h2_clients() {
     let (_weft, listen, _app) = setup();
-    let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _conn) = weft_tests::h2c::connect(listen).await;
     let req = hyper::Request::get("http://weft.test/api/trailers")
         .header("te", "trailers")
         .body(Full::new(Bytes::new()))

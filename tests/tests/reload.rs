@@ -104,14 +104,7 @@ fn h2_load(
             .unwrap();
         rt.block_on(async move {
             use http_body_util::{BodyExt, Empty};
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (mut send, conn) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                hyper_util::rt::TokioIo::new(tcp),
-            )
-            .await
-            .unwrap();
-            tokio::spawn(conn);
+            let (mut send, _conn) = weft_tests::h2c::connect(addr).await;
             while !stop.load(Ordering::Relaxed) {
                 let req = hyper::Request::get(format!("http://{addr}/work"))
                     .body(Empty::<bytes::Bytes>::new())
