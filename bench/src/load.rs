@@ -284,13 +284,17 @@ async fn connection_loop<W: Wire>(
         if now >= shared.deadline {
             break;
         }
-        if period.is_some() && due > now {
-            monoio::time::sleep(due - now).await;
-        }
-        let sent = if period.is_some() {
-            due
-        } else {
-            Instant::now()
+        // Latency counts from when the request was due, so a late response that delays
+        // the next request is charged to the server (coordinated omission). The timer's
+        // own lateness is not: monoio's timer has millisecond granularity, and a
+        // connection that was idle and ready at `due` starts its clock when it wakes.
+        let sent = match period {
+            Some(_) if due > now => {
+                monoio::time::sleep(due - now).await;
+                Instant::now()
+            }
+            Some(_) => due,
+            None => now,
         };
         if let Some(p) = period {
             due += p;

@@ -432,6 +432,66 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
 }
 
+/// One keep-alive connection that asks `path` for its body, so polling for a change
+/// costs the proxy a request, not a connection (a connection per poll would load the
+/// worker whose latency is being measured).
+struct Prober {
+    addr: SocketAddr,
+    path: String,
+    conn: Option<std::io::BufReader<TcpStream>>,
+}
+
+impl Prober {
+    fn new(addr: SocketAddr, path: &str) -> Prober {
+        Prober {
+            addr,
+            path: path.to_owned(),
+            conn: None,
+        }
+    }
+
+    /// The body of one response; `None` (and a fresh connection next time) on any error.
+    fn body(&mut self) -> Option<String> {
+        let body = self.exchange();
+        if body.is_none() {
+            self.conn = None;
+        }
+        body
+    }
+
+    fn exchange(&mut self) -> Option<String> {
+        use std::io::BufRead;
+        if self.conn.is_none() {
+            let s = TcpStream::connect(self.addr).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            self.conn = Some(std::io::BufReader::new(s));
+        }
+        let conn = self.conn.as_mut()?;
+        conn.get_mut()
+            .write_all(format!("GET {} HTTP/1.1\r\nHost: a\r\n\r\n", self.path).as_bytes())
+            .ok()?;
+        let mut length = None;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if conn.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let mut body = vec![0; length?];
+        conn.read_exact(&mut body).ok()?;
+        String::from_utf8(body).ok()
+    }
+}
+
 /// Opens `n` connections with one request each, lets them idle, and returns the RSS
 /// growth per connection in bytes.
 fn idle_rss(addr: SocketAddr, pids: &[u32], n: usize) -> Result<f64, String> {
@@ -611,6 +671,7 @@ fn swap_latency(
             .map(|v| big_config(port, admin, upstream, routes, clusters, v, worker_cpu))
             .collect();
         std::thread::spawn(move || {
+            let mut probe = Prober::new(addr, "/probe");
             let mut took = Vec::new();
             let end = Instant::now() + duration;
             let mut variant = 1usize;
@@ -623,10 +684,10 @@ fn swap_latency(
                 let t = Instant::now();
                 // SAFETY: kill(2) on the child we started.
                 unsafe { libc::kill(pid, libc::SIGHUP) };
-                while http_get(addr, "/probe").as_deref() != Some(want.as_str())
+                while probe.body().as_deref() != Some(want.as_str())
                     && t.elapsed() < Duration::from_secs(10)
                 {
-                    std::thread::sleep(Duration::from_micros(200));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 took.push(t.elapsed().as_secs_f64() * 1e3);
                 variant = 3 - variant;

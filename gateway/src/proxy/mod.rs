@@ -473,6 +473,7 @@ impl Exchange<'_> {
     /// Counts a response by listener, route, cluster and status class.
     fn count(&self, route: Option<&Arc<Route>>, cluster: Option<ClusterId>, status: u16) {
         let class = (status / 100).min(5) as u64;
+        self.worker.answered.set(self.worker.answered.get() + 1);
         let route_key = route.map_or(0, |r| Arc::as_ptr(r) as u64);
         let cluster_key = cluster.map_or(0, |c| c as u64 + 1);
         let key = [

@@ -207,17 +207,25 @@ fn start_janitor(control: Arc<Control>) -> io::Result<()> {
     Ok(())
 }
 
-/// Gives the calling thread the lowest CPU priority (nice 19; per thread on Linux).
+/// Lets the calling thread run only when no worker wants its CPU (`SCHED_IDLE`, per
+/// thread on Linux; nice 19 where that is refused).
 ///
 /// Control-plane work (compiling a reload, freeing an old snapshot, discovery, admin
-/// scrapes) shares cores with the workers, which are pinned there: under load, a worker
-/// must win the core, or a 100 ms compile of a big config shows up in request p99.
+/// scrapes) shares cores with the workers, the load they serve and the services beside
+/// them. Nice 19 was not enough: a nice-19 thread that is running keeps its CPU until
+/// its slice ends (up to a few ms), so every compile showed up as 2x in request p99
+/// (`weft-bench run --scenario reload-swap`). A `SCHED_IDLE` thread is preempted the
+/// moment a normal thread wakes on its CPU, and still gets a small share on a saturated
+/// machine, so a reload or a scrape is slowed under full load but never stopped.
 /// Threads this one starts inherit the setting.
 pub fn yield_to_workers() {
-    // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
+    // SAFETY: plain syscalls on the calling thread's own id; `param` outlives the call.
     unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+        }
     }
 }
 

@@ -88,9 +88,20 @@ pub fn load(file: &Path, role: Role) -> Result<LoadedConfig, ConfigErrors> {
 
 /// Parses config text; `file` is used only in error messages.
 pub fn parse(file: &Path, text: &str, role: Role) -> Result<LoadedConfig, ConfigErrors> {
+    let syntax_error = |e: toml::de::Error| {
+        let path = e
+            .span()
+            .map(|s| line_col(text, s.start))
+            .unwrap_or_default();
+        ConfigErrors(vec![ConfigError {
+            file: file.to_owned(),
+            path,
+            problem: e.message().to_string(),
+        }])
+    };
+    let de = toml::Deserializer::parse(text).map_err(syntax_error)?;
     let mut unknown = Vec::new();
     let mut note_unknown = |path: serde_ignored::Path| unknown.push(render_ignored_path(&path));
-    let de = toml::Deserializer::new(text);
     let tracked = serde_ignored::Deserializer::new(de, &mut note_unknown);
     let parsed: Result<ConfigFile, _> = serde_path_to_error::deserialize(tracked);
     let mut errors: Vec<ConfigError> = unknown
