@@ -56,9 +56,13 @@ pub enum Next {
     Http2,
 }
 
-/// Serves a new client connection on `bound`: TLS first where the listener terminates
-/// it, then HTTP/1.1 or HTTP/2.
-pub async fn accept(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer: SocketAddr) {
+/// Starts serving a new client connection on `bound`: TLS first where the listener
+/// terminates it, then HTTP/1.1 or HTTP/2.
+///
+/// Plain and TLS connections are separate tasks, so a plain connection's task is only
+/// as large as its own future: a TLS future (handshake and rustls state) is many times
+/// larger, and one task type for both made every idle plain connection cost 15 KiB.
+pub fn spawn(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer: SocketAddr) {
     let snapshot = worker.snapshot();
     let tls = bound
         .in_snapshot(&snapshot)
@@ -67,37 +71,13 @@ pub async fn accept(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream,
     drop(snapshot);
     match tls {
         Some((config, timeout, forward)) => {
-            tls::serve(worker, bound, stream, peer, config, timeout, forward).await
+            monoio::spawn(tls::serve(
+                worker, bound, stream, peer, config, timeout, forward,
+            ));
         }
-        None => serve(worker, bound, stream, peer).await,
-    }
-}
-
-/// Serves a plain TCP client: HTTP/1.1, or h2c when it opens with the preface.
-async fn serve(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer: SocketAddr) {
-    match serve_conn(&worker, &bound, Conn::new(stream), peer, None).await {
-        Handoff::Closed => {}
-        Handoff::Http2(client) => {
-            Box::pin(http2::serve(worker.clone(), bound.clone(), client, peer)).await
+        None => {
+            monoio::spawn(serve_conn(worker, bound, Conn::new(stream), peer, None));
         }
-        Handoff::Tunnel(client, upstream) => Box::pin(tunnel::relay(client, upstream)).await,
-    }
-}
-
-/// Serves an HTTP/1.1 client over TLS (ALPN chose http/1.1, or nothing).
-pub async fn serve_tls<T>(
-    worker: Rc<Worker>,
-    bound: BoundListener,
-    stream: T,
-    peer: SocketAddr,
-    client_cert: Option<Rc<ClientCert>>,
-) where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let client = Conn::new(PollStream(stream));
-    match serve_conn(&worker, &bound, client, peer, client_cert).await {
-        Handoff::Closed | Handoff::Http2(_) => {}
-        Handoff::Tunnel(client, upstream) => Box::pin(tunnel::relay_poll(client, upstream)).await,
     }
 }
 
@@ -110,7 +90,7 @@ pub struct ClientCert {
 }
 
 /// Where a connection goes when its HTTP/1.1 exchanges are over.
-enum Handoff<S> {
+pub enum Handoff<S> {
     Closed,
     /// The client opened with the HTTP/2 preface.
     Http2(Conn<S>),
@@ -118,13 +98,47 @@ enum Handoff<S> {
     Tunnel(Conn<S>, Conn<UpstreamStream>),
 }
 
-async fn serve_conn<S: ClientStream>(
-    worker: &Rc<Worker>,
-    bound: &BoundListener,
+/// Starts what a client connection becomes after HTTP/1.1, as a task of its own: its
+/// state never adds to the size of the far more common HTTP/1.1 connection task.
+pub trait HandOff: ClientStream + Sized {
+    fn hand_off(to: Handoff<Self>, worker: Rc<Worker>, bound: BoundListener, peer: SocketAddr);
+}
+
+impl HandOff for TcpStream {
+    fn hand_off(to: Handoff<Self>, worker: Rc<Worker>, bound: BoundListener, peer: SocketAddr) {
+        match to {
+            Handoff::Closed => {}
+            Handoff::Http2(client) => {
+                monoio::spawn(http2::serve(worker, bound, client, peer));
+            }
+            Handoff::Tunnel(client, upstream) => {
+                monoio::spawn(tunnel::relay(client, upstream));
+            }
+        }
+    }
+}
+
+impl<T> HandOff for PollStream<T>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    fn hand_off(to: Handoff<Self>, _: Rc<Worker>, _: BoundListener, _: SocketAddr) {
+        // ALPN, not a preface, picks HTTP/2 over TLS: `Http2` cannot happen here.
+        if let Handoff::Tunnel(client, upstream) = to {
+            monoio::spawn(tunnel::relay_poll(client, upstream));
+        }
+    }
+}
+
+/// Serves a client's HTTP/1.1 exchanges (plain TCP or TLS), then hands the connection
+/// on when it turns into h2c or a tunnel. The connection's whole task while idle.
+pub async fn serve_conn<S: HandOff>(
+    worker: Rc<Worker>,
+    bound: BoundListener,
     mut client: Conn<S>,
     peer: SocketAddr,
     client_cert: Option<Rc<ClientCert>>,
-) -> Handoff<S> {
+) {
     let key = [bound.slot as u64, 0, 0, 0];
     let listener_label = || vec![("listener", bound.name.to_string())];
     worker
@@ -141,7 +155,7 @@ async fn serve_conn<S: ClientStream>(
         // Everything a request needs lives in this box for the length of one turn, so
         // a connection that sits idle costs only this small outer loop.
         let cert = client_cert.as_deref();
-        let turn = Box::pin(turn(worker, bound, &mut client, peer, cert, first)).await;
+        let turn = Box::pin(turn(&worker, &bound, &mut client, peer, cert, first)).await;
         match turn {
             Turn::Idle { left } if S::BUFFERLESS_IDLE => {
                 let deadline = worker.idle_timers.deadline(Instant::now() + left);
@@ -166,7 +180,7 @@ async fn serve_conn<S: ClientStream>(
     // The open-connections gauge counts HTTP/1.1 connections; h2 and tunnels end here.
     open.sub(1);
     worker.connection_closed();
-    handoff
+    S::hand_off(handoff, worker, bound, peer);
 }
 
 enum Turn {

@@ -20,6 +20,7 @@ use rustls::ServerConfig;
 use super::{http2, ClientCert};
 use crate::observe::metrics::Family;
 use crate::runtime::worker::{BoundListener, Worker};
+use crate::transport::{Conn, PollStream};
 
 pub async fn serve(
     worker: Rc<Worker>,
@@ -66,7 +67,8 @@ pub async fn serve(
     if session.alpn_protocol() == Some(b"h2") {
         http2::serve_io(worker, bound, tls, peer, "https", client_cert).await;
     } else {
-        super::serve_tls(worker, bound, tls, peer, client_cert).await;
+        let client = Conn::new(PollStream(tls));
+        super::serve_conn(worker, bound, client, peer, client_cert).await;
     }
 }
 

@@ -195,12 +195,7 @@ async fn accept_loop(worker: Rc<Worker>, bound: BoundListener, listener: TcpList
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(crate::proxy::accept(
-                    worker.clone(),
-                    bound.clone(),
-                    stream,
-                    peer,
-                ));
+                crate::proxy::spawn(worker.clone(), bound.clone(), stream, peer);
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning on the error.
