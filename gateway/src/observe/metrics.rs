@@ -83,6 +83,14 @@ impl Family {
             Family::TlsHandshakeFailures => "TLS handshakes that failed, by listener and reason.",
         }
     }
+    /// Whether this family's keys start with the snapshot version (their other parts
+    /// are indices into that snapshot).
+    fn keyed_by_version(self) -> bool {
+        matches!(
+            self,
+            Family::Requests | Family::UpstreamConnectErrors | Family::UpstreamTimeouts
+        )
+    }
     fn kind(self) -> &'static str {
         match self {
             Family::OpenConnections => "gauge",
@@ -226,6 +234,10 @@ pub type Key = [u64; 4];
 pub struct Counters {
     shared: Arc<WorkerMetrics>,
     cache: RefCell<HashMap<(Family, Key), Arc<Cell>, BuildKeyHasher>>,
+    /// This worker's series by label set (only this worker registers into `shared`, so
+    /// it can index them without the lock): a new key finds its series in O(1), not by
+    /// a scan of every series under the lock.
+    by_labels: RefCell<HashMap<(Family, Labels), Arc<Cell>>>,
 }
 
 impl Counters {
@@ -233,6 +245,7 @@ impl Counters {
         Counters {
             shared,
             cache: RefCell::new(HashMap::default()),
+            by_labels: RefCell::new(HashMap::new()),
         }
     }
 
@@ -241,23 +254,29 @@ impl Counters {
         if let Some(c) = self.cache.borrow().get(&(family, key)) {
             return c.clone();
         }
-        let labels = labels();
         // A later snapshot may map a new key to a label set this worker already has.
-        let existing = self
-            .shared
-            .series
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|(f, l, _)| *f == family && *l == labels)
-            .map(|(_, _, c)| c.clone());
-        let cell = existing.unwrap_or_else(|| self.shared.register(family, labels));
+        let cell = self
+            .by_labels
+            .borrow_mut()
+            .entry((family, labels()))
+            .or_insert_with_key(|(family, labels)| self.shared.register(*family, labels.clone()))
+            .clone();
         self.cache.borrow_mut().insert((family, key), cell.clone());
         cell
     }
 
     pub fn bump(&self, family: Family, key: Key, labels: impl FnOnce() -> Labels) {
         self.cell(family, key, labels).add(1);
+    }
+
+    /// Forgets the keys of snapshots older than `version`, so that reloads (and
+    /// discovery updates, which publish snapshots too) do not grow the key cache
+    /// without end. The series stay; a request still running on an old snapshot finds
+    /// its series again by label set.
+    pub fn forget_versions_before(&self, version: u64) {
+        self.cache
+            .borrow_mut()
+            .retain(|(family, key), _| !family.keyed_by_version() || key[0] >= version);
     }
 }
 
@@ -293,5 +312,35 @@ impl std::hash::Hasher for KeyHasher {
     }
     fn write_isize(&mut self, n: isize) {
         self.write_u64(n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(route: &str) -> Labels {
+        vec![("route", route.to_owned())]
+    }
+
+    #[test]
+    fn a_series_outlives_the_snapshot_versions_that_counted_it() {
+        let registry = Registry::default();
+        let counters = Counters::new(registry.worker());
+        // Versions 1 and 2 map route "a" to different keys; both count one series.
+        counters.bump(Family::Requests, [1, 7, 0, 2], || labels("a"));
+        counters.bump(Family::Requests, [2, 9, 0, 2], || labels("a"));
+        counters.bump(Family::Requests, [2, 8, 0, 2], || labels("b"));
+        counters.bump(Family::AcceptedConnections, [0, 0, 0, 0], Vec::new);
+        counters.forget_versions_before(2);
+        assert_eq!(counters.cache.borrow().len(), 3, "version 1's key is gone");
+        // A request still running on version 1 counts into the same series again.
+        counters.bump(Family::Requests, [1, 7, 0, 2], || labels("a"));
+        let totals = registry.totals();
+        let requests = &totals[&Family::Requests];
+        assert_eq!(requests.len(), 2, "{requests:?}");
+        assert_eq!(requests[&labels("a")], 3);
+        assert_eq!(requests[&labels("b")], 1);
+        assert_eq!(totals[&Family::AcceptedConnections][&Vec::new()], 1);
     }
 }

@@ -138,6 +138,7 @@ impl Worker {
                 let snapshot = self.snapshot();
                 self.upstreams
                     .retain_endpoints(|addr| snapshot.has_endpoint(addr));
+                self.counters.forget_versions_before(snapshot.version);
             }
             if ticks % 50 == 0 {
                 self.upstreams.sweep();
