@@ -532,3 +532,61 @@ impl Exchange<'_> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+    use std::sync::{mpsc, Arc, Mutex};
+
+    use weft_mesh::config::{self, Role};
+    use weft_mesh::snapshot::{self, Publisher};
+
+    use super::*;
+    use crate::observe::metrics::Registry;
+    use crate::runtime::driver::Driver;
+    use crate::runtime::wakers::LocalEvent;
+    use crate::runtime::{Control, ReloadStatus};
+
+    /// Every idle keep-alive connection is one of these tasks, so its size is most of
+    /// what an idle connection costs. It once grew from ~700 bytes to 15 KiB unnoticed
+    /// (a TLS future inlined into every plain connection's task); this keeps it small.
+    #[test]
+    fn a_plain_connection_task_stays_small() {
+        const CONFIG: &str = "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\n\
+            routes = [ { match = { path_prefix = \"/\" }, direct_response = { status = 200 } } ]\n";
+        let loaded = config::parse(std::path::Path::new("t.toml"), CONFIG, Role::Ingress)
+            .expect("config parses");
+        let control = Arc::new(Control {
+            publisher: Publisher::new(snapshot::compile(&loaded).expect("config compiles")),
+            version: AtomicU64::new(1),
+            registry: Registry::default(),
+            draining: AtomicBool::new(false),
+            ready_workers: AtomicUsize::new(0),
+            workers: 1,
+            driver: Driver::Epoll,
+            role: Role::Ingress,
+            reloads: ReloadStatus::default(),
+            mailboxes: Mutex::new(Vec::new()),
+            discovery: Default::default(),
+            publishing: Mutex::new(()),
+        });
+        let (_tx, rx) = mpsc::channel();
+        let worker = Rc::new(Worker::new(0, control, rx));
+        let bound = BoundListener {
+            name: "l".into(),
+            slot: 0,
+            closed: Rc::new(LocalEvent::default()),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            let task = serve_conn(worker, bound, Conn::new(stream), addr, None);
+            let size = std::mem::size_of_val(&task);
+            assert!(size <= 1024, "a plain connection's task is {size} bytes");
+        });
+    }
+}
