@@ -6,16 +6,14 @@
 
 use std::hint::black_box;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use weft_gateway::observe::metrics::Registry;
 use weft_gateway::runtime::driver::Driver;
 use weft_gateway::runtime::worker::Worker;
-use weft_gateway::runtime::{Control, ReloadStatus};
+use weft_gateway::runtime::Control;
 use weft_mesh::config::{self, Role};
-use weft_mesh::snapshot::{self, Publisher};
+use weft_mesh::snapshot;
 
 const CONFIG: &str = r#"
 [[listeners]]
@@ -29,20 +27,13 @@ fn main() {
         let loaded = config::parse(Path::new("bench.toml"), CONFIG, Role::Ingress).expect("config");
         snapshot::compile(&loaded).expect("snapshot")
     };
-    let control = Arc::new(Control {
-        publisher: Publisher::new(compile()),
-        version: AtomicU64::new(1),
-        registry: Registry::default(),
-        draining: AtomicBool::new(false),
-        ready_workers: AtomicUsize::new(0),
-        workers: 1,
-        driver: Driver::Epoll,
-        role: Role::Ingress,
-        reloads: ReloadStatus::default(),
-        mailboxes: Mutex::new(Vec::new()),
-        discovery: Default::default(),
-        publishing: Mutex::new(()),
-    });
+    let control = Arc::new(Control::new(
+        compile(),
+        1,
+        Driver::Epoll,
+        Role::Ingress,
+        Vec::new(),
+    ));
     let (_tx, rx) = mpsc::channel();
     let worker = Worker::new(0, control.clone(), rx);
     const N: u32 = 50_000_000;

@@ -535,17 +535,15 @@ impl Exchange<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-    use std::sync::{mpsc, Arc, Mutex};
+    use std::sync::{mpsc, Arc};
 
     use weft_mesh::config::{self, Role};
-    use weft_mesh::snapshot::{self, Publisher};
+    use weft_mesh::snapshot;
 
     use super::*;
-    use crate::observe::metrics::Registry;
     use crate::runtime::driver::Driver;
     use crate::runtime::wakers::LocalEvent;
-    use crate::runtime::{Control, ReloadStatus};
+    use crate::runtime::Control;
 
     /// Every idle keep-alive connection is one of these tasks, so its size is most of
     /// what an idle connection costs. It once grew from ~700 bytes to 15 KiB unnoticed
@@ -556,20 +554,14 @@ mod tests {
             routes = [ { match = { path_prefix = \"/\" }, direct_response = { status = 200 } } ]\n";
         let loaded = config::parse(std::path::Path::new("t.toml"), CONFIG, Role::Ingress)
             .expect("config parses");
-        let control = Arc::new(Control {
-            publisher: Publisher::new(snapshot::compile(&loaded).expect("config compiles")),
-            version: AtomicU64::new(1),
-            registry: Registry::default(),
-            draining: AtomicBool::new(false),
-            ready_workers: AtomicUsize::new(0),
-            workers: 1,
-            driver: Driver::Epoll,
-            role: Role::Ingress,
-            reloads: ReloadStatus::default(),
-            mailboxes: Mutex::new(Vec::new()),
-            discovery: Default::default(),
-            publishing: Mutex::new(()),
-        });
+        let first = snapshot::compile(&loaded).expect("config compiles");
+        let control = Arc::new(Control::new(
+            first,
+            1,
+            Driver::Epoll,
+            Role::Ingress,
+            Vec::new(),
+        ));
         let (_tx, rx) = mpsc::channel();
         let worker = Rc::new(Worker::new(0, control, rx));
         let bound = BoundListener {

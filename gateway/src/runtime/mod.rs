@@ -53,6 +53,31 @@ pub struct Control {
 }
 
 impl Control {
+    /// The control state of a process starting with `first`; `mailboxes` reach the
+    /// workers (one per worker, in worker order).
+    pub fn new(
+        first: Snapshot,
+        workers: usize,
+        driver: Driver,
+        role: Role,
+        mailboxes: Vec<mpsc::Sender<WorkerMsg>>,
+    ) -> Control {
+        Control {
+            version: AtomicU64::new(1),
+            publisher: Publisher::new(first),
+            registry: Registry::default(),
+            draining: AtomicBool::new(false),
+            ready_workers: AtomicUsize::new(0),
+            workers,
+            driver,
+            role,
+            reloads: ReloadStatus::default(),
+            mailboxes: Mutex::new(mailboxes),
+            discovery: discovery::DiscoveryState::default(),
+            publishing: Mutex::new(()),
+        }
+    }
+
     pub fn ready(&self) -> bool {
         !self.draining.load(Ordering::Acquire)
             && self.ready_workers.load(Ordering::Acquire) == self.workers
@@ -134,20 +159,13 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     let drain_timeout = first.runtime.drain_timeout;
     let (mailboxes, inboxes): (Vec<_>, Vec<_>) =
         (0..workers).map(|_| mpsc::channel::<WorkerMsg>()).unzip();
-    let control = Arc::new(Control {
-        version: AtomicU64::new(1),
-        publisher: Publisher::new(first),
-        registry: Registry::default(),
-        draining: AtomicBool::new(false),
-        ready_workers: AtomicUsize::new(0),
+    let control = Arc::new(Control::new(
+        first,
         workers,
-        driver: decision.driver,
+        decision.driver,
         role,
-        reloads: ReloadStatus::default(),
-        mailboxes: Mutex::new(mailboxes),
-        discovery: discovery::DiscoveryState::default(),
-        publishing: Mutex::new(()),
-    });
+        mailboxes,
+    ));
     // Signals first: a SIGHUP or SIGTERM that arrives while workers start is not lost.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(StartError::Thread)?;
 
