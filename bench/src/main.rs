@@ -50,7 +50,7 @@ enum Command {
         /// Seconds per measured run.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
-        /// Connections for h1-keepalive.
+        /// Connections for the throughput scenarios (h1-keepalive, h1-new-conn, h1-large-body, h2-multiplexed, grpc-unary, tls-h1, tls-handshake).
         #[arg(long, value_delimiter = ',', default_value = "50,400,2000")]
         connections: Vec<usize>,
         #[arg(long, default_value_t = 10_000)]

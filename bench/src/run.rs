@@ -202,18 +202,22 @@ fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
         rate: None,
     };
     match scenario {
-        "h1-keepalive" => opts.connections.iter().map(|&c| one(c)).collect(),
+        // Throughput scenarios run at every `--connections` point (50, 400, 2000 by
+        // default); the quick smoke check keeps one small point.
+        "h1-keepalive" | "h2-multiplexed" | "grpc-unary" | "tls-h1" => {
+            opts.connections.iter().map(|&c| one(c)).collect()
+        }
+        "h1-new-conn" | "h1-large-body" | "tls-handshake" if opts.quick => vec![one(10)],
+        "h1-new-conn" | "h1-large-body" | "tls-handshake" => {
+            opts.connections.iter().map(|&c| one(c)).collect()
+        }
         "h1-fixed-rate" => vec![Point {
             connections: 50,
             workers: 1,
             rate: Some(if opts.quick { 5_000.0 } else { 20_000.0 }),
         }],
-        "h1-new-conn" | "h1-large-body" => vec![one(if opts.quick { 10 } else { 50 })],
         "idle-conns" => vec![one(opts.idle_connections)],
-        "reload-under-load" | "reload-swap" | "h2-multiplexed" | "grpc-unary" | "tls-h1" => {
-            vec![one(50)]
-        }
-        "tls-handshake" => vec![one(if opts.quick { 10 } else { 50 })],
+        "reload-under-load" | "reload-swap" => vec![one(50)],
         "scale" => {
             let mut w = 1;
             let mut out = Vec::new();
