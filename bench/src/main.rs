@@ -188,7 +188,7 @@ fn main() -> ExitCode {
             out,
             quick,
             rounds: if quick { 1 } else { rounds.max(1) },
-            duration: Duration::from_secs_f64(if quick { 1.0 } else { duration }),
+            duration: Duration::from_secs_f64(if quick { 0.5 } else { duration }),
             proxy_cpus,
             load_cpus,
             weft_bin: weft_bin.unwrap_or_else(default_weft_bin),

@@ -604,6 +604,8 @@ fn swap_latency(
     env: &Env,
     upstream: SocketAddr,
 ) -> Result<Sample, String> {
+    // Long enough for a few swaps (each takes ~0.75 s with its pauses) even in --quick.
+    let swap_run = opts.duration.max(Duration::from_secs(2));
     let (routes, clusters) = if opts.quick {
         (1_000, 100)
     } else {
@@ -652,7 +654,7 @@ fn swap_latency(
     let spec = LoadSpec {
         addr,
         connections: point.connections,
-        duration: opts.duration,
+        duration: swap_run,
         rate: None,
         new_connection: false,
         path: "/r1".into(),
@@ -669,7 +671,7 @@ fn swap_latency(
     let quiet = load::run(&spec);
     // Swaps while the same load runs: every 500 ms, timed until the probe changes.
     let swapper = {
-        let (path, duration) = (path.clone(), opts.duration);
+        let (path, duration) = (path.clone(), swap_run);
         let pid = child.id() as i32;
         let texts: Vec<String> = (1..=2)
             .map(|v| big_config(port, admin, upstream, routes, clusters, v, worker_cpu))
