@@ -16,7 +16,7 @@ pub fn start(listener: TcpListener, control: Arc<Control>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("weft-admin".into())
         .spawn(move || {
-            crate::runtime::yield_to_workers();
+            crate::runtime::defer_to_workers();
             for stream in listener.incoming() {
                 match stream {
                     Ok(s) => {

@@ -245,24 +245,37 @@ fn delay_allocator_purge() {
 }
 
 /// Lets the calling thread run only when no worker wants its CPU (`SCHED_IDLE`, per
-/// thread on Linux; nice 19 where that is refused).
+/// thread on Linux; nice 19 where that is refused). For the heavy control work:
+/// compiling a reload or a discovery update, freeing an old snapshot.
 ///
-/// Control-plane work (compiling a reload, freeing an old snapshot, discovery, admin
-/// scrapes) shares cores with the workers, the load they serve and the services beside
-/// them. Nice 19 was not enough: a nice-19 thread that is running keeps its CPU until
-/// its slice ends (up to a few ms), so every compile showed up as 2x in request p99
-/// (`weft-bench run --scenario reload-swap`). A `SCHED_IDLE` thread is preempted the
-/// moment a normal thread wakes on its CPU, and still gets a small share on a saturated
-/// machine, so a reload or a scrape is slowed under full load but never stopped.
+/// That work shares cores with the workers, the load they serve and the services
+/// beside them. Nice 19 was not enough: a nice-19 thread that is running keeps its CPU
+/// until its slice ends (up to a few ms), so every compile showed up as 2x in request
+/// p99 (`weft-bench run --scenario reload-swap`). A `SCHED_IDLE` thread is preempted
+/// the moment a normal thread wakes on its CPU, and still gets a small share on a
+/// saturated machine, so a reload is slowed under full load but never stopped.
 /// Threads this one starts inherit the setting.
 pub fn yield_to_workers() {
-    // SAFETY: plain syscalls on the calling thread's own id; `param` outlives the call.
-    unsafe {
+    // SAFETY: a plain syscall on the calling thread; `param` outlives the call.
+    let idle = unsafe {
         let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, 19);
-        }
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0
+    };
+    if !idle {
+        defer_to_workers();
+    }
+}
+
+/// Gives the calling thread the lowest normal priority (nice 19, per thread on Linux).
+/// For the admin listener: its work is tiny, but a readiness probe must be answered
+/// within its timeout even on a saturated machine. Beside a thread that keeps a CPU
+/// busy, a `SCHED_IDLE` thread waking from a sleep waited 230 ms for its turn (median
+/// of 40, up to 0.7 s); a nice-19 one 2-4 ms.
+pub fn defer_to_workers() {
+    // SAFETY: a plain syscall on the calling thread's own id; no memory is shared.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
     }
 }
 
