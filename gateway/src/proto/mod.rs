@@ -1,3 +1,4 @@
 //! Wire protocols. Codecs only: no routing, no sockets beyond the streams handed in.
 
 pub mod h1;
+pub mod percent;

@@ -92,15 +92,7 @@ pub fn error_trailers(code: Code, message: &str) -> HeaderMap {
 
 /// `grpc-message` is percent-encoded UTF-8: everything outside printable ASCII, and '%'.
 fn percent_encode(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for b in message.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::proto::percent::encode(message, |b| (0x20..0x7f).contains(&b) && b != b'%')
 }
 
 #[cfg(test)]

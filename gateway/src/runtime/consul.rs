@@ -214,17 +214,10 @@ fn endpoint(entry: &Value) -> Option<EndpointConfig> {
     })
 }
 
-/// Percent-encoding for query values.
+/// Percent-encoding for query values and path segments: only unreserved characters
+/// stay as they are.
 fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::proto::percent::encode(s, |b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
 }
 
 #[cfg(test)]
