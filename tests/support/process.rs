@@ -29,10 +29,33 @@ pub fn weft_bin() -> PathBuf {
     .clone()
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, and that nothing else will be
+/// handed before the test binds it.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up by default),
+/// so neither a `bind(:0)` nor an outgoing connection's source port can take one
+/// between this call and the bind by weft (CI once failed on exactly that). A
+/// per-process counter keeps concurrent tests of one binary apart; the pid picks
+/// where each binary starts so binaries run side by side rarely meet, and a port
+/// someone already holds is skipped.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 12_000;
+    const SPAN: u32 = 20_000; // 12000..32000
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 397) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// A loopback address with a port nobody listens on right now.
