@@ -47,14 +47,29 @@ pub fn markdown(samples: &[Sample]) -> String {
         let med = |f: &dyn Fn(&Sample) -> f64| median(rows.iter().map(|s| f(s)).collect());
         let errors: u64 = rows.iter().map(|s| s.errors).sum();
         if scenario == "reload-swap" {
-            let figs: Vec<_> = rows.iter().filter_map(|s| s.swap.clone()).collect();
-            if let Some(f) = figs.first() {
+            // One row per load: closed loop (key 0), then each fixed rate.
+            let mut by_load: BTreeMap<u64, Vec<&Sample>> = BTreeMap::new();
+            for s in &rows {
+                let rate = s.swap.as_ref().and_then(|f| f.rate);
+                by_load
+                    .entry(rate.map_or(0, |r| r as u64))
+                    .or_default()
+                    .push(s);
+            }
+            for (rate, load_rows) in &by_load {
+                let figs: Vec<_> = load_rows.iter().filter_map(|s| s.swap.clone()).collect();
+                let Some(f) = figs.first() else { continue };
                 let m = |g: &dyn Fn(&crate::run::SwapFigures) -> f64| {
                     median(figs.iter().map(g).collect())
                 };
+                let load = match rate {
+                    0 => "closed loop".to_string(),
+                    r => format!("{r} req/s"),
+                };
+                let errors: u64 = load_rows.iter().map(|s| s.errors).sum();
                 let _ = writeln!(
                     swaps,
-                    "| {system} | {} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {errors} |",
+                    "| {system} | {load} | {} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {errors} |",
                     f.routes,
                     f.clusters,
                     m(&|f| f.swaps as f64),
@@ -93,7 +108,7 @@ pub fn markdown(samples: &[Sample]) -> String {
         );
     }
     if !swaps.is_empty() {
-        out += "\n| reload-swap: system | routes | clusters | swaps | SIGHUP->serving median ms | max ms | p99 us without swaps | p99 us with swaps | errors |\n|---|---|---|---|---|---|---|---|---|\n";
+        out += "\n| reload-swap: system | load | routes | clusters | swaps | SIGHUP->serving median ms | max ms | p99 us without swaps | p99 us with swaps | errors |\n|---|---|---|---|---|---|---|---|---|---|\n";
         out += &swaps;
     }
     if !idle.is_empty() {

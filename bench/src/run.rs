@@ -85,6 +85,9 @@ pub struct SwapFigures {
     pub max_ms: f64,
     pub p99_without_swaps_us: u64,
     pub p99_with_swaps_us: u64,
+    /// The load beside the swaps: `None` closed loop (both CPUs saturated), else a
+    /// fixed rate in requests/s (open loop, headroom left).
+    pub rate: Option<f64>,
 }
 
 struct Upstreams {
@@ -187,6 +190,9 @@ pub fn run(opts: &RunOpts) -> Result<Vec<Sample>, String> {
     Ok(samples)
 }
 
+/// reload-swap's open-loop point: the rate of h1-fixed-rate, ~20% of what one weft worker sustains here.
+const SWAP_FIXED_RATE: f64 = 20_000.0;
+
 /// A scenario point: connections and workers (and for fixed-rate, the rate).
 #[derive(Clone, Debug)]
 struct Point {
@@ -212,12 +218,20 @@ fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
             opts.connections.iter().map(|&c| one(c)).collect()
         }
         "h1-fixed-rate" => vec![Point {
-            connections: 50,
-            workers: 1,
             rate: Some(if opts.quick { 5_000.0 } else { 20_000.0 }),
+            ..one(50)
         }],
         "idle-conns" => vec![one(opts.idle_connections)],
-        "reload-under-load" | "reload-swap" => vec![one(50)],
+        "reload-under-load" => vec![one(50)],
+        // Saturated (closed loop) and at a fixed rate that leaves the machine headroom,
+        // as production proxies run: the swap's cost differs in kind between the two.
+        "reload-swap" => vec![
+            one(50),
+            Point {
+                rate: Some(if opts.quick { 5_000.0 } else { SWAP_FIXED_RATE }),
+                ..one(50)
+            },
+        ],
         "scale" => {
             let mut w = 1;
             let mut out = Vec::new();
@@ -655,7 +669,7 @@ fn swap_latency(
         addr,
         connections: point.connections,
         duration: swap_run,
-        rate: None,
+        rate: point.rate,
         new_connection: false,
         path: "/r1".into(),
         threads: opts.load_cpus.len().max(1),
@@ -716,6 +730,7 @@ fn swap_latency(
         max_ms: sorted.last().copied().unwrap_or(f64::NAN),
         p99_without_swaps_us: quiet.p(99.0),
         p99_with_swaps_us: busy.p(99.0),
+        rate: point.rate,
     };
     Ok(Sample {
         scenario: "reload-swap".into(),

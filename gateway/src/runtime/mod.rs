@@ -229,18 +229,22 @@ fn start_janitor(control: Arc<Control>) -> io::Result<()> {
 /// mimalloc's `purge_delay` (its index in `mi_option_e`; the crate has no constant).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Holds freed pages for a second before returning them to the OS, unless the
+/// Holds freed pages for ten seconds before returning them to the OS, unless the
 /// operator set `MIMALLOC_PURGE_DELAY`.
 ///
 /// mimalloc's default (10 ms) hands pages back between two bursts of a busy worker,
 /// which then faults them in again: about 170 `madvise` calls a second and 4-5% of the
 /// CPU per request under `weft-bench run --scenario h2-multiplexed` (10.5 -> 10.0 us,
-/// four A/B pairs). A quiet worker still forces the purge (see `Worker::run`), so idle
-/// memory goes back all the same.
+/// four A/B pairs). A reload is the same story at a larger scale: it frees the old
+/// snapshot and builds the next one in the same pages, so with a 1 s delay a reload
+/// every ~0.5 s faulted its working set in anew each time (`reload-swap` at 20k req/s:
+/// SIGHUP -> serving 73-81 ms with 1 s, 41-53 ms with 5 s, 20 s or never). A quiet
+/// worker still forces the purge (see `Worker::run`), so idle memory goes back all
+/// the same; a busy process keeps at most ten seconds' worth of freed pages.
 fn delay_allocator_purge() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a process-wide option before any worker thread exists.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
     }
 }
 
