@@ -73,6 +73,9 @@ enum Command {
         connections: usize,
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+        /// Seconds of load on the same connections before anything is counted.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
         /// Requests/s in all (open loop); default closed loop.
         #[arg(long)]
         rate: Option<f64>,
@@ -131,6 +134,7 @@ fn main() -> ExitCode {
             addr,
             connections,
             duration,
+            warmup,
             rate,
             new_connection,
             h2_streams,
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
                 addr,
                 connections,
                 duration: Duration::from_secs_f64(duration),
+                warmup: Duration::from_secs_f64(warmup),
                 rate,
                 new_connection,
                 path: "/".into(),

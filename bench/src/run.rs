@@ -332,10 +332,14 @@ fn measure(
         running.stop();
         return Ok(sample);
     }
+    // Warm-up on the measured connections: pools filled, caches hot, thousands of
+    // connects and accepts done, before anything is counted.
+    let warmup = opts.duration.mul_f64(0.2).max(Duration::from_millis(300));
     let spec = LoadSpec {
         addr,
         connections: point.connections,
         duration: opts.duration,
+        warmup,
         rate: point.rate,
         new_connection: scenario == "h1-new-conn" || scenario == "tls-handshake",
         path: "/".into(),
@@ -345,15 +349,19 @@ fn measure(
         grpc: protocol == Protocol::Grpc,
         tls_ca: (protocol == Protocol::Tls).then(|| env.dir.join("bench-ca.crt")),
     };
-    // Warm-up: pools filled, caches hot, before anything is counted.
-    load::run(&LoadSpec {
-        duration: opts.duration.mul_f64(0.2).max(Duration::from_millis(300)),
-        rate: None,
-        ..spec.clone()
-    });
-    let cpu_before = procstat::cpu_time(&pids);
-    let reloader = (scenario == "reload-under-load").then(|| reload_loop(&running, opts.duration));
+    // The proxy's CPU is read when the warm-up ends, by a thread that waits for it.
+    let measure_from = Instant::now() + warmup;
+    let cpu_at_start = {
+        let pids = pids.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
+            procstat::cpu_time(&pids)
+        })
+    };
+    let reloader =
+        (scenario == "reload-under-load").then(|| reload_loop(&running, warmup, opts.duration));
     let result = load::run(&spec);
+    let cpu_before = cpu_at_start.join().unwrap_or_default();
     let cpu = procstat::cpu_time(&pids).saturating_sub(cpu_before);
     if let Some(r) = reloader {
         let sent = r.join().unwrap_or(0);
@@ -388,7 +396,11 @@ fn measure(
 /// SIGHUPs every 100 ms during the run, alternating two valid configs.
 /// Every SIGHUP is confirmed (the served version advances) before the next is sent:
 /// signals that arrive during a reload coalesce, so unconfirmed SIGHUPs prove nothing.
-fn reload_loop(running: &systems::Running, duration: Duration) -> std::thread::JoinHandle<u64> {
+fn reload_loop(
+    running: &systems::Running,
+    warmup: Duration,
+    duration: Duration,
+) -> std::thread::JoinHandle<u64> {
     let config = running.config.clone();
     let admin = running.admin;
     let pid = running.pids().first().copied();
@@ -405,6 +417,7 @@ fn reload_loop(running: &systems::Running, duration: Duration) -> std::thread::J
             "weight = 90 }, { cluster = \"b\", weight = 10",
             "weight = 10 }, { cluster = \"b\", weight = 90",
         );
+        std::thread::sleep(warmup);
         let deadline = Instant::now() + duration;
         let mut sent = 0u64;
         std::thread::sleep(Duration::from_millis(50));
@@ -608,6 +621,9 @@ fn big_config(
     c
 }
 
+/// reload-swap's warm-up before each of its two measured runs.
+const SWAP_WARMUP: Duration = Duration::from_millis(300);
+
 /// SIGHUP -> new snapshot serving, for a config with 10,000 routes and 1,000 clusters,
 /// and the p99 of concurrent load with and without swaps.
 fn swap_latency(
@@ -669,6 +685,7 @@ fn swap_latency(
         addr,
         connections: point.connections,
         duration: swap_run,
+        warmup: SWAP_WARMUP,
         rate: point.rate,
         new_connection: false,
         path: "/r1".into(),
@@ -678,10 +695,6 @@ fn swap_latency(
         grpc: false,
         tls_ca: None,
     };
-    load::run(&LoadSpec {
-        duration: Duration::from_millis(300),
-        ..spec.clone()
-    });
     let quiet = load::run(&spec);
     // Swaps while the same load runs: every 500 ms, timed until the probe changes.
     let swapper = {
@@ -691,6 +704,7 @@ fn swap_latency(
             .map(|v| big_config(port, admin, upstream, routes, clusters, v, worker_cpu))
             .collect();
         std::thread::spawn(move || {
+            std::thread::sleep(SWAP_WARMUP);
             let mut probe = Prober::new(addr, "/probe");
             let mut took = Vec::new();
             let end = Instant::now() + duration;
