@@ -8,8 +8,10 @@
 //! `kernel.io_uring_disabled`). The outcome is logged once and exported on /metrics.
 //!
 //! What `io = "auto"` and unset flags mean comes from bench/ (see the README): io_uring
-//! with COOP_TASKRUN + SINGLE_ISSUER + DEFER_TASKRUN, which measured lowest in CPU per
-//! proxied request on the 2-core VM at 400 connections and close to the best at 50.
+//! with COOP_TASKRUN + SINGLE_ISSUER. DEFER_TASKRUN is off unless configured: at 400
+//! h2 connections x 10 streams it left some connections' completions waiting for
+//! several batches (p99 250-680 ms against 90-96 ms without it, same throughput), and
+//! without it CPU per request was equal or lower at every point measured.
 
 use std::fmt;
 
@@ -57,7 +59,7 @@ const DEFAULT_ENTRIES: u32 = 1024;
 const AUTO_FLAGS: RingFlags = RingFlags {
     coop_taskrun: true,
     single_issuer: true,
-    defer_taskrun: true,
+    defer_taskrun: false,
 };
 
 /// Outcome of the probe: the driver, and why it differs from what was asked, if it does.
