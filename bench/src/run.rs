@@ -333,8 +333,21 @@ fn measure(
         return Ok(sample);
     }
     // Warm-up on the measured connections: pools filled, caches hot, thousands of
-    // connects and accepts done, before anything is counted.
-    let warmup = opts.duration.mul_f64(0.2).max(Duration::from_millis(300));
+    // connects and accepts done, before anything is counted. Thousands of concurrent
+    // exchanges open as many upstream connections at once, and a handshake that
+    // overflows a listen queue is retried after 1 s: those points warm up for 2 s.
+    let concurrent = point.connections
+        * matches!(protocol, Protocol::H2 | Protocol::Grpc)
+            .then_some(H2_STREAMS)
+            .unwrap_or(1);
+    let warmup = opts
+        .duration
+        .mul_f64(0.2)
+        .max(Duration::from_millis(if concurrent >= 1000 {
+            2000
+        } else {
+            300
+        }));
     let spec = LoadSpec {
         addr,
         connections: point.connections,
