@@ -15,10 +15,20 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 }
 
 pub fn pin(cpu: usize) {
+    pin_to(&[cpu]);
+}
+
+/// Restricts the calling thread (and the threads it starts later) to `cpus`.
+pub fn pin_to(cpus: &[usize]) {
+    if cpus.is_empty() {
+        return;
+    }
     // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays in bounds for cpu < 1024.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu % libc::CPU_SETSIZE as usize, &mut set);
+        for &cpu in cpus {
+            libc::CPU_SET(cpu % libc::CPU_SETSIZE as usize, &mut set);
+        }
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }

@@ -154,6 +154,11 @@ fn start_upstreams(opts: &RunOpts) -> std::io::Result<Upstreams> {
 
 pub fn run(opts: &RunOpts) -> Result<Vec<Sample>, String> {
     procstat::raise_nofile();
+    // The harness's own helper threads (reload-swap's SIGHUP sender and its 1 ms probe,
+    // reload-under-load's signaller, the CPU sampler, idle-conns' clients) inherit
+    // this: they stay off the proxy's CPUs, whose time they would otherwise take and
+    // charge to the proxy's latency. Systems under test are started under `taskset`.
+    crate::net::pin_to(&opts.load_cpus);
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
     // Absolute: peers resolve relative paths in their configs against their own prefix.
     let out =
