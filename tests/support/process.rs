@@ -45,7 +45,7 @@ pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     let _ = NEXT.compare_exchange(
         u32::MAX,
-        (std::process::id() * 397) % SPAN,
+        std::process::id().wrapping_mul(397) % SPAN,
         Ordering::Relaxed,
         Ordering::Relaxed,
     );

@@ -255,8 +255,8 @@ fn delay_allocator_purge() {
 /// mimalloc asks for huge pages on its large regions, and a reload that builds a
 /// 10,000-route snapshot then faults in 2 MiB pages, each zeroed in one go in the
 /// kernel while the workers wait for their turn or for the address-space lock:
-/// `reload-swap` at 20k req/s had swaps of up to 116-129 ms and p99 up to 5x the quiet
-/// p99 with huge pages, 44-50 ms and 1.1-1.7x without. They also cost memory: a huge
+/// `reload-swap` at 20k req/s took up to 105-107 ms per swap with huge pages and
+/// 48-55 ms without (three alternations). They also cost memory: a huge
 /// page counts whole however little of it is used, so an idle keep-alive connection
 /// measured 1837-2204 B with them and 1292-1317 B without (`idle-conns`). The request
 /// path did not measure faster with them (CPU per request within noise at h1 and h2).
