@@ -17,7 +17,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut, RawBuf, SliceMut};
@@ -283,6 +283,17 @@ impl<S: AsyncReadRent> Conn<S> {
         limit: Duration,
     ) -> Result<usize, ReadError> {
         match monoio::time::timeout(limit, self.fill(want)).await {
+            Ok(r) => r.map_err(ReadError::Io),
+            Err(_) => Err(ReadError::TimedOut),
+        }
+    }
+
+    /// Like `fill_with_timeout`, against a deadline that spans several reads (a
+    /// response head in pieces). It reads no clock: the caller computed `deadline`
+    /// once, and a deadline already past times out at once.
+    pub async fn fill_until(&mut self, want: usize, deadline: Instant) -> Result<usize, ReadError> {
+        let at = monoio::time::Instant::from_std(deadline);
+        match monoio::time::timeout_at(at, self.fill(want)).await {
             Ok(r) => r.map_err(ReadError::Io),
             Err(_) => Err(ReadError::TimedOut),
         }

@@ -318,11 +318,7 @@ async fn attempt<S: ClientStream>(
             Ok(None) => {}
             Err(_) => return Err(Failure::Respond(502, "invalid response head from upstream")),
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Failure::Respond(504, "upstream response timeout"));
-        }
-        match up.conn.fill_with_timeout(RESPONSE_READ, left).await {
+        match up.conn.fill_until(RESPONSE_READ, deadline).await {
             Ok(n) if n > 0 => received = true,
             Ok(_) | Err(ReadError::Io(_)) if !received && retryable => return Err(Failure::Stale),
             Ok(_) | Err(ReadError::Io(_)) => {

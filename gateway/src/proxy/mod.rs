@@ -294,11 +294,7 @@ async fn read_head<S: ClientStream>(client: &mut Conn<S>, http: &HttpConfig) -> 
             Err(e) => return HeadRead::Rejected(rejection_status(e), rejection_reason(e)),
         }
         let deadline = *deadline.get_or_insert_with(|| Instant::now() + http.header_read_timeout.0);
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return HeadRead::Rejected(408, "request head not received in time");
-        }
-        match client.fill_with_timeout(HEAD_READ, left).await {
+        match client.fill_until(HEAD_READ, deadline).await {
             Ok(0) | Err(ReadError::Io(_)) => return HeadRead::Closed,
             Ok(_) => {}
             Err(ReadError::TimedOut) => {

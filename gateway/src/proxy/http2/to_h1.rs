@@ -200,11 +200,7 @@ async fn read_response_head(
             Ok(None) => {}
             Err(_) => return Err(Abort::Respond(502, "invalid response head from upstream")),
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Abort::Respond(504, "upstream response timeout"));
-        }
-        match up.conn.fill_with_timeout(UPSTREAM_READ, left).await {
+        match up.conn.fill_until(UPSTREAM_READ, deadline).await {
             Ok(n) if n > 0 => {}
             Ok(_) | Err(ReadError::Io(_)) => {
                 return Err(Abort::Respond(
