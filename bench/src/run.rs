@@ -195,8 +195,10 @@ pub fn run(opts: &RunOpts) -> Result<Vec<Sample>, String> {
     Ok(samples)
 }
 
-/// reload-swap's open-loop point: the rate of h1-fixed-rate, ~20% of what one weft worker sustains here.
-const SWAP_FIXED_RATE: f64 = 20_000.0;
+/// The open-loop rate of h1-fixed-rate and of reload-swap's second point: ~20% of what
+/// one weft worker sustains here; `--quick` uses the smaller one.
+const FIXED_RATE: f64 = 20_000.0;
+const QUICK_FIXED_RATE: f64 = 5_000.0;
 
 /// A scenario point: connections and workers (and for fixed-rate, the rate).
 #[derive(Clone, Debug)]
@@ -215,15 +217,15 @@ fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
     match scenario {
         // Throughput scenarios run at every `--connections` point (50, 400, 2000 by
         // default); the quick smoke check keeps one small point.
-        "h1-keepalive" | "h2-multiplexed" | "grpc-unary" | "tls-h1" => {
-            opts.connections.iter().map(|&c| one(c)).collect()
-        }
         "h1-new-conn" | "h1-large-body" | "tls-handshake" if opts.quick => vec![one(10)],
-        "h1-new-conn" | "h1-large-body" | "tls-handshake" => {
-            opts.connections.iter().map(|&c| one(c)).collect()
-        }
+        "h1-keepalive" | "h2-multiplexed" | "grpc-unary" | "tls-h1" | "h1-new-conn"
+        | "h1-large-body" | "tls-handshake" => opts.connections.iter().map(|&c| one(c)).collect(),
         "h1-fixed-rate" => vec![Point {
-            rate: Some(if opts.quick { 5_000.0 } else { 20_000.0 }),
+            rate: Some(if opts.quick {
+                QUICK_FIXED_RATE
+            } else {
+                FIXED_RATE
+            }),
             ..one(50)
         }],
         "idle-conns" => vec![one(opts.idle_connections)],
@@ -232,13 +234,13 @@ fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
         // as production proxies run: the swap's cost differs in kind between the two.
         // The quick smoke check keeps the fixed-rate point only (its swaps land fast).
         "reload-swap" if opts.quick => vec![Point {
-            rate: Some(5_000.0),
+            rate: Some(QUICK_FIXED_RATE),
             ..one(50)
         }],
         "reload-swap" => vec![
             one(50),
             Point {
-                rate: Some(SWAP_FIXED_RATE),
+                rate: Some(FIXED_RATE),
                 ..one(50)
             },
         ],
@@ -346,10 +348,8 @@ fn measure(
     // connects and accepts done, before anything is counted. Thousands of concurrent
     // exchanges open as many upstream connections at once, and a handshake that
     // overflows a listen queue is retried after 1 s: those points warm up for 2 s.
-    let concurrent = point.connections
-        * matches!(protocol, Protocol::H2 | Protocol::Grpc)
-            .then_some(H2_STREAMS)
-            .unwrap_or(1);
+    let h2_streams = matches!(protocol, Protocol::H2 | Protocol::Grpc).then_some(H2_STREAMS);
+    let concurrent = point.connections * h2_streams.unwrap_or(1);
     let warmup = opts
         .duration
         .mul_f64(0.2)
@@ -368,7 +368,7 @@ fn measure(
         path: "/".into(),
         threads: opts.load_cpus.len().max(1),
         cpus: opts.load_cpus.clone(),
-        h2_streams: matches!(protocol, Protocol::H2 | Protocol::Grpc).then_some(H2_STREAMS),
+        h2_streams,
         grpc: protocol == Protocol::Grpc,
         tls_ca: (protocol == Protocol::Tls).then(|| env.dir.join("bench-ca.crt")),
     };

@@ -282,15 +282,16 @@ impl<S: AsyncReadRent> Conn<S> {
         want: usize,
         limit: Duration,
     ) -> Result<usize, ReadError> {
-        match monoio::time::timeout(limit, self.fill(want)).await {
-            Ok(r) => r.map_err(ReadError::Io),
-            Err(_) => Err(ReadError::TimedOut),
+        match Instant::now().checked_add(limit) {
+            Some(deadline) => self.fill_until(want, deadline).await,
+            // A limit past the clock's range is no limit.
+            None => self.fill(want).await.map_err(ReadError::Io),
         }
     }
 
-    /// Like `fill_with_timeout`, against a deadline that spans several reads (a
-    /// response head in pieces). It reads no clock: the caller computed `deadline`
-    /// once, and a deadline already past times out at once.
+    /// Like `fill_with_timeout`, against a deadline that may span several reads (a
+    /// head arriving in pieces): the caller reads the clock once, and a deadline
+    /// already past times out at once.
     pub async fn fill_until(&mut self, want: usize, deadline: Instant) -> Result<usize, ReadError> {
         let at = monoio::time::Instant::from_std(deadline);
         match monoio::time::timeout_at(at, self.fill(want)).await {
