@@ -17,7 +17,11 @@ impl ConfigDuration {
     }
 }
 
-/// Parses `<integer><unit>` with unit one of `ms`, `s`, `m`, `h`.
+/// The longest duration a config may give: deadlines are `now + duration`, and a
+/// duration near `u64::MAX` seconds would overflow the clock on the first request.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses `<integer><unit>` with unit one of `ms`, `s`, `m`, `h`, at most a year.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let digits_end = text
@@ -43,6 +47,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{text}` is longer than a year (8760h), the most weft accepts"
+        ));
+    }
     Ok(d)
 }
 
@@ -93,5 +102,13 @@ mod tests {
             .contains("unknown duration unit"));
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn refuses_durations_past_a_year() {
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        let err = parse_duration("18446744073709551615s").unwrap_err();
+        assert!(err.contains("longer than a year"), "{err}");
+        assert!(parse_duration("8761h").is_err());
     }
 }
