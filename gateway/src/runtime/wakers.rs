@@ -36,10 +36,14 @@ impl<T> Slots<T> {
     fn register(&self, slot: &mut Option<usize>, value: T, waker: &Waker) {
         let mut guard = self.entries.borrow_mut();
         let (entries, free) = &mut *guard;
-        let entry = Some((value, waker.clone()));
         match *slot {
-            Some(i) => entries[i] = entry,
+            // Re-polled by the same task: no waker clone.
+            Some(i) => match &mut entries[i] {
+                Some((v, w)) if w.will_wake(waker) => *v = value,
+                e => *e = Some((value, waker.clone())),
+            },
             None => {
+                let entry = Some((value, waker.clone()));
                 let i = match free.pop() {
                     Some(i) => {
                         entries[i] = entry;

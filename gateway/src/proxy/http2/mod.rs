@@ -8,9 +8,6 @@
 //! client data is released only once the upstream took it, and data goes to the client
 //! only as its window allows, so a slow reader holds back the upstream read instead of
 //! growing memory. Errors weft makes on gRPC calls are gRPC statuses (`grpc`).
-//!
-//! Not yet: trailers of a chunked HTTP/1.1 upstream response are not passed to h2
-//! clients (HTTP/2 upstreams' trailers are).
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -152,26 +149,34 @@ pub async fn serve_io<T>(
     );
     let mut keepalive = std::pin::pin!(keepalive);
     drop(snapshot);
+    // The timers outlive the accept loop's turns (one turn per stream): the idle check
+    // is re-armed only when it fires, from when the connection last went idle.
+    let idle_check = |since: Option<Instant>| {
+        let since = since.unwrap_or_else(Instant::now);
+        worker.idle_timers.deadline(since + idle_timeout)
+    };
+    let mut idle = std::pin::pin!(idle_check(activity.idle_since.get()));
+    let mut closed = std::pin::pin!(bound.closed.wait());
     loop {
         if activity.abusive(max_resets) {
             tracing::debug!(%peer, "h2 client resets most of its streams; closing the connection");
             conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
             return flush_goaway(&worker, conn).await;
         }
-        let idle_since = activity.idle_since.get().unwrap_or_else(Instant::now);
-        let idle = worker.idle_timers.deadline(idle_since + idle_timeout);
         let accepted = monoio::select! {
             r = conn.accept() => r,
             // Draining or listener removed: GOAWAY, then let open streams finish.
-            _ = bound.closed.wait() => break,
+            _ = &mut closed => break,
             _ = &mut keepalive => {
                 tracing::debug!(%peer, "h2 client did not answer a keepalive PING");
                 return;
             }
-            _ = idle => {
-                if activity.idle_since.get().is_some_and(|t| t.elapsed() >= idle_timeout) {
+            _ = &mut idle => {
+                let since = activity.idle_since.get();
+                if since.is_some_and(|t| t.elapsed() >= idle_timeout) {
                     break;
                 }
+                idle.set(idle_check(since));
                 continue;
             }
         };

@@ -261,18 +261,28 @@ async fn relay_response_body(
             }
             _ => (up.conn.buf.split().freeze(), false),
         };
-        send_all(send, data, false)
+        // The last piece carries END_STREAM unless trailers follow: no empty DATA frame.
+        let trailers = if done {
+            trailers(&trailer_section)
+        } else {
+            None
+        };
+        let end = done && trailers.is_none();
+        send_all(send, data, end)
             .await
             .map_err(|_| Abort::ClientGone)?;
+        if let Some(t) = trailers {
+            return send
+                .send_trailers(t)
+                .map_err(|_| Abort::Reset(Reason::INTERNAL_ERROR));
+        }
         if done {
-            break;
+            return Ok(());
         }
     }
-    match trailers(&trailer_section) {
-        Some(t) => send.send_trailers(t),
-        None => send.send_data(Bytes::new(), true),
-    }
-    .map_err(|_| Abort::Reset(Reason::INTERNAL_ERROR))
+    // An until-close body ended with the connection.
+    send.send_data(Bytes::new(), true)
+        .map_err(|_| Abort::Reset(Reason::INTERNAL_ERROR))
 }
 
 /// A chunked body's trailer section as HTTP/2 trailers: lowercase names, no
