@@ -14,9 +14,15 @@
 //! request counts toward throughput, and its latency is recorded if it was sent (or,
 //! open loop, due) after the warm-up: a request in flight across the boundary carries
 //! the start-up's queueing.
+//!
+//! An interleaved comparison (`LoadSpec::windows`) measures two conditions on the same
+//! connections, alternating while the load runs, so that drift between two separate
+//! runs (the machine, the connections' placement) does not land on one side only:
+//! each latency is also recorded under the window its request was sent (or due) in.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +55,25 @@ pub struct LoadSpec {
     pub grpc: bool,
     /// HTTP/1.1 over TLS, trusting this CA certificate (PEM); SNI `bench.test`.
     pub tls_ca: Option<std::path::PathBuf>,
+    /// An interleaved comparison: latencies are also kept per window (see the header).
+    pub windows: Option<Windows>,
+}
+
+/// Which of two alternating conditions is on, set by whoever drives the comparison.
+#[derive(Clone, Debug, Default)]
+pub struct Windows(Arc<AtomicU8>);
+
+impl Windows {
+    /// The condition compared against (e.g. no reloads).
+    pub const BASELINE: u8 = 0;
+    /// The condition under test (e.g. reloads).
+    pub const TREATED: u8 = 1;
+    /// Between the two (e.g. the aftermath of a treated window): recorded in neither.
+    pub const NEITHER: u8 = 2;
+
+    pub fn enter(&self, window: u8) {
+        self.0.store(window, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -58,6 +83,8 @@ pub struct LoadResult {
     pub elapsed: Duration,
     pub latency: Histogram<u64>,
     pub bytes: u64,
+    /// With `LoadSpec::windows`: latency per window, baseline then treated.
+    pub by_window: Option<Box<[Histogram<u64>; 2]>>,
 }
 
 impl LoadResult {
@@ -68,6 +95,7 @@ impl LoadResult {
             elapsed: Duration::ZERO,
             latency: histogram(),
             bytes: 0,
+            by_window: None,
         }
     }
 
@@ -76,20 +104,33 @@ impl LoadResult {
         self.errors += other.errors;
         self.bytes += other.bytes;
         let _ = self.latency.add(&other.latency);
+        if let Some(theirs) = &other.by_window {
+            let mine = self
+                .by_window
+                .get_or_insert_with(|| Box::new([histogram(), histogram()]));
+            for (m, t) in mine.iter_mut().zip(theirs.iter()) {
+                let _ = m.add(t);
+            }
+        }
     }
 
     /// Counts one completed exchange, and its latency if it began in the measured
-    /// window (see the module header).
-    fn completed(&mut self, shared: &Shared, sent: Instant, body: u64) {
+    /// period (see the module header), under `window` too if that is one.
+    fn completed(&mut self, shared: &Shared, sent: Instant, window: u8, body: u64) {
         if Instant::now() < shared.measure_from {
             return;
         }
         self.requests += 1;
         self.bytes += body;
         if sent >= shared.measure_from {
-            let _ = self
-                .latency
-                .record(sent.elapsed().as_micros().max(1) as u64);
+            let us = sent.elapsed().as_micros().max(1) as u64;
+            let _ = self.latency.record(us);
+            if shared.windows.is_some() && window < Windows::NEITHER {
+                let by = self
+                    .by_window
+                    .get_or_insert_with(|| Box::new([histogram(), histogram()]));
+                let _ = by[usize::from(window)].record(us);
+            }
         }
     }
 
@@ -99,6 +140,12 @@ impl LoadResult {
     /// Latency at a percentile, in microseconds.
     pub fn p(&self, pct: f64) -> u64 {
         self.latency.value_at_quantile(pct / 100.0)
+    }
+
+    /// Latency at a percentile within one window of an interleaved comparison.
+    pub fn window_p(&self, window: u8, pct: f64) -> Option<u64> {
+        let h = self.by_window.as_ref()?.get(usize::from(window))?;
+        (!h.is_empty()).then(|| h.value_at_quantile(pct / 100.0))
     }
 }
 
@@ -158,6 +205,16 @@ struct Shared {
     deadline: Instant,
     new_connection: bool,
     tls: Option<Arc<rustls::ClientConfig>>,
+    windows: Option<Windows>,
+}
+
+impl Shared {
+    /// The window a request sent now belongs to.
+    fn window(&self) -> u8 {
+        self.windows
+            .as_ref()
+            .map_or(Windows::NEITHER, |w| w.0.load(Ordering::Relaxed))
+    }
 }
 
 /// The name the bench's TLS certificate is for.
@@ -260,6 +317,7 @@ async fn thread_load(spec: LoadSpec, conns: usize, rate: Option<f64>) -> LoadRes
         deadline: start + spec.warmup + spec.duration,
         new_connection: spec.new_connection,
         tls: spec.tls_ca.as_deref().and_then(tls_client),
+        windows: spec.windows.clone(),
     });
     if let Some(streams) = spec.h2_streams {
         let tasks: Vec<_> = (0..conns)
@@ -331,6 +389,7 @@ async fn connection_loop<W: Wire>(
         if let Some(p) = period {
             due += p;
         }
+        let window = shared.window();
         if stream.is_none() {
             match W::open(&shared).await {
                 Some(s) => stream = Some(s),
@@ -351,7 +410,7 @@ async fn connection_loop<W: Wire>(
         match exchange(s, shared.request, &mut buf).await {
             Ok((status, body, keep)) => {
                 if (200..400).contains(&status) {
-                    out.completed(&shared, sent, body);
+                    out.completed(&shared, sent, window, body);
                 } else {
                     out.errors += 1;
                 }
@@ -447,9 +506,10 @@ async fn h2_connection(shared: Rc<Shared>, path: String, streams: usize, grpc: b
                 let mut out = LoadResult::empty();
                 while Instant::now() < shared.deadline {
                     let sent = Instant::now();
+                    let window = shared.window();
                     match h2_request(sender.clone(), uri.clone(), grpc).await {
                         Ok((status, bytes)) if (200..400).contains(&status) => {
-                            out.completed(&shared, sent, bytes);
+                            out.completed(&shared, sent, window, bytes);
                         }
                         _ if Instant::now() >= shared.deadline => break,
                         _ => {

@@ -156,6 +156,7 @@ fn main() -> ExitCode {
                 h2_streams,
                 grpc,
                 tls_ca,
+                windows: None,
             };
             let r = load::run(&spec);
             println!(

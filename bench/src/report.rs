@@ -69,14 +69,17 @@ pub fn markdown(samples: &[Sample]) -> String {
                 let errors: u64 = load_rows.iter().map(|s| s.errors).sum();
                 let _ = writeln!(
                     swaps,
-                    "| {system} | {load} | {} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {errors} |",
+                    "| {system} | {load} | {} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2}x | {} | {errors} |",
                     f.routes,
                     f.clusters,
                     m(&|f| f.swaps as f64),
                     m(&|f| f.median_ms),
                     m(&|f| f.max_ms),
                     m(&|f| f.p99_without_swaps_us as f64),
-                    m(&|f| f.p99_with_swaps_us as f64)
+                    m(&|f| f.p99_with_swaps_us as f64),
+                    // Per round, each round's two sides measured interleaved.
+                    m(&|f| f.p99_with_swaps_us as f64 / f.p99_without_swaps_us.max(1) as f64),
+                    pooled_p99(&figs)
                 );
             }
             continue;
@@ -108,7 +111,7 @@ pub fn markdown(samples: &[Sample]) -> String {
         );
     }
     if !swaps.is_empty() {
-        out += "\n| reload-swap: system | load | routes | clusters | swaps | SIGHUP->serving median ms | max ms | p99 us without swaps | p99 us with swaps | errors |\n|---|---|---|---|---|---|---|---|---|---|\n";
+        out += "\n| reload-swap: system | load | routes | clusters | swaps | SIGHUP->serving median ms | max ms | p99 us without swaps | p99 us with swaps | p99 ratio, median of rounds | p99 of all rounds pooled: without -> with | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
         out += &swaps;
     }
     if !idle.is_empty() {
@@ -116,6 +119,32 @@ pub fn markdown(samples: &[Sample]) -> String {
         out += &idle;
     }
     out
+}
+
+/// p99 without and with swaps over every round's requests together: more requests
+/// behind each figure than one round has, so one stall of the machine moves it less.
+fn pooled_p99(figs: &[crate::run::SwapFigures]) -> String {
+    let mut pooled: Option<[hdrhistogram::Histogram<u64>; 2]> = None;
+    for w in figs.iter().filter_map(|f| f.latency.as_deref()) {
+        match &mut pooled {
+            None => pooled = Some(w.clone()),
+            Some(p) => {
+                for (mine, theirs) in p.iter_mut().zip(w) {
+                    let _ = mine.add(theirs);
+                }
+            }
+        }
+    }
+    match pooled {
+        Some([without, with]) if !without.is_empty() && !with.is_empty() => {
+            let (a, b) = (
+                without.value_at_quantile(0.99),
+                with.value_at_quantile(0.99),
+            );
+            format!("{a} -> {b} us ({:.2}x)", b as f64 / a.max(1) as f64)
+        }
+        _ => "–".into(),
+    }
 }
 
 pub fn total_errors(samples: &[Sample]) -> u64 {
