@@ -105,10 +105,7 @@ impl LoadResult {
         self.bytes += other.bytes;
         let _ = self.latency.add(&other.latency);
         if let Some(theirs) = &other.by_window {
-            let mine = self
-                .by_window
-                .get_or_insert_with(|| Box::new([histogram(), histogram()]));
-            for (m, t) in mine.iter_mut().zip(theirs.iter()) {
+            for (m, t) in self.windows_mut().iter_mut().zip(theirs.iter()) {
                 let _ = m.add(t);
             }
         }
@@ -126,12 +123,14 @@ impl LoadResult {
             let us = sent.elapsed().as_micros().max(1) as u64;
             let _ = self.latency.record(us);
             if shared.windows.is_some() && window < Windows::NEITHER {
-                let by = self
-                    .by_window
-                    .get_or_insert_with(|| Box::new([histogram(), histogram()]));
-                let _ = by[usize::from(window)].record(us);
+                let _ = self.windows_mut()[usize::from(window)].record(us);
             }
         }
+    }
+
+    fn windows_mut(&mut self) -> &mut [Histogram<u64>; 2] {
+        self.by_window
+            .get_or_insert_with(|| Box::new([histogram(), histogram()]))
     }
 
     pub fn rps(&self) -> f64 {
