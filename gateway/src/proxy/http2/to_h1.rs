@@ -93,23 +93,10 @@ pub(super) async fn exchange(
         parts.method == http::Method::HEAD,
     )
     .await?;
-    let mut builder = Response::builder().status(response.status);
-    for f in &response.headers {
-        let name = response.name(f);
-        if response.is_hop_by_hop(f, &response.connection) || route.response_headers.drops(name) {
-            continue;
-        }
-        builder = builder.header(name, response.value(f));
-    }
-    for (name, value) in &route.response_headers.set {
-        builder = builder.header(name.as_str(), value.as_str());
-    }
-    let Ok(head) = builder.body(()) else {
-        return Err(Abort::Respond(
-            502,
-            "upstream response headers not valid in HTTP/2",
-        ));
-    };
+    let head = h2_response_head(&response, route).ok_or(Abort::Respond(
+        502,
+        "upstream response headers not valid in HTTP/2",
+    ))?;
     let no_body = response.framing == BodyFraming::None;
     let mut send = respond
         .send_response(head, no_body)
@@ -124,6 +111,36 @@ pub(super) async fn exchange(
         x.worker.upstreams.release(cluster, up);
     }
     Ok(response.status)
+}
+
+/// The h2 response head for an HTTP/1.1 upstream's: names lowercased, hop-by-hop
+/// fields and the route's removals dropped, its additions appended. Values are slices
+/// of the received head, not copies; the map is filled in place (`Response::builder`
+/// moves its whole state on every header).
+fn h2_response_head(response: &ResponseHead, route: &Route) -> Option<Response<()>> {
+    let mut head = Response::new(());
+    *head.status_mut() = http::StatusCode::from_u16(response.status).ok()?;
+    let edits = &route.response_headers;
+    let headers = head.headers_mut();
+    headers.reserve(response.headers.len() + edits.set.len());
+    for f in &response.headers {
+        let name = response.name(f);
+        if response.is_hop_by_hop(f, &response.connection) || edits.drops(name) {
+            continue;
+        }
+        let value = response.raw.slice(f.value.clone());
+        headers.append(
+            http::HeaderName::from_bytes(name).ok()?,
+            http::HeaderValue::from_maybe_shared(value).ok()?,
+        );
+    }
+    for (name, value) in &edits.set {
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+            http::HeaderValue::from_str(value).ok()?,
+        );
+    }
+    Some(head)
 }
 
 async fn send_request_body(
