@@ -585,3 +585,67 @@ async fn h2_request(
     }
     Ok((status, bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(windows: Option<Windows>, measure_from: Instant) -> Shared {
+        Shared {
+            request: b"",
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            measure_from,
+            deadline: measure_from + Duration::from_secs(60),
+            new_connection: false,
+            tls: None,
+            windows,
+        }
+    }
+
+    #[test]
+    fn latencies_are_kept_per_window_and_the_gap_in_neither() {
+        let start = Instant::now();
+        let windows = Windows::default();
+        let s = shared(Some(windows.clone()), start);
+        let mut a = LoadResult::for_connection(&s);
+        let mut b = LoadResult::for_connection(&s);
+        for (window, into_b) in [
+            (Windows::BASELINE, false),
+            (Windows::TREATED, true),
+            (Windows::NEITHER, false),
+            (Windows::TREATED, false),
+        ] {
+            windows.enter(window);
+            let result = if into_b { &mut b } else { &mut a };
+            result.completed(&s, start, s.window(), 1);
+        }
+        a.merge(&b);
+        assert_eq!(a.requests, 4);
+        assert_eq!(a.latency.len(), 4);
+        let by = a.by_window.as_ref().map(|w| (w[0].len(), w[1].len()));
+        assert_eq!(by, Some((1, 2)));
+        assert!(a.window_p(Windows::TREATED, 99.0).is_some());
+    }
+
+    #[test]
+    fn a_run_without_windows_keeps_no_window_histograms() {
+        let s = shared(None, Instant::now());
+        let mut r = LoadResult::for_connection(&s);
+        r.completed(&s, s.measure_from, s.window(), 1);
+        assert_eq!(r.latency.len(), 1);
+        assert!(r.by_window.is_none());
+        assert_eq!(r.window_p(Windows::BASELINE, 50.0), None);
+    }
+
+    #[test]
+    fn nothing_before_the_warm_up_ends_is_counted() {
+        let s = shared(
+            Some(Windows::default()),
+            Instant::now() + Duration::from_secs(60),
+        );
+        let mut r = LoadResult::for_connection(&s);
+        r.completed(&s, Instant::now(), Windows::BASELINE, 1);
+        assert_eq!(r.requests, 0);
+        assert_eq!(r.window_p(Windows::BASELINE, 50.0), None);
+    }
+}
