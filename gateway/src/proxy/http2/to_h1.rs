@@ -279,16 +279,16 @@ async fn relay_response_body(
             _ => (up.conn.buf.split().freeze(), false),
         };
         // The last piece carries END_STREAM unless trailers follow: no empty DATA frame.
-        let trailers = if done {
+        let fields = if done {
             trailers(&trailer_section)
         } else {
             None
         };
-        let end = done && trailers.is_none();
+        let end = done && fields.is_none();
         send_all(send, data, end)
             .await
             .map_err(|_| Abort::ClientGone)?;
-        if let Some(t) = trailers {
+        if let Some(t) = fields {
             return send
                 .send_trailers(t)
                 .map_err(|_| Abort::Reset(Reason::INTERNAL_ERROR));
