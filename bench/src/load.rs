@@ -133,7 +133,8 @@ impl LoadResult {
         if sent >= shared.measure_from {
             let us = sent.elapsed().as_micros().max(1) as u64;
             let _ = self.latency.record(us);
-            if shared.windows.is_some() && window < Windows::NEITHER {
+            // `window` is NEITHER unless the run compares windows (`Shared::window`).
+            if window < Windows::NEITHER {
                 let _ = self.windows_mut()[usize::from(window)].record(us);
             }
         }

@@ -722,6 +722,7 @@ fn swap_latency(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let windows = Windows::default();
     let spec = LoadSpec {
         addr,
         connections: point.connections,
@@ -735,12 +736,12 @@ fn swap_latency(
         h2_streams: None,
         grpc: false,
         tls_ca: None,
-        windows: Some(Windows::default()),
+        windows: Some(windows.clone()),
     };
     // Windows of quiet and of swaps (each swap timed until the probe changes), as long
     // as each other, while the load runs.
     let swapper = {
-        let (path, windows) = (path.clone(), spec.windows.clone().unwrap_or_default());
+        let path = path.clone();
         let pid = child.id() as i32;
         let texts: Vec<String> = (1..=2)
             .map(|v| big_config(port, admin, upstream, routes, clusters, v, worker_cpu))
