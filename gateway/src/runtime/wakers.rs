@@ -59,6 +59,21 @@ impl<T> Slots<T> {
         }
     }
 
+    /// Refreshes the waker of an entry still waiting in slot `i`; false once its
+    /// waker was taken (the entry fired).
+    fn still_waiting(&self, i: usize, waker: &Waker) -> bool {
+        let mut guard = self.entries.borrow_mut();
+        match &mut guard.0[i] {
+            Some((_, w)) => {
+                if !w.will_wake(waker) {
+                    *w = waker.clone();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
     fn release(&self, slot: &mut Option<usize>) {
         if let Some(i) = slot.take() {
             let mut guard = self.entries.borrow_mut();
@@ -186,8 +201,17 @@ impl Future for Deadline<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        if Instant::now() >= this.at {
+        // Once registered, only the tick decides: a deadline re-polled because its
+        // task woke for something else reads no clock (that was a clock read per
+        // stream on every HTTP/2 connection's accept loop).
+        if let Some(i) = this.slot {
+            if this.timers.slots.still_waiting(i, cx.waker()) {
+                return Poll::Pending;
+            }
             this.timers.slots.release(&mut this.slot);
+            return Poll::Ready(());
+        }
+        if Instant::now() >= this.at {
             return Poll::Ready(());
         }
         this.timers

@@ -555,8 +555,9 @@ async fn discard_request_body(x: &Exchange<'_>, body: &mut RecvStream) {
     }
 }
 
-/// Sends `data` as the stream's flow-control window opens; with `end`, the last frame
-/// ends the stream. Ending on the last DATA frame rather than an empty one after it
+/// Sends `data` as the stream's flow-control window opens, so a slow reader holds the
+/// caller back; with `end`, it is handed to h2 at once and its last frame ends the
+/// stream. Ending on the last DATA frame rather than an empty one after it
 /// matters: h2 peers budget small non-final DATA frames (a flood defence), and a proxy
 /// that splits every small message into two frames spends that budget for nothing.
 pub(super) async fn send_all(
@@ -564,12 +565,12 @@ pub(super) async fn send_all(
     mut data: Bytes,
     end: bool,
 ) -> Result<(), h2::Error> {
-    if data.is_empty() {
-        return if end {
-            send.send_data(data, true)
-        } else {
-            Ok(())
-        };
+    if end {
+        // The stream's last piece goes to h2 whether the window has room yet or not:
+        // nothing is read behind it, so h2 holding it costs no more memory than this task
+        // would (h2 counts the stream as open until the piece is out), and the response
+        // saves a capacity request and a wake-up.
+        return send.send_data(data, true);
     }
     while !data.is_empty() {
         send.reserve_capacity(data.len());
@@ -577,7 +578,7 @@ pub(super) async fn send_all(
             Some(Ok(0)) => continue,
             Some(Ok(n)) => {
                 let piece = data.split_to(n.min(data.len()));
-                send.send_data(piece, end && data.is_empty())?
+                send.send_data(piece, false)?
             }
             Some(Err(e)) => return Err(e),
             None => return Err(h2::Error::from(Reason::CANCEL)),
