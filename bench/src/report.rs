@@ -99,14 +99,23 @@ pub fn markdown(samples: &[Sample]) -> String {
         if let Some(r) = rows.iter().filter_map(|s| s.reloads).max() {
             system += &format!(" ({r} reloads)");
         }
+        // h2load reports no percentiles: its rows show the mean in the p50 column.
+        let percentiles = if rows.iter().all(|s| s.curve.is_empty()) {
+            let mean = med(&|s| s.mean_latency_us.unwrap_or(f64::NAN));
+            format!("mean {mean:.0} | – | – | –")
+        } else {
+            format!(
+                "{:.0} | {:.0} | {:.0} | {:.0}",
+                med(&|s| s.p50_us as f64),
+                med(&|s| s.p90_us as f64),
+                med(&|s| s.p99_us as f64),
+                med(&|s| s.p999_us as f64),
+            )
+        };
         let _ = writeln!(
             out,
-            "| {scenario} | {conns} | {workers} | {system} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {cpu} | {errors} | {} |",
+            "| {scenario} | {conns} | {workers} | {system} | {:.0} | {percentiles} | {cpu} | {errors} | {} |",
             med(&|s| s.rps),
-            med(&|s| s.p50_us as f64),
-            med(&|s| s.p90_us as f64),
-            med(&|s| s.p99_us as f64),
-            med(&|s| s.p999_us as f64),
             rows.len()
         );
     }

@@ -33,9 +33,10 @@ pub struct RunOpts {
     pub idle_connections: usize,
 }
 
-pub const SCENARIOS: [&str; 12] = [
+pub const SCENARIOS: [&str; 13] = [
     "h1-keepalive",
     "h2-multiplexed",
+    "h2-multiplexed-h2load",
     "grpc-unary",
     "tls-h1",
     "tls-handshake",
@@ -64,6 +65,8 @@ pub struct Sample {
     pub p90_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
+    /// Mean latency, where the generator reports no percentiles (h2load).
+    pub mean_latency_us: Option<f64>,
     pub errors: u64,
     /// Proxy CPU (user+sys) per request in microseconds; absent for `direct`.
     pub cpu_us_per_req: Option<f64>,
@@ -224,8 +227,14 @@ fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
         // Throughput scenarios run at every `--connections` point (50, 400, 2000 by
         // default); the quick smoke check keeps one small point.
         "h1-new-conn" | "h1-large-body" | "tls-handshake" if opts.quick => vec![one(10)],
-        "h1-keepalive" | "h2-multiplexed" | "grpc-unary" | "tls-h1" | "h1-new-conn"
-        | "h1-large-body" | "tls-handshake" => opts.connections.iter().map(|&c| one(c)).collect(),
+        "h1-keepalive"
+        | "h2-multiplexed"
+        | "h2-multiplexed-h2load"
+        | "grpc-unary"
+        | "tls-h1"
+        | "h1-new-conn"
+        | "h1-large-body"
+        | "tls-handshake" => opts.connections.iter().map(|&c| one(c)).collect(),
         "h1-fixed-rate" => vec![Point {
             rate: Some(if opts.quick {
                 QUICK_FIXED_RATE
@@ -317,7 +326,7 @@ fn measure(
         ups.small
     };
     let protocol = match scenario {
-        "h2-multiplexed" => Protocol::H2,
+        "h2-multiplexed" | "h2-multiplexed-h2load" => Protocol::H2,
         "grpc-unary" => Protocol::Grpc,
         "tls-h1" | "tls-handshake" => Protocol::Tls,
         _ => Protocol::H1,
@@ -337,6 +346,7 @@ fn measure(
         p90_us: 0,
         p99_us: 0,
         p999_us: 0,
+        mean_latency_us: None,
         errors: 0,
         cpu_us_per_req: None,
         rss_kib: None,
@@ -390,7 +400,11 @@ fn measure(
     };
     let reloader =
         (scenario == "reload-under-load").then(|| reload_loop(&running, warmup, opts.duration));
-    let result = load::run(&spec);
+    let result = if scenario == "h2-multiplexed-h2load" {
+        crate::h2load::run(&spec, H2_STREAMS).map(Counted::H2load)
+    } else {
+        Ok(Counted::Own(load::run(&spec)))
+    };
     let cpu_before = cpu_at_start.join().unwrap_or_default();
     let cpu = procstat::cpu_time(&pids).saturating_sub(cpu_before);
     if let Some(r) = reloader {
@@ -407,20 +421,37 @@ fn measure(
     }
     sample.rss_kib = (!pids.is_empty()).then(|| procstat::rss_kib(&pids));
     running.stop();
-    sample.rps = result.rps();
-    sample.p50_us = result.p(50.0);
-    sample.p90_us = result.p(90.0);
-    sample.p99_us = result.p(99.0);
-    sample.p999_us = result.p(99.9);
-    sample.errors += result.errors;
-    if !pids.is_empty() && result.requests > 0 {
-        sample.cpu_us_per_req = Some(cpu.as_secs_f64() * 1e6 / result.requests as f64);
+    let requests = match result? {
+        Counted::Own(result) => {
+            sample.rps = result.rps();
+            sample.p50_us = result.p(50.0);
+            sample.p90_us = result.p(90.0);
+            sample.p99_us = result.p(99.0);
+            sample.p999_us = result.p(99.9);
+            sample.errors += result.errors;
+            sample.curve = [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99]
+                .iter()
+                .map(|&p| (p, result.p(p)))
+                .collect();
+            result.requests
+        }
+        Counted::H2load(result) => {
+            sample.rps = result.rps;
+            sample.mean_latency_us = result.mean_latency_us;
+            sample.errors += result.errors;
+            result.requests
+        }
+    };
+    if !pids.is_empty() && requests > 0 {
+        sample.cpu_us_per_req = Some(cpu.as_secs_f64() * 1e6 / requests as f64);
     }
-    sample.curve = [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99]
-        .iter()
-        .map(|&p| (p, result.p(p)))
-        .collect();
     Ok(sample)
+}
+
+/// What a run's load generator counted.
+enum Counted {
+    Own(load::LoadResult),
+    H2load(crate::h2load::H2loadResult),
 }
 
 /// SIGHUPs every 100 ms during the run, alternating two valid configs.
@@ -604,10 +635,16 @@ fn one_line(s: &Sample) -> String {
         line += &format!("{b:.0} bytes/idle connection");
         return line;
     }
-    line += &format!(
-        "{:>9.0} req/s p50 {:>6}us p99 {:>6}us errors {}",
-        s.rps, s.p50_us, s.p99_us, s.errors
-    );
+    line += &match s.mean_latency_us {
+        Some(mean) => format!(
+            "{:>9.0} req/s mean {mean:>6.0}us errors {}",
+            s.rps, s.errors
+        ),
+        None => format!(
+            "{:>9.0} req/s p50 {:>6}us p99 {:>6}us errors {}",
+            s.rps, s.p50_us, s.p99_us, s.errors
+        ),
+    };
     if let Some(c) = s.cpu_us_per_req {
         line += &format!(" cpu/req {c:.2}us");
     }
@@ -821,6 +858,7 @@ fn swap_latency(
         p90_us: swapping(90.0),
         p99_us: swapping(99.0),
         p999_us: swapping(99.9),
+        mean_latency_us: None,
         errors: both.errors + u64::from(took.is_empty()),
         cpu_us_per_req: None,
         rss_kib: None,

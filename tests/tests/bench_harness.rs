@@ -35,6 +35,7 @@ fn quick_run_covers_every_scenario_without_errors() {
     for scenario in [
         "h1-keepalive",
         "h2-multiplexed",
+        "h2-multiplexed-h2load",
         "h1-fixed-rate",
         "h1-new-conn",
         "h1-large-body",
