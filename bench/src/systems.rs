@@ -199,11 +199,36 @@ impl Drop for Running {
     }
 }
 
+/// A loopback port free right now, for a system or upstream to listen on.
+///
+/// Not one the kernel hands out for `:0`: those come from the ephemeral range, which
+/// the load generator's thousands of outgoing connections draw their source ports from
+/// too, so such a port could be taken between this check and the child's bind. These
+/// come from below the ephemeral range (32768 up, by default), and below the range the
+/// integration tests pick from (12000-32000), since `cargo test` runs the harness test
+/// beside them. Successive calls walk the range, so a port just freed is not reused
+/// at once.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 8_000;
+    const SPAN: u32 = 4_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(397) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    (0..SPAN)
+        .map(|_| (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        // All taken: let the kernel pick, and accept the small race.
+        .unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap_or(0)
+        })
 }
 
 fn wait_port(port: u16, child: &mut Child) -> io::Result<()> {
