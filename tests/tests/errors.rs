@@ -353,3 +353,111 @@ fn a_client_that_stops_reading_is_cut_off() {
     }
     drop(c);
 }
+
+/// `Max open files` (soft, hard) of a process, from /proc/PID/limits.
+fn open_files_limits(pid: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files line");
+    let mut values = line["Max open files".len()..]
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
+    (values.next().unwrap(), values.next().unwrap())
+}
+
+fn one_route_config(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        "[admin]\naddress = \"{admin}\"\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\nroutes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"up\" }} ]\n[clusters.up]\nendpoints = [\"{upstream}\"]\nrequest_timeout = \"1s\"\n"
+    )
+}
+
+#[test]
+fn the_open_files_soft_limit_is_raised_to_the_hard_limit() {
+    let (_, our_hard) = open_files_limits("self");
+    let hard = our_hard.min(4096);
+    let soft = hard / 4;
+    let app = TestUpstream::start("app");
+    let (listen, admin) = (free_addr(), free_addr());
+    let nofile = format!("--nofile={soft}:{hard}");
+    let weft = Weft::start_under(
+        &["prlimit", &nofile],
+        "ingress",
+        &one_route_config(listen, admin, app.addr),
+        admin,
+        &["--workers", "1"],
+    );
+    assert_eq!(
+        open_files_limits(&weft.pid().to_string()),
+        (hard, hard),
+        "started at {soft}:{hard}"
+    );
+    assert!(
+        weft.log().contains(&format!("open_files={hard}")),
+        "{}",
+        weft.log()
+    );
+}
+
+#[test]
+fn out_of_descriptors_is_a_local_503_not_an_upstream_fault() {
+    const LIMIT: usize = 64;
+    // Holds every connection weft opens to it, so each one keeps its descriptor.
+    let silent = RawUpstream::start(Misbehavior::Silent);
+    let (listen, admin) = (free_addr(), free_addr());
+    let nofile = format!("--nofile={LIMIT}:{LIMIT}");
+    let weft = Weft::start_under(
+        &["prlimit", &nofile],
+        "ingress",
+        &one_route_config(listen, admin, silent.addr),
+        admin,
+        &["--workers", "1"],
+    );
+    let in_use = std::fs::read_dir(format!("/proc/{}/fd", weft.pid()))
+        .expect("fd dir")
+        .count();
+    // Clients take all but a few descriptors; their requests then need one each.
+    let clients = LIMIT - in_use - 6;
+    let mut conns: Vec<RawClient> = (0..clients).map(|_| RawClient::new(listen)).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while weft.metric(&["weft_open_connections"]) < clients as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "weft did not accept every client"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for c in &mut conns {
+        c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+    let mut local = 0;
+    for c in &mut conns {
+        let (status, head, _) = c.read_response();
+        match status {
+            503 => {
+                assert!(head.contains("no local descriptor or port left"), "{head}");
+                local += 1;
+            }
+            // The few that got a descriptor wait on the silent upstream.
+            504 => {}
+            other => panic!("unexpected {other}: {head}"),
+        }
+    }
+    assert!(local >= clients / 2, "{local} of {clients} were local 503s");
+    drop(conns);
+    // (Admin's accept needs a descriptor too; the clients' are given back by now.)
+    let (_, failures) = weft.admin_get("/metrics");
+    assert!(
+        failures.contains(
+            r#"weft_upstream_connect_errors_total{cluster="up",reason="local_fd_limit"}"#
+        ),
+        "{failures}"
+    );
+    assert!(!failures.contains(r#"reason="refused""#), "{failures}");
+    assert!(
+        weft.log().contains("cannot connect upstream"),
+        "{}",
+        weft.log()
+    );
+}

@@ -23,7 +23,7 @@ use crate::observe::metrics::Family;
 use crate::proto::h1::body::{copy_body, BodyCopy, BodyError};
 use crate::proto::h1::head::{parse_response, BodyFraming, RequestHead, ResponseHead, Version};
 use crate::transport::{ClientStream, Conn, ReadError};
-use crate::upstream::{ConnectError, Upstream};
+use crate::upstream::{ConnectError, ConnectFailure, Upstream};
 
 /// Largest response head accepted from an upstream.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -203,10 +203,20 @@ pub(super) fn connect_failure(
             x.count_upstream(Family::UpstreamConnectErrors, cluster, "no_endpoints");
             (503, "no healthy endpoints")
         }
-        ConnectError::Refused(err) => {
-            tracing::debug!(cluster = %x.snapshot.clusters[cluster].name, "upstream connect failed: {err}");
-            x.count_upstream(Family::UpstreamConnectErrors, cluster, "refused");
-            (502, "upstream connection failed")
+        ConnectError::Io(err) => {
+            let failure = ConnectFailure::of(err);
+            x.count_upstream(Family::UpstreamConnectErrors, cluster, failure.label());
+            let name = &x.snapshot.clusters[cluster].name;
+            if !failure.is_local() {
+                tracing::debug!(cluster = %name, "upstream connect failed: {err}");
+                return (502, "upstream connection failed");
+            }
+            // This host is short of descriptors or ports: the operator's problem, not the
+            // upstream's, and loud, though not once per failed request.
+            if shortage_warning_due() {
+                tracing::warn!(cluster = %name, "cannot connect upstream: {err} (see weft_upstream_connect_errors_total{{reason=\"{}\"}})", failure.label());
+            }
+            (503, "no local descriptor or port left to connect upstream")
         }
         ConnectError::Handshake(err) => {
             tracing::debug!(cluster = %x.snapshot.clusters[cluster].name, "upstream h2 handshake failed: {err}");
@@ -224,6 +234,24 @@ pub(super) fn connect_failure(
             (504, "upstream connect timeout")
         }
     }
+}
+
+/// At most one warning a second per worker about a local shortage: at thousands of
+/// failed connects a second, a line each would bury everything else in the log.
+fn shortage_warning_due() -> bool {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = Instant::now();
+    LAST.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1));
+        if due {
+            last.set(Some(now));
+        }
+        due
+    })
 }
 
 fn idempotent(method: &[u8]) -> bool {

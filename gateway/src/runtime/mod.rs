@@ -113,6 +113,7 @@ pub struct Overrides {
 pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     delay_allocator_purge();
     keep_to_small_pages();
+    let open_files = raise_open_files_limit();
     let allowed = listen::allowed_cpus();
     let cpus: Vec<usize> = match &first.runtime.cpus {
         Some(list) => {
@@ -182,7 +183,7 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
             .map_err(StartError::Thread)?;
         threads.push(t);
     }
-    tracing::info!(role = ?role, workers, driver = %decision.driver, admin = %admin_address, listeners = %listeners, "weft started");
+    tracing::info!(role = ?role, workers, driver = %decision.driver, open_files, admin = %admin_address, listeners = %listeners, "weft started");
     // From here this thread only reloads (and starts discovery threads, which inherit).
     yield_to_workers();
     discovery::reconcile(&control);
@@ -265,6 +266,52 @@ fn keep_to_small_pages() {
         // SAFETY: a plain prctl on the calling process, before any worker exists; a
         // kernel without the option refuses it and nothing changes.
         unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit; returns the
+/// limit now in force.
+///
+/// Every proxied exchange holds two descriptors (client and upstream), and service
+/// managers commonly start processes at a soft limit of 1024 under a far higher hard
+/// one (systemd: 1024 under 524288), which would refuse work at ~500 concurrent
+/// exchanges while the system allows many times that. The hard limit stays the
+/// operator's cap (`LimitNOFILE=`, `ulimit -Hn`); Go's runtime and haproxy raise
+/// theirs the same way. When even the hard limit runs out, upstream connects fail as
+/// `weft_upstream_connect_errors_total{reason="local_fd_limit"}` (503) and accepts
+/// back off with a warning.
+fn raise_open_files_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit on this process with a valid, owned struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                ..lim
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+            // An unlimited hard limit is still capped by fs.nr_open.
+            if let Some(nr_open) = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+            {
+                let capped = libc::rlimit {
+                    rlim_cur: nr_open.min(lim.rlim_max),
+                    ..lim
+                };
+                if capped.rlim_cur > lim.rlim_cur
+                    && libc::setrlimit(libc::RLIMIT_NOFILE, &capped) == 0
+                {
+                    return capped.rlim_cur;
+                }
+            }
+        }
+        lim.rlim_cur
     }
 }
 

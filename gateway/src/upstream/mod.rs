@@ -25,7 +25,9 @@ use crate::transport::{Conn, PollStream, UpstreamStream};
 #[derive(Debug)]
 pub enum ConnectError {
     NoEndpoints,
-    Refused(io::Error),
+    /// The connect failed: refused by the endpoint, or no socket could be made here
+    /// (`ConnectFailure` tells which).
+    Io(io::Error),
     TimedOut,
     /// The HTTP/2 connection preface or SETTINGS exchange failed.
     Handshake(String),
@@ -37,13 +39,71 @@ impl Clone for ConnectError {
     fn clone(&self) -> Self {
         match self {
             ConnectError::NoEndpoints => ConnectError::NoEndpoints,
-            ConnectError::Refused(e) => {
-                ConnectError::Refused(io::Error::new(e.kind(), e.to_string()))
-            }
+            // The OS error code survives the copy: it decides the failure's label.
+            ConnectError::Io(e) => ConnectError::Io(match e.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(e.kind(), e.to_string()),
+            }),
             ConnectError::TimedOut => ConnectError::TimedOut,
             ConnectError::Handshake(why) => ConnectError::Handshake(why.clone()),
             ConnectError::Tls(why) => ConnectError::Tls(why.clone()),
         }
+    }
+}
+
+/// Why a connect failed, as operators need to tell it apart: the endpoint's side
+/// (refused, unreachable, reset) or this host's (out of descriptors, out of local
+/// ports), which no upstream fix cures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectFailure {
+    Refused,
+    Unreachable,
+    Reset,
+    /// EMFILE/ENFILE: the process or the system has no descriptor left.
+    LocalFdLimit,
+    /// EADDRNOTAVAIL: no local port left for this destination.
+    LocalPorts,
+    Other,
+}
+
+impl ConnectFailure {
+    pub fn of(e: &io::Error) -> ConnectFailure {
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => return ConnectFailure::LocalFdLimit,
+            Some(libc::EADDRNOTAVAIL) => return ConnectFailure::LocalPorts,
+            _ => {}
+        }
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+            io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
+                ConnectFailure::Unreachable
+            }
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+                ConnectFailure::Reset
+            }
+            io::ErrorKind::AddrNotAvailable => ConnectFailure::LocalPorts,
+            _ => ConnectFailure::Other,
+        }
+    }
+
+    /// The `reason` label of `weft_upstream_connect_errors_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectFailure::Refused => "refused",
+            ConnectFailure::Unreachable => "unreachable",
+            ConnectFailure::Reset => "reset",
+            ConnectFailure::LocalFdLimit => "local_fd_limit",
+            ConnectFailure::LocalPorts => "local_ports",
+            ConnectFailure::Other => "io",
+        }
+    }
+
+    /// A shortage on this host, not a fault of the upstream.
+    pub fn is_local(self) -> bool {
+        matches!(
+            self,
+            ConnectFailure::LocalFdLimit | ConnectFailure::LocalPorts
+        )
     }
 }
 
@@ -164,7 +224,7 @@ impl Upstreams {
         let connect = async {
             let stream = TcpStream::connect_addr(endpoint)
                 .await
-                .map_err(ConnectError::Refused)?;
+                .map_err(ConnectError::Io)?;
             let _ = stream.set_nodelay(true);
             match &cluster.tls {
                 None => Ok(UpstreamStream::Plain(stream)),
@@ -213,9 +273,38 @@ pub async fn tls_connect(
     stream: TcpStream,
 ) -> Result<crate::transport::TlsToUpstream, ConnectError> {
     use monoio::io::IntoPollIo;
-    let io = stream.into_poll_io().map_err(ConnectError::Refused)?;
+    let io = stream.into_poll_io().map_err(ConnectError::Io)?;
     tokio_rustls::TlsConnector::from(tls.client.clone())
         .connect(tls.server_name.clone(), io)
         .await
         .map_err(|e| ConnectError::Tls(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_failures_name_their_side() {
+        let of = |code| ConnectFailure::of(&io::Error::from_raw_os_error(code));
+        assert_eq!(of(libc::ECONNREFUSED), ConnectFailure::Refused);
+        assert_eq!(of(libc::EHOSTUNREACH), ConnectFailure::Unreachable);
+        assert_eq!(of(libc::ECONNRESET), ConnectFailure::Reset);
+        assert_eq!(of(libc::EMFILE), ConnectFailure::LocalFdLimit);
+        assert_eq!(of(libc::ENFILE), ConnectFailure::LocalFdLimit);
+        assert_eq!(of(libc::EADDRNOTAVAIL), ConnectFailure::LocalPorts);
+        assert_eq!(of(libc::EPERM), ConnectFailure::Other);
+        assert!(of(libc::EMFILE).is_local() && !of(libc::ECONNREFUSED).is_local());
+    }
+
+    #[test]
+    fn a_copied_connect_error_keeps_its_cause() {
+        // Waiters on a shared HTTP/2 connect each get a copy of its error.
+        let ConnectError::Io(copy) =
+            ConnectError::Io(io::Error::from_raw_os_error(libc::EMFILE)).clone()
+        else {
+            panic!("variant changed")
+        };
+        assert_eq!(ConnectFailure::of(&copy), ConnectFailure::LocalFdLimit);
+    }
 }

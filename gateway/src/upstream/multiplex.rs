@@ -187,7 +187,7 @@ impl Multiplexed {
     ) -> Result<Rc<H2Conn>, ConnectError> {
         let stream = TcpStream::connect_addr(endpoint)
             .await
-            .map_err(ConnectError::Refused)?;
+            .map_err(ConnectError::Io)?;
         let _ = stream.set_nodelay(true);
         match tls {
             Some(tls) => {
@@ -195,7 +195,7 @@ impl Multiplexed {
                 Self::start(io, endpoint, idle_timeout, settings).await
             }
             None => {
-                let io = stream.into_poll_io().map_err(ConnectError::Refused)?;
+                let io = stream.into_poll_io().map_err(ConnectError::Io)?;
                 Self::start(io, endpoint, idle_timeout, settings).await
             }
         }
