@@ -28,12 +28,7 @@ pub fn run(spec: &LoadSpec, streams: usize) -> Result<H2loadResult, String> {
     if crate::systems::find_program("h2load").is_none() {
         return Err("h2load is not installed (Debian package nghttp2-client)".into());
     }
-    let cpus = spec
-        .cpus
-        .iter()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let cpus = crate::systems::cpu_list(&spec.cpus);
     // h2load wants at least one connection per thread.
     let threads = spec.threads.clamp(1, spec.connections.max(1));
     let mut cmd = if cpus.is_empty() {

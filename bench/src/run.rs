@@ -116,12 +116,7 @@ impl Drop for Upstreams {
 
 fn start_upstreams(opts: &RunOpts) -> std::io::Result<Upstreams> {
     let exe = std::env::current_exe()?;
-    let cpus = opts
-        .load_cpus
-        .iter()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let cpus = systems::cpu_list(&opts.load_cpus);
     let mut children = Vec::new();
     let mut addrs = Vec::new();
     for body in [64usize, 1 << 20] {

@@ -245,7 +245,8 @@ fn wait_port(port: u16, child: &mut Child) -> io::Result<()> {
     Err(io::Error::other(format!("port {port} never opened")))
 }
 
-fn cpu_list(cpus: &[usize]) -> String {
+/// A CPU list as `taskset -c` takes it: "0,2,3".
+pub fn cpu_list(cpus: &[usize]) -> String {
     cpus.iter()
         .map(|c| c.to_string())
         .collect::<Vec<_>>()

@@ -367,10 +367,22 @@ fn open_files_limits(pid: &str) -> (u64, u64) {
     (values.next().unwrap(), values.next().unwrap())
 }
 
-fn one_route_config(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> String {
-    format!(
+/// One worker started under `prlimit --nofile=SOFT:HARD`, forwarding everything to
+/// `upstream` (1 s request timeout); returns it and its listener.
+fn weft_with_open_files(soft: u64, hard: u64, upstream: SocketAddr) -> (Weft, SocketAddr) {
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = format!(
         "[admin]\naddress = \"{admin}\"\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\nroutes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"up\" }} ]\n[clusters.up]\nendpoints = [\"{upstream}\"]\nrequest_timeout = \"1s\"\n"
-    )
+    );
+    let nofile = format!("--nofile={soft}:{hard}");
+    let weft = Weft::start_under(
+        &["prlimit", &nofile],
+        "ingress",
+        &config,
+        admin,
+        &["--workers", "1"],
+    );
+    (weft, listen)
 }
 
 #[test]
@@ -379,15 +391,7 @@ fn the_open_files_soft_limit_is_raised_to_the_hard_limit() {
     let hard = our_hard.min(4096);
     let soft = hard / 4;
     let app = TestUpstream::start("app");
-    let (listen, admin) = (free_addr(), free_addr());
-    let nofile = format!("--nofile={soft}:{hard}");
-    let weft = Weft::start_under(
-        &["prlimit", &nofile],
-        "ingress",
-        &one_route_config(listen, admin, app.addr),
-        admin,
-        &["--workers", "1"],
-    );
+    let (weft, _) = weft_with_open_files(soft, hard, app.addr);
     assert_eq!(
         open_files_limits(&weft.pid().to_string()),
         (hard, hard),
@@ -405,15 +409,7 @@ fn out_of_descriptors_is_a_local_503_not_an_upstream_fault() {
     const LIMIT: usize = 64;
     // Holds every connection weft opens to it, so each one keeps its descriptor.
     let silent = RawUpstream::start(Misbehavior::Silent);
-    let (listen, admin) = (free_addr(), free_addr());
-    let nofile = format!("--nofile={LIMIT}:{LIMIT}");
-    let weft = Weft::start_under(
-        &["prlimit", &nofile],
-        "ingress",
-        &one_route_config(listen, admin, silent.addr),
-        admin,
-        &["--workers", "1"],
-    );
+    let (weft, listen) = weft_with_open_files(LIMIT as u64, LIMIT as u64, silent.addr);
     let in_use = std::fs::read_dir(format!("/proc/{}/fd", weft.pid()))
         .expect("fd dir")
         .count();
