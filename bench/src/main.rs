@@ -34,7 +34,7 @@ struct Cli {
 enum Command {
     /// Run scenarios against every available system and report.
     Run {
-        /// Scenarios to run (default: all): h1-keepalive, h2-multiplexed, h2-multiplexed-h2load, grpc-unary, tls-h1, tls-handshake, h1-fixed-rate,
+        /// Scenarios to run (default: all): h1-keepalive, h2-multiplexed, h2-multiplexed-h2load, h2-local-response, grpc-unary, tls-h1, tls-handshake, h1-fixed-rate,
         /// h1-new-conn, h1-large-body, idle-conns, reload-under-load, reload-swap, scale.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
@@ -51,7 +51,7 @@ enum Command {
         /// Seconds per measured run.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
-        /// Connections for the throughput scenarios (h1-keepalive, h1-new-conn, h1-large-body, h2-multiplexed, h2-multiplexed-h2load, grpc-unary, tls-h1, tls-handshake).
+        /// Connections for the throughput scenarios (h1-keepalive, h1-new-conn, h1-large-body, h2-multiplexed, h2-multiplexed-h2load, h2-local-response, grpc-unary, tls-h1, tls-handshake).
         #[arg(long, value_delimiter = ',', default_value = "50,400,2000")]
         connections: Vec<usize>,
         #[arg(long, default_value_t = 10_000)]

@@ -33,10 +33,11 @@ pub struct RunOpts {
     pub idle_connections: usize,
 }
 
-pub const SCENARIOS: [&str; 13] = [
+pub const SCENARIOS: [&str; 14] = [
     "h1-keepalive",
     "h2-multiplexed",
     "h2-multiplexed-h2load",
+    "h2-local-response",
     "grpc-unary",
     "tls-h1",
     "tls-handshake",
@@ -225,6 +226,7 @@ fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
         "h1-keepalive"
         | "h2-multiplexed"
         | "h2-multiplexed-h2load"
+        | "h2-local-response"
         | "grpc-unary"
         | "tls-h1"
         | "h1-new-conn"
@@ -292,8 +294,9 @@ fn systems_for(scenario: &str, opts: &RunOpts) -> Vec<Kind> {
             .filter(|k| matches!(k, Kind::Weft { driver: "io_uring" } | Kind::Nginx))
             .cloned()
             .collect(),
-        // The upstream speaks plain HTTP: no direct row for TLS.
-        "idle-conns" | "tls-h1" | "tls-handshake" => opts
+        // The upstream speaks plain HTTP: no direct row for TLS; and a local answer
+        // has no upstream to go direct to.
+        "idle-conns" | "tls-h1" | "tls-handshake" | "h2-local-response" => opts
             .systems
             .iter()
             .filter(|k| **k != Kind::Direct)
@@ -321,12 +324,13 @@ fn measure(
         ups.small
     };
     let protocol = match scenario {
-        "h2-multiplexed" | "h2-multiplexed-h2load" => Protocol::H2,
+        "h2-multiplexed" | "h2-multiplexed-h2load" | "h2-local-response" => Protocol::H2,
         "grpc-unary" => Protocol::Grpc,
         "tls-h1" | "tls-handshake" => Protocol::Tls,
         _ => Protocol::H1,
     };
-    let running = systems::start(kind, env, Some(upstream), point.workers, protocol)
+    let local = scenario == "h2-local-response";
+    let running = systems::start(kind, env, upstream, point.workers, protocol, local)
         .map_err(|e| e.to_string())?;
     let addr = SocketAddr::from(([127, 0, 0, 1], running.port));
     let pids = running.pids();

@@ -261,15 +261,27 @@ pub fn weft_preamble(runtime: &str, admin: u16) -> String {
     )
 }
 
+/// Where a system's answers come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Forwarded to the bench upstream, over HTTP/2 (h2c) when `h2`.
+    Upstream { addr: SocketAddr, h2: bool },
+    /// Made by the proxy itself: status 200, `text/plain`, `LOCAL_BODY`. What the
+    /// client side of a protocol costs, without an upstream exchange.
+    Local,
+}
+
+/// The body of a proxy's own answer: 64 bytes, as the upstream's small response.
+pub const LOCAL_BODY: &str = "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijkl";
+
 /// The weft config for a bench run; `variant` flips the route set used by reload runs.
 pub fn weft_config(
     port: u16,
     admin: u16,
-    upstream: SocketAddr,
+    target: Target,
     driver: &str,
     workers: usize,
     variant: bool,
-    upstream_h2: bool,
     tls: Option<&Path>,
 ) -> String {
     // Both variants route everything to the upstream; they differ in routes and weights
@@ -280,7 +292,6 @@ pub fn weft_config(
         (10, 90, "/v-b")
     };
     let preamble = weft_preamble(&format!("workers = {workers}\nio = \"{driver}\""), admin);
-    let protocol = if upstream_h2 { "http2" } else { "http1" };
     let tls = tls
         .map(|dir| {
             format!(
@@ -290,6 +301,22 @@ pub fn weft_config(
             )
         })
         .unwrap_or_default();
+    let (catch_all, clusters) = match target {
+        Target::Local => (
+            format!("direct_response = {{ status = 200, body = \"{LOCAL_BODY}\" }}"),
+            String::new(),
+        ),
+        Target::Upstream { addr, h2 } => {
+            let protocol = if h2 { "http2" } else { "http1" };
+            let cluster = |name: &str| {
+                format!("\n[clusters.{name}]\nendpoints = [\"{addr}\"]\nprotocol = \"{protocol}\"\npool = {{ max_idle = 4096 }}\n")
+            };
+            (
+                format!("split = [ {{ cluster = \"a\", weight = {w1} }}, {{ cluster = \"b\", weight = {w2} }} ]"),
+                cluster("a") + &cluster("b"),
+            )
+        }
+    };
     format!(
         r#"{preamble}
 [[listeners]]
@@ -297,35 +324,27 @@ name = "bench"
 address = "127.0.0.1:{port}"
 {tls}routes = [
   {{ match = {{ path = "{extra}" }}, direct_response = {{ status = 200, body = "variant" }} }},
-  {{ match = {{ path_prefix = "/" }}, split = [ {{ cluster = "a", weight = {w1} }}, {{ cluster = "b", weight = {w2} }} ] }},
+  {{ match = {{ path_prefix = "/" }}, {catch_all} }},
 ]
-
-[clusters.a]
-endpoints = ["{upstream}"]
-protocol = "{protocol}"
-pool = {{ max_idle = 4096 }}
-
-[clusters.b]
-endpoints = ["{upstream}"]
-protocol = "{protocol}"
-pool = {{ max_idle = 4096 }}
-"#
+{clusters}"#
     )
 }
 
 /// Starts `kind`; for h2 and gRPC the peers' listeners speak HTTP/2 with prior knowledge
 /// (weft detects it on any plain listener), and for gRPC every proxy speaks h2c upstream.
+/// `local`: the proxy answers itself (`Target::Local`) instead of forwarding.
 pub fn start(
     kind: &Kind,
     env: &Env,
-    upstream: Option<SocketAddr>,
+    upstream: SocketAddr,
     workers: usize,
     protocol: Protocol,
+    local: bool,
 ) -> io::Result<Running> {
-    let Some(upstream) = upstream else {
-        return Err(io::Error::other("no upstream"));
-    };
     if *kind == Kind::Direct {
+        if local {
+            return Err(io::Error::other("direct has no answer of its own"));
+        }
         return Ok(Running {
             port: upstream.port(),
             admin: None,
@@ -345,10 +364,19 @@ pub fn start(
         ),
     };
     let grpc = protocol == Protocol::Grpc;
-    let nginx_location = if grpc {
-        "grpc_pass grpc://up;"
+    let nginx_location = if local {
+        format!("default_type text/plain; return 200 \"{LOCAL_BODY}\";")
+    } else if grpc {
+        "grpc_pass grpc://up;".to_string()
     } else {
-        "proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on;"
+        "proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on;".to_string()
+    };
+    let haproxy_answer = if local {
+        format!(
+            "  http-request return status 200 content-type text/plain string \"{LOCAL_BODY}\"\n"
+        )
+    } else {
+        "  default_backend be\n".to_string()
     };
     let haproxy_server_h2 = if grpc { " proto h2" } else { "" };
     let mut cmd = Command::new("taskset");
@@ -369,11 +397,17 @@ pub fn start(
                 weft_config(
                     port,
                     admin_port,
-                    upstream,
+                    if local {
+                        Target::Local
+                    } else {
+                        Target::Upstream {
+                            addr: upstream,
+                            h2: grpc,
+                        }
+                    },
                     driver,
                     workers,
                     true,
-                    grpc,
                     (protocol == Protocol::Tls).then_some(env.dir.as_path()),
                 ),
             )?;
@@ -411,7 +445,7 @@ pub fn start(
             let conf = format!(
                 "global\n  nbthread {workers}\n  maxconn {maxconn}\n\
                  defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n\
-                 frontend fe\n  bind 127.0.0.1:{port}{haproxy_h2}\n  default_backend be\n\
+                 frontend fe\n  bind 127.0.0.1:{port}{haproxy_h2}\n{haproxy_answer}\
                  backend be\n  server up {upstream}{haproxy_server_h2}\n"
             );
             let path = env.dir.join(format!("haproxy-{port}.cfg"));

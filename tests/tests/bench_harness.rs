@@ -36,6 +36,7 @@ fn quick_run_covers_every_scenario_without_errors() {
         "h1-keepalive",
         "h2-multiplexed",
         "h2-multiplexed-h2load",
+        "h2-local-response",
         "h1-fixed-rate",
         "h1-new-conn",
         "h1-large-body",
