@@ -18,6 +18,18 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+/// Whether two wakers wake the same monoio task: the same task header behind them.
+///
+/// Not `Waker::will_wake`: it also compares vtable addresses, and monoio's vtable is a
+/// constant of a generic function, so the same task's wakers can carry different
+/// vtable addresses (one per codegen unit). It answered false for every re-poll of a
+/// connection's idle and drain waits, which cloned and dropped the waker each time
+/// (perf: clone_waker 2.75% of an h2 direct response's samples, 0.13% after; the CPU
+/// per request did not move measurably, monoio's clone being a plain count).
+fn same_task(a: &Waker, b: &Waker) -> bool {
+    a.data() == b.data()
+}
+
 /// A slab of `(T, Waker)` entries with a free list.
 struct Slots<T> {
     entries: RefCell<(Vec<Option<(T, Waker)>>, Vec<usize>)>,
@@ -39,7 +51,7 @@ impl<T> Slots<T> {
         match *slot {
             // Re-polled by the same task: no waker clone.
             Some(i) => match &mut entries[i] {
-                Some((v, w)) if w.will_wake(waker) => *v = value,
+                Some((v, w)) if same_task(w, waker) => *v = value,
                 e => *e = Some((value, waker.clone())),
             },
             None => {
@@ -65,7 +77,7 @@ impl<T> Slots<T> {
         let mut guard = self.entries.borrow_mut();
         match &mut guard.0[i] {
             Some((_, w)) => {
-                if !w.will_wake(waker) {
+                if !same_task(w, waker) {
                     *w = waker.clone();
                 }
                 true
