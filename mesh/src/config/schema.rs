@@ -186,8 +186,8 @@ pub struct Http2Config {
     pub keepalive_interval: Option<ConfigDuration>,
     /// A PING not answered within this closes the connection.
     pub keepalive_timeout: ConfigDuration,
-    /// Streams a client may reset in a row, without a completed stream in between, before
-    /// the connection is closed with ENHANCE_YOUR_CALM (rapid-reset defence).
+    /// A client that has reset more streams than this, and more than half of all it
+    /// opened, is sent GOAWAY(ENHANCE_YOUR_CALM) and closed (rapid-reset defence).
     pub max_reset_streams: u32,
 }
 
