@@ -281,38 +281,34 @@ fn keep_to_small_pages() {
 /// `weft_upstream_connect_errors_total{reason="local_fd_limit"}` (503) and accepts
 /// back off with a warning.
 fn raise_open_files_limit() -> u64 {
-    // SAFETY: getrlimit/setrlimit on this process with a valid, owned struct.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                ..lim
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
-            // An unlimited hard limit is still capped by fs.nr_open.
-            if let Some(nr_open) = std::fs::read_to_string("/proc/sys/fs/nr_open")
-                .ok()
-                .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
-            {
-                let capped = libc::rlimit {
-                    rlim_cur: nr_open.min(lim.rlim_max),
-                    ..lim
-                };
-                if capped.rlim_cur > lim.rlim_cur
-                    && libc::setrlimit(libc::RLIMIT_NOFILE, &capped) == 0
-                {
-                    return capped.rlim_cur;
-                }
-            }
-        }
-        lim.rlim_cur
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit on this process into a valid, owned struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
     }
+    // An unlimited hard limit is still capped by fs.nr_open.
+    let cap = if lim.rlim_max == libc::RLIM_INFINITY {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+            .unwrap_or(lim.rlim_cur)
+    } else {
+        lim.rlim_max
+    };
+    if lim.rlim_cur < cap {
+        let raised = libc::rlimit {
+            rlim_cur: cap,
+            ..lim
+        };
+        // SAFETY: setrlimit on this process from a valid, owned struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return cap;
+        }
+    }
+    lim.rlim_cur
 }
 
 /// Lets the calling thread run only when no worker wants its CPU (`SCHED_IDLE`, per

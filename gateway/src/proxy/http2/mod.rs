@@ -428,13 +428,23 @@ fn local_head(
         http::HeaderValue::from_str(content_type).ok()?,
     );
     headers.append(http::header::CONTENT_LENGTH, length.into());
-    for (name, value) in extra {
+    append_fields(headers, extra.iter().copied())?;
+    Some(head)
+}
+
+/// Appends configured `(name, value)` fields (a route's `set` edits, a direct answer's
+/// headers) to an HTTP/2 head; `None` when one is not valid there.
+fn append_fields<'a>(
+    headers: &mut http::HeaderMap,
+    fields: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<()> {
+    for (name, value) in fields {
         headers.append(
             http::HeaderName::from_bytes(name.as_bytes()).ok()?,
             http::HeaderValue::from_str(value).ok()?,
         );
     }
-    Some(head)
+    Some(())
 }
 
 /// An error made by weft: a gRPC status for gRPC calls, an HTTP error otherwise.

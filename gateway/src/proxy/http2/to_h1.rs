@@ -14,7 +14,7 @@ use http::Response;
 use monoio::io::AsyncWriteRentExt;
 use weft_mesh::snapshot::{Cluster, Forward, Route};
 
-use super::{response_timeout, send_all, Abort, H2Facts};
+use super::{append_fields, response_timeout, send_all, Abort, H2Facts};
 use crate::proto::h1::chunked::{encode_chunk, last_chunk, ChunkedParser};
 use crate::proto::h1::head::{parse_response, BodyFraming, Head, ResponseHead};
 use crate::proxy::forward::connect_failure;
@@ -134,12 +134,10 @@ fn h2_response_head(response: &ResponseHead, route: &Route) -> Option<Response<(
             http::HeaderValue::from_maybe_shared(value).ok()?,
         );
     }
-    for (name, value) in &edits.set {
-        headers.append(
-            http::HeaderName::from_bytes(name.as_bytes()).ok()?,
-            http::HeaderValue::from_str(value).ok()?,
-        );
-    }
+    append_fields(
+        headers,
+        edits.set.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+    )?;
     Some(head)
 }
 
