@@ -9,7 +9,7 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 pub const HOP_BY_HOP: [&[u8]; 8] = [
@@ -314,7 +314,11 @@ pub fn parse_response(
     let reason = offset(base, resp.reason.unwrap_or_default().as_bytes());
     let version = version_of(resp.version);
     let headers = fields(base, resp.headers);
-    let raw = buf.split_to(len).freeze();
+    // A copy, not `split_to`: the head outlives this exchange in the client's queues,
+    // and a split would share the read buffer's allocation with it, so the next read on
+    // this pooled connection would have to allocate a new buffer instead of reusing it.
+    let raw = Bytes::copy_from_slice(&buf[..len]);
+    buf.advance(len);
     let facts = scan_headers(&raw, &headers)?;
     let no_body = head_request || (100..200).contains(&status) || status == 204 || status == 304;
     let framing = if no_body {

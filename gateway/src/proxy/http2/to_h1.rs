@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::Response;
@@ -111,6 +111,25 @@ pub(super) async fn exchange(
         x.worker.upstreams.release(cluster, up);
     }
     Ok(response.status)
+}
+
+/// Pieces up to this size are copied out of the upstream read buffer; larger ones are
+/// split off it without a copy.
+const COPY_PIECE_MAX: usize = 4096;
+
+/// The first `n` bytes of `buf` as a DATA frame payload. h2 holds a payload until the
+/// connection task writes it, after this exchange has handed the connection back to
+/// the pool; a split-off payload would keep the read buffer's allocation shared, and
+/// the connection's next read would allocate a fresh 64 KiB buffer. Copying a small
+/// payload keeps the buffer this connection's own, to be reused.
+fn take_piece(buf: &mut BytesMut, n: usize) -> Bytes {
+    if n <= COPY_PIECE_MAX {
+        let piece = Bytes::copy_from_slice(&buf[..n]);
+        buf.advance(n);
+        piece
+    } else {
+        buf.split_to(n).freeze()
+    }
 }
 
 /// The h2 response head for an HTTP/1.1 upstream's: names lowercased, hop-by-hop
@@ -259,7 +278,7 @@ async fn relay_response_body(
             BodyFraming::Length(_) => {
                 let take = (up.conn.buf.len() as u64).min(remaining) as usize;
                 remaining -= take as u64;
-                (up.conn.buf.split_to(take).freeze(), remaining == 0)
+                (take_piece(&mut up.conn.buf, take), remaining == 0)
             }
             BodyFraming::Chunked => {
                 let mut decoded = BytesMut::new();
