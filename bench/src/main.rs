@@ -14,7 +14,7 @@ mod run;
 mod systems;
 mod upstream;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -65,6 +65,11 @@ enum Command {
         /// The weft binary (default: `weft` next to this executable).
         #[arg(long)]
         weft_bin: Option<PathBuf>,
+        /// weft's profile-guided build, the `weft-*-pgo` systems (default: what
+        /// `bench/pgo-build.sh` makes, `../pgo/weft` from this executable; those
+        /// systems run by default where it exists).
+        #[arg(long)]
+        weft_pgo_bin: Option<PathBuf>,
     },
     /// Only the load generator, against any HTTP/1.1 server.
     Load {
@@ -185,13 +190,16 @@ fn main() -> ExitCode {
             proxy_cpus,
             load_cpus,
             weft_bin,
-        } => run_command(run::RunOpts {
+            weft_pgo_bin,
+        } => {
+            let weft_pgo_bin = weft_pgo_bin.unwrap_or_else(default_weft_pgo_bin);
+            run_command(run::RunOpts {
             scenarios: if scenarios.is_empty() {
                 run::SCENARIOS.iter().map(|s| s.to_string()).collect()
             } else {
                 scenarios
             },
-            systems: pick_systems(&systems),
+            systems: pick_systems(&systems, &weft_pgo_bin),
             out,
             quick,
             rounds: if quick { 1 } else { rounds.max(1) },
@@ -199,22 +207,29 @@ fn main() -> ExitCode {
             proxy_cpus,
             load_cpus,
             weft_bin: weft_bin.unwrap_or_else(default_weft_bin),
+            weft_pgo_bin,
             connections: if quick { vec![50] } else { connections },
             idle_connections: if quick { 1000 } else { idle_connections },
-        }),
+        })
+        }
     }
 }
 
-fn pick_systems(names: &[String]) -> Vec<systems::Kind> {
+fn pick_systems(names: &[String], weft_pgo_bin: &Path) -> Vec<systems::Kind> {
     let names: Vec<&str> = if names.is_empty() {
-        vec!["direct", "weft-io_uring", "weft-epoll", "nginx", "haproxy"]
+        let pgo = weft_pgo_bin.is_file().then_some("weft-io_uring-pgo");
+        ["direct", "weft-io_uring"]
+            .into_iter()
+            .chain(pgo)
+            .chain(["weft-epoll", "nginx", "haproxy"])
+            .collect()
     } else {
         names.iter().map(String::as_str).collect()
     };
     names
         .into_iter()
         .filter_map(|n| match systems::Kind::parse(n) {
-            Some(k) if k.available() => Some(k),
+            Some(k) if k.available(weft_pgo_bin) => Some(k),
             Some(_) => {
                 eprintln!("{n}: not installed here, left out");
                 None
@@ -232,6 +247,14 @@ fn default_weft_bin() -> PathBuf {
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("weft")))
         .unwrap_or_else(|| PathBuf::from("weft"))
+}
+
+/// `target/pgo/weft` when this is `target/release/weft-bench`.
+fn default_weft_pgo_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent()?.parent().map(|d| d.join("pgo").join("weft")))
+        .unwrap_or_else(|| PathBuf::from("pgo/weft"))
 }
 
 fn run_command(mut opts: run::RunOpts) -> ExitCode {

@@ -29,6 +29,7 @@ pub struct RunOpts {
     pub proxy_cpus: Vec<usize>,
     pub load_cpus: Vec<usize>,
     pub weft_bin: PathBuf,
+    pub weft_pgo_bin: PathBuf,
     pub connections: Vec<usize>,
     pub idle_connections: usize,
 }
@@ -170,6 +171,7 @@ pub fn run(opts: &RunOpts) -> Result<Vec<Sample>, String> {
         std::fs::canonicalize(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
     let env = Env {
         weft_bin: opts.weft_bin.clone(),
+        weft_pgo_bin: opts.weft_pgo_bin.clone(),
         proxy_cpus: opts.proxy_cpus.clone(),
         dir: out.join("work"),
     };
@@ -285,13 +287,13 @@ fn systems_for(scenario: &str, opts: &RunOpts) -> Vec<Kind> {
         "reload-swap" => opts
             .systems
             .iter()
-            .filter(|k| matches!(k, Kind::Weft { driver: "io_uring" }))
+            .filter(|k| matches!(k, Kind::Weft { driver: "io_uring", .. }))
             .cloned()
             .collect(),
         "scale" => opts
             .systems
             .iter()
-            .filter(|k| matches!(k, Kind::Weft { driver: "io_uring" } | Kind::Nginx))
+            .filter(|k| matches!(k, Kind::Weft { driver: "io_uring", .. } | Kind::Nginx))
             .cloned()
             .collect(),
         // The upstream speaks plain HTTP: no direct row for TLS; and a local answer

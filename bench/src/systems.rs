@@ -1,5 +1,6 @@
-//! The systems a scenario runs against: `direct` (no proxy), weft on each io driver,
-//! nginx and haproxy — each started pinned to the proxy CPUs with a config written
+//! The systems a scenario runs against: `direct` (no proxy), weft on each io driver
+//! (and, where `bench/pgo-build.sh` has made one, its profile-guided build), nginx and
+//! haproxy — each started pinned to the proxy CPUs with a config written
 //! here, stopped after its run.
 //!
 //! Peer configs aim at a like-for-like comparison: one worker/thread per proxy CPU
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
     Direct,
-    Weft { driver: &'static str },
+    /// `pgo`: the profile-guided build (`--weft-pgo-bin`) instead of `--weft-bin`.
+    Weft { driver: &'static str, pgo: bool },
     Nginx,
     Haproxy,
 }
@@ -23,7 +25,8 @@ impl Kind {
     pub fn name(&self) -> String {
         match self {
             Kind::Direct => "direct".into(),
-            Kind::Weft { driver } => format!("weft-{driver}"),
+            Kind::Weft { driver, pgo: false } => format!("weft-{driver}"),
+            Kind::Weft { driver, pgo: true } => format!("weft-{driver}-pgo"),
             Kind::Nginx => "nginx".into(),
             Kind::Haproxy => "haproxy".into(),
         }
@@ -32,19 +35,35 @@ impl Kind {
     pub fn parse(name: &str) -> Option<Kind> {
         match name {
             "direct" => Some(Kind::Direct),
-            "weft-io_uring" => Some(Kind::Weft { driver: "io_uring" }),
-            "weft-epoll" => Some(Kind::Weft { driver: "epoll" }),
+            "weft-io_uring" => Some(Kind::Weft {
+                driver: "io_uring",
+                pgo: false,
+            }),
+            "weft-epoll" => Some(Kind::Weft {
+                driver: "epoll",
+                pgo: false,
+            }),
+            "weft-io_uring-pgo" => Some(Kind::Weft {
+                driver: "io_uring",
+                pgo: true,
+            }),
+            "weft-epoll-pgo" => Some(Kind::Weft {
+                driver: "epoll",
+                pgo: true,
+            }),
             "nginx" => Some(Kind::Nginx),
             "haproxy" => Some(Kind::Haproxy),
             _ => None,
         }
     }
 
-    /// Whether the system can run here (peers are optional Debian packages).
-    pub fn available(&self) -> bool {
+    /// Whether the system can run here (peers are optional Debian packages; the
+    /// profile-guided build exists once `bench/pgo-build.sh` has made it).
+    pub fn available(&self, weft_pgo_bin: &Path) -> bool {
         match self {
             Kind::Nginx => find_program("nginx").is_some(),
             Kind::Haproxy => find_program("haproxy").is_some(),
+            Kind::Weft { pgo: true, .. } => weft_pgo_bin.is_file(),
             _ => true,
         }
     }
@@ -151,6 +170,7 @@ pub fn make_tls_cert(dir: &Path) -> io::Result<()> {
 /// Where and how systems run.
 pub struct Env {
     pub weft_bin: PathBuf,
+    pub weft_pgo_bin: PathBuf,
     pub proxy_cpus: Vec<usize>,
     pub dir: PathBuf,
 }
@@ -388,7 +408,7 @@ pub fn start(
     let config;
     match kind {
         Kind::Direct => unreachable!("handled above"),
-        Kind::Weft { driver } => {
+        Kind::Weft { driver, pgo } => {
             let admin_port = free_port();
             admin = Some(SocketAddr::from(([127, 0, 0, 1], admin_port)));
             let path = env.dir.join(format!("weft-{driver}.toml"));
@@ -411,8 +431,12 @@ pub fn start(
                     (protocol == Protocol::Tls).then_some(env.dir.as_path()),
                 ),
             )?;
-            cmd.arg(&env.weft_bin)
-                .arg("ingress")
+            cmd.arg(if *pgo {
+                &env.weft_pgo_bin
+            } else {
+                &env.weft_bin
+            })
+            .arg("ingress")
                 .arg("--config")
                 .arg(&path)
                 .env("WEFT_LOG", "warn");

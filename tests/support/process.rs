@@ -7,10 +7,14 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Path of the weft binary, built once per test run (debug profile).
+/// Path of the weft binary, built once per test run (debug profile), or the one
+/// `WEFT_TEST_BIN` names: the suite can check a release or profile-guided build too.
 pub fn weft_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("WEFT_TEST_BIN") {
+            return PathBuf::from(bin);
+        }
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("workspace root")
