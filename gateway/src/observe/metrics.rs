@@ -266,6 +266,11 @@ impl Counters {
     }
 
     pub fn bump(&self, family: Family, key: Key, labels: impl FnOnce() -> Labels) {
+        // The known-series path adds in place: no reference count taken and dropped.
+        if let Some(c) = self.cache.borrow().get(&(family, key)) {
+            c.add(1);
+            return;
+        }
         self.cell(family, key, labels).add(1);
     }
 
