@@ -9,7 +9,7 @@
 #   bench/pgo-build.sh            # -> target/pgo/weft (and target/pgo/weft.profdata)
 #
 # Needs llvm-profdata of rustc's own LLVM: the rustup component llvm-tools, installed
-# here when missing. Takes about 7 minutes on 2 cores (two whole-program LTO builds and a
+# here when missing. Takes 7-9 minutes on 2 cores (two whole-program LTO builds and a
 # ~2 minute training run). `weft-bench run` picks up target/pgo/weft as the system
 # `weft-io_uring-pgo`.
 set -euo pipefail
