@@ -230,6 +230,11 @@ fn pick_systems(names: &[String], weft_pgo_bin: &Path) -> Vec<systems::Kind> {
         .into_iter()
         .filter_map(|n| match systems::Kind::parse(n) {
             Some(k) if k.available(weft_pgo_bin) => Some(k),
+            Some(systems::Kind::Weft { pgo: true, .. }) => {
+                let bin = weft_pgo_bin.display();
+                eprintln!("{n}: no {bin} (make it with bench/pgo-build.sh), left out");
+                None
+            }
             Some(_) => {
                 eprintln!("{n}: not installed here, left out");
                 None
@@ -338,4 +343,51 @@ fn machine() -> String {
         all_cpus().len(),
         kernel.trim()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(kinds: &[systems::Kind]) -> Vec<String> {
+        kinds.iter().map(systems::Kind::name).collect()
+    }
+
+    #[test]
+    fn every_system_name_parses_back_to_itself() {
+        for name in [
+            "direct",
+            "weft-io_uring",
+            "weft-epoll",
+            "weft-io_uring-pgo",
+            "weft-epoll-pgo",
+            "nginx",
+            "haproxy",
+        ] {
+            let kind = systems::Kind::parse(name).expect(name);
+            assert_eq!(kind.name(), name);
+        }
+        assert_eq!(systems::Kind::parse("weft-pgo"), None);
+    }
+
+    #[test]
+    fn the_pgo_build_runs_by_default_only_where_it_exists() {
+        let dir = std::env::temp_dir().join(format!("weft-bench-pgo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let bin = dir.join("weft");
+        let missing = names(&pick_systems(&[], &bin));
+        assert!(missing.contains(&"weft-io_uring".to_string()));
+        assert!(!missing.iter().any(|n| n.ends_with("-pgo")), "{missing:?}");
+        // Asked for by name, a missing build is left out rather than run.
+        let asked = names(&pick_systems(&["weft-io_uring-pgo".to_string()], &bin));
+        assert!(asked.is_empty(), "{asked:?}");
+
+        std::fs::write(&bin, b"").expect("write");
+        let present = names(&pick_systems(&[], &bin));
+        let at = |n: &str| present.iter().position(|p| p == n);
+        assert!(at("weft-io_uring-pgo").is_some(), "{present:?}");
+        // Beside the plain build, so rounds alternate the two back to back.
+        assert_eq!(at("weft-io_uring-pgo"), at("weft-io_uring").map(|i| i + 1));
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
 }
