@@ -194,23 +194,23 @@ fn main() -> ExitCode {
         } => {
             let weft_pgo_bin = weft_pgo_bin.unwrap_or_else(default_weft_pgo_bin);
             run_command(run::RunOpts {
-            scenarios: if scenarios.is_empty() {
-                run::SCENARIOS.iter().map(|s| s.to_string()).collect()
-            } else {
-                scenarios
-            },
-            systems: pick_systems(&systems, &weft_pgo_bin),
-            out,
-            quick,
-            rounds: if quick { 1 } else { rounds.max(1) },
-            duration: Duration::from_secs_f64(if quick { 0.5 } else { duration }),
-            proxy_cpus,
-            load_cpus,
-            weft_bin: weft_bin.unwrap_or_else(default_weft_bin),
-            weft_pgo_bin,
-            connections: if quick { vec![50] } else { connections },
-            idle_connections: if quick { 1000 } else { idle_connections },
-        })
+                scenarios: if scenarios.is_empty() {
+                    run::SCENARIOS.iter().map(|s| s.to_string()).collect()
+                } else {
+                    scenarios
+                },
+                systems: pick_systems(&systems, &weft_pgo_bin),
+                out,
+                quick,
+                rounds: if quick { 1 } else { rounds.max(1) },
+                duration: Duration::from_secs_f64(if quick { 0.5 } else { duration }),
+                proxy_cpus,
+                load_cpus,
+                weft_bin: weft_bin.unwrap_or_else(default_weft_bin),
+                weft_pgo_bin,
+                connections: if quick { vec![50] } else { connections },
+                idle_connections: if quick { 1000 } else { idle_connections },
+            })
         }
     }
 }
@@ -263,6 +263,10 @@ fn default_weft_pgo_bin() -> PathBuf {
 }
 
 fn run_command(mut opts: run::RunOpts) -> ExitCode {
+    if opts.systems.is_empty() {
+        eprintln!("weft-bench run: none of the systems asked for can run here");
+        return ExitCode::FAILURE;
+    }
     let cpus = all_cpus();
     if opts.proxy_cpus.is_empty() {
         opts.proxy_cpus = vec![cpus[0]];

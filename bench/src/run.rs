@@ -287,13 +287,29 @@ fn systems_for(scenario: &str, opts: &RunOpts) -> Vec<Kind> {
         "reload-swap" => opts
             .systems
             .iter()
-            .filter(|k| matches!(k, Kind::Weft { driver: "io_uring", .. }))
+            .filter(|k| {
+                matches!(
+                    k,
+                    Kind::Weft {
+                        driver: "io_uring",
+                        ..
+                    }
+                )
+            })
             .cloned()
             .collect(),
         "scale" => opts
             .systems
             .iter()
-            .filter(|k| matches!(k, Kind::Weft { driver: "io_uring", .. } | Kind::Nginx))
+            .filter(|k| {
+                matches!(
+                    k,
+                    Kind::Weft {
+                        driver: "io_uring",
+                        ..
+                    } | Kind::Nginx
+                )
+            })
             .cloned()
             .collect(),
         // The upstream speaks plain HTTP: no direct row for TLS; and a local answer

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 pub enum Kind {
     Direct,
     /// `pgo`: the profile-guided build (`--weft-pgo-bin`) instead of `--weft-bin`.
-    Weft { driver: &'static str, pgo: bool },
+    Weft {
+        driver: &'static str,
+        pgo: bool,
+    },
     Nginx,
     Haproxy,
 }
@@ -437,9 +440,9 @@ pub fn start(
                 &env.weft_bin
             })
             .arg("ingress")
-                .arg("--config")
-                .arg(&path)
-                .env("WEFT_LOG", "warn");
+            .arg("--config")
+            .arg(&path)
+            .env("WEFT_LOG", "warn");
             config = Some(path);
         }
         Kind::Nginx => {
