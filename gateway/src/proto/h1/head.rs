@@ -314,9 +314,9 @@ pub fn parse_response(
     let reason = offset(base, resp.reason.unwrap_or_default().as_bytes());
     let version = version_of(resp.version);
     let headers = fields(base, resp.headers);
-    // A copy, not `split_to`: the head outlives this exchange in the client's queues,
-    // and a split would share the read buffer's allocation with it, so the next read on
-    // this pooled connection would have to allocate a new buffer instead of reusing it.
+    // A copy, not `split_to`: the head can outlive this exchange (h2 queues it until
+    // its connection task writes), and a split would share the read buffer's allocation
+    // with it, so the pooled connection's next read would allocate a new buffer.
     let raw = Bytes::copy_from_slice(&buf[..len]);
     buf.advance(len);
     let facts = scan_headers(&raw, &headers)?;
