@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
 use weft_tests::raw::{self, RawClient};
 use weft_tests::upstream::{BlackHole, Misbehavior, RawUpstream, TestUpstream};
 use weft_tests::{free_addr, free_port, Weft};
@@ -456,4 +459,39 @@ fn out_of_descriptors_is_a_local_503_not_an_upstream_fault() {
         "{}",
         weft.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_pooled_connection_is_retried_once_for_http2_clients_too() {
+    let s = setup();
+    // One h2 connection, so one worker and one pool: three GETs, then a POST. (curl
+    // cannot carry several requests on one h2c connection: 7.88 fails the second.)
+    let (mut sender, _conn) = weft_tests::h2c::connect(s.listen).await;
+    let mut call = |method: &str, body: &'static [u8]| {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri("http://a/once")
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap();
+        let sent = sender.send_request(req);
+        async move {
+            let resp = sent.await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    for i in 0..3 {
+        assert_eq!(
+            call("GET", b"").await,
+            (200, "fresh\n".into()),
+            "request {i}"
+        );
+    }
+    // Each GET found its pooled connection dead and went out again on a new one.
+    assert_eq!(s.once.load(std::sync::atomic::Ordering::SeqCst), 3);
+    // A request with a body cannot be replayed: 502, with the reason.
+    let (status, body) = call("POST", b"hi").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream closed the connection"), "{body}");
 }

@@ -254,7 +254,9 @@ fn shortage_warning_due() -> bool {
     })
 }
 
-fn idempotent(method: &[u8]) -> bool {
+/// Methods whose request may be sent again when a reused connection died before
+/// answering (RFC 9110 §9.2.2).
+pub(crate) fn idempotent(method: &[u8]) -> bool {
     matches!(
         method,
         b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"

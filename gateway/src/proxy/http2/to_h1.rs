@@ -17,7 +17,7 @@ use weft_mesh::snapshot::{Cluster, Forward, Route};
 use super::{append_fields, response_timeout, send_all, Abort, H2Facts};
 use crate::proto::h1::chunked::{encode_chunk, last_chunk, ChunkedParser};
 use crate::proto::h1::head::{parse_response, BodyFraming, Head, ResponseHead};
-use crate::proxy::forward::connect_failure;
+use crate::proxy::forward::{connect_failure, idempotent};
 use crate::proxy::{rewrite, Exchange};
 use crate::transport::ReadError;
 use crate::upstream::Upstream;
@@ -57,17 +57,40 @@ pub(super) async fn exchange(
         &x.snapshot.http.forwarded,
         &x.client_info(),
         up.endpoint,
-    )
-    .freeze();
+    );
 
-    // A dead pooled connection is replaced once, before any body byte was taken.
-    if up.conn.stream.write_all(head.clone()).await.0.is_err() {
-        if !up.reused {
+    // A pooled connection the upstream closed while it idled is replaced once, and the
+    // request sent again, when the upstream cannot have acted on it: the head did not
+    // go out, or the connection ended before any response byte and the request has no
+    // body and an idempotent method (as for HTTP/1.1 clients, forward.rs).
+    let timeout = response_timeout(facts, route, cluster);
+    let is_head = parts.method == http::Method::HEAD;
+    let replayable = !has_body && idempotent(parts.method.as_str().as_bytes());
+    let mut head = head;
+    let mut retried = false;
+    let response = loop {
+        let (written, back) = up.conn.stream.write_all(head).await;
+        head = back;
+        let unseen = match written {
+            Err(_) => true,
+            Ok(_) => {
+                if has_body {
+                    send_request_body(x, body, &mut up, outgoing.chunked, cluster).await?;
+                }
+                match read_response_head(&mut up, timeout, is_head).await {
+                    Ok(r) => break r,
+                    Err(NoHead::Closed) => replayable,
+                    Err(NoHead::Abort(a)) => return Err(a),
+                }
+            }
+        };
+        if !(unseen && up.reused && !retried) {
             return Err(Abort::Respond(
                 502,
                 "upstream closed the connection before responding",
             ));
         }
+        retried = true;
         x.worker
             .upstreams
             .reconnect(cluster, &mut up)
@@ -76,23 +99,7 @@ pub(super) async fn exchange(
                 let (status, why) = connect_failure(x, cluster_id, &e);
                 Abort::Respond(status, why)
             })?;
-        if up.conn.stream.write_all(head).await.0.is_err() {
-            return Err(Abort::Respond(
-                502,
-                "upstream closed the connection before responding",
-            ));
-        }
-    }
-    if has_body {
-        send_request_body(x, body, &mut up, outgoing.chunked, cluster).await?;
-    }
-
-    let response = read_response_head(
-        &mut up,
-        response_timeout(facts, route, cluster),
-        parts.method == http::Method::HEAD,
-    )
-    .await?;
+    };
     let head = h2_response_head(&response, route).ok_or(Abort::Respond(
         502,
         "upstream response headers not valid in HTTP/2",
@@ -220,30 +227,47 @@ async fn send_request_body(
     Ok(())
 }
 
+/// Why no response head came.
+enum NoHead {
+    /// The connection ended before any response byte.
+    Closed,
+    Abort(Abort),
+}
+
 async fn read_response_head(
     up: &mut Upstream,
     timeout: Duration,
     head_request: bool,
-) -> Result<ResponseHead, Abort> {
+) -> Result<ResponseHead, NoHead> {
     let deadline = Instant::now() + timeout;
+    let mut received = !up.conn.buf.is_empty();
     loop {
         match parse_response(&mut up.conn.buf, MAX_RESPONSE_HEAD, head_request) {
             // Interim responses (other than 101, never asked for here) are not relayed.
             Ok(Some(r)) if (100..200).contains(&r.status) => continue,
             Ok(Some(r)) => return Ok(r),
             Ok(None) => {}
-            Err(_) => return Err(Abort::Respond(502, "invalid response head from upstream")),
+            Err(_) => {
+                return Err(NoHead::Abort(Abort::Respond(
+                    502,
+                    "invalid response head from upstream",
+                )))
+            }
         }
         match up.conn.fill_until(UPSTREAM_READ, deadline).await {
-            Ok(n) if n > 0 => {}
+            Ok(n) if n > 0 => received = true,
+            Ok(_) | Err(ReadError::Io(_)) if !received => return Err(NoHead::Closed),
             Ok(_) | Err(ReadError::Io(_)) => {
-                return Err(Abort::Respond(
+                return Err(NoHead::Abort(Abort::Respond(
                     502,
-                    "upstream closed the connection before responding",
-                ))
+                    "upstream closed the connection during its response head",
+                )))
             }
             Err(ReadError::TimedOut) => {
-                return Err(Abort::Respond(504, "upstream response timeout"))
+                return Err(NoHead::Abort(Abort::Respond(
+                    504,
+                    "upstream response timeout",
+                )))
             }
         }
     }
