@@ -36,28 +36,21 @@ impl Kind {
     }
 
     pub fn parse(name: &str) -> Option<Kind> {
-        match name {
-            "direct" => Some(Kind::Direct),
-            "weft-io_uring" => Some(Kind::Weft {
-                driver: "io_uring",
-                pgo: false,
-            }),
-            "weft-epoll" => Some(Kind::Weft {
-                driver: "epoll",
-                pgo: false,
-            }),
-            "weft-io_uring-pgo" => Some(Kind::Weft {
-                driver: "io_uring",
-                pgo: true,
-            }),
-            "weft-epoll-pgo" => Some(Kind::Weft {
-                driver: "epoll",
-                pgo: true,
-            }),
-            "nginx" => Some(Kind::Nginx),
-            "haproxy" => Some(Kind::Haproxy),
-            _ => None,
-        }
+        // The inverse of `name`: a weft system may carry the `-pgo` suffix.
+        let (base, pgo) = match name.strip_suffix("-pgo") {
+            Some(base) => (base, true),
+            None => (name, false),
+        };
+        let driver = match base {
+            "weft-io_uring" => "io_uring",
+            "weft-epoll" => "epoll",
+            _ if pgo => return None,
+            "direct" => return Some(Kind::Direct),
+            "nginx" => return Some(Kind::Nginx),
+            "haproxy" => return Some(Kind::Haproxy),
+            _ => return None,
+        };
+        Some(Kind::Weft { driver, pgo })
     }
 
     /// Whether the system can run here (peers are optional Debian packages; the
