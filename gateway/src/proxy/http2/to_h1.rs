@@ -49,7 +49,7 @@ pub(super) async fn exchange(
     let has_body = !body.is_end_stream();
     let length = parts.headers.get(http::header::CONTENT_LENGTH).is_some();
     let outgoing = facts.outgoing(has_body && !length);
-    let head = rewrite::request_head(
+    let mut head = rewrite::request_head(
         &outgoing,
         facts.end_to_end_headers(),
         fwd,
@@ -66,7 +66,6 @@ pub(super) async fn exchange(
     let timeout = response_timeout(facts, route, cluster);
     let is_head = parts.method == http::Method::HEAD;
     let replayable = !has_body && idempotent(parts.method.as_str().as_bytes());
-    let mut head = head;
     let mut retried = false;
     let response = loop {
         let (written, back) = up.conn.stream.write_all(head).await;
