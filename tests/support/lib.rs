@@ -13,6 +13,7 @@ pub mod h2c;
 pub mod pki;
 pub mod process;
 pub mod raw;
+pub mod recording;
 pub mod upstream;
 
 pub use process::{free_addr, free_port, weft_bin, Weft};

@@ -182,12 +182,18 @@ pub async fn forward<S: ClientStream>(
             .entry(http::header::CONTENT_LENGTH)
             .or_insert(http::HeaderValue::from_static("0"));
     }
-    let declared = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    // h2 checked the value against the DATA it carries; one value is stated.
+    let declared: Option<u64> = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok());
+    let unframed = !no_body && declared.is_none();
     let keep = keep_alive && !body_unread && !x.closing();
     let framing = ClientFraming {
-        chunked: !no_body && !declared && head.version == Version::H11,
+        chunked: unframed && head.version == Version::H11,
         dechunk: false,
-        close: !keep || (!no_body && !declared && head.version == Version::H10),
+        close: !keep || (unframed && head.version == Version::H10),
+        length: declared.filter(|_| status != 204),
     };
     let out =
         rewrite::h1_response_head_from_h2(&parts, &route.response_headers, framing, head.version);

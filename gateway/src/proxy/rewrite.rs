@@ -3,6 +3,11 @@
 //! Both drop hop-by-hop headers (and any named in `Connection`), apply the route's
 //! header edits, and state framing for the next hop explicitly. Header names and values
 //! are copied as received; nothing is re-cased or re-folded.
+//!
+//! Invariant: the framing a head states is the framing weft decided and will send by,
+//! written here from that decision. A received `Content-Length` or `Transfer-Encoding`
+//! is never copied, so a head cannot leave with two framings, none, or one that differs
+//! from the body that follows it.
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
@@ -34,7 +39,10 @@ pub struct Outgoing<'a> {
     pub path_and_query: &'a str,
     /// Authority the client addressed (Host or :authority); empty if none.
     pub authority: &'a str,
+    /// The body goes with the chunked coding (HTTP/1.1 upstreams).
     pub chunked: bool,
+    /// The body's length, stated as `content-length` (never together with `chunked`).
+    pub length: Option<u64>,
     pub accepts_trailers: bool,
     /// The `Upgrade` protocol, when the client asked to switch protocols.
     pub upgrade: Option<&'a [u8]>,
@@ -162,8 +170,12 @@ pub fn request_headers<'h>(
     let mut prior_xff: Option<&[u8]> = None;
     let mut has_request_id = false;
     for (name, value) in headers {
-        if edits.drops(name) || name.eq_ignore_ascii_case(b"host") {
-            // Host is written below, from the authority routing used.
+        if edits.drops(name)
+            || name.eq_ignore_ascii_case(b"host")
+            || name.eq_ignore_ascii_case(b"content-length")
+        {
+            // Host is written below, from the authority routing used; the length from
+            // the framing weft decided.
             continue;
         }
         if fwd.x_forwarded_for && name.eq_ignore_ascii_case(b"x-forwarded-for") {
@@ -184,6 +196,9 @@ pub fn request_headers<'h>(
     }
     if let Some(cert) = client.client_cert {
         out.header(CLIENT_CERT_HEADER.as_bytes(), cert.as_bytes());
+    }
+    if let Some(n) = req.length.filter(|_| !req.chunked) {
+        out.header_fmt(b"content-length", format_args!("{n}"));
     }
     if req.authority.is_empty() {
         // A request without any authority (HTTP/1.0) names the endpoint it goes to.
@@ -261,6 +276,12 @@ pub fn h1_outgoing<'a>(facts: &Facts<'a>) -> Outgoing<'a> {
         path_and_query: facts.path_and_query,
         authority: facts.authority,
         chunked: head.framing == BodyFraming::Chunked,
+        length: match head.framing {
+            BodyFraming::Length(n) => Some(n),
+            // An announced empty body keeps its `content-length: 0`.
+            BodyFraming::None => head.content_length,
+            BodyFraming::Chunked | BodyFraming::UntilClose => None,
+        },
         accepts_trailers,
         upgrade: if head.is_upgrade() {
             head.header("upgrade")
@@ -345,8 +366,9 @@ pub fn h1_response_head_from_h2(
     let status = resp.status.as_u16();
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
     for (name, value) in &resp.headers {
-        if !edits.drops(name.as_str().as_bytes()) {
-            push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        let name = name.as_str().as_bytes();
+        if !edits.drops(name) && !is_framing_field(name) {
+            push_header(&mut out, name, value.as_bytes());
         }
     }
     for (name, value) in &edits.set {
@@ -362,6 +384,8 @@ pub fn h1_response_head_from_h2(
 fn push_framing(out: &mut BytesMut, framing: ClientFraming, version: Version) {
     if framing.chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    } else if let Some(n) = framing.length {
+        let _ = write!(out, "content-length: {n}\r\n");
     }
     if framing.close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -379,6 +403,25 @@ pub struct ClientFraming {
     pub dechunk: bool,
     /// Close the client connection after this response.
     pub close: bool,
+    /// The `content-length` to state (a length-framed body, or the length a bodiless
+    /// answer to HEAD or a 304 announces); `None` for chunked or close-delimited ones.
+    pub length: Option<u64>,
+}
+
+/// Fields that frame a message: weft writes them from its own decision, never copies.
+pub fn is_framing_field(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
+}
+
+/// The `content-length` a response from an HTTP/1.1 upstream states to the client:
+/// its body's length, or for a response without a body (HEAD, 304) the length it
+/// announced. 1xx and 204 responses never carry one (RFC 9110 §8.6).
+pub fn stated_length(resp: &ResponseHead) -> Option<u64> {
+    match resp.framing {
+        BodyFraming::Length(n) => Some(n),
+        BodyFraming::None if resp.status >= 200 && resp.status != 204 => resp.content_length,
+        _ => None,
+    }
 }
 
 pub fn client_framing(req: &RequestHead, resp: &ResponseHead, keep_alive: bool) -> ClientFraming {
@@ -388,21 +431,25 @@ pub fn client_framing(req: &RequestHead, resp: &ResponseHead, keep_alive: bool) 
             chunked: false,
             dechunk: true,
             close: true,
+            length: None,
         },
         BodyFraming::Chunked => ClientFraming {
             chunked: true,
             dechunk: false,
             close: !keep_alive,
+            length: None,
         },
         BodyFraming::UntilClose => ClientFraming {
             chunked: false,
             dechunk: false,
             close: true,
+            length: None,
         },
         BodyFraming::None | BodyFraming::Length(_) => ClientFraming {
             chunked: false,
             dechunk: false,
             close: !keep_alive,
+            length: stated_length(resp),
         },
     }
 }
@@ -425,7 +472,7 @@ pub fn response_head(
     out.extend_from_slice(b"\r\n");
     for f in &resp.headers {
         let name = resp.name(f);
-        if resp.is_hop_by_hop(f, &resp.connection) || edits.drops(name) {
+        if resp.is_hop_by_hop(f, &resp.connection) || edits.drops(name) || is_framing_field(name) {
             continue;
         }
         push_header(&mut out, name, resp.value(f));

@@ -372,6 +372,25 @@ pub struct ReloadStatus {
     pub last_error: Mutex<Option<String>>,
 }
 
+/// Ends the process when a worker thread dies by a panic. Release builds abort on a
+/// panic anyway; without this, a debug build (or one built with `panic = "unwind"`)
+/// would lose the worker's share of the listening sockets while `/ready` and `/live`
+/// still said 200, and the orchestrator would never restart it. A bug that panics on
+/// input must be loud and restartable, not a silent loss of capacity.
+struct WorkerGuard(usize);
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                worker = self.0,
+                "worker thread panicked; exiting so that a supervisor restarts weft"
+            );
+            std::process::exit(70);
+        }
+    }
+}
+
 fn worker_thread(
     id: usize,
     cpu: usize,
@@ -379,6 +398,7 @@ fn worker_thread(
     listeners: Vec<Socket>,
     inbox: mpsc::Receiver<WorkerMsg>,
 ) {
+    let _guard = WorkerGuard(id);
     if let Err(e) = listen::pin_current_thread(cpu) {
         tracing::warn!(worker = id, cpu, "cannot pin worker: {e}");
     }

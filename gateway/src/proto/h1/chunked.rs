@@ -5,6 +5,12 @@
 //! refuses anything malformed before forwarding it. It is fed whatever bytes arrived,
 //! in any split, and never buffers: it only counts. The encoders write the chunked
 //! coding for bodies that arrive unframed (HTTP/2 DATA frames).
+//!
+//! Because the bytes go on verbatim, what passes must end where every parser downstream
+//! thinks it ends, strict or lenient (nginx accepts a bare LF as a line end): every
+//! line ends in CRLF and nothing else, a trailer line is a field line (`token ":"
+//! value`), and a trailer section cannot smuggle framing or routing (RFC 9110 §6.5.1).
+//! A byte that would make two parsers disagree is an error, not a guess.
 
 use std::fmt::Write as _;
 
@@ -16,12 +22,35 @@ pub enum ChunkError {
     BadLineEnd,
     LineTooLong,
     TrailersTooLarge,
+    /// A trailer line that is not a field line.
+    BadTrailer,
+    /// A trailer field that frames or routes the message (Content-Length, Host, ...).
+    ForbiddenTrailer,
 }
+
+/// Fields a trailer section may not carry: they frame, route or manage the connection
+/// (RFC 9110 §6.5.1), and a recipient that merged them would act on them.
+const FORBIDDEN_TRAILERS: [&[u8]; 9] = [
+    b"content-length",
+    b"transfer-encoding",
+    b"host",
+    b"trailer",
+    b"te",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"upgrade",
+];
+
+/// Longest forbidden trailer name: longer names need no comparing.
+const NAME_PREFIX: usize = 17;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Size,
-    /// After the size: optional whitespace and `;ext`, up to CR.
+    /// Whitespace after the size: only more whitespace, `;` or CR may follow.
+    SizeWs,
+    /// A `;ext` after the size, up to CR.
     Extension,
     SizeLf,
     Data,
@@ -29,7 +58,10 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or of the final empty line).
     TrailerStart,
-    TrailerLine,
+    /// In a trailer field's name, up to `:`.
+    TrailerName,
+    /// In a trailer field's value, up to CR.
+    TrailerValue,
     TrailerLf,
     FinalLf,
     Done,
@@ -44,10 +76,21 @@ pub fn encode_chunk(data: &[u8]) -> Bytes {
     framed.freeze()
 }
 
-/// The last chunk, carrying `trailers` (HTTP/2 trailers become the trailer section).
+/// Whether `name` may not appear in a trailer section (any case).
+pub fn forbidden_trailer(name: &[u8]) -> bool {
+    FORBIDDEN_TRAILERS
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
+}
+
+/// The last chunk, carrying `trailers` (HTTP/2 trailers become the trailer section,
+/// less any field a trailer section may not carry).
 pub fn last_chunk(trailers: Option<&http::HeaderMap>) -> Bytes {
     let mut last = BytesMut::from(&b"0\r\n"[..]);
     for (name, value) in trailers.into_iter().flatten() {
+        if forbidden_trailer(name.as_str().as_bytes()) {
+            continue;
+        }
         last.extend_from_slice(name.as_str().as_bytes());
         last.extend_from_slice(b": ");
         last.extend_from_slice(value.as_bytes());
@@ -68,6 +111,9 @@ pub struct ChunkedParser {
     line_len: usize,
     trailer_bytes: usize,
     max_trailer_bytes: usize,
+    /// The lowercased start of the trailer name being read, and its length so far.
+    name: [u8; NAME_PREFIX],
+    name_len: usize,
 }
 
 /// What one `feed` call found.
@@ -87,6 +133,8 @@ impl ChunkedParser {
             line_len: 0,
             trailer_bytes: 0,
             max_trailer_bytes,
+            name: [0; NAME_PREFIX],
+            name_len: 0,
         }
     }
 
@@ -122,9 +170,22 @@ impl ChunkedParser {
                     }
                     None if self.size_digits == 0 => return Err(ChunkError::BadSize),
                     None if b == b'\r' => self.state = State::SizeLf,
-                    None if b == b';' || b == b' ' || b == b'\t' => self.state = State::Extension,
+                    None if b == b';' => self.state = State::Extension,
+                    None if b == b' ' || b == b'\t' => self.state = State::SizeWs,
                     None => return Err(ChunkError::BadSize),
                 },
+                State::SizeWs => {
+                    self.line_len += 1;
+                    if self.line_len > MAX_SIZE_LINE {
+                        return Err(ChunkError::LineTooLong);
+                    }
+                    match b {
+                        b' ' | b'\t' => {}
+                        b';' => self.state = State::Extension,
+                        b'\r' => self.state = State::SizeLf,
+                        _ => return Err(ChunkError::BadSize),
+                    }
+                }
                 State::Extension => {
                     self.line_len += 1;
                     if self.line_len > MAX_SIZE_LINE {
@@ -173,19 +234,39 @@ impl ChunkedParser {
                 State::TrailerStart => {
                     if b == b'\r' {
                         self.state = State::FinalLf;
-                    } else {
+                    } else if is_tchar(b) {
+                        // A bare LF here ends the message for a lenient parser and
+                        // starts a "trailer" for a strict one: neither is guessed.
                         self.count_trailer()?;
                         on_trailer(b);
-                        self.state = State::TrailerLine;
+                        self.name_len = 0;
+                        self.push_name(b);
+                        self.state = State::TrailerName;
+                    } else {
+                        return Err(ChunkError::BadTrailer);
                     }
                 }
-                State::TrailerLine => {
+                State::TrailerName => {
                     self.count_trailer()?;
                     on_trailer(b);
-                    if b == b'\r' {
-                        self.state = State::TrailerLf;
-                    } else if b == b'\n' || b == 0 {
-                        return Err(ChunkError::BadLineEnd);
+                    if b == b':' {
+                        if self.name_is_forbidden() {
+                            return Err(ChunkError::ForbiddenTrailer);
+                        }
+                        self.state = State::TrailerValue;
+                    } else if is_tchar(b) {
+                        self.push_name(b);
+                    } else {
+                        return Err(ChunkError::BadTrailer);
+                    }
+                }
+                State::TrailerValue => {
+                    self.count_trailer()?;
+                    on_trailer(b);
+                    match b {
+                        b'\r' => self.state = State::TrailerLf,
+                        b'\t' | b' '..=b'~' | 0x80..=0xff => {}
+                        _ => return Err(ChunkError::BadTrailer),
                     }
                 }
                 State::TrailerLf => {
@@ -220,6 +301,17 @@ impl ChunkedParser {
         })
     }
 
+    fn push_name(&mut self, b: u8) {
+        if self.name_len < NAME_PREFIX {
+            self.name[self.name_len] = b.to_ascii_lowercase();
+        }
+        self.name_len += 1;
+    }
+
+    fn name_is_forbidden(&self) -> bool {
+        self.name_len <= NAME_PREFIX && FORBIDDEN_TRAILERS.contains(&&self.name[..self.name_len])
+    }
+
     fn count_trailer(&mut self) -> Result<(), ChunkError> {
         self.trailer_bytes += 1;
         if self.trailer_bytes > self.max_trailer_bytes {
@@ -227,6 +319,11 @@ impl ChunkedParser {
         }
         Ok(())
     }
+}
+
+/// A `tchar` of RFC 9110 §5.6.2: what a field name is made of.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -283,6 +380,59 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    fn parse_all(input: &[u8]) -> Result<Progress, ChunkError> {
+        ChunkedParser::new(1024).feed(input, |_| {})
+    }
+
+    #[test]
+    fn a_bare_lf_never_ends_or_starts_a_trailer_section() {
+        // nginx ends the message at `0\r\n\n`; a strict parser would read a trailer
+        // line: both readings cannot be true, so the body is refused.
+        assert_eq!(
+            parse_all(b"5\r\nhello\r\n0\r\n\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Err(ChunkError::BadTrailer)
+        );
+        assert_eq!(
+            parse_all(b"0\r\nX-A: 1\nGET / HTTP/1.1\r\n\r\n"),
+            Err(ChunkError::BadTrailer)
+        );
+        assert_eq!(parse_all(b"0\r\nX-A: 1\r\n\n"), Err(ChunkError::BadTrailer));
+        assert_eq!(parse_all(b"0\r\n\r\r\n"), Err(ChunkError::BadLineEnd));
+    }
+
+    #[test]
+    fn trailer_lines_are_field_lines_without_framing() {
+        for bad in [
+            &b"0\r\nno-colon\r\n\r\n"[..],
+            b"0\r\n X-A: 1\r\n\r\n",
+            b"0\r\nX A: 1\r\n\r\n",
+            b"0\r\nX-A: a\x01b\r\n\r\n",
+        ] {
+            assert_eq!(parse_all(bad), Err(ChunkError::BadTrailer), "{bad:?}");
+        }
+        for framing in ["Content-Length", "transfer-encoding", "HOST", "Trailer"] {
+            let body = format!("0\r\n{framing}: 5\r\n\r\n");
+            assert_eq!(
+                parse_all(body.as_bytes()),
+                Err(ChunkError::ForbiddenTrailer),
+                "{framing}"
+            );
+        }
+        let fine = b"0\r\nx-checksum: abc\r\nGrpc-Status: 0\r\n\r\n";
+        assert!(parse_all(fine).unwrap().done);
+        assert!(forbidden_trailer(b"Content-Length") && !forbidden_trailer(b"x-sum"));
+    }
+
+    #[test]
+    fn size_lines_allow_only_whitespace_then_extensions() {
+        assert_eq!(
+            parse_all(b"5 zzz\r\nhello\r\n0\r\n\r\n"),
+            Err(ChunkError::BadSize)
+        );
+        assert!(parse_all(b"5 ;a=b\r\nhello\r\n0\r\n\r\n").unwrap().done);
+        assert!(parse_all(b"5\t\r\nhello\r\n0\r\n\r\n").unwrap().done);
     }
 
     #[test]

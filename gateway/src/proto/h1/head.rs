@@ -5,6 +5,12 @@
 //! nothing. Anything that could let two parties disagree on where a message ends
 //! (Content-Length with Transfer-Encoding, differing Content-Lengths, a non-chunked
 //! final coding) is rejected here, before a byte is forwarded.
+//!
+//! Invariants: every range a head holds lies inside its `raw` bytes (httparse may hand
+//! back slices that do not, e.g. a static `""` for a reason phrase it will not decode;
+//! those become empty ranges), and a `Connection` token never names a field that frames
+//! or routes the message (`Content-Length`, `Transfer-Encoding`, `Host`): such tokens
+//! are ignored, so no later step can drop the framing weft decided on.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -78,6 +84,9 @@ pub struct RequestHead {
     pub connection: ConnectionInfo,
     pub host: Option<Range<usize>>,
     pub expect_continue: bool,
+    /// The validated `Content-Length`, when the request had one (also `Some(0)`, whose
+    /// framing is `None`): what weft writes on, never the fields as received.
+    pub content_length: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +98,13 @@ pub struct ResponseHead {
     pub headers: Vec<HeaderField>,
     pub framing: BodyFraming,
     pub connection: ConnectionInfo,
+    /// The validated `Content-Length`, when the response had one.
+    pub content_length: Option<u64>,
 }
+
+/// Fields a `Connection` token may never remove: the ones that frame or route the
+/// message. Dropping them after framing by them is how a body becomes a request.
+const PROTECTED_FROM_CONNECTION: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"host"];
 
 pub trait Head {
     fn raw(&self) -> &[u8];
@@ -159,9 +174,22 @@ impl RequestHead {
     }
 }
 
+/// Where `part` lies in `base`, or an empty range when it does not lie inside it:
+/// httparse returns slices outside the buffer for some inputs (a static `""` for a
+/// reason phrase with bytes >= 0x80, a dangling empty slice for a missing one), and
+/// subtracting unrelated pointers would give an index anywhere.
 fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - base.as_ptr() as usize;
-    start..start + part.len()
+    let start = (part.as_ptr() as usize).checked_sub(base.as_ptr() as usize);
+    match start {
+        Some(start)
+            if start
+                .checked_add(part.len())
+                .is_some_and(|end| end <= base.len()) =>
+        {
+            start..start + part.len()
+        }
+        _ => 0..0,
+    }
 }
 
 fn version_of(minor: Option<u8>) -> Version {
@@ -223,7 +251,8 @@ pub fn parse_request(
     if len > max_head {
         return Err(HeadError::TooLarge);
     }
-    let base: &[u8] = buf;
+    // Ranges are checked against the head alone, which is what `raw` will hold.
+    let base: &[u8] = &buf[..len];
     let method = offset(base, req.method.unwrap_or_default().as_bytes());
     let target = offset(base, req.path.unwrap_or_default().as_bytes());
     let version = version_of(req.version);
@@ -239,6 +268,7 @@ pub fn parse_request(
         connection: ConnectionInfo::default(),
         host: None,
         expect_continue: false,
+        content_length: None,
     };
     let facts = scan_headers(&head.raw, &head.headers)?;
     if facts.hosts > 1 {
@@ -283,6 +313,7 @@ pub fn parse_request(
     }
     head.host = facts.host;
     head.connection = facts.connection;
+    head.content_length = facts.length;
     Ok(Some(head))
 }
 
@@ -309,7 +340,8 @@ pub fn parse_response(
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Malformed("malformed response from upstream")),
     };
-    let base: &[u8] = buf;
+    // Ranges are checked against the head alone, which is what `raw` will hold.
+    let base: &[u8] = &buf[..len];
     let status = resp.code.unwrap_or(0);
     let reason = offset(base, resp.reason.unwrap_or_default().as_bytes());
     let version = version_of(resp.version);
@@ -350,6 +382,7 @@ pub fn parse_response(
         headers,
         framing,
         connection,
+        content_length: facts.length,
     }))
 }
 
@@ -402,9 +435,12 @@ fn scan_headers(raw: &[u8], headers: &[HeaderField]) -> Result<HeaderFacts, Head
                     f.connection.keep_alive = true;
                 } else if token.eq_ignore_ascii_case(b"upgrade") {
                     f.connection.upgrade = true;
-                } else if !token.is_empty() {
-                    let start = token.as_ptr() as usize - raw.as_ptr() as usize;
-                    f.connection.listed.push(start..start + token.len());
+                } else if !token.is_empty()
+                    && !PROTECTED_FROM_CONNECTION
+                        .iter()
+                        .any(|p| token.eq_ignore_ascii_case(p))
+                {
+                    f.connection.listed.push(offset(raw, token));
                 }
             }
         } else if name.eq_ignore_ascii_case(b"expect") {
@@ -525,6 +561,54 @@ mod tests {
         assert!(h.is_hop_by_hop(secret, &h.connection));
         let h10 = req("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!h10.wants_keep_alive());
+    }
+
+    #[test]
+    fn connection_never_lists_framing_or_routing_fields() {
+        let h = req("POST /x HTTP/1.1\r\nHost: x\r\nConnection: close, Content-Length, HOST, transfer-encoding, x-a\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.framing, BodyFraming::Length(3));
+        assert_eq!(h.content_length, Some(3));
+        let listed: Vec<&[u8]> = h
+            .connection
+            .listed
+            .iter()
+            .map(|r| &h.raw[r.clone()])
+            .collect();
+        assert_eq!(listed, vec![&b"x-a"[..]]);
+        for f in &h.headers {
+            let name = h.name(f).to_ascii_lowercase();
+            if name == b"content-length" || name == b"host" {
+                assert!(!h.is_hop_by_hop(f, &h.connection));
+            }
+        }
+    }
+
+    #[test]
+    fn reason_phrases_httparse_does_not_slice_become_empty() {
+        for text in [
+            &b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok"[..],
+            b"HTTP/1.1 200 Ok\xe9\r\nContent-Length: 2\r\n\r\nok",
+            "HTTP/1.1 404 N\u{e3}o encontrado\r\nContent-Length: 2\r\n\r\nok".as_bytes(),
+        ] {
+            let mut b = BytesMut::from(text);
+            let h = parse_response(&mut b, 8192, false).unwrap().unwrap();
+            assert!(h.reason.end <= h.raw.len(), "{:?}", h.reason);
+            assert_eq!(h.framing, BodyFraming::Length(2));
+            assert_eq!(h.content_length, Some(2));
+            assert_eq!(&b[..], b"ok");
+            for f in &h.headers {
+                let _ = (h.name(f), h.value(f));
+            }
+        }
+    }
+
+    #[test]
+    fn offsets_outside_the_base_are_empty() {
+        let base = b"abcdef";
+        assert_eq!(offset(base, &base[2..4]), 2..4);
+        assert_eq!(offset(base, b""), 0..0);
+        assert_eq!(offset(base, &b"elsewhere"[..3]), 0..0);
+        assert_eq!(offset(&base[..3], &base[2..5]), 0..0);
     }
 
     #[test]

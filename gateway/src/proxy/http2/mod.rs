@@ -285,16 +285,32 @@ impl<'a> H2Facts<'a> {
         }
     }
 
-    /// The request line of this request as it goes upstream; `chunked` when its body
-    /// is to be sent with the chunked coding (HTTP/1.1 upstreams only).
-    fn outgoing(&self, chunked: bool) -> rewrite::Outgoing<'a> {
+    /// The client's `content-length` (h2 checked it against the DATA it carries).
+    fn declared_length(&self) -> Option<u64> {
+        self.parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+    }
+
+    /// The request line and framing of this request as it goes upstream. A body of
+    /// unknown length goes to an HTTP/1.1 upstream (`h1`) with the chunked coding; a
+    /// request without a body states a length only if the client did (as 0, what
+    /// follows).
+    fn outgoing(&self, has_body: bool, h1: bool) -> rewrite::Outgoing<'a> {
         let parts = self.parts;
+        let declared = self.declared_length();
         rewrite::Outgoing {
             method: parts.method.as_str().as_bytes(),
             path: self.path,
             path_and_query: self.path_and_query,
             authority: self.authority,
-            chunked,
+            chunked: h1 && has_body && declared.is_none(),
+            length: if has_body {
+                declared
+            } else {
+                declared.map(|_| 0)
+            },
             accepts_trailers: parts
                 .headers
                 .get(http::header::TE)
@@ -545,12 +561,10 @@ fn response_timeout(facts: &H2Facts<'_>, route: &Route, cluster: &Cluster) -> Du
 
 /// A declared request body over `http.max_request_body_bytes` is refused up front.
 fn check_declared_length(x: &Exchange<'_>, facts: &H2Facts<'_>) -> Result<(), Abort> {
-    let declared = facts
-        .parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    match (declared, x.snapshot.http.max_request_body_bytes) {
+    match (
+        facts.declared_length(),
+        x.snapshot.http.max_request_body_bytes,
+    ) {
         (Some(n), Some(max)) if n > max => Err(Abort::Respond(
             413,
             "request body larger than http.max_request_body_bytes",

@@ -47,8 +47,7 @@ pub(super) async fn exchange(
             Abort::Respond(status, why)
         })?;
     let has_body = !body.is_end_stream();
-    let length = parts.headers.get(http::header::CONTENT_LENGTH).is_some();
-    let outgoing = facts.outgoing(has_body && !length);
+    let outgoing = facts.outgoing(has_body, true);
     let mut head = rewrite::request_head(
         &outgoing,
         facts.end_to_end_headers(),
@@ -150,7 +149,10 @@ fn h2_response_head(response: &ResponseHead, route: &Route) -> Option<Response<(
     headers.reserve(response.headers.len() + edits.set.len());
     for f in &response.headers {
         let name = response.name(f);
-        if response.is_hop_by_hop(f, &response.connection) || edits.drops(name) {
+        if response.is_hop_by_hop(f, &response.connection)
+            || edits.drops(name)
+            || rewrite::is_framing_field(name)
+        {
             continue;
         }
         let value = response.raw.slice(f.value.clone());
@@ -163,6 +165,9 @@ fn h2_response_head(response: &ResponseHead, route: &Route) -> Option<Response<(
         headers,
         edits.set.iter().map(|(n, v)| (n.as_str(), v.as_str())),
     )?;
+    if let Some(n) = rewrite::stated_length(response) {
+        headers.append(http::header::CONTENT_LENGTH, n.into());
+    }
     Some(head)
 }
 

@@ -118,8 +118,8 @@ async fn attempt(
             let (status, why) = connect_failure(x, cluster_id, &e);
             Abort::Respond(status, why)
         })?;
-    let request = upstream_request(x, facts, route, fwd, slot.endpoint)?;
     let end = body.is_end_stream();
+    let request = upstream_request(x, facts, route, fwd, slot.endpoint, !end)?;
     let failed = |e: h2::Error| {
         tracing::debug!(cluster = %cluster.name, "h2 upstream connection failed: {e}");
         Abort::Respond(502, "upstream HTTP/2 connection failed")
@@ -191,9 +191,10 @@ fn upstream_request(
     route: &Route,
     fwd: &Forward,
     endpoint: std::net::SocketAddr,
+    has_body: bool,
 ) -> Result<http::Request<()>, Abort> {
     rewrite::h2_request(
-        &facts.outgoing(false),
+        &facts.outgoing(has_body, false),
         facts.parts.method.clone(),
         facts.end_to_end_headers(),
         fwd,
