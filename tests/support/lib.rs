@@ -10,6 +10,7 @@ pub mod background;
 pub mod consul;
 pub mod grpc;
 pub mod h2c;
+pub mod h2frames;
 pub mod pki;
 pub mod process;
 pub mod raw;

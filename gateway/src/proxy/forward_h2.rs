@@ -20,19 +20,21 @@ use weft_mesh::snapshot::{Forward, Route};
 
 use super::facts::Facts;
 use super::forward::connect_failure;
-use super::http2::send_all;
+use super::http2::{send_all, Pace, SendError};
 use super::rewrite::{self, ClientFraming};
 use super::{Exchange, Next};
 use crate::observe::metrics::Family;
 use crate::proto::h1::body::{copy_body, BodyCopy, BodyError, BodySink};
 use crate::proto::h1::chunked::{encode_chunk, last_chunk};
 use crate::proto::h1::head::{BodyFraming, Version};
+use crate::runtime::wakers::CoarseTimers;
 use crate::transport::{ClientStream, Conn};
 use crate::upstream::REFUSED_RETRIES;
 
 /// An HTTP/2 request stream as the sink of an HTTP/1.1 request body.
 struct StreamSink<'a> {
     stream: &'a mut SendStream<Bytes>,
+    timers: &'a CoarseTimers,
     /// The last piece went out with END_STREAM.
     ended: bool,
 }
@@ -40,10 +42,11 @@ struct StreamSink<'a> {
 impl BodySink for StreamSink<'_> {
     async fn put(&mut self, piece: Bytes, limit: Duration, last: bool) -> Result<(), BodyError> {
         self.ended = last;
-        match monoio::time::timeout(limit, send_all(self.stream, piece, last)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(BodyError::SinkIo(std::io::Error::other(e))),
-            Err(_) => Err(BodyError::SinkStalled),
+        let pace = Pace::new(self.timers, limit, None);
+        match send_all(self.stream, piece, last, &pace).await {
+            Ok(()) => Ok(()),
+            Err(SendError::Stream(e)) => Err(BodyError::SinkIo(std::io::Error::other(e))),
+            Err(SendError::Stalled) => Err(BodyError::SinkStalled),
         }
     }
 }
@@ -130,6 +133,7 @@ pub async fn forward<S: ClientStream>(
             };
             let mut sink = StreamSink {
                 stream: &mut upstream_body,
+                timers: &x.worker.idle_timers,
                 ended: false,
             };
             match copy_body(client, &mut sink, &spec).await {

@@ -270,12 +270,12 @@ enum HeadRead {
 
 /// Whether a new connection opened with the HTTP/2 preface (reading more while what
 /// arrived so far could still be one).
+/// One deadline for the whole preface: a client dripping it a byte at a time gets no
+/// more time than one sending it at once.
 async fn is_h2_preface<S: ClientStream>(client: &mut Conn<S>, http: &HttpConfig) -> bool {
+    let deadline = Instant::now() + http.header_read_timeout.0;
     while client.buf.len() < http2::PREFACE.len() && http2::PREFACE.starts_with(&client.buf) {
-        match client
-            .fill_with_timeout(HEAD_READ, http.header_read_timeout.0)
-            .await
-        {
+        match client.fill_until(HEAD_READ, deadline).await {
             Ok(n) if n > 0 => {}
             _ => return false,
         }

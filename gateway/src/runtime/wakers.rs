@@ -175,6 +175,59 @@ impl Drop for EventWait<'_> {
     }
 }
 
+/// A repeatable wake-up: every `notify` wakes the futures waiting at that moment.
+/// Cheap to notify when nobody waits (an empty slab), which is the common case.
+#[derive(Default)]
+pub struct LocalSignal {
+    waiters: Slots<()>,
+}
+
+impl LocalSignal {
+    pub fn notify(&self) {
+        for w in self.waiters.take_wakers(|_| true) {
+            w.wake();
+        }
+    }
+
+    /// Completes at the first `notify` after it is first polled.
+    pub fn wait(&self) -> SignalWait<'_> {
+        SignalWait {
+            signal: self,
+            slot: None,
+        }
+    }
+}
+
+pub struct SignalWait<'a> {
+    signal: &'a LocalSignal,
+    slot: Option<usize>,
+}
+
+impl Future for SignalWait<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        match this.slot {
+            Some(i) if this.signal.waiters.still_waiting(i, cx.waker()) => Poll::Pending,
+            Some(_) => {
+                this.signal.waiters.release(&mut this.slot);
+                Poll::Ready(())
+            }
+            None => {
+                this.signal.waiters.register(&mut this.slot, (), cx.waker());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for SignalWait<'_> {
+    fn drop(&mut self) {
+        self.signal.waiters.release(&mut self.slot);
+    }
+}
+
 #[derive(Default)]
 pub struct CoarseTimers {
     slots: Slots<Instant>,

@@ -189,6 +189,10 @@ pub struct Http2Config {
     /// A client that has reset more streams than this, and more than half of all it
     /// opened, is sent GOAWAY(ENHANCE_YOUR_CALM) and closed (rapid-reset defence).
     pub max_reset_streams: u32,
+    /// Response data one client connection may have queued in weft, handed on but not
+    /// yet written to the client, across all its streams. A client that stops reading
+    /// holds at most this much; its streams wait, and are reset after the idle timeout.
+    pub max_send_buffer_bytes: u32,
 }
 
 impl Default for Http2Config {
@@ -202,6 +206,7 @@ impl Default for Http2Config {
             keepalive_interval: None,
             keepalive_timeout: ConfigDuration::from_secs(20),
             max_reset_streams: 200,
+            max_send_buffer_bytes: 1024 * 1024,
         }
     }
 }

@@ -412,6 +412,12 @@ fn check_http2(h: &crate::config::Http2Config, d: &mut Diagnostics) {
     if h.max_reset_streams == 0 {
         d.error("http2.max_reset_streams", "must be at least 1");
     }
+    if !(16_384..=1 << 30).contains(&h.max_send_buffer_bytes) {
+        d.error(
+            "http2.max_send_buffer_bytes",
+            "must be between 16384 and 1073741824",
+        );
+    }
 }
 
 fn parse_listen_address(text: &str, path: &str, d: &mut Diagnostics) -> Option<SocketAddr> {

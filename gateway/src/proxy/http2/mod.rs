@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream, SendStream};
+use h2::{Reason, RecvStream};
 use http::request::Parts;
 use http::Response;
 use monoio::io::IntoPollIo;
@@ -33,8 +33,12 @@ use crate::observe::metrics::Family;
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::{Conn, Replay};
 
+mod send;
 mod to_h1;
 mod to_h2;
+
+pub(super) use send::{send_all, within, Pace, SendError};
+use send::{Metered, SendBudget};
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -96,18 +100,35 @@ pub async fn serve_io<T>(
 {
     let snapshot = worker.snapshot();
     let limits = &snapshot.http2;
-    let mut conn = match h2::server::Builder::new()
+    let budget = Rc::new(SendBudget::new(u64::from(limits.max_send_buffer_bytes)));
+    let io = Metered {
+        inner: io,
+        budget: budget.clone(),
+    };
+    let handshake = h2::server::Builder::new()
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // h2's own per-stream queue: never more than the whole connection may hold.
+        .max_send_buffer_size(limits.max_send_buffer_bytes as usize)
         .max_header_list_size(limits.max_header_list_size)
         .initial_window_size(limits.initial_stream_window)
         .initial_connection_window_size(limits.initial_connection_window)
         .max_frame_size(limits.max_frame_size)
-        .handshake::<_, Bytes>(io)
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!("h2 handshake failed: {e}");
+        .handshake::<_, Bytes>(io);
+    // The preface and SETTINGS phase has a deadline of its own: a client that chose h2
+    // (by ALPN or by the first bytes of its preface) and then sends nothing is closed.
+    let preface_deadline = worker
+        .idle_timers
+        .deadline(Instant::now() + snapshot.http.header_read_timeout.0);
+    let mut conn = monoio::select! {
+        r = handshake => match r {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("h2 handshake failed: {e}");
+                return;
+            }
+        },
+        _ = preface_deadline => {
+            tracing::debug!(%peer, "h2 client sent no preface in time");
             return;
         }
     };
@@ -117,6 +138,7 @@ pub async fn serve_io<T>(
     });
     let spawn_stream = |req, respond| {
         let activity = activity.clone();
+        let budget = budget.clone();
         activity.open.set(activity.open.get() + 1);
         activity.idle_since.set(None);
         activity.streams.set(activity.streams.get() + 1);
@@ -126,6 +148,7 @@ pub async fn serve_io<T>(
             peer,
             scheme,
             client_cert.clone(),
+            budget.clone(),
             req,
             respond,
         );
@@ -136,10 +159,12 @@ pub async fn serve_io<T>(
             activity.open.set(activity.open.get() - 1);
             if activity.open.get() == 0 {
                 activity.idle_since.set(Some(Instant::now()));
+                budget.settle();
             }
         });
     };
     let idle_timeout = snapshot.http.idle_timeout.0;
+    let drain_grace = snapshot.http.header_read_timeout.0;
     let max_resets = limits.max_reset_streams;
     let max_streams = limits.max_concurrent_streams as usize;
     let keepalive = keepalive(
@@ -197,8 +222,24 @@ pub async fn serve_io<T>(
         }
     }
     conn.graceful_shutdown();
-    while let Some(Ok((req, respond))) = conn.accept().await {
-        spawn_stream(req, respond);
+    // Draining: open streams finish. h2 waits for the peer to acknowledge the shutdown
+    // PING before its final GOAWAY; a peer that never does is not waited for once no
+    // stream is left and it has had `header_read_timeout` to answer.
+    loop {
+        let grace = worker.idle_timers.deadline(Instant::now() + drain_grace);
+        let accepted = monoio::select! {
+            r = conn.accept() => r,
+            _ = grace => {
+                if activity.open.get() == 0 {
+                    return;
+                }
+                continue;
+            }
+        };
+        match accepted {
+            Some(Ok((req, respond))) => spawn_stream(req, respond),
+            _ => return,
+        }
     }
 }
 
@@ -253,10 +294,12 @@ struct H2Facts<'a> {
     grpc_timeout: Option<Duration>,
     /// A verified client certificate's identity (see `facts::CLIENT_CERT_HEADER`).
     client_cert: Option<&'a str>,
+    /// What the connection's streams may queue for the client.
+    send_budget: &'a SendBudget,
 }
 
 impl<'a> H2Facts<'a> {
-    fn new(parts: &'a Parts) -> H2Facts<'a> {
+    fn new(parts: &'a Parts, send_budget: &'a SendBudget) -> H2Facts<'a> {
         let authority = parts
             .uri
             .authority()
@@ -282,7 +325,18 @@ impl<'a> H2Facts<'a> {
             grpc,
             grpc_timeout: grpc.then(|| grpc::timeout(&parts.headers)).flatten(),
             client_cert: None,
+            send_budget,
         }
+    }
+
+    /// How sends to this client are paced: its connection's budget, and the idle
+    /// timeout as the longest wait for it to read.
+    fn client_pace<'x>(&'x self, x: &'x Exchange<'_>) -> Pace<'x> {
+        Pace::new(
+            &x.worker.idle_timers,
+            x.snapshot.http.idle_timeout.0,
+            Some(self.send_budget),
+        )
     }
 
     /// The client's `content-length` (h2 checked it against the DATA it carries).
@@ -353,12 +407,13 @@ async fn stream_task(
     peer: SocketAddr,
     scheme: &'static str,
     client_cert: Option<Rc<ClientCert>>,
+    budget: Rc<SendBudget>,
     req: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) -> StreamEnd {
     let snapshot = worker.snapshot();
     let (parts, body) = req.into_parts();
-    let mut facts = H2Facts::new(&parts);
+    let mut facts = H2Facts::new(&parts, &budget);
     facts.client_cert = client_cert.as_deref().map(|c| c.value.as_str());
     let x = Exchange {
         worker: &worker,
@@ -491,6 +546,17 @@ enum Abort {
     Reset(Reason),
     /// The client reset the stream; nothing more to send.
     ClientGone,
+    /// The client made no progress (sent no body, read no response) for the idle
+    /// timeout: the stream is reset, and counted with the resets it could abuse.
+    ClientStalled,
+}
+
+/// A send to the client that failed: it went away, or stopped reading.
+fn client_send_failed(e: SendError) -> Abort {
+    match e {
+        SendError::Stalled => Abort::ClientStalled,
+        SendError::Stream(_) => Abort::ClientGone,
+    }
 }
 
 /// The exchange with the upstream, boxed: it is kilobytes (10 KiB for an h2 relay),
@@ -545,6 +611,12 @@ async fn forward(
         }
         Err(Abort::Reset(reason)) => respond.send_reset(reason),
         Err(Abort::ClientGone) => return StreamEnd::ClientReset,
+        Err(Abort::ClientStalled) => {
+            tracing::debug!(peer = %x.peer, "h2 stream made no progress for the idle timeout; reset");
+            x.count(Some(route), Some(cluster_id), 408);
+            respond.send_reset(Reason::CANCEL);
+            return StreamEnd::ClientReset;
+        }
     }
     StreamEnd::Done
 }
@@ -597,36 +669,4 @@ async fn discard_request_body(x: &Exchange<'_>, body: &mut RecvStream) {
         _ = drain => {}
         _ = deadline => {}
     }
-}
-
-/// Sends `data` as the stream's flow-control window opens, so a slow reader holds the
-/// caller back; with `end`, it is handed to h2 at once and its last frame ends the
-/// stream. Ending on the last DATA frame rather than an empty one after it
-/// matters: h2 peers budget small non-final DATA frames (a flood defence), and a proxy
-/// that splits every small message into two frames spends that budget for nothing.
-pub(super) async fn send_all(
-    send: &mut SendStream<Bytes>,
-    mut data: Bytes,
-    end: bool,
-) -> Result<(), h2::Error> {
-    if end {
-        // The stream's last piece goes to h2 whether the window has room yet or not:
-        // nothing is read behind it, so h2 holding it costs no more memory than this task
-        // would (h2 counts the stream as open until the piece is out), and the response
-        // saves a capacity request and a wake-up.
-        return send.send_data(data, true);
-    }
-    while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        match poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(Ok(0)) => continue,
-            Some(Ok(n)) => {
-                let piece = data.split_to(n.min(data.len()));
-                send.send_data(piece, false)?
-            }
-            Some(Err(e)) => return Err(e),
-            None => return Err(h2::Error::from(Reason::CANCEL)),
-        }
-    }
-    Ok(())
 }

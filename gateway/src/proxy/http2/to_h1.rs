@@ -14,7 +14,9 @@ use http::Response;
 use monoio::io::AsyncWriteRentExt;
 use weft_mesh::snapshot::{Cluster, Forward, Route};
 
-use super::{append_fields, response_timeout, send_all, Abort, H2Facts};
+use super::{
+    append_fields, client_send_failed, response_timeout, send_all, within, Abort, H2Facts, Pace,
+};
 use crate::proto::h1::chunked::{encode_chunk, last_chunk, ChunkedParser};
 use crate::proto::h1::head::{parse_response, BodyFraming, Head, ResponseHead};
 use crate::proxy::forward::{connect_failure, idempotent};
@@ -107,7 +109,8 @@ pub(super) async fn exchange(
         .send_response(head, no_body)
         .map_err(|_| Abort::ClientGone)?;
     if !no_body {
-        relay_response_body(&mut up, &mut send, response.framing, cluster).await?;
+        let pace = facts.client_pace(x);
+        relay_response_body(&mut up, &mut send, response.framing, cluster, &pace).await?;
     }
     let reusable = !response.connection.close
         && response.framing != BodyFraming::UntilClose
@@ -179,8 +182,14 @@ async fn send_request_body(
     cluster: &Cluster,
 ) -> Result<(), Abort> {
     let limit = x.snapshot.http.max_request_body_bytes;
+    let idle = x.snapshot.http.idle_timeout.0;
     let mut seen = 0u64;
-    while let Some(data) = body.data().await {
+    // A client that stops sending its body would pin this upstream connection: each
+    // piece must come within the idle timeout.
+    while let Some(data) = within(&x.worker.idle_timers, idle, body.data())
+        .await
+        .ok_or(Abort::ClientStalled)?
+    {
         let data = data.map_err(|_| Abort::ClientGone)?;
         let n = data.len();
         seen += n as u64;
@@ -213,7 +222,11 @@ async fn send_request_body(
         let _ = body.flow_control().release_capacity(n);
     }
     if chunked {
-        let trailers = body.trailers().await.ok().flatten();
+        let trailers = within(&x.worker.idle_timers, idle, body.trailers())
+            .await
+            .ok_or(Abort::ClientStalled)?
+            .ok()
+            .flatten();
         if up
             .conn
             .stream
@@ -283,6 +296,7 @@ async fn relay_response_body(
     send: &mut SendStream<Bytes>,
     framing: BodyFraming,
     cluster: &Cluster,
+    pace: &Pace<'_>,
 ) -> Result<(), Abort> {
     let mut remaining = match framing {
         BodyFraming::Length(n) => n,
@@ -330,10 +344,11 @@ async fn relay_response_body(
             None
         };
         let end = done && fields.is_none();
-        send_all(send, data, end)
+        send_all(send, data, end, pace)
             .await
-            .map_err(|_| Abort::ClientGone)?;
+            .map_err(client_send_failed)?;
         if let Some(t) = fields {
+            pace.finish();
             return send
                 .send_trailers(t)
                 .map_err(|_| Abort::Reset(Reason::INTERNAL_ERROR));
@@ -343,6 +358,7 @@ async fn relay_response_body(
         }
     }
     // An until-close body ended with the connection.
+    pace.finish();
     send.send_data(Bytes::new(), true)
         .map_err(|_| Abort::Reset(Reason::INTERNAL_ERROR))
 }

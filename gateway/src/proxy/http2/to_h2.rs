@@ -23,7 +23,7 @@ use h2::{Reason, RecvStream, SendStream};
 use http::Response;
 use weft_mesh::snapshot::{Forward, Route};
 
-use super::{response_timeout, send_all, Abort, H2Facts};
+use super::{client_send_failed, response_timeout, send_all, within, Abort, H2Facts, Pace};
 use crate::observe::metrics::Family;
 use crate::proxy::forward::connect_failure;
 use crate::proxy::grpc;
@@ -35,6 +35,8 @@ use crate::upstream::REFUSED_RETRIES;
 enum PumpEnd {
     /// Client reset or broke its stream.
     Client,
+    /// The client sent nothing for the idle timeout.
+    ClientStalled,
     /// The upstream stopped taking the request (it may still answer).
     Upstream,
     /// Over `http.max_request_body_bytes`.
@@ -136,14 +138,30 @@ async fn attempt(
         .then(|| response_timeout(facts, route, cluster));
     // gRPC streams may sit quiet for long; their deadline is the call's own.
     let stall = (!facts.grpc).then_some(cluster.read_timeout);
-    let pump = pin!(pump_request(body, upstream_body, limit));
+    let idle = x.snapshot.http.idle_timeout.0;
+    let up_stall = if facts.grpc {
+        idle
+    } else {
+        cluster.read_timeout
+    };
+    let up_pace = Pace::new(&x.worker.idle_timers, up_stall, None);
+    let client_pace = facts.client_pace(x);
+    let client_stall = (!facts.grpc).then_some(idle);
+    let pump = pin!(pump_request(
+        body,
+        upstream_body,
+        limit,
+        client_stall,
+        &up_pace
+    ));
     let answer = pin!(relay_response(
         response,
         respond,
         sent,
         route,
         head_timeout,
-        stall
+        stall,
+        &client_pace,
     ));
     let both = both_directions(pump, answer, end);
     match call_deadline {
@@ -171,6 +189,7 @@ async fn both_directions(
                 match end {
                     Ok(()) | Err(PumpEnd::Upstream) => {}
                     Err(PumpEnd::Client) => return Poll::Ready(Err(Abort::ClientGone)),
+                    Err(PumpEnd::ClientStalled) => return Poll::Ready(Err(Abort::ClientStalled)),
                     Err(PumpEnd::TooLarge) => {
                         return Poll::Ready(Err(Abort::Respond(
                             413,
@@ -209,14 +228,26 @@ fn upstream_request(
     ))
 }
 
-/// Client request body (and trailers) to the upstream stream.
+/// Client request body (and trailers) to the upstream stream. Each piece must come
+/// within `client_stall` when one is given (a gRPC stream may stay quiet while its
+/// responses flow: its deadline bounds it instead), and the upstream must take it
+/// within `upstream.stall`.
 async fn pump_request(
     body: &mut RecvStream,
     mut upstream: SendStream<Bytes>,
     limit: Option<u64>,
+    client_stall: Option<Duration>,
+    up_pace: &Pace<'_>,
 ) -> Result<(), PumpEnd> {
     let mut seen = 0u64;
-    while let Some(data) = body.data().await {
+    loop {
+        let next = match client_stall {
+            Some(stall) => within(up_pace.timers(), stall, body.data())
+                .await
+                .ok_or(PumpEnd::ClientStalled)?,
+            None => body.data().await,
+        };
+        let Some(data) = next else { break };
         let data = data.map_err(|_| PumpEnd::Client)?;
         let n = data.len();
         seen += n as u64;
@@ -224,7 +255,7 @@ async fn pump_request(
             return Err(PumpEnd::TooLarge);
         }
         let last = body.is_end_stream();
-        send_all(&mut upstream, data, last)
+        send_all(&mut upstream, data, last, up_pace)
             .await
             .map_err(|_| PumpEnd::Upstream)?;
         // Only now may the client send more: the upstream took this piece.
@@ -249,6 +280,7 @@ async fn relay_response(
     route: &Route,
     head_timeout: Option<Duration>,
     stall: Option<Duration>,
+    pace: &Pace<'_>,
 ) -> Result<u16, Abort> {
     let head = monoio::select! {
         r = response => r,
@@ -289,9 +321,9 @@ async fn relay_response(
             Some(Ok(data)) => {
                 let n = data.len();
                 let last = upstream.is_end_stream();
-                send_all(client, data, last)
+                send_all(client, data, last, pace)
                     .await
-                    .map_err(|_| Abort::ClientGone)?;
+                    .map_err(client_send_failed)?;
                 let _ = upstream.flow_control().release_capacity(n);
                 if last {
                     return Ok(status);
@@ -301,7 +333,9 @@ async fn relay_response(
             None => break,
         }
     }
-    match upstream.trailers().await {
+    let ended = upstream.trailers().await;
+    pace.finish();
+    match ended {
         Ok(Some(trailers)) => client.send_trailers(trailers),
         Ok(None) => client.send_data(Bytes::new(), true),
         Err(e) => return Err(Abort::Reset(e.reason().unwrap_or(Reason::CANCEL))),
