@@ -33,6 +33,9 @@ pub enum Fault {
     Down,
     /// Hold every request for a minute (past any client read timeout).
     Stall,
+    /// Answer 200 with no Content-Length and stream bytes for as long as the client
+    /// reads (at most 1 GiB): an agent, or whoever answers as one, growing its client.
+    EndlessBody,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +103,10 @@ impl ConsulAgent {
                 }
                 if fault == Fault::CloseMidBody {
                     tokio::spawn(close_mid_body(stream));
+                    continue;
+                }
+                if fault == Fault::EndlessBody {
+                    tokio::spawn(endless_body(stream));
                     continue;
                 }
                 let (st, ch, tls) = (st.clone(), ch.clone(), tls.clone());
@@ -326,6 +333,23 @@ async fn close_mid_body(mut stream: tokio::net::TcpStream) {
     let _ = stream
         .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: 99\r\nContent-Length: 400\r\n\r\n[{\"Node\": {\"Address\": \"10.")
         .await;
+}
+
+async fn endless_body(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 4096];
+    let _ = stream.read(&mut buf).await;
+    let _ = stream
+        .write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: 99\r\n\r\n[",
+        )
+        .await;
+    let filler = vec![b' '; 64 * 1024];
+    for _ in 0..16 * 1024 {
+        if stream.write_all(&filler).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn plain(status: u16, text: &str) -> Response<Full<Bytes>> {

@@ -246,6 +246,43 @@ fn consul_faults_keep_the_last_good_endpoints_and_never_busy_loop() {
     served_only_by(listen, &["a"], Duration::from_secs(5));
 }
 
+/// Whoever can answer as the agent once grew weft to 3 GB in 8 s with a body that never
+/// ended. The answer is capped (`consul.max_response_bytes`): an over-size one is an
+/// error, the last good endpoints stay, and memory stays flat.
+#[test]
+fn an_endless_consul_answer_is_cut_at_the_cap_and_changes_nothing() {
+    let a = TestUpstream::start("a");
+    let agent = ConsulAgent::start();
+    agent.add("billing", "a1", a.addr);
+    let (listen, admin) = (free_addr(), free_addr());
+    // The default cap (16 MiB).
+    let weft = Weft::start("ingress", &consul_config(listen, admin, agent.addr), admin);
+    served_only_by(listen, &["a"], Duration::from_secs(5));
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let before = rss(weft.pid());
+    agent.set_fault(Fault::EndlessBody);
+    // Wake the blocking query so the next answer is the endless one.
+    agent.remove("nobody");
+    std::thread::sleep(Duration::from_secs(4));
+    let grown = rss(weft.pid()).saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "weft grew by {grown} KiB reading one answer"
+    );
+    let status = weft.admin_get("/config").1;
+    assert!(status.contains("\"stale\": true"), "{status}");
+    assert!(status.contains("consul.max_response_bytes"), "{status}");
+    served_only_by(listen, &["a"], Duration::from_secs(1));
+    agent.set_fault(Fault::None);
+}
+
 #[test]
 fn a_stalled_agent_times_out_and_traffic_keeps_flowing_under_load() {
     let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));

@@ -637,3 +637,54 @@ fn optional_client_certificates_and_chosen_cipher_suites() {
     assert!(suite("TLS_CHACHA20_POLY1305_SHA256"));
     assert!(!suite("TLS_AES_128_GCM_SHA256"));
 }
+
+/// A SIGHUP with the TOML unchanged once kept rotated certificates and a CA removed
+/// from a bundle in service (`reload: config unchanged`): files are compared by content.
+#[test]
+fn a_reload_rereads_rotated_certificates_and_revoked_cas_with_the_text_unchanged() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    other.leaf("client2", "client-2", "URI:spiffe://test/client-2", CLIENT);
+    // The bundle trusts both CAs at first.
+    let bundle = |cas: &[&Pki]| {
+        let text: String = cas
+            .iter()
+            .map(|p| std::fs::read_to_string(p.path("ca.crt")).unwrap())
+            .collect();
+        std::fs::write(pki.path("bundle.crt"), text).unwrap();
+    };
+    bundle(&[&pki, &other]);
+    let (weft, listen, _app) = start(
+        &pki,
+        ", client_auth = { ca = \"bundle.crt\", mode = \"require\" }",
+    );
+    let client2 = cert_args(&other, "client2");
+    let client2: Vec<&str> = client2.iter().map(String::as_str).collect();
+    let (ok, out) = curl(&pki, listen, "a.test", &client2, "/");
+    assert!(ok && out.contains("hello over tls"), "{out}");
+    assert!(served_cn(listen, "a.test").contains("a.test"));
+
+    let reload = || {
+        let version = weft.metric(&["weft_config_version"]);
+        weft.signal(1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while weft.metric(&["weft_config_version"]) <= version {
+            assert!(
+                Instant::now() < deadline,
+                "reload not published:\n{}",
+                weft.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Rotated in place: same file names, new certificate.
+    pki.leaf("a", "a.test rotated", "DNS:a.test", SERVER);
+    reload();
+    assert!(served_cn(listen, "a.test").contains("rotated"));
+
+    // The other CA is removed from the bundle: its client certificate is refused.
+    bundle(&[&pki]);
+    reload();
+    let (ok, out) = curl(&pki, listen, "a.test", &client2, "/");
+    assert!(!ok, "a client of a removed CA was still let in: {out}");
+}

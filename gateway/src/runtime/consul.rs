@@ -31,6 +31,9 @@ pub enum ConsulError {
     Status(u16, String),
     /// The answer was not a health response (truncated, not JSON, ...).
     Malformed(String),
+    /// The answer was larger than `consul.max_response_bytes` or listed more than
+    /// `consul.max_entries` instances.
+    TooLarge(String),
 }
 
 impl std::fmt::Display for ConsulError {
@@ -40,6 +43,7 @@ impl std::fmt::Display for ConsulError {
             ConsulError::Io(e) => write!(f, "Consul request failed: {e}"),
             ConsulError::Status(s, why) => write!(f, "Consul answered {s}: {why}"),
             ConsulError::Malformed(why) => write!(f, "Consul answer unusable: {why}"),
+            ConsulError::TooLarge(why) => write!(f, "Consul answer refused: {why}"),
         }
     }
 }
@@ -135,6 +139,13 @@ pub async fn health(
     }
     let entries: Vec<Value> = serde_json::from_slice(&body)
         .map_err(|e| ConsulError::Malformed(format!("not a JSON array: {e}")))?;
+    if entries.len() > settings.max_entries {
+        return Err(ConsulError::TooLarge(format!(
+            "{} instances, more than consul.max_entries = {}",
+            entries.len(),
+            settings.max_entries
+        )));
+    }
     Ok(Answer {
         index: new_index,
         endpoints: entries.iter().filter_map(endpoint).collect(),
@@ -372,20 +383,32 @@ async fn exchange(
             }
         },
     };
+    // Whoever can answer as the agent must not be able to grow this process without
+    // bound: the answer is read up to the cap, and a larger one is refused.
+    let cap = settings.max_response_bytes;
     let talk = async {
-        stream.write_all(request.into_bytes()).await.0?;
+        stream
+            .write_all(request.into_bytes())
+            .await
+            .0
+            .map_err(ConsulError::Io)?;
         let mut raw = Vec::new();
         loop {
             let buf = Vec::with_capacity(16 * 1024);
             let (res, buf) = stream.read(buf).await;
-            if res? == 0 {
-                return Ok::<_, std::io::Error>(raw);
+            if res.map_err(ConsulError::Io)? == 0 {
+                return Ok(raw);
             }
             raw.extend_from_slice(&buf);
+            if raw.len() as u64 > cap {
+                return Err(ConsulError::TooLarge(format!(
+                    "more than consul.max_response_bytes = {cap} bytes"
+                )));
+            }
         }
     };
     match monoio::time::timeout(timeout, talk).await {
-        Ok(r) => r.map_err(ConsulError::Io),
+        Ok(r) => r,
         Err(_) => Err(ConsulError::Io(std::io::Error::from(
             std::io::ErrorKind::TimedOut,
         ))),

@@ -69,6 +69,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Reads every watched endpoints file again now (SIGHUP): an edit the watcher has not
+/// noticed yet is applied with the reload, not up to a recheck later.
+pub fn reread_files(control: &Control) {
+    let watches = lock(&control.discovery.watches);
+    for (spec, watch) in watches.iter() {
+        if let Discovery::File(path) = spec {
+            let source = format!("file:{}", path.display());
+            deliver(control, &watch.clusters, &source, read_endpoints_file(path));
+        }
+    }
+}
+
 /// Starts watches the published snapshot needs and stops those it no longer does.
 pub fn reconcile(control: &Arc<Control>) {
     let snapshot = control.publisher.load();
@@ -421,12 +433,13 @@ async fn watch_consul(
     settings: &ConsulSettings,
 ) {
     let source = format!("consul:{}", query.service);
-    let token = consul_token(settings);
     let mut index = 0u64;
     let mut bucket = TokenBucket::new();
     let mut backoff = Backoff::default();
     while !stop.load(Ordering::Acquire) {
         bucket.take().await;
+        // Read per query: a token rotated in its file is used from the next one.
+        let token = consul_token(settings);
         let asked = consul::health(settings, query, index, token.as_deref());
         match asked.await {
             Ok(answer) => {

@@ -194,6 +194,7 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
             SIGHUP => {
                 reload::apply(&control, &mut listeners);
                 discovery::reconcile(&control);
+                discovery::reread_files(&control);
             }
             _ => break,
         }

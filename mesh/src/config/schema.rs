@@ -41,6 +41,11 @@ pub struct ConsulConfig {
     /// Talk to the agent over TLS (its HTTPS port): `ca`, `sni`, and `cert`/`key` when
     /// the agent verifies clients.
     pub tls: Option<ClusterTlsConfig>,
+    /// Largest answer read from the agent, in bytes; a larger one is an error and the
+    /// last good endpoints stay.
+    pub max_response_bytes: u64,
+    /// Most instances one health answer may list (same rule).
+    pub max_entries: usize,
 }
 
 impl Default for ConsulConfig {
@@ -51,6 +56,8 @@ impl Default for ConsulConfig {
             token_file: None,
             tls: None,
             wait: ConfigDuration::from_secs(300),
+            max_response_bytes: 16 * 1024 * 1024,
+            max_entries: 100_000,
         }
     }
 }

@@ -58,6 +58,12 @@ pub fn compile_with(
         .unwrap_or(([127, 0, 0, 1], 9901).into());
     check_http(&cfg.http, &mut d);
     check_http2(&cfg.http2, &mut d);
+    if cfg.consul.max_response_bytes < 1024 {
+        d.error("consul.max_response_bytes", "must be at least 1024");
+    }
+    if cfg.consul.max_entries == 0 {
+        d.error("consul.max_entries", "must be at least 1");
+    }
 
     // Clusters first: routes refer to them by index.
     // Borrowed from the file; only the sidecar's implicit entries are owned.
@@ -147,6 +153,10 @@ pub fn compile_with(
         (Role::Ingress, None) => {}
     }
 
+    // Before any file is used: one that changes in between is seen as changed by the
+    // next reload, never missed.
+    let files_digest =
+        referenced_files_digest(&listener_cfgs, &cluster_cfgs, &cfg.consul, &loaded.file);
     let clusters: Vec<Cluster> = cluster_cfgs
         .iter()
         .map(|(name, c, path)| compile_cluster(name, c, path, discovered.get(name), &mut d))
@@ -258,6 +268,7 @@ pub fn compile_with(
     Ok(Snapshot {
         version: 0,
         content_hash: fnv1a(loaded.source_text.as_bytes())
+            ^ files_digest.rotate_left(17)
             ^ if discovered.is_empty() {
                 0
             } else {
@@ -274,6 +285,8 @@ pub fn compile_with(
                 .map(|f| resolve_relative(&loaded.file, f)),
             wait: cfg.consul.wait.0,
             tls: consul_tls,
+            max_response_bytes: cfg.consul.max_response_bytes,
+            max_entries: cfg.consul.max_entries,
         },
         role: loaded.role,
         source_file: loaded.file.clone(),
@@ -620,6 +633,50 @@ fn compile_discovery(
             None
         }
     }
+}
+
+/// A digest of the contents of every file the config names (certificates, keys, CA
+/// bundles, the system bundle a cluster without `ca` trusts, the Consul token file).
+/// It is part of the snapshot's content hash, so a SIGHUP after a certificate was
+/// rotated or a CA removed from a bundle publishes, though the TOML text is the same.
+fn referenced_files_digest(
+    listeners: &[(Cow<'_, ListenerConfig>, String)],
+    clusters: &[(String, Cow<'_, ClusterConfig>, String)],
+    consul: &crate::config::ConsulConfig,
+    file: &std::path::Path,
+) -> u64 {
+    let mut paths = Vec::new();
+    for (l, _) in listeners {
+        let Some(tls) = &l.tls else { continue };
+        for c in &tls.certificates {
+            paths.push(resolve_relative(file, &c.cert));
+            paths.push(resolve_relative(file, &c.key));
+        }
+        if let Some(auth) = &tls.client_auth {
+            paths.push(resolve_relative(file, &auth.ca));
+        }
+    }
+    let upstream_tls = clusters
+        .iter()
+        .filter_map(|(_, c, _)| c.tls.as_ref())
+        .chain(consul.tls.as_ref());
+    for tls in upstream_tls {
+        paths.push(match &tls.ca {
+            Some(ca) => resolve_relative(file, ca),
+            None => super::tls::SYSTEM_ROOTS.into(),
+        });
+        for f in tls.cert.iter().chain(&tls.key) {
+            paths.push(resolve_relative(file, f));
+        }
+    }
+    if let Some(token) = &consul.token_file {
+        paths.push(resolve_relative(file, token));
+    }
+    paths.iter().fold(0u64, |h, p| {
+        // A missing file digests as empty; compiling it reports the error.
+        let contents = std::fs::read(p).unwrap_or_default();
+        h.rotate_left(7) ^ fnv1a(p.as_os_str().as_encoded_bytes()) ^ fnv1a(&contents)
+    })
 }
 
 /// `name` relative to the directory of the config `file`.

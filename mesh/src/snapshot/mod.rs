@@ -78,6 +78,9 @@ pub struct ConsulSettings {
     pub token_file: Option<std::path::PathBuf>,
     pub wait: Duration,
     pub tls: Option<Arc<tls::ClusterTls>>,
+    /// Bounds on one answer from the agent (`consul.max_response_bytes`, `max_entries`).
+    pub max_response_bytes: u64,
+    pub max_entries: usize,
 }
 
 /// Where a cluster's endpoints are discovered.

@@ -24,7 +24,7 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 
 /// The system CA bundle (Debian's ca-certificates), used when a cluster names no CA.
-const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub(crate) const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// TLS to a cluster's endpoints.
 #[derive(Debug)]
