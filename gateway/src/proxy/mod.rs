@@ -13,6 +13,7 @@
 mod facts;
 mod forward;
 mod forward_h2;
+pub mod forwarded;
 mod grpc;
 mod http2;
 mod local;

@@ -137,20 +137,25 @@ pub async fn health(
         let why = String::from_utf8_lossy(&body).trim().to_owned();
         return Err(ConsulError::Status(status, why));
     }
-    let entries: Vec<Value> = serde_json::from_slice(&body)
-        .map_err(|e| ConsulError::Malformed(format!("not a JSON array: {e}")))?;
-    if entries.len() > settings.max_entries {
-        return Err(ConsulError::TooLarge(format!(
-            "{} instances, more than consul.max_entries = {}",
-            entries.len(),
-            settings.max_entries
-        )));
-    }
     Ok(Answer {
         index: new_index,
-        endpoints: entries.iter().filter_map(endpoint).collect(),
+        endpoints: decode_health(&body, settings.max_entries)?,
         acl_filtered,
     })
+}
+
+/// The endpoints of a `/v1/health/service/<name>` answer body: instances that must not
+/// serve (critical, unusable address) are left out; more than `max_entries` is an error.
+pub fn decode_health(body: &[u8], max_entries: usize) -> Result<Vec<EndpointConfig>, ConsulError> {
+    let entries: Vec<Value> = serde_json::from_slice(body)
+        .map_err(|e| ConsulError::Malformed(format!("not a JSON array: {e}")))?;
+    if entries.len() > max_entries {
+        return Err(ConsulError::TooLarge(format!(
+            "{} instances, more than consul.max_entries = {max_entries}",
+            entries.len()
+        )));
+    }
+    Ok(entries.iter().filter_map(endpoint).collect())
 }
 
 /// The endpoint of one health entry, or `None` for one that must not serve.

@@ -6,7 +6,7 @@
 //! SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, exit; a second
 //! signal exits at once).
 
-mod consul;
+pub mod consul;
 pub mod discovery;
 pub mod driver;
 pub mod listen;
