@@ -8,6 +8,8 @@
 //!   then ends with FAILED_PRECONDITION and a custom trailer; `"forever"` streams until
 //!   the client goes away, which `cancelled` counts;
 //! - `Chat` (bidirectional): answers each message with `echo:<message>`;
+//! - `Ticker` (bidirectional): sends `tick-i` every 200 ms whatever the client sends,
+//!   until the client ends its side;
 //! - `Fail`: FAILED_PRECONDITION with message `nope` and trailer `x-custom: kept`.
 
 use std::convert::Infallible;
@@ -119,6 +121,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Echo {
                     grpc.server_streaming(handler, req).await
                 }
                 "/test.Echo/Chat" => grpc.streaming(Handler(chat), req).await,
+                "/test.Echo/Ticker" => grpc.streaming(Handler(ticker), req).await,
                 "/test.Echo/Fail" => grpc.unary(Handler(fail), req).await,
                 _ => Status::unimplemented(path).into_http(),
             })
@@ -191,6 +194,26 @@ async fn chat(req: Request<Streaming<Bytes>>) -> Result<Response<MessageStream>,
             out.freeze()
         })
     });
+    Ok(Response::new(Box::pin(stream) as MessageStream))
+}
+
+async fn ticker(req: Request<Streaming<Bytes>>) -> Result<Response<MessageStream>, Status> {
+    let mut inbound = req.into_inner();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Status>>(4);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        for i in 0.. {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if tx.send(Ok(Bytes::from(format!("tick-{i}")))).await.is_err() {
+                        return;
+                    }
+                }
+                m = inbound.next() => if !matches!(m, Some(Ok(_))) { return },
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     Ok(Response::new(Box::pin(stream) as MessageStream))
 }
 

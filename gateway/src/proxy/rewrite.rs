@@ -413,6 +413,19 @@ pub fn is_framing_field(name: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
 }
 
+/// Whether `value` is the canonical decimal form of `n` (no sign, space or leading 0):
+/// then the received field can be sent on as it is, instead of formatting `n` anew.
+pub fn states_exactly(value: &[u8], n: u64) -> bool {
+    let canonical = !value.is_empty()
+        && value.len() <= 20
+        && value.iter().all(u8::is_ascii_digit)
+        && (value.len() == 1 || value[0] != b'0');
+    canonical
+        && value.iter().try_fold(0u64, |acc, &d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        }) == Some(n)
+}
+
 /// The `content-length` a response from an HTTP/1.1 upstream states to the client:
 /// its body's length, or for a response without a body (HEAD, 304) the length it
 /// announced. 1xx and 204 responses never carry one (RFC 9110 §8.6).
@@ -470,9 +483,16 @@ pub fn response_head(
         out.extend_from_slice(phrase);
     }
     out.extend_from_slice(b"\r\n");
+    let mut received_length: &[u8] = b"";
     for f in &resp.headers {
         let name = resp.name(f);
-        if resp.is_hop_by_hop(f, &resp.connection) || edits.drops(name) || is_framing_field(name) {
+        if is_framing_field(name) {
+            if name.eq_ignore_ascii_case(b"content-length") {
+                received_length = resp.value(f);
+            }
+            continue;
+        }
+        if resp.is_hop_by_hop(f, &resp.connection) || edits.drops(name) {
             continue;
         }
         push_header(&mut out, name, resp.value(f));
@@ -485,6 +505,17 @@ pub fn response_head(
         if let Some(proto) = resp.header("upgrade") {
             push_header(&mut out, b"upgrade", proto);
         }
+    } else if framing
+        .length
+        .is_some_and(|n| states_exactly(received_length, n))
+    {
+        // The common case: the received length is the one decided; sent on as it is.
+        push_header(&mut out, b"content-length", received_length);
+        let rest = ClientFraming {
+            length: None,
+            ..framing
+        };
+        push_framing(&mut out, rest, req.version);
     } else {
         push_framing(&mut out, framing, req.version);
     }
@@ -497,4 +528,27 @@ fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_canonical_length_is_sent_on_as_received() {
+        assert!(states_exactly(b"5", 5));
+        assert!(states_exactly(b"0", 0));
+        assert!(states_exactly(b"1234567", 1_234_567));
+        for other in [
+            &b"05"[..],
+            b"5, 5",
+            b" 5",
+            b"+5",
+            b"",
+            b"6",
+            b"99999999999999999999999",
+        ] {
+            assert!(!states_exactly(other, 5), "{other:?}");
+        }
+    }
 }

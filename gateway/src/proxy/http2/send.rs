@@ -36,6 +36,8 @@ pub struct SendBudget {
     /// Bytes handed to h2 and not yet written to the socket (an estimate: frame
     /// headers and control frames count as written too, so it errs towards room).
     queued: Cell<u64>,
+    /// When the connection last wrote to its socket: the client last read.
+    last_write: Cell<Instant>,
     progress: LocalSignal,
 }
 
@@ -44,6 +46,7 @@ impl SendBudget {
         SendBudget {
             cap,
             queued: Cell::new(0),
+            last_write: Cell::new(Instant::now()),
             progress: LocalSignal::default(),
         }
     }
@@ -62,7 +65,11 @@ impl SendBudget {
     }
 
     fn wrote(&self, n: usize) {
-        if n > 0 && self.queued.get() > 0 {
+        if n == 0 {
+            return;
+        }
+        self.last_write.set(Instant::now());
+        if self.queued.get() > 0 {
             self.queued.set(self.queued.get().saturating_sub(n as u64));
             self.progress.notify();
         }
@@ -189,20 +196,22 @@ impl<'a> Pace<'a> {
         }
     }
 
-    /// Waits until the connection's budget has room (at once, usually).
+    /// Waits until the connection's budget has room (at once, usually). The stall is
+    /// the connection's: a client that has read nothing for `stall` stalls every stream
+    /// waiting on it, however recently another stream's reset freed room (that frees
+    /// memory, not progress).
     async fn room(&self) -> Result<(), SendError> {
         let Some(budget) = self.budget else {
             return Ok(());
         };
-        if budget.has_room() {
-            return Ok(());
-        }
-        let deadline = self.timers.deadline(Instant::now() + self.stall);
-        let mut deadline = std::pin::pin!(deadline);
         while !budget.has_room() {
+            let at = budget.last_write.get() + self.stall;
+            if Instant::now() >= at {
+                return Err(SendError::Stalled);
+            }
             monoio::select! {
                 _ = budget.progress.wait() => {}
-                _ = &mut deadline => return Err(SendError::Stalled),
+                _ = self.timers.deadline(at) => {}
             }
         }
         Ok(())

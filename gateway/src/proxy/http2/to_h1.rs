@@ -150,12 +150,18 @@ fn h2_response_head(response: &ResponseHead, route: &Route) -> Option<Response<(
     let edits = &route.response_headers;
     let headers = head.headers_mut();
     headers.reserve(response.headers.len() + edits.set.len());
+    // The received length field, reused as is when it states the length weft decided
+    // (the common case): a slice of the head, not a newly formatted value.
+    let mut received_length = None;
     for f in &response.headers {
         let name = response.name(f);
-        if response.is_hop_by_hop(f, &response.connection)
-            || edits.drops(name)
-            || rewrite::is_framing_field(name)
-        {
+        if rewrite::is_framing_field(name) {
+            if name.eq_ignore_ascii_case(b"content-length") {
+                received_length = Some(f.value.clone());
+            }
+            continue;
+        }
+        if response.is_hop_by_hop(f, &response.connection) || edits.drops(name) {
             continue;
         }
         let value = response.raw.slice(f.value.clone());
@@ -169,7 +175,14 @@ fn h2_response_head(response: &ResponseHead, route: &Route) -> Option<Response<(
         edits.set.iter().map(|(n, v)| (n.as_str(), v.as_str())),
     )?;
     if let Some(n) = rewrite::stated_length(response) {
-        headers.append(http::header::CONTENT_LENGTH, n.into());
+        let same = received_length
+            .map(|r| response.raw.slice(r))
+            .filter(|v| rewrite::states_exactly(v, n));
+        let value = match same {
+            Some(v) => http::HeaderValue::from_maybe_shared(v).ok()?,
+            None => n.into(),
+        };
+        headers.append(http::header::CONTENT_LENGTH, value);
     }
     Some(head)
 }

@@ -11,6 +11,7 @@
 //! A gRPC call's `grpc-timeout` bounds the whole call: when it passes, the upstream
 //! stream is cancelled and the client gets DEADLINE_EXCEEDED.
 
+use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::task::Poll;
@@ -146,12 +147,13 @@ async fn attempt(
     };
     let up_pace = Pace::new(&x.worker.idle_timers, up_stall, None);
     let client_pace = facts.client_pace(x);
-    let client_stall = (!facts.grpc).then_some(idle);
+    // When the response last moved: a quiet request side is alive while it does.
+    let response_moved = Cell::new(Instant::now());
     let pump = pin!(pump_request(
         body,
         upstream_body,
         limit,
-        client_stall,
+        (idle, &response_moved),
         &up_pace
     ));
     let answer = pin!(relay_response(
@@ -162,6 +164,7 @@ async fn attempt(
         head_timeout,
         stall,
         &client_pace,
+        &response_moved,
     ));
     let both = both_directions(pump, answer, end);
     match call_deadline {
@@ -228,24 +231,26 @@ fn upstream_request(
     ))
 }
 
-/// Client request body (and trailers) to the upstream stream. Each piece must come
-/// within `client_stall` when one is given (a gRPC stream may stay quiet while its
-/// responses flow: its deadline bounds it instead), and the upstream must take it
-/// within `upstream.stall`.
+/// Client request body (and trailers) to the upstream stream; the upstream must take
+/// each piece within `up_pace`'s stall. The client must send its next piece within the
+/// idle timeout unless the response moved meanwhile: like Envoy's stream idle timeout,
+/// a stream is idle only when neither direction moves (a gRPC stream whose client side
+/// is quiet while responses flow is alive).
 async fn pump_request(
     body: &mut RecvStream,
     mut upstream: SendStream<Bytes>,
     limit: Option<u64>,
-    client_stall: Option<Duration>,
+    (idle, response_moved): (Duration, &Cell<Instant>),
     up_pace: &Pace<'_>,
 ) -> Result<(), PumpEnd> {
     let mut seen = 0u64;
     loop {
-        let next = match client_stall {
-            Some(stall) => within(up_pace.timers(), stall, body.data())
-                .await
-                .ok_or(PumpEnd::ClientStalled)?,
-            None => body.data().await,
+        let next = loop {
+            match within(up_pace.timers(), idle, body.data()).await {
+                Some(next) => break next,
+                None if response_moved.get().elapsed() < idle => {}
+                None => return Err(PumpEnd::ClientStalled),
+            }
         };
         let Some(data) = next else { break };
         let data = data.map_err(|_| PumpEnd::Client)?;
@@ -281,6 +286,7 @@ async fn relay_response(
     head_timeout: Option<Duration>,
     stall: Option<Duration>,
     pace: &Pace<'_>,
+    moved: &Cell<Instant>,
 ) -> Result<u16, Abort> {
     let head = monoio::select! {
         r = response => r,
@@ -321,6 +327,9 @@ async fn relay_response(
             Some(Ok(data)) => {
                 let n = data.len();
                 let last = upstream.is_end_stream();
+                if !last {
+                    moved.set(Instant::now());
+                }
                 send_all(client, data, last, pace)
                     .await
                     .map_err(client_send_failed)?;
