@@ -6,4 +6,5 @@
 //! Nothing in this crate runs on the request path except the lookups of a snapshot.
 
 pub mod config;
+pub mod fields;
 pub mod snapshot;

@@ -156,7 +156,11 @@ pub fn lenient_request(data: &[u8]) -> Option<(SeenRequest, usize)> {
             break l;
         }
     };
-    let start = at - request_line.len() - 1;
+    // Where the request line began: before it and its line end (LF, or CRLF).
+    let start = data[..at - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
     let mut length = 0usize;
     let mut chunked = false;
     loop {

@@ -108,7 +108,7 @@ fn bad_config_lists_every_error_with_file_and_key_and_binds_nothing() {
         format!("{f}: admin.address:"),
         format!("{f}: http.max_header_bytes:"),
         format!("{f}: listeners[0].routes[0].cluster:"),
-        format!("{f}: listeners[0].routes[1].split[0].weight:"),
+        format!("{f}: listeners[0].routes[1].split:"),
         format!("{f}: listeners[0].routes[2].match.path_regex:"),
         format!("{f}: clusters.a.endpoints[0]:"),
     ] {
@@ -187,8 +187,8 @@ endpoints = ["127.0.0.1:{}"]
         r#"weft_requests_total{listener="web",route="",cluster="",status_class="4xx"} 1"#,
         r#"weft_upstream_connect_errors_total{cluster="down",reason="refused"} 1"#,
         r#"weft_rejected_requests_total{listener="web",status="400"} 1"#,
-        r#"weft_accepted_connections_total{listener="web"} 6"#,
-        r#"weft_open_connections{listener="web"} 0"#,
+        r#"weft_accepted_connections_total{listener="web",protocol="http1"} 6"#,
+        r#"weft_open_connections{listener="web",protocol="http1"} 0"#,
         "weft_ready 1",
     ];
     for line in expect {

@@ -299,7 +299,20 @@ async fn idle_h2_connection_gets_goaway_after_the_idle_timeout() {
         "closed too early: {:?}",
         started.elapsed()
     );
-    assert_eq!(weft.metric(&["weft_open_connections"]), 0.0);
+    // The h2 connection was counted, and is no longer (weft may still be writing its
+    // last frames when the client has seen the end).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while weft.metric(&["weft_open_connections"]) != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the h2 connection is still counted open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        weft.metric(&["weft_accepted_connections_total", "protocol=\"http2\""]),
+        1.0
+    );
 }
 
 #[test]
@@ -469,4 +482,45 @@ async fn trailers_of_an_http1_chunked_response_reach_h2_clients() {
         collected.to_bytes(),
         Bytes::from_static(b"part one, part two")
     );
+}
+
+/// Every client connection is counted, with its protocol: a live h2c connection is in
+/// `weft_open_connections{protocol="http2"}` (it once read 0) and in the accepted total,
+/// beside HTTP/1.1 connections under `protocol="http1"`.
+#[test]
+fn h2c_connections_are_counted_with_their_protocol() {
+    use http_body_util::Empty;
+    let app = weft_tests::upstream::TestUpstream::start("app");
+    let (listen, admin) = (weft_tests::free_addr(), weft_tests::free_addr());
+    let config = format!(
+        "[admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\nroutes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"app\" }} ]\n\n[clusters.app]\nendpoints = [\"{}\"]\n",
+        app.addr
+    );
+    let weft = weft_tests::Weft::start("ingress", &config, admin);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (mut send, conn) = weft_tests::h2c::connect::<Empty<bytes::Bytes>>(listen).await;
+        let req = http::Request::get(format!("http://{listen}/status/200"))
+            .body(Empty::new())
+            .unwrap();
+        assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+        let h1 = std::net::TcpStream::connect(listen).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let open = |p: &str| weft.metric(&["weft_open_connections", &format!("protocol=\"{p}\"")]);
+        assert_eq!(open("http2"), 1.0, "{}", weft.admin_get("/metrics").1);
+        assert_eq!(open("http1"), 1.0);
+        let accepted = weft.metric(&["weft_accepted_connections_total", "protocol=\"http2\""]);
+        assert_eq!(accepted, 1.0);
+        drop(h1);
+        drop(send);
+        let _ = conn.await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while open("http2") + open("http1") > 0.0 {
+            assert!(std::time::Instant::now() < deadline, "gauges not lowered");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
 }

@@ -388,3 +388,52 @@ fn second_signal_exits_at_once() {
         "second signal exits at once"
     );
 }
+
+/// Endpoint state survives snapshots: a SIGHUP that changes nothing for a cluster does
+/// not restart its round robin (it once began again at the first endpoint, so every
+/// reload sent two requests in a row to the same one).
+#[test]
+fn round_robin_continues_across_a_reload() {
+    let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = |extra: &str| {
+        format!(
+            "[admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\nroutes = [ {extra}{{ match = {{ path_prefix = \"/\" }}, cluster = \"app\" }} ]\n\n[clusters.app]\nendpoints = [\"{}\", \"{}\"]\n",
+            a.addr, b.addr
+        )
+    };
+    // One worker: one balancer, so the rotation is exact.
+    let weft = Weft::start_with("ingress", &config(""), admin, &["--workers", "1"]);
+    let mut client = RawClient::new(listen);
+    let mut ask = || {
+        client.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (status, head, _) = client.read_response();
+        assert_eq!(status, 200);
+        head.lines()
+            .find_map(|l| l.strip_prefix("x-upstream: "))
+            .expect("x-upstream")
+            .trim()
+            .to_owned()
+    };
+    let before: Vec<String> = (0..3).map(|_| ask()).collect();
+    let version = weft.metric(&["weft_config_version"]);
+    std::fs::write(
+        &weft.config_path,
+        config("{ match = { path = \"/other\" }, direct_response = { status = 204 } }, "),
+    )
+    .unwrap();
+    weft.signal(1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while weft.metric(&["weft_config_version"]) <= version {
+        assert!(Instant::now() < deadline, "reload not applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after: Vec<String> = (0..3).map(|_| ask()).collect();
+    let all: Vec<String> = before.iter().chain(&after).cloned().collect();
+    for pair in all.windows(2) {
+        assert_ne!(
+            pair[0], pair[1],
+            "the rotation restarted at the reload: {all:?}"
+        );
+    }
+}

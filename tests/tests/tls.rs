@@ -25,12 +25,29 @@ routes = [
   {{ match = {{ path = "/" }}, direct_response = {{ status = 200, body = "hello over tls\n" }} }},
   {{ match = {{ path = "/whoami", headers = [{{ name = "x-forwarded-client-cert", regex = "URI=spiffe://test/client-1(;.*)?" }}] }}, direct_response = {{ status = 200, body = "client-1\n" }} }},
   {{ match = {{ path_prefix = "/api/" }}, cluster = "app" }},
+  {{ match = {{ path = "/moved" }}, redirect = {{ status = 301, path = "/new-home" }} }},
 ]
 
 [clusters.app]
 endpoints = ["{app}"]
 "#
     )
+}
+
+/// A redirect that keeps the request's scheme sends a TLS client to `https://`, over
+/// HTTP/1.1 and HTTP/2 (it once defaulted to `http`).
+#[test]
+fn a_redirect_on_a_tls_listener_keeps_https() {
+    let pki = Pki::new();
+    let (_weft, listen, _app) = start(&pki, "");
+    for flag in ["--http1.1", "--http2"] {
+        let (ok, out) = curl(&pki, listen, "a.test", &[flag, "-sI"], "/moved");
+        let want = format!("location: https://a.test:{}/new-home", listen.port());
+        assert!(
+            ok && out.to_ascii_lowercase().contains(&want),
+            "{flag}: {out}"
+        );
+    }
 }
 
 /// weft with a TLS listener whose config file sits next to the certificates.

@@ -48,9 +48,9 @@ pub enum Family {
     UpstreamConnectErrors,
     /// Upstream exchanges that ran out of time, by cluster and phase.
     UpstreamTimeouts,
-    /// Client connections open now, by listener (a gauge).
+    /// Client connections open now, by listener and protocol (a gauge).
     OpenConnections,
-    /// Client connections accepted, by listener.
+    /// Client connections accepted, by listener and protocol.
     AcceptedConnections,
     /// Requests refused before routing (bad request, too large, ...), by listener and status.
     RejectedRequests,
@@ -77,8 +77,12 @@ impl Family {
                 "Upstream connection attempts that failed, by cluster and reason."
             }
             Family::UpstreamTimeouts => "Upstream exchanges that timed out, by cluster and phase.",
-            Family::OpenConnections => "Client connections open now, by listener.",
-            Family::AcceptedConnections => "Client connections accepted, by listener.",
+            Family::OpenConnections => {
+                "Client connections open now, by listener and protocol (http1, http2)."
+            }
+            Family::AcceptedConnections => {
+                "Client connections accepted, by listener and protocol (http1, http2)."
+            }
             Family::RejectedRequests => "Requests refused before routing, by listener and status.",
             Family::TlsHandshakeFailures => "TLS handshakes that failed, by listener and reason.",
         }

@@ -89,13 +89,16 @@ pub fn direct(
 }
 
 /// The `Location` a redirect route sends this request to.
+/// The `Location` of a redirect: the route's scheme, host and path where it sets them,
+/// else the request's own (`client_scheme`: `https` on a TLS listener).
 pub fn redirect_location(
     r: &Redirect,
+    client_scheme: &str,
     authority: &str,
     path: &str,
     path_and_query: &str,
 ) -> String {
-    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let scheme = r.scheme.as_deref().unwrap_or(client_scheme);
     let host = r.host.as_deref().unwrap_or(authority);
     let query = path_and_query.split_once('?').map(|(_, q)| q);
     let path = match (&r.path, &r.prefix_rewrite) {
@@ -109,5 +112,78 @@ pub fn redirect_location(
     match query {
         Some(q) if !r.strip_query && !q.is_empty() => format!("{scheme}://{host}{path}?{q}"),
         _ => format!("{scheme}://{host}{path}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(b: BytesMut) -> String {
+        String::from_utf8(b.to_vec()).expect("ascii")
+    }
+
+    #[test]
+    fn errors_say_why_in_body_and_header() {
+        let out = text(error(502, "upstream connection failed", true, false));
+        assert!(out.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{out}");
+        assert!(
+            out.contains("x-weft-error: upstream connection failed\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("connection: close\r\n"), "{out}");
+        let body = "502 Bad Gateway: upstream connection failed\n";
+        assert!(out.ends_with(&format!("\r\n\r\n{body}")), "{out}");
+        assert!(
+            out.contains(&format!("content-length: {}\r\n", body.len())),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn head_answers_keep_the_length_and_drop_the_body() {
+        let out = text(response(200, "text/plain", b"hello", false, true, &[]));
+        assert!(out.contains("content-length: 5\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\n") && !out.contains("hello"), "{out}");
+        assert!(!out.contains("connection:"), "{out}");
+    }
+
+    #[test]
+    fn direct_responses_carry_the_route_edits_but_their_own_content_type() {
+        let edits = HeaderEdits {
+            set: vec![
+                ("x-served-by".into(), "weft".into()),
+                ("content-type".into(), "application/json".into()),
+            ],
+            remove: Vec::new(),
+        };
+        let out = text(direct(200, "text/plain", b"ok", &edits, false, false));
+        assert!(out.contains("x-served-by: weft\r\n"), "{out}");
+        assert_eq!(out.matches("content-type").count(), 1, "{out}");
+    }
+
+    fn redirect(scheme: Option<&str>, host: Option<&str>, strip_query: bool) -> Redirect {
+        Redirect {
+            status: 301,
+            scheme: scheme.map(str::to_owned),
+            host: host.map(str::to_owned),
+            path: None,
+            prefix_rewrite: Some(("/old/".into(), "/new/".into())),
+            strip_query,
+        }
+    }
+
+    #[test]
+    fn redirects_keep_what_the_route_does_not_set() {
+        let r = redirect(None, None, false);
+        assert_eq!(
+            redirect_location(&r, "https", "shop:8443", "/old/a", "/old/a?x=1"),
+            "https://shop:8443/new/a?x=1"
+        );
+        let r = redirect(Some("http"), Some("elsewhere"), true);
+        assert_eq!(
+            redirect_location(&r, "https", "shop", "/other", "/other?x=1"),
+            "http://elsewhere/other"
+        );
     }
 }

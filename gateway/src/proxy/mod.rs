@@ -140,15 +140,9 @@ pub async fn serve_conn<S: HandOff>(
     peer: SocketAddr,
     client_cert: Option<Rc<ClientCert>>,
 ) {
-    let key = [bound.slot as u64, 0, 0, 0];
-    let listener_label = || vec![("listener", bound.name.to_string())];
-    worker
-        .counters
-        .bump(Family::AcceptedConnections, key, listener_label);
-    let open = worker
-        .counters
-        .cell(Family::OpenConnections, key, listener_label);
-    open.add(1);
+    // A plain connection may still turn out to be h2c (its first bytes say): it is
+    // counted once its first turn has shown it is not, and h2 counts its own.
+    let mut open = (!S::PRIOR_KNOWLEDGE_H2).then(|| count_connection(&worker, &bound, "http1"));
     worker.connection_opened();
 
     let mut first = true;
@@ -157,6 +151,9 @@ pub async fn serve_conn<S: HandOff>(
         // a connection that sits idle costs only this small outer loop.
         let cert = client_cert.as_deref();
         let turn = Box::pin(turn(&worker, &bound, &mut client, peer, cert, first)).await;
+        if open.is_none() && !matches!(turn, Turn::Done(Next::Http2)) {
+            open = Some(count_connection(&worker, &bound, "http1"));
+        }
         match turn {
             Turn::Idle { left } if S::BUFFERLESS_IDLE => {
                 let deadline = worker.idle_timers.deadline(Instant::now() + left);
@@ -178,10 +175,35 @@ pub async fn serve_conn<S: HandOff>(
             Turn::Idle { .. } | Turn::Done(_) => break Handoff::Closed,
         }
     };
-    // The open-connections gauge counts HTTP/1.1 connections; h2 and tunnels end here.
-    open.sub(1);
+    // An HTTP/1.1 connection ends here (h2 counts itself; a tunnel is no longer HTTP).
+    if let Some(open) = open {
+        open.sub(1);
+    }
     worker.connection_closed();
     S::hand_off(handoff, worker, bound, peer);
+}
+
+/// Counts a client connection in `weft_accepted_connections_total` and
+/// `weft_open_connections` by listener and protocol; the caller lowers the returned
+/// gauge when the connection ends.
+pub(crate) fn count_connection(
+    worker: &Worker,
+    bound: &BoundListener,
+    protocol: &'static str,
+) -> Arc<crate::observe::metrics::Cell> {
+    let key = [bound.slot as u64, protocol.as_ptr() as u64, 0, 0];
+    let labels = || {
+        vec![
+            ("listener", bound.name.to_string()),
+            ("protocol", protocol.to_owned()),
+        ]
+    };
+    worker
+        .counters
+        .bump(Family::AcceptedConnections, key, labels);
+    let open = worker.counters.cell(Family::OpenConnections, key, labels);
+    open.add(1);
+    open
 }
 
 enum Turn {
@@ -404,8 +426,13 @@ impl Exchange<'_> {
             }
             RouteAction::Redirect(r) => {
                 self.count(Some(route), None, r.status);
-                let location =
-                    local::redirect_location(r, facts.authority, facts.path, facts.path_and_query);
+                let location = local::redirect_location(
+                    r,
+                    self.scheme,
+                    facts.authority,
+                    facts.path,
+                    facts.path_and_query,
+                );
                 let out = local::response(
                     r.status,
                     "text/plain",

@@ -103,16 +103,7 @@ impl HeaderSink for H2Headers {
 /// Headers that describe a connection, never an HTTP/2 message (RFC 9113 §8.2.2).
 /// `te` may only say `trailers`, which the writers state themselves.
 pub fn connection_specific(name: &[u8]) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "te",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+    weft_mesh::fields::is_connection_specific(name)
 }
 
 /// The path (and query) sent upstream: the route's prefix rewrite applied.
@@ -533,6 +524,184 @@ fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::h1::head::parse_request;
+    use crate::proxy::facts::Facts;
+
+    /// The head weft sends upstream for `request`, from `peer`, with `fwd`.
+    fn upstream_head(
+        request: &str,
+        peer: &str,
+        fwd: &ForwardedConfig,
+        cert: Option<&str>,
+    ) -> String {
+        let mut buf = BytesMut::from(request);
+        let head = parse_request(&mut buf, 64 * 1024, 100)
+            .expect("parses")
+            .expect("complete");
+        let facts = Facts::new(&head);
+        let forward = Forward {
+            targets: Vec::new(),
+            total_weight: 0,
+            prefix_rewrite: None,
+        };
+        let client = ClientInfo {
+            peer: peer.parse().expect("peer"),
+            scheme: "http",
+            client_cert: cert,
+        };
+        let out = h1_request_head(
+            &facts,
+            &forward,
+            &HeaderEdits::default(),
+            fwd,
+            &client,
+            "10.0.0.9:8080".parse().expect("endpoint"),
+        );
+        String::from_utf8(out.to_vec()).expect("ascii")
+    }
+
+    fn defaults() -> ForwardedConfig {
+        ForwardedConfig {
+            request_id: false,
+            ..ForwardedConfig::default()
+        }
+    }
+
+    #[test]
+    fn x_forwarded_for_is_appended_and_proto_replaced() {
+        let out = upstream_head(
+            "GET /a HTTP/1.1\r\nHost: shop\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n\r\n",
+            "192.0.2.1:5000",
+            &defaults(),
+            None,
+        );
+        assert!(out.starts_with("GET /a HTTP/1.1\r\n"), "{out}");
+        assert!(
+            out.contains("x-forwarded-for: 1.2.3.4, 192.0.2.1\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("x-forwarded-proto: http\r\n"), "{out}");
+        assert!(
+            !out.contains("https"),
+            "the client's proto is not passed on: {out}"
+        );
+        assert_eq!(out.matches("host: shop\r\n").count(), 1, "{out}");
+    }
+
+    #[test]
+    fn forwarded_names_the_client_and_quotes_v6() {
+        let fwd = ForwardedConfig {
+            forwarded: true,
+            ..defaults()
+        };
+        let v4 = upstream_head(
+            "GET / HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            "192.0.2.1:1",
+            &fwd,
+            None,
+        );
+        assert!(
+            v4.contains("forwarded: for=192.0.2.1;proto=http;host=\"a.example\"\r\n"),
+            "{v4}"
+        );
+        let v6 = upstream_head(
+            "GET / HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            "[::1]:1",
+            &fwd,
+            None,
+        );
+        assert!(v6.contains("forwarded: for=\"[::1]\";proto=http"), "{v6}");
+    }
+
+    #[test]
+    fn host_comes_from_the_authority_or_names_the_endpoint() {
+        let absolute = upstream_head(
+            "GET http://billing:81/x HTTP/1.1\r\nHost: other\r\n\r\n",
+            "192.0.2.1:1",
+            &defaults(),
+            None,
+        );
+        assert!(absolute.starts_with("GET /x HTTP/1.1\r\n"), "{absolute}");
+        assert!(
+            absolute.contains("host: billing:81\r\n") && !absolute.contains("other"),
+            "{absolute}"
+        );
+        let h10 = upstream_head("GET / HTTP/1.0\r\n\r\n", "192.0.2.1:1", &defaults(), None);
+        assert!(h10.contains("host: 10.0.0.9:8080\r\n"), "{h10}");
+    }
+
+    #[test]
+    fn te_passes_only_as_trailers_and_hop_by_hop_fields_are_dropped() {
+        let out = upstream_head(
+            "GET / HTTP/1.1\r\nHost: a\r\nTE: trailers, deflate\r\nConnection: x-hop\r\nX-Hop: 1\r\nProxy-Authorization: secret\r\nKeep-Alive: 5\r\n\r\n",
+            "192.0.2.1:1",
+            &defaults(),
+            None,
+        );
+        assert!(
+            out.contains("te: trailers\r\n") && !out.contains("deflate"),
+            "{out}"
+        );
+        for gone in ["x-hop", "proxy-authorization", "keep-alive", "connection"] {
+            assert!(!out.to_ascii_lowercase().contains(gone), "{gone}: {out}");
+        }
+    }
+
+    #[test]
+    fn only_weft_vouches_for_a_client_certificate_and_request_ids_are_kept() {
+        let fwd = ForwardedConfig {
+            request_id: true,
+            ..ForwardedConfig::default()
+        };
+        let forged = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Client-Cert: URI=spiffe://evil\r\nX-Request-Id: abc\r\n\r\n";
+        let none = upstream_head(forged, "192.0.2.1:1", &fwd, None);
+        assert!(!none.contains("evil"), "{none}");
+        assert!(
+            none.contains("X-Request-Id: abc\r\n") && !none.contains("x-request-id"),
+            "{none}"
+        );
+        let vouched = upstream_head(forged, "192.0.2.1:1", &fwd, Some("URI=spiffe://mesh/a"));
+        assert!(
+            vouched.contains("x-forwarded-client-cert: URI=spiffe://mesh/a\r\n"),
+            "{vouched}"
+        );
+        let fresh = upstream_head(
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "192.0.2.1:1",
+            &fwd,
+            None,
+        );
+        let id = fresh
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .expect("an id is added");
+        assert_eq!(id.len(), 32, "{id}");
+    }
+
+    #[test]
+    fn a_request_body_is_stated_by_weft() {
+        let out = upstream_head(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 007\r\n\r\n",
+            "192.0.2.1:1",
+            &defaults(),
+            None,
+        );
+        assert!(
+            out.contains("content-length: 7\r\n") && !out.contains("007"),
+            "{out}"
+        );
+        let chunked = upstream_head(
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "192.0.2.1:1",
+            &defaults(),
+            None,
+        );
+        assert!(
+            chunked.contains("transfer-encoding: chunked\r\n"),
+            "{chunked}"
+        );
+        assert!(!chunked.contains("content-length"), "{chunked}");
+    }
 
     #[test]
     fn only_a_canonical_length_is_sent_on_as_received() {

@@ -4,23 +4,33 @@
 //! order is b, a, b, b, ... (never a burst of the heavy endpoint). `random` is weighted
 //! random. State is owned by the worker; workers do not coordinate, so across workers
 //! the weights hold in aggregate.
+//!
+//! A balancer is built per snapshot, but its endpoints' state is not: it is looked up
+//! in the worker's `EndpointTable` by endpoint, so a reload that leaves a cluster's
+//! endpoints alone continues the rotation where it was.
 
-use std::cell::RefCell;
+use std::rc::Rc;
 
 use weft_mesh::config::LbPolicy;
 use weft_mesh::snapshot::Cluster;
 
+use super::endpoints::{EndpointState, EndpointTable};
+
 pub struct Balancer {
     policy: LbPolicy,
-    /// Smooth WRR running weights, one per endpoint.
-    current: RefCell<Vec<i64>>,
+    /// One per endpoint of the cluster, in its order.
+    states: Vec<Rc<EndpointState>>,
 }
 
 impl Balancer {
-    pub fn new(cluster: &Cluster) -> Balancer {
+    pub fn new(cluster: &Cluster, table: &EndpointTable) -> Balancer {
         Balancer {
             policy: cluster.lb,
-            current: RefCell::new(vec![0; cluster.endpoints.len()]),
+            states: cluster
+                .endpoints
+                .iter()
+                .map(|e| table.state(&cluster.name, e.address))
+                .collect(),
         }
     }
 
@@ -44,20 +54,22 @@ impl Balancer {
                     })
                 }
                 LbPolicy::RoundRobin => {
-                    let mut cur = self.current.borrow_mut();
+                    let cur = &self.states;
                     if cur.len() != eps.len() {
-                        *cur = vec![0; eps.len()];
+                        return Some(0);
                     }
                     let mut total = 0i64;
                     let mut best = 0usize;
                     for (i, e) in eps.iter().enumerate() {
-                        cur[i] += e.weight as i64;
+                        let c = &cur[i].wrr_current;
+                        c.set(c.get() + e.weight as i64);
                         total += e.weight as i64;
-                        if cur[i] > cur[best] {
+                        if c.get() > cur[best].wrr_current.get() {
                             best = i;
                         }
                     }
-                    cur[best] -= total;
+                    let c = &cur[best].wrr_current;
+                    c.set(c.get() - total);
                     Some(best)
                 }
             },
@@ -97,15 +109,29 @@ mod tests {
     #[test]
     fn smooth_weighted_round_robin_interleaves() {
         let c = cluster(&[1, 3], LbPolicy::RoundRobin);
-        let b = Balancer::new(&c);
+        let b = Balancer::new(&c, &EndpointTable::default());
         let picks: Vec<usize> = (0..8).map(|_| b.pick(&c).unwrap()).collect();
         assert_eq!(picks, vec![1, 0, 1, 1, 1, 0, 1, 1]);
     }
 
     #[test]
+    fn a_rebuilt_balancer_continues_the_rotation() {
+        let table = EndpointTable::default();
+        let c = cluster(&[1, 1], LbPolicy::RoundRobin);
+        let first = Balancer::new(&c, &table);
+        let before: Vec<usize> = (0..3).map(|_| first.pick(&c).unwrap()).collect();
+        // A new snapshot: a new balancer over the same endpoints.
+        let second = Balancer::new(&c, &table);
+        drop(first);
+        let after: Vec<usize> = (0..3).map(|_| second.pick(&c).unwrap()).collect();
+        assert_eq!(before, vec![0, 1, 0]);
+        assert_eq!(after, vec![1, 0, 1], "the rotation went on where it was");
+    }
+
+    #[test]
     fn random_follows_weights() {
         let c = cluster(&[1, 9], LbPolicy::Random);
-        let b = Balancer::new(&c);
+        let b = Balancer::new(&c, &EndpointTable::default());
         let heavy = (0..10_000).filter(|_| b.pick(&c) == Some(1)).count();
         assert!((8_500..9_500).contains(&heavy), "{heavy}");
     }

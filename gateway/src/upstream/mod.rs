@@ -1,9 +1,11 @@
 //! Upstream side of a worker: which endpoint, and a connection to it.
 //!
 //! Everything here is per worker: the pool and the balancers are owned, never shared.
-//! Balancer state is rebuilt when the worker first sees a new snapshot version.
+//! Balancers are rebuilt when the worker first sees a new snapshot version; the state of
+//! their endpoints (`endpoints`) is kept by endpoint and survives reloads.
 
 mod balancer;
+mod endpoints;
 mod multiplex;
 mod pool;
 
@@ -126,6 +128,8 @@ pub struct Upstreams {
     pub pool: Pool,
     pub h2: Multiplexed,
     balancers: RefCell<(u64, Vec<Option<Rc<Balancer>>>)>,
+    /// Endpoint state the balancers of every snapshot share.
+    endpoints: endpoints::EndpointTable,
 }
 
 impl Upstreams {
@@ -134,6 +138,7 @@ impl Upstreams {
             pool: Pool::default(),
             h2: Multiplexed::default(),
             balancers: RefCell::new((0, Vec::new())),
+            endpoints: endpoints::EndpointTable::default(),
         }
     }
 
@@ -148,7 +153,7 @@ impl Upstreams {
             b.1.resize(snapshot.clusters.len(), None);
         }
         b.1[id]
-            .get_or_insert_with(|| Rc::new(Balancer::new(&snapshot.clusters[id])))
+            .get_or_insert_with(|| Rc::new(Balancer::new(&snapshot.clusters[id], &self.endpoints)))
             .clone()
     }
 
@@ -207,6 +212,7 @@ impl Upstreams {
     pub fn sweep(&self) {
         self.pool.sweep();
         self.h2.sweep();
+        self.endpoints.sweep();
     }
 
     /// Stops reusing connections to endpoints `keep` rejects (endpoints a reload removed).

@@ -97,7 +97,7 @@ pub fn parse(file: &Path, text: &str, role: Role) -> Result<LoadedConfig, Config
         ConfigErrors(vec![ConfigError {
             file: file.to_owned(),
             path,
-            problem: e.message().to_string(),
+            problem: format!("{} ({STOPS_HERE})", e.message().trim_end()),
         }])
     };
     // Valid files (every reload of a good config) take the fast way: serde_ignored
@@ -139,7 +139,7 @@ pub fn parse(file: &Path, text: &str, role: Role) -> Result<LoadedConfig, Config
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let problem = inner.message().to_string();
+            let problem = format!("{} ({STOPS_HERE})", inner.message().trim_end());
             let path = if path == "." || path.is_empty() {
                 inner
                     .span()
@@ -157,6 +157,10 @@ pub fn parse(file: &Path, text: &str, role: Role) -> Result<LoadedConfig, Config
         }
     }
 }
+
+/// The TOML parser stops at the first syntax or type error: `weft check` promises
+/// every error, so it says when more may be hidden behind this one.
+const STOPS_HERE: &str = "reading stops here: further errors may follow once this is fixed";
 
 fn line_col(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];

@@ -889,10 +889,9 @@ fn compile_route(
             d.error(format!("{path}.split"), "must list at least one cluster");
         }
         let mut targets = Vec::new();
+        // A member of weight 0 gets no traffic: how a canary is finished or rolled back
+        // (Envoy and Istio accept it). Only the total must be positive.
         for (i, s) in split.iter().enumerate() {
-            if s.weight == 0 {
-                d.error(format!("{path}.split[{i}].weight"), "must be > 0");
-            }
             let id = cluster_ref(&s.cluster, format!("{path}.split[{i}].cluster"), d);
             targets.push(SplitTarget {
                 cluster: id,
@@ -900,6 +899,12 @@ fn compile_route(
             });
         }
         let total: u64 = targets.iter().map(|t| t.weight as u64).sum();
+        if total == 0 && !split.is_empty() {
+            d.error(
+                format!("{path}.split"),
+                "the weights add up to 0: at least one member needs a weight > 0",
+            );
+        }
         if total > u32::MAX as u64 {
             d.error(
                 format!("{path}.split"),
@@ -1023,22 +1028,10 @@ pub(crate) fn is_token(s: &str) -> bool {
 }
 
 fn compile_edits(e: &HeaderEditsConfig, path: &str, d: &mut Diagnostics) -> HeaderEdits {
-    const HOP_BY_HOP: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "content-length",
-    ];
     let check_name = |name: &str, key: String, d: &mut Diagnostics| {
         if !is_token(name) {
             d.error(key, format!("`{name}` is not a header name"));
-        } else if HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str())
-            || name.eq_ignore_ascii_case("host")
-        {
+        } else if !crate::fields::is_editable(name.as_bytes()) {
             d.error(
                 key,
                 format!("`{name}` is managed by weft and cannot be edited"),
@@ -1119,7 +1112,7 @@ mod tests {
             "t.toml: listeners[0].routes[0].match.path_prefix: `api` must start with '/'",
             "t.toml: listeners[0].routes[0].cluster: unknown cluster `nope`",
             "t.toml: listeners[0].routes[1]: a route needs exactly one of cluster, split, direct_response and redirect",
-            "t.toml: listeners[0].routes[1].split[0].weight: must be > 0",
+            "t.toml: listeners[0].routes[1].split: the weights add up to 0: at least one member needs a weight > 0",
         ];
         for w in want {
             assert!(e.iter().any(|x| x == w), "missing {w:?} in {e:#?}");

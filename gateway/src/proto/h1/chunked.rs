@@ -28,21 +28,8 @@ pub enum ChunkError {
     ForbiddenTrailer,
 }
 
-/// Fields a trailer section may not carry: they frame, route or manage the connection
-/// (RFC 9110 §6.5.1), and a recipient that merged them would act on them.
-const FORBIDDEN_TRAILERS: [&[u8]; 9] = [
-    b"content-length",
-    b"transfer-encoding",
-    b"host",
-    b"trailer",
-    b"te",
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"upgrade",
-];
-
-/// Longest forbidden trailer name: longer names need no comparing.
+/// Longest name `fields::frames_or_routes` knows (`transfer-encoding`): longer names
+/// need no comparing.
 const NAME_PREFIX: usize = 17;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,11 +63,10 @@ pub fn encode_chunk(data: &[u8]) -> Bytes {
     framed.freeze()
 }
 
-/// Whether `name` may not appear in a trailer section (any case).
+/// Whether `name` may not appear in a trailer section (any case): it frames, routes
+/// or manages the connection (RFC 9110 §6.5.1).
 pub fn forbidden_trailer(name: &[u8]) -> bool {
-    FORBIDDEN_TRAILERS
-        .iter()
-        .any(|f| name.eq_ignore_ascii_case(f))
+    weft_mesh::fields::frames_or_routes(name)
 }
 
 /// The last chunk, carrying `trailers` (HTTP/2 trailers become the trailer section,
@@ -309,7 +295,7 @@ impl ChunkedParser {
     }
 
     fn name_is_forbidden(&self) -> bool {
-        self.name_len <= NAME_PREFIX && FORBIDDEN_TRAILERS.contains(&&self.name[..self.name_len])
+        self.name_len <= NAME_PREFIX && forbidden_trailer(&self.name[..self.name_len])
     }
 
     fn count_trailer(&mut self) -> Result<(), ChunkError> {

@@ -17,18 +17,6 @@ use std::ops::Range;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-pub const HOP_BY_HOP: [&[u8]; 8] = [
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"transfer-encoding",
-    b"te",
-    b"trailer",
-    b"upgrade",
-    b"proxy-authorization",
-];
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
     H10,
@@ -102,10 +90,6 @@ pub struct ResponseHead {
     pub content_length: Option<u64>,
 }
 
-/// Fields a `Connection` token may never remove: the ones that frame or route the
-/// message. Dropping them after framing by them is how a body becomes a request.
-const PROTECTED_FROM_CONNECTION: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"host"];
-
 pub trait Head {
     fn raw(&self) -> &[u8];
     fn fields(&self) -> &[HeaderField];
@@ -126,7 +110,7 @@ pub trait Head {
     /// Whether the header is one weft must not forward: hop-by-hop, or listed in `Connection`.
     fn is_hop_by_hop(&self, f: &HeaderField, connection: &ConnectionInfo) -> bool {
         let n = self.name(f);
-        HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h))
+        weft_mesh::fields::is_hop_by_hop(n)
             || connection
                 .listed
                 .iter()
@@ -435,11 +419,9 @@ fn scan_headers(raw: &[u8], headers: &[HeaderField]) -> Result<HeaderFacts, Head
                     f.connection.keep_alive = true;
                 } else if token.eq_ignore_ascii_case(b"upgrade") {
                     f.connection.upgrade = true;
-                } else if !token.is_empty()
-                    && !PROTECTED_FROM_CONNECTION
-                        .iter()
-                        .any(|p| token.eq_ignore_ascii_case(p))
-                {
+                } else if !token.is_empty() && !weft_mesh::fields::is_managed(token) {
+                    // Dropping a framing or routing field after framing by it is how
+                    // a body becomes a request: such tokens are ignored.
                     f.connection.listed.push(offset(raw, token));
                 }
             }

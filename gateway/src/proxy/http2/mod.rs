@@ -98,6 +98,9 @@ pub async fn serve_io<T>(
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    // Every client connection counts, h2c and TLS-h2 alike; the gauge is lowered
+    // however this function returns.
+    let _open = OpenGauge(super::count_connection(&worker, &bound, "http2"));
     let snapshot = worker.snapshot();
     let limits = &snapshot.http2;
     let budget = Rc::new(SendBudget::new(u64::from(limits.max_send_buffer_bytes)));
@@ -243,6 +246,15 @@ pub async fn serve_io<T>(
     }
 }
 
+/// Lowers an open-connections gauge when dropped.
+struct OpenGauge(Arc<crate::observe::metrics::Cell>);
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.sub(1);
+    }
+}
+
 /// Drives a connection that was shut down abruptly until its GOAWAY is written (or for
 /// a second at most), dropping any stream it still yields.
 async fn flush_goaway<T>(worker: &Worker, mut conn: h2::server::Connection<T, Bytes>)
@@ -378,7 +390,9 @@ impl<'a> H2Facts<'a> {
         self.parts
             .headers
             .iter()
-            .filter(|(n, _)| !rewrite::connection_specific(n.as_str().as_bytes()))
+            // The same hop-by-hop set as an HTTP/1.1 client's (`proxy-authorization`
+            // and `trailer` included); HTTP/2 has no `Connection` to list more.
+            .filter(|(n, _)| !weft_mesh::fields::is_hop_by_hop(n.as_str().as_bytes()))
             .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
     }
 }
@@ -444,8 +458,13 @@ async fn stream_task(
         }
         RouteAction::Redirect(r) => {
             x.count(Some(route), None, r.status);
-            let location =
-                local::redirect_location(r, facts.authority, facts.path, facts.path_and_query);
+            let location = local::redirect_location(
+                r,
+                x.scheme,
+                facts.authority,
+                facts.path,
+                facts.path_and_query,
+            );
             reply(
                 &mut respond,
                 r.status,

@@ -36,8 +36,10 @@ pub struct SendBudget {
     /// Bytes handed to h2 and not yet written to the socket (an estimate: frame
     /// headers and control frames count as written too, so it errs towards room).
     queued: Cell<u64>,
-    /// When the connection last wrote to its socket: the client last read.
-    last_write: Cell<Instant>,
+    /// Since when streams have waited for room with nothing written to the socket
+    /// (the client reading nothing); cleared by every write. Set by the first waiter,
+    /// so the clock is read only when a wait begins, never per write.
+    unread_since: Cell<Option<Instant>>,
     progress: LocalSignal,
 }
 
@@ -46,7 +48,7 @@ impl SendBudget {
         SendBudget {
             cap,
             queued: Cell::new(0),
-            last_write: Cell::new(Instant::now()),
+            unread_since: Cell::new(None),
             progress: LocalSignal::default(),
         }
     }
@@ -68,7 +70,7 @@ impl SendBudget {
         if n == 0 {
             return;
         }
-        self.last_write.set(Instant::now());
+        self.unread_since.set(None);
         if self.queued.get() > 0 {
             self.queued.set(self.queued.get().saturating_sub(n as u64));
             self.progress.notify();
@@ -205,7 +207,15 @@ impl<'a> Pace<'a> {
             return Ok(());
         };
         while !budget.has_room() {
-            let at = budget.last_write.get() + self.stall;
+            let since = match budget.unread_since.get() {
+                Some(t) => t,
+                None => {
+                    let now = Instant::now();
+                    budget.unread_since.set(Some(now));
+                    now
+                }
+            };
+            let at = since + self.stall;
             if Instant::now() >= at {
                 return Err(SendError::Stalled);
             }

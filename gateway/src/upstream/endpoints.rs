@@ -1,0 +1,69 @@
+//! Per-worker state about upstream endpoints that must outlive snapshots: a reload or a
+//! discovery change builds new balancers, but the state of an endpoint that is still
+//! there is found again by its key and kept (today the balancer's position; the
+//! endpoint-health work adds in-flight counts, latency, breaker and outlier state).
+//!
+//! Keyed by the endpoint itself (cluster name and address), never by an index into a
+//! snapshot. Owned by its worker (`Rc`, `Cell`): nothing here is shared across cores.
+//! Entries no balancer refers to any more are dropped by the housekeeping tick.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+/// What a worker knows about one endpoint of one cluster.
+#[derive(Debug, Default)]
+pub struct EndpointState {
+    /// Smooth weighted round robin's running weight.
+    pub wrr_current: Cell<i64>,
+}
+
+#[derive(Default)]
+pub struct EndpointTable {
+    states: RefCell<HashMap<(Rc<str>, SocketAddr), Rc<EndpointState>>>,
+}
+
+impl EndpointTable {
+    /// The state of `address` in `cluster`, made the first time it is asked for.
+    pub fn state(&self, cluster: &str, address: SocketAddr) -> Rc<EndpointState> {
+        let mut states = self.states.borrow_mut();
+        if let Some(s) = states.get(&(Rc::from(cluster), address)) {
+            return s.clone();
+        }
+        let s = Rc::new(EndpointState::default());
+        states.insert((Rc::from(cluster), address), s.clone());
+        s
+    }
+
+    /// Forgets endpoints no balancer refers to (they left every snapshot in use).
+    pub fn sweep(&self) {
+        self.states
+            .borrow_mut()
+            .retain(|_, s| Rc::strong_count(s) > 1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.states.borrow().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_is_found_again_by_its_endpoint_and_swept_when_unused() {
+        let table = EndpointTable::default();
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let held = table.state("api", a);
+        held.wrr_current.set(7);
+        assert_eq!(table.state("api", a).wrr_current.get(), 7);
+        assert_eq!(table.state("other", a).wrr_current.get(), 0);
+        table.sweep();
+        assert_eq!(table.len(), 1, "only the state still held survives");
+        drop(held);
+        table.sweep();
+        assert_eq!(table.len(), 0);
+    }
+}

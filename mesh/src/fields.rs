@@ -1,0 +1,80 @@
+//! What HTTP says about header fields, in one place for both planes: the parser and the
+//! rewriters of the data plane, and the config validation of the control plane, read
+//! the same sets, so a field weft drops on one path is dropped on every path.
+//!
+//! Names are compared without regard to case; the lists are lowercase.
+
+/// Fields that describe one hop and are never forwarded as received (RFC 9110 §7.6.1),
+/// whatever protocol the client spoke. (HTTP/1.1 adds the fields `Connection` names.)
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// Fields an HTTP/2 message may not carry at all (RFC 9113 §8.2.2); `te` only as
+/// `trailers`. A subset of `HOP_BY_HOP`.
+pub const CONNECTION_SPECIFIC: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+];
+
+/// Fields weft writes from its own decisions (framing and routing), which neither a
+/// `Connection` token nor a route's header edits may touch.
+pub const MANAGED: [&str; 3] = ["content-length", "transfer-encoding", "host"];
+
+fn any(list: &[&str], name: &[u8]) -> bool {
+    list.iter().any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+}
+
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    any(&HOP_BY_HOP, name)
+}
+
+pub fn is_connection_specific(name: &[u8]) -> bool {
+    any(&CONNECTION_SPECIFIC, name)
+}
+
+pub fn is_managed(name: &[u8]) -> bool {
+    any(&MANAGED, name)
+}
+
+/// Fields that frame or route a message or manage its connection: never in a trailer
+/// section (RFC 9110 §6.5.1), never in a route's header edits. (`proxy-authorization`,
+/// hop-by-hop but neither, may be set for the next hop.)
+pub fn frames_or_routes(name: &[u8]) -> bool {
+    is_managed(name) || (is_hop_by_hop(name) && !name.eq_ignore_ascii_case(b"proxy-authorization"))
+}
+
+/// Whether a route's header edit may name this field.
+pub fn is_editable(name: &[u8]) -> bool {
+    !frames_or_routes(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sets_nest_as_the_rfcs_say() {
+        for f in CONNECTION_SPECIFIC {
+            assert!(is_hop_by_hop(f.as_bytes()), "{f}");
+        }
+        assert!(
+            is_hop_by_hop(b"Proxy-Authorization")
+                && !is_connection_specific(b"proxy-authorization")
+        );
+        assert!(is_managed(b"Content-Length") && !is_editable(b"content-length"));
+        assert!(!is_editable(b"connection") && !is_editable(b"HOST") && !is_editable(b"te"));
+        assert!(is_editable(b"proxy-authorization") && is_editable(b"x-api-key"));
+    }
+}
