@@ -404,8 +404,10 @@ fn round_robin_continues_across_a_reload() {
     };
     // One worker: one balancer, so the rotation is exact.
     let weft = Weft::start_with("ingress", &config(""), admin, &["--workers", "1"]);
-    let mut client = RawClient::new(listen);
-    let mut ask = || {
+    // A connection per request: a kept-alive connection's next turn may start on the
+    // snapshot from before the reload.
+    let ask = || {
+        let mut client = RawClient::new(listen);
         client.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n");
         let (status, head, _) = client.read_response();
         assert_eq!(status, 200);
