@@ -230,6 +230,8 @@ fn reason_phrases_httparse_cannot_slice_do_not_crash_weft() {
             "utf8" => "HTTP/1.1 404 N\u{e3}o encontrado\r\nContent-Length: 2\r\n\r\nok"
                 .as_bytes()
                 .to_vec(),
+            // Found by the `rewrite` fuzz target: weft sent on `HTTP/1.1 20`.
+            "s020" => b"HTTP/1.1 020\r\nContent-Length: 2\r\n\r\nok".to_vec(),
             _ => echo_line(req),
         }
     }));
@@ -240,6 +242,10 @@ fn reason_phrases_httparse_cannot_slice_do_not_crash_weft() {
         assert_eq!((got, &body[..]), (status, &b"ok"[..]), "{path}: {head}");
         assert!(head.is_ascii() || path == "utf8", "{head:?}");
     }
+    client.send(b"GET /s020 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (got, head, _) = client.read_response();
+    assert_eq!(got, 502, "a status below 100 is an invalid head: {head}");
+    let mut client = RawClient::new(s.listen);
     // Over HTTP/2 too (the h2 client path parses the same heads).
     let out = std::process::Command::new("curl")
         .args([

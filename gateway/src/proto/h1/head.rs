@@ -327,6 +327,12 @@ pub fn parse_response(
     // Ranges are checked against the head alone, which is what `raw` will hold.
     let base: &[u8] = &buf[..len];
     let status = resp.code.unwrap_or(0);
+    // Three digits are not enough: `020` parses, and weft would send on a status line
+    // (`HTTP/1.1 20`) no client can read. RFC 9110 §15: 100-599 are defined; a
+    // three-digit code above is passed on (its class is unknown, not malformed).
+    if !(100..=999).contains(&status) {
+        return Err(HeadError::Malformed("invalid status code from upstream"));
+    }
     let reason = offset(base, resp.reason.unwrap_or_default().as_bytes());
     let version = version_of(resp.version);
     let headers = fields(base, resp.headers);
@@ -581,6 +587,17 @@ mod tests {
             for f in &h.headers {
                 let _ = (h.name(f), h.value(f));
             }
+        }
+    }
+
+    #[test]
+    fn status_codes_below_100_are_refused() {
+        for text in [
+            "HTTP/1.1 020\r\nContent-Length: 2\r\n\r\nok",
+            "HTTP/1.1 000 x\r\n\r\n",
+        ] {
+            let r = parse_response(&mut BytesMut::from(text), 8192, false);
+            assert!(matches!(r, Err(HeadError::Malformed(_))), "{text:?}: {r:?}");
         }
     }
 
