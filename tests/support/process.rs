@@ -185,6 +185,17 @@ impl Weft {
         self.child.id()
     }
 
+    /// The process's resident memory (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("weft's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
     /// `Cpus_allowed_list` of each thread whose name starts with `prefix`.
     pub fn thread_cpus(&self, prefix: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();

@@ -258,20 +258,12 @@ fn an_endless_consul_answer_is_cut_at_the_cap_and_changes_nothing() {
     // The default cap (16 MiB).
     let weft = Weft::start("ingress", &consul_config(listen, admin, agent.addr), admin);
     served_only_by(listen, &["a"], Duration::from_secs(5));
-    let rss = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    };
-    let before = rss(weft.pid());
+    let before = weft.rss_kib();
     agent.set_fault(Fault::EndlessBody);
     // Wake the blocking query so the next answer is the endless one.
     agent.remove("nobody");
     std::thread::sleep(Duration::from_secs(4));
-    let grown = rss(weft.pid()).saturating_sub(before);
+    let grown = weft.rss_kib().saturating_sub(before);
     assert!(
         grown < 64 * 1024,
         "weft grew by {grown} KiB reading one answer"

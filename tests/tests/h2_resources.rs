@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use weft_tests::h2frames::{frame, get_block, literal, read_frames};
 use weft_tests::pki::{Pki, SERVER};
+use weft_tests::raw::closed_within;
 use weft_tests::upstream::TestUpstream;
 use weft_tests::{free_addr, Weft};
 
@@ -42,15 +43,6 @@ fn setup() -> (Weft, SocketAddr, TestUpstream) {
     let (listen, admin) = (free_addr(), free_addr());
     let weft = Weft::start("ingress", &config(listen, admin, app.addr, ""), admin);
     (weft, listen, app)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 /// SETTINGS with one (id, value) pair.
@@ -98,13 +90,13 @@ fn stalled_client(
 #[test]
 fn a_client_that_never_reads_holds_bounded_memory_and_is_reset() {
     let (weft, listen, app) = setup();
-    let before = rss_kib(weft.pid());
+    let before = weft.rss_kib();
     let clients: Vec<TcpStream> = (0..4)
         .map(|_| stalled_client(listen, 0x7fff_ffff, 250, "/big?n=1048576", false))
         .collect();
     // Let weft take what it will.
     std::thread::sleep(Duration::from_millis(2000));
-    let grown = rss_kib(weft.pid()).saturating_sub(before);
+    let grown = weft.rss_kib().saturating_sub(before);
     // Four connections' queues (1 MiB each) plus one upstream read per stream weft
     // took: far below the 469 MiB this used to reach. (h2 stops reading a connection's
     // frames once its writes block, so not every stream asked for is ever started.)
@@ -158,25 +150,6 @@ fn a_zero_window_holds_streams_only_for_the_idle_timeout() {
     let resets = frames.iter().filter(|f| f.0 == 0x3).count();
     assert_eq!(resets, 50, "streams reset: {resets}");
     assert!(started.elapsed() < Duration::from_secs(IDLE + 3));
-}
-
-/// Whether the peer closed `s` within `limit` (reading and dropping what it sends).
-fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 /// An idle connection is sent GOAWAY and a PING; a peer that never acknowledges the

@@ -18,7 +18,9 @@ use weft_mesh::config::ForwardedConfig;
 use weft_mesh::snapshot::{Forward, HeaderEdits};
 
 use super::facts::{Facts, CLIENT_CERT_HEADER};
-use crate::proto::h1::head::{trim, BodyFraming, Head, RequestHead, ResponseHead, Version};
+use crate::proto::h1::head::{
+    parse_length, trim, BodyFraming, Head, RequestHead, ResponseHead, Version,
+};
 use crate::proto::h1::reason;
 
 /// Client-side facts the forwarded-headers need.
@@ -407,14 +409,8 @@ pub fn is_framing_field(name: &[u8]) -> bool {
 /// Whether `value` is the canonical decimal form of `n` (no sign, space or leading 0):
 /// then the received field can be sent on as it is, instead of formatting `n` anew.
 pub fn states_exactly(value: &[u8], n: u64) -> bool {
-    let canonical = !value.is_empty()
-        && value.len() <= 20
-        && value.iter().all(u8::is_ascii_digit)
-        && (value.len() == 1 || value[0] != b'0');
-    canonical
-        && value.iter().try_fold(0u64, |acc, &d| {
-            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        }) == Some(n)
+    let no_leading_zero = value.len() == 1 || value.first() != Some(&b'0');
+    no_leading_zero && parse_length(value) == Some(n)
 }
 
 /// The `content-length` a response from an HTTP/1.1 upstream states to the client:

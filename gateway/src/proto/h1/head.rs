@@ -442,7 +442,8 @@ fn scan_headers(raw: &[u8], headers: &[HeaderField]) -> Result<HeaderFacts, Head
     Ok(f)
 }
 
-fn parse_length(v: &[u8]) -> Option<u64> {
+/// A `Content-Length` value: decimal digits only, no sign, no overflow.
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
