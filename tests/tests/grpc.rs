@@ -338,6 +338,15 @@ fn deadlines_from_grpc_timeout_and_the_route_cap() {
             .unwrap();
         assert_eq!(ok.into_inner(), Bytes::from_static(b"quick"));
     });
+    // Counted by grpc-status, not only as the HTTP 200 class they travel in.
+    let grpc = |code: &str| {
+        s.weft.metric(&[
+            "weft_grpc_requests_total",
+            &format!("grpc_status=\"{code}\""),
+        ])
+    };
+    assert_eq!(grpc("4"), 2.0, "{}", s.weft.admin_get("/metrics").1);
+    assert_eq!(grpc("0"), 1.0);
 }
 
 /// One gRPC call with an empty message on a bare h2 client; returns the HTTP status and
@@ -469,6 +478,25 @@ fn cancellation_crosses_weft_both_ways() {
             .unwrap_err();
         assert_eq!(err.code(), Code::Cancelled, "{err:?}");
     });
+    // The call the client cancelled is counted (it once was not counted at all).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s
+        .weft
+        .metric(&["weft_requests_total", "status_class=\"cancelled\""])
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            s.weft.admin_get("/metrics").1
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        s.weft
+            .metric(&["weft_grpc_requests_total", "grpc_status=\"1\""])
+            >= 1.0
+    );
 }
 
 #[test]

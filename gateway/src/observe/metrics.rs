@@ -56,6 +56,9 @@ pub enum Family {
     RejectedRequests,
     /// TLS handshakes that failed, by listener and reason.
     TlsHandshakeFailures,
+    /// gRPC calls answered, by listener, route, cluster and the grpc-status the client
+    /// got (`weft_requests_total` counts them too, by HTTP status class: 2xx for most).
+    GrpcRequests,
 }
 
 impl Family {
@@ -68,6 +71,7 @@ impl Family {
             Family::AcceptedConnections => "weft_accepted_connections_total",
             Family::RejectedRequests => "weft_rejected_requests_total",
             Family::TlsHandshakeFailures => "weft_tls_handshake_failures_total",
+            Family::GrpcRequests => "weft_grpc_requests_total",
         }
     }
     fn help(self) -> &'static str {
@@ -85,6 +89,9 @@ impl Family {
             }
             Family::RejectedRequests => "Requests refused before routing, by listener and status.",
             Family::TlsHandshakeFailures => "TLS handshakes that failed, by listener and reason.",
+            Family::GrpcRequests => {
+                "gRPC calls answered, by listener, route, cluster and grpc-status."
+            }
         }
     }
     /// Whether this family's keys start with the snapshot version (their other parts
@@ -92,7 +99,10 @@ impl Family {
     fn keyed_by_version(self) -> bool {
         matches!(
             self,
-            Family::Requests | Family::UpstreamConnectErrors | Family::UpstreamTimeouts
+            Family::Requests
+                | Family::UpstreamConnectErrors
+                | Family::UpstreamTimeouts
+                | Family::GrpcRequests
         )
     }
     fn kind(self) -> &'static str {
@@ -101,7 +111,7 @@ impl Family {
             _ => "counter",
         }
     }
-    const ALL: [Family; 7] = [
+    const ALL: [Family; 8] = [
         Family::Requests,
         Family::UpstreamConnectErrors,
         Family::UpstreamTimeouts,
@@ -109,6 +119,7 @@ impl Family {
         Family::AcceptedConnections,
         Family::RejectedRequests,
         Family::TlsHandshakeFailures,
+        Family::GrpcRequests,
     ];
 }
 

@@ -121,7 +121,10 @@ pub async fn forward<S: ClientStream>(
                 }
                 return fail!(status, why);
             }
-            Err(Failure::ClientGone) => return Next::Close,
+            Err(Failure::ClientGone) => {
+                x.count_cancelled(Some(route), Some(cluster_id));
+                return Next::Close;
+            }
         }
     };
 

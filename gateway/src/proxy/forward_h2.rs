@@ -149,7 +149,10 @@ pub async fn forward<S: ClientStream>(
                     return fail!(400, "malformed chunked request body")
                 }
                 Err(BodyError::Stalled) => return fail!(408, "request body not received in time"),
-                Err(BodyError::SourceClosed | BodyError::SourceIo(_)) => return Next::Close,
+                Err(BodyError::SourceClosed | BodyError::SourceIo(_)) => {
+                    x.count_cancelled(Some(route), Some(cluster_id));
+                    return Next::Close;
+                }
                 Err(BodyError::SinkStalled) => {
                     return fail!(504, "upstream stopped reading the request body")
                 }

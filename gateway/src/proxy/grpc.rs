@@ -14,6 +14,7 @@ use weft_mesh::snapshot::is_grpc_content_type;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Code {
+    Cancelled = 1,
     Unknown = 2,
     Internal = 13,
     DeadlineExceeded = 4,

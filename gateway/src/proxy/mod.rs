@@ -47,6 +47,9 @@ const BUFFER_HOLD: Duration = Duration::from_millis(500);
 
 const HEAD_READ: usize = 4096;
 
+/// The `status_class` key of requests the client cancelled (status classes are 1-5).
+const CANCELLED_CLASS: u64 = 9;
+
 /// What happens to the client connection after an exchange.
 pub enum Next {
     KeepAlive,
@@ -510,17 +513,66 @@ impl Exchange<'_> {
 
     /// Counts a response by listener, route, cluster and status class.
     fn count(&self, route: Option<&Arc<Route>>, cluster: Option<ClusterId>, status: u16) {
-        let class = (status / 100).min(5) as u64;
+        self.count_class(route, cluster, (status / 100).min(5) as u64);
+    }
+
+    /// Counts a request the client gave up on before its response was complete (it
+    /// closed the connection or reset the stream): `status_class="cancelled"`, so every
+    /// request is counted once, whatever became of it.
+    fn count_cancelled(&self, route: Option<&Arc<Route>>, cluster: Option<ClusterId>) {
+        self.count_class(route, cluster, CANCELLED_CLASS);
+    }
+
+    fn count_class(&self, route: Option<&Arc<Route>>, cluster: Option<ClusterId>, class: u64) {
         self.worker.answered.set(self.worker.answered.get() + 1);
+        let class_label = || {
+            if class == CANCELLED_CLASS {
+                "cancelled".to_owned()
+            } else {
+                format!("{class}xx")
+            }
+        };
+        self.bump_request(
+            Family::Requests,
+            route,
+            cluster,
+            class,
+            ("status_class", class_label),
+        );
+    }
+
+    /// Counts a gRPC call by the grpc-status its client got (beside `count`, which
+    /// counts it by HTTP status class).
+    fn count_grpc(&self, route: Option<&Arc<Route>>, cluster: Option<ClusterId>, code: u16) {
+        let label = || code.to_string();
+        self.bump_request(
+            Family::GrpcRequests,
+            route,
+            cluster,
+            u64::from(code),
+            ("grpc_status", label),
+        );
+    }
+
+    /// Bumps a per-request family keyed by route and cluster (in this snapshot) and one
+    /// more value, labelled `outcome`.
+    fn bump_request(
+        &self,
+        family: Family,
+        route: Option<&Arc<Route>>,
+        cluster: Option<ClusterId>,
+        value: u64,
+        outcome: (&'static str, impl FnOnce() -> String),
+    ) {
         let route_key = route.map_or(0, |r| Arc::as_ptr(r) as u64);
         let cluster_key = cluster.map_or(0, |c| c as u64 + 1);
         let key = [
             self.snapshot.version,
             route_key,
             cluster_key << 16 | self.bound.slot as u64,
-            class,
+            value,
         ];
-        self.worker.counters.bump(Family::Requests, key, || {
+        self.worker.counters.bump(family, key, || {
             vec![
                 ("listener", self.bound.name.to_string()),
                 ("route", route.map(|r| r.name.clone()).unwrap_or_default()),
@@ -530,7 +582,7 @@ impl Exchange<'_> {
                         .map(|c| self.snapshot.clusters[c].name.clone())
                         .unwrap_or_default(),
                 ),
-                ("status_class", format!("{class}xx")),
+                (outcome.0, (outcome.1)()),
             ]
         });
     }

@@ -308,6 +308,9 @@ struct H2Facts<'a> {
     client_cert: Option<&'a str>,
     /// What the connection's streams may queue for the client.
     send_budget: &'a SendBudget,
+    /// The grpc-status the client was sent (weft's own, or the upstream's in its
+    /// head or trailers), for `weft_grpc_requests_total`.
+    grpc_status: Cell<Option<u16>>,
 }
 
 impl<'a> H2Facts<'a> {
@@ -338,6 +341,17 @@ impl<'a> H2Facts<'a> {
             grpc_timeout: grpc.then(|| grpc::timeout(&parts.headers)).flatten(),
             client_cert: None,
             send_budget,
+            grpc_status: Cell::new(None),
+        }
+    }
+
+    /// Notes the grpc-status in `fields` (a head or trailers going to the client).
+    fn saw_grpc_status(&self, fields: &http::HeaderMap) {
+        if let Some(code) = fields
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+        {
+            self.grpc_status.set(Some(code));
         }
     }
 
@@ -441,6 +455,9 @@ async fn stream_task(
     let Some(route) = x.routes().and_then(|t| t.find(&facts)) else {
         x.count(None, None, 404);
         reply_error(&mut respond, &facts, 404, "no route for this request");
+        if let Some(code) = facts.grpc_status.get() {
+            x.count_grpc(None, None, code);
+        }
         return StreamEnd::Done;
     };
     match &route.action {
@@ -540,10 +557,9 @@ fn append_fields<'a>(
 /// An error made by weft: a gRPC status for gRPC calls, an HTTP error otherwise.
 fn reply_error(respond: &mut SendResponse<Bytes>, facts: &H2Facts<'_>, status: u16, why: &str) {
     if facts.grpc {
-        let _ = respond.send_response(
-            grpc::error_response(grpc::Code::for_http(status), why),
-            true,
-        );
+        let code = grpc::Code::for_http(status);
+        facts.grpc_status.set(Some(code as u16));
+        let _ = respond.send_response(grpc::error_response(code, why), true);
         return;
     }
     let body = local::error_body(status, why);
@@ -629,7 +645,13 @@ async fn forward(
             discard_request_body(x, &mut body).await;
         }
         Err(Abort::Reset(reason)) => respond.send_reset(reason),
-        Err(Abort::ClientGone) => return StreamEnd::ClientReset,
+        Err(Abort::ClientGone) => {
+            x.count_cancelled(Some(route), Some(cluster_id));
+            // What a client that cancels sees.
+            facts.grpc_status.set(Some(grpc::Code::Cancelled as u16));
+            count_grpc_outcome(x, facts, route, cluster_id);
+            return StreamEnd::ClientReset;
+        }
         Err(Abort::ClientStalled) => {
             tracing::debug!(peer = %x.peer, "h2 stream made no progress for the idle timeout; reset");
             x.count(Some(route), Some(cluster_id), 408);
@@ -637,7 +659,16 @@ async fn forward(
             return StreamEnd::ClientReset;
         }
     }
+    count_grpc_outcome(x, facts, route, cluster_id);
     StreamEnd::Done
+}
+
+/// A gRPC call's grpc-status, counted once its exchange is over (a call whose stream
+/// was reset before any status is counted by HTTP status alone).
+fn count_grpc_outcome(x: &Exchange<'_>, facts: &H2Facts<'_>, route: &Arc<Route>, cluster: usize) {
+    if let (true, Some(code)) = (facts.grpc, facts.grpc_status.get()) {
+        x.count_grpc(Some(route), Some(cluster), code);
+    }
 }
 
 /// How long the upstream has to send the response head: the route's timeout (or the

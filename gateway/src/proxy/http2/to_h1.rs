@@ -104,13 +104,21 @@ pub(super) async fn exchange(
         502,
         "upstream response headers not valid in HTTP/2",
     ))?;
+    facts.saw_grpc_status(head.headers());
     let no_body = response.framing == BodyFraming::None;
     let mut send = respond
         .send_response(head, no_body)
         .map_err(|_| Abort::ClientGone)?;
     if !no_body {
         let pace = facts.client_pace(x);
-        relay_response_body(&mut up, &mut send, response.framing, cluster, &pace).await?;
+        relay_response_body(
+            &mut up,
+            &mut send,
+            response.framing,
+            cluster,
+            (&pace, facts),
+        )
+        .await?;
     }
     let reusable = !response.connection.close
         && response.framing != BodyFraming::UntilClose
@@ -309,7 +317,7 @@ async fn relay_response_body(
     send: &mut SendStream<Bytes>,
     framing: BodyFraming,
     cluster: &Cluster,
-    pace: &Pace<'_>,
+    (pace, facts): (&Pace<'_>, &H2Facts<'_>),
 ) -> Result<(), Abort> {
     let mut remaining = match framing {
         BodyFraming::Length(n) => n,
@@ -361,6 +369,7 @@ async fn relay_response_body(
             .await
             .map_err(client_send_failed)?;
         if let Some(t) = fields {
+            facts.saw_grpc_status(&t);
             pace.finish();
             return send
                 .send_trailers(t)

@@ -87,6 +87,7 @@ pub(super) async fn relay(
                 }
                 return if facts.grpc {
                     let code = grpc::Code::for_http(status);
+                    facts.grpc_status.set(Some(code as u16));
                     let _ = stream.send_trailers(grpc::error_trailers(code, why));
                     Ok(200)
                 } else {
@@ -160,7 +161,7 @@ async fn attempt(
         response,
         respond,
         sent,
-        route,
+        (route, facts),
         head_timeout,
         stall,
         &client_pace,
@@ -282,7 +283,7 @@ async fn relay_response(
     response: ResponseFuture,
     respond: &mut SendResponse<Bytes>,
     sent: &mut Option<SendStream<Bytes>>,
-    route: &Route,
+    (route, facts): (&Route, &H2Facts<'_>),
     head_timeout: Option<Duration>,
     stall: Option<Duration>,
     pace: &Pace<'_>,
@@ -310,6 +311,8 @@ async fn relay_response(
         .body(())
         .map_err(|_| Abort::Respond(502, "upstream response headers not valid"))?;
     let end = upstream.is_end_stream();
+    // A Trailers-Only answer carries its grpc-status in the head.
+    facts.saw_grpc_status(head.headers());
     let client = respond
         .send_response(head, end)
         .map_err(|_| Abort::ClientGone)?;
@@ -344,6 +347,9 @@ async fn relay_response(
     }
     let ended = upstream.trailers().await;
     pace.finish();
+    if let Ok(Some(trailers)) = &ended {
+        facts.saw_grpc_status(trailers);
+    }
     match ended {
         Ok(Some(trailers)) => client.send_trailers(trailers),
         Ok(None) => client.send_data(Bytes::new(), true),
