@@ -179,21 +179,27 @@ pub async fn serve_conn<S: HandOff>(
         }
     };
     // An HTTP/1.1 connection ends here (h2 counts itself; a tunnel is no longer HTTP).
-    if let Some(open) = open {
-        open.sub(1);
-    }
+    drop(open);
     worker.connection_closed();
     S::hand_off(handoff, worker, bound, peer);
 }
 
+/// A client connection counted in `weft_open_connections`: dropping it lowers the gauge.
+pub(crate) struct OpenConnection(Arc<crate::observe::metrics::Cell>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.sub(1);
+    }
+}
+
 /// Counts a client connection in `weft_accepted_connections_total` and
-/// `weft_open_connections` by listener and protocol; the caller lowers the returned
-/// gauge when the connection ends.
+/// `weft_open_connections` by listener and protocol, until the result is dropped.
 pub(crate) fn count_connection(
     worker: &Worker,
     bound: &BoundListener,
     protocol: &'static str,
-) -> Arc<crate::observe::metrics::Cell> {
+) -> OpenConnection {
     let key = [bound.slot as u64, protocol.as_ptr() as u64, 0, 0];
     let labels = || {
         vec![
@@ -206,7 +212,7 @@ pub(crate) fn count_connection(
         .bump(Family::AcceptedConnections, key, labels);
     let open = worker.counters.cell(Family::OpenConnections, key, labels);
     open.add(1);
-    open
+    OpenConnection(open)
 }
 
 enum Turn {

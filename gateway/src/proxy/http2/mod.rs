@@ -100,7 +100,7 @@ pub async fn serve_io<T>(
 {
     // Every client connection counts, h2c and TLS-h2 alike; the gauge is lowered
     // however this function returns.
-    let _open = OpenGauge(super::count_connection(&worker, &bound, "http2"));
+    let _open = super::count_connection(&worker, &bound, "http2");
     let snapshot = worker.snapshot();
     let limits = &snapshot.http2;
     let budget = Rc::new(SendBudget::new(u64::from(limits.max_send_buffer_bytes)));
@@ -243,15 +243,6 @@ pub async fn serve_io<T>(
             Some(Ok((req, respond))) => spawn_stream(req, respond),
             _ => return,
         }
-    }
-}
-
-/// Lowers an open-connections gauge when dropped.
-struct OpenGauge(Arc<crate::observe::metrics::Cell>);
-
-impl Drop for OpenGauge {
-    fn drop(&mut self) {
-        self.0.sub(1);
     }
 }
 
