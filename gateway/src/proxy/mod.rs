@@ -616,7 +616,7 @@ impl Exchange<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{mpsc, Arc};
 
     use weft_mesh::config::{self, Role};
@@ -627,11 +627,9 @@ mod tests {
     use crate::runtime::wakers::LocalEvent;
     use crate::runtime::Control;
 
-    /// Every idle keep-alive connection is one of these tasks, so its size is most of
-    /// what an idle connection costs. It once grew from ~700 bytes to 15 KiB unnoticed
-    /// (a TLS future inlined into every plain connection's task); this keeps it small.
-    #[test]
-    fn a_plain_connection_task_stays_small() {
+    /// A worker on a one-listener config (listener "l", slot 0), for tests that build
+    /// a task to weigh it.
+    pub(crate) fn test_worker() -> (Rc<Worker>, BoundListener) {
         const CONFIG: &str = "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\n\
             routes = [ { match = { path_prefix = \"/\" }, direct_response = { status = 200 } } ]\n";
         let loaded = config::parse(std::path::Path::new("t.toml"), CONFIG, Role::Ingress)
@@ -651,6 +649,15 @@ mod tests {
             slot: 0,
             closed: Rc::new(LocalEvent::default()),
         };
+        (worker, bound)
+    }
+
+    /// Every idle keep-alive connection is one of these tasks, so its size is most of
+    /// what an idle connection costs. It once grew from ~700 bytes to 15 KiB unnoticed
+    /// (a TLS future inlined into every plain connection's task); this keeps it small.
+    #[test]
+    fn a_plain_connection_task_stays_small() {
+        let (worker, bound) = test_worker();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("address");
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
