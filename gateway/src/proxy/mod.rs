@@ -10,6 +10,7 @@
 //! boxed for the duration of one exchange, and the read buffer is given back while
 //! waiting for the next request (see `transport`).
 
+pub mod connection;
 mod facts;
 mod forward;
 mod forward_h2;
@@ -39,6 +40,7 @@ use crate::observe::metrics::Family;
 use crate::proto::h1::head::{parse_request, BodyFraming, Head, HeadError, RequestHead};
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::{ClientStream, Conn, PollStream, ReadError, UpstreamStream};
+use connection::ConnectionFacts;
 use facts::Facts;
 
 /// How long a keep-alive connection keeps its read buffer while waiting for the next
@@ -80,17 +82,10 @@ pub fn spawn(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer: 
             ));
         }
         None => {
-            monoio::spawn(serve_conn(worker, bound, Conn::new(stream), peer, None));
+            let conn = ConnectionFacts::plain(peer, stream.local_addr().ok(), bound.name.clone());
+            monoio::spawn(serve_conn(worker, bound, Conn::new(stream), Rc::new(conn)));
         }
     }
-}
-
-/// The identity of a verified client certificate, for routing and upstreams.
-pub struct ClientCert {
-    /// `URI=...;DNS=...`, the `x-forwarded-client-cert` value.
-    pub value: String,
-    /// Send it upstream (the listener's `tls.forward_client_cert`).
-    pub forward: bool,
 }
 
 /// Where a connection goes when its HTTP/1.1 exchanges are over.
@@ -105,15 +100,25 @@ pub enum Handoff<S> {
 /// Starts what a client connection becomes after HTTP/1.1, as a task of its own: its
 /// state never adds to the size of the far more common HTTP/1.1 connection task.
 pub trait HandOff: ClientStream + Sized {
-    fn hand_off(to: Handoff<Self>, worker: Rc<Worker>, bound: BoundListener, peer: SocketAddr);
+    fn hand_off(
+        to: Handoff<Self>,
+        worker: Rc<Worker>,
+        bound: BoundListener,
+        conn: Rc<ConnectionFacts>,
+    );
 }
 
 impl HandOff for TcpStream {
-    fn hand_off(to: Handoff<Self>, worker: Rc<Worker>, bound: BoundListener, peer: SocketAddr) {
+    fn hand_off(
+        to: Handoff<Self>,
+        worker: Rc<Worker>,
+        bound: BoundListener,
+        conn: Rc<ConnectionFacts>,
+    ) {
         match to {
             Handoff::Closed => {}
             Handoff::Http2(client) => {
-                monoio::spawn(http2::serve(worker, bound, client, peer));
+                monoio::spawn(http2::serve(worker, bound, client, conn));
             }
             Handoff::Tunnel(client, upstream) => {
                 monoio::spawn(tunnel::relay(client, upstream));
@@ -126,7 +131,7 @@ impl<T> HandOff for PollStream<T>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
-    fn hand_off(to: Handoff<Self>, _: Rc<Worker>, _: BoundListener, _: SocketAddr) {
+    fn hand_off(to: Handoff<Self>, _: Rc<Worker>, _: BoundListener, _: Rc<ConnectionFacts>) {
         // ALPN, not a preface, picks HTTP/2 over TLS: `Http2` cannot happen here.
         if let Handoff::Tunnel(client, upstream) = to {
             monoio::spawn(tunnel::relay_poll(client, upstream));
@@ -140,8 +145,7 @@ pub async fn serve_conn<S: HandOff>(
     worker: Rc<Worker>,
     bound: BoundListener,
     mut client: Conn<S>,
-    peer: SocketAddr,
-    client_cert: Option<Rc<ClientCert>>,
+    conn: Rc<ConnectionFacts>,
 ) {
     // A plain connection may still turn out to be h2c (its first bytes say): it is
     // counted once its first turn has shown it is not, and h2 counts its own.
@@ -152,8 +156,7 @@ pub async fn serve_conn<S: HandOff>(
     let handoff = loop {
         // Everything a request needs lives in this box for the length of one turn, so
         // a connection that sits idle costs only this small outer loop.
-        let cert = client_cert.as_deref();
-        let turn = Box::pin(turn(&worker, &bound, &mut client, peer, cert, first)).await;
+        let turn = Box::pin(turn(&worker, &bound, &mut client, &conn, first)).await;
         if open.is_none() && !matches!(turn, Turn::Done(Next::Http2)) {
             open = Some(count_connection(&worker, &bound, "http1"));
         }
@@ -181,7 +184,7 @@ pub async fn serve_conn<S: HandOff>(
     // An HTTP/1.1 connection ends here (h2 counts itself; a tunnel is no longer HTTP).
     drop(open);
     worker.connection_closed();
-    S::hand_off(handoff, worker, bound, peer);
+    S::hand_off(handoff, worker, bound, conn);
 }
 
 /// A client connection counted in `weft_open_connections`: dropping it lowers the gauge.
@@ -229,8 +232,7 @@ async fn turn<S: ClientStream>(
     worker: &Worker,
     bound: &BoundListener,
     client: &mut Conn<S>,
-    peer: SocketAddr,
-    client_cert: Option<&ClientCert>,
+    conn: &ConnectionFacts,
     first: bool,
 ) -> Turn {
     let snapshot = worker.snapshot();
@@ -287,9 +289,7 @@ async fn turn<S: ClientStream>(
         worker,
         snapshot: &snapshot,
         bound,
-        peer,
-        scheme: S::SCHEME,
-        client_cert,
+        conn,
     };
     Turn::Done(exchange.run(client, head).await)
 }
@@ -375,11 +375,8 @@ pub struct Exchange<'a> {
     pub worker: &'a Worker,
     pub snapshot: &'a Snapshot,
     pub bound: &'a BoundListener,
-    pub peer: SocketAddr,
-    /// "https" on TLS connections.
-    pub scheme: &'static str,
-    /// The client's verified certificate, on TLS listeners that ask for one.
-    pub client_cert: Option<&'a ClientCert>,
+    /// Who the client is and how it connected: peer, scheme, TLS identity.
+    pub conn: &'a ConnectionFacts,
 }
 
 impl Exchange<'_> {
@@ -389,7 +386,7 @@ impl Exchange<'_> {
 
     async fn run<S: ClientStream>(self, client: &mut Conn<S>, head: RequestHead) -> Next {
         let mut facts = Facts::new(&head);
-        facts.client_cert = self.client_cert.map(|c| c.value.as_str());
+        facts.client_cert = self.conn.client_cert();
         let head_only = head.method() == b"HEAD";
         let keep_alive = head.wants_keep_alive() && !self.closing();
         // An unread request body would be taken for the next request: close instead.
@@ -437,7 +434,7 @@ impl Exchange<'_> {
                 self.count(Some(route), None, r.status);
                 let location = local::redirect_location(
                     r,
-                    self.scheme,
+                    self.conn.scheme,
                     facts.authority,
                     facts.path,
                     facts.path_and_query,
@@ -461,12 +458,9 @@ impl Exchange<'_> {
     /// Who the client is, for the forwarding headers.
     fn client_info(&self) -> rewrite::ClientInfo<'_> {
         rewrite::ClientInfo {
-            peer: self.peer,
-            scheme: self.scheme,
-            client_cert: self
-                .client_cert
-                .filter(|c| c.forward)
-                .map(|c| c.value.as_str()),
+            peer: self.conn.peer,
+            scheme: self.conn.scheme,
+            client_cert: self.conn.forwarded_client_cert(),
         }
     }
 
@@ -665,7 +659,8 @@ pub(crate) mod tests {
             .expect("runtime");
         rt.block_on(async move {
             let stream = TcpStream::connect(addr).await.expect("connect");
-            let task = serve_conn(worker, bound, Conn::new(stream), addr, None);
+            let conn = Rc::new(ConnectionFacts::plain(addr, None, bound.name.clone()));
+            let task = serve_conn(worker, bound, Conn::new(stream), conn);
             let size = std::mem::size_of_val(&task);
             assert!(size <= 1024, "a plain connection's task is {size} bytes");
         });

@@ -17,7 +17,8 @@ use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use rustls::ServerConfig;
 
-use super::{http2, ClientCert};
+use super::connection::{ConnectionFacts, PeerIdentity, TlsFacts};
+use super::http2;
 use crate::observe::metrics::Family;
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::{Conn, PollStream};
@@ -31,6 +32,7 @@ pub async fn serve(
     timeout: Duration,
     forward_client_cert: bool,
 ) {
+    let local = stream.local_addr().ok();
     let Ok(io) = stream.into_poll_io() else {
         return;
     };
@@ -60,32 +62,37 @@ pub async fn serve(
         }
     };
     let session = tls.get_ref().1;
-    let client_cert = session
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|leaf| identity(leaf, forward_client_cert));
-    if session.alpn_protocol() == Some(b"h2") {
-        http2::serve_io(worker, bound, tls, peer, "https", client_cert).await;
+    let facts = TlsFacts {
+        sni: session.server_name().map(str::to_owned),
+        alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+        peer_identity: session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(identity),
+        forward_client_cert,
+    };
+    let h2 = facts.alpn.as_deref() == Some(b"h2");
+    let conn = Rc::new(ConnectionFacts {
+        peer,
+        local,
+        listener: bound.name.clone(),
+        scheme: "https",
+        tls: Some(facts),
+    });
+    if h2 {
+        http2::serve_io(worker, bound, tls, conn).await;
     } else {
         let client = Conn::new(PollStream(tls));
-        super::serve_conn(worker, bound, client, peer, client_cert).await;
+        super::serve_conn(worker, bound, client, conn).await;
     }
 }
 
-/// A verified client certificate's identity, as an `x-forwarded-client-cert` value:
-/// `URI=spiffe://...;DNS=name` (every SAN URI and DNS name, in certificate order).
-fn identity(leaf: &rustls_pki_types::CertificateDer<'_>, forward: bool) -> Option<Rc<ClientCert>> {
+/// A verified client certificate's identity: its URI and DNS SANs.
+fn identity(leaf: &rustls_pki_types::CertificateDer<'_>) -> Option<PeerIdentity> {
     let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
-    let mut value = String::new();
-    for uri in cert.valid_uri_names() {
-        value.push_str(if value.is_empty() { "URI=" } else { ";URI=" });
-        value.push_str(uri);
-    }
-    for dns in cert.valid_dns_names() {
-        value.push_str(if value.is_empty() { "DNS=" } else { ";DNS=" });
-        value.push_str(dns);
-    }
-    Some(Rc::new(ClientCert { value, forward }))
+    let uris = cert.valid_uri_names().map(str::to_owned).collect();
+    let dns = cert.valid_dns_names().map(str::to_owned).collect();
+    Some(PeerIdentity::new(uris, dns))
 }
 
 /// Why a handshake failed, as counted.

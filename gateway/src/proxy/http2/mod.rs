@@ -12,7 +12,6 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -27,8 +26,9 @@ use monoio::io::IntoPollIo;
 use weft_mesh::config::UpstreamProtocol;
 use weft_mesh::snapshot::{Cluster, Forward, RequestFacts, Route, RouteAction};
 
+use super::connection::ConnectionFacts;
 use super::facts::{normalize_host, CLIENT_CERT_HEADER};
-use super::{grpc, local, rewrite, ClientCert, Exchange};
+use super::{grpc, local, rewrite, Exchange};
 use crate::observe::metrics::Family;
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::{Conn, Replay};
@@ -75,7 +75,12 @@ impl Activity {
 }
 
 /// Serves an h2c client whose first bytes (the preface) are already in `client.buf`.
-pub async fn serve(worker: Rc<Worker>, bound: BoundListener, client: Conn, peer: SocketAddr) {
+pub async fn serve(
+    worker: Rc<Worker>,
+    bound: BoundListener,
+    client: Conn,
+    conn: Rc<ConnectionFacts>,
+) {
     let Conn { stream, buf } = client;
     let Ok(io) = stream.into_poll_io() else {
         return;
@@ -84,7 +89,7 @@ pub async fn serve(worker: Rc<Worker>, bound: BoundListener, client: Conn, peer:
         head: buf,
         inner: io,
     };
-    serve_io(worker, bound, io, peer, "http", None).await
+    serve_io(worker, bound, io, conn).await
 }
 
 /// Serves an HTTP/2 client on any transport (h2c, or TLS after ALPN chose h2).
@@ -92,9 +97,7 @@ pub async fn serve_io<T>(
     worker: Rc<Worker>,
     bound: BoundListener,
     io: T,
-    peer: SocketAddr,
-    scheme: &'static str,
-    client_cert: Option<Rc<ClientCert>>,
+    client: Rc<ConnectionFacts>,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -131,7 +134,7 @@ pub async fn serve_io<T>(
             }
         },
         _ = preface_deadline => {
-            tracing::debug!(%peer, "h2 client sent no preface in time");
+            tracing::debug!(peer = %client.peer, "h2 client sent no preface in time");
             return;
         }
     };
@@ -148,9 +151,7 @@ pub async fn serve_io<T>(
         let task = stream_task(
             worker.clone(),
             bound.clone(),
-            peer,
-            scheme,
-            client_cert.clone(),
+            client.clone(),
             budget.clone(),
             req,
             respond,
@@ -187,7 +188,7 @@ pub async fn serve_io<T>(
     let mut closed = std::pin::pin!(bound.closed.wait());
     loop {
         if activity.abusive(max_resets) {
-            tracing::debug!(%peer, "h2 client resets most of its streams; closing the connection");
+            tracing::debug!(peer = %client.peer, "h2 client resets most of its streams; closing the connection");
             conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
             return flush_goaway(&worker, conn).await;
         }
@@ -196,7 +197,7 @@ pub async fn serve_io<T>(
             // Draining or listener removed: GOAWAY, then let open streams finish.
             _ = &mut closed => break,
             _ = &mut keepalive => {
-                tracing::debug!(%peer, "h2 client did not answer a keepalive PING");
+                tracing::debug!(peer = %client.peer, "h2 client did not answer a keepalive PING");
                 return;
             }
             _ = &mut idle => {
@@ -423,9 +424,7 @@ impl RequestFacts for H2Facts<'_> {
 async fn stream_task(
     worker: Rc<Worker>,
     bound: BoundListener,
-    peer: SocketAddr,
-    scheme: &'static str,
-    client_cert: Option<Rc<ClientCert>>,
+    conn: Rc<ConnectionFacts>,
     budget: Rc<SendBudget>,
     req: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
@@ -433,14 +432,12 @@ async fn stream_task(
     let snapshot = worker.snapshot();
     let (parts, body) = req.into_parts();
     let mut facts = H2Facts::new(&parts, &budget);
-    facts.client_cert = client_cert.as_deref().map(|c| c.value.as_str());
+    facts.client_cert = conn.client_cert();
     let x = Exchange {
         worker: &worker,
         snapshot: &snapshot,
         bound: &bound,
-        peer,
-        scheme,
-        client_cert: client_cert.as_deref(),
+        conn: &conn,
     };
     let head_only = parts.method == http::Method::HEAD;
     let Some(route) = x.routes().and_then(|t| t.find(&facts)) else {
@@ -468,7 +465,7 @@ async fn stream_task(
             x.count(Some(route), None, r.status);
             let location = local::redirect_location(
                 r,
-                x.scheme,
+                x.conn.scheme,
                 facts.authority,
                 facts.path,
                 facts.path_and_query,
@@ -644,7 +641,7 @@ async fn forward(
             return StreamEnd::ClientReset;
         }
         Err(Abort::ClientStalled) => {
-            tracing::debug!(peer = %x.peer, "h2 stream made no progress for the idle timeout; reset");
+            tracing::debug!(peer = %x.conn.peer, "h2 stream made no progress for the idle timeout; reset");
             x.count(Some(route), Some(cluster_id), 408);
             respond.send_reset(Reason::CANCEL);
             return StreamEnd::ClientReset;
@@ -755,7 +752,8 @@ mod tests {
                 .expect("server handshake");
             let (req, respond) = conn.accept().await.expect("a stream").expect("ok");
             let budget = Rc::new(SendBudget::new(1 << 20));
-            let task = stream_task(worker, bound, peer, "http", None, budget, req, respond);
+            let conn = Rc::new(ConnectionFacts::plain(peer, None, bound.name.clone()));
+            let task = stream_task(worker, bound, conn, budget, req, respond);
             let size = std::mem::size_of_val(&task);
             // 1152 bytes when this budget was set.
             assert!(size <= 1280, "an h2 stream task is {size} bytes");

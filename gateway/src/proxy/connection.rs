@@ -1,0 +1,121 @@
+//! What is known about one client connection, found out once: at accept (addresses,
+//! listener, scheme) and after the TLS handshake (SNI, ALPN, the verified client
+//! certificate's identity as typed values). Every phase of every request on the
+//! connection reads these facts; none goes back to the socket or the TLS session.
+//!
+//! Held in an `Rc` by the connection's task (and its HTTP/2 streams); never shared
+//! across workers.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+/// A client connection's facts.
+#[derive(Debug)]
+pub struct ConnectionFacts {
+    pub peer: SocketAddr,
+    /// The address the client connected to (`None` if the socket could not say).
+    pub local: Option<SocketAddr>,
+    /// The listener's name.
+    pub listener: Rc<str>,
+    /// `http`, or `https` on a TLS listener.
+    pub scheme: &'static str,
+    pub tls: Option<TlsFacts>,
+}
+
+/// What the TLS handshake settled.
+#[derive(Debug)]
+pub struct TlsFacts {
+    /// The server name the client asked for.
+    pub sni: Option<String>,
+    /// The protocol ALPN chose (`h2`, `http/1.1`), if any.
+    pub alpn: Option<Vec<u8>>,
+    /// The verified client certificate's identity, when the client presented one.
+    pub peer_identity: Option<PeerIdentity>,
+    /// Send the identity upstream as `x-forwarded-client-cert` (the listener's
+    /// `tls.forward_client_cert`).
+    pub forward_client_cert: bool,
+}
+
+/// A verified client certificate's names, as typed values, and the
+/// `x-forwarded-client-cert` value made of them.
+#[derive(Debug)]
+pub struct PeerIdentity {
+    /// URI SANs, SPIFFE IDs among them, in certificate order.
+    pub uris: Vec<String>,
+    /// DNS SANs, in certificate order.
+    pub dns: Vec<String>,
+    /// `URI=...;DNS=...`: every URI SAN, then every DNS SAN.
+    pub xfcc: String,
+}
+
+impl PeerIdentity {
+    pub fn new(uris: Vec<String>, dns: Vec<String>) -> PeerIdentity {
+        let mut xfcc = String::new();
+        for (kind, name) in uris
+            .iter()
+            .map(|u| ("URI=", u))
+            .chain(dns.iter().map(|d| ("DNS=", d)))
+        {
+            if !xfcc.is_empty() {
+                xfcc.push(';');
+            }
+            xfcc.push_str(kind);
+            xfcc.push_str(name);
+        }
+        PeerIdentity { uris, dns, xfcc }
+    }
+}
+
+impl ConnectionFacts {
+    /// A connection without TLS.
+    pub fn plain(peer: SocketAddr, local: Option<SocketAddr>, listener: Rc<str>) -> Self {
+        ConnectionFacts {
+            peer,
+            local,
+            listener,
+            scheme: "http",
+            tls: None,
+        }
+    }
+
+    /// The verified client certificate's `x-forwarded-client-cert` value: what routing
+    /// matches that header against (a client-sent header of that name is never
+    /// believed).
+    pub fn client_cert(&self) -> Option<&str> {
+        let identity = self.tls.as_ref()?.peer_identity.as_ref()?;
+        Some(identity.xfcc.as_str())
+    }
+
+    /// The value to send upstream as `x-forwarded-client-cert`, if the listener
+    /// forwards it.
+    pub fn forwarded_client_cert(&self) -> Option<&str> {
+        self.tls
+            .as_ref()
+            .filter(|t| t.forward_client_cert)
+            .and_then(|_| self.client_cert())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_are_typed_and_forwarded_only_when_asked() {
+        let id = PeerIdentity::new(vec!["spiffe://mesh/sa/web".into()], vec!["web.mesh".into()]);
+        assert_eq!(id.xfcc, "URI=spiffe://mesh/sa/web;DNS=web.mesh");
+        let mut conn = ConnectionFacts::plain("127.0.0.1:1".parse().unwrap(), None, "l".into());
+        assert_eq!(conn.client_cert(), None);
+        conn.tls = Some(TlsFacts {
+            sni: Some("a.test".into()),
+            alpn: Some(b"h2".to_vec()),
+            peer_identity: Some(id),
+            forward_client_cert: false,
+        });
+        assert_eq!(
+            conn.client_cert(),
+            Some("URI=spiffe://mesh/sa/web;DNS=web.mesh")
+        );
+        assert_eq!(conn.forwarded_client_cert(), None);
+    }
+}
