@@ -9,6 +9,8 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use weft_mesh::snapshot::ListenerRole;
+
 /// A client connection's facts.
 #[derive(Debug)]
 pub struct ConnectionFacts {
@@ -17,6 +19,8 @@ pub struct ConnectionFacts {
     pub local: Option<SocketAddr>,
     /// The listener's name.
     pub listener: Rc<str>,
+    /// Ingress, sidecar inbound or sidecar outbound.
+    pub role: ListenerRole,
     /// `http`, or `https` on a TLS listener.
     pub scheme: &'static str,
     pub tls: Option<TlsFacts>,
@@ -68,11 +72,17 @@ impl PeerIdentity {
 
 impl ConnectionFacts {
     /// A connection without TLS.
-    pub fn plain(peer: SocketAddr, local: Option<SocketAddr>, listener: Rc<str>) -> Self {
+    pub fn plain(
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        listener: Rc<str>,
+        role: ListenerRole,
+    ) -> Self {
         ConnectionFacts {
             peer,
             local,
             listener,
+            role,
             scheme: "http",
             tls: None,
         }
@@ -104,7 +114,12 @@ mod tests {
     fn identities_are_typed_and_forwarded_only_when_asked() {
         let id = PeerIdentity::new(vec!["spiffe://mesh/sa/web".into()], vec!["web.mesh".into()]);
         assert_eq!(id.xfcc, "URI=spiffe://mesh/sa/web;DNS=web.mesh");
-        let mut conn = ConnectionFacts::plain("127.0.0.1:1".parse().unwrap(), None, "l".into());
+        let mut conn = ConnectionFacts::plain(
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            "l".into(),
+            ListenerRole::Ingress,
+        );
         assert_eq!(conn.client_cert(), None);
         conn.tls = Some(TlsFacts {
             sni: Some("a.test".into()),

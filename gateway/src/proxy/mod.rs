@@ -33,7 +33,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use weft_mesh::config::HttpConfig;
 use weft_mesh::snapshot::{
-    is_grpc_content_type, ClusterId, Route, RouteAction, RouteTable, Snapshot,
+    is_grpc_content_type, ClusterId, ListenerRole, Route, RouteAction, RouteTable, Snapshot,
 };
 
 use crate::observe::metrics::Family;
@@ -70,19 +70,23 @@ pub enum Next {
 /// larger, and one task type for both made every idle plain connection cost 15 KiB.
 pub fn spawn(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer: SocketAddr) {
     let snapshot = worker.snapshot();
-    let tls = bound
-        .in_snapshot(&snapshot)
+    let listener = bound.in_snapshot(&snapshot);
+    let role = listener.map_or(ListenerRole::Ingress, |l| l.role);
+    let tls = listener
         .and_then(|l| l.tls.as_ref())
-        .map(|t| (t.server.clone(), t.handshake_timeout, t.forward_client_cert));
+        .map(|t| tls::Settings {
+            server: t.server.clone(),
+            handshake_timeout: t.handshake_timeout,
+            forward_client_cert: t.forward_client_cert,
+        });
     drop(snapshot);
     match tls {
-        Some((config, timeout, forward)) => {
-            monoio::spawn(tls::serve(
-                worker, bound, stream, peer, config, timeout, forward,
-            ));
+        Some(settings) => {
+            monoio::spawn(tls::serve(worker, bound, stream, peer, role, settings));
         }
         None => {
-            let conn = ConnectionFacts::plain(peer, stream.local_addr().ok(), bound.name.clone());
+            let local = stream.local_addr().ok();
+            let conn = ConnectionFacts::plain(peer, local, bound.name.clone(), role);
             monoio::spawn(serve_conn(worker, bound, Conn::new(stream), Rc::new(conn)));
         }
     }
@@ -659,7 +663,9 @@ pub(crate) mod tests {
             .expect("runtime");
         rt.block_on(async move {
             let stream = TcpStream::connect(addr).await.expect("connect");
-            let conn = Rc::new(ConnectionFacts::plain(addr, None, bound.name.clone()));
+            let conn =
+                ConnectionFacts::plain(addr, None, bound.name.clone(), ListenerRole::Ingress);
+            let conn = Rc::new(conn);
             let task = serve_conn(worker, bound, Conn::new(stream), conn);
             let size = std::mem::size_of_val(&task);
             assert!(size <= 1024, "a plain connection's task is {size} bytes");

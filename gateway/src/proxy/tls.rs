@@ -16,6 +16,7 @@ use std::time::Duration;
 use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use rustls::ServerConfig;
+use weft_mesh::snapshot::ListenerRole;
 
 use super::connection::{ConnectionFacts, PeerIdentity, TlsFacts};
 use super::http2;
@@ -23,15 +24,26 @@ use crate::observe::metrics::Family;
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::{Conn, PollStream};
 
+/// A listener's TLS settings, as the snapshot at accept had them.
+pub struct Settings {
+    pub server: Arc<ServerConfig>,
+    pub handshake_timeout: Duration,
+    pub forward_client_cert: bool,
+}
+
 pub async fn serve(
     worker: Rc<Worker>,
     bound: BoundListener,
     stream: TcpStream,
     peer: SocketAddr,
-    config: Arc<ServerConfig>,
-    timeout: Duration,
-    forward_client_cert: bool,
+    role: ListenerRole,
+    settings: Settings,
 ) {
+    let Settings {
+        server: config,
+        handshake_timeout: timeout,
+        forward_client_cert,
+    } = settings;
     let local = stream.local_addr().ok();
     let Ok(io) = stream.into_poll_io() else {
         return;
@@ -76,6 +88,7 @@ pub async fn serve(
         peer,
         local,
         listener: bound.name.clone(),
+        role,
         scheme: "https",
         tls: Some(facts),
     });

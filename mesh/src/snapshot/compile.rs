@@ -227,10 +227,18 @@ pub fn compile_with(
             let base = loaded.file.parent().unwrap_or(std::path::Path::new("."));
             tls::compile_listener_tls(t, base, &format!("{path}.tls"), &mut |k, p| d.error(k, p))
         });
+        let role = if path == "sidecar.inbound" {
+            ListenerRole::SidecarInbound
+        } else if path == "sidecar.outbound" {
+            ListenerRole::SidecarOutbound
+        } else {
+            ListenerRole::Ingress
+        };
         if let Some(address) = address {
             listeners.push(Listener {
                 name: l.name.clone(),
                 address,
+                role,
                 tls,
                 routes: RouteTable::new(routes),
             });
@@ -1067,6 +1075,25 @@ mod tests {
         let loaded = parse(Path::new("t.toml"), text, Role::Ingress)
             .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
         compile(&loaded).map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn listeners_know_their_role() {
+        let text = "[sidecar.inbound]\naddress = \"127.0.0.1:15006\"\napp = \"127.0.0.1:9080\"\n\
+            [sidecar.outbound]\naddress = \"127.0.0.1:15001\"\n\
+            [[listeners]]\nname = \"edge\"\naddress = \"127.0.0.1:8080\"\n\
+            routes = [ { match = { path_prefix = \"/\" }, direct_response = { status = 200 } } ]\n";
+        let loaded = parse(Path::new("t.toml"), text, Role::Sidecar).expect("parses");
+        let snap = compile(&loaded).expect("compiles");
+        let role = |name: &str| {
+            snap.listeners
+                .iter()
+                .find(|l| l.name == name)
+                .map(|l| l.role)
+        };
+        assert_eq!(role("inbound"), Some(ListenerRole::SidecarInbound));
+        assert_eq!(role("outbound"), Some(ListenerRole::SidecarOutbound));
+        assert_eq!(role("edge"), Some(ListenerRole::Ingress));
     }
 
     struct Req<'a>(&'a str, &'a str, &'a str, Vec<(&'a str, &'a str)>);

@@ -114,9 +114,21 @@ pub struct RuntimeSettings {
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
+    pub role: ListenerRole,
     /// TLS termination, when configured.
     pub tls: Option<tls::ListenerTls>,
     pub routes: RouteTable,
+}
+
+/// What a listener is for: traffic from outside (`[[listeners]]`), or one side of a
+/// sidecar. Policies that differ by side (identity, authorization) read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerRole {
+    Ingress,
+    /// `[sidecar.inbound]`: the mesh calling this service instance.
+    SidecarInbound,
+    /// `[sidecar.outbound]`: this instance calling the mesh.
+    SidecarOutbound,
 }
 
 #[derive(Debug)]

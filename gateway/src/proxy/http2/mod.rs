@@ -752,7 +752,8 @@ mod tests {
                 .expect("server handshake");
             let (req, respond) = conn.accept().await.expect("a stream").expect("ok");
             let budget = Rc::new(SendBudget::new(1 << 20));
-            let conn = Rc::new(ConnectionFacts::plain(peer, None, bound.name.clone()));
+            let role = weft_mesh::snapshot::ListenerRole::Ingress;
+            let conn = Rc::new(ConnectionFacts::plain(peer, None, bound.name.clone(), role));
             let task = stream_task(worker, bound, conn, budget, req, respond);
             let size = std::mem::size_of_val(&task);
             // 1152 bytes when this budget was set.
