@@ -48,6 +48,12 @@ pub fn is_managed(name: &[u8]) -> bool {
     any(&MANAGED, name)
 }
 
+/// Fields that frame a message (`content-length`, `transfer-encoding`): weft writes
+/// them from its own decision, never copies them.
+pub fn is_framing(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
+}
+
 /// Fields that frame or route a message or manage its connection: never in a trailer
 /// section (RFC 9110 §6.5.1), never in a route's header edits. (`proxy-authorization`,
 /// hop-by-hop but neither, may be set for the next hop.)
@@ -76,5 +82,10 @@ mod tests {
         assert!(is_managed(b"Content-Length") && !is_editable(b"content-length"));
         assert!(!is_editable(b"connection") && !is_editable(b"HOST") && !is_editable(b"te"));
         assert!(is_editable(b"proxy-authorization") && is_editable(b"x-api-key"));
+        assert!(
+            is_framing(b"Content-Length")
+                && is_framing(b"transfer-encoding")
+                && !is_framing(b"host")
+        );
     }
 }

@@ -20,7 +20,7 @@ use weft_mesh::snapshot::{Forward, Route};
 
 use super::facts::Facts;
 use super::forward::connect_failure;
-use super::http2::{send_all, Pace, SendError};
+use super::http2::{content_length, send_all, Pace, SendError};
 use super::rewrite::{self, ClientFraming};
 use super::{Exchange, Next};
 use crate::observe::metrics::Family;
@@ -190,10 +190,7 @@ pub async fn forward<S: ClientStream>(
             .or_insert(http::HeaderValue::from_static("0"));
     }
     // h2 checked the value against the DATA it carries; one value is stated.
-    let declared: Option<u64> = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.trim().parse().ok());
+    let declared = content_length(&parts.headers);
     let unframed = !no_body && declared.is_none();
     let keep = keep_alive && !body_unread && !x.closing();
     let framing = ClientFraming {

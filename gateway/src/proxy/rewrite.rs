@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::BytesMut;
 use weft_mesh::config::ForwardedConfig;
+use weft_mesh::fields;
 use weft_mesh::snapshot::{Forward, HeaderEdits};
 
 use super::facts::{Facts, CLIENT_CERT_HEADER};
@@ -83,7 +84,7 @@ impl HeaderSink for H2Headers {
             self.authority = Some(String::from_utf8_lossy(value).into_owned());
             return;
         }
-        if connection_specific(name)
+        if fields::is_connection_specific(name)
             && !(name.eq_ignore_ascii_case(b"te") && value.eq_ignore_ascii_case(b"trailers"))
         {
             return;
@@ -100,12 +101,6 @@ impl HeaderSink for H2Headers {
     fn header_fmt(&mut self, name: &[u8], value: fmt::Arguments<'_>) {
         self.header(name, value.to_string().as_bytes());
     }
-}
-
-/// Headers that describe a connection, never an HTTP/2 message (RFC 9113 §8.2.2).
-/// `te` may only say `trailers`, which the writers state themselves.
-pub fn connection_specific(name: &[u8]) -> bool {
-    weft_mesh::fields::is_connection_specific(name)
 }
 
 /// The path (and query) sent upstream: the route's prefix rewrite applied.
@@ -360,7 +355,7 @@ pub fn h1_response_head_from_h2(
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
     for (name, value) in &resp.headers {
         let name = name.as_str().as_bytes();
-        if !edits.drops(name) && !is_framing_field(name) {
+        if !edits.drops(name) && !fields::is_framing(name) {
             push_header(&mut out, name, value.as_bytes());
         }
     }
@@ -399,11 +394,6 @@ pub struct ClientFraming {
     /// The `content-length` to state (a length-framed body, or the length a bodiless
     /// answer to HEAD or a 304 announces); `None` for chunked or close-delimited ones.
     pub length: Option<u64>,
-}
-
-/// Fields that frame a message: weft writes them from its own decision, never copies.
-pub fn is_framing_field(name: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
 }
 
 /// Whether `value` is the canonical decimal form of `n` (no sign, space or leading 0):
@@ -473,7 +463,7 @@ pub fn response_head(
     let mut received_length: &[u8] = b"";
     for f in &resp.headers {
         let name = resp.name(f);
-        if is_framing_field(name) {
+        if fields::is_framing(name) {
             if name.eq_ignore_ascii_case(b"content-length") {
                 received_length = resp.value(f);
             }

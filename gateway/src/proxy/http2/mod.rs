@@ -359,10 +359,7 @@ impl<'a> H2Facts<'a> {
 
     /// The client's `content-length` (h2 checked it against the DATA it carries).
     fn declared_length(&self) -> Option<u64> {
-        self.parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+        content_length(&self.parts.headers)
     }
 
     /// The request line and framing of this request as it goes upstream. A body of
@@ -572,6 +569,14 @@ enum Abort {
     /// The client made no progress (sent no body, read no response) for the idle
     /// timeout: the stream is reset, and counted with the resets it could abuse.
     ClientStalled,
+}
+
+/// A `content-length` as an HTTP/2 head carries it (h2 has checked it against the
+/// DATA), or `None` when there is none or it does not parse.
+pub(super) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
 }
 
 /// A send to the client that failed: it went away, or stopped reading.

@@ -163,7 +163,7 @@ fn h2_response_head(response: &ResponseHead, route: &Route) -> Option<Response<(
     let mut received_length = None;
     for f in &response.headers {
         let name = response.name(f);
-        if rewrite::is_framing_field(name) {
+        if weft_mesh::fields::is_framing(name) {
             if name.eq_ignore_ascii_case(b"content-length") {
                 received_length = Some(f.value.clone());
             }
@@ -400,7 +400,7 @@ fn trailers(section: &[u8]) -> Option<http::HeaderMap> {
     };
     let mut map = http::HeaderMap::new();
     for f in fields.iter() {
-        if rewrite::connection_specific(f.name.as_bytes()) {
+        if weft_mesh::fields::is_connection_specific(f.name.as_bytes()) {
             continue;
         }
         if let (Ok(n), Ok(v)) = (
