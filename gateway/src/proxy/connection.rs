@@ -6,6 +6,10 @@
 //! Held in an `Rc` by the connection's task (and its HTTP/2 streams); never shared
 //! across workers.
 
+use std::sync::Arc;
+
+use crate::observe::metrics::Family;
+use crate::runtime::worker::{BoundListener, Worker};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -104,6 +108,37 @@ impl ConnectionFacts {
             .filter(|t| t.forward_client_cert)
             .and_then(|_| self.client_cert())
     }
+}
+
+/// A client connection counted in `weft_open_connections`: dropping it lowers the gauge.
+pub(crate) struct OpenConnection(Arc<crate::observe::metrics::Cell>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.sub(1);
+    }
+}
+
+/// Counts a client connection in `weft_accepted_connections_total` and
+/// `weft_open_connections` by listener and protocol, until the result is dropped.
+pub(crate) fn count_connection(
+    worker: &Worker,
+    bound: &BoundListener,
+    protocol: &'static str,
+) -> OpenConnection {
+    let key = [bound.slot as u64, protocol.as_ptr() as u64, 0, 0];
+    let labels = || {
+        vec![
+            ("listener", bound.name.to_string()),
+            ("protocol", protocol.to_owned()),
+        ]
+    };
+    worker
+        .counters
+        .bump(Family::AcceptedConnections, key, labels);
+    let open = worker.counters.cell(Family::OpenConnections, key, labels);
+    open.add(1);
+    OpenConnection(open)
 }
 
 #[cfg(test)]

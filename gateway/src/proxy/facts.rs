@@ -1,13 +1,21 @@
-//! What routing looks at in a request: host, path, method, headers.
+//! What routing and the lifecycle look at in a request, HTTP/1.1 (`Facts`) or HTTP/2
+//! (`H2Facts`): host, path, method, headers, and what decides the plan.
 //!
 //! Host comes from the absolute-form target if there is one (RFC 9112 §3.2.2), else
 //! from `Host`; it is lowercased and stripped of its port once per request.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
-use weft_mesh::snapshot::RequestFacts;
+use http::request::Parts;
+use weft_mesh::snapshot::{is_grpc_content_type, RequestFacts};
 
-use crate::proto::h1::head::{Head, RequestHead};
+use super::exchange::Exchange;
+use super::flow::{Pace, SendBudget};
+use super::grpc;
+use super::lifecycle::Request;
+use super::rewrite;
+use crate::proto::h1::head::{BodyFraming, Head, RequestHead};
 
 /// The header that carries a verified client certificate's identity.
 pub const CLIENT_CERT_HEADER: &str = "x-forwarded-client-cert";
@@ -67,7 +75,7 @@ fn split_absolute(target: &str) -> (Option<&str>, &str) {
 }
 
 /// Lowercase host without port; `[v6]` keeps its brackets.
-pub(super) fn normalize_host(authority: &str) -> Cow<'_, str> {
+fn normalize_host(authority: &str) -> Cow<'_, str> {
     let authority = authority.rsplit('@').next().unwrap_or(authority);
     let host = if authority.starts_with('[') {
         match authority.find(']') {
@@ -100,6 +108,196 @@ impl RequestFacts for Facts<'_> {
         }
         Head::header(self.head, name)
     }
+}
+
+impl Request for Facts<'_> {
+    fn authority(&self) -> &str {
+        self.authority
+    }
+    fn path_and_query(&self) -> &str {
+        self.path_and_query
+    }
+    fn head_only(&self) -> bool {
+        self.head.method() == b"HEAD"
+    }
+    /// Never for HTTP/1.1: a gRPC call over it is refused (`GrpcNeedsHttp2`), and errors
+    /// to HTTP/1.1 clients are HTTP errors.
+    fn is_grpc(&self) -> bool {
+        false
+    }
+    fn grpc_timeout(&self) -> Option<Duration> {
+        None
+    }
+    fn declared_length(&self) -> Option<u64> {
+        match self.head.framing {
+            BodyFraming::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl Facts<'_> {
+    /// A gRPC content type: a call HTTP/1.1 cannot carry.
+    pub fn is_grpc_content(&self) -> bool {
+        self.head
+            .header("content-type")
+            .is_some_and(is_grpc_content_type)
+    }
+}
+
+/// What routing and relaying look at in an HTTP/2 request.
+pub struct H2Facts<'a> {
+    pub parts: &'a Parts,
+    host: Cow<'a, str>,
+    pub authority: &'a str,
+    /// A gRPC call: errors weft makes are gRPC statuses.
+    pub grpc: bool,
+    /// The call's `grpc-timeout`.
+    pub grpc_timeout: Option<Duration>,
+    /// A verified client certificate's identity (see `facts::CLIENT_CERT_HEADER`).
+    pub client_cert: Option<&'a str>,
+    /// What the connection's streams may queue for the client.
+    send_budget: &'a SendBudget,
+}
+
+impl<'a> H2Facts<'a> {
+    pub fn new(parts: &'a Parts, send_budget: &'a SendBudget) -> H2Facts<'a> {
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("");
+        let grpc = grpc::is_grpc(&parts.headers);
+        H2Facts {
+            parts,
+            host: normalize_host(authority),
+            authority,
+            grpc,
+            grpc_timeout: grpc.then(|| grpc::timeout(&parts.headers)).flatten(),
+            client_cert: None,
+            send_budget,
+        }
+    }
+
+    // Path and query are read from the URI when asked: a stream task carries this
+    // struct, and it is spawned (moved) whole for every request.
+    fn uri_path(&self) -> &'a str {
+        self.parts.uri.path()
+    }
+
+    fn uri_path_and_query(&self) -> &'a str {
+        self.parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    }
+
+    /// How sends to this client are paced: its connection's budget, and the idle
+    /// timeout as the longest wait for it to read.
+    pub fn client_pace<'x>(&'x self, x: &'x Exchange<'_>) -> Pace<'x> {
+        Pace::new(
+            &x.worker.idle_timers,
+            x.snapshot.http.idle_timeout.0,
+            Some(self.send_budget),
+        )
+    }
+
+    /// The client's `content-length` (h2 checked it against the DATA it carries).
+    pub fn declared_length(&self) -> Option<u64> {
+        content_length(&self.parts.headers)
+    }
+
+    /// The request line and framing of this request as it goes upstream. A body of
+    /// unknown length goes to an HTTP/1.1 upstream (`h1`) with the chunked coding; a
+    /// request without a body states a length only if the client did (as 0, what
+    /// follows).
+    pub fn outgoing(&self, has_body: bool, h1: bool) -> rewrite::Outgoing<'a> {
+        let parts = self.parts;
+        let declared = self.declared_length();
+        rewrite::Outgoing {
+            method: parts.method.as_str().as_bytes(),
+            path: self.uri_path(),
+            path_and_query: self.uri_path_and_query(),
+            authority: self.authority,
+            chunked: h1 && has_body && declared.is_none(),
+            length: if has_body {
+                declared
+            } else {
+                declared.map(|_| 0)
+            },
+            accepts_trailers: parts
+                .headers
+                .get(http::header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")),
+            upgrade: None,
+        }
+    }
+
+    /// The client's end-to-end headers (none that describe the connection).
+    pub fn end_to_end_headers(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        self.parts
+            .headers
+            .iter()
+            // The same hop-by-hop set as an HTTP/1.1 client's (`proxy-authorization`
+            // and `trailer` included); HTTP/2 has no `Connection` to list more.
+            .filter(|(n, _)| !weft_mesh::fields::is_hop_by_hop(n.as_str().as_bytes()))
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+    }
+}
+
+impl RequestFacts for H2Facts<'_> {
+    fn host(&self) -> &str {
+        &self.host
+    }
+    fn path(&self) -> &str {
+        self.uri_path()
+    }
+    fn method(&self) -> &[u8] {
+        self.parts.method.as_str().as_bytes()
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        if name.eq_ignore_ascii_case(CLIENT_CERT_HEADER) {
+            return self.client_cert.map(str::as_bytes);
+        }
+        self.parts.headers.get(name).map(|v| v.as_bytes())
+    }
+}
+
+
+impl Request for H2Facts<'_> {
+    fn authority(&self) -> &str {
+        self.authority
+    }
+    fn path_and_query(&self) -> &str {
+        self.uri_path_and_query()
+    }
+    fn head_only(&self) -> bool {
+        self.parts.method == http::Method::HEAD
+    }
+    fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+    fn grpc_timeout(&self) -> Option<Duration> {
+        self.grpc_timeout
+    }
+    fn declared_length(&self) -> Option<u64> {
+        H2Facts::declared_length(self)
+    }
+}
+
+/// A `content-length` as an HTTP/2 head carries it (h2 has checked it against the
+/// DATA), or `None` when there is none or it does not parse.
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use std::time::Duration;
 use http::HeaderMap;
 use weft_mesh::snapshot::is_grpc_content_type;
 
-/// The status codes weft produces (grpc/doc/statuscodes.md).
+/// The status codes weft produces (grpc/doc/statuscodes.md); which error gets which is
+/// `ProxyError::grpc_code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Code {
@@ -18,30 +19,9 @@ pub enum Code {
     Unknown = 2,
     Internal = 13,
     DeadlineExceeded = 4,
-    PermissionDenied = 7,
     ResourceExhausted = 8,
     Unimplemented = 12,
     Unavailable = 14,
-    Unauthenticated = 16,
-}
-
-impl Code {
-    /// The gRPC status for an error weft would answer a plain HTTP client with `status`:
-    /// no route is UNIMPLEMENTED, a limit is RESOURCE_EXHAUSTED, a timeout is
-    /// DEADLINE_EXCEEDED, an unreachable upstream is UNAVAILABLE (otherwise as
-    /// grpc/doc/http-grpc-status-mapping.md).
-    pub fn for_http(status: u16) -> Code {
-        match status {
-            404 => Code::Unimplemented,
-            413 | 429 | 431 => Code::ResourceExhausted,
-            408 | 504 => Code::DeadlineExceeded,
-            502 | 503 => Code::Unavailable,
-            400 => Code::Internal,
-            401 => Code::Unauthenticated,
-            403 => Code::PermissionDenied,
-            _ => Code::Unknown,
-        }
-    }
 }
 
 pub fn is_grpc(headers: &HeaderMap) -> bool {
@@ -131,15 +111,6 @@ mod tests {
             assert_eq!(timeout(&with_timeout(bad)), None, "{bad:?}");
         }
         assert_eq!(timeout(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn maps_proxy_errors_to_grpc_codes() {
-        assert_eq!(Code::for_http(404), Code::Unimplemented);
-        assert_eq!(Code::for_http(503), Code::Unavailable);
-        assert_eq!(Code::for_http(502), Code::Unavailable);
-        assert_eq!(Code::for_http(504), Code::DeadlineExceeded);
-        assert_eq!(Code::for_http(413), Code::ResourceExhausted);
     }
 
     #[test]

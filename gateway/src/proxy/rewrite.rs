@@ -507,6 +507,21 @@ fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends configured `(name, value)` fields (a route's `set` edits, a local answer's
+/// headers) to an HTTP/2 head; `None` when one is not valid there.
+pub fn append_fields<'a>(
+    headers: &mut http::HeaderMap,
+    fields: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<()> {
+    for (name, value) in fields {
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+            http::HeaderValue::from_str(value).ok()?,
+        );
+    }
+    Some(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

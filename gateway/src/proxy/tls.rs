@@ -19,7 +19,7 @@ use rustls::ServerConfig;
 use weft_mesh::snapshot::ListenerRole;
 
 use super::connection::{ConnectionFacts, PeerIdentity, TlsFacts};
-use super::http2;
+use super::{client_h1, client_h2};
 use crate::observe::metrics::Family;
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::{Conn, PollStream};
@@ -93,10 +93,10 @@ pub async fn serve(
         tls: Some(facts),
     });
     if h2 {
-        http2::serve_io(worker, bound, tls, conn).await;
+        client_h2::serve_io(worker, bound, tls, conn).await;
     } else {
         let client = Conn::new(PollStream(tls));
-        super::serve_conn(worker, bound, client, conn).await;
+        client_h1::serve_conn(worker, bound, client, conn).await;
     }
 }
 

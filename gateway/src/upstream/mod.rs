@@ -246,15 +246,18 @@ impl Upstreams {
         }
     }
 
-    /// Replaces a pooled connection found dead with a fresh one to the same endpoint.
-    pub async fn reconnect(
+    /// A fresh connection to `endpoint`, for a request whose pooled connection to it
+    /// was found dead: the endpoint did not fail, its idle connection did.
+    pub async fn connect_fresh(
         &self,
         cluster: &Cluster,
-        up: &mut Upstream,
-    ) -> Result<(), ConnectError> {
-        up.conn = self.fresh(cluster, up.endpoint).await?;
-        up.reused = false;
-        Ok(())
+        endpoint: SocketAddr,
+    ) -> Result<Upstream, ConnectError> {
+        Ok(Upstream {
+            conn: self.fresh(cluster, endpoint).await?,
+            endpoint,
+            reused: false,
+        })
     }
 
     pub fn release(&self, cluster: &Cluster, up: Upstream) {

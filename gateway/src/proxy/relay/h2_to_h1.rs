@@ -9,114 +9,89 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream, SendStream};
+use h2::{RecvStream, SendStream};
 use http::Response;
 use monoio::io::AsyncWriteRentExt;
-use weft_mesh::snapshot::{Cluster, Forward, Route};
+use weft_mesh::snapshot::{Cluster, Route};
 
-use super::{
-    append_fields, client_send_failed, response_timeout, send_all, within, Abort, H2Facts, Pace,
-};
+use super::{client_send_failed, connect_h1, idempotent};
 use crate::proto::h1::chunked::{encode_chunk, last_chunk, ChunkedParser};
 use crate::proto::h1::head::{parse_response, BodyFraming, Head, ResponseHead};
-use crate::proxy::forward::{connect_failure, idempotent};
-use crate::proxy::{rewrite, Exchange};
+use crate::proxy::completion::Progress;
+use crate::proxy::error::ProxyError;
+use crate::proxy::exchange::Exchange;
+use crate::proxy::facts::H2Facts;
+use crate::proxy::flow::{send_all, within, Pace};
+use crate::proxy::lifecycle::Plan;
+use crate::proxy::rewrite::{self, append_fields};
 use crate::transport::ReadError;
 use crate::upstream::Upstream;
 
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const UPSTREAM_READ: usize = 64 * 1024;
 
-/// Sends the request upstream and relays the response; returns the status sent.
-pub(super) async fn exchange(
+/// One attempt: the request, body and all, to a pooled or fresh connection, then the
+/// response relayed into the client's stream.
+pub async fn relay(
     x: &Exchange<'_>,
     facts: &H2Facts<'_>,
     body: &mut RecvStream,
     respond: &mut SendResponse<Bytes>,
-    route: &Route,
-    fwd: &Forward,
-    cluster_id: usize,
-) -> Result<u16, Abort> {
-    let cluster = &x.snapshot.clusters[cluster_id];
+    sent: &mut Option<SendStream<Bytes>>,
+    plan: &Plan<'_>,
+    progress: &Progress,
+) -> Result<(), ProxyError> {
+    let cluster = plan.cluster;
+    let route = plan.route;
     let parts = facts.parts;
-    let mut up = x
-        .worker
-        .upstreams
-        .connect(x.snapshot, cluster_id)
-        .await
-        .map_err(|e| {
-            let (status, why) = connect_failure(x, cluster_id, &e);
-            Abort::Respond(status, why)
-        })?;
+    let mut up = connect_h1(x, plan, progress).await?;
     let has_body = !body.is_end_stream();
     let outgoing = facts.outgoing(has_body, true);
-    let mut head = rewrite::request_head(
+    let head = rewrite::request_head(
         &outgoing,
         facts.end_to_end_headers(),
-        fwd,
+        plan.forward,
         &route.request_headers,
         &x.snapshot.http.forwarded,
         &x.client_info(),
         up.endpoint,
     );
 
-    // A pooled connection the upstream closed while it idled is replaced once, and the
-    // request sent again, when the upstream cannot have acted on it: the head did not
-    // go out, or the connection ended before any response byte and the request has no
-    // body and an idempotent method (as for HTTP/1.1 clients, forward.rs).
-    let timeout = response_timeout(facts, route, cluster);
+    // A pooled connection the upstream closed while it idled is `StaleConnection` when
+    // the upstream cannot have acted on the request: the head did not go out, or the
+    // connection ended before any response byte and the request has no body and an
+    // idempotent method (as for HTTP/1.1 clients, `h1_to_h1`).
     let is_head = parts.method == http::Method::HEAD;
     let replayable = !has_body && idempotent(parts.method.as_str().as_bytes());
-    let mut retried = false;
-    let response = loop {
-        let (written, back) = up.conn.stream.write_all(head).await;
-        head = back;
-        let unseen = match written {
-            Err(_) => true,
-            Ok(_) => {
-                if has_body {
-                    send_request_body(x, body, &mut up, outgoing.chunked, cluster).await?;
-                }
-                match read_response_head(&mut up, timeout, is_head).await {
-                    Ok(r) => break r,
-                    Err(NoHead::Closed) => replayable,
-                    Err(NoHead::Abort(a)) => return Err(a),
-                }
-            }
-        };
-        if !(unseen && up.reused && !retried) {
-            return Err(Abort::Respond(
-                502,
-                "upstream closed the connection before responding",
-            ));
-        }
-        retried = true;
-        x.worker
-            .upstreams
-            .reconnect(cluster, &mut up)
-            .await
-            .map_err(|e| {
-                let (status, why) = connect_failure(x, cluster_id, &e);
-                Abort::Respond(status, why)
-            })?;
+    if up.conn.stream.write_all(head).await.0.is_err() {
+        return Err(ProxyError::StaleConnection);
+    }
+    if has_body {
+        send_request_body(x, body, &mut up, outgoing.chunked, cluster, progress).await?;
+    }
+    let response = match read_response_head(&mut up, plan.response_timeout, is_head).await {
+        Ok(r) => r,
+        Err(None) if replayable => return Err(ProxyError::StaleConnection),
+        Err(None) => return Err(ProxyError::ClosedBeforeResponse),
+        Err(Some(e)) => return Err(e),
     };
-    let head = h2_response_head(&response, route).ok_or(Abort::Respond(
-        502,
-        "upstream response headers not valid in HTTP/2",
-    ))?;
-    facts.saw_grpc_status(head.headers());
+    progress.responded();
+    let head = h2_response_head(&response, route).ok_or(ProxyError::ResponseHeadNotValidForHttp2)?;
+    progress.saw_grpc_status(head.headers());
     let no_body = response.framing == BodyFraming::None;
-    let mut send = respond
+    progress.began(response.status);
+    let send = respond
         .send_response(head, no_body)
-        .map_err(|_| Abort::ClientGone)?;
+        .map_err(|_| ProxyError::ClientGone)?;
+    let send = sent.insert(send);
     if !no_body {
         let pace = facts.client_pace(x);
         relay_response_body(
             &mut up,
-            &mut send,
+            send,
             response.framing,
             cluster,
-            (&pace, facts),
+            (&pace, progress),
         )
         .await?;
     }
@@ -126,7 +101,7 @@ pub(super) async fn exchange(
     if reusable {
         x.worker.upstreams.release(cluster, up);
     }
-    Ok(response.status)
+    Ok(())
 }
 
 /// Pieces up to this size are copied out of the upstream read buffer; larger ones are
@@ -201,7 +176,8 @@ async fn send_request_body(
     up: &mut Upstream,
     chunked: bool,
     cluster: &Cluster,
-) -> Result<(), Abort> {
+    progress: &Progress,
+) -> Result<(), ProxyError> {
     let limit = x.snapshot.http.max_request_body_bytes;
     let idle = x.snapshot.http.idle_timeout.0;
     let mut seen = 0u64;
@@ -209,34 +185,22 @@ async fn send_request_body(
     // piece must come within the idle timeout.
     while let Some(data) = within(&x.worker.idle_timers, idle, body.data())
         .await
-        .ok_or(Abort::ClientStalled)?
+        .ok_or(ProxyError::ClientStalled)?
     {
-        let data = data.map_err(|_| Abort::ClientGone)?;
+        let data = data.map_err(|_| ProxyError::ClientGone)?;
         let n = data.len();
+        progress.took(n);
         seen += n as u64;
         if limit.is_some_and(|max| seen > max) {
-            return Err(Abort::Respond(
-                413,
-                "request body larger than http.max_request_body_bytes",
-            ));
+            return Err(ProxyError::BodyTooLarge);
         }
         let piece = if chunked { encode_chunk(&data) } else { data };
         if n > 0 {
             match monoio::time::timeout(cluster.read_timeout, up.conn.stream.write_all(piece)).await
             {
                 Ok((Ok(_), _)) => {}
-                Ok((Err(_), _)) => {
-                    return Err(Abort::Respond(
-                        502,
-                        "upstream closed the connection during the request",
-                    ))
-                }
-                Err(_) => {
-                    return Err(Abort::Respond(
-                        504,
-                        "upstream stopped reading the request body",
-                    ))
-                }
+                Ok((Err(_), _)) => return Err(ProxyError::ClosedDuringRequest),
+                Err(_) => return Err(ProxyError::UpstreamNotReading),
             }
         }
         // Only now may the client send more: the upstream took this piece.
@@ -245,7 +209,7 @@ async fn send_request_body(
     if chunked {
         let trailers = within(&x.worker.idle_timers, idle, body.trailers())
             .await
-            .ok_or(Abort::ClientStalled)?
+            .ok_or(ProxyError::ClientStalled)?
             .ok()
             .flatten();
         if up
@@ -256,27 +220,19 @@ async fn send_request_body(
             .0
             .is_err()
         {
-            return Err(Abort::Respond(
-                502,
-                "upstream closed the connection during the request",
-            ));
+            return Err(ProxyError::ClosedDuringRequest);
         }
     }
     Ok(())
 }
 
-/// Why no response head came.
-enum NoHead {
-    /// The connection ended before any response byte.
-    Closed,
-    Abort(Abort),
-}
-
+/// The upstream's final response head; `Err(None)` when the connection ended before
+/// any response byte.
 async fn read_response_head(
     up: &mut Upstream,
     timeout: Duration,
     head_request: bool,
-) -> Result<ResponseHead, NoHead> {
+) -> Result<ResponseHead, Option<ProxyError>> {
     let deadline = Instant::now() + timeout;
     let mut received = !up.conn.buf.is_empty();
     loop {
@@ -285,28 +241,15 @@ async fn read_response_head(
             Ok(Some(r)) if (100..200).contains(&r.status) => continue,
             Ok(Some(r)) => return Ok(r),
             Ok(None) => {}
-            Err(_) => {
-                return Err(NoHead::Abort(Abort::Respond(
-                    502,
-                    "invalid response head from upstream",
-                )))
-            }
+            Err(_) => return Err(Some(ProxyError::BadResponseHead)),
         }
         match up.conn.fill_until(UPSTREAM_READ, deadline).await {
             Ok(n) if n > 0 => received = true,
-            Ok(_) | Err(ReadError::Io(_)) if !received => return Err(NoHead::Closed),
+            Ok(_) | Err(ReadError::Io(_)) if !received => return Err(None),
             Ok(_) | Err(ReadError::Io(_)) => {
-                return Err(NoHead::Abort(Abort::Respond(
-                    502,
-                    "upstream closed the connection during its response head",
-                )))
+                return Err(Some(ProxyError::ClosedDuringResponseHead))
             }
-            Err(ReadError::TimedOut) => {
-                return Err(NoHead::Abort(Abort::Respond(
-                    504,
-                    "upstream response timeout",
-                )))
-            }
+            Err(ReadError::TimedOut) => return Err(Some(ProxyError::ResponseTimeout)),
         }
     }
 }
@@ -317,8 +260,8 @@ async fn relay_response_body(
     send: &mut SendStream<Bytes>,
     framing: BodyFraming,
     cluster: &Cluster,
-    (pace, facts): (&Pace<'_>, &H2Facts<'_>),
-) -> Result<(), Abort> {
+    (pace, progress): (&Pace<'_>, &Progress),
+) -> Result<(), ProxyError> {
     let mut remaining = match framing {
         BodyFraming::Length(n) => n,
         _ => u64::MAX,
@@ -334,7 +277,8 @@ async fn relay_response_body(
             {
                 Ok(n) if n > 0 => {}
                 Ok(_) if framing == BodyFraming::UntilClose => break,
-                _ => return Err(Abort::Reset(Reason::INTERNAL_ERROR)),
+                Err(ReadError::TimedOut) => return Err(ProxyError::ResponseBodyStalled),
+                Ok(_) | Err(ReadError::Io(_)) => return Err(ProxyError::ResponseBodyBroken),
             }
         }
         let (data, done) = match framing {
@@ -352,7 +296,7 @@ async fn relay_response_body(
                         |r| decoded.extend_from_slice(&window[r]),
                         |b| trailer_section.push(b),
                     )
-                    .map_err(|_| Abort::Reset(Reason::INTERNAL_ERROR))?;
+                    .map_err(|_| ProxyError::ResponseBodyBroken)?;
                 let _ = up.conn.buf.split_to(progress.consumed);
                 (decoded.freeze(), progress.done)
             }
@@ -365,15 +309,15 @@ async fn relay_response_body(
             None
         };
         let end = done && fields.is_none();
+        let n = data.len();
         send_all(send, data, end, pace)
             .await
             .map_err(client_send_failed)?;
+        progress.gave(n);
         if let Some(t) = fields {
-            facts.saw_grpc_status(&t);
+            progress.saw_grpc_status(&t);
             pace.finish();
-            return send
-                .send_trailers(t)
-                .map_err(|_| Abort::Reset(Reason::INTERNAL_ERROR));
+            return send.send_trailers(t).map_err(|_| ProxyError::ClientGone);
         }
         if done {
             return Ok(());
@@ -382,7 +326,7 @@ async fn relay_response_body(
     // An until-close body ended with the connection.
     pace.finish();
     send.send_data(Bytes::new(), true)
-        .map_err(|_| Abort::Reset(Reason::INTERNAL_ERROR))
+        .map_err(|_| ProxyError::ClientGone)
 }
 
 /// A chunked body's trailer section as HTTP/2 trailers: lowercase names, no

@@ -1,44 +1,38 @@
-//! HTTP/2 clients (h2c with prior knowledge on plain listeners, or TLS with ALPN h2):
-//! the connection, its limits and defences, and each stream's routing.
+//! The HTTP/2 client side (h2c with prior knowledge on plain listeners, or TLS with ALPN
+//! h2): the connection, its limits and defences, and each stream as the lifecycle's
+//! HTTP/2 client adapter.
 //!
 //! One task drives the connection (h2's `accept` loop); every stream gets a task of its
-//! own that routes with the snapshot current when it arrived and answers as the h1
-//! path does: local responses, or a forwarded exchange, to an HTTP/1.1 upstream
-//! (`to_h1`) or an HTTP/2 one (`to_h2`). Bodies stream both ways under h2 flow control:
-//! client data is released only once the upstream took it, and data goes to the client
-//! only as its window allows, so a slow reader holds back the upstream read instead of
-//! growing memory. Errors weft makes on gRPC calls are gRPC statuses (`grpc`).
+//! own that runs `lifecycle::run` with the snapshot current when it arrived. This file
+//! says how each phase looks on an HTTP/2 stream: local answers and errors as h2
+//! responses (gRPC statuses for gRPC calls, `grpc`), a failure after the response head
+//! as status trailers or a reset, and the relay to an HTTP/1.1 or HTTP/2 upstream
+//! (`relay::h2_to_h1`, `relay::h2_to_h2`). Bodies stream both ways under h2 flow
+//! control (`flow`): a slow reader holds back the upstream read, never weft's memory.
 
-use std::borrow::Cow;
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream};
-use http::request::Parts;
+use h2::{Reason, RecvStream, SendStream};
 use http::Response;
 use monoio::io::IntoPollIo;
 use weft_mesh::config::UpstreamProtocol;
-use weft_mesh::snapshot::{Cluster, Forward, RequestFacts, Route, RouteAction};
 
-use super::connection::ConnectionFacts;
-use super::facts::{normalize_host, CLIENT_CERT_HEADER};
-use super::{grpc, local, rewrite, Exchange};
-use crate::observe::metrics::Family;
+use super::connection::{count_connection, ConnectionFacts};
+use super::error::ProxyError;
+use super::exchange::Exchange;
+use super::facts::H2Facts;
+use super::flow::{Metered, SendBudget};
+use super::lifecycle::{self, ClientSide, LocalAnswer, Plan, Request};
+use super::completion::Progress;
+use super::{grpc, local, relay, rewrite};
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::{Conn, Replay};
-
-mod send;
-mod to_h1;
-mod to_h2;
-
-pub(super) use send::{send_all, within, Pace, SendError};
-use send::{Metered, SendBudget};
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -103,7 +97,7 @@ pub async fn serve_io<T>(
 {
     // Every client connection counts, h2c and TLS-h2 alike; the gauge is lowered
     // however this function returns.
-    let _open = super::count_connection(&worker, &bound, "http2");
+    let _open = count_connection(&worker, &bound, "http2");
     let snapshot = worker.snapshot();
     let limits = &snapshot.http2;
     let budget = Rc::new(SendBudget::new(u64::from(limits.max_send_buffer_bytes)));
@@ -285,146 +279,13 @@ async fn keepalive(
     }
 }
 
-/// Routing facts of an HTTP/2 request.
-struct H2Facts<'a> {
-    parts: &'a Parts,
-    host: Cow<'a, str>,
-    authority: &'a str,
-    path: &'a str,
-    path_and_query: &'a str,
-    /// A gRPC call: errors weft makes are gRPC statuses.
-    grpc: bool,
-    /// The call's `grpc-timeout`.
-    grpc_timeout: Option<Duration>,
-    /// A verified client certificate's identity (see `facts::CLIENT_CERT_HEADER`).
-    client_cert: Option<&'a str>,
-    /// What the connection's streams may queue for the client.
-    send_budget: &'a SendBudget,
-    /// The grpc-status the client was sent (weft's own, or the upstream's in its
-    /// head or trailers), for `weft_grpc_requests_total`.
-    grpc_status: Cell<Option<u16>>,
-}
-
-impl<'a> H2Facts<'a> {
-    fn new(parts: &'a Parts, send_budget: &'a SendBudget) -> H2Facts<'a> {
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("");
-        let grpc = grpc::is_grpc(&parts.headers);
-        H2Facts {
-            parts,
-            host: normalize_host(authority),
-            authority,
-            path: parts.uri.path(),
-            path_and_query: parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/"),
-            grpc,
-            grpc_timeout: grpc.then(|| grpc::timeout(&parts.headers)).flatten(),
-            client_cert: None,
-            send_budget,
-            grpc_status: Cell::new(None),
-        }
-    }
-
-    /// Notes the grpc-status in `fields` (a head or trailers going to the client).
-    fn saw_grpc_status(&self, fields: &http::HeaderMap) {
-        if let Some(code) = fields
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-        {
-            self.grpc_status.set(Some(code));
-        }
-    }
-
-    /// How sends to this client are paced: its connection's budget, and the idle
-    /// timeout as the longest wait for it to read.
-    fn client_pace<'x>(&'x self, x: &'x Exchange<'_>) -> Pace<'x> {
-        Pace::new(
-            &x.worker.idle_timers,
-            x.snapshot.http.idle_timeout.0,
-            Some(self.send_budget),
-        )
-    }
-
-    /// The client's `content-length` (h2 checked it against the DATA it carries).
-    fn declared_length(&self) -> Option<u64> {
-        content_length(&self.parts.headers)
-    }
-
-    /// The request line and framing of this request as it goes upstream. A body of
-    /// unknown length goes to an HTTP/1.1 upstream (`h1`) with the chunked coding; a
-    /// request without a body states a length only if the client did (as 0, what
-    /// follows).
-    fn outgoing(&self, has_body: bool, h1: bool) -> rewrite::Outgoing<'a> {
-        let parts = self.parts;
-        let declared = self.declared_length();
-        rewrite::Outgoing {
-            method: parts.method.as_str().as_bytes(),
-            path: self.path,
-            path_and_query: self.path_and_query,
-            authority: self.authority,
-            chunked: h1 && has_body && declared.is_none(),
-            length: if has_body {
-                declared
-            } else {
-                declared.map(|_| 0)
-            },
-            accepts_trailers: parts
-                .headers
-                .get(http::header::TE)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")),
-            upgrade: None,
-        }
-    }
-
-    /// The client's end-to-end headers (none that describe the connection).
-    fn end_to_end_headers(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
-        self.parts
-            .headers
-            .iter()
-            // The same hop-by-hop set as an HTTP/1.1 client's (`proxy-authorization`
-            // and `trailer` included); HTTP/2 has no `Connection` to list more.
-            .filter(|(n, _)| !weft_mesh::fields::is_hop_by_hop(n.as_str().as_bytes()))
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-    }
-}
-
-impl RequestFacts for H2Facts<'_> {
-    fn host(&self) -> &str {
-        &self.host
-    }
-    fn path(&self) -> &str {
-        self.path
-    }
-    fn method(&self) -> &[u8] {
-        self.parts.method.as_str().as_bytes()
-    }
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        if name.eq_ignore_ascii_case(CLIENT_CERT_HEADER) {
-            return self.client_cert.map(str::as_bytes);
-        }
-        self.parts.headers.get(name).map(|v| v.as_bytes())
-    }
-}
-
 async fn stream_task(
     worker: Rc<Worker>,
     bound: BoundListener,
     conn: Rc<ConnectionFacts>,
     budget: Rc<SendBudget>,
     req: http::Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    respond: SendResponse<Bytes>,
 ) -> StreamEnd {
     let snapshot = worker.snapshot();
     let (parts, body) = req.into_parts();
@@ -436,49 +297,103 @@ async fn stream_task(
         bound: &bound,
         conn: &conn,
     };
-    let head_only = parts.method == http::Method::HEAD;
-    let Some(route) = x.routes().and_then(|t| t.find(&facts)) else {
-        x.count(None, None, 404);
-        reply_error(&mut respond, &facts, 404, "no route for this request");
-        if let Some(code) = facts.grpc_status.get() {
-            x.count_grpc(None, None, code);
-        }
-        return StreamEnd::Done;
+    let mut stream = H2Stream {
+        facts,
+        body,
+        respond,
+        sent: None,
     };
-    match &route.action {
-        RouteAction::Direct(d) => {
-            x.count(Some(route), None, d.status);
-            let extra = local::direct_headers(&route.response_headers);
-            reply(
-                &mut respond,
+    lifecycle::run(&x, &mut stream).await
+}
+
+/// An HTTP/2 client stream, as the lifecycle sees it.
+struct H2Stream<'a> {
+    facts: H2Facts<'a>,
+    body: RecvStream,
+    respond: SendResponse<Bytes>,
+    /// The response stream, once its head went out: where a gRPC error that comes
+    /// later is sent as status trailers.
+    sent: Option<SendStream<Bytes>>,
+}
+
+impl<'a> ClientSide for H2Stream<'a> {
+    type Request = H2Facts<'a>;
+    type Next = StreamEnd;
+
+    fn request(&self) -> &H2Facts<'a> {
+        &self.facts
+    }
+
+    fn refuse(&self) -> Option<ProxyError> {
+        None
+    }
+
+    async fn answer(&mut self, _: &Exchange<'_>, answer: LocalAnswer<'_>) -> StreamEnd {
+        let head_only = self.facts.head_only();
+        match answer {
+            LocalAnswer::Direct(d, edits) => reply(
+                &mut self.respond,
                 d.status,
                 &d.content_type,
                 &d.body,
-                &extra,
+                &local::direct_headers(edits),
                 head_only,
-            );
-        }
-        RouteAction::Redirect(r) => {
-            x.count(Some(route), None, r.status);
-            let location = local::redirect_location(
-                r,
-                x.conn.scheme,
-                facts.authority,
-                facts.path,
-                facts.path_and_query,
-            );
-            reply(
-                &mut respond,
-                r.status,
+            ),
+            LocalAnswer::Redirect { status, location } => reply(
+                &mut self.respond,
+                status,
                 "text/plain",
                 b"",
                 &[("location", &location)],
                 head_only,
-            );
+            ),
         }
-        RouteAction::Forward(f) => return forward(&x, &facts, body, respond, route, f).await,
+        StreamEnd::Done
     }
-    StreamEnd::Done
+
+    async fn relay(
+        &mut self,
+        x: &Exchange<'_>,
+        plan: &Plan<'_>,
+        progress: &Progress,
+    ) -> Result<StreamEnd, ProxyError> {
+        upstream_exchange(x, self, plan, progress).await?;
+        Ok(StreamEnd::Done)
+    }
+
+    async fn fail(
+        &mut self,
+        x: &Exchange<'_>,
+        error: ProxyError,
+        progress: &Progress,
+    ) -> StreamEnd {
+        match error {
+            // Nothing more to send: the client reset the stream.
+            ProxyError::ClientGone => return StreamEnd::ClientReset,
+            // It made no progress (sent no body, read no response) for the idle
+            // timeout: reset, and counted with the resets it could abuse.
+            ProxyError::ClientStalled => {
+                tracing::debug!(peer = %x.conn.peer, "h2 stream made no progress for the idle timeout; reset");
+                self.respond.send_reset(Reason::CANCEL);
+                return StreamEnd::ClientReset;
+            }
+            _ => {}
+        }
+        match (progress.status.get(), self.sent.as_mut()) {
+            (None, _) => {
+                reply_error(&mut self.respond, &self.facts, error, progress);
+                discard_request_body(x, &mut self.body).await;
+            }
+            // Too late for a Trailers-Only answer: the call ends with status trailers.
+            (Some(_), Some(stream)) if self.facts.grpc && !error.breaks_response() => {
+                let code = error.grpc_code();
+                progress.grpc_status.set(Some(code as u16));
+                let _ = stream.send_trailers(grpc::error_trailers(code, error.reason()));
+            }
+            (Some(_), _) => self.respond.send_reset(error.reset_reason()),
+        }
+        StreamEnd::Done
+    }
 }
 
 fn reply(
@@ -520,33 +435,25 @@ fn local_head(
         http::HeaderValue::from_str(content_type).ok()?,
     );
     headers.append(http::header::CONTENT_LENGTH, length.into());
-    append_fields(headers, extra.iter().copied())?;
+    rewrite::append_fields(headers, extra.iter().copied())?;
     Some(head)
 }
 
-/// Appends configured `(name, value)` fields (a route's `set` edits, a direct answer's
-/// headers) to an HTTP/2 head; `None` when one is not valid there.
-fn append_fields<'a>(
-    headers: &mut http::HeaderMap,
-    fields: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Option<()> {
-    for (name, value) in fields {
-        headers.append(
-            http::HeaderName::from_bytes(name.as_bytes()).ok()?,
-            http::HeaderValue::from_str(value).ok()?,
-        );
-    }
-    Some(())
-}
-
 /// An error made by weft: a gRPC status for gRPC calls, an HTTP error otherwise.
-fn reply_error(respond: &mut SendResponse<Bytes>, facts: &H2Facts<'_>, status: u16, why: &str) {
+fn reply_error(
+    respond: &mut SendResponse<Bytes>,
+    facts: &H2Facts<'_>,
+    error: ProxyError,
+    progress: &Progress,
+) {
+    let why = error.reason();
     if facts.grpc {
-        let code = grpc::Code::for_http(status);
-        facts.grpc_status.set(Some(code as u16));
+        let code = error.grpc_code();
+        progress.grpc_status.set(Some(code as u16));
         let _ = respond.send_response(grpc::error_response(code, why), true);
         return;
     }
+    let status = error.status();
     let body = local::error_body(status, why);
     reply(
         respond,
@@ -554,138 +461,39 @@ fn reply_error(respond: &mut SendResponse<Bytes>, facts: &H2Facts<'_>, status: u
         "text/plain",
         body.as_bytes(),
         &[("x-weft-error", why)],
-        facts.parts.method == http::Method::HEAD,
+        facts.head_only(),
     );
-}
-
-/// Why forwarding stopped early.
-enum Abort {
-    /// Answer with this error (nothing was sent to the client yet).
-    Respond(u16, &'static str),
-    /// Too late for a response: reset the stream.
-    Reset(Reason),
-    /// The client reset the stream; nothing more to send.
-    ClientGone,
-    /// The client made no progress (sent no body, read no response) for the idle
-    /// timeout: the stream is reset, and counted with the resets it could abuse.
-    ClientStalled,
-}
-
-/// A `content-length` as an HTTP/2 head carries it (h2 has checked it against the
-/// DATA), or `None` when there is none or it does not parse.
-pub(super) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
-}
-
-/// A send to the client that failed: it went away, or stopped reading.
-fn client_send_failed(e: SendError) -> Abort {
-    match e {
-        SendError::Stalled => Abort::ClientStalled,
-        SendError::Stream(_) => Abort::ClientGone,
-    }
 }
 
 /// The exchange with the upstream, boxed: it is kilobytes (10 KiB for an h2 relay),
 /// and a stream task must not carry it inline. The box is made here, in a plain
 /// function, because an async fn that calls `Box::pin(f(..))` itself keeps room for the
 /// unboxed future in its own state: the stream task measured 11 KiB with the box made
-/// inline, copied whole on every spawn.
+/// inline, copied whole on every spawn. The relay is chosen by a match inside the box,
+/// not through a `dyn` future.
 fn upstream_exchange<'a>(
     x: &'a Exchange<'a>,
-    facts: &'a H2Facts<'a>,
-    body: &'a mut RecvStream,
-    respond: &'a mut SendResponse<Bytes>,
-    route: &'a Route,
-    fwd: &'a Forward,
-    cluster_id: usize,
-) -> Pin<Box<dyn Future<Output = Result<u16, Abort>> + 'a>> {
-    match x.snapshot.clusters[cluster_id].protocol {
-        UpstreamProtocol::Http1 => Box::pin(to_h1::exchange(
-            x, facts, body, respond, route, fwd, cluster_id,
-        )),
-        UpstreamProtocol::Http2 => Box::pin(to_h2::relay(
-            x, facts, body, respond, route, fwd, cluster_id,
-        )),
-    }
-}
-
-async fn forward(
-    x: &Exchange<'_>,
-    facts: &H2Facts<'_>,
-    mut body: RecvStream,
-    mut respond: SendResponse<Bytes>,
-    route: &Arc<Route>,
-    fwd: &Forward,
-) -> StreamEnd {
-    let target = fwd.target(|total| fastrand::u32(0..total));
-    let cluster_id = target.cluster;
-    let outcome = match check_declared_length(x, facts) {
-        Err(e) => Err(e),
-        Ok(()) => {
-            upstream_exchange(x, facts, &mut body, &mut respond, route, fwd, cluster_id).await
-        }
-    };
-    match outcome {
-        Ok(status) => x.count(Some(route), Some(cluster_id), status),
-        Err(Abort::Respond(status, why)) => {
-            if status == 504 {
-                x.count_upstream(Family::UpstreamTimeouts, cluster_id, "response");
+    stream: &'a mut H2Stream<'_>,
+    plan: &'a Plan<'a>,
+    progress: &'a Progress,
+) -> Pin<Box<impl Future<Output = Result<(), ProxyError>> + 'a>> {
+    let H2Stream {
+        facts,
+        body,
+        respond,
+        sent,
+    } = stream;
+    let facts = &*facts;
+    Box::pin(async move {
+        match plan.cluster.protocol {
+            UpstreamProtocol::Http1 => {
+                relay::h2_to_h1::relay(x, facts, body, respond, sent, plan, progress).await
             }
-            x.count(Some(route), Some(cluster_id), status);
-            reply_error(&mut respond, facts, status, why);
-            discard_request_body(x, &mut body).await;
+            UpstreamProtocol::Http2 => {
+                relay::h2_to_h2::relay(x, facts, body, respond, sent, plan, progress).await
+            }
         }
-        Err(Abort::Reset(reason)) => respond.send_reset(reason),
-        Err(Abort::ClientGone) => {
-            x.count_cancelled(Some(route), Some(cluster_id));
-            // What a client that cancels sees.
-            facts.grpc_status.set(Some(grpc::Code::Cancelled as u16));
-            count_grpc_outcome(x, facts, route, cluster_id);
-            return StreamEnd::ClientReset;
-        }
-        Err(Abort::ClientStalled) => {
-            tracing::debug!(peer = %x.conn.peer, "h2 stream made no progress for the idle timeout; reset");
-            x.count(Some(route), Some(cluster_id), 408);
-            respond.send_reset(Reason::CANCEL);
-            return StreamEnd::ClientReset;
-        }
-    }
-    count_grpc_outcome(x, facts, route, cluster_id);
-    StreamEnd::Done
-}
-
-/// A gRPC call's grpc-status, counted once its exchange is over (a call whose stream
-/// was reset before any status is counted by HTTP status alone).
-fn count_grpc_outcome(x: &Exchange<'_>, facts: &H2Facts<'_>, route: &Arc<Route>, cluster: usize) {
-    if let (true, Some(code)) = (facts.grpc, facts.grpc_status.get()) {
-        x.count_grpc(Some(route), Some(cluster), code);
-    }
-}
-
-/// How long the upstream has to send the response head: the route's timeout (or the
-/// cluster's), shortened by a gRPC call's own deadline.
-fn response_timeout(facts: &H2Facts<'_>, route: &Route, cluster: &Cluster) -> Duration {
-    let timeout = route.timeout.unwrap_or(cluster.request_timeout);
-    match facts.grpc_timeout {
-        Some(t) => t.min(timeout),
-        None => timeout,
-    }
-}
-
-/// A declared request body over `http.max_request_body_bytes` is refused up front.
-fn check_declared_length(x: &Exchange<'_>, facts: &H2Facts<'_>) -> Result<(), Abort> {
-    match (
-        facts.declared_length(),
-        x.snapshot.http.max_request_body_bytes,
-    ) {
-        (Some(n), Some(max)) if n > max => Err(Abort::Respond(
-            413,
-            "request body larger than http.max_request_body_bytes",
-        )),
-        _ => Ok(()),
-    }
+    })
 }
 
 /// After an early error response, reads and drops what is left of the request body (a
@@ -761,7 +569,8 @@ mod tests {
             let conn = Rc::new(ConnectionFacts::plain(peer, None, bound.name.clone(), role));
             let task = stream_task(worker, bound, conn, budget, req, respond);
             let size = std::mem::size_of_val(&task);
-            // 1152 bytes when this budget was set.
+            // 1152 bytes when this budget was set; 1248 with the lifecycle (its progress
+            // record and plan).
             assert!(size <= 1280, "an h2 stream task is {size} bytes");
         });
     }

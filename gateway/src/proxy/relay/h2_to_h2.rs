@@ -8,8 +8,8 @@
 //!
 //! Cancellation crosses weft: a client reset drops the upstream stream (h2 resets it
 //! with CANCEL), and an upstream reset resets the client stream with the same reason.
-//! A gRPC call's `grpc-timeout` bounds the whole call: when it passes, the upstream
-//! stream is cancelled and the client gets DEADLINE_EXCEEDED.
+//! A gRPC call's `grpc-timeout` (the plan's call deadline) bounds the whole call: when
+//! it passes, the upstream stream is cancelled and the client gets DEADLINE_EXCEEDED.
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
@@ -22,15 +22,16 @@ use h2::client::ResponseFuture;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::Response;
-use weft_mesh::snapshot::{Forward, Route};
+use weft_mesh::snapshot::Route;
 
-use super::{client_send_failed, response_timeout, send_all, within, Abort, H2Facts, Pace};
-use crate::observe::metrics::Family;
-use crate::proxy::forward::connect_failure;
-use crate::proxy::grpc;
+use super::{client_send_failed, open_h2};
+use crate::proxy::completion::Progress;
+use crate::proxy::error::ProxyError;
+use crate::proxy::exchange::Exchange;
+use crate::proxy::facts::H2Facts;
+use crate::proxy::flow::{send_all, within, Pace};
+use crate::proxy::lifecycle::Plan;
 use crate::proxy::rewrite;
-use crate::proxy::Exchange;
-use crate::upstream::REFUSED_RETRIES;
 
 /// Why the request direction stopped.
 enum PumpEnd {
@@ -44,89 +45,34 @@ enum PumpEnd {
     TooLarge,
 }
 
-/// Why an upstream refused a stream (REFUSED_STREAM): it did no work on it.
-const REFUSED: &str = "upstream refused the stream";
-
-pub(super) async fn relay(
+/// One attempt: a stream on a shared connection, both directions, until the response
+/// ends.
+pub async fn relay(
     x: &Exchange<'_>,
     facts: &H2Facts<'_>,
     body: &mut RecvStream,
     respond: &mut SendResponse<Bytes>,
-    route: &Route,
-    fwd: &Forward,
-    cluster_id: usize,
-) -> Result<u16, Abort> {
-    let call_deadline = facts
-        .grpc_timeout
-        .map(|t| Instant::now() + route.timeout.map_or(t, |r| r.min(t)));
-    let bodiless = body.is_end_stream();
-    let mut retries = 0;
-    loop {
-        // The client's response stream, once the head went out: what a deadline ends.
-        let mut sent: Option<SendStream<Bytes>> = None;
-        let outcome = attempt(
-            x,
-            facts,
-            body,
-            respond,
-            route,
-            fwd,
-            cluster_id,
-            call_deadline,
-            &mut sent,
-        )
-        .await;
-        match (outcome, sent.as_mut()) {
-            (Err(Abort::Respond(_, REFUSED)), None) if bodiless && retries < REFUSED_RETRIES => {
-                retries += 1;
-            }
-            // Too late for a Trailers-Only answer: end the call with status trailers.
-            (Err(Abort::Respond(status, why)), Some(stream)) => {
-                if status == 504 {
-                    x.count_upstream(Family::UpstreamTimeouts, cluster_id, "deadline");
-                }
-                return if facts.grpc {
-                    let code = grpc::Code::for_http(status);
-                    facts.grpc_status.set(Some(code as u16));
-                    let _ = stream.send_trailers(grpc::error_trailers(code, why));
-                    Ok(200)
-                } else {
-                    Err(Abort::Reset(Reason::INTERNAL_ERROR))
-                };
-            }
-            (outcome, _) => return outcome,
-        }
-    }
-}
-
-/// One try: a stream on a shared connection, both directions, until the response ends.
-#[allow(clippy::too_many_arguments)]
-async fn attempt(
-    x: &Exchange<'_>,
-    facts: &H2Facts<'_>,
-    body: &mut RecvStream,
-    respond: &mut SendResponse<Bytes>,
-    route: &Route,
-    fwd: &Forward,
-    cluster_id: usize,
-    call_deadline: Option<Instant>,
     sent: &mut Option<SendStream<Bytes>>,
-) -> Result<u16, Abort> {
-    let cluster = &x.snapshot.clusters[cluster_id];
-    let mut slot = x
-        .worker
-        .upstreams
-        .open_h2(x.snapshot, cluster_id)
-        .await
-        .map_err(|e| {
-            let (status, why) = connect_failure(x, cluster_id, &e);
-            Abort::Respond(status, why)
-        })?;
+    plan: &Plan<'_>,
+    progress: &Progress,
+) -> Result<(), ProxyError> {
+    let cluster = plan.cluster;
+    let mut slot = open_h2(x, plan, progress).await?;
     let end = body.is_end_stream();
-    let request = upstream_request(x, facts, route, fwd, slot.endpoint, !end)?;
+    let request = rewrite::h2_request(
+        &facts.outgoing(!end, false),
+        facts.parts.method.clone(),
+        facts.end_to_end_headers(),
+        plan.forward,
+        &plan.route.request_headers,
+        &x.snapshot.http.forwarded,
+        &x.client_info(),
+        slot.endpoint,
+    )
+    .ok_or(ProxyError::TargetNotValidForHttp2)?;
     let failed = |e: h2::Error| {
         tracing::debug!(cluster = %cluster.name, "h2 upstream connection failed: {e}");
-        Abort::Respond(502, "upstream HTTP/2 connection failed")
+        ProxyError::UpstreamConnectionFailed
     };
     poll_fn(|cx| slot.send.poll_ready(cx))
         .await
@@ -135,9 +81,10 @@ async fn attempt(
 
     let limit = x.snapshot.http.max_request_body_bytes;
     // A call deadline (never later than the route's timeout) covers the head as well.
-    let head_timeout = call_deadline
+    let head_timeout = plan
+        .call_deadline
         .is_none()
-        .then(|| response_timeout(facts, route, cluster));
+        .then_some(plan.response_timeout);
     // gRPC streams may sit quiet for long; their deadline is the call's own.
     let stall = (!facts.grpc).then_some(cluster.read_timeout);
     let idle = x.snapshot.http.idle_timeout.0;
@@ -155,25 +102,24 @@ async fn attempt(
         upstream_body,
         limit,
         (idle, &response_moved),
-        &up_pace
+        (&up_pace, progress)
     ));
     let answer = pin!(relay_response(
         response,
         respond,
         sent,
-        (route, facts),
-        head_timeout,
-        stall,
+        (plan.route, progress),
+        (head_timeout, stall),
         &client_pace,
         &response_moved,
     ));
     let both = both_directions(pump, answer, end);
-    match call_deadline {
+    match plan.call_deadline {
         None => both.await,
         Some(at) => match monoio::time::timeout_at(monoio::time::Instant::from_std(at), both).await
         {
             Ok(r) => r,
-            Err(_) => Err(Abort::Respond(504, "gRPC deadline exceeded")),
+            Err(_) => Err(ProxyError::GrpcDeadline),
         },
     }
 }
@@ -182,9 +128,9 @@ async fn attempt(
 /// that ends early only matters if the client went away or sent too much.
 async fn both_directions(
     mut pump: std::pin::Pin<&mut impl Future<Output = Result<(), PumpEnd>>>,
-    mut answer: std::pin::Pin<&mut impl Future<Output = Result<u16, Abort>>>,
+    mut answer: std::pin::Pin<&mut impl Future<Output = Result<(), ProxyError>>>,
     request_done: bool,
-) -> Result<u16, Abort> {
+) -> Result<(), ProxyError> {
     let mut pumping = !request_done;
     poll_fn(|cx| {
         if pumping {
@@ -192,44 +138,17 @@ async fn both_directions(
                 pumping = false;
                 match end {
                     Ok(()) | Err(PumpEnd::Upstream) => {}
-                    Err(PumpEnd::Client) => return Poll::Ready(Err(Abort::ClientGone)),
-                    Err(PumpEnd::ClientStalled) => return Poll::Ready(Err(Abort::ClientStalled)),
-                    Err(PumpEnd::TooLarge) => {
-                        return Poll::Ready(Err(Abort::Respond(
-                            413,
-                            "request body larger than http.max_request_body_bytes",
-                        )))
+                    Err(PumpEnd::Client) => return Poll::Ready(Err(ProxyError::ClientGone)),
+                    Err(PumpEnd::ClientStalled) => {
+                        return Poll::Ready(Err(ProxyError::ClientStalled))
                     }
+                    Err(PumpEnd::TooLarge) => return Poll::Ready(Err(ProxyError::BodyTooLarge)),
                 }
             }
         }
         answer.as_mut().poll(cx)
     })
     .await
-}
-
-fn upstream_request(
-    x: &Exchange<'_>,
-    facts: &H2Facts<'_>,
-    route: &Route,
-    fwd: &Forward,
-    endpoint: std::net::SocketAddr,
-    has_body: bool,
-) -> Result<http::Request<()>, Abort> {
-    rewrite::h2_request(
-        &facts.outgoing(has_body, false),
-        facts.parts.method.clone(),
-        facts.end_to_end_headers(),
-        fwd,
-        &route.request_headers,
-        &x.snapshot.http.forwarded,
-        &x.client_info(),
-        endpoint,
-    )
-    .ok_or(Abort::Respond(
-        400,
-        "request target not valid for the upstream",
-    ))
 }
 
 /// Client request body (and trailers) to the upstream stream; the upstream must take
@@ -242,7 +161,7 @@ async fn pump_request(
     mut upstream: SendStream<Bytes>,
     limit: Option<u64>,
     (idle, response_moved): (Duration, &Cell<Instant>),
-    up_pace: &Pace<'_>,
+    (up_pace, progress): (&Pace<'_>, &Progress),
 ) -> Result<(), PumpEnd> {
     let mut seen = 0u64;
     loop {
@@ -256,6 +175,7 @@ async fn pump_request(
         let Some(data) = next else { break };
         let data = data.map_err(|_| PumpEnd::Client)?;
         let n = data.len();
+        progress.took(n);
         seen += n as u64;
         if limit.is_some_and(|max| seen > max) {
             return Err(PumpEnd::TooLarge);
@@ -283,20 +203,18 @@ async fn relay_response(
     response: ResponseFuture,
     respond: &mut SendResponse<Bytes>,
     sent: &mut Option<SendStream<Bytes>>,
-    (route, facts): (&Route, &H2Facts<'_>),
-    head_timeout: Option<Duration>,
-    stall: Option<Duration>,
+    (route, progress): (&Route, &Progress),
+    (head_timeout, stall): (Option<Duration>, Option<Duration>),
     pace: &Pace<'_>,
     moved: &Cell<Instant>,
-) -> Result<u16, Abort> {
+) -> Result<(), ProxyError> {
     let head = monoio::select! {
         r = response => r,
-        _ = poll_fn(|cx| respond.poll_reset(cx)) => return Err(Abort::ClientGone),
-        _ = sleep_or_never(head_timeout) => {
-            return Err(Abort::Respond(504, "upstream response timeout"))
-        }
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return Err(ProxyError::ClientGone),
+        _ = sleep_or_never(head_timeout) => return Err(ProxyError::ResponseTimeout),
     };
     let (parts, mut upstream) = head.map_err(upstream_reset)?.into_parts();
+    progress.responded();
     let status = parts.status.as_u16();
     let mut builder = Response::builder().status(parts.status);
     for (name, value) in &parts.headers {
@@ -309,22 +227,23 @@ async fn relay_response(
     }
     let head = builder
         .body(())
-        .map_err(|_| Abort::Respond(502, "upstream response headers not valid"))?;
+        .map_err(|_| ProxyError::ResponseHeadNotValidForHttp2)?;
     let end = upstream.is_end_stream();
     // A Trailers-Only answer carries its grpc-status in the head.
-    facts.saw_grpc_status(head.headers());
+    progress.saw_grpc_status(head.headers());
+    progress.began(status);
     let client = respond
         .send_response(head, end)
-        .map_err(|_| Abort::ClientGone)?;
+        .map_err(|_| ProxyError::ClientGone)?;
     let client = sent.insert(client);
     if end {
-        return Ok(status);
+        return Ok(());
     }
     loop {
         let next = monoio::select! {
             d = upstream.data() => d,
-            _ = poll_fn(|cx| client.poll_reset(cx)) => return Err(Abort::ClientGone),
-            _ = sleep_or_never(stall) => return Err(Abort::Reset(Reason::CANCEL)),
+            _ = poll_fn(|cx| client.poll_reset(cx)) => return Err(ProxyError::ClientGone),
+            _ = sleep_or_never(stall) => return Err(ProxyError::ResponseBodyStalled),
         };
         match next {
             Some(Ok(data)) => {
@@ -336,27 +255,28 @@ async fn relay_response(
                 send_all(client, data, last, pace)
                     .await
                     .map_err(client_send_failed)?;
+                progress.gave(n);
                 let _ = upstream.flow_control().release_capacity(n);
                 if last {
-                    return Ok(status);
+                    return Ok(());
                 }
             }
-            Some(Err(e)) => return Err(Abort::Reset(e.reason().unwrap_or(Reason::CANCEL))),
+            Some(Err(e)) => return Err(reset_mid_body(e)),
             None => break,
         }
     }
     let ended = upstream.trailers().await;
     pace.finish();
     if let Ok(Some(trailers)) = &ended {
-        facts.saw_grpc_status(trailers);
+        progress.saw_grpc_status(trailers);
     }
     match ended {
         Ok(Some(trailers)) => client.send_trailers(trailers),
         Ok(None) => client.send_data(Bytes::new(), true),
-        Err(e) => return Err(Abort::Reset(e.reason().unwrap_or(Reason::CANCEL))),
+        Err(e) => return Err(reset_mid_body(e)),
     }
-    .map_err(|_| Abort::ClientGone)?;
-    Ok(status)
+    .map_err(|_| ProxyError::ClientGone)?;
+    Ok(())
 }
 
 async fn sleep_or_never(limit: Option<Duration>) {
@@ -367,10 +287,15 @@ async fn sleep_or_never(limit: Option<Duration>) {
 }
 
 /// An upstream stream that failed before its response head.
-fn upstream_reset(e: h2::Error) -> Abort {
+fn upstream_reset(e: h2::Error) -> ProxyError {
     tracing::debug!("h2 upstream stream failed: {e}");
     match e.reason() {
-        Some(Reason::REFUSED_STREAM) => Abort::Respond(503, REFUSED),
-        _ => Abort::Respond(502, "upstream reset the stream"),
+        Some(Reason::REFUSED_STREAM) => ProxyError::RefusedStream,
+        reason => ProxyError::UpstreamReset(reason.unwrap_or(Reason::INTERNAL_ERROR)),
     }
+}
+
+/// An upstream stream reset mid-body: the client's stream is reset with its reason.
+fn reset_mid_body(e: h2::Error) -> ProxyError {
+    ProxyError::UpstreamReset(e.reason().unwrap_or(Reason::CANCEL))
 }

@@ -1,0 +1,313 @@
+//! The completion record: what became of one request, made exactly once when its
+//! exchange is over, at the same point for HTTP/1.1 and HTTP/2 clients.
+//!
+//! Every request counter is fed from it (requests by status class, gRPC calls by
+//! grpc-status, upstream connect errors and timeouts by reason); access logs and trace
+//! spans are to be made from the same record, so they can never disagree with the
+//! metrics about a request.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use weft_mesh::snapshot::{ClusterId, Route};
+
+use super::error::{ProxyError, Retry};
+use super::exchange::Exchange;
+use crate::upstream::REFUSED_RETRIES;
+use crate::observe::metrics::Family;
+
+/// The `status_class` key of requests the client cancelled (status classes are 1-5).
+const CANCELLED_CLASS: u64 = 9;
+
+/// What the attempts of one exchange did: what retries are decided on, and what the
+/// completion record reports. Cells, because both directions of a relay write it.
+pub struct Progress {
+    pub started: Instant,
+    pub attempts: Cell<u8>,
+    /// The endpoint of the latest attempt.
+    pub endpoint: Cell<Option<SocketAddr>>,
+    /// The latest attempt's connection came from the pool.
+    pub reused: Cell<bool>,
+    /// The next attempt must connect afresh to `endpoint` (its pooled one had died).
+    pub fresh: Cell<bool>,
+    /// Some of the request body was taken from the client: it cannot be sent again.
+    pub body_taken: Cell<bool>,
+    /// weft told an HTTP/1.1 client `100 Continue` (once per exchange).
+    pub continue_sent: Cell<bool>,
+    /// The status sent to the client: the response has begun.
+    pub status: Cell<Option<u16>>,
+    /// The grpc-status the client was sent (weft's, or the upstream's head or trailers).
+    pub grpc_status: Cell<Option<u16>>,
+    /// When the upstream connection was had and its response head came, in
+    /// microseconds from `started` (0: not yet): a stream task carries this struct.
+    connected_us: Cell<u32>,
+    first_byte_us: Cell<u32>,
+    /// Request body bytes taken from the client, response body bytes given to it.
+    pub body_in: Cell<u64>,
+    pub body_out: Cell<u64>,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress {
+            started: Instant::now(),
+            attempts: Cell::new(0),
+            endpoint: Cell::new(None),
+            reused: Cell::new(false),
+            fresh: Cell::new(false),
+            body_taken: Cell::new(false),
+            continue_sent: Cell::new(false),
+            status: Cell::new(None),
+            grpc_status: Cell::new(None),
+            connected_us: Cell::new(0),
+            first_byte_us: Cell::new(0),
+            body_in: Cell::new(0),
+            body_out: Cell::new(0),
+        }
+    }
+
+    /// An attempt has its upstream connection (or stream) to `endpoint`.
+    pub fn connected(&self, endpoint: SocketAddr, reused: bool) {
+        self.endpoint.set(Some(endpoint));
+        self.reused.set(reused);
+        self.connected_us.set(self.micros_now());
+    }
+
+    /// Microseconds since the request started, at least 1 (0 means "not yet").
+    fn micros_now(&self) -> u32 {
+        let us = self.started.elapsed().as_micros();
+        u32::try_from(us).unwrap_or(u32::MAX).max(1)
+    }
+
+    fn at(&self, us: u32) -> Option<Instant> {
+        (us > 0).then(|| self.started + std::time::Duration::from_micros(u64::from(us)))
+    }
+
+    /// The upstream's response head arrived.
+    pub fn responded(&self) {
+        self.first_byte_us.set(self.micros_now());
+    }
+
+    /// The response head went to the client with `status`.
+    pub fn began(&self, status: u16) {
+        self.status.set(Some(status));
+    }
+
+    pub fn took(&self, n: usize) {
+        self.body_taken.set(true);
+        self.body_in.set(self.body_in.get() + n as u64);
+    }
+
+    pub fn gave(&self, n: usize) {
+        self.body_out.set(self.body_out.get() + n as u64);
+    }
+
+    /// Notes the grpc-status in `fields` (a head or trailers going to the client).
+    pub fn saw_grpc_status(&self, fields: &http::HeaderMap) {
+        if let Some(code) = fields
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+        {
+            self.grpc_status.set(Some(code));
+        }
+    }
+
+    /// Whether a failed attempt may be made again, and how.
+    pub fn may_retry(&self, error: ProxyError) -> bool {
+        let attempts = usize::from(self.attempts.get());
+        match error.retry() {
+            Retry::Never => false,
+            Retry::IfReused if self.reused.get() && attempts < 2 => {
+                self.fresh.set(true);
+                true
+            }
+            Retry::IfReused => false,
+            Retry::IfUnsent => !self.body_taken.get() && attempts <= REFUSED_RETRIES,
+        }
+    }
+}
+
+/// Where an exchange went, for its completion record.
+#[derive(Default)]
+pub struct Decided<'r> {
+    pub route: Option<&'r Arc<Route>>,
+    pub cluster: Option<ClusterId>,
+    pub error: Option<ProxyError>,
+    pub grpc: bool,
+}
+
+pub struct Completion<'x, 'r> {
+    x: &'x Exchange<'r>,
+    pub route: Option<&'r Arc<Route>>,
+    pub cluster: Option<ClusterId>,
+    pub endpoint: Option<SocketAddr>,
+    /// The status the client got; `None` when it went away before any.
+    pub status: Option<u16>,
+    pub error: Option<ProxyError>,
+    pub grpc_status: Option<u16>,
+    pub attempts: u8,
+    pub body_in: u64,
+    pub body_out: u64,
+    pub started: Instant,
+    pub upstream_connected: Option<Instant>,
+    pub first_response_byte: Option<Instant>,
+    pub done: Instant,
+}
+
+impl<'x, 'r> Completion<'x, 'r> {
+    pub fn new(x: &'x Exchange<'r>, decided: Decided<'r>, progress: &Progress) -> Self {
+        let error = decided.error;
+        // What the client got: the response it was sent, else weft's error answer. A
+        // client that went away got nothing (`cancelled`); one that stalled is cut off
+        // and counted as 408, whatever had begun.
+        let status = match error {
+            Some(ProxyError::ClientGone) => None,
+            Some(ProxyError::ClientStalled) => Some(408),
+            Some(e) => progress.status.get().or(Some(e.status())),
+            None => progress.status.get(),
+        };
+        // The grpc-status the client saw (a call reset before any is counted by HTTP
+        // status alone); what a client that cancels sees is CANCELLED.
+        let grpc_status = match error {
+            _ if !decided.grpc => None,
+            Some(ProxyError::ClientGone) => Some(ProxyError::ClientGone.grpc_code() as u16),
+            _ => progress.grpc_status.get(),
+        };
+        Completion {
+            x,
+            route: decided.route,
+            cluster: decided.cluster,
+            endpoint: progress.endpoint.get(),
+            status,
+            error,
+            grpc_status,
+            attempts: progress.attempts.get(),
+            body_in: progress.body_in.get(),
+            body_out: progress.body_out.get(),
+            started: progress.started,
+            upstream_connected: progress.at(progress.connected_us.get()),
+            first_response_byte: progress.at(progress.first_byte_us.get()),
+            done: Instant::now(),
+        }
+    }
+
+    /// Feeds the counters from the record.
+    pub fn count(&self) {
+        let x = self.x;
+        x.worker.answered.set(x.worker.answered.get() + 1);
+        let class = self
+            .status
+            .map_or(CANCELLED_CLASS, |s| u64::from((s / 100).min(5)));
+        let class_label = || {
+            if class == CANCELLED_CLASS {
+                "cancelled".to_owned()
+            } else {
+                format!("{class}xx")
+            }
+        };
+        self.bump_request(Family::Requests, class, ("status_class", class_label));
+        if let Some(code) = self.grpc_status {
+            let label = || code.to_string();
+            self.bump_request(
+                Family::GrpcRequests,
+                u64::from(code),
+                ("grpc_status", label),
+            );
+        }
+        let (Some(error), Some(cluster)) = (self.error, self.cluster) else {
+            return;
+        };
+        if let Some(reason) = error.connect_label() {
+            self.count_upstream(Family::UpstreamConnectErrors, cluster, "reason", reason);
+        }
+        if let Some(phase) = error.timeout_phase() {
+            self.count_upstream(Family::UpstreamTimeouts, cluster, "phase", phase);
+        }
+        tracing::debug!(
+            cluster = %x.snapshot.clusters[cluster].name,
+            reason = error.label(),
+            side = ?error.side(),
+            attempts = self.attempts,
+            "exchange failed: {error}"
+        );
+    }
+
+    /// The record as one trace line (`RUST_LOG=weft::completion=trace`): every field,
+    /// durations from the request's start, until access logs are made from it.
+    pub fn trace(&self) {
+        let since = |t: Option<Instant>| t.map(|t| t.duration_since(self.started));
+        tracing::trace!(
+            target: "weft::completion",
+            listener = %self.x.bound.name,
+            peer = %self.x.conn.peer,
+            route = self.route.map(|r| r.name.as_str()),
+            cluster = self.cluster.map(|c| self.x.snapshot.clusters[c].name.as_str()),
+            endpoint = ?self.endpoint,
+            status = self.status,
+            grpc_status = self.grpc_status,
+            error = self.error.map(ProxyError::label),
+            attempts = self.attempts,
+            body_in = self.body_in,
+            body_out = self.body_out,
+            connected = ?since(self.upstream_connected),
+            first_byte = ?since(self.first_response_byte),
+            done = ?self.done.duration_since(self.started),
+            "request complete"
+        );
+    }
+
+    /// Bumps a per-request family keyed by route and cluster (in this snapshot) and one
+    /// more value, labelled `outcome`.
+    fn bump_request(
+        &self,
+        family: Family,
+        value: u64,
+        outcome: (&'static str, impl FnOnce() -> String),
+    ) {
+        let x = self.x;
+        let route_key = self.route.map_or(0, |r| Arc::as_ptr(r) as u64);
+        let cluster_key = self.cluster.map_or(0, |c| c as u64 + 1);
+        let key = [
+            x.snapshot.version,
+            route_key,
+            cluster_key << 16 | x.bound.slot as u64,
+            value,
+        ];
+        x.worker.counters.bump(family, key, || {
+            vec![
+                ("listener", x.bound.name.to_string()),
+                (
+                    "route",
+                    self.route.map(|r| r.name.clone()).unwrap_or_default(),
+                ),
+                (
+                    "cluster",
+                    self.cluster
+                        .map(|c| x.snapshot.clusters[c].name.clone())
+                        .unwrap_or_default(),
+                ),
+                (outcome.0, (outcome.1)()),
+            ]
+        });
+    }
+
+    /// Counts an upstream failure in `family` by cluster and `label`.
+    fn count_upstream(
+        &self,
+        family: Family,
+        cluster: ClusterId,
+        label: &'static str,
+        value: &'static str,
+    ) {
+        let x = self.x;
+        let key = [x.snapshot.version, cluster as u64, value.as_ptr() as u64, 0];
+        x.worker.counters.bump(family, key, || {
+            vec![
+                ("cluster", x.snapshot.clusters[cluster].name.clone()),
+                (label, value.to_owned()),
+            ]
+        });
+    }
+}

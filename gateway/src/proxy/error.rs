@@ -1,0 +1,369 @@
+//! Every way one exchange can fail, as one typed value.
+//!
+//! A failure is named where it happens (a relay, the head reader, the connect) and
+//! interpreted here, once: the HTTP status a client gets, the `x-weft-error` reason, the
+//! gRPC status of a gRPC call, the metric label, the side at fault and whether the
+//! request may be sent again. Nothing on the request path decides by matching a status
+//! number or a reason string; it asks the error.
+//!
+//! Reasons are fixed texts: operators grep logs and alerts for them, and tests read
+//! them from `x-weft-error`.
+
+use h2::Reason;
+
+use super::grpc::Code;
+use crate::proto::h1::head::HeadError;
+use crate::upstream::{ConnectError, ConnectFailure};
+
+/// Who made an exchange fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The client: a malformed or oversized request, a stall, a cancel.
+    Client,
+    /// The upstream: refused, reset, slow, broken, or not there.
+    Upstream,
+    /// Neither: this host (no descriptors) or the configuration (no route).
+    Local,
+}
+
+/// When a failed attempt may be made again: only when the upstream cannot have acted on
+/// the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    Never,
+    /// Once, on a fresh connection, when the failed one came from the pool: it had died
+    /// while idle, before the request reached the upstream.
+    IfReused,
+    /// When nothing of the request body was taken from the client (the upstream refused
+    /// the stream before doing any work on it, RFC 9113 §8.7).
+    IfUnsent,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyError {
+    /// The request head was refused by the parser.
+    BadHead(HeadError),
+    /// The request head did not arrive within `http.header_read_timeout`.
+    HeadTimeout,
+    NoRoute,
+    /// A gRPC call over HTTP/1.1: its status trailers cannot be carried reliably.
+    GrpcNeedsHttp2,
+    UpgradeToHttp2,
+    MethodNotValidForHttp2,
+    TargetNotValidForHttp2,
+    BodyTooLarge,
+    MalformedBody,
+    /// The client sent nothing of its body, or read nothing of the response, for the
+    /// idle timeout.
+    ClientStalled,
+    /// The client closed its connection or reset its stream.
+    ClientGone,
+    NoEndpoints,
+    /// The connect failed on the endpoint's side (refused, unreachable, reset).
+    ConnectFailed(ConnectFailure),
+    /// No socket could be made here (out of descriptors or local ports).
+    LocalShortage(ConnectFailure),
+    ConnectTimeout,
+    UpstreamTls,
+    UpstreamHandshake,
+    /// The shared HTTP/2 connection failed while opening the stream.
+    UpstreamConnectionFailed,
+    /// A pooled connection was found closed before the upstream could have seen the
+    /// request.
+    StaleConnection,
+    /// The upstream closed the connection without a response, possibly after acting on
+    /// the request.
+    ClosedBeforeResponse,
+    ClosedDuringRequest,
+    ClosedDuringResponseHead,
+    /// The upstream stopped taking the request body.
+    UpstreamNotReading,
+    RefusedStream,
+    /// The upstream reset the stream (before the head, or mid-body with `reason`).
+    UpstreamReset(Reason),
+    ResponseTimeout,
+    GrpcDeadline,
+    BadResponseHead,
+    ResponseHeadNotValidForHttp2,
+    SwitchWithoutUpgrade,
+    /// The upstream sent nothing of its response body for the cluster's read timeout.
+    ResponseBodyStalled,
+    /// The upstream's response body broke off (closed early, or malformed framing).
+    ResponseBodyBroken,
+}
+
+impl ProxyError {
+    /// The status a client gets when the error comes before any response.
+    pub fn status(self) -> u16 {
+        use ProxyError::*;
+        match self {
+            BadHead(HeadError::Malformed(_)) => 400,
+            BadHead(HeadError::TooLarge) => 431,
+            BadHead(HeadError::UnsupportedEncoding) => 501,
+            BadHead(HeadError::UnsupportedExpectation) => 417,
+            HeadTimeout | ClientStalled => 408,
+            NoRoute => 404,
+            GrpcNeedsHttp2 => 505,
+            UpgradeToHttp2 => 501,
+            MethodNotValidForHttp2 | TargetNotValidForHttp2 | MalformedBody => 400,
+            BodyTooLarge => 413,
+            // Nobody reads it; what access logs show for a cancelled request (nginx 499).
+            ClientGone => 499,
+            NoEndpoints | LocalShortage(_) | RefusedStream => 503,
+            ConnectTimeout | UpstreamNotReading | ResponseTimeout | GrpcDeadline
+            | ResponseBodyStalled => 504,
+            ConnectFailed(_)
+            | UpstreamTls
+            | UpstreamHandshake
+            | UpstreamConnectionFailed
+            | StaleConnection
+            | ClosedBeforeResponse
+            | ClosedDuringRequest
+            | ClosedDuringResponseHead
+            | UpstreamReset(_)
+            | BadResponseHead
+            | ResponseHeadNotValidForHttp2
+            | SwitchWithoutUpgrade
+            | ResponseBodyBroken => 502,
+        }
+    }
+
+    /// The short reason of a weft-made error (`x-weft-error` and the body).
+    pub fn reason(self) -> &'static str {
+        use ProxyError::*;
+        match self {
+            BadHead(HeadError::Malformed(why)) => why,
+            BadHead(HeadError::TooLarge) => "request header section too large",
+            BadHead(HeadError::UnsupportedEncoding) => "unsupported transfer coding",
+            BadHead(HeadError::UnsupportedExpectation) => "unsupported expectation",
+            HeadTimeout => "request head not received in time",
+            NoRoute => "no route for this request",
+            GrpcNeedsHttp2 => "gRPC needs HTTP/2 (h2c prior knowledge, or TLS with ALPN h2)",
+            UpgradeToHttp2 => "protocol upgrades cannot be forwarded to an HTTP/2 upstream",
+            MethodNotValidForHttp2 => "method not valid for an HTTP/2 upstream",
+            TargetNotValidForHttp2 => "request target not valid for an HTTP/2 upstream",
+            BodyTooLarge => "request body larger than http.max_request_body_bytes",
+            MalformedBody => "malformed chunked request body",
+            ClientStalled => "request body not received in time",
+            ClientGone => "client went away",
+            NoEndpoints => "no healthy endpoints",
+            ConnectFailed(_) => "upstream connection failed",
+            LocalShortage(_) => "no local descriptor or port left to connect upstream",
+            ConnectTimeout => "upstream connect timeout",
+            UpstreamTls => "upstream TLS handshake failed",
+            UpstreamHandshake => "upstream HTTP/2 handshake failed",
+            UpstreamConnectionFailed => "upstream HTTP/2 connection failed",
+            StaleConnection | ClosedBeforeResponse => {
+                "upstream closed the connection before responding"
+            }
+            ClosedDuringRequest => "upstream closed the connection during the request",
+            ClosedDuringResponseHead => "upstream closed the connection during its response head",
+            UpstreamNotReading => "upstream stopped reading the request body",
+            RefusedStream => "upstream refused the stream",
+            UpstreamReset(_) => "upstream reset the stream",
+            ResponseTimeout => "upstream response timeout",
+            GrpcDeadline => "gRPC deadline exceeded",
+            BadResponseHead => "invalid response head from upstream",
+            ResponseHeadNotValidForHttp2 => "upstream response headers not valid in HTTP/2",
+            SwitchWithoutUpgrade => "upstream switched protocols without an upgrade request",
+            ResponseBodyStalled => "upstream stalled during the response body",
+            ResponseBodyBroken => "upstream response body broke off",
+        }
+    }
+
+    /// The gRPC status a gRPC client gets for this error (grpc/doc/statuscodes.md): no
+    /// route is UNIMPLEMENTED, a limit RESOURCE_EXHAUSTED, a timeout DEADLINE_EXCEEDED,
+    /// an unreachable or failing upstream UNAVAILABLE.
+    pub fn grpc_code(self) -> Code {
+        use ProxyError::*;
+        match self {
+            NoRoute => Code::Unimplemented,
+            BadHead(HeadError::TooLarge) | BodyTooLarge => Code::ResourceExhausted,
+            ClientGone => Code::Cancelled,
+            HeadTimeout | ClientStalled | ConnectTimeout | UpstreamNotReading | ResponseTimeout
+            | GrpcDeadline | ResponseBodyStalled => Code::DeadlineExceeded,
+            BadHead(_) | MethodNotValidForHttp2 | TargetNotValidForHttp2 | MalformedBody => {
+                Code::Internal
+            }
+            GrpcNeedsHttp2 | UpgradeToHttp2 => Code::Unknown,
+            _ => Code::Unavailable,
+        }
+    }
+
+    /// The `reason` label this error is counted under.
+    pub fn label(self) -> &'static str {
+        use ProxyError::*;
+        match self {
+            BadHead(_) => "bad_request_head",
+            HeadTimeout => "request_head_timeout",
+            NoRoute => "no_route",
+            GrpcNeedsHttp2 => "grpc_needs_http2",
+            UpgradeToHttp2 => "upgrade_to_http2",
+            MethodNotValidForHttp2 => "method_not_valid_for_http2",
+            TargetNotValidForHttp2 => "target_not_valid_for_http2",
+            BodyTooLarge => "body_too_large",
+            MalformedBody => "malformed_body",
+            ClientStalled => "client_stalled",
+            ClientGone => "client_gone",
+            NoEndpoints => "no_endpoints",
+            ConnectFailed(f) | LocalShortage(f) => f.label(),
+            ConnectTimeout => "timeout",
+            UpstreamTls => "tls",
+            UpstreamHandshake => "handshake",
+            UpstreamConnectionFailed => "connection_failed",
+            StaleConnection => "stale_connection",
+            ClosedBeforeResponse => "closed_before_response",
+            ClosedDuringRequest => "closed_during_request",
+            ClosedDuringResponseHead => "closed_during_response_head",
+            UpstreamNotReading => "upstream_not_reading",
+            RefusedStream => "refused_stream",
+            UpstreamReset(_) => "upstream_reset",
+            ResponseTimeout => "response_timeout",
+            GrpcDeadline => "grpc_deadline",
+            BadResponseHead => "bad_response_head",
+            ResponseHeadNotValidForHttp2 => "response_head_not_valid_for_http2",
+            SwitchWithoutUpgrade => "switch_without_upgrade",
+            ResponseBodyStalled => "response_body_stalled",
+            ResponseBodyBroken => "response_body_broken",
+        }
+    }
+
+    pub fn side(self) -> Side {
+        use ProxyError::*;
+        match self {
+            BadHead(_) | HeadTimeout | GrpcNeedsHttp2 | UpgradeToHttp2 | MethodNotValidForHttp2
+            | TargetNotValidForHttp2 | BodyTooLarge | MalformedBody | ClientStalled
+            | ClientGone => Side::Client,
+            NoRoute | LocalShortage(_) => Side::Local,
+            _ => Side::Upstream,
+        }
+    }
+
+    pub fn retry(self) -> Retry {
+        match self {
+            ProxyError::StaleConnection => Retry::IfReused,
+            ProxyError::RefusedStream => Retry::IfUnsent,
+            _ => Retry::Never,
+        }
+    }
+
+    /// The `reason` label of `weft_upstream_connect_errors_total`, for a failed connect.
+    pub fn connect_label(self) -> Option<&'static str> {
+        use ProxyError::*;
+        match self {
+            NoEndpoints | ConnectFailed(_) | LocalShortage(_) | ConnectTimeout | UpstreamTls
+            | UpstreamHandshake => Some(self.label()),
+            _ => None,
+        }
+    }
+
+    /// The `phase` label of `weft_upstream_timeouts_total`, for an upstream timeout.
+    pub fn timeout_phase(self) -> Option<&'static str> {
+        match self {
+            ProxyError::ConnectTimeout => Some("connect"),
+            ProxyError::ResponseTimeout => Some("response"),
+            ProxyError::GrpcDeadline => Some("deadline"),
+            ProxyError::ResponseBodyStalled => Some("read"),
+            _ => None,
+        }
+    }
+
+    /// A failure of the upstream's response stream itself, once it had begun: the
+    /// client's stream ends the way it broke (a reset with the upstream's reason), not
+    /// with a status weft makes up (gRPC status trailers are for weft's own errors,
+    /// such as a deadline).
+    pub fn breaks_response(self) -> bool {
+        matches!(
+            self,
+            ProxyError::UpstreamReset(_)
+                | ProxyError::ResponseBodyStalled
+                | ProxyError::ResponseBodyBroken
+        )
+    }
+
+    /// The reason an HTTP/2 client stream is reset with when this error comes after its
+    /// response head: an upstream's own reset crosses weft unchanged.
+    pub fn reset_reason(self) -> Reason {
+        match self {
+            ProxyError::UpstreamReset(r) => r,
+            ProxyError::ClientStalled | ProxyError::ResponseBodyStalled => Reason::CANCEL,
+            _ => Reason::INTERNAL_ERROR,
+        }
+    }
+}
+
+impl From<&ConnectError> for ProxyError {
+    fn from(e: &ConnectError) -> ProxyError {
+        match e {
+            ConnectError::NoEndpoints => ProxyError::NoEndpoints,
+            ConnectError::Io(err) => {
+                let failure = ConnectFailure::of(err);
+                if failure.is_local() {
+                    ProxyError::LocalShortage(failure)
+                } else {
+                    ProxyError::ConnectFailed(failure)
+                }
+            }
+            ConnectError::TimedOut => ProxyError::ConnectTimeout,
+            ConnectError::Handshake(_) => ProxyError::UpstreamHandshake,
+            ConnectError::Tls(_) => ProxyError::UpstreamTls,
+        }
+    }
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_failures_map_to_their_status_and_side() {
+        let io = |code| ConnectError::Io(std::io::Error::from_raw_os_error(code));
+        let refused = ProxyError::from(&io(libc::ECONNREFUSED));
+        assert_eq!((refused.status(), refused.side()), (502, Side::Upstream));
+        assert_eq!(refused.connect_label(), Some("refused"));
+        let shortage = ProxyError::from(&io(libc::EMFILE));
+        assert_eq!((shortage.status(), shortage.side()), (503, Side::Local));
+        assert_eq!(shortage.connect_label(), Some("local_fd_limit"));
+        let timeout = ProxyError::from(&ConnectError::TimedOut);
+        assert_eq!(timeout.status(), 504);
+        assert_eq!(timeout.timeout_phase(), Some("connect"));
+        assert_eq!(timeout.grpc_code(), Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn only_unseen_requests_are_retried() {
+        assert_eq!(ProxyError::StaleConnection.retry(), Retry::IfReused);
+        assert_eq!(ProxyError::RefusedStream.retry(), Retry::IfUnsent);
+        for e in [
+            ProxyError::ClosedBeforeResponse,
+            ProxyError::ResponseTimeout,
+            ProxyError::UpstreamReset(Reason::INTERNAL_ERROR),
+            ProxyError::ConnectFailed(ConnectFailure::Refused),
+        ] {
+            assert_eq!(e.retry(), Retry::Never, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_clients_get_the_documented_codes() {
+        assert_eq!(ProxyError::NoRoute.grpc_code(), Code::Unimplemented);
+        assert_eq!(ProxyError::BodyTooLarge.grpc_code(), Code::ResourceExhausted);
+        assert_eq!(ProxyError::NoEndpoints.grpc_code(), Code::Unavailable);
+        assert_eq!(ProxyError::RefusedStream.grpc_code(), Code::Unavailable);
+        assert_eq!(ProxyError::GrpcDeadline.grpc_code(), Code::DeadlineExceeded);
+        assert_eq!(ProxyError::ClientGone.grpc_code(), Code::Cancelled);
+    }
+
+    #[test]
+    fn an_upstream_reset_crosses_with_its_reason() {
+        let e = ProxyError::UpstreamReset(Reason::REFUSED_STREAM);
+        assert_eq!(e.reset_reason(), Reason::REFUSED_STREAM);
+        assert_eq!(ProxyError::ResponseBodyBroken.reset_reason(), Reason::INTERNAL_ERROR);
+    }
+}

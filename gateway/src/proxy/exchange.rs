@@ -1,0 +1,41 @@
+//! One request's world: the worker it runs on, the snapshot it started with, its
+//! listener and its client connection. Every phase and every relay reads it; it holds
+//! nothing that changes during the exchange.
+
+use weft_mesh::snapshot::{RouteTable, Snapshot};
+
+use super::connection::ConnectionFacts;
+use super::rewrite;
+use crate::runtime::worker::{BoundListener, Worker};
+
+/// One request's world: the worker it runs on, the snapshot it started with (held for
+/// its whole life, reloads notwithstanding), its listener and its connection.
+pub struct Exchange<'a> {
+    pub worker: &'a Worker,
+    pub snapshot: &'a Snapshot,
+    pub bound: &'a BoundListener,
+    /// Who the client is and how it connected: peer, scheme, TLS identity.
+    pub conn: &'a ConnectionFacts,
+}
+
+impl<'a> Exchange<'a> {
+    pub fn routes(&self) -> Option<&'a RouteTable> {
+        self.bound.in_snapshot(self.snapshot).map(|l| &l.routes)
+    }
+
+    /// Who the client is, for the forwarding headers.
+    pub fn client_info(&self) -> rewrite::ClientInfo<'_> {
+        rewrite::ClientInfo {
+            peer: self.conn.peer,
+            scheme: self.conn.scheme,
+            client_cert: self.conn.forwarded_client_cert(),
+        }
+    }
+
+    /// Whether this connection must close after the current exchange: the process is
+    /// draining, or a reload removed the listener.
+    pub fn closing(&self) -> bool {
+        self.bound.closed.fired()
+    }
+}
+

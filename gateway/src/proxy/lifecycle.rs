@@ -1,0 +1,225 @@
+//! The one life of a request, whatever protocols its client and upstream speak.
+//!
+//! Every request, HTTP/1.1 or HTTP/2, goes through `run`, which reads as its phases:
+//!
+//! 1. **request**: the client adapter has the head, and the connection facts;
+//!    refusals only its protocol makes (gRPC over HTTP/1.1) come first;
+//! 2. **route**: the listener's route table in the snapshot current at the request;
+//! 3. **request policies**: the slot where a policy may answer locally (rate limits,
+//!    authorization, faults): empty for now, every request passes;
+//! 4. **local answers**: a `direct_response` or `redirect` route answers here;
+//! 5. **plan**: the cluster (a split's weighted pick), the response timeout and a gRPC
+//!    call's deadline, chosen once for every attempt;
+//! 6. **request checks**: a declared body over `http.max_request_body_bytes` is 413;
+//! 7. **attempts**: the client adapter relays the exchange over the cluster's protocol;
+//!    a failed attempt is made again only here, and only when its error allows it
+//!    (`ProxyError::retry`) given what the attempt did (`Progress`);
+//! 8. **failure**: an error becomes the client's answer in its protocol (an HTTP error,
+//!    a gRPC status, a reset, or a closed connection once a response had begun);
+//! 9. **completion**: one `Completion` record, at the same point for both client
+//!    protocols; the counters are fed from it.
+//!
+//! Decisions live here; bytes do not. The byte pumps stay specialised per protocol pair
+//! (`relay`), and the adapters (`client_h1`, `client_h2`) say how each phase looks on
+//! their wire. Dispatch is static: no `dyn` call and no allocation is added per request.
+
+use std::time::{Duration, Instant};
+
+use weft_mesh::snapshot::{DirectResponse, Forward, HeaderEdits, RequestFacts, Route, RouteAction};
+use weft_mesh::snapshot::{Cluster, ClusterId};
+
+use super::completion::{Completion, Decided, Progress};
+use super::error::ProxyError;
+use super::exchange::Exchange;
+use super::local;
+
+/// What the lifecycle asks of a request, whichever protocol carried it.
+pub trait Request: RequestFacts {
+    /// The authority as the client sent it (with port).
+    fn authority(&self) -> &str;
+    fn path_and_query(&self) -> &str;
+    /// A HEAD request: answers keep their length but carry no body.
+    fn head_only(&self) -> bool;
+    /// A gRPC call: errors weft makes are gRPC statuses.
+    fn is_grpc(&self) -> bool;
+    /// The call's `grpc-timeout`.
+    fn grpc_timeout(&self) -> Option<Duration>;
+    /// The body length the client declared.
+    fn declared_length(&self) -> Option<u64>;
+}
+
+/// An answer weft makes itself for a route.
+pub enum LocalAnswer<'r> {
+    Direct(&'r DirectResponse, &'r HeaderEdits),
+    Redirect { status: u16, location: String },
+}
+
+/// How one client protocol takes part in the lifecycle.
+pub trait ClientSide {
+    type Request: Request;
+    /// What the client connection does after the exchange (HTTP/1.1: keep alive, close
+    /// or tunnel; HTTP/2: how the stream ended, for the rapid-reset defence).
+    type Next;
+
+    fn request(&self) -> &Self::Request;
+
+    /// A refusal only this client protocol makes, before routing.
+    fn refuse(&self) -> Option<ProxyError>;
+
+    /// Sends a local answer.
+    async fn answer(&mut self, x: &Exchange<'_>, answer: LocalAnswer<'_>) -> Self::Next;
+
+    /// One attempt at relaying the exchange over `plan`'s cluster. It notes what it did
+    /// in `progress`, and decides nothing the lifecycle decides.
+    async fn relay(
+        &mut self,
+        x: &Exchange<'_>,
+        plan: &Plan<'_>,
+        progress: &Progress,
+    ) -> Result<Self::Next, ProxyError>;
+
+    /// Ends a failed exchange in this protocol: an error answer while nothing of the
+    /// response was sent (`progress.status` is `None`), else whatever ends it safely.
+    async fn fail(&mut self, x: &Exchange<'_>, error: ProxyError, progress: &Progress)
+        -> Self::Next;
+}
+
+/// What the lifecycle decided for a forwarded request; every attempt reads it.
+pub struct Plan<'p> {
+    pub route: &'p Route,
+    pub forward: &'p Forward,
+    pub cluster_id: ClusterId,
+    pub cluster: &'p Cluster,
+    /// How long the upstream has for its response head: the route's timeout (or the
+    /// cluster's), shortened by a gRPC call's deadline.
+    pub response_timeout: Duration,
+    /// When a gRPC call with a `grpc-timeout` must be over, head, bodies and all.
+    pub call_deadline: Option<Instant>,
+}
+
+/// Runs one request from its head to its completion record.
+pub async fn run<C: ClientSide>(x: &Exchange<'_>, client: &mut C) -> C::Next {
+    let progress = Progress::new();
+    let (next, decided) = decide_and_relay(x, client, &progress).await;
+    let record = Completion::new(x, decided, &progress);
+    record.count();
+    record.trace();
+    next
+}
+
+async fn decide_and_relay<'s, C: ClientSide>(
+    x: &Exchange<'s>,
+    client: &mut C,
+    progress: &Progress,
+) -> (C::Next, Decided<'s>) {
+    let mut decided = Decided {
+        grpc: client.request().is_grpc(),
+        ..Decided::default()
+    };
+    macro_rules! fail {
+        ($error:expr) => {{
+            let error = $error;
+            decided.error = Some(error);
+            return (client.fail(x, error, progress).await, decided);
+        }};
+    }
+    // Phase 1: the request, and what its protocol cannot carry.
+    if let Some(refused) = client.refuse() {
+        fail!(refused);
+    }
+    // Phase 2: route.
+    let Some(route) = x.routes().and_then(|t| t.find(client.request())) else {
+        fail!(ProxyError::NoRoute);
+    };
+    decided.route = Some(route);
+    // Phase 3: request policies. None is configured yet: every request passes.
+    // Phase 4: local answers.
+    let fwd = match &route.action {
+        RouteAction::Direct(d) => {
+            progress.began(d.status);
+            let next = client
+                .answer(x, LocalAnswer::Direct(d, &route.response_headers))
+                .await;
+            return (next, decided);
+        }
+        RouteAction::Redirect(r) => {
+            let req = client.request();
+            let location = local::redirect_location(
+                r,
+                x.conn.scheme,
+                req.authority(),
+                req.path(),
+                req.path_and_query(),
+            );
+            progress.began(r.status);
+            let answer = LocalAnswer::Redirect {
+                status: r.status,
+                location,
+            };
+            return (client.answer(x, answer).await, decided);
+        }
+        RouteAction::Forward(f) => f,
+    };
+    let relayed = {
+        // Phase 5: plan.
+        let plan = plan(x, client.request(), route, fwd);
+        decided.cluster = Some(plan.cluster_id);
+        // Phase 6: request checks.
+        let too_large = client
+            .request()
+            .declared_length()
+            .zip(x.snapshot.http.max_request_body_bytes)
+            .is_some_and(|(n, max)| n > max);
+        if too_large {
+            Err(ProxyError::BodyTooLarge)
+        } else {
+            // Phase 7: attempts.
+            attempts(x, client, &plan, progress).await
+        }
+    };
+    // Phase 8: failure.
+    match relayed {
+        Ok(next) => (next, decided),
+        Err(e) => fail!(e),
+    }
+}
+
+/// Phase 7: the attempts, the one place a request is sent again.
+async fn attempts<C: ClientSide>(
+    x: &Exchange<'_>,
+    client: &mut C,
+    plan: &Plan<'_>,
+    progress: &Progress,
+) -> Result<C::Next, ProxyError> {
+    loop {
+        progress.attempts.set(progress.attempts.get() + 1);
+        match client.relay(x, plan, progress).await {
+            Err(e) if progress.may_retry(e) => {
+                tracing::debug!(cluster = %plan.cluster.name, "attempt failed ({e}); trying again");
+            }
+            relayed => return relayed,
+        }
+    }
+}
+
+/// Chooses the cluster and the timeouts every attempt of a forwarded request keeps.
+fn plan<'p>(
+    x: &Exchange<'p>,
+    request: &impl Request,
+    route: &'p Route,
+    fwd: &'p Forward,
+) -> Plan<'p> {
+    let cluster_id = fwd.target(|total| fastrand::u32(0..total)).cluster;
+    let cluster = &x.snapshot.clusters[cluster_id];
+    let timeout = route.timeout.unwrap_or(cluster.request_timeout);
+    let grpc_timeout = request.grpc_timeout();
+    Plan {
+        route,
+        forward: fwd,
+        cluster_id,
+        cluster,
+        response_timeout: grpc_timeout.map_or(timeout, |t| t.min(timeout)),
+        call_deadline: grpc_timeout
+            .map(|t| Instant::now() + route.timeout.map_or(t, |r| r.min(t))),
+    }
+}

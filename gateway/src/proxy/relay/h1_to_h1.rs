@@ -1,0 +1,221 @@
+//! HTTP/1.1 clients to HTTP/1.1 upstreams: the raw passthrough.
+//!
+//! The request head goes out rewritten (`rewrite`), the body is copied as it came (its
+//! framing kept), the response head comes back rewritten and its body is copied, or
+//! de-chunked for an HTTP/1.0 client. A small body that arrived with the head goes out
+//! in the same write. Failures, in the order they can happen:
+//! - the head cannot be written to a pooled connection, or it closes without a byte
+//!   for a bodiless idempotent request: `StaleConnection` (the upstream cannot have
+//!   acted on it; the lifecycle may retry on a fresh connection);
+//! - no response head within the plan's response timeout: `ResponseTimeout`;
+//! - the upstream stalls or closes mid-body: the client connection is closed, so a
+//!   truncated body is never presented as complete.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use monoio::io::AsyncWriteRentExt;
+
+use super::{connect_h1, idempotent, write_to_client, Next};
+use crate::proto::h1::body::{copy_body, BodyCopy, BodyError};
+use crate::proto::h1::head::{parse_response, BodyFraming, RequestHead, ResponseHead, Version};
+use crate::proxy::completion::Progress;
+use crate::proxy::error::ProxyError;
+use crate::proxy::exchange::Exchange;
+use crate::proxy::facts::Facts;
+use crate::proxy::lifecycle::Plan;
+use crate::proxy::rewrite;
+use crate::transport::{ClientStream, Conn, ReadError};
+use crate::upstream::Upstream;
+
+/// Largest response head accepted from an upstream.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const RESPONSE_READ: usize = 16 * 1024;
+const MAX_TRAILER_BYTES: usize = 64 * 1024;
+
+/// One attempt: the request (head, then body) to a pooled or fresh connection, the
+/// response back. Returns what the client connection does next.
+pub async fn relay<S: ClientStream>(
+    x: &Exchange<'_>,
+    client: &mut Conn<S>,
+    facts: &Facts<'_>,
+    plan: &Plan<'_>,
+    progress: &Progress,
+    keep_alive: bool,
+) -> Result<Next, ProxyError> {
+    let head = facts.head;
+    let cluster = plan.cluster;
+    let route = plan.route;
+    let mut up = connect_h1(x, plan, progress).await?;
+    let request: Bytes = rewrite::h1_request_head(
+        facts,
+        plan.forward,
+        &route.request_headers,
+        &x.snapshot.http.forwarded,
+        &x.client_info(),
+        up.endpoint,
+    )
+    .freeze();
+    let response = send_request(x, client, &mut up, &request, head, plan, progress).await?;
+    progress.responded();
+
+    if response.status == 101 {
+        if !head.is_upgrade() {
+            return Err(ProxyError::SwitchWithoutUpgrade);
+        }
+        let framing = rewrite::client_framing(head, &response, false);
+        let out = rewrite::response_head(head, &response, &route.response_headers, framing, true);
+        progress.began(101);
+        return if write_to_client(x, client, out).await {
+            Ok(Next::Tunnel(up.conn))
+        } else {
+            Err(ProxyError::ClientGone)
+        };
+    }
+
+    // A drain that began while the upstream worked still closes this connection.
+    let framing = rewrite::client_framing(head, &response, keep_alive && !x.closing());
+    let mut out = rewrite::response_head(head, &response, &route.response_headers, framing, false);
+    // Small bodies that arrived with the head go out in the same write.
+    let body_done = match response.framing {
+        BodyFraming::None => true,
+        BodyFraming::Length(n) if up.conn.buf.len() as u64 >= n => {
+            out.extend_from_slice(&up.conn.buf.split_to(n as usize));
+            progress.gave(n as usize);
+            true
+        }
+        _ => false,
+    };
+    progress.began(response.status);
+    if !write_to_client(x, client, out).await {
+        return Err(ProxyError::ClientGone);
+    }
+    if !body_done {
+        let spec = BodyCopy {
+            framing: response.framing,
+            max_bytes: None,
+            read_timeout: cluster.read_timeout,
+            // Like nginx's send_timeout: a client that stops reading is cut off.
+            write_timeout: x.snapshot.http.idle_timeout.0,
+            dechunk: framing.dechunk,
+            max_trailer_bytes: MAX_TRAILER_BYTES,
+        };
+        match copy_body(&mut up.conn, &mut client.stream, &spec).await {
+            Ok(n) => progress.gave(n as usize),
+            Err(e) => return Err(response_body_error(e)),
+        }
+    }
+    if upstream_reusable(head, &response) && up.conn.buf.is_empty() {
+        x.worker.upstreams.release(cluster, up);
+    }
+    Ok(if framing.close {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    })
+}
+
+/// What a broken response body means: the upstream stalled or broke it off, or the
+/// client stopped taking it.
+fn response_body_error(e: BodyError) -> ProxyError {
+    match e {
+        BodyError::Stalled => ProxyError::ResponseBodyStalled,
+        BodyError::SinkStalled => ProxyError::ClientStalled,
+        BodyError::SinkIo(_) => ProxyError::ClientGone,
+        BodyError::SourceClosed
+        | BodyError::SourceIo(_)
+        | BodyError::Malformed(_)
+        | BodyError::TooLarge => ProxyError::ResponseBodyBroken,
+    }
+}
+
+fn upstream_reusable(req: &RequestHead, resp: &ResponseHead) -> bool {
+    !resp.connection.close && resp.framing != BodyFraming::UntilClose && !req.is_upgrade()
+}
+
+/// Sends the request (head, then body) and reads the final response head. A pooled
+/// connection found dead before the upstream could have acted on the request is
+/// `StaleConnection`: the lifecycle may send it again on a fresh one.
+async fn send_request<S: ClientStream>(
+    x: &Exchange<'_>,
+    client: &mut Conn<S>,
+    up: &mut Upstream,
+    request: &Bytes,
+    head: &RequestHead,
+    plan: &Plan<'_>,
+    progress: &Progress,
+) -> Result<ResponseHead, ProxyError> {
+    if up.conn.stream.write_all(request.clone()).await.0.is_err() {
+        return Err(ProxyError::StaleConnection);
+    }
+    let has_body = head.framing != BodyFraming::None;
+    if has_body {
+        if head.expect_continue
+            && !progress.continue_sent.replace(true)
+            && !write_to_client(x, client, &b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await
+        {
+            return Err(ProxyError::ClientGone);
+        }
+        let http = &x.snapshot.http;
+        let spec = BodyCopy {
+            framing: head.framing,
+            max_bytes: http.max_request_body_bytes,
+            read_timeout: http.idle_timeout.0,
+            write_timeout: plan.cluster.read_timeout,
+            dechunk: false,
+            max_trailer_bytes: http.max_header_bytes,
+        };
+        progress.took(0);
+        match copy_body(client, &mut up.conn.stream, &spec).await {
+            Ok(n) => progress.took(n as usize),
+            Err(e) => return Err(request_body_error(e)),
+        }
+    }
+
+    let retryable = !has_body && idempotent(head.method());
+    let deadline = Instant::now() + plan.response_timeout;
+    let mut received = false;
+    loop {
+        match parse_response(
+            &mut up.conn.buf,
+            MAX_RESPONSE_HEAD,
+            head.method() == b"HEAD",
+        ) {
+            Ok(Some(r)) if (100..200).contains(&r.status) && r.status != 101 => {
+                // Interim responses go to HTTP/1.1 clients; weft's own 100 already did.
+                let ours = r.status == 100 && progress.continue_sent.get();
+                if head.version == Version::H11 && !ours && !write_to_client(x, client, r.raw).await
+                {
+                    return Err(ProxyError::ClientGone);
+                }
+                continue;
+            }
+            Ok(Some(r)) => return Ok(r),
+            Ok(None) => {}
+            Err(_) => return Err(ProxyError::BadResponseHead),
+        }
+        match up.conn.fill_until(RESPONSE_READ, deadline).await {
+            Ok(n) if n > 0 => received = true,
+            Ok(_) | Err(ReadError::Io(_)) if !received && retryable => {
+                return Err(ProxyError::StaleConnection)
+            }
+            Ok(_) | Err(ReadError::Io(_)) if !received => {
+                return Err(ProxyError::ClosedBeforeResponse)
+            }
+            Ok(_) | Err(ReadError::Io(_)) => return Err(ProxyError::ClosedDuringResponseHead),
+            Err(ReadError::TimedOut) => return Err(ProxyError::ResponseTimeout),
+        }
+    }
+}
+
+/// What a request body that did not make it upstream means.
+pub(super) fn request_body_error(e: BodyError) -> ProxyError {
+    match e {
+        BodyError::TooLarge => ProxyError::BodyTooLarge,
+        BodyError::Malformed(_) => ProxyError::MalformedBody,
+        BodyError::Stalled => ProxyError::ClientStalled,
+        BodyError::SinkIo(_) => ProxyError::ClosedDuringRequest,
+        BodyError::SinkStalled => ProxyError::UpstreamNotReading,
+        BodyError::SourceClosed | BodyError::SourceIo(_) => ProxyError::ClientGone,
+    }
+}

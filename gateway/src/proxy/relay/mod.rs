@@ -1,0 +1,143 @@
+//! The byte pumps of one attempt, one file per cell of the client x upstream grid:
+//! `h1_to_h1`, `h1_to_h2`, `h2_to_h1`, `h2_to_h2` (client protocol first).
+//!
+//! A relay moves a request and its response between one client and one upstream
+//! connection or stream, as fast as its protocol pair allows (the raw HTTP/1.1
+//! passthrough, the HTTP/2 flow-control loops). It decides nothing the lifecycle
+//! decides: no retry, no counting, no error answer, no timeout choice. It reports a
+//! failure as a `ProxyError` and what it did in `Progress`, and reads its timeouts from
+//! the `Plan`.
+
+pub mod h1_to_h1;
+pub mod h1_to_h2;
+pub mod h2_to_h1;
+pub mod h2_to_h2;
+
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBuf;
+use monoio::io::AsyncWriteRentExt;
+
+use super::completion::Progress;
+use super::error::ProxyError;
+use super::exchange::Exchange;
+use super::flow::SendError;
+use super::lifecycle::Plan;
+use crate::transport::{ClientStream, Conn, UpstreamStream};
+use crate::upstream::{ConnectError, ConnectFailure, H2Stream, Upstream};
+
+/// What happens to an HTTP/1.1 client connection after an exchange.
+pub enum Next {
+    KeepAlive,
+    Close,
+    /// The upstream switched protocols: relay bytes both ways from now on.
+    Tunnel(Conn<UpstreamStream>),
+    /// The client opened with the HTTP/2 preface (h2c, prior knowledge).
+    Http2,
+}
+
+/// A pooled or fresh HTTP/1.1 connection to an endpoint of the plan's cluster; a fresh
+/// one to the same endpoint when the lifecycle retries after a dead pooled one.
+async fn connect_h1(
+    x: &Exchange<'_>,
+    plan: &Plan<'_>,
+    progress: &Progress,
+) -> Result<Upstream, ProxyError> {
+    let upstreams = &x.worker.upstreams;
+    let connected = match progress.endpoint.get() {
+        Some(endpoint) if progress.fresh.replace(false) => {
+            upstreams.connect_fresh(plan.cluster, endpoint).await
+        }
+        _ => upstreams.connect(x.snapshot, plan.cluster_id).await,
+    };
+    let up = connected.map_err(|e| connect_error(x, plan, &e))?;
+    progress.connected(up.endpoint, up.reused);
+    Ok(up)
+}
+
+/// A stream slot on a shared HTTP/2 connection to an endpoint of the plan's cluster.
+async fn open_h2(
+    x: &Exchange<'_>,
+    plan: &Plan<'_>,
+    progress: &Progress,
+) -> Result<H2Stream, ProxyError> {
+    let slot = x
+        .worker
+        .upstreams
+        .open_h2(x.snapshot, plan.cluster_id)
+        .await
+        .map_err(|e| connect_error(x, plan, &e))?;
+    progress.connected(slot.endpoint, false);
+    Ok(slot)
+}
+
+/// The error of a failed connect, logged as its side needs.
+fn connect_error(x: &Exchange<'_>, plan: &Plan<'_>, e: &ConnectError) -> ProxyError {
+    let error = ProxyError::from(e);
+    let name = &plan.cluster.name;
+    match e {
+        // This host is short of descriptors or ports: the operator's problem, not the
+        // upstream's, and loud, though not once per failed request.
+        ConnectError::Io(err) if ConnectFailure::of(err).is_local() => {
+            if shortage_warning_due() {
+                tracing::warn!(cluster = %name, "cannot connect upstream: {err} (see weft_upstream_connect_errors_total{{reason=\"{}\"}})", error.label());
+            }
+        }
+        ConnectError::Tls(err) => {
+            tracing::warn!(cluster = %name, "upstream TLS handshake failed: {err}");
+        }
+        _ => tracing::debug!(cluster = %name, peer = %x.conn.peer, "upstream connect failed: {e:?}"),
+    }
+    error
+}
+
+/// At most one warning a second per worker about a local shortage: at thousands of
+/// failed connects a second, a line each would bury everything else in the log.
+fn shortage_warning_due() -> bool {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = Instant::now();
+    LAST.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if due {
+            last.set(Some(now));
+        }
+        due
+    })
+}
+
+/// Methods whose request may be sent again when a reused connection died before
+/// answering (RFC 9110 §9.2.2).
+pub(crate) fn idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
+    )
+}
+
+/// Writes to an HTTP/1.1 client, giving up (false) when it takes nothing for `limit`:
+/// a client that stops reading must not pin a task forever. The deadline is a coarse
+/// slot in the worker's slab, not a timer, because every response goes through here.
+pub async fn write_to_client<B: IoBuf, S: ClientStream>(
+    x: &Exchange<'_>,
+    client: &mut Conn<S>,
+    buf: B,
+) -> bool {
+    let limit = x.snapshot.http.idle_timeout.0;
+    let deadline = x.worker.idle_timers.deadline(Instant::now() + limit);
+    monoio::select! {
+        r = client.stream.write_all(buf) => r.0.is_ok(),
+        _ = deadline => false,
+    }
+}
+
+/// A send to an HTTP/2 client that failed: it went away, or stopped reading.
+fn client_send_failed(e: SendError) -> ProxyError {
+    match e {
+        SendError::Stalled => ProxyError::ClientStalled,
+        SendError::Stream(_) => ProxyError::ClientGone,
+    }
+}
