@@ -10,12 +10,24 @@ use std::time::Duration;
 use http::request::Parts;
 use weft_mesh::snapshot::{is_grpc_content_type, RequestFacts};
 
-use super::exchange::Exchange;
-use super::flow::{Pace, SendBudget};
+use super::flow::SendBudget;
 use super::grpc;
-use super::lifecycle::Request;
-use super::rewrite;
 use crate::proto::h1::head::{BodyFraming, Head, RequestHead};
+
+/// What the lifecycle asks of a request, whichever protocol carried it.
+pub trait Request: RequestFacts {
+    /// The authority as the client sent it (with port).
+    fn authority(&self) -> &str;
+    fn path_and_query(&self) -> &str;
+    /// A HEAD request: answers keep their length but carry no body.
+    fn head_only(&self) -> bool;
+    /// A gRPC call: errors weft makes are gRPC statuses.
+    fn is_grpc(&self) -> bool;
+    /// The call's `grpc-timeout`.
+    fn grpc_timeout(&self) -> Option<Duration>;
+    /// The body length the client declared.
+    fn declared_length(&self) -> Option<u64>;
+}
 
 /// The header that carries a verified client certificate's identity.
 pub const CLIENT_CERT_HEADER: &str = "x-forwarded-client-cert";
@@ -157,7 +169,7 @@ pub struct H2Facts<'a> {
     /// A verified client certificate's identity (see `facts::CLIENT_CERT_HEADER`).
     pub client_cert: Option<&'a str>,
     /// What the connection's streams may queue for the client.
-    send_budget: &'a SendBudget,
+    pub send_budget: &'a SendBudget,
 }
 
 impl<'a> H2Facts<'a> {
@@ -187,11 +199,11 @@ impl<'a> H2Facts<'a> {
 
     // Path and query are read from the URI when asked: a stream task carries this
     // struct, and it is spawned (moved) whole for every request.
-    fn uri_path(&self) -> &'a str {
+    pub fn uri_path(&self) -> &'a str {
         self.parts.uri.path()
     }
 
-    fn uri_path_and_query(&self) -> &'a str {
+    pub fn uri_path_and_query(&self) -> &'a str {
         self.parts
             .uri
             .path_and_query()
@@ -199,45 +211,9 @@ impl<'a> H2Facts<'a> {
             .unwrap_or("/")
     }
 
-    /// How sends to this client are paced: its connection's budget, and the idle
-    /// timeout as the longest wait for it to read.
-    pub fn client_pace<'x>(&'x self, x: &'x Exchange<'_>) -> Pace<'x> {
-        Pace::new(
-            &x.worker.idle_timers,
-            x.snapshot.http.idle_timeout.0,
-            Some(self.send_budget),
-        )
-    }
-
     /// The client's `content-length` (h2 checked it against the DATA it carries).
     pub fn declared_length(&self) -> Option<u64> {
         content_length(&self.parts.headers)
-    }
-
-    /// The request line and framing of this request as it goes upstream. A body of
-    /// unknown length goes to an HTTP/1.1 upstream (`h1`) with the chunked coding; a
-    /// request without a body states a length only if the client did (as 0, what
-    /// follows).
-    pub fn outgoing(&self, has_body: bool, h1: bool) -> rewrite::Outgoing<'a> {
-        let parts = self.parts;
-        let declared = self.declared_length();
-        rewrite::Outgoing {
-            method: parts.method.as_str().as_bytes(),
-            path: self.uri_path(),
-            path_and_query: self.uri_path_and_query(),
-            authority: self.authority,
-            chunked: h1 && has_body && declared.is_none(),
-            length: if has_body {
-                declared
-            } else {
-                declared.map(|_| 0)
-            },
-            accepts_trailers: parts
-                .headers
-                .get(http::header::TE)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")),
-            upgrade: None,
-        }
     }
 
     /// The client's end-to-end headers (none that describe the connection).

@@ -31,22 +31,8 @@ use weft_mesh::snapshot::{Cluster, ClusterId};
 use super::completion::{Completion, Decided, Progress};
 use super::error::ProxyError;
 use super::exchange::Exchange;
+use super::facts::Request;
 use super::local;
-
-/// What the lifecycle asks of a request, whichever protocol carried it.
-pub trait Request: RequestFacts {
-    /// The authority as the client sent it (with port).
-    fn authority(&self) -> &str;
-    fn path_and_query(&self) -> &str;
-    /// A HEAD request: answers keep their length but carry no body.
-    fn head_only(&self) -> bool;
-    /// A gRPC call: errors weft makes are gRPC statuses.
-    fn is_grpc(&self) -> bool;
-    /// The call's `grpc-timeout`.
-    fn grpc_timeout(&self) -> Option<Duration>;
-    /// The body length the client declared.
-    fn declared_length(&self) -> Option<u64>;
-}
 
 /// An answer weft makes itself for a route.
 pub enum LocalAnswer<'r> {

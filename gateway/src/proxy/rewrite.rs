@@ -18,7 +18,7 @@ use weft_mesh::config::ForwardedConfig;
 use weft_mesh::fields;
 use weft_mesh::snapshot::{Forward, HeaderEdits};
 
-use super::facts::{Facts, CLIENT_CERT_HEADER};
+use super::facts::{Facts, H2Facts, CLIENT_CERT_HEADER};
 use crate::proto::h1::head::{
     parse_length, trim, BodyFraming, Head, RequestHead, ResponseHead, Version,
 };
@@ -67,6 +67,31 @@ impl HeaderSink for BytesMut {
         self.extend_from_slice(b": ");
         let _ = self.write_fmt(value);
         self.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The fields of an HTTP/2 response head (names and values were checked where they came
+/// from: the upstream's head by h2 or the parser, a route's edits at config load).
+impl HeaderSink for http::HeaderMap {
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            self.append(n, v);
+        }
+    }
+    fn header_fmt(&mut self, name: &[u8], value: fmt::Arguments<'_>) {
+        self.header(name, value.to_string().as_bytes());
+    }
+}
+
+/// A route's header edits on any head, request or response, HTTP/1.1 or HTTP/2: the
+/// builder keeps each received field the edits do not drop (`HeaderEdits::drops`),
+/// then this appends the edits' own fields. The one place a route's `set` is written.
+pub fn append_edits(edits: &HeaderEdits, sink: &mut impl HeaderSink) {
+    for (name, value) in &edits.set {
+        sink.header(name.as_bytes(), value.as_bytes());
     }
 }
 
@@ -235,13 +260,37 @@ pub fn request_headers<'h>(
     if fwd.request_id && !has_request_id {
         out.header_fmt(b"x-request-id", format_args!("{:032x}", fastrand::u128(..)));
     }
-    for (name, value) in &edits.set {
-        out.header(name.as_bytes(), value.as_bytes());
-    }
+    append_edits(edits, out);
     if req.accepts_trailers {
         // TE is hop-by-hop, but "trailers" holds for the next hop too: weft passes
         // trailers through.
         out.header(b"te", b"trailers");
+    }
+}
+
+/// The request line and framing of this request as it goes upstream. A body of
+/// unknown length goes to an HTTP/1.1 upstream (`h1`) with the chunked coding; a
+/// request without a body states a length only if the client did (as 0, what
+/// follows).
+pub fn h2_outgoing<'a>(facts: &H2Facts<'a>, has_body: bool, h1: bool) -> Outgoing<'a> {
+    let parts = facts.parts;
+    let declared = facts.declared_length();
+    Outgoing {
+        method: parts.method.as_str().as_bytes(),
+        path: facts.uri_path(),
+        path_and_query: facts.uri_path_and_query(),
+        authority: facts.authority,
+        chunked: h1 && has_body && declared.is_none(),
+        length: if has_body {
+            declared
+        } else {
+            declared.map(|_| 0)
+        },
+        accepts_trailers: parts
+            .headers
+            .get(http::header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")),
+        upgrade: None,
     }
 }
 
@@ -359,9 +408,7 @@ pub fn h1_response_head_from_h2(
             push_header(&mut out, name, value.as_bytes());
         }
     }
-    for (name, value) in &edits.set {
-        push_header(&mut out, name.as_bytes(), value.as_bytes());
-    }
+    append_edits(edits, &mut out);
     push_framing(&mut out, framing, version);
     out.extend_from_slice(b"\r\n");
     out
@@ -474,9 +521,7 @@ pub fn response_head(
         }
         push_header(&mut out, name, resp.value(f));
     }
-    for (name, value) in &edits.set {
-        push_header(&mut out, name.as_bytes(), value.as_bytes());
-    }
+    append_edits(edits, &mut out);
     if upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
         if let Some(proto) = resp.header("upgrade") {

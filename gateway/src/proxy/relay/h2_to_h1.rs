@@ -14,7 +14,7 @@ use http::Response;
 use monoio::io::AsyncWriteRentExt;
 use weft_mesh::snapshot::{Cluster, Route};
 
-use super::{client_send_failed, connect_h1, idempotent};
+use super::{client_pace, client_send_failed, connect_h1, idempotent};
 use crate::proto::h1::chunked::{encode_chunk, last_chunk, ChunkedParser};
 use crate::proto::h1::head::{parse_response, BodyFraming, Head, ResponseHead};
 use crate::proxy::completion::Progress;
@@ -23,7 +23,7 @@ use crate::proxy::exchange::Exchange;
 use crate::proxy::facts::H2Facts;
 use crate::proxy::flow::{send_all, within, Pace};
 use crate::proxy::lifecycle::Plan;
-use crate::proxy::rewrite::{self, append_fields};
+use crate::proxy::rewrite;
 use crate::transport::ReadError;
 use crate::upstream::Upstream;
 
@@ -46,7 +46,7 @@ pub async fn relay(
     let parts = facts.parts;
     let mut up = connect_h1(x, plan, progress).await?;
     let has_body = !body.is_end_stream();
-    let outgoing = facts.outgoing(has_body, true);
+    let outgoing = rewrite::h2_outgoing(facts, has_body, true);
     let head = rewrite::request_head(
         &outgoing,
         facts.end_to_end_headers(),
@@ -85,7 +85,7 @@ pub async fn relay(
         .map_err(|_| ProxyError::ClientGone)?;
     let send = sent.insert(send);
     if !no_body {
-        let pace = facts.client_pace(x);
+        let pace = client_pace(x, facts);
         relay_response_body(
             &mut up,
             send,
@@ -153,10 +153,7 @@ fn h2_response_head(response: &ResponseHead, route: &Route) -> Option<Response<(
             http::HeaderValue::from_maybe_shared(value).ok()?,
         );
     }
-    append_fields(
-        headers,
-        edits.set.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-    )?;
+    rewrite::append_edits(edits, headers);
     if let Some(n) = rewrite::stated_length(response) {
         let same = received_length
             .map(|r| response.raw.slice(r))

@@ -24,7 +24,7 @@ use h2::{Reason, RecvStream, SendStream};
 use http::Response;
 use weft_mesh::snapshot::Route;
 
-use super::{client_send_failed, open_h2};
+use super::{client_pace, client_send_failed, open_h2};
 use crate::proxy::completion::Progress;
 use crate::proxy::error::ProxyError;
 use crate::proxy::exchange::Exchange;
@@ -60,7 +60,7 @@ pub async fn relay(
     let mut slot = open_h2(x, plan, progress).await?;
     let end = body.is_end_stream();
     let request = rewrite::h2_request(
-        &facts.outgoing(!end, false),
+        &rewrite::h2_outgoing(facts, !end, false),
         facts.parts.method.clone(),
         facts.end_to_end_headers(),
         plan.forward,
@@ -94,7 +94,7 @@ pub async fn relay(
         cluster.read_timeout
     };
     let up_pace = Pace::new(&x.worker.idle_timers, up_stall, None);
-    let client_pace = facts.client_pace(x);
+    let client_pace = client_pace(x, facts);
     // When the response last moved: a quiet request side is alive while it does.
     let response_moved = Cell::new(Instant::now());
     let pump = pin!(pump_request(
@@ -216,18 +216,17 @@ async fn relay_response(
     let (parts, mut upstream) = head.map_err(upstream_reset)?.into_parts();
     progress.responded();
     let status = parts.status.as_u16();
-    let mut builder = Response::builder().status(parts.status);
+    // The received head, less what the route drops, plus what it sets.
+    let mut head = Response::new(());
+    *head.status_mut() = parts.status;
+    let edits = &route.response_headers;
+    let headers = head.headers_mut();
     for (name, value) in &parts.headers {
-        if !route.response_headers.drops(name.as_str().as_bytes()) {
-            builder = builder.header(name, value);
+        if !edits.drops(name.as_str().as_bytes()) {
+            headers.append(name, value.clone());
         }
     }
-    for (name, value) in &route.response_headers.set {
-        builder = builder.header(name.as_str(), value.as_str());
-    }
-    let head = builder
-        .body(())
-        .map_err(|_| ProxyError::ResponseHeadNotValidForHttp2)?;
+    rewrite::append_edits(edits, headers);
     let end = upstream.is_end_stream();
     // A Trailers-Only answer carries its grpc-status in the head.
     progress.saw_grpc_status(head.headers());

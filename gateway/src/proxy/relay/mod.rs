@@ -21,7 +21,8 @@ use monoio::io::AsyncWriteRentExt;
 use super::completion::Progress;
 use super::error::ProxyError;
 use super::exchange::Exchange;
-use super::flow::SendError;
+use super::facts::H2Facts;
+use super::flow::{Pace, SendError};
 use super::lifecycle::Plan;
 use crate::transport::{ClientStream, Conn, UpstreamStream};
 use crate::upstream::{ConnectError, ConnectFailure, H2Stream, Upstream};
@@ -132,6 +133,16 @@ pub async fn write_to_client<B: IoBuf, S: ClientStream>(
         r = client.stream.write_all(buf) => r.0.is_ok(),
         _ = deadline => false,
     }
+}
+
+/// How sends to an HTTP/2 client are paced: its connection's budget, and the idle
+/// timeout as the longest wait for it to read.
+fn client_pace<'x>(x: &'x Exchange<'_>, facts: &'x H2Facts<'_>) -> Pace<'x> {
+    Pace::new(
+        &x.worker.idle_timers,
+        x.snapshot.http.idle_timeout.0,
+        Some(facts.send_budget),
+    )
 }
 
 /// A send to an HTTP/2 client that failed: it went away, or stopped reading.
