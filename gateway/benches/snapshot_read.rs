@@ -9,9 +9,8 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use weft_gateway::runtime::driver::Driver;
 use weft_gateway::runtime::worker::Worker;
-use weft_gateway::runtime::Control;
+use weft_gateway::control::Control;
 use weft_mesh::config::{self, Role};
 use weft_mesh::snapshot;
 
@@ -27,13 +26,7 @@ fn main() {
         let loaded = config::parse(Path::new("bench.toml"), CONFIG, Role::Ingress).expect("config");
         snapshot::compile(&loaded).expect("snapshot")
     };
-    let control = Arc::new(Control::new(
-        compile(),
-        1,
-        Driver::Epoll,
-        Role::Ingress,
-        Vec::new(),
-    ));
+    let control = Arc::new(Control::new(compile(), 1, Role::Ingress, Vec::new()));
     let (_tx, rx) = mpsc::channel();
     let worker = Worker::new(0, control.clone(), rx);
     const N: u32 = 50_000_000;

@@ -2,7 +2,7 @@
 //! never more endpoints than the cap allows.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use weft_gateway::runtime::consul::decode_health;
+use weft_gateway::control::consul::decode_health;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(endpoints) = decode_health(data, 64) {

@@ -363,9 +363,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::proxy::connection::ConnectionFacts;
     use weft_mesh::snapshot::ListenerRole;
-    use crate::runtime::driver::Driver;
     use crate::runtime::wakers::LocalEvent;
-    use crate::runtime::Control;
+    use crate::control::Control;
 
     /// A worker on a one-listener config (listener "l", slot 0), for tests that build
     /// a task to weigh it.
@@ -375,13 +374,7 @@ pub(crate) mod tests {
         let loaded = config::parse(std::path::Path::new("t.toml"), CONFIG, Role::Ingress)
             .expect("config parses");
         let first = snapshot::compile(&loaded).expect("config compiles");
-        let control = Arc::new(Control::new(
-            first,
-            1,
-            Driver::Epoll,
-            Role::Ingress,
-            Vec::new(),
-        ));
+        let control = Arc::new(Control::new(first, 1, Role::Ingress, Vec::new()));
         let (_tx, rx) = mpsc::channel();
         let worker = Rc::new(Worker::new(0, control, rx));
         let bound = BoundListener {

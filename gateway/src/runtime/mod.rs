@@ -6,83 +6,28 @@
 //! SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, exit; a second
 //! signal exits at once).
 
-pub mod consul;
-pub mod discovery;
 pub mod driver;
-pub mod listen;
-pub mod reload;
 pub mod wakers;
 pub mod worker;
 
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use weft_mesh::config::Role;
-use weft_mesh::snapshot::{Publisher, Snapshot};
+use weft_mesh::snapshot::Snapshot;
 
-use crate::observe::metrics::Registry;
+use crate::control::{
+    admin, discovery, reload, start_janitor, yield_to_workers, Control, Socket, WorkerMsg,
+};
+use crate::listen;
 use driver::Driver;
 use worker::Worker;
-
-/// What the main thread shares with workers and the admin thread. Read-mostly.
-pub struct Control {
-    pub publisher: Publisher,
-    /// Version of the published snapshot; workers compare it per request.
-    pub version: AtomicU64,
-    pub registry: Registry,
-    pub draining: AtomicBool,
-    pub ready_workers: AtomicUsize,
-    pub workers: usize,
-    pub driver: Driver,
-    pub role: Role,
-    pub reloads: ReloadStatus,
-    /// One sender per worker; only the control thread sends (the lock is never contended).
-    pub mailboxes: Mutex<Vec<mpsc::Sender<WorkerMsg>>>,
-    /// Endpoints found by discovery, and how its sources are doing.
-    pub discovery: discovery::DiscoveryState,
-    /// Held while a snapshot is compiled and published (reloads and discovery updates
-    /// come from different threads).
-    pub publishing: Mutex<()>,
-}
-
-impl Control {
-    /// The control state of a process starting with `first`; `mailboxes` reach the
-    /// workers (one per worker, in worker order).
-    pub fn new(
-        first: Snapshot,
-        workers: usize,
-        driver: Driver,
-        role: Role,
-        mailboxes: Vec<mpsc::Sender<WorkerMsg>>,
-    ) -> Control {
-        Control {
-            version: AtomicU64::new(1),
-            publisher: Publisher::new(first),
-            registry: Registry::default(),
-            draining: AtomicBool::new(false),
-            ready_workers: AtomicUsize::new(0),
-            workers,
-            driver,
-            role,
-            reloads: ReloadStatus::default(),
-            mailboxes: Mutex::new(mailboxes),
-            discovery: discovery::DiscoveryState::default(),
-            publishing: Mutex::new(()),
-        }
-    }
-
-    pub fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire)
-            && self.ready_workers.load(Ordering::Acquire) == self.workers
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -161,25 +106,20 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     let drain_timeout = first.runtime.drain_timeout;
     let (mailboxes, inboxes): (Vec<_>, Vec<_>) =
         (0..workers).map(|_| mpsc::channel::<WorkerMsg>()).unzip();
-    let control = Arc::new(Control::new(
-        first,
-        workers,
-        decision.driver,
-        role,
-        mailboxes,
-    ));
+    let control = Arc::new(Control::new(first, workers, role, mailboxes));
     // Signals first: a SIGHUP or SIGTERM that arrives while workers start is not lost.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(StartError::Thread)?;
 
-    crate::admin::start(admin_socket, control.clone()).map_err(StartError::Thread)?;
+    admin::start(admin_socket, control.clone()).map_err(StartError::Thread)?;
     start_janitor(control.clone()).map_err(StartError::Thread)?;
     let mut threads = Vec::with_capacity(workers);
     for (id, (mine, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
         let cpu = cpus[id % cpus.len()];
         let control = control.clone();
+        let driver = decision.driver;
         let t = std::thread::Builder::new()
             .name(format!("weft-worker-{id}"))
-            .spawn(move || worker_thread(id, cpu, control, mine, inbox))
+            .spawn(move || worker_thread(id, cpu, driver, control, mine, inbox))
             .map_err(StartError::Thread)?;
         threads.push(t);
     }
@@ -212,20 +152,6 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
         std::thread::sleep(Duration::from_millis(20));
     }
     tracing::info!("stopped");
-    Ok(())
-}
-
-/// Frees replaced snapshots once no request holds them, off the workers' threads.
-fn start_janitor(control: Arc<Control>) -> io::Result<()> {
-    std::thread::Builder::new()
-        .name("weft-janitor".into())
-        .spawn(move || {
-            yield_to_workers();
-            loop {
-                std::thread::sleep(Duration::from_millis(250));
-                control.publisher.collect_retired();
-            }
-        })?;
     Ok(())
 }
 
@@ -312,67 +238,6 @@ fn raise_open_files_limit() -> u64 {
     lim.rlim_cur
 }
 
-/// Lets the calling thread run only when no worker wants its CPU (`SCHED_IDLE`, per
-/// thread on Linux; nice 19 where that is refused). For the heavy control work:
-/// compiling a reload or a discovery update, freeing an old snapshot.
-///
-/// That work shares cores with the workers, the load they serve and the services
-/// beside them. Nice 19 was not enough: a nice-19 thread that is running keeps its CPU
-/// until its slice ends (up to a few ms), so every compile showed up as 2x in request
-/// p99 (`weft-bench run --scenario reload-swap`). A `SCHED_IDLE` thread is preempted
-/// the moment a normal thread wakes on its CPU, and still gets a small share on a
-/// saturated machine, so a reload is slowed under full load but never stopped.
-/// Threads this one starts inherit the setting.
-pub fn yield_to_workers() {
-    // SAFETY: a plain syscall on the calling thread; `param` outlives the call.
-    let idle = unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0
-    };
-    if !idle {
-        defer_to_workers();
-    }
-}
-
-/// Gives the calling thread the lowest normal priority (nice 19, per thread on Linux).
-/// For the admin listener: its work is tiny, but a readiness probe must be answered
-/// within its timeout even on a saturated machine. Beside a thread that keeps a CPU
-/// busy, a `SCHED_IDLE` thread waking from a sleep waited 230 ms for its turn (median
-/// of 40, up to 0.7 s); a nice-19 one 2-4 ms.
-pub fn defer_to_workers() {
-    // SAFETY: a plain syscall on the calling thread's own id; no memory is shared.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
-    }
-}
-
-/// A listening socket bound for one worker, with the listener it belongs to.
-pub struct Socket {
-    /// Unique for the process lifetime (a re-added listener gets a new one): the key of
-    /// the listener's metrics series in the workers.
-    pub slot: usize,
-    pub name: String,
-    pub listener: std::net::TcpListener,
-}
-
-/// What the control thread tells a worker.
-pub enum WorkerMsg {
-    /// Start accepting on this socket (a listener added by a reload).
-    Listen(Socket),
-    /// Stop accepting on the listener of this name and drain its connections.
-    Unlisten(String),
-}
-
-/// Reload outcomes, for /config and /metrics.
-#[derive(Default)]
-pub struct ReloadStatus {
-    pub succeeded: AtomicU64,
-    pub failed: AtomicU64,
-    /// The errors of the last refused reload (cleared by a successful one).
-    pub last_error: Mutex<Option<String>>,
-}
-
 /// Ends the process when a worker thread dies by a panic. Release builds abort on a
 /// panic anyway; without this, a debug build (or one built with `panic = "unwind"`)
 /// would lose the worker's share of the listening sockets while `/ready` and `/live`
@@ -395,6 +260,7 @@ impl Drop for WorkerGuard {
 fn worker_thread(
     id: usize,
     cpu: usize,
+    driver: Driver,
     control: Arc<Control>,
     listeners: Vec<Socket>,
     inbox: mpsc::Receiver<WorkerMsg>,
@@ -403,7 +269,6 @@ fn worker_thread(
     if let Err(e) = listen::pin_current_thread(cpu) {
         tracing::warn!(worker = id, cpu, "cannot pin worker: {e}");
     }
-    let driver = control.driver;
     let worker = Rc::new(Worker::new(id, control, inbox));
     let served = match driver {
         Driver::IoUring { flags, entries } => RuntimeBuilder::<IoUringDriver>::new()

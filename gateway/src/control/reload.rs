@@ -22,7 +22,8 @@ use std::time::Instant;
 use weft_mesh::config;
 use weft_mesh::snapshot::{self, Snapshot};
 
-use super::{listen, Control, Socket, WorkerMsg};
+use super::{Control, Socket, WorkerMsg};
+use crate::listen;
 
 /// The listeners bound now, as the control thread tracks them.
 #[derive(Default)]

@@ -10,13 +10,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::runtime::Control;
+use super::Control;
 
 pub fn start(listener: TcpListener, control: Arc<Control>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("weft-admin".into())
         .spawn(move || {
-            crate::runtime::defer_to_workers();
+            super::defer_to_workers();
             for stream in listener.incoming() {
                 match stream {
                     Ok(s) => {
@@ -156,7 +156,7 @@ fn redacted(text: &str) -> toml::Value {
 
 /// Per-cluster discovery series: whether the served endpoints are stale, errors, updates.
 fn discovery_metrics(
-    status: &std::collections::BTreeMap<String, crate::runtime::discovery::SourceStatus>,
+    status: &std::collections::BTreeMap<String, super::discovery::SourceStatus>,
 ) -> String {
     if status.is_empty() {
         return String::new();
@@ -166,7 +166,7 @@ fn discovery_metrics(
         &str,
         &str,
         &str,
-        fn(&crate::runtime::discovery::SourceStatus) -> u64,
+        fn(&super::discovery::SourceStatus) -> u64,
     ); 4] = [
         (
             "weft_discovery_stale",
