@@ -16,7 +16,7 @@ use monoio::net::TcpListener;
 use weft_mesh::snapshot::{Listener, Snapshot};
 
 use super::wakers::{CoarseTimers, LocalEvent};
-use super::{Control, Socket, WorkerMsg};
+use crate::control::{Control, Socket, WorkerMsg};
 use crate::observe::metrics::Counters;
 use crate::upstream::Upstreams;
 
