@@ -125,7 +125,7 @@ fn load(file: &Path, role: Option<Role>) -> Result<Snapshot, ExitCode> {
 
 fn summary(s: &Snapshot) -> String {
     let mut out = format!("{}: ok ({:?})\n", s.source_file.display(), s.role);
-    for l in &s.listeners {
+    for l in s.listeners.iter() {
         out += &format!(
             "  listener {} on {}: {} route(s)\n",
             l.name,

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use weft_mesh::config::{self, EndpointConfig};
+use weft_mesh::config::EndpointConfig;
 use weft_mesh::snapshot::{ConsulQuery, ConsulSettings, Discovered, Discovery};
 
 use super::consul;
@@ -229,16 +229,16 @@ fn same_endpoints(a: &[EndpointConfig], b: &[EndpointConfig]) -> bool {
         })
 }
 
-/// Compiles the running config again with what discovery found, and publishes it.
+/// Publishes the running snapshot with what discovery found: only the clusters whose
+/// endpoints changed are rebuilt; the config is not parsed or compiled again, so the
+/// cost does not grow with its routes (`Snapshot::with_discovered`).
 pub fn republish(control: &Control, source: &str) {
     let _publishing = lock(&control.publishing);
     let current = control.publisher.load();
     let found = control.discovery.found();
-    let next = config::parse(&current.source_file, &current.source_text, current.role)
-        .and_then(|loaded| weft_mesh::snapshot::compile_with(&loaded, &found));
-    match next {
-        Ok(next) if next.content_hash == current.content_hash => {}
-        Ok(next) => {
+    match current.with_discovered(&found) {
+        Ok(None) => {}
+        Ok(Some(next)) => {
             let version = control.publisher.publish(next);
             control.version.store(version, Ordering::Release);
             tracing::info!(version, source, "discovery: serving new endpoints");

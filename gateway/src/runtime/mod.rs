@@ -83,7 +83,7 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     // Bind everything before starting anything, so a conflict leaves nothing behind.
     let mut listeners = reload::BoundSet::default();
     let mut sockets: Vec<Vec<Socket>> = (0..workers).map(|_| Vec::new()).collect();
-    for l in &first.listeners {
+    for l in first.listeners.iter() {
         let per_worker = listeners
             .bind(&l.name, l.address, workers)
             .map_err(|source| StartError::Bind {

@@ -273,15 +273,11 @@ pub fn compile_with(
     if !d.errors.is_empty() {
         return Err(ConfigErrors(d.errors));
     }
+    let config_hash = fnv1a(loaded.source_text.as_bytes()) ^ files_digest.rotate_left(17);
     Ok(Snapshot {
         version: 0,
-        content_hash: fnv1a(loaded.source_text.as_bytes())
-            ^ files_digest.rotate_left(17)
-            ^ if discovered.is_empty() {
-                0
-            } else {
-                fnv1a(format!("{discovered:?}").as_bytes())
-            },
+        config_hash,
+        content_hash: config_hash ^ discovered_hash(discovered),
         registration,
         consul: ConsulSettings {
             address: cfg.consul.address.clone(),
@@ -298,14 +294,80 @@ pub fn compile_with(
         },
         role: loaded.role,
         source_file: loaded.file.clone(),
-        source_text: loaded.source_text.clone(),
+        source_text: Arc::from(loaded.source_text.as_str()),
         runtime,
         admin_address,
         http: cfg.http.clone(),
         http2: cfg.http2.clone(),
-        listeners,
-        clusters,
+        listeners: listeners.into(),
+        clusters: clusters.into_iter().map(Arc::new).collect(),
     })
+}
+
+/// What the discovered endpoints add to a snapshot's `content_hash`.
+fn discovered_hash(discovered: &Discovered) -> u64 {
+    if discovered.is_empty() {
+        0
+    } else {
+        fnv1a(format!("{discovered:?}").as_bytes())
+    }
+}
+
+impl Snapshot {
+    /// The snapshot that serves `discovered` (endpoints by cluster name, as
+    /// `compile_with` takes them) in place of this one's, without parsing or compiling
+    /// the config again: listeners and routes are shared, clusters whose endpoints did
+    /// not change are shared, each changed cluster is copied with its new endpoints. Its
+    /// cost grows with the number of clusters (one pointer each), not with the routes
+    /// or the config text. `None` when no endpoint changed; an endpoint that does not
+    /// resolve refuses the whole update (the last good set stays).
+    pub fn with_discovered(&self, discovered: &Discovered) -> Result<Option<Snapshot>, ConfigErrors> {
+        let mut d = Diagnostics {
+            file: &self.source_file,
+            errors: Vec::new(),
+        };
+        let mut clusters: Option<Vec<Arc<Cluster>>> = None;
+        for (id, cluster) in self.clusters.iter().enumerate() {
+            let Some(listed) = discovered
+                .get(&cluster.name)
+                .filter(|_| cluster.discovery.is_some())
+            else {
+                continue;
+            };
+            let path = format!("clusters.{} (discovered)", cluster.name);
+            let endpoints = compile_endpoints(listed, &path, &mut d);
+            if endpoints == cluster.endpoints {
+                continue;
+            }
+            let clusters = clusters.get_or_insert_with(|| self.clusters.clone());
+            clusters[id] = Arc::new(Cluster {
+                endpoints,
+                ..Cluster::clone(cluster)
+            });
+        }
+        if !d.errors.is_empty() {
+            return Err(ConfigErrors(d.errors));
+        }
+        let Some(clusters) = clusters else {
+            return Ok(None);
+        };
+        Ok(Some(Snapshot {
+            version: 0,
+            config_hash: self.config_hash,
+            content_hash: self.config_hash ^ discovered_hash(discovered),
+            role: self.role,
+            source_file: self.source_file.clone(),
+            source_text: self.source_text.clone(),
+            runtime: self.runtime.clone(),
+            admin_address: self.admin_address,
+            http: self.http.clone(),
+            http2: self.http2.clone(),
+            listeners: self.listeners.clone(),
+            clusters,
+            consul: self.consul.clone(),
+            registration: self.registration.clone(),
+        }))
+    }
 }
 
 fn compile_runtime(cfg: &ConfigFile, d: &mut Diagnostics) -> RuntimeSettings {
@@ -460,6 +522,30 @@ fn parse_listen_address(text: &str, path: &str, d: &mut Diagnostics) -> Option<S
     }
 }
 
+/// A cluster's endpoints as the request path uses them: resolved addresses, weights
+/// checked (`path` is the cluster's key).
+fn compile_endpoints(listed: &[EndpointConfig], path: &str, d: &mut Diagnostics) -> Vec<Endpoint> {
+    let mut endpoints = Vec::with_capacity(listed.len());
+    for (i, e) in listed.iter().enumerate() {
+        let epath = if path.starts_with("sidecar") {
+            path.to_owned()
+        } else {
+            format!("{path}.endpoints[{i}]")
+        };
+        if e.weight == 0 {
+            d.error(format!("{epath}.weight"), "must be > 0");
+        }
+        match resolve_endpoint(&e.address) {
+            Ok(address) => endpoints.push(Endpoint {
+                address,
+                weight: e.weight.max(1),
+            }),
+            Err(problem) => d.error(epath, problem),
+        }
+    }
+    endpoints
+}
+
 fn compile_cluster(
     name: &str,
     c: &ClusterConfig,
@@ -490,24 +576,7 @@ fn compile_cluster(
     // Discovered endpoints replace the listed ones; until discovery answers, the listed
     // ones (possibly none: 503) serve.
     let listed = discovered.unwrap_or(&c.endpoints);
-    let mut endpoints = Vec::new();
-    for (i, e) in listed.iter().enumerate() {
-        let epath = if path.starts_with("sidecar") {
-            path.to_owned()
-        } else {
-            format!("{path}.endpoints[{i}]")
-        };
-        if e.weight == 0 {
-            d.error(format!("{epath}.weight"), "must be > 0");
-        }
-        match resolve_endpoint(&e.address) {
-            Ok(address) => endpoints.push(Endpoint {
-                address,
-                weight: e.weight.max(1),
-            }),
-            Err(problem) => d.error(epath, problem),
-        }
-    }
+    let endpoints = compile_endpoints(listed, path, d);
     for (key, dur) in [
         ("connect_timeout", c.connect_timeout),
         ("request_timeout", c.request_timeout),
@@ -1075,6 +1144,42 @@ mod tests {
         let loaded = parse(Path::new("t.toml"), text, Role::Ingress)
             .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
         compile(&loaded).map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn a_discovery_change_rebuilds_only_its_cluster() {
+        let text = "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
+            routes = [ { match = { path_prefix = \"/a\" }, cluster = \"a\" },\n\
+                       { match = { path_prefix = \"/b\" }, cluster = \"b\" } ]\n\
+            [clusters.a]\nendpoints = [\"127.0.0.1:9001\"]\n\
+            [clusters.b]\ndiscovery = { consul = { service = \"b\" } }\n";
+        let snap = compile_text(text).expect("compiles");
+        let endpoint = |address: &str| EndpointConfig {
+            address: address.into(),
+            weight: 1,
+            tags: Vec::new(),
+            meta: Default::default(),
+        };
+        let mut found = Discovered::new();
+        found.insert("b".into(), vec![endpoint("127.0.0.1:9002")]);
+        let next = snap
+            .with_discovered(&found)
+            .expect("resolves")
+            .expect("b changed");
+        let b = next.cluster_by_name("b").expect("b");
+        let a = next.cluster_by_name("a").expect("a");
+        assert_eq!(next.clusters[b].endpoints[0].address.port(), 9002);
+        assert!(Arc::ptr_eq(&next.clusters[a], &snap.clusters[a]), "a is shared");
+        assert!(Arc::ptr_eq(&next.listeners, &snap.listeners), "routes are shared");
+        assert_ne!(next.content_hash, snap.content_hash);
+        // The same answer again changes nothing; a cluster without discovery ignores one.
+        assert!(next.with_discovered(&found).expect("resolves").is_none());
+        found.insert("a".into(), vec![endpoint("127.0.0.1:9009")]);
+        assert!(next.with_discovered(&found).expect("resolves").is_none());
+        // An address that does not resolve refuses the update, naming the cluster.
+        found.insert("b".into(), vec![endpoint("nowhere")]);
+        let errors = next.with_discovered(&found).expect_err("refused");
+        assert!(errors.to_string().contains("clusters.b"), "{errors}");
     }
 
     #[test]

@@ -38,19 +38,27 @@ pub type ClusterId = usize;
 pub struct Snapshot {
     /// Monotonic per process; 0 until published.
     pub version: u64,
-    /// FNV-1a of the config text: equal text, equal hash.
+    /// FNV-1a of the config text and the files it references: equal config, equal
+    /// hash.
+    pub config_hash: u64,
+    /// `config_hash` with the discovered endpoints folded in: equal hash, nothing to
+    /// publish.
     pub content_hash: u64,
     pub role: Role,
     pub source_file: std::path::PathBuf,
     /// The config file's text, for `/config` (which redacts `consul.token`).
-    /// Kept as text: a deep copy of the parsed tree would cost every reload.
-    pub source_text: String,
+    /// Kept as text: a deep copy of the parsed tree would cost every reload. Shared by
+    /// the snapshots a discovery change derives from this one.
+    pub source_text: Arc<str>,
     pub runtime: RuntimeSettings,
     pub admin_address: SocketAddr,
     pub http: HttpConfig,
     pub http2: Http2Config,
-    pub listeners: Vec<Listener>,
-    pub clusters: Vec<Cluster>,
+    /// Shared, unchanged, by the snapshots a discovery change derives from this one.
+    pub listeners: Arc<[Listener]>,
+    /// One `Arc` per cluster: a discovery change replaces the clusters it touches and
+    /// shares the rest.
+    pub clusters: Vec<Arc<Cluster>>,
     pub consul: ConsulSettings,
     /// What a sidecar registers with the Consul agent.
     pub registration: Option<Registration>,
@@ -230,7 +238,7 @@ impl HeaderEdits {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Cluster {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
@@ -247,7 +255,7 @@ pub struct Cluster {
     pub pool_idle_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub address: SocketAddr,
     pub weight: u32,

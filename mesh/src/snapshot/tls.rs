@@ -27,7 +27,7 @@ use rustls_pki_types::ServerName;
 pub(crate) const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// TLS to a cluster's endpoints.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ClusterTls {
     pub client: Arc<ClientConfig>,
     /// SNI and the name the upstream's certificate must carry.
