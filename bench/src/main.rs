@@ -35,7 +35,7 @@ enum Command {
     /// Run scenarios against every available system and report.
     Run {
         /// Scenarios to run (default: all): h1-keepalive, h2-multiplexed, h2-multiplexed-h2load, h2-local-response, grpc-unary, tls-h1, tls-handshake, h1-fixed-rate,
-        /// h1-new-conn, h1-large-body, idle-conns, reload-under-load, reload-swap, scale.
+        /// h1-new-conn, h1-large-body, idle-conns, reload-under-load, reload-swap, discovery-swap, scale.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
         /// Systems (default: all available): direct, weft-io_uring, weft-epoll, nginx, haproxy.

@@ -43,9 +43,28 @@ pub fn markdown(samples: &[Sample]) -> String {
     );
     let mut idle = String::new();
     let mut swaps = String::new();
+    let mut discovery = String::new();
     for ((scenario, conns, workers, system), rows) in groups(samples) {
         let med = |f: &dyn Fn(&Sample) -> f64| median(rows.iter().map(|s| f(s)).collect());
         let errors: u64 = rows.iter().map(|s| s.errors).sum();
+        if scenario == "discovery-swap" {
+            let figs: Vec<_> = rows.iter().filter_map(|s| s.swap.clone()).collect();
+            let Some(f) = figs.first() else { continue };
+            let m = |g: &dyn Fn(&crate::run::SwapFigures) -> f64| {
+                median(figs.iter().map(g).collect())
+            };
+            let _ = writeln!(
+                discovery,
+                "| {system} | {} | {} | {} | {:.1} | {:.1} | {errors} | {} |",
+                f.routes,
+                f.clusters,
+                figs.iter().map(|f| f.swaps).sum::<usize>(),
+                m(&|f| f.median_ms),
+                m(&|f| f.max_ms),
+                rows.len()
+            );
+            continue;
+        }
         if scenario == "reload-swap" {
             // One row per load: closed loop (key 0), then each fixed rate.
             let mut by_load: BTreeMap<u64, Vec<&Sample>> = BTreeMap::new();
@@ -122,6 +141,10 @@ pub fn markdown(samples: &[Sample]) -> String {
     if !swaps.is_empty() {
         out += "\n| reload-swap: system | load | routes | clusters | swaps | SIGHUP->serving median ms | max ms | p99 us without swaps | p99 us with swaps | p99 ratio, median of rounds | p99 of all rounds pooled: without -> with | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
         out += &swaps;
+    }
+    if !discovery.is_empty() {
+        out += "\n| discovery-swap: system | routes | clusters | changes | answer->traffic median ms (median of rounds) | max ms (median of rounds) | errors | rounds |\n|---|---|---|---|---|---|---|---|\n";
+        out += &discovery;
     }
     if !idle.is_empty() {
         out += "\n| idle keep-alive connections: system | connections | RSS bytes per connection |\n|---|---|---|\n";

@@ -34,7 +34,7 @@ pub struct RunOpts {
     pub idle_connections: usize,
 }
 
-pub const SCENARIOS: [&str; 14] = [
+pub const SCENARIOS: [&str; 15] = [
     "h1-keepalive",
     "h2-multiplexed",
     "h2-multiplexed-h2load",
@@ -48,6 +48,7 @@ pub const SCENARIOS: [&str; 14] = [
     "idle-conns",
     "reload-under-load",
     "reload-swap",
+    "discovery-swap",
     "scale",
 ];
 
@@ -258,6 +259,7 @@ fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
                 ..one(50)
             },
         ],
+        "discovery-swap" => vec![one(1)],
         "scale" => {
             let mut w = 1;
             let mut out = Vec::new();
@@ -284,7 +286,7 @@ fn systems_for(scenario: &str, opts: &RunOpts) -> Vec<Kind> {
             .filter(|k| matches!(k, Kind::Weft { .. }))
             .cloned()
             .collect(),
-        "reload-swap" => opts
+        "reload-swap" | "discovery-swap" => opts
             .systems
             .iter()
             .filter(|k| {
@@ -335,6 +337,9 @@ fn measure(
 ) -> Result<Sample, String> {
     if scenario == "reload-swap" {
         return swap_latency(kind, point, round, opts, env, ups.small);
+    }
+    if scenario == "discovery-swap" {
+        return discovery_latency(kind, point, round, opts, env, ups.small);
     }
     let upstream = if scenario == "h1-large-body" {
         ups.large
@@ -673,6 +678,7 @@ fn one_line(s: &Sample) -> String {
 
 /// A weft config with `routes` exact-path routes over `clusters` clusters, plus a
 /// `/probe` route whose body says which variant is serving.
+#[allow(clippy::too_many_arguments)]
 fn big_config(
     port: u16,
     admin: u16,
@@ -681,6 +687,7 @@ fn big_config(
     clusters: usize,
     variant: u32,
     worker_cpu: usize,
+    discovered_c0: Option<&std::path::Path>,
 ) -> String {
     let preamble = systems::weft_preamble(&format!("workers = 1\ncpus = [{worker_cpu}]"), admin);
     let mut c = format!(
@@ -697,12 +704,153 @@ fn big_config(
     }
     c += "\n  [[listeners.routes]]\n  match = { path_prefix = \"/\" }\n  cluster = \"c0\"\n";
     for i in 0..clusters {
-        let _ = std::fmt::Write::write_fmt(
-            &mut c,
-            format_args!("\n[clusters.c{i}]\nendpoints = [\"{upstream}\"]\n"),
-        );
+        let _ = match (i, discovered_c0) {
+            (0, Some(file)) => std::fmt::Write::write_fmt(
+                &mut c,
+                format_args!(
+                    "\n[clusters.c0]\ndiscovery = {{ file = \"{}\" }}\n",
+                    file.display()
+                ),
+            ),
+            _ => std::fmt::Write::write_fmt(
+                &mut c,
+                format_args!("\n[clusters.c{i}]\nendpoints = [\"{upstream}\"]\n"),
+            ),
+        };
     }
     c
+}
+
+/// Endpoint changes per `discovery-swap` round.
+const DISCOVERY_CHANGES: usize = 20;
+
+/// Discovery answer -> traffic on the new endpoints, for the 10,000-route, 1,000-cluster
+/// config of `reload-swap` whose cluster `c0` is discovered from a watched file.
+///
+/// Each change rewrites that file (atomically, by rename), alternating the endpoint
+/// between the bench upstream (200) and a port nothing listens on (weft answers 502),
+/// and times it until a probe of a route to `c0` (polled every 1 ms on one keep-alive
+/// connection) shows the other answer. What it includes: the file watch noticing the
+/// change, reading it, publishing a snapshot that serves it, and the worker taking it
+/// up. No load runs beside it: this is the control plane's cost, not the request path's.
+fn discovery_latency(
+    kind: &Kind,
+    point: &Point,
+    round: usize,
+    opts: &RunOpts,
+    env: &Env,
+    upstream: SocketAddr,
+) -> Result<Sample, String> {
+    let (routes, clusters) = if opts.quick {
+        (1_000, 100)
+    } else {
+        (10_000, 1_000)
+    };
+    let (port, admin, dead) = (systems::free_port(), systems::free_port(), systems::free_port());
+    let config = env.dir.join("weft-discovery.toml");
+    let endpoints = env.dir.join("weft-discovery-c0.toml");
+    let write_endpoints = |to: SocketAddr| {
+        let staged = endpoints.with_extension("staged");
+        std::fs::write(&staged, format!("endpoints = [\"{to}\"]\n"))
+            .and_then(|()| std::fs::rename(&staged, &endpoints))
+            .map_err(|e| e.to_string())
+    };
+    write_endpoints(upstream)?;
+    let worker_cpu = opts.proxy_cpus.first().copied().unwrap_or(0);
+    std::fs::write(
+        &config,
+        big_config(port, admin, upstream, routes, clusters, 0, worker_cpu, Some(&endpoints)),
+    )
+    .map_err(|e| e.to_string())?;
+    let mask: Vec<String> = opts
+        .proxy_cpus
+        .iter()
+        .chain(&opts.load_cpus)
+        .map(|c| c.to_string())
+        .collect();
+    let mut child = Command::new("taskset")
+        .arg("-c")
+        .arg(mask.join(","))
+        .arg(kind.weft_bin(env))
+        .args(["ingress", "--config"])
+        .arg(&config)
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut probe = Prober::new(addr, "/r0");
+    let serving_upstream = |body: &Option<String>| body.as_deref().is_some_and(|b| !b.contains("502"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !serving_upstream(&probe.body()) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("weft with the discovered cluster did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut took = Vec::with_capacity(DISCOVERY_CHANGES);
+    let mut errors = 0u64;
+    for change in 0..DISCOVERY_CHANGES {
+        let to_upstream = change % 2 == 1;
+        let to = if to_upstream {
+            upstream
+        } else {
+            SocketAddr::from(([127, 0, 0, 1], dead))
+        };
+        let t = Instant::now();
+        write_endpoints(to)?;
+        loop {
+            let body = probe.body();
+            if body.is_some() && serving_upstream(&body) == to_upstream {
+                took.push(t.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                errors += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Past the watcher's coalescing, so each change is seen on its own.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut sorted = took.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    Ok(Sample {
+        scenario: "discovery-swap".into(),
+        system: kind.name(),
+        connections: point.connections,
+        workers: 1,
+        round,
+        rps: 0.0,
+        p50_us: 0,
+        p90_us: 0,
+        p99_us: 0,
+        p999_us: 0,
+        mean_latency_us: None,
+        errors,
+        cpu_us_per_req: None,
+        rss_kib: None,
+        idle_bytes_per_conn: None,
+        reloads: Some(took.len() as u64),
+        swap: Some(SwapFigures {
+            routes,
+            clusters,
+            swaps: took.len(),
+            median_ms: sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN),
+            max_ms: sorted.last().copied().unwrap_or(f64::NAN),
+            p99_without_swaps_us: 0,
+            p99_with_swaps_us: 0,
+            rate: None,
+            latency: None,
+        }),
+        curve: Vec::new(),
+    })
 }
 
 /// reload-swap's warm-up before its measured run.
@@ -745,7 +893,7 @@ fn swap_latency(
     let write = |variant: u32| {
         std::fs::write(
             &path,
-            big_config(port, admin, upstream, routes, clusters, variant, worker_cpu),
+            big_config(port, admin, upstream, routes, clusters, variant, worker_cpu, None),
         )
         .map_err(|e| e.to_string())
     };
@@ -759,7 +907,7 @@ fn swap_latency(
     let mut child = Command::new("taskset")
         .arg("-c")
         .arg(mask.join(","))
-        .arg(&env.weft_bin)
+        .arg(kind.weft_bin(env))
         .args(["ingress", "--config"])
         .arg(&path)
         .env("WEFT_LOG", "warn")
@@ -798,7 +946,7 @@ fn swap_latency(
         let path = path.clone();
         let pid = child.id() as i32;
         let texts: Vec<String> = (1..=2)
-            .map(|v| big_config(port, admin, upstream, routes, clusters, v, worker_cpu))
+            .map(|v| big_config(port, admin, upstream, routes, clusters, v, worker_cpu, None))
             .collect();
         std::thread::spawn(move || {
             let end = Instant::now() + SWAP_WARMUP + run;

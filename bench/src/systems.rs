@@ -53,6 +53,14 @@ impl Kind {
         Some(Kind::Weft { driver, pgo })
     }
 
+    /// The weft binary this system runs (the profile-guided build for `-pgo`).
+    pub fn weft_bin<'e>(&self, env: &'e Env) -> &'e Path {
+        match self {
+            Kind::Weft { pgo: true, .. } => &env.weft_pgo_bin,
+            _ => &env.weft_bin,
+        }
+    }
+
     /// Whether the system can run here (peers are optional Debian packages; the
     /// profile-guided build exists once `bench/pgo-build.sh` has made it).
     pub fn available(&self, weft_pgo_bin: &Path) -> bool {
@@ -404,7 +412,7 @@ pub fn start(
     let config;
     match kind {
         Kind::Direct => unreachable!("handled above"),
-        Kind::Weft { driver, pgo } => {
+        Kind::Weft { driver, .. } => {
             let admin_port = free_port();
             admin = Some(SocketAddr::from(([127, 0, 0, 1], admin_port)));
             let path = env.dir.join(format!("weft-{driver}.toml"));
@@ -427,11 +435,7 @@ pub fn start(
                     (protocol == Protocol::Tls).then_some(env.dir.as_path()),
                 ),
             )?;
-            cmd.arg(if *pgo {
-                &env.weft_pgo_bin
-            } else {
-                &env.weft_bin
-            })
+            cmd.arg(kind.weft_bin(env))
             .arg("ingress")
             .arg("--config")
             .arg(&path)

@@ -90,7 +90,12 @@ impl Weft {
     /// Like `start`, with the config file written into `dir` (where relative paths
     /// in it, such as certificates, resolve).
     pub fn start_in(dir: &Path, role: &str, config: &str, admin: SocketAddr) -> Weft {
-        Self::start_at(Some(dir), &[], role, config, admin, &["--workers", "2"])
+        Self::start_at(Some(dir), &[], role, config, admin, &["--workers", "2"], "info")
+    }
+
+    /// Like `start`, logging with `WEFT_LOG=filter` (an `EnvFilter` directive list).
+    pub fn start_logging(role: &str, config: &str, admin: SocketAddr, filter: &str) -> Weft {
+        Self::start_at(None, &[], role, config, admin, &["--workers", "2"], filter)
     }
 
     /// Like `start_with`, run under a wrapper command such as `["taskset", "-c", "1"]`.
@@ -101,7 +106,7 @@ impl Weft {
         admin: SocketAddr,
         extra: &[&str],
     ) -> Weft {
-        Self::start_at(None, wrapper, role, config, admin, extra)
+        Self::start_at(None, wrapper, role, config, admin, extra, "info")
     }
 
     fn start_at(
@@ -111,6 +116,7 @@ impl Weft {
         config: &str,
         admin: SocketAddr,
         extra: &[&str],
+        log_filter: &str,
     ) -> Weft {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = config_dir.unwrap_or(dir.path()).join("weft.toml");
@@ -130,7 +136,7 @@ impl Weft {
             .arg("--config")
             .arg(&config_path)
             .args(extra)
-            .env("WEFT_LOG", "info")
+            .env("WEFT_LOG", log_filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -291,6 +291,7 @@ impl<'c, S: ClientStream> H1Exchange<'c, S> {
 }
 
 impl<'c, S: ClientStream> ClientSide for H1Exchange<'c, S> {
+    const PROTOCOL: &'static str = "http1";
     type Request = Facts<'c>;
     type Next = Next;
 

@@ -317,6 +317,7 @@ struct H2Stream<'a> {
 }
 
 impl<'a> ClientSide for H2Stream<'a> {
+    const PROTOCOL: &'static str = "http2";
     type Request = H2Facts<'a>;
     type Next = StreamEnd;
 

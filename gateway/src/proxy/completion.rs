@@ -140,6 +140,8 @@ pub struct Decided<'r> {
 
 pub struct Completion<'x, 'r> {
     x: &'x Exchange<'r>,
+    /// The client protocol (`http1`, `http2`).
+    pub protocol: &'static str,
     pub route: Option<&'r Arc<Route>>,
     pub cluster: Option<ClusterId>,
     pub endpoint: Option<SocketAddr>,
@@ -157,7 +159,12 @@ pub struct Completion<'x, 'r> {
 }
 
 impl<'x, 'r> Completion<'x, 'r> {
-    pub fn new(x: &'x Exchange<'r>, decided: Decided<'r>, progress: &Progress) -> Self {
+    pub fn new(
+        x: &'x Exchange<'r>,
+        protocol: &'static str,
+        decided: Decided<'r>,
+        progress: &Progress,
+    ) -> Self {
         let error = decided.error;
         // What the client got: the response it was sent, else weft's error answer. A
         // client that went away got nothing (`cancelled`); one that stalled is cut off
@@ -177,6 +184,7 @@ impl<'x, 'r> Completion<'x, 'r> {
         };
         Completion {
             x,
+            protocol,
             route: decided.route,
             cluster: decided.cluster,
             endpoint: progress.endpoint.get(),
@@ -242,6 +250,7 @@ impl<'x, 'r> Completion<'x, 'r> {
             target: "weft::completion",
             listener = %self.x.bound.name,
             peer = %self.x.conn.peer,
+            protocol = self.protocol,
             route = self.route.map(|r| r.name.as_str()),
             cluster = self.cluster.map(|c| self.x.snapshot.clusters[c].name.as_str()),
             endpoint = ?self.endpoint,

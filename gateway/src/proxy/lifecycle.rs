@@ -42,6 +42,9 @@ pub enum LocalAnswer<'r> {
 
 /// How one client protocol takes part in the lifecycle.
 pub trait ClientSide {
+    /// The client protocol, as the completion record and the connection metrics name
+    /// it (`http1`, `http2`).
+    const PROTOCOL: &'static str;
     type Request: Request;
     /// What the client connection does after the exchange (HTTP/1.1: keep alive, close
     /// or tunnel; HTTP/2: how the stream ended, for the rapid-reset defence).
@@ -87,7 +90,7 @@ pub struct Plan<'p> {
 pub async fn run<C: ClientSide>(x: &Exchange<'_>, client: &mut C) -> C::Next {
     let progress = Progress::new();
     let (next, decided) = decide_and_relay(x, client, &progress).await;
-    let record = Completion::new(x, decided, &progress);
+    let record = Completion::new(x, C::PROTOCOL, decided, &progress);
     record.count();
     record.trace();
     next
@@ -123,6 +126,9 @@ async fn decide_and_relay<'s, C: ClientSide>(
     let fwd = match &route.action {
         RouteAction::Direct(d) => {
             progress.began(d.status);
+            if !client.request().head_only() {
+                progress.gave(d.body.len());
+            }
             let next = client
                 .answer(x, LocalAnswer::Direct(d, &route.response_headers))
                 .await;
