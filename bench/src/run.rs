@@ -721,6 +721,35 @@ fn big_config(
     c
 }
 
+/// Starts weft on a big config for the swap scenarios. The worker is pinned to the
+/// proxy CPU by the config; the process mask also spans the load CPUs, so the control
+/// thread does its work beside the worker, not on its core (a deployment gives the
+/// control thread a core of its own the same way).
+fn spawn_big_weft(
+    kind: &Kind,
+    env: &Env,
+    opts: &RunOpts,
+    config: &std::path::Path,
+) -> Result<Child, String> {
+    let mask: Vec<String> = opts
+        .proxy_cpus
+        .iter()
+        .chain(&opts.load_cpus)
+        .map(|c| c.to_string())
+        .collect();
+    Command::new("taskset")
+        .arg("-c")
+        .arg(mask.join(","))
+        .arg(kind.weft_bin(env))
+        .args(["ingress", "--config"])
+        .arg(config)
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())
+}
+
 /// Endpoint changes per `discovery-swap` round.
 const DISCOVERY_CHANGES: usize = 20;
 
@@ -762,23 +791,7 @@ fn discovery_latency(
         big_config(port, admin, upstream, routes, clusters, 0, worker_cpu, Some(&endpoints)),
     )
     .map_err(|e| e.to_string())?;
-    let mask: Vec<String> = opts
-        .proxy_cpus
-        .iter()
-        .chain(&opts.load_cpus)
-        .map(|c| c.to_string())
-        .collect();
-    let mut child = Command::new("taskset")
-        .arg("-c")
-        .arg(mask.join(","))
-        .arg(kind.weft_bin(env))
-        .args(["ingress", "--config"])
-        .arg(&config)
-        .env("WEFT_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+    let mut child = spawn_big_weft(kind, env, opts, &config)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut probe = Prober::new(addr, "/r0");
     let serving_upstream = |body: &Option<String>| body.as_deref().is_some_and(|b| !b.contains("502"));
@@ -886,9 +899,6 @@ fn swap_latency(
     };
     let (port, admin) = (systems::free_port(), systems::free_port());
     let path = env.dir.join("weft-swap.toml");
-    // The worker is pinned to the proxy CPU; the process mask also spans the load CPUs,
-    // so the control thread compiles the new config beside the worker, not on its core
-    // (a deployment gives the control thread a core of its own the same way).
     let worker_cpu = opts.proxy_cpus.first().copied().unwrap_or(0);
     let write = |variant: u32| {
         std::fs::write(
@@ -898,23 +908,7 @@ fn swap_latency(
         .map_err(|e| e.to_string())
     };
     write(0)?;
-    let mask: Vec<String> = opts
-        .proxy_cpus
-        .iter()
-        .chain(&opts.load_cpus)
-        .map(|c| c.to_string())
-        .collect();
-    let mut child = Command::new("taskset")
-        .arg("-c")
-        .arg(mask.join(","))
-        .arg(kind.weft_bin(env))
-        .args(["ingress", "--config"])
-        .arg(&path)
-        .env("WEFT_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+    let mut child = spawn_big_weft(kind, env, opts, &path)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(20);
     while http_get(addr, "/probe").is_none() {

@@ -16,7 +16,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
 
-use super::{connect_h1, idempotent, write_to_client, Next};
+use super::{
+    connect_h1, continue_if_expected, idempotent, request_body_copy, write_to_client, Next,
+};
 use crate::proto::h1::body::{copy_body, BodyCopy, BodyError};
 use crate::proto::h1::head::{parse_response, BodyFraming, RequestHead, ResponseHead, Version};
 use crate::proxy::completion::Progress;
@@ -150,21 +152,8 @@ async fn send_request<S: ClientStream>(
     }
     let has_body = head.framing != BodyFraming::None;
     if has_body {
-        if head.expect_continue
-            && !progress.continue_sent.replace(true)
-            && !write_to_client(x, client, &b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await
-        {
-            return Err(ProxyError::ClientGone);
-        }
-        let http = &x.snapshot.http;
-        let spec = BodyCopy {
-            framing: head.framing,
-            max_bytes: http.max_request_body_bytes,
-            read_timeout: http.idle_timeout.0,
-            write_timeout: plan.cluster.read_timeout,
-            dechunk: false,
-            max_trailer_bytes: http.max_header_bytes,
-        };
+        continue_if_expected(x, client, head, progress).await?;
+        let spec = request_body_copy(x, head, plan, false);
         progress.took(0);
         match copy_body(client, &mut up.conn.stream, &spec).await {
             Ok(n) => progress.took(n as usize),

@@ -18,8 +18,8 @@ use bytes::Bytes;
 use h2::SendStream;
 
 use super::h1_to_h1::request_body_error;
-use super::{open_h2, write_to_client, Next};
-use crate::proto::h1::body::{copy_body, BodyCopy, BodyError, BodySink};
+use super::{continue_if_expected, open_h2, request_body_copy, write_to_client, Next};
+use crate::proto::h1::body::{copy_body, BodyError, BodySink};
 use crate::proto::h1::chunked::{encode_chunk, last_chunk};
 use crate::proto::h1::head::{BodyFraming, Version};
 use crate::proxy::completion::Progress;
@@ -99,21 +99,8 @@ pub async fn relay<S: ClientStream>(
     // side); the answer is still relayed, and the connection closed after.
     let mut body_unread = false;
     if has_body {
-        if head.expect_continue
-            && !progress.continue_sent.replace(true)
-            && !write_to_client(x, client, &b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await
-        {
-            return Err(ProxyError::ClientGone);
-        }
-        let http = &x.snapshot.http;
-        let spec = BodyCopy {
-            framing: head.framing,
-            max_bytes: http.max_request_body_bytes,
-            read_timeout: http.idle_timeout.0,
-            write_timeout: cluster.read_timeout,
-            dechunk: true,
-            max_trailer_bytes: http.max_header_bytes,
-        };
+        continue_if_expected(x, client, head, progress).await?;
+        let spec = request_body_copy(x, head, plan, true);
         let mut sink = StreamSink {
             stream: &mut upstream_body,
             timers: &x.worker.idle_timers,

@@ -24,6 +24,8 @@ use super::exchange::Exchange;
 use super::facts::H2Facts;
 use super::flow::{Pace, SendError};
 use super::lifecycle::Plan;
+use crate::proto::h1::body::BodyCopy;
+use crate::proto::h1::head::RequestHead;
 use crate::transport::{ClientStream, Conn, UpstreamStream};
 use crate::upstream::{ConnectError, ConnectFailure, H2Stream, Upstream};
 
@@ -143,6 +145,38 @@ fn client_pace<'x>(x: &'x Exchange<'_>, facts: &'x H2Facts<'_>) -> Pace<'x> {
         x.snapshot.http.idle_timeout.0,
         Some(facts.send_budget),
     )
+}
+
+/// `100 Continue` to an HTTP/1.1 client whose request expects it, once per exchange,
+/// just before its body is read.
+async fn continue_if_expected<S: ClientStream>(
+    x: &Exchange<'_>,
+    client: &mut Conn<S>,
+    head: &RequestHead,
+    progress: &Progress,
+) -> Result<(), ProxyError> {
+    if head.expect_continue
+        && !progress.continue_sent.replace(true)
+        && !write_to_client(x, client, &b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await
+    {
+        return Err(ProxyError::ClientGone);
+    }
+    Ok(())
+}
+
+/// How an HTTP/1.1 client's request body is copied upstream: within the body limit,
+/// each piece from the client within the idle timeout, into the upstream within the
+/// cluster's read timeout; `dechunk` for an HTTP/2 upstream, which frames it itself.
+fn request_body_copy(x: &Exchange<'_>, head: &RequestHead, plan: &Plan<'_>, dechunk: bool) -> BodyCopy {
+    let http = &x.snapshot.http;
+    BodyCopy {
+        framing: head.framing,
+        max_bytes: http.max_request_body_bytes,
+        read_timeout: http.idle_timeout.0,
+        write_timeout: plan.cluster.read_timeout,
+        dechunk,
+        max_trailer_bytes: http.max_header_bytes,
+    }
 }
 
 /// A send to an HTTP/2 client that failed: it went away, or stopped reading.
