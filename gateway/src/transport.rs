@@ -11,7 +11,7 @@
 //!
 //! Idle connections hold no buffer: `fill_within` waits with a cancelable read for a
 //! short while (the fast path of busy keep-alive clients), then gives the buffer back,
-//! and the caller waits for readiness alone (see `proxy::serve`).
+//! and the caller waits for readiness alone (see `proxy::client_h1::serve_conn`).
 
 use std::future::{poll_fn, Future};
 use std::io;
