@@ -32,6 +32,10 @@ pub const CONNECTION_SPECIFIC: [&str; 6] = [
 /// `Connection` token nor a route's header edits may touch.
 pub const MANAGED: [&str; 3] = ["content-length", "transfer-encoding", "host"];
 
+/// Response fields only weft may write: an upstream's `x-weft-error` would make its own
+/// failure look like one weft made (and hide which side failed).
+pub const WEFT_MADE: [&str; 1] = ["x-weft-error"];
+
 fn any(list: &[&str], name: &[u8]) -> bool {
     list.iter().any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
 }
@@ -46,6 +50,11 @@ pub fn is_connection_specific(name: &[u8]) -> bool {
 
 pub fn is_managed(name: &[u8]) -> bool {
     any(&MANAGED, name)
+}
+
+/// A response field an upstream's response never carries through weft.
+pub fn is_weft_made(name: &[u8]) -> bool {
+    any(&WEFT_MADE, name)
 }
 
 /// Fields that frame a message (`content-length`, `transfer-encoding`): weft writes

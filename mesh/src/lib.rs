@@ -7,4 +7,5 @@
 
 pub mod config;
 pub mod fields;
+pub mod host;
 pub mod snapshot;

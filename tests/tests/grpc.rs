@@ -28,6 +28,7 @@ name = "grpc"
 address = "{listen}"
 routes = [
   {{ name = "slow", match = {{ grpc_service = "test.Echo", grpc_method = "Unary", headers = [{{ name = "x-route", value = "capped" }}] }}, cluster = "app", timeout = "300ms" }},
+  {{ name = "cluster-cap", match = {{ grpc_service = "test.Echo", headers = [{{ name = "x-route", value = "cluster-cap" }}] }}, cluster = "brief" }},
   {{ name = "weft-deadline", match = {{ grpc_service = "test.Echo", headers = [{{ name = "x-route", value = "hidden-deadline" }}] }}, cluster = "app", request_headers = {{ remove = ["grpc-timeout"] }} }},
   {{ name = "echo", match = {{ grpc_service = "test.Echo" }}, cluster = "app" }},
   {{ name = "health", match = {{ grpc_service = "grpc.health.v1.Health" }}, cluster = "app" }},
@@ -38,6 +39,12 @@ routes = [
 [clusters.app]
 protocol = "http2"
 endpoints = ["{app}"]
+
+# The same app, with a short request timeout: it caps any grpc-timeout.
+[clusters.brief]
+protocol = "http2"
+endpoints = ["{app}"]
+request_timeout = "400ms"
 
 [clusters.down]
 protocol = "http2"
@@ -306,6 +313,27 @@ fn deadlines_from_grpc_timeout_and_the_route_cap() {
             started.elapsed()
         );
 
+        // A route without a timeout caps the client's deadline by the cluster's
+        // request_timeout (400 ms): `99999999H` once held the call as long as it asked.
+        let started = Instant::now();
+        let (status, headers) = h2_call(
+            s.listen,
+            "/test.Echo/Unary",
+            &[
+                ("grpc-timeout", "99999999H"),
+                ("x-sleep-ms", "3000"),
+                ("x-route", "cluster-cap"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(headers.get("grpc-status").unwrap(), "4", "{headers:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+
         // A generous client deadline is capped by the route's 300 ms timeout.
         let mut req = Request::new(Bytes::from_static(b"slow"));
         req.set_timeout(Duration::from_secs(30));
@@ -345,7 +373,7 @@ fn deadlines_from_grpc_timeout_and_the_route_cap() {
             &format!("grpc_status=\"{code}\""),
         ])
     };
-    assert_eq!(grpc("4"), 2.0, "{}", s.weft.admin_get("/metrics").1);
+    assert_eq!(grpc("4"), 3.0, "{}", s.weft.admin_get("/metrics").1);
     assert_eq!(grpc("0"), 1.0);
 }
 

@@ -25,9 +25,10 @@ use super::exchange::Exchange;
 use super::facts::{Facts, Request};
 use super::lifecycle::{self, ClientSide, LocalAnswer, Plan};
 use super::relay::{self, write_to_client};
-use super::{local, tunnel};
+use super::local::{self, Persistence};
+use super::tunnel;
 use crate::observe::metrics::Family;
-use crate::proto::h1::head::{parse_request, BodyFraming, RequestHead};
+use crate::proto::h1::head::{parse_request, BodyFraming, RequestHead, Version};
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::{ClientStream, Conn, PollStream, ReadError, UpstreamStream};
 use weft_mesh::config::UpstreamProtocol;
@@ -209,7 +210,7 @@ async fn turn<S: ClientStream>(
                     ]
                 },
             );
-            let out = local::error(status, error.reason(), true, false);
+            let out = local::error(status, error.reason(), Persistence::Close, false);
             write_to_client(&x, client, out).await;
             return Turn::Done(Next::Close);
         }
@@ -280,6 +281,16 @@ impl<'c, S: ClientStream> H1Exchange<'c, S> {
         lifecycle::run(x, &mut exchange).await
     }
 
+    /// What a local answer says about the connection: closing, or staying (in words for
+    /// an HTTP/1.0 client, which would otherwise take the answer to end it).
+    fn persistence(&self, close: bool) -> Persistence {
+        match (close, self.facts.head.version) {
+            (true, _) => Persistence::Close,
+            (false, Version::H10) => Persistence::KeepAlive10,
+            (false, _) => Persistence::Keep,
+        }
+    }
+
     /// Writes a whole answer, then keeps the connection or closes it.
     async fn answer_with(&mut self, x: &Exchange<'_>, out: bytes::BytesMut, close: bool) -> Next {
         if write_to_client(x, self.client, out).await && !close {
@@ -309,15 +320,16 @@ impl<'c, S: ClientStream> ClientSide for H1Exchange<'c, S> {
 
     async fn answer(&mut self, x: &Exchange<'_>, answer: LocalAnswer<'_>) -> Next {
         let (close, head_only) = (self.close_local, self.facts.head_only());
+        let persist = self.persistence(close);
         let out = match answer {
             LocalAnswer::Direct(d, edits) => {
-                local::direct(d.status, &d.content_type, &d.body, edits, close, head_only)
+                local::direct(d.status, &d.content_type, &d.body, edits, persist, head_only)
             }
             LocalAnswer::Redirect { status, location } => local::response(
                 status,
                 "text/plain",
                 b"",
-                close,
+                persist,
                 head_only,
                 &[("location", &location)],
             ),
@@ -350,7 +362,8 @@ impl<'c, S: ClientStream> ClientSide for H1Exchange<'c, S> {
             return Next::Close;
         }
         let close = self.close_local || progress.attempts.get() > 0;
-        let out = local::error(error.status(), error.reason(), close, self.facts.head_only());
+        let persist = self.persistence(close);
+        let out = local::error(error.status(), error.reason(), persist, self.facts.head_only());
         self.answer_with(x, out, close).await
     }
 }

@@ -470,14 +470,18 @@ fn reply_error(
 /// and a stream task must not carry it inline. The box is made here, in a plain
 /// function, because an async fn that calls `Box::pin(f(..))` itself keeps room for the
 /// unboxed future in its own state: the stream task measured 11 KiB with the box made
-/// inline, copied whole on every spawn. The relay is chosen by a match inside the box,
-/// not through a `dyn` future.
+/// inline, copied whole on every spawn. Each leg gets a box of its own size: one box
+/// for either (a match inside an async block) was as large as the larger, and moving
+/// 10 KiB per request to an HTTP/1.1 upstream cost 12% more CPU at h2 50 x 10.
 fn upstream_exchange<'a>(
     x: &'a Exchange<'a>,
     stream: &'a mut H2Stream<'_>,
     plan: &'a Plan<'a>,
     progress: &'a Progress,
-) -> Pin<Box<impl Future<Output = Result<(), ProxyError>> + 'a>> {
+) -> UpstreamLeg<
+    impl Future<Output = Result<(), ProxyError>> + 'a,
+    impl Future<Output = Result<(), ProxyError>> + 'a,
+> {
     let H2Stream {
         facts,
         body,
@@ -485,16 +489,33 @@ fn upstream_exchange<'a>(
         sent,
     } = stream;
     let facts = &*facts;
-    Box::pin(async move {
-        match plan.cluster.protocol {
-            UpstreamProtocol::Http1 => {
-                relay::h2_to_h1::relay(x, facts, body, respond, sent, plan, progress).await
-            }
-            UpstreamProtocol::Http2 => {
-                relay::h2_to_h2::relay(x, facts, body, respond, sent, plan, progress).await
-            }
+    match plan.cluster.protocol {
+        UpstreamProtocol::Http1 => UpstreamLeg::Http1(Box::pin(relay::h2_to_h1::relay(
+            x, facts, body, respond, sent, plan, progress,
+        ))),
+        UpstreamProtocol::Http2 => UpstreamLeg::Http2(Box::pin(relay::h2_to_h2::relay(
+            x, facts, body, respond, sent, plan, progress,
+        ))),
+    }
+}
+
+/// The relay of one upstream protocol, boxed at its own size; polled by a match, not
+/// through a `dyn` future.
+enum UpstreamLeg<A, B> {
+    Http1(Pin<Box<A>>),
+    Http2(Pin<Box<B>>),
+}
+
+impl<T, A: Future<Output = T>, B: Future<Output = T>> Future for UpstreamLeg<A, B> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        // Both arms are `Pin<Box<_>>`, which is `Unpin`: so is the enum.
+        match self.get_mut() {
+            UpstreamLeg::Http1(f) => f.as_mut().poll(cx),
+            UpstreamLeg::Http2(f) => f.as_mut().poll(cx),
         }
-    })
+    }
 }
 
 /// After an early error response, reads and drops what is left of the request body (a

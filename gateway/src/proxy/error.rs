@@ -84,6 +84,8 @@ pub enum ProxyError {
     ResponseTimeout,
     GrpcDeadline,
     BadResponseHead,
+    /// More interim (1xx) responses than `MAX_INTERIM_RESPONSES` before the final one.
+    TooManyInterimResponses,
     ResponseHeadNotValidForHttp2,
     SwitchWithoutUpgrade,
     /// The upstream sent nothing of its response body for the cluster's read timeout.
@@ -122,6 +124,7 @@ impl ProxyError {
             | ClosedDuringResponseHead
             | UpstreamReset(_)
             | BadResponseHead
+            | TooManyInterimResponses
             | ResponseHeadNotValidForHttp2
             | SwitchWithoutUpgrade
             | ResponseBodyBroken => 502,
@@ -164,6 +167,7 @@ impl ProxyError {
             ResponseTimeout => "upstream response timeout",
             GrpcDeadline => "gRPC deadline exceeded",
             BadResponseHead => "invalid response head from upstream",
+            TooManyInterimResponses => "upstream sent too many interim responses",
             ResponseHeadNotValidForHttp2 => "upstream response headers not valid in HTTP/2",
             SwitchWithoutUpgrade => "upstream switched protocols without an upgrade request",
             ResponseBodyStalled => "upstream stalled during the response body",
@@ -221,6 +225,7 @@ impl ProxyError {
             ResponseTimeout => "response_timeout",
             GrpcDeadline => "grpc_deadline",
             BadResponseHead => "bad_response_head",
+            TooManyInterimResponses => "too_many_interim_responses",
             ResponseHeadNotValidForHttp2 => "response_head_not_valid_for_http2",
             SwitchWithoutUpgrade => "switch_without_upgrade",
             ResponseBodyStalled => "response_body_stalled",

@@ -86,7 +86,7 @@ fn split_absolute(target: &str) -> (Option<&str>, &str) {
     }
 }
 
-/// Lowercase host without port; `[v6]` keeps its brackets.
+/// Lowercase host without port or a trailing dot; `[v6]` keeps its brackets.
 fn normalize_host(authority: &str) -> Cow<'_, str> {
     let authority = authority.rsplit('@').next().unwrap_or(authority);
     let host = if authority.starts_with('[') {
@@ -95,7 +95,10 @@ fn normalize_host(authority: &str) -> Cow<'_, str> {
             None => authority,
         }
     } else {
-        authority.split(':').next().unwrap_or(authority)
+        let name = authority.split(':').next().unwrap_or(authority);
+        // `admin.example.com.` is the same name, fully qualified: it must meet the same
+        // routes (it once went past a host route to whatever matched next).
+        name.strip_suffix('.').unwrap_or(name)
     };
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
@@ -290,5 +293,7 @@ mod tests {
         assert_eq!(split_absolute("/a"), (None, "/a"));
         assert_eq!(normalize_host("Shop.Example.com:8080"), "shop.example.com");
         assert_eq!(normalize_host("[::1]:80"), "[::1]");
+        assert_eq!(normalize_host("Admin.Example.com.:443"), "admin.example.com");
+        assert_eq!(normalize_host("admin.example.com."), "admin.example.com");
     }
 }

@@ -82,7 +82,8 @@ pub struct Plan<'p> {
     /// How long the upstream has for its response head: the route's timeout (or the
     /// cluster's), shortened by a gRPC call's deadline.
     pub response_timeout: Duration,
-    /// When a gRPC call with a `grpc-timeout` must be over, head, bodies and all.
+    /// When a gRPC call with a `grpc-timeout` must be over, head, bodies and all: its
+    /// `grpc-timeout`, capped by the route's timeout (or the cluster's).
     pub call_deadline: Option<Instant>,
 }
 
@@ -204,14 +205,15 @@ fn plan<'p>(
     let cluster_id = fwd.target(|total| fastrand::u32(0..total)).cluster;
     let cluster = &x.snapshot.clusters[cluster_id];
     let timeout = route.timeout.unwrap_or(cluster.request_timeout);
-    let grpc_timeout = request.grpc_timeout();
+    // A client's `grpc-timeout` may shorten the configured timeout, never lengthen it:
+    // `99999999H` to a silent upstream must not hold the call for as long as it asks.
+    let grpc_timeout = request.grpc_timeout().map(|t| t.min(timeout));
     Plan {
         route,
         forward: fwd,
         cluster_id,
         cluster,
-        response_timeout: grpc_timeout.map_or(timeout, |t| t.min(timeout)),
-        call_deadline: grpc_timeout
-            .map(|t| Instant::now() + route.timeout.map_or(t, |r| r.min(t))),
+        response_timeout: grpc_timeout.unwrap_or(timeout),
+        call_deadline: grpc_timeout.map(|t| Instant::now() + t),
     }
 }

@@ -10,13 +10,26 @@ use weft_mesh::snapshot::{HeaderEdits, Redirect};
 
 use crate::proto::h1::reason;
 
-/// Builds a complete response. `close` adds `connection: close`; `head_only` omits the
+/// What a local answer says about its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// `connection: close`: the connection ends after this answer.
+    Close,
+    /// Nothing: an HTTP/1.1 connection stays by default.
+    Keep,
+    /// `connection: keep-alive`: an HTTP/1.0 client keeps its connection only when the
+    /// answer says so (RFC 9112 §9.3), as the forwarded path already tells it.
+    KeepAlive10,
+}
+
+/// Builds a complete response. `persistence` says whether the connection stays;
+/// `head_only` omits the
 /// body (HEAD requests) but keeps its length.
 pub fn response(
     status: u16,
     content_type: &str,
     body: &[u8],
-    close: bool,
+    persistence: Persistence,
     head_only: bool,
     extra: &[(&str, &str)],
 ) -> BytesMut {
@@ -30,8 +43,10 @@ pub fn response(
     for (name, value) in extra {
         let _ = write!(out, "{name}: {value}\r\n");
     }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
+    match persistence {
+        Persistence::Close => out.extend_from_slice(b"connection: close\r\n"),
+        Persistence::KeepAlive10 => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        Persistence::Keep => {}
     }
     out.extend_from_slice(b"\r\n");
     if !head_only {
@@ -46,13 +61,13 @@ pub fn error_body(status: u16, why: &str) -> String {
 }
 
 /// A proxy-made error: short reason in the body and in `x-weft-error`.
-pub fn error(status: u16, why: &str, close: bool, head_only: bool) -> BytesMut {
+pub fn error(status: u16, why: &str, persistence: Persistence, head_only: bool) -> BytesMut {
     let body = error_body(status, why);
     response(
         status,
         "text/plain",
         body.as_bytes(),
-        close,
+        persistence,
         head_only,
         &[("x-weft-error", why)],
     )
@@ -75,14 +90,14 @@ pub fn direct(
     content_type: &str,
     body: &[u8],
     edits: &HeaderEdits,
-    close: bool,
+    persistence: Persistence,
     head_only: bool,
 ) -> BytesMut {
     response(
         status,
         content_type,
         body,
-        close,
+        persistence,
         head_only,
         &direct_headers(edits),
     )
@@ -125,7 +140,7 @@ mod tests {
 
     #[test]
     fn errors_say_why_in_body_and_header() {
-        let out = text(error(502, "upstream connection failed", true, false));
+        let out = text(error(502, "upstream connection failed", Persistence::Close, false));
         assert!(out.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{out}");
         assert!(
             out.contains("x-weft-error: upstream connection failed\r\n"),
@@ -141,8 +156,16 @@ mod tests {
     }
 
     #[test]
+    fn http10_keep_alive_is_said_and_http11_needs_no_word() {
+        let kept = text(response(204, "text/plain", b"", Persistence::KeepAlive10, false, &[]));
+        assert!(kept.contains("connection: keep-alive\r\n"), "{kept}");
+        let default = text(response(204, "text/plain", b"", Persistence::Keep, false, &[]));
+        assert!(!default.contains("connection:"), "{default}");
+    }
+
+    #[test]
     fn head_answers_keep_the_length_and_drop_the_body() {
-        let out = text(response(200, "text/plain", b"hello", false, true, &[]));
+        let out = text(response(200, "text/plain", b"hello", Persistence::Keep, true, &[]));
         assert!(out.contains("content-length: 5\r\n"), "{out}");
         assert!(out.ends_with("\r\n\r\n") && !out.contains("hello"), "{out}");
         assert!(!out.contains("connection:"), "{out}");
@@ -157,7 +180,7 @@ mod tests {
             ],
             remove: Vec::new(),
         };
-        let out = text(direct(200, "text/plain", b"ok", &edits, false, false));
+        let out = text(direct(200, "text/plain", b"ok", &edits, Persistence::Keep, false));
         assert!(out.contains("x-served-by: weft\r\n"), "{out}");
         assert_eq!(out.matches("content-type").count(), 1, "{out}");
     }

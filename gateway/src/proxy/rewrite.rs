@@ -404,7 +404,7 @@ pub fn h1_response_head_from_h2(
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
     for (name, value) in &resp.headers {
         let name = name.as_str().as_bytes();
-        if !edits.drops(name) && !fields::is_framing(name) {
+        if !edits.drops(name) && !fields::is_framing(name) && !fields::is_weft_made(name) {
             push_header(&mut out, name, value.as_bytes());
         }
     }
@@ -516,7 +516,10 @@ pub fn response_head(
             }
             continue;
         }
-        if resp.is_hop_by_hop(f, &resp.connection) || edits.drops(name) {
+        if resp.is_hop_by_hop(f, &resp.connection)
+            || edits.drops(name)
+            || fields::is_weft_made(name)
+        {
             continue;
         }
         push_header(&mut out, name, resp.value(f));

@@ -379,12 +379,14 @@ fn compile_runtime(cfg: &ConfigFile, d: &mut Diagnostics) -> RuntimeSettings {
         if cpus.is_empty() {
             d.error("runtime.cpus", "must list at least one CPU, or be left out");
         }
-        let max = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .max(1024);
-        if let Some(bad) = cpus.iter().find(|&&c| c >= max) {
-            d.error("runtime.cpus", format!("CPU {bad} does not exist"));
+        // The check startup makes, made here: `weft check`, a reload and startup
+        // refuse the same lists.
+        let allowed = crate::host::allowed_cpus();
+        if let Some(bad) = cpus.iter().find(|c| !allowed.contains(c)) {
+            d.error(
+                "runtime.cpus",
+                format!("CPU {bad} is not in this process's affinity mask (allowed: {allowed:?})"),
+            );
         }
     }
     if let Some(e) = r.uring.entries {
@@ -407,9 +409,18 @@ fn compile_runtime(cfg: &ConfigFile, d: &mut Diagnostics) -> RuntimeSettings {
     }
 }
 
+/// The largest `http.max_header_bytes` accepted.
+const MAX_HEADER_BYTES_LIMIT: usize = 1 << 20;
+
 fn check_http(h: &crate::config::HttpConfig, d: &mut Diagnostics) {
-    if h.max_header_bytes < 1024 {
-        d.error("http.max_header_bytes", "must be at least 1024");
+    // Each connection may hold a head this large while it arrives: an unbounded value
+    // let one client make weft hold 110 MiB (nginx's largest buffers are a few KiB,
+    // Envoy's limit is 8 MiB).
+    if !(1024..=MAX_HEADER_BYTES_LIMIT).contains(&h.max_header_bytes) {
+        d.error(
+            "http.max_header_bytes",
+            format!("must be between 1024 and {MAX_HEADER_BYTES_LIMIT} (1 MiB)"),
+        );
     }
     if !(1..=1024).contains(&h.max_headers) {
         d.error("http.max_headers", "must be between 1 and 1024");
@@ -1012,6 +1023,9 @@ fn compile_route(
                 "only applies to routes that forward",
             );
         }
+        if let Some(ct) = &dr.content_type {
+            check_field_value(ct, &format!("{path}.direct_response.content_type"), d);
+        }
         RouteAction::Direct(DirectResponse {
             status: dr.status,
             body: Arc::from(dr.body.as_bytes()),
@@ -1038,6 +1052,9 @@ fn compile_route(
         }
         if let Some(p) = &rd.path {
             check_path_literal(p, &format!("{path}.redirect.path"), d);
+        }
+        if let Some(h) = &rd.host {
+            check_authority(h, &format!("{path}.redirect.host"), d);
         }
         if rd.path.is_some() && rd.prefix_rewrite.is_some() {
             d.error(
@@ -1093,6 +1110,30 @@ fn check_path_literal(p: &str, key: &str, d: &mut Diagnostics) {
         d.error(
             key,
             format!("`{p}` contains a character not allowed in a path"),
+        );
+    }
+}
+
+/// A configured header value (a content type, say): visible characters, spaces and
+/// tabs only. CR or LF would end the field and start another one in every response.
+fn check_field_value(v: &str, key: &str, d: &mut Diagnostics) {
+    if v.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
+        d.error(
+            key,
+            "header values cannot contain control characters (CR, LF, NUL, ...)",
+        );
+    }
+}
+
+/// A configured authority (`host` or `host:port`, a `[v6]` literal): the characters of
+/// a reg-name, an IP literal and a port (RFC 3986 §3.2.2), nothing that could end the
+/// `Location` field or change what it points at (`/`, `?`, `#`, `@`, whitespace).
+fn check_authority(a: &str, key: &str, d: &mut Diagnostics) {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b);
+    if a.is_empty() || !a.bytes().all(allowed) {
+        d.error(
+            key,
+            format!("`{}` is not a host (letters, digits, '-', '.', ':' and [v6] only)", a.escape_debug()),
         );
     }
 }

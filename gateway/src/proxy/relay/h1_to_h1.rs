@@ -18,6 +18,7 @@ use monoio::io::AsyncWriteRentExt;
 
 use super::{
     connect_h1, continue_if_expected, idempotent, request_body_copy, write_to_client, Next,
+    MAX_INTERIM_RESPONSES,
 };
 use crate::proto::h1::body::{copy_body, BodyCopy, BodyError};
 use crate::proto::h1::head::{parse_response, BodyFraming, RequestHead, ResponseHead, Version};
@@ -164,6 +165,7 @@ async fn send_request<S: ClientStream>(
     let retryable = !has_body && idempotent(head.method());
     let deadline = Instant::now() + plan.response_timeout;
     let mut received = false;
+    let mut interim = 0;
     loop {
         match parse_response(
             &mut up.conn.buf,
@@ -171,6 +173,10 @@ async fn send_request<S: ClientStream>(
             head.method() == b"HEAD",
         ) {
             Ok(Some(r)) if (100..200).contains(&r.status) && r.status != 101 => {
+                interim += 1;
+                if interim > MAX_INTERIM_RESPONSES {
+                    return Err(ProxyError::TooManyInterimResponses);
+                }
                 // Interim responses go to HTTP/1.1 clients; weft's own 100 already did.
                 let ours = r.status == 100 && progress.continue_sent.get();
                 if head.version == Version::H11 && !ours && !write_to_client(x, client, r.raw).await

@@ -14,7 +14,7 @@ use http::Response;
 use monoio::io::AsyncWriteRentExt;
 use weft_mesh::snapshot::{Cluster, Route};
 
-use super::{client_pace, client_send_failed, connect_h1, idempotent};
+use super::{client_pace, client_send_failed, connect_h1, idempotent, MAX_INTERIM_RESPONSES};
 use crate::proto::h1::chunked::{encode_chunk, last_chunk, ChunkedParser};
 use crate::proto::h1::head::{parse_response, BodyFraming, Head, ResponseHead};
 use crate::proxy::completion::Progress;
@@ -144,7 +144,10 @@ fn h2_response_head(response: &ResponseHead, route: &Route) -> Option<Response<(
             }
             continue;
         }
-        if response.is_hop_by_hop(f, &response.connection) || edits.drops(name) {
+        if response.is_hop_by_hop(f, &response.connection)
+            || edits.drops(name)
+            || weft_mesh::fields::is_weft_made(name)
+        {
             continue;
         }
         let value = response.raw.slice(f.value.clone());
@@ -232,10 +235,16 @@ async fn read_response_head(
 ) -> Result<ResponseHead, Option<ProxyError>> {
     let deadline = Instant::now() + timeout;
     let mut received = !up.conn.buf.is_empty();
+    let mut interim = 0;
     loop {
         match parse_response(&mut up.conn.buf, MAX_RESPONSE_HEAD, head_request) {
             // Interim responses (other than 101, never asked for here) are not relayed.
-            Ok(Some(r)) if (100..200).contains(&r.status) => continue,
+            Ok(Some(r)) if (100..200).contains(&r.status) => {
+                interim += 1;
+                if interim > MAX_INTERIM_RESPONSES {
+                    return Err(Some(ProxyError::TooManyInterimResponses));
+                }
+            }
             Ok(Some(r)) => return Ok(r),
             Ok(None) => {}
             Err(_) => return Err(Some(ProxyError::BadResponseHead)),

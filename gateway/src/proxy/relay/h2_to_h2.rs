@@ -222,7 +222,8 @@ async fn relay_response(
     let edits = &route.response_headers;
     let headers = head.headers_mut();
     for (name, value) in &parts.headers {
-        if !edits.drops(name.as_str().as_bytes()) {
+        let name_bytes = name.as_str().as_bytes();
+        if !edits.drops(name_bytes) && !weft_mesh::fields::is_weft_made(name_bytes) {
             headers.append(name, value.clone());
         }
     }

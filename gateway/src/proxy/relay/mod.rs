@@ -29,6 +29,10 @@ use crate::proto::h1::head::RequestHead;
 use crate::transport::{ClientStream, Conn, UpstreamStream};
 use crate::upstream::{ConnectError, ConnectFailure, H2Stream, Upstream};
 
+/// Interim (1xx) responses an upstream may send before its final one: a few are what
+/// 100 Continue and 103 Early Hints need; thousands only make weft relay work.
+pub const MAX_INTERIM_RESPONSES: usize = 16;
+
 /// What happens to an HTTP/1.1 client connection after an exchange.
 pub enum Next {
     KeepAlive,

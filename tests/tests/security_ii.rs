@@ -1,0 +1,162 @@
+//! Security II: what a client or an upstream could make weft say or do that it should
+//! not. Each test here failed before its fix (the item numbers are issue #17's).
+
+use std::process::Command;
+use std::time::Duration;
+
+use weft_tests::raw::{read_until_close, RawClient};
+use weft_tests::recording::{RecordingUpstream, SeenRequest};
+use weft_tests::{free_addr, Weft};
+
+fn one_cluster(admin: std::net::SocketAddr, listen: std::net::SocketAddr, origin: std::net::SocketAddr) -> String {
+    format!(
+        "[admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+         routes = [\n\
+           {{ match = {{ path_prefix = \"/local\" }}, direct_response = {{ status = 200, body = \"here\" }} }},\n\
+           {{ match = {{ path_prefix = \"/\" }}, cluster = \"o\" }},\n\
+         ]\n\n[clusters.o]\nendpoints = [\"{origin}\"]\n"
+    )
+}
+
+/// Item 21: an upstream's own `x-weft-error` would pass for an error weft made (and
+/// hide which side failed); it never reaches the client, over either client protocol.
+#[test]
+fn an_upstreams_x_weft_error_is_dropped() {
+    let origin = RecordingUpstream::answering(|_: &SeenRequest| {
+        b"HTTP/1.1 200 OK\r\nx-weft-error: no healthy endpoints\r\nx-app: kept\r\ncontent-length: 2\r\n\r\nok".to_vec()
+    });
+    let (listen, admin) = (free_addr(), free_addr());
+    let _weft = Weft::start("ingress", &one_cluster(admin, listen, origin.addr), admin);
+    let mut h1 = RawClient::new(listen);
+    h1.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (status, head, body) = h1.read_response();
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]), "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("x-app: kept") && !head.contains("x-weft-error"), "{head}");
+
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--http2-prior-knowledge", "--max-time", "5"])
+        .arg(format!("http://{listen}/b"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/2 200"), "{text}");
+    assert!(text.contains("x-app: kept") && !text.contains("x-weft-error"), "{text}");
+}
+
+/// Item 11: every interim response an upstream sent was relayed, thousands of them.
+/// Past `MAX_INTERIM_RESPONSES` (16) the response is refused as a bad one (502).
+#[test]
+fn an_upstream_may_not_flood_interim_responses() {
+    let origin = RecordingUpstream::answering(|req: &SeenRequest| {
+        let n = if req.line.contains("/flood") { 5000 } else { 3 };
+        let mut out = b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n".repeat(n);
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        out
+    });
+    let (listen, admin) = (free_addr(), free_addr());
+    let _weft = Weft::start("ingress", &one_cluster(admin, listen, origin.addr), admin);
+
+    // A few are passed on to an HTTP/1.1 client, then the final answer.
+    let mut c = RawClient::new(listen);
+    c.send(b"GET /few HTTP/1.1\r\nHost: x\r\n\r\n");
+    for _ in 0..3 {
+        assert_eq!(c.read_response().0, 103);
+    }
+    assert_eq!(c.read_response().0, 200);
+
+    let mut s = weft_tests::raw::connect(listen);
+    std::io::Write::write_all(&mut s, b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    let text = read_until_close(&mut s, Duration::from_secs(5));
+    let interim = text.matches("HTTP/1.1 103").count();
+    assert!(interim <= 16, "{interim} interim responses relayed");
+    assert!(
+        text.contains("HTTP/1.1 502") && text.contains("too many interim responses"),
+        "{}",
+        &text[text.len().saturating_sub(400)..]
+    );
+}
+
+/// Item 10: a local answer kept an HTTP/1.0 keep-alive connection open without saying
+/// `Connection: keep-alive`, so the client took the answer to end it.
+#[test]
+fn local_answers_tell_an_http10_client_its_connection_stays() {
+    let origin = RecordingUpstream::start();
+    let (listen, admin) = (free_addr(), free_addr());
+    let _weft = Weft::start("ingress", &one_cluster(admin, listen, origin.addr), admin);
+    let mut c = RawClient::new(listen);
+    for _ in 0..2 {
+        c.send(b"GET /local HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n");
+        let (status, head, body) = c.read_response();
+        assert_eq!((status, body.as_slice()), (200, &b"here"[..]), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: keep-alive"),
+            "{head}"
+        );
+    }
+}
+
+/// Item 9: what `weft check`, a reload and startup accept must agree and must not let a
+/// config inject response fields or unbounded buffers: CR/LF in a direct response's
+/// content type or a redirect's host, `max_header_bytes = 2^62`, a CPU outside the
+/// affinity mask (startup refused it while `check` passed it).
+#[test]
+fn check_refuses_header_injection_unbounded_heads_and_absent_cpus() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\nroutes = [ { match = { path_prefix = \"/\" }, direct_response = { status = 200, content_type = \"text/plain\\r\\nset-cookie: a=b\" } } ]\n",
+            "listeners[0].routes[0].direct_response.content_type: header values cannot contain control characters",
+        ),
+        (
+            "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\nroutes = [ { match = { path_prefix = \"/\" }, redirect = { host = \"a.example\\r\\nset-cookie: a=b\" } } ]\n",
+            "listeners[0].routes[0].redirect.host: ",
+        ),
+        (
+            "[http]\nmax_header_bytes = 4611686018427387904\n[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\nroutes = [ { match = { path_prefix = \"/\" }, direct_response = { status = 200 } } ]\n",
+            "http.max_header_bytes: must be between 1024 and 1048576",
+        ),
+        (
+            "[runtime]\ncpus = [999]\n[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\nroutes = [ { match = { path_prefix = \"/\" }, direct_response = { status = 200 } } ]\n",
+            "runtime.cpus: CPU 999 is not in this process's affinity mask",
+        ),
+    ];
+    for (i, (config, expected)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("case{i}.toml"));
+        std::fs::write(&path, config).expect("write");
+        let o = weft_tests::process::weft_output(&["check", "--config", path.to_str().expect("utf-8")]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "case {i} passed check: {err}");
+        assert!(err.contains(expected), "case {i}: {err}");
+    }
+}
+
+/// Item 17: `admin.example.com.` (the same name, fully qualified) went past a route for
+/// `admin.example.com` to whatever matched next, in `Host` and in `:authority`.
+#[test]
+fn a_trailing_dot_in_the_host_meets_the_same_routes() {
+    let origin = RecordingUpstream::start();
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = format!(
+        "[admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+         routes = [\n\
+           {{ match = {{ host = \"admin.example.com\" }}, direct_response = {{ status = 403, body = \"no\" }} }},\n\
+           {{ match = {{ path_prefix = \"/\" }}, cluster = \"o\" }},\n\
+         ]\n\n[clusters.o]\nendpoints = [\"{}\"]\n",
+        origin.addr
+    );
+    let _weft = Weft::start("ingress", &config, admin);
+    for host in ["admin.example.com", "admin.example.com.", "ADMIN.example.com.:80"] {
+        let mut c = RawClient::new(listen);
+        c.send(format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+        assert_eq!(c.read_response().0, 403, "Host: {host}");
+    }
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--http2-prior-knowledge"])
+        .args(["--max-time", "5", "--connect-to", &format!("admin.example.com.:80:{listen}")])
+        .arg("http://admin.example.com./x")
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    assert!(origin.request_lines().is_empty(), "{:?}", origin.request_lines());
+}
