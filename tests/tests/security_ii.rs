@@ -160,3 +160,38 @@ fn a_trailing_dot_in_the_host_meets_the_same_routes() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
     assert!(origin.request_lines().is_empty(), "{:?}", origin.request_lines());
 }
+
+/// Item 8: userinfo in an absolute-form target or in `Host` (`evil@host`), and `GET *`,
+/// were accepted and forwarded. They are 400, over HTTP/1.1 and (userinfo in
+/// `:authority`) HTTP/2.
+#[test]
+fn userinfo_and_the_asterisk_form_are_refused() {
+    let origin = RecordingUpstream::start();
+    let (listen, admin) = (free_addr(), free_addr());
+    let _weft = Weft::start("ingress", &one_cluster(admin, listen, origin.addr), admin);
+    for request in [
+        "GET http://evil@origin/x HTTP/1.1\r\nHost: origin\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: evil@origin\r\n\r\n",
+        "GET * HTTP/1.1\r\nHost: origin\r\n\r\n",
+    ] {
+        let mut c = RawClient::new(listen);
+        c.send(request.as_bytes());
+        let (status, head, _) = c.read_response();
+        assert_eq!(status, 400, "{request:?}: {head}");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let status = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(listen).await.expect("connect");
+        let (send, conn) = h2::client::handshake(tcp).await.expect("handshake");
+        tokio::spawn(conn);
+        let mut send = send.ready().await.expect("ready");
+        let req = http::Request::get("http://evil@origin/x").body(()).expect("request");
+        let (response, _) = send.send_request(req, true).expect("send");
+        response.await.expect("response").status().as_u16()
+    });
+    assert_eq!(status, 400);
+    assert!(origin.request_lines().is_empty(), "{:?}", origin.request_lines());
+}

@@ -24,7 +24,7 @@ use monoio::io::IntoPollIo;
 use weft_mesh::config::UpstreamProtocol;
 
 use super::connection::{count_connection, ConnectionFacts};
-use super::error::ProxyError;
+use super::error::{self, ProxyError};
 use super::exchange::Exchange;
 use super::facts::{H2Facts, Request};
 use super::flow::{Metered, SendBudget};
@@ -325,8 +325,9 @@ impl<'a> ClientSide for H2Stream<'a> {
         &self.facts
     }
 
+    /// Userinfo in `:authority` (or `host`) is 400, as for HTTP/1.1.
     fn refuse(&self) -> Option<ProxyError> {
-        None
+        self.facts.authority.contains('@').then_some(error::USERINFO)
     }
 
     async fn answer(&mut self, _: &Exchange<'_>, answer: LocalAnswer<'_>) -> StreamEnd {

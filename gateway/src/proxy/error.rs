@@ -45,6 +45,9 @@ pub enum ProxyError {
     BadHead(HeadError),
     /// The request head did not arrive within `http.header_read_timeout`.
     HeadTimeout,
+    /// A request target or authority weft refuses to route (userinfo, `*` outside
+    /// OPTIONS).
+    BadRequestTarget(&'static str),
     NoRoute,
     /// A gRPC call over HTTP/1.1: its status trailers cannot be carried reliably.
     GrpcNeedsHttp2,
@@ -107,7 +110,8 @@ impl ProxyError {
             NoRoute => 404,
             GrpcNeedsHttp2 => 505,
             UpgradeToHttp2 => 501,
-            MethodNotValidForHttp2 | TargetNotValidForHttp2 | MalformedBody => 400,
+            MethodNotValidForHttp2 | TargetNotValidForHttp2 | MalformedBody
+            | BadRequestTarget(_) => 400,
             BodyTooLarge => 413,
             // Nobody reads it; what access logs show for a cancelled request (nginx 499).
             ClientGone => 499,
@@ -140,6 +144,7 @@ impl ProxyError {
             BadHead(HeadError::UnsupportedEncoding) => "unsupported transfer coding",
             BadHead(HeadError::UnsupportedExpectation) => "unsupported expectation",
             HeadTimeout => "request head not received in time",
+            BadRequestTarget(why) => why,
             NoRoute => "no route for this request",
             GrpcNeedsHttp2 => "gRPC needs HTTP/2 (h2c prior knowledge, or TLS with ALPN h2)",
             UpgradeToHttp2 => "protocol upgrades cannot be forwarded to an HTTP/2 upstream",
@@ -186,9 +191,8 @@ impl ProxyError {
             ClientGone => Code::Cancelled,
             HeadTimeout | ClientStalled | ConnectTimeout | UpstreamNotReading | ResponseTimeout
             | GrpcDeadline | ResponseBodyStalled => Code::DeadlineExceeded,
-            BadHead(_) | MethodNotValidForHttp2 | TargetNotValidForHttp2 | MalformedBody => {
-                Code::Internal
-            }
+            BadHead(_) | BadRequestTarget(_) | MethodNotValidForHttp2 | TargetNotValidForHttp2
+            | MalformedBody => Code::Internal,
             GrpcNeedsHttp2 | UpgradeToHttp2 => Code::Unknown,
             _ => Code::Unavailable,
         }
@@ -200,6 +204,7 @@ impl ProxyError {
         match self {
             BadHead(_) => "bad_request_head",
             HeadTimeout => "request_head_timeout",
+            BadRequestTarget(_) => "bad_request_target",
             NoRoute => "no_route",
             GrpcNeedsHttp2 => "grpc_needs_http2",
             UpgradeToHttp2 => "upgrade_to_http2",
@@ -236,7 +241,7 @@ impl ProxyError {
     pub fn side(self) -> Side {
         use ProxyError::*;
         match self {
-            BadHead(_) | HeadTimeout | GrpcNeedsHttp2 | UpgradeToHttp2 | MethodNotValidForHttp2
+            BadHead(_) | HeadTimeout | BadRequestTarget(_) | GrpcNeedsHttp2 | UpgradeToHttp2 | MethodNotValidForHttp2
             | TargetNotValidForHttp2 | BodyTooLarge | MalformedBody | ClientStalled
             | ClientGone => Side::Client,
             NoRoute | LocalShortage(_) => Side::Local,
@@ -296,6 +301,11 @@ impl ProxyError {
         }
     }
 }
+
+/// Userinfo (`user@host`) in an authority: deprecated, never sent by a browser, and a
+/// way to make two parsers disagree about the host (RFC 9110 §4.2.4).
+pub const USERINFO: ProxyError =
+    ProxyError::BadRequestTarget("userinfo is not allowed in the request target or Host");
 
 impl From<&ConnectError> for ProxyError {
     fn from(e: &ConnectError) -> ProxyError {
