@@ -195,3 +195,42 @@ fn userinfo_and_the_asterisk_form_are_refused() {
     assert_eq!(status, 400);
     assert!(origin.request_lines().is_empty(), "{:?}", origin.request_lines());
 }
+
+/// Item 18: a cluster pointing back at weft turned one request into thousands of hops
+/// and descriptors. `Via` names each weft process; a request that comes back carrying
+/// its own name is answered 508 at once, and a cluster whose endpoint is weft's own
+/// listener or admin address is refused by `weft check`.
+#[test]
+fn loops_are_cut_by_via_and_refused_in_config() {
+    let (a, b) = (free_addr(), free_addr());
+    let (admin_a, admin_b) = (free_addr(), free_addr());
+    let via = |admin: std::net::SocketAddr, listen: std::net::SocketAddr, next: std::net::SocketAddr| {
+        format!(
+            "[admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+             routes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"next\" }} ]\n\n\
+             [clusters.next]\nendpoints = [\"{next}\"]\n"
+        )
+    };
+    // Two wefts, each the other's upstream.
+    let weft_a = Weft::start("ingress", &via(admin_a, a, b), admin_a);
+    let weft_b = Weft::start("ingress", &via(admin_b, b, a), admin_b);
+    let mut c = RawClient::new(a);
+    c.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (status, head, _) = c.read_response();
+    assert_eq!(status, 508, "{head}");
+    // One round trip: A forwarded once, B once, A refused the second arrival.
+    assert_eq!(weft_a.metric(&["weft_requests_total"]), 2.0);
+    assert_eq!(weft_b.metric(&["weft_requests_total"]), 1.0);
+
+    // A cluster that is weft's own listener never gets to run.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("self.toml");
+    std::fs::write(&path, via(free_addr(), a, a)).expect("write");
+    let o = weft_tests::process::weft_output(&["check", "--config", path.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("clusters.next.endpoints[0]") && err.contains("weft's own listener `l`"),
+        "{err}"
+    );
+}

@@ -84,6 +84,9 @@ pub enum ProxyError {
     RefusedStream,
     /// The upstream reset the stream (before the head, or mid-body with `reason`).
     UpstreamReset(Reason),
+    /// The request came back to this weft (its `Via` names this process): a cluster
+    /// whose endpoint is weft itself, directly or through others.
+    LoopDetected,
     ResponseTimeout,
     GrpcDeadline,
     BadResponseHead,
@@ -113,6 +116,7 @@ impl ProxyError {
             MethodNotValidForHttp2 | TargetNotValidForHttp2 | MalformedBody
             | BadRequestTarget(_) => 400,
             BodyTooLarge => 413,
+            LoopDetected => 508,
             // Nobody reads it; what access logs show for a cancelled request (nginx 499).
             ClientGone => 499,
             NoEndpoints | LocalShortage(_) | RefusedStream => 503,
@@ -169,6 +173,7 @@ impl ProxyError {
             UpstreamNotReading => "upstream stopped reading the request body",
             RefusedStream => "upstream refused the stream",
             UpstreamReset(_) => "upstream reset the stream",
+            LoopDetected => "request looped back to this weft (Via)",
             ResponseTimeout => "upstream response timeout",
             GrpcDeadline => "gRPC deadline exceeded",
             BadResponseHead => "invalid response head from upstream",
@@ -194,6 +199,7 @@ impl ProxyError {
             BadHead(_) | BadRequestTarget(_) | MethodNotValidForHttp2 | TargetNotValidForHttp2
             | MalformedBody => Code::Internal,
             GrpcNeedsHttp2 | UpgradeToHttp2 => Code::Unknown,
+            LoopDetected => Code::Internal,
             _ => Code::Unavailable,
         }
     }
@@ -227,6 +233,7 @@ impl ProxyError {
             UpstreamNotReading => "upstream_not_reading",
             RefusedStream => "refused_stream",
             UpstreamReset(_) => "upstream_reset",
+            LoopDetected => "loop_detected",
             ResponseTimeout => "response_timeout",
             GrpcDeadline => "grpc_deadline",
             BadResponseHead => "bad_response_head",
@@ -244,7 +251,7 @@ impl ProxyError {
             BadHead(_) | HeadTimeout | BadRequestTarget(_) | GrpcNeedsHttp2 | UpgradeToHttp2 | MethodNotValidForHttp2
             | TargetNotValidForHttp2 | BodyTooLarge | MalformedBody | ClientStalled
             | ClientGone => Side::Client,
-            NoRoute | LocalShortage(_) => Side::Local,
+            NoRoute | LocalShortage(_) | LoopDetected => Side::Local,
             _ => Side::Upstream,
         }
     }

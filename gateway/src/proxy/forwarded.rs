@@ -91,15 +91,18 @@ pub fn request(input: &[u8]) -> Outcome {
         client_cert: None,
     };
     let endpoint = SocketAddr::from(([192, 0, 2, 2], 80));
-    let mut bytes = rewrite::h1_request_head(
+    // A request weft refuses to send on (one that looped back to it) is a 4xx/5xx.
+    let Ok(head_bytes) = rewrite::h1_request_head(
         &facts,
         &forward,
         &HeaderEdits::default(),
         &fwd,
         &client,
         endpoint,
-    )
-    .to_vec();
+    ) else {
+        return Outcome::Rejected;
+    };
+    let mut bytes = head_bytes.to_vec();
     bytes.extend_from_slice(&raw_body);
     Outcome::Sent {
         bytes,

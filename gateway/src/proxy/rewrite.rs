@@ -18,6 +18,7 @@ use weft_mesh::config::ForwardedConfig;
 use weft_mesh::fields;
 use weft_mesh::snapshot::{Forward, HeaderEdits};
 
+use super::error::ProxyError;
 use super::facts::{Facts, H2Facts, CLIENT_CERT_HEADER};
 use crate::proto::h1::head::{
     parse_length, trim, BodyFraming, Head, RequestHead, ResponseHead, Version,
@@ -49,6 +50,50 @@ pub struct Outgoing<'a> {
     pub accepts_trailers: bool,
     /// The `Upgrade` protocol, when the client asked to switch protocols.
     pub upgrade: Option<&'a [u8]>,
+    /// The protocol weft received the request in, as `Via` names it.
+    pub via: ViaVersion,
+}
+
+/// The received-protocol of `Via` (RFC 9110 §7.6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViaVersion {
+    Http10,
+    Http11,
+    Http2,
+}
+
+/// This process's name in `Via` (`weft-` and 64 random bits): a request that arrives
+/// carrying it has come back around (a cluster pointing at weft itself) and is refused
+/// with 508 instead of being sent around again.
+fn via_token() -> &'static str {
+    &via_values()[3]
+}
+
+/// This hop's `Via` value for each received protocol, made once (formatting it for
+/// every request would cost more than writing it), and the bare token last.
+fn via_values() -> &'static [String; 4] {
+    static VALUES: std::sync::OnceLock<[String; 4]> = std::sync::OnceLock::new();
+    VALUES.get_or_init(|| {
+        let token = format!("weft-{:016x}", fastrand::u64(..));
+        [
+            format!("1.0 {token}"),
+            format!("1.1 {token}"),
+            format!("2 {token}"),
+            token,
+        ]
+    })
+}
+
+impl ViaVersion {
+    fn value(self) -> &'static [u8] {
+        via_values()[self as usize].as_bytes()
+    }
+}
+
+/// Whether a `Via` value names this process.
+fn names_us(via: &[u8]) -> bool {
+    let token = via_token().as_bytes();
+    via.windows(token.len()).any(|w| w == token)
 }
 
 /// Where the headers of a head being built go: an HTTP/1.1 head as bytes, or the
@@ -150,13 +195,13 @@ pub fn request_head<'h>(
     fwd: &ForwardedConfig,
     client: &ClientInfo<'_>,
     endpoint: SocketAddr,
-) -> BytesMut {
+) -> Result<BytesMut, ProxyError> {
     let mut out = BytesMut::with_capacity(512);
     out.extend_from_slice(req.method);
     out.extend_from_slice(b" ");
     out.extend_from_slice(upstream_target(req, forward).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    request_headers(req, headers, edits, fwd, client, endpoint, &mut out);
+    request_headers(req, headers, edits, fwd, client, endpoint, &mut out)?;
     if req.chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -165,12 +210,14 @@ pub fn request_head<'h>(
         push_header(&mut out, b"upgrade", proto);
     }
     out.extend_from_slice(b"\r\n");
-    out
+    Ok(out)
 }
 
 /// The end-to-end headers of a forwarded request, whatever protocol carries them:
 /// the client's (less Host and what the route drops), then Host, the forwarding
-/// headers, the request id, the route's additions and `te: trailers`.
+/// headers, the request id, `Via`, the route's additions and `te: trailers`. A request
+/// whose `Via` names this process is `LoopDetected` (found while its fields are copied
+/// anyway: no extra pass).
 pub fn request_headers<'h>(
     req: &Outgoing<'_>,
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
@@ -179,10 +226,13 @@ pub fn request_headers<'h>(
     client: &ClientInfo<'_>,
     endpoint: SocketAddr,
     out: &mut impl HeaderSink,
-) {
+) -> Result<(), ProxyError> {
     let mut prior_xff: Option<&[u8]> = None;
     let mut has_request_id = false;
     for (name, value) in headers {
+        if name.eq_ignore_ascii_case(b"via") && names_us(value) {
+            return Err(ProxyError::LoopDetected);
+        }
         if edits.drops(name)
             || name.eq_ignore_ascii_case(b"host")
             || name.eq_ignore_ascii_case(b"content-length")
@@ -260,12 +310,15 @@ pub fn request_headers<'h>(
     if fwd.request_id && !has_request_id {
         out.header_fmt(b"x-request-id", format_args!("{:032x}", fastrand::u128(..)));
     }
+    // The client's own `Via` fields went through above; this hop is one more.
+    out.header(b"via", req.via.value());
     append_edits(edits, out);
     if req.accepts_trailers {
         // TE is hop-by-hop, but "trailers" holds for the next hop too: weft passes
         // trailers through.
         out.header(b"te", b"trailers");
     }
+    Ok(())
 }
 
 /// The request line and framing of this request as it goes upstream. A body of
@@ -291,6 +344,7 @@ pub fn h2_outgoing<'a>(facts: &H2Facts<'a>, has_body: bool, h1: bool) -> Outgoin
             .get(http::header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")),
         upgrade: None,
+        via: ViaVersion::Http2,
     }
 }
 
@@ -325,6 +379,10 @@ pub fn h1_outgoing<'a>(facts: &Facts<'a>) -> Outgoing<'a> {
         } else {
             None
         },
+        via: match head.version {
+            Version::H10 => ViaVersion::Http10,
+            _ => ViaVersion::Http11,
+        },
     }
 }
 
@@ -346,7 +404,7 @@ pub fn h1_request_head(
     fwd: &ForwardedConfig,
     client: &ClientInfo<'_>,
     endpoint: SocketAddr,
-) -> BytesMut {
+) -> Result<BytesMut, ProxyError> {
     let req = h1_outgoing(facts);
     request_head(
         &req,
@@ -361,7 +419,7 @@ pub fn h1_request_head(
 
 /// The request for an HTTP/2 upstream, from any client: its end-to-end headers with the
 /// forwarding headers and the route's edits, the authority, and the rewritten path.
-/// `None` if the target cannot be written as an HTTP/2 request.
+/// `TargetNotValidForHttp2` if the target cannot be written as an HTTP/2 request.
 #[allow(clippy::too_many_arguments)]
 pub fn h2_request<'h>(
     req: &Outgoing<'_>,
@@ -372,23 +430,23 @@ pub fn h2_request<'h>(
     fwd: &ForwardedConfig,
     client: &ClientInfo<'_>,
     endpoint: SocketAddr,
-) -> Option<http::Request<()>> {
+) -> Result<http::Request<()>, ProxyError> {
     let mut out = H2Headers::default();
-    request_headers(req, headers, edits, fwd, client, endpoint, &mut out);
+    request_headers(req, headers, edits, fwd, client, endpoint, &mut out)?;
     let authority = out.authority.unwrap_or_else(|| endpoint.to_string());
     let uri = http::Uri::builder()
         .scheme("http")
         .authority(authority)
         .path_and_query(upstream_target(req, forward).as_ref())
         .build()
-        .ok()?;
+        .map_err(|_| ProxyError::TargetNotValidForHttp2)?;
     let mut request = http::Request::builder()
         .method(method)
         .uri(uri)
         .body(())
-        .ok()?;
+        .map_err(|_| ProxyError::TargetNotValidForHttp2)?;
     *request.headers_mut() = out.map;
-    Some(request)
+    Ok(request)
 }
 
 /// The HTTP/1.1 response head for an HTTP/2 upstream's response: `framing` says how
@@ -605,8 +663,45 @@ mod tests {
             fwd,
             &client,
             "10.0.0.9:8080".parse().expect("endpoint"),
-        );
+        )
+        .expect("forwardable");
         String::from_utf8(out.to_vec()).expect("ascii")
+    }
+
+    #[test]
+    fn via_names_this_hop_and_a_request_carrying_it_is_a_loop() {
+        let out = upstream_head(
+            "GET /a HTTP/1.1\r\nHost: shop\r\nVia: 1.1 edge\r\n\r\n",
+            "192.0.2.1:5000",
+            &defaults(),
+            None,
+        );
+        let ours = format!("via: 1.1 {}\r\n", via_token());
+        assert!(out.contains("Via: 1.1 edge\r\n") && out.contains(&ours), "{out}");
+        // The same request coming back through this weft.
+        let mut buf = BytesMut::from(out.as_bytes());
+        let head = parse_request(&mut buf, 64 * 1024, 100)
+            .expect("parses")
+            .expect("complete");
+        let client = ClientInfo {
+            peer: "127.0.0.1:1".parse().expect("peer"),
+            scheme: "http",
+            client_cert: None,
+        };
+        let forward = Forward {
+            targets: Vec::new(),
+            total_weight: 0,
+            prefix_rewrite: None,
+        };
+        let again = h1_request_head(
+            &Facts::new(&head),
+            &forward,
+            &HeaderEdits::default(),
+            &defaults(),
+            &client,
+            "10.0.0.9:8080".parse().expect("endpoint"),
+        );
+        assert_eq!(again.err(), Some(ProxyError::LoopDetected));
     }
 
     fn defaults() -> ForwardedConfig {

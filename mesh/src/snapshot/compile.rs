@@ -270,6 +270,16 @@ pub fn compile_with(
             let r = sc.register.as_ref()?;
             compile_registration(r, &sc.inbound.address, &mut d)
         });
+    for ((_, _, path), cluster) in cluster_cfgs.iter().zip(&clusters) {
+        for (i, e) in cluster.endpoints.iter().enumerate() {
+            if let Some(own) = own_address(&listeners, admin_address, e.address) {
+                d.error(
+                    format!("{path}.endpoints[{i}]"),
+                    format!("`{}` is {own}: requests would loop through weft", e.address),
+                );
+            }
+        }
+    }
     if !d.errors.is_empty() {
         return Err(ConfigErrors(d.errors));
     }
@@ -304,6 +314,26 @@ pub fn compile_with(
     })
 }
 
+/// Which of weft's own addresses `endpoint` is, if it is one: a listener (by name) or
+/// the admin listener. A listener on an unspecified address (`0.0.0.0`, `[::]`) is
+/// reached on loopback at its port too.
+fn own_address(
+    listeners: &[Listener],
+    admin: SocketAddr,
+    endpoint: SocketAddr,
+) -> Option<String> {
+    let reaches = |bound: SocketAddr| {
+        bound.port() == endpoint.port()
+            && (bound.ip() == endpoint.ip()
+                || (bound.ip().is_unspecified()
+                    && (endpoint.ip().is_loopback() || endpoint.ip().is_unspecified())))
+    };
+    if let Some(l) = listeners.iter().find(|l| reaches(l.address)) {
+        return Some(format!("weft's own listener `{}`", l.name));
+    }
+    reaches(admin).then(|| "weft's admin listener".to_owned())
+}
+
 /// What the discovered endpoints add to a snapshot's `content_hash`.
 fn discovered_hash(discovered: &Discovered) -> u64 {
     if discovered.is_empty() {
@@ -336,6 +366,14 @@ impl Snapshot {
             };
             let path = format!("clusters.{} (discovered)", cluster.name);
             let endpoints = compile_endpoints(listed, &path, &mut d);
+            for (i, e) in endpoints.iter().enumerate() {
+                if let Some(own) = own_address(&self.listeners, self.admin_address, e.address) {
+                    d.error(
+                        format!("{path}.endpoints[{i}]"),
+                        format!("`{}` is {own}: requests would loop through weft", e.address),
+                    );
+                }
+            }
             if endpoints == cluster.endpoints {
                 continue;
             }

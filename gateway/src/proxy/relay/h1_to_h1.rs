@@ -57,7 +57,7 @@ pub async fn relay<S: ClientStream>(
         &x.snapshot.http.forwarded,
         &x.client_info(),
         up.endpoint,
-    )
+    )?
     .freeze();
     let response = send_request(x, client, &mut up, &request, head, plan, progress).await?;
     progress.responded();

@@ -55,7 +55,7 @@ pub async fn relay(
         &x.snapshot.http.forwarded,
         &x.client_info(),
         up.endpoint,
-    );
+    )?;
 
     // A pooled connection the upstream closed while it idled is `StaleConnection` when
     // the upstream cannot have acted on the request: the head did not go out, or the

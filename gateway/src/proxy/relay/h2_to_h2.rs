@@ -68,8 +68,7 @@ pub async fn relay(
         &x.snapshot.http.forwarded,
         &x.client_info(),
         slot.endpoint,
-    )
-    .ok_or(ProxyError::TargetNotValidForHttp2)?;
+    )?;
     let failed = |e: h2::Error| {
         tracing::debug!(cluster = %cluster.name, "h2 upstream connection failed: {e}");
         ProxyError::UpstreamConnectionFailed
