@@ -50,9 +50,8 @@ pub fn markdown(samples: &[Sample]) -> String {
         if scenario == "discovery-swap" {
             let figs: Vec<_> = rows.iter().filter_map(|s| s.swap.clone()).collect();
             let Some(f) = figs.first() else { continue };
-            let m = |g: &dyn Fn(&crate::run::SwapFigures) -> f64| {
-                median(figs.iter().map(g).collect())
-            };
+            let m =
+                |g: &dyn Fn(&crate::run::SwapFigures) -> f64| median(figs.iter().map(g).collect());
             let _ = writeln!(
                 discovery,
                 "| {system} | {} | {} | {} | {:.1} | {:.1} | {errors} | {} |",

@@ -775,7 +775,11 @@ fn discovery_latency(
     } else {
         (10_000, 1_000)
     };
-    let (port, admin, dead) = (systems::free_port(), systems::free_port(), systems::free_port());
+    let (port, admin, dead) = (
+        systems::free_port(),
+        systems::free_port(),
+        systems::free_port(),
+    );
     let config = env.dir.join("weft-discovery.toml");
     let endpoints = env.dir.join("weft-discovery-c0.toml");
     let write_endpoints = |to: SocketAddr| {
@@ -788,13 +792,23 @@ fn discovery_latency(
     let worker_cpu = opts.proxy_cpus.first().copied().unwrap_or(0);
     std::fs::write(
         &config,
-        big_config(port, admin, upstream, routes, clusters, 0, worker_cpu, Some(&endpoints)),
+        big_config(
+            port,
+            admin,
+            upstream,
+            routes,
+            clusters,
+            0,
+            worker_cpu,
+            Some(&endpoints),
+        ),
     )
     .map_err(|e| e.to_string())?;
     let mut child = spawn_big_weft(kind, env, opts, &config)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut probe = Prober::new(addr, "/r0");
-    let serving_upstream = |body: &Option<String>| body.as_deref().is_some_and(|b| !b.contains("502"));
+    let serving_upstream =
+        |body: &Option<String>| body.as_deref().is_some_and(|b| !b.contains("502"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !serving_upstream(&probe.body()) {
         if Instant::now() > deadline {
@@ -903,7 +917,9 @@ fn swap_latency(
     let write = |variant: u32| {
         std::fs::write(
             &path,
-            big_config(port, admin, upstream, routes, clusters, variant, worker_cpu, None),
+            big_config(
+                port, admin, upstream, routes, clusters, variant, worker_cpu, None,
+            ),
         )
         .map_err(|e| e.to_string())
     };

@@ -436,10 +436,10 @@ pub fn start(
                 ),
             )?;
             cmd.arg(kind.weft_bin(env))
-            .arg("ingress")
-            .arg("--config")
-            .arg(&path)
-            .env("WEFT_LOG", "warn");
+                .arg("ingress")
+                .arg("--config")
+                .arg(&path)
+                .env("WEFT_LOG", "warn");
             config = Some(path);
         }
         Kind::Nginx => {

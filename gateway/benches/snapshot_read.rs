@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use weft_gateway::runtime::worker::Worker;
 use weft_gateway::control::Control;
+use weft_gateway::runtime::worker::Worker;
 use weft_mesh::config::{self, Role};
 use weft_mesh::snapshot;
 

@@ -10,11 +10,13 @@
 //! - `proto`: wire codecs (HTTP/1.1 heads, chunked coding, body streaming).
 //! - `transport`: a socket with its read buffer; idle connections hold no buffer.
 //! - `observe`: per-worker metrics summed at scrape time.
+//! - `keyhash`: the fast hasher of per-request maps whose keys weft makes itself.
 //!
 //! What the config means (schema, validation, compiled snapshots) is the `weft-mesh`
 //! crate.
 
 pub mod control;
+mod keyhash;
 pub mod listen;
 pub mod observe;
 pub mod proto;

@@ -25,4 +25,3 @@ pub fn allowed_cpus() -> Vec<usize> {
         cpus
     }
 }
-

@@ -90,7 +90,15 @@ impl Weft {
     /// Like `start`, with the config file written into `dir` (where relative paths
     /// in it, such as certificates, resolve).
     pub fn start_in(dir: &Path, role: &str, config: &str, admin: SocketAddr) -> Weft {
-        Self::start_at(Some(dir), &[], role, config, admin, &["--workers", "2"], "info")
+        Self::start_at(
+            Some(dir),
+            &[],
+            role,
+            config,
+            admin,
+            &["--workers", "2"],
+            "info",
+        )
     }
 
     /// Like `start`, logging with `WEFT_LOG=filter` (an `EnvFilter` directive list).

@@ -11,7 +11,15 @@ use weft_tests::{free_addr, Weft};
 
 fn curl(args: &[&str]) -> String {
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
         .args(args)
         .output()
         .expect("run curl");
@@ -53,13 +61,21 @@ fn every_request_ends_in_one_completion_record_for_both_client_protocols() {
     let h2 = "--http2-prior-knowledge";
     assert_eq!(curl(&[&format!("{base}/up/a")]), "200");
     assert_eq!(curl(&[h2, &format!("{base}/up/b")]), "200");
-    assert_eq!(curl(&[h2, "--data-binary", "hello", &format!("{base}/up/c")]), "200");
+    assert_eq!(
+        curl(&[h2, "--data-binary", "hello", &format!("{base}/up/c")]),
+        "200"
+    );
     assert_eq!(curl(&[&format!("{base}/local")]), "204");
     assert_eq!(curl(&[h2, &format!("{base}/nowhere")]), "404");
     assert_eq!(curl(&[&format!("{base}/down")]), "502");
 
     let lines = records(&weft, 6);
-    assert_eq!(lines.len(), 6, "one record per request:\n{}", lines.join("\n"));
+    assert_eq!(
+        lines.len(),
+        6,
+        "one record per request:\n{}",
+        lines.join("\n")
+    );
     let find = |parts: &[&str]| {
         lines
             .iter()
@@ -70,8 +86,14 @@ fn every_request_ends_in_one_completion_record_for_both_client_protocols() {
     let endpoint = format!("endpoint=Some({})", app.addr);
     for protocol in ["protocol=\"http1\"", "protocol=\"http2\""] {
         let r = find(&[protocol, "route=\"up\"", "status=200"]);
-        assert!(r.contains("cluster=\"app\"") && r.contains(&endpoint), "{r}");
-        assert!(r.contains("attempts=1") && r.contains("first_byte=Some("), "{r}");
+        assert!(
+            r.contains("cluster=\"app\"") && r.contains(&endpoint),
+            "{r}"
+        );
+        assert!(
+            r.contains("attempts=1") && r.contains("first_byte=Some("),
+            "{r}"
+        );
     }
     // The request body is counted as it went upstream.
     find(&["protocol=\"http2\"", "route=\"up\"", "body_in=5"]);
@@ -85,7 +107,11 @@ fn every_request_ends_in_one_completion_record_for_both_client_protocols() {
     // The counters are fed from the same records.
     assert_eq!(weft.metric(&["weft_requests_total"]), 6.0);
     assert_eq!(
-        weft.metric(&["weft_requests_total", "route=\"up\"", "status_class=\"2xx\""]),
+        weft.metric(&[
+            "weft_requests_total",
+            "route=\"up\"",
+            "status_class=\"2xx\""
+        ]),
         3.0
     );
     assert_eq!(

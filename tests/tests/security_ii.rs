@@ -8,7 +8,11 @@ use weft_tests::raw::{read_until_close, RawClient};
 use weft_tests::recording::{RecordingUpstream, SeenRequest};
 use weft_tests::{free_addr, Weft};
 
-fn one_cluster(admin: std::net::SocketAddr, listen: std::net::SocketAddr, origin: std::net::SocketAddr) -> String {
+fn one_cluster(
+    admin: std::net::SocketAddr,
+    listen: std::net::SocketAddr,
+    origin: std::net::SocketAddr,
+) -> String {
     format!(
         "[admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
          routes = [\n\
@@ -32,7 +36,10 @@ fn an_upstreams_x_weft_error_is_dropped() {
     let (status, head, body) = h1.read_response();
     assert_eq!((status, body.as_slice()), (200, &b"ok"[..]), "{head}");
     let head = head.to_ascii_lowercase();
-    assert!(head.contains("x-app: kept") && !head.contains("x-weft-error"), "{head}");
+    assert!(
+        head.contains("x-app: kept") && !head.contains("x-weft-error"),
+        "{head}"
+    );
 
     let out = Command::new("curl")
         .args(["-s", "-i", "--http2-prior-knowledge", "--max-time", "5"])
@@ -41,7 +48,10 @@ fn an_upstreams_x_weft_error_is_dropped() {
         .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
     assert!(text.starts_with("http/2 200"), "{text}");
-    assert!(text.contains("x-app: kept") && !text.contains("x-weft-error"), "{text}");
+    assert!(
+        text.contains("x-app: kept") && !text.contains("x-weft-error"),
+        "{text}"
+    );
 }
 
 /// Item 11: every interim response an upstream sent was relayed, thousands of them.
@@ -124,7 +134,8 @@ fn check_refuses_header_injection_unbounded_heads_and_absent_cpus() {
     for (i, (config, expected)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("case{i}.toml"));
         std::fs::write(&path, config).expect("write");
-        let o = weft_tests::process::weft_output(&["check", "--config", path.to_str().expect("utf-8")]);
+        let o =
+            weft_tests::process::weft_output(&["check", "--config", path.to_str().expect("utf-8")]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "case {i} passed check: {err}");
         assert!(err.contains(expected), "case {i}: {err}");
@@ -146,19 +157,39 @@ fn a_trailing_dot_in_the_host_meets_the_same_routes() {
         origin.addr
     );
     let _weft = Weft::start("ingress", &config, admin);
-    for host in ["admin.example.com", "admin.example.com.", "ADMIN.example.com.:80"] {
+    for host in [
+        "admin.example.com",
+        "admin.example.com.",
+        "ADMIN.example.com.:80",
+    ] {
         let mut c = RawClient::new(listen);
         c.send(format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
         assert_eq!(c.read_response().0, 403, "Host: {host}");
     }
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--http2-prior-knowledge"])
-        .args(["--max-time", "5", "--connect-to", &format!("admin.example.com.:80:{listen}")])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--http2-prior-knowledge",
+        ])
+        .args([
+            "--max-time",
+            "5",
+            "--connect-to",
+            &format!("admin.example.com.:80:{listen}"),
+        ])
         .arg("http://admin.example.com./x")
         .output()
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
-    assert!(origin.request_lines().is_empty(), "{:?}", origin.request_lines());
+    assert!(
+        origin.request_lines().is_empty(),
+        "{:?}",
+        origin.request_lines()
+    );
 }
 
 /// Item 8: userinfo in an absolute-form target or in `Host` (`evil@host`), and `GET *`,
@@ -184,16 +215,24 @@ fn userinfo_and_the_asterisk_form_are_refused() {
         .build()
         .expect("runtime");
     let status = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(listen).await.expect("connect");
+        let tcp = tokio::net::TcpStream::connect(listen)
+            .await
+            .expect("connect");
         let (send, conn) = h2::client::handshake(tcp).await.expect("handshake");
         tokio::spawn(conn);
         let mut send = send.ready().await.expect("ready");
-        let req = http::Request::get("http://evil@origin/x").body(()).expect("request");
+        let req = http::Request::get("http://evil@origin/x")
+            .body(())
+            .expect("request");
         let (response, _) = send.send_request(req, true).expect("send");
         response.await.expect("response").status().as_u16()
     });
     assert_eq!(status, 400);
-    assert!(origin.request_lines().is_empty(), "{:?}", origin.request_lines());
+    assert!(
+        origin.request_lines().is_empty(),
+        "{:?}",
+        origin.request_lines()
+    );
 }
 
 /// Item 18: a cluster pointing back at weft turned one request into thousands of hops
@@ -204,7 +243,9 @@ fn userinfo_and_the_asterisk_form_are_refused() {
 fn loops_are_cut_by_via_and_refused_in_config() {
     let (a, b) = (free_addr(), free_addr());
     let (admin_a, admin_b) = (free_addr(), free_addr());
-    let via = |admin: std::net::SocketAddr, listen: std::net::SocketAddr, next: std::net::SocketAddr| {
+    let via = |admin: std::net::SocketAddr,
+               listen: std::net::SocketAddr,
+               next: std::net::SocketAddr| {
         format!(
             "[admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
              routes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"next\" }} ]\n\n\

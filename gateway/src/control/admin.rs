@@ -162,12 +162,7 @@ fn discovery_metrics(
         return String::new();
     }
     let mut out = String::new();
-    let families: [(
-        &str,
-        &str,
-        &str,
-        fn(&super::discovery::SourceStatus) -> u64,
-    ); 4] = [
+    let families: [(&str, &str, &str, fn(&super::discovery::SourceStatus) -> u64); 4] = [
         (
             "weft_discovery_stale",
             "1 when a cluster's discovery source failed and its last good endpoints are served.",

@@ -152,4 +152,3 @@ pub fn defer_to_workers() {
         libc::setpriority(libc::PRIO_PROCESS, tid, 19);
     }
 }
-

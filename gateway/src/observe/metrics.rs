@@ -10,6 +10,8 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+
+use crate::keyhash::BuildKeyHasher;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -297,41 +299,6 @@ impl Counters {
         self.cache
             .borrow_mut()
             .retain(|(family, key), _| !family.keyed_by_version() || key[0] >= version);
-    }
-}
-
-/// Hasher for already well-mixed integer keys.
-#[derive(Default, Clone, Copy)]
-pub struct BuildKeyHasher;
-
-pub struct KeyHasher(u64);
-
-impl std::hash::BuildHasher for BuildKeyHasher {
-    type Hasher = KeyHasher;
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher(0)
-    }
-}
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100000001b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n)
-            .wrapping_mul(0x9E3779B97F4A7C15)
-            .rotate_left(29);
-    }
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(n as u64);
-    }
-    fn write_isize(&mut self, n: isize) {
-        self.write_u64(n as u64);
     }
 }
 

@@ -24,8 +24,8 @@ use super::error::{self, ProxyError};
 use super::exchange::Exchange;
 use super::facts::{Facts, Request};
 use super::lifecycle::{self, ClientSide, LocalAnswer, Plan};
-use super::relay::{self, write_to_client};
 use super::local::{self, Persistence};
+use super::relay::{self, write_to_client};
 use super::tunnel;
 use crate::observe::metrics::Family;
 use crate::proto::h1::head::{parse_request, BodyFraming, RequestHead, Version};
@@ -224,7 +224,8 @@ async fn turn<S: ClientStream>(
 /// more time than one sending it at once.
 async fn is_h2_preface<S: ClientStream>(client: &mut Conn<S>, http: &HttpConfig) -> bool {
     let deadline = Instant::now() + http.header_read_timeout.0;
-    while client.buf.len() < client_h2::PREFACE.len() && client_h2::PREFACE.starts_with(&client.buf) {
+    while client.buf.len() < client_h2::PREFACE.len() && client_h2::PREFACE.starts_with(&client.buf)
+    {
         match client.fill_until(HEAD_READ, deadline).await {
             Ok(n) if n > 0 => {}
             _ => return false,
@@ -333,9 +334,14 @@ impl<'c, S: ClientStream> ClientSide for H1Exchange<'c, S> {
         let (close, head_only) = (self.close_local, self.facts.head_only());
         let persist = self.persistence(close);
         let out = match answer {
-            LocalAnswer::Direct(d, edits) => {
-                local::direct(d.status, &d.content_type, &d.body, edits, persist, head_only)
-            }
+            LocalAnswer::Direct(d, edits) => local::direct(
+                d.status,
+                &d.content_type,
+                &d.body,
+                edits,
+                persist,
+                head_only,
+            ),
             LocalAnswer::Redirect { status, location } => local::response(
                 status,
                 "text/plain",
@@ -374,7 +380,12 @@ impl<'c, S: ClientStream> ClientSide for H1Exchange<'c, S> {
         }
         let close = self.close_local || progress.attempts.get() > 0;
         let persist = self.persistence(close);
-        let out = local::error(error.status(), error.reason(), persist, self.facts.head_only());
+        let out = local::error(
+            error.status(),
+            error.reason(),
+            persist,
+            self.facts.head_only(),
+        );
         self.answer_with(x, out, close).await
     }
 }
@@ -386,10 +397,10 @@ pub(crate) mod tests {
     use weft_mesh::snapshot;
 
     use super::*;
-    use crate::proxy::connection::ConnectionFacts;
-    use weft_mesh::snapshot::ListenerRole;
-    use crate::runtime::wakers::LocalEvent;
     use crate::control::Control;
+    use crate::proxy::connection::ConnectionFacts;
+    use crate::runtime::wakers::LocalEvent;
+    use weft_mesh::snapshot::ListenerRole;
 
     /// A worker on a one-listener config (listener "l", slot 0), for tests that build
     /// a task to weigh it.

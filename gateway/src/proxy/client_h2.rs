@@ -23,13 +23,13 @@ use http::Response;
 use monoio::io::IntoPollIo;
 use weft_mesh::config::UpstreamProtocol;
 
+use super::completion::Progress;
 use super::connection::{count_connection, ConnectionFacts};
 use super::error::{self, ProxyError};
 use super::exchange::Exchange;
 use super::facts::{H2Facts, Request};
 use super::flow::{Metered, SendBudget};
 use super::lifecycle::{self, ClientSide, LocalAnswer, Plan};
-use super::completion::Progress;
 use super::{grpc, local, relay, rewrite};
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::{Conn, Replay};
@@ -327,7 +327,10 @@ impl<'a> ClientSide for H2Stream<'a> {
 
     /// Userinfo in `:authority` (or `host`) is 400, as for HTTP/1.1.
     fn refuse(&self) -> Option<ProxyError> {
-        self.facts.authority.contains('@').then_some(error::USERINFO)
+        self.facts
+            .authority
+            .contains('@')
+            .then_some(error::USERINFO)
     }
 
     async fn answer(&mut self, _: &Exchange<'_>, answer: LocalAnswer<'_>) -> StreamEnd {

@@ -15,8 +15,8 @@ use weft_mesh::snapshot::{ClusterId, Route};
 
 use super::error::{ProxyError, Retry};
 use super::exchange::Exchange;
-use crate::upstream::REFUSED_RETRIES;
 use crate::observe::metrics::Family;
+use crate::upstream::REFUSED_RETRIES;
 
 /// The `status_class` key of requests the client cancelled (status classes are 1-5).
 const CANCELLED_CLASS: u64 = 9;

@@ -113,7 +113,9 @@ impl ProxyError {
             NoRoute => 404,
             GrpcNeedsHttp2 => 505,
             UpgradeToHttp2 => 501,
-            MethodNotValidForHttp2 | TargetNotValidForHttp2 | MalformedBody
+            MethodNotValidForHttp2
+            | TargetNotValidForHttp2
+            | MalformedBody
             | BadRequestTarget(_) => 400,
             BodyTooLarge => 413,
             LoopDetected => 508,
@@ -196,7 +198,10 @@ impl ProxyError {
             ClientGone => Code::Cancelled,
             HeadTimeout | ClientStalled | ConnectTimeout | UpstreamNotReading | ResponseTimeout
             | GrpcDeadline | ResponseBodyStalled => Code::DeadlineExceeded,
-            BadHead(_) | BadRequestTarget(_) | MethodNotValidForHttp2 | TargetNotValidForHttp2
+            BadHead(_)
+            | BadRequestTarget(_)
+            | MethodNotValidForHttp2
+            | TargetNotValidForHttp2
             | MalformedBody => Code::Internal,
             GrpcNeedsHttp2 | UpgradeToHttp2 => Code::Unknown,
             LoopDetected => Code::Internal,
@@ -248,8 +253,16 @@ impl ProxyError {
     pub fn side(self) -> Side {
         use ProxyError::*;
         match self {
-            BadHead(_) | HeadTimeout | BadRequestTarget(_) | GrpcNeedsHttp2 | UpgradeToHttp2 | MethodNotValidForHttp2
-            | TargetNotValidForHttp2 | BodyTooLarge | MalformedBody | ClientStalled
+            BadHead(_)
+            | HeadTimeout
+            | BadRequestTarget(_)
+            | GrpcNeedsHttp2
+            | UpgradeToHttp2
+            | MethodNotValidForHttp2
+            | TargetNotValidForHttp2
+            | BodyTooLarge
+            | MalformedBody
+            | ClientStalled
             | ClientGone => Side::Client,
             NoRoute | LocalShortage(_) | LoopDetected => Side::Local,
             _ => Side::Upstream,
@@ -375,7 +388,10 @@ mod tests {
     #[test]
     fn grpc_clients_get_the_documented_codes() {
         assert_eq!(ProxyError::NoRoute.grpc_code(), Code::Unimplemented);
-        assert_eq!(ProxyError::BodyTooLarge.grpc_code(), Code::ResourceExhausted);
+        assert_eq!(
+            ProxyError::BodyTooLarge.grpc_code(),
+            Code::ResourceExhausted
+        );
         assert_eq!(ProxyError::NoEndpoints.grpc_code(), Code::Unavailable);
         assert_eq!(ProxyError::RefusedStream.grpc_code(), Code::Unavailable);
         assert_eq!(ProxyError::GrpcDeadline.grpc_code(), Code::DeadlineExceeded);
@@ -386,6 +402,9 @@ mod tests {
     fn an_upstream_reset_crosses_with_its_reason() {
         let e = ProxyError::UpstreamReset(Reason::REFUSED_STREAM);
         assert_eq!(e.reset_reason(), Reason::REFUSED_STREAM);
-        assert_eq!(ProxyError::ResponseBodyBroken.reset_reason(), Reason::INTERNAL_ERROR);
+        assert_eq!(
+            ProxyError::ResponseBodyBroken.reset_reason(),
+            Reason::INTERNAL_ERROR
+        );
     }
 }

@@ -38,4 +38,3 @@ impl<'a> Exchange<'a> {
         self.bound.closed.fired()
     }
 }
-

@@ -249,7 +249,6 @@ impl RequestFacts for H2Facts<'_> {
     }
 }
 
-
 impl Request for H2Facts<'_> {
     fn authority(&self) -> &str {
         self.authority
@@ -293,7 +292,10 @@ mod tests {
         assert_eq!(split_absolute("/a"), (None, "/a"));
         assert_eq!(normalize_host("Shop.Example.com:8080"), "shop.example.com");
         assert_eq!(normalize_host("[::1]:80"), "[::1]");
-        assert_eq!(normalize_host("Admin.Example.com.:443"), "admin.example.com");
+        assert_eq!(
+            normalize_host("Admin.Example.com.:443"),
+            "admin.example.com"
+        );
         assert_eq!(normalize_host("admin.example.com."), "admin.example.com");
     }
 }

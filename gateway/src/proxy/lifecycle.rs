@@ -25,8 +25,8 @@
 
 use std::time::{Duration, Instant};
 
-use weft_mesh::snapshot::{DirectResponse, Forward, HeaderEdits, RequestFacts, Route, RouteAction};
 use weft_mesh::snapshot::{Cluster, ClusterId};
+use weft_mesh::snapshot::{DirectResponse, Forward, HeaderEdits, RequestFacts, Route, RouteAction};
 
 use super::completion::{Completion, Decided, Progress};
 use super::error::ProxyError;
@@ -69,8 +69,12 @@ pub trait ClientSide {
 
     /// Ends a failed exchange in this protocol: an error answer while nothing of the
     /// response was sent (`progress.status` is `None`), else whatever ends it safely.
-    async fn fail(&mut self, x: &Exchange<'_>, error: ProxyError, progress: &Progress)
-        -> Self::Next;
+    async fn fail(
+        &mut self,
+        x: &Exchange<'_>,
+        error: ProxyError,
+        progress: &Progress,
+    ) -> Self::Next;
 }
 
 /// What the lifecycle decided for a forwarded request; every attempt reads it.

@@ -140,7 +140,12 @@ mod tests {
 
     #[test]
     fn errors_say_why_in_body_and_header() {
-        let out = text(error(502, "upstream connection failed", Persistence::Close, false));
+        let out = text(error(
+            502,
+            "upstream connection failed",
+            Persistence::Close,
+            false,
+        ));
         assert!(out.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{out}");
         assert!(
             out.contains("x-weft-error: upstream connection failed\r\n"),
@@ -157,15 +162,36 @@ mod tests {
 
     #[test]
     fn http10_keep_alive_is_said_and_http11_needs_no_word() {
-        let kept = text(response(204, "text/plain", b"", Persistence::KeepAlive10, false, &[]));
+        let kept = text(response(
+            204,
+            "text/plain",
+            b"",
+            Persistence::KeepAlive10,
+            false,
+            &[],
+        ));
         assert!(kept.contains("connection: keep-alive\r\n"), "{kept}");
-        let default = text(response(204, "text/plain", b"", Persistence::Keep, false, &[]));
+        let default = text(response(
+            204,
+            "text/plain",
+            b"",
+            Persistence::Keep,
+            false,
+            &[],
+        ));
         assert!(!default.contains("connection:"), "{default}");
     }
 
     #[test]
     fn head_answers_keep_the_length_and_drop_the_body() {
-        let out = text(response(200, "text/plain", b"hello", Persistence::Keep, true, &[]));
+        let out = text(response(
+            200,
+            "text/plain",
+            b"hello",
+            Persistence::Keep,
+            true,
+            &[],
+        ));
         assert!(out.contains("content-length: 5\r\n"), "{out}");
         assert!(out.ends_with("\r\n\r\n") && !out.contains("hello"), "{out}");
         assert!(!out.contains("connection:"), "{out}");
@@ -180,7 +206,14 @@ mod tests {
             ],
             remove: Vec::new(),
         };
-        let out = text(direct(200, "text/plain", b"ok", &edits, Persistence::Keep, false));
+        let out = text(direct(
+            200,
+            "text/plain",
+            b"ok",
+            &edits,
+            Persistence::Keep,
+            false,
+        ));
         assert!(out.contains("x-served-by: weft\r\n"), "{out}");
         assert_eq!(out.matches("content-type").count(), 1, "{out}");
     }

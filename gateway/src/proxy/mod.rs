@@ -78,6 +78,5 @@ pub fn spawn(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer: 
     }
 }
 
-
 #[cfg(test)]
 pub(crate) use client_h1::tests;

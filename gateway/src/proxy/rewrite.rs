@@ -90,6 +90,20 @@ impl ViaVersion {
     }
 }
 
+/// A new request id: 128 random bits as 32 lowercase hex digits. Written by hand: the
+/// formatter (`{:032x}` of a u128) took ~1,000 instructions a request, a tenth of what
+/// weft spends on a proxied HTTP/1.1 request.
+fn request_id() -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bits = fastrand::u128(..);
+    let mut out = [0u8; 32];
+    for digit in out.iter_mut().rev() {
+        *digit = HEX[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    out
+}
+
 /// Whether a `Via` value names this process.
 fn names_us(via: &[u8]) -> bool {
     let token = via_token().as_bytes();
@@ -308,7 +322,7 @@ pub fn request_headers<'h>(
         }
     }
     if fwd.request_id && !has_request_id {
-        out.header_fmt(b"x-request-id", format_args!("{:032x}", fastrand::u128(..)));
+        out.header(b"x-request-id", &request_id());
     }
     // The client's own `Via` fields went through above; this hop is one more.
     out.header(b"via", req.via.value());
@@ -669,6 +683,15 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_are_32_lowercase_hex_digits_and_differ() {
+        let (a, b) = (request_id(), request_id());
+        assert!(a
+            .iter()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
     fn via_names_this_hop_and_a_request_carrying_it_is_a_loop() {
         let out = upstream_head(
             "GET /a HTTP/1.1\r\nHost: shop\r\nVia: 1.1 edge\r\n\r\n",
@@ -677,7 +700,10 @@ mod tests {
             None,
         );
         let ours = format!("via: 1.1 {}\r\n", via_token());
-        assert!(out.contains("Via: 1.1 edge\r\n") && out.contains(&ours), "{out}");
+        assert!(
+            out.contains("Via: 1.1 edge\r\n") && out.contains(&ours),
+            "{out}"
+        );
         // The same request coming back through this weft.
         let mut buf = BytesMut::from(out.as_bytes());
         let head = parse_request(&mut buf, 64 * 1024, 100)

@@ -15,6 +15,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+
+use crate::keyhash::BuildKeyHasher;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -111,8 +113,8 @@ impl Drop for OpeningGuard<'_> {
 
 #[derive(Default)]
 pub struct Multiplexed {
-    conns: RefCell<HashMap<PoolKey, Vec<Rc<H2Conn>>>>,
-    opening: RefCell<HashMap<PoolKey, Rc<Opening>>>,
+    conns: RefCell<HashMap<PoolKey, Vec<Rc<H2Conn>>, BuildKeyHasher>>,
+    opening: RefCell<HashMap<PoolKey, Rc<Opening>, BuildKeyHasher>>,
 }
 
 impl Multiplexed {

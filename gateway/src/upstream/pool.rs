@@ -11,6 +11,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+
+use crate::keyhash::BuildKeyHasher;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -30,7 +32,7 @@ struct IdleConn {
 
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<PoolKey, Vec<IdleConn>>>,
+    idle: RefCell<HashMap<PoolKey, Vec<IdleConn>, BuildKeyHasher>>,
 }
 
 impl Pool {

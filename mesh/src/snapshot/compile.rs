@@ -317,11 +317,7 @@ pub fn compile_with(
 /// Which of weft's own addresses `endpoint` is, if it is one: a listener (by name) or
 /// the admin listener. A listener on an unspecified address (`0.0.0.0`, `[::]`) is
 /// reached on loopback at its port too.
-fn own_address(
-    listeners: &[Listener],
-    admin: SocketAddr,
-    endpoint: SocketAddr,
-) -> Option<String> {
+fn own_address(listeners: &[Listener], admin: SocketAddr, endpoint: SocketAddr) -> Option<String> {
     let reaches = |bound: SocketAddr| {
         bound.port() == endpoint.port()
             && (bound.ip() == endpoint.ip()
@@ -351,7 +347,10 @@ impl Snapshot {
     /// cost grows with the number of clusters (one pointer each), not with the routes
     /// or the config text. `None` when no endpoint changed; an endpoint that does not
     /// resolve refuses the whole update (the last good set stays).
-    pub fn with_discovered(&self, discovered: &Discovered) -> Result<Option<Snapshot>, ConfigErrors> {
+    pub fn with_discovered(
+        &self,
+        discovered: &Discovered,
+    ) -> Result<Option<Snapshot>, ConfigErrors> {
         let mut d = Diagnostics {
             file: &self.source_file,
             errors: Vec::new(),
@@ -1171,7 +1170,10 @@ fn check_authority(a: &str, key: &str, d: &mut Diagnostics) {
     if a.is_empty() || !a.bytes().all(allowed) {
         d.error(
             key,
-            format!("`{}` is not a host (letters, digits, '-', '.', ':' and [v6] only)", a.escape_debug()),
+            format!(
+                "`{}` is not a host (letters, digits, '-', '.', ':' and [v6] only)",
+                a.escape_debug()
+            ),
         );
     }
 }
@@ -1248,8 +1250,14 @@ mod tests {
         let b = next.cluster_by_name("b").expect("b");
         let a = next.cluster_by_name("a").expect("a");
         assert_eq!(next.clusters[b].endpoints[0].address.port(), 9002);
-        assert!(Arc::ptr_eq(&next.clusters[a], &snap.clusters[a]), "a is shared");
-        assert!(Arc::ptr_eq(&next.listeners, &snap.listeners), "routes are shared");
+        assert!(
+            Arc::ptr_eq(&next.clusters[a], &snap.clusters[a]),
+            "a is shared"
+        );
+        assert!(
+            Arc::ptr_eq(&next.listeners, &snap.listeners),
+            "routes are shared"
+        );
         assert_ne!(next.content_hash, snap.content_hash);
         // The same answer again changes nothing; a cluster without discovery ignores one.
         assert!(next.with_discovered(&found).expect("resolves").is_none());

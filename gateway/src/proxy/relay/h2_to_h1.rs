@@ -76,7 +76,8 @@ pub async fn relay(
         Err(Some(e)) => return Err(e),
     };
     progress.responded();
-    let head = h2_response_head(&response, route).ok_or(ProxyError::ResponseHeadNotValidForHttp2)?;
+    let head =
+        h2_response_head(&response, route).ok_or(ProxyError::ResponseHeadNotValidForHttp2)?;
     progress.saw_grpc_status(head.headers());
     let no_body = response.framing == BodyFraming::None;
     progress.began(response.status);
@@ -86,14 +87,7 @@ pub async fn relay(
     let send = sent.insert(send);
     if !no_body {
         let pace = client_pace(x, facts);
-        relay_response_body(
-            &mut up,
-            send,
-            response.framing,
-            cluster,
-            (&pace, progress),
-        )
-        .await?;
+        relay_response_body(&mut up, send, response.framing, cluster, (&pace, progress)).await?;
     }
     let reusable = !response.connection.close
         && response.framing != BodyFraming::UntilClose

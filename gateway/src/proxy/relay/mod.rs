@@ -93,7 +93,9 @@ fn connect_error(x: &Exchange<'_>, plan: &Plan<'_>, e: &ConnectError) -> ProxyEr
         ConnectError::Tls(err) => {
             tracing::warn!(cluster = %name, "upstream TLS handshake failed: {err}");
         }
-        _ => tracing::debug!(cluster = %name, peer = %x.conn.peer, "upstream connect failed: {e:?}"),
+        _ => {
+            tracing::debug!(cluster = %name, peer = %x.conn.peer, "upstream connect failed: {e:?}")
+        }
     }
     error
 }
@@ -171,7 +173,12 @@ async fn continue_if_expected<S: ClientStream>(
 /// How an HTTP/1.1 client's request body is copied upstream: within the body limit,
 /// each piece from the client within the idle timeout, into the upstream within the
 /// cluster's read timeout; `dechunk` for an HTTP/2 upstream, which frames it itself.
-fn request_body_copy(x: &Exchange<'_>, head: &RequestHead, plan: &Plan<'_>, dechunk: bool) -> BodyCopy {
+fn request_body_copy(
+    x: &Exchange<'_>,
+    head: &RequestHead,
+    plan: &Plan<'_>,
+    dechunk: bool,
+) -> BodyCopy {
     let http = &x.snapshot.http;
     BodyCopy {
         framing: head.framing,
