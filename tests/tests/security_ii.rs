@@ -275,3 +275,55 @@ fn loops_are_cut_by_via_and_refused_in_config() {
         "{err}"
     );
 }
+
+/// Item 16: a route on `x-tenant: blocked` was passed by a second field (`X-Tenant: ok`
+/// first) and, over HTTP/2, by the value with whitespace around it. Every value is
+/// matched now, and a padded HTTP/2 value is malformed (400).
+#[test]
+fn header_routes_see_every_value_and_padded_h2_values_are_refused() {
+    let origin = RecordingUpstream::start();
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = format!(
+        "[admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+         routes = [\n\
+           {{ match = {{ path_prefix = \"/\", headers = [{{ name = \"x-tenant\", value = \"blocked\" }}] }}, direct_response = {{ status = 403 }} }},\n\
+           {{ match = {{ path_prefix = \"/\" }}, cluster = \"o\" }},\n\
+         ]\n\n[clusters.o]\nendpoints = [\"{}\"]\n",
+        origin.addr
+    );
+    let _weft = Weft::start("ingress", &config, admin);
+    let mut c = RawClient::new(listen);
+    c.send(b"GET /a HTTP/1.1\r\nHost: x\r\nX-Tenant: ok\r\nX-Tenant: blocked\r\n\r\n");
+    assert_eq!(c.read_response().0, 403);
+    c.send(b"GET /b HTTP/1.1\r\nHost: x\r\nX-Tenant: ok\r\n\r\n");
+    assert_eq!(c.read_response().0, 200);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let statuses = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(listen)
+            .await
+            .expect("connect");
+        let (send, conn) = h2::client::handshake(tcp).await.expect("handshake");
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        for value in ["blocked ", " blocked", "blocked\t", "blocked"] {
+            let mut send = send.clone().ready().await.expect("ready");
+            let req = http::Request::get("http://x/c")
+                .header("x-tenant", value)
+                .body(())
+                .expect("request");
+            let (response, _) = send.send_request(req, true).expect("send");
+            out.push(response.await.expect("response").status().as_u16());
+        }
+        out
+    });
+    assert_eq!(statuses, [400, 400, 400, 403]);
+    assert_eq!(
+        origin.request_lines(),
+        ["GET /b"],
+        "only the request with no match went on"
+    );
+}

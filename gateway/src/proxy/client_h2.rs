@@ -325,12 +325,26 @@ impl<'a> ClientSide for H2Stream<'a> {
         &self.facts
     }
 
-    /// Userinfo in `:authority` (or `host`) is 400, as for HTTP/1.1.
+    /// Userinfo in `:authority` (or `host`) is 400, as for HTTP/1.1; so is a field
+    /// value with leading or trailing whitespace (malformed in HTTP/2, RFC 9113
+    /// §8.2.1): a route on `x-tenant: blocked` must not be passed by `"blocked "`.
     fn refuse(&self) -> Option<ProxyError> {
-        self.facts
-            .authority
-            .contains('@')
-            .then_some(error::USERINFO)
+        let padded = |v: &[u8]| {
+            matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
+        };
+        if self.facts.authority.contains('@') {
+            Some(error::USERINFO)
+        } else if self
+            .facts
+            .parts
+            .headers
+            .values()
+            .any(|v| padded(v.as_bytes()))
+        {
+            Some(ProxyError::MalformedField)
+        } else {
+            None
+        }
     }
 
     async fn answer(&mut self, _: &Exchange<'_>, answer: LocalAnswer<'_>) -> StreamEnd {

@@ -48,6 +48,10 @@ pub enum ProxyError {
     /// A request target or authority weft refuses to route (userinfo, `*` outside
     /// OPTIONS).
     BadRequestTarget(&'static str),
+    /// A request field HTTP/2 calls malformed (RFC 9113 §8.2.1), such as a value with
+    /// leading or trailing whitespace: conditions on it would see another value than
+    /// an HTTP/1.1 parser, which trims it.
+    MalformedField,
     NoRoute,
     /// A gRPC call over HTTP/1.1: its status trailers cannot be carried reliably.
     GrpcNeedsHttp2,
@@ -116,7 +120,8 @@ impl ProxyError {
             MethodNotValidForHttp2
             | TargetNotValidForHttp2
             | MalformedBody
-            | BadRequestTarget(_) => 400,
+            | BadRequestTarget(_)
+            | MalformedField => 400,
             BodyTooLarge => 413,
             LoopDetected => 508,
             // Nobody reads it; what access logs show for a cancelled request (nginx 499).
@@ -151,6 +156,7 @@ impl ProxyError {
             BadHead(HeadError::UnsupportedExpectation) => "unsupported expectation",
             HeadTimeout => "request head not received in time",
             BadRequestTarget(why) => why,
+            MalformedField => "header value with leading or trailing whitespace",
             NoRoute => "no route for this request",
             GrpcNeedsHttp2 => "gRPC needs HTTP/2 (h2c prior knowledge, or TLS with ALPN h2)",
             UpgradeToHttp2 => "protocol upgrades cannot be forwarded to an HTTP/2 upstream",
@@ -200,6 +206,7 @@ impl ProxyError {
             | GrpcDeadline | ResponseBodyStalled => Code::DeadlineExceeded,
             BadHead(_)
             | BadRequestTarget(_)
+            | MalformedField
             | MethodNotValidForHttp2
             | TargetNotValidForHttp2
             | MalformedBody => Code::Internal,
@@ -216,6 +223,7 @@ impl ProxyError {
             BadHead(_) => "bad_request_head",
             HeadTimeout => "request_head_timeout",
             BadRequestTarget(_) => "bad_request_target",
+            MalformedField => "malformed_field",
             NoRoute => "no_route",
             GrpcNeedsHttp2 => "grpc_needs_http2",
             UpgradeToHttp2 => "upgrade_to_http2",
@@ -256,6 +264,7 @@ impl ProxyError {
             BadHead(_)
             | HeadTimeout
             | BadRequestTarget(_)
+            | MalformedField
             | GrpcNeedsHttp2
             | UpgradeToHttp2
             | MethodNotValidForHttp2

@@ -123,6 +123,16 @@ impl RequestFacts for Facts<'_> {
         }
         Head::header(self.head, name)
     }
+    fn any_header(&self, name: &str, mut pred: impl FnMut(&[u8]) -> bool) -> bool {
+        if name.eq_ignore_ascii_case(CLIENT_CERT_HEADER) {
+            return self.client_cert.is_some_and(|c| pred(c.as_bytes()));
+        }
+        let head = self.head;
+        head.fields()
+            .iter()
+            .filter(|f| head.name(f).eq_ignore_ascii_case(name.as_bytes()))
+            .any(|f| pred(head.value(f)))
+    }
 }
 
 impl Request for Facts<'_> {
@@ -246,6 +256,16 @@ impl RequestFacts for H2Facts<'_> {
             return self.client_cert.map(str::as_bytes);
         }
         self.parts.headers.get(name).map(|v| v.as_bytes())
+    }
+    fn any_header(&self, name: &str, mut pred: impl FnMut(&[u8]) -> bool) -> bool {
+        if name.eq_ignore_ascii_case(CLIENT_CERT_HEADER) {
+            return self.client_cert.is_some_and(|c| pred(c.as_bytes()));
+        }
+        self.parts
+            .headers
+            .get_all(name)
+            .iter()
+            .any(|v| pred(v.as_bytes()))
     }
 }
 

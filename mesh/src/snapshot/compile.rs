@@ -1305,6 +1305,12 @@ mod tests {
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.as_bytes())
         }
+        fn any_header(&self, name: &str, mut pred: impl FnMut(&[u8]) -> bool) -> bool {
+            self.3
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .any(|(_, v)| pred(v.as_bytes()))
+        }
     }
 
     #[test]

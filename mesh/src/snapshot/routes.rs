@@ -27,6 +27,9 @@ pub trait RequestFacts {
     fn method(&self) -> &[u8];
     /// First value of a header; `name` is lowercase.
     fn header(&self, name: &str) -> Option<&[u8]>;
+    /// Whether any value of the header `name` (lowercase) satisfies `pred`: a request
+    /// may carry a field more than once, and a condition on it must see every value.
+    fn any_header(&self, name: &str, pred: impl FnMut(&[u8]) -> bool) -> bool;
 }
 
 #[derive(Debug)]
@@ -72,16 +75,18 @@ pub fn is_grpc_content_type(value: &[u8]) -> bool {
 }
 
 impl HeaderMatcher {
-    fn holds(&self, value: Option<&[u8]>) -> bool {
-        let hit = match (&self.kind, value) {
-            (_, None) => false,
-            (HeaderMatchKind::Present, Some(_)) => true,
-            (HeaderMatchKind::Exact(want), Some(v)) => v == want.as_slice(),
-            (HeaderMatchKind::Grpc, Some(v)) => is_grpc_content_type(v),
-            (HeaderMatchKind::Regex(re), Some(v)) => std::str::from_utf8(v)
+    /// Whether the condition holds: some value of the field matches (a field sent twice,
+    /// `x-tenant: ok` then `x-tenant: blocked`, matches `blocked`), or, inverted, none
+    /// does.
+    fn holds(&self, req: &impl RequestFacts) -> bool {
+        let hit = req.any_header(&self.name, |v| match &self.kind {
+            HeaderMatchKind::Present => true,
+            HeaderMatchKind::Exact(want) => v == want.as_slice(),
+            HeaderMatchKind::Grpc => is_grpc_content_type(v),
+            HeaderMatchKind::Regex(re) => std::str::from_utf8(v)
                 .map(|s| re.is_match(s))
                 .unwrap_or(false),
-        };
+        });
         hit != self.invert
     }
 }
@@ -276,6 +281,6 @@ impl Route {
                 return false;
             }
         }
-        self.headers.iter().all(|h| h.holds(req.header(&h.name)))
+        self.headers.iter().all(|h| h.holds(req))
     }
 }
