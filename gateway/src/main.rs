@@ -126,8 +126,13 @@ fn load(file: &Path, role: Option<Role>) -> Result<Snapshot, ExitCode> {
 fn summary(s: &Snapshot) -> String {
     let mut out = format!("{}: ok ({:?})\n", s.source_file.display(), s.role);
     for l in s.listeners.iter() {
+        let paths = match (l.paths.normalize, l.paths.merge_slashes) {
+            (false, _) => "paths as received",
+            (true, false) => "paths normalised",
+            (true, true) => "paths normalised, slashes merged",
+        };
         out += &format!(
-            "  listener {} on {}: {} route(s)\n",
+            "  listener {} on {}: {} route(s), {paths}\n",
             l.name,
             l.address,
             l.routes.routes.len()

@@ -191,6 +191,20 @@ impl Weft {
             .sum()
     }
 
+    /// `metric`, once it reads `want` (or what it reads after 5 s). A request is counted
+    /// when its exchange is over, just after its last byte went to the client, so a
+    /// client that scrapes the moment it has its answer may be a moment early.
+    pub fn metric_settled(&self, parts: &[&str], want: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.metric(parts);
+            if v == want || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

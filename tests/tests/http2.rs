@@ -209,11 +209,14 @@ async fn hyper_h2_client_multiplexes_streams_on_one_connection() {
         "all streams on one connection"
     );
     assert_eq!(
-        weft.metric(&[
-            "weft_requests_total",
-            "cluster=\"app\"",
-            "status_class=\"2xx\""
-        ]),
+        weft.metric_settled(
+            &[
+                "weft_requests_total",
+                "cluster=\"app\"",
+                "status_class=\"2xx\""
+            ],
+            50.0
+        ),
         50.0
     );
 }

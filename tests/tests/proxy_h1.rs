@@ -147,11 +147,14 @@ async fn get_post_and_keep_alive_with_hyper() {
         "upstream connection reused"
     );
     assert_eq!(
-        s.weft.metric(&[
-            "weft_requests_total",
-            "route=\"api\"",
-            "status_class=\"2xx\""
-        ]),
+        s.weft.metric_settled(
+            &[
+                "weft_requests_total",
+                "route=\"api\"",
+                "status_class=\"2xx\""
+            ],
+            21.0
+        ),
         21.0
     );
 

@@ -259,9 +259,11 @@ fn loops_are_cut_by_via_and_refused_in_config() {
     c.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
     let (status, head, _) = c.read_response();
     assert_eq!(status, 508, "{head}");
-    // One round trip: A forwarded once, B once, A refused the second arrival.
-    assert_eq!(weft_a.metric(&["weft_requests_total"]), 2.0);
-    assert_eq!(weft_b.metric(&["weft_requests_total"]), 1.0);
+    // One round trip: A forwarded once, B once, A refused the second arrival. (Each
+    // request is counted when its exchange is over, just after its last byte went to
+    // the client: the counts are awaited, not read at once.)
+    assert_eq!(weft_a.metric_settled(&["weft_requests_total"], 2.0), 2.0);
+    assert_eq!(weft_b.metric_settled(&["weft_requests_total"], 1.0), 1.0);
 
     // A cluster that is weft's own listener never gets to run.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -325,5 +327,77 @@ fn header_routes_see_every_value_and_padded_h2_values_are_refused() {
         origin.request_lines(),
         ["GET /b"],
         "only the request with no match went on"
+    );
+}
+
+/// Item 3: a route that answers `/admin` itself was bypassed by other spellings of the
+/// same path, over HTTP/1.1 and HTTP/2, and `prefix_rewrite` forwarded dot segments.
+/// Paths are normalised before routing and forwarding; one that climbs above `/` is
+/// 400; a listener with `paths.normalize = false` keeps them as received.
+#[test]
+fn every_spelling_of_a_path_meets_its_route() {
+    let origin = RecordingUpstream::start();
+    let (listen, raw_listen, admin) = (free_addr(), free_addr(), free_addr());
+    let routes = "routes = [\n\
+           { match = { path_prefix = \"/admin\" }, direct_response = { status = 403 } },\n\
+           { match = { path_prefix = \"/api/\" }, cluster = \"o\", prefix_rewrite = \"/v1/\" },\n\
+           { match = { path_prefix = \"/\" }, cluster = \"o\" },\n\
+         ]";
+    let config = format!(
+        "[admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n{routes}\n\n\
+         [[listeners]]\nname = \"raw\"\naddress = \"{raw_listen}\"\npaths = {{ normalize = false }}\n{routes}\n\n\
+         [clusters.o]\nendpoints = [\"{}\"]\n",
+        origin.addr
+    );
+    let weft = Weft::start("ingress", &config, admin);
+    let get = |addr: std::net::SocketAddr, path: &str| {
+        let mut c = RawClient::new(addr);
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        c.read_response().0
+    };
+    for path in [
+        "/admin",
+        "/%61dmin",
+        "//admin",
+        "/./admin",
+        "/x/../admin",
+        "/%2e/admin/",
+    ] {
+        assert_eq!(get(listen, path), 403, "{path}");
+    }
+    for path in ["/../admin", "/%2e%2e/admin", "/a/../../admin"] {
+        assert_eq!(get(listen, path), 400, "{path}");
+    }
+    // Forwarded as normalised, the prefix rewrite applied to the normal form.
+    assert_eq!(get(listen, "/api/../api/./users//1?q=%2e"), 200);
+    assert_eq!(get(listen, "/%7Euser/a"), 200);
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--http2-prior-knowledge",
+        ])
+        .args(["--max-time", "5", "--path-as-is"])
+        .arg(format!("http://{listen}/x/../%61dmin"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    assert_eq!(
+        origin.request_lines(),
+        ["GET /v1/users/1?q=%2e", "GET /~user/a"],
+        "what the upstream was sent"
+    );
+    // The listener that opted out keeps paths as received.
+    assert_eq!(get(raw_listen, "/%61dmin"), 200);
+    assert_eq!(
+        origin.request_lines().last().map(String::as_str),
+        Some("GET /%61dmin")
+    );
+    assert_eq!(
+        weft.metric_settled(&["weft_normalized_paths_total", "outcome=\"refused\""], 3.0),
+        3.0
     );
 }

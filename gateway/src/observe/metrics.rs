@@ -61,6 +61,8 @@ pub enum Family {
     /// gRPC calls answered, by listener, route, cluster and the grpc-status the client
     /// got (`weft_requests_total` counts them too, by HTTP status class: 2xx for most).
     GrpcRequests,
+    /// Request paths `[listeners.paths]` rewrote or refused, by listener and outcome.
+    NormalizedPaths,
 }
 
 impl Family {
@@ -74,6 +76,7 @@ impl Family {
             Family::RejectedRequests => "weft_rejected_requests_total",
             Family::TlsHandshakeFailures => "weft_tls_handshake_failures_total",
             Family::GrpcRequests => "weft_grpc_requests_total",
+            Family::NormalizedPaths => "weft_normalized_paths_total",
         }
     }
     fn help(self) -> &'static str {
@@ -94,6 +97,9 @@ impl Family {
             Family::GrpcRequests => {
                 "gRPC calls answered, by listener, route, cluster and grpc-status."
             }
+            Family::NormalizedPaths => {
+                "Request paths normalised (rewritten) or refused, by listener and outcome."
+            }
         }
     }
     /// Whether this family's keys start with the snapshot version (their other parts
@@ -113,7 +119,7 @@ impl Family {
             _ => "counter",
         }
     }
-    const ALL: [Family; 8] = [
+    const ALL: [Family; 9] = [
         Family::Requests,
         Family::UpstreamConnectErrors,
         Family::UpstreamTimeouts,
@@ -122,6 +128,7 @@ impl Family {
         Family::RejectedRequests,
         Family::TlsHandshakeFailures,
         Family::GrpcRequests,
+        Family::NormalizedPaths,
     ];
 }
 

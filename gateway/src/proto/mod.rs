@@ -1,4 +1,5 @@
 //! Wire protocols. Codecs only: no routing, no sockets beyond the streams handed in.
 
 pub mod h1;
+pub mod path;
 pub mod percent;

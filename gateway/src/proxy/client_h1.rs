@@ -270,7 +270,8 @@ struct H1Exchange<'c, S> {
 
 impl<'c, S: ClientStream> H1Exchange<'c, S> {
     async fn run(x: &Exchange<'_>, client: &'c mut Conn<S>, head: &'c RequestHead) -> Next {
-        let mut facts = Facts::new(head);
+        let paths = x.bound.in_snapshot(x.snapshot).map(|l| l.paths);
+        let mut facts = Facts::new(head, paths.unwrap_or_default());
         facts.client_cert = x.conn.client_cert();
         let keep_alive = head.wants_keep_alive() && !x.closing();
         let mut exchange = H1Exchange {

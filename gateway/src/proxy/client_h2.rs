@@ -289,7 +289,8 @@ async fn stream_task(
 ) -> StreamEnd {
     let snapshot = worker.snapshot();
     let (parts, body) = req.into_parts();
-    let mut facts = H2Facts::new(&parts, &budget);
+    let paths = bound.in_snapshot(&snapshot).map(|l| l.paths);
+    let mut facts = H2Facts::new(&parts, &budget, paths.unwrap_or_default());
     facts.client_cert = conn.client_cert();
     let x = Exchange {
         worker: &worker,

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use http::request::Parts;
-use weft_mesh::snapshot::{is_grpc_content_type, RequestFacts};
+use weft_mesh::snapshot::{is_grpc_content_type, PathPolicy, RequestFacts};
 
 use super::flow::SendBudget;
 use super::grpc;
@@ -27,6 +27,8 @@ pub trait Request: RequestFacts {
     fn grpc_timeout(&self) -> Option<Duration>;
     /// The body length the client declared.
     fn declared_length(&self) -> Option<u64>;
+    /// What `[listeners.paths]` made of the path.
+    fn path_outcome(&self) -> PathOutcome;
 }
 
 /// The header that carries a verified client certificate's identity.
@@ -37,16 +39,19 @@ pub struct Facts<'a> {
     host: Cow<'a, str>,
     /// Authority as the client sent it (with port), for Host rewriting and redirects.
     pub authority: &'a str,
-    /// Path and query, origin-form.
-    pub path_and_query: &'a str,
-    pub path: &'a str,
+    /// Path and query, origin-form, as received.
+    received_path_and_query: &'a str,
+    received_path: &'a str,
+    /// The normal form of the path, when it differs (`[listeners.paths]`).
+    normalized: Option<Box<NormalTarget>>,
+    pub path_outcome: PathOutcome,
     /// A verified client certificate's identity; what `x-forwarded-client-cert` means
     /// to routing (a client-sent header of that name is never believed).
     pub client_cert: Option<&'a str>,
 }
 
 impl<'a> Facts<'a> {
-    pub fn new(head: &'a RequestHead) -> Facts<'a> {
+    pub fn new(head: &'a RequestHead, paths: PathPolicy) -> Facts<'a> {
         // httparse only accepts visible ASCII (and UTF-8) in the target.
         let target = std::str::from_utf8(head.target()).unwrap_or("/");
         let (uri_authority, path_and_query) = split_absolute(target);
@@ -58,14 +63,82 @@ impl<'a> Facts<'a> {
                 .unwrap_or(""),
         };
         let path = path_and_query.split('?').next().unwrap_or("/");
+        let (path_outcome, normalized) = normal_target(path, path_and_query, paths);
         Facts {
             head,
             host: normalize_host(authority),
             authority,
-            path_and_query,
-            path,
+            received_path_and_query: path_and_query,
+            received_path: path,
+            normalized,
+            path_outcome,
             client_cert: None,
         }
+    }
+
+    /// The path routes see and the upstream receives (normalised), without the query.
+    pub fn path(&self) -> &str {
+        self.normalized
+            .as_ref()
+            .map_or(self.received_path, |n| n.path())
+    }
+
+    /// The path (normalised) and the query.
+    pub fn path_and_query(&self) -> &str {
+        self.normalized
+            .as_ref()
+            .map_or(self.received_path_and_query, |n| &n.path_and_query)
+    }
+}
+
+/// What `[listeners.paths]` made of a request's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathOutcome {
+    Unchanged,
+    Rewritten,
+    /// It climbs above `/`: the request is refused (400).
+    Refused,
+}
+
+/// A normalised path with the query it came with; boxed, because it is rare and an
+/// HTTP/2 stream task carries the facts inline.
+#[derive(Debug)]
+pub struct NormalTarget {
+    pub path_and_query: String,
+    path_len: usize,
+}
+
+impl NormalTarget {
+    fn path(&self) -> &str {
+        &self.path_and_query[..self.path_len]
+    }
+}
+
+/// Normalises `path` under the listener's policy; `path_and_query` gives the query.
+fn normal_target(
+    path: &str,
+    path_and_query: &str,
+    paths: PathPolicy,
+) -> (PathOutcome, Option<Box<NormalTarget>>) {
+    if !paths.normalize {
+        return (PathOutcome::Unchanged, None);
+    }
+    match crate::proto::path::normalize(path, paths.merge_slashes) {
+        Ok(None) => (PathOutcome::Unchanged, None),
+        Ok(Some(normal)) => {
+            let path_len = normal.len();
+            // `path` is the part of `path_and_query` before its `?`.
+            let mut normal = normal;
+            normal.push_str(&path_and_query[path.len()..]);
+            (
+                PathOutcome::Rewritten,
+                Some(Box::new(NormalTarget {
+                    path_and_query: normal,
+                    path_len,
+                })),
+            )
+        }
+        Err(_) => (PathOutcome::Refused, None),
     }
 }
 
@@ -112,7 +185,7 @@ impl RequestFacts for Facts<'_> {
         &self.host
     }
     fn path(&self) -> &str {
-        self.path
+        Facts::path(self)
     }
     fn method(&self) -> &[u8] {
         self.head.method()
@@ -140,7 +213,7 @@ impl Request for Facts<'_> {
         self.authority
     }
     fn path_and_query(&self) -> &str {
-        self.path_and_query
+        Facts::path_and_query(self)
     }
     fn head_only(&self) -> bool {
         self.head.method() == b"HEAD"
@@ -152,6 +225,9 @@ impl Request for Facts<'_> {
     }
     fn grpc_timeout(&self) -> Option<Duration> {
         None
+    }
+    fn path_outcome(&self) -> PathOutcome {
+        self.path_outcome
     }
     fn declared_length(&self) -> Option<u64> {
         match self.head.framing {
@@ -183,10 +259,13 @@ pub struct H2Facts<'a> {
     pub client_cert: Option<&'a str>,
     /// What the connection's streams may queue for the client.
     pub send_budget: &'a SendBudget,
+    /// The normal form of the path, when it differs (`[listeners.paths]`).
+    normalized: Option<Box<NormalTarget>>,
+    pub path_outcome: PathOutcome,
 }
 
 impl<'a> H2Facts<'a> {
-    pub fn new(parts: &'a Parts, send_budget: &'a SendBudget) -> H2Facts<'a> {
+    pub fn new(parts: &'a Parts, send_budget: &'a SendBudget, paths: PathPolicy) -> H2Facts<'a> {
         let authority = parts
             .uri
             .authority()
@@ -199,6 +278,9 @@ impl<'a> H2Facts<'a> {
             })
             .unwrap_or("");
         let grpc = grpc::is_grpc(&parts.headers);
+        let received_path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let (path_outcome, normalized) =
+            normal_target(parts.uri.path(), received_path_and_query, paths);
         H2Facts {
             parts,
             host: normalize_host(authority),
@@ -207,21 +289,27 @@ impl<'a> H2Facts<'a> {
             grpc_timeout: grpc.then(|| grpc::timeout(&parts.headers)).flatten(),
             client_cert: None,
             send_budget,
+            normalized,
+            path_outcome,
         }
     }
 
-    // Path and query are read from the URI when asked: a stream task carries this
-    // struct, and it is spawned (moved) whole for every request.
-    pub fn uri_path(&self) -> &'a str {
-        self.parts.uri.path()
+    // Path and query are read from the URI when asked (the normal form only when it
+    // differs): a stream task carries this struct, spawned (moved) whole per request.
+    /// The path routes see and the upstream receives (normalised), without the query.
+    pub fn uri_path(&self) -> &str {
+        match &self.normalized {
+            Some(n) => n.path(),
+            None => self.parts.uri.path(),
+        }
     }
 
-    pub fn uri_path_and_query(&self) -> &'a str {
-        self.parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
+    /// The path (normalised) and the query.
+    pub fn uri_path_and_query(&self) -> &str {
+        match &self.normalized {
+            Some(n) => &n.path_and_query,
+            None => self.parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        }
     }
 
     /// The client's `content-length` (h2 checked it against the DATA it carries).
@@ -287,6 +375,9 @@ impl Request for H2Facts<'_> {
     }
     fn declared_length(&self) -> Option<u64> {
         H2Facts::declared_length(self)
+    }
+    fn path_outcome(&self) -> PathOutcome {
+        self.path_outcome
     }
 }
 

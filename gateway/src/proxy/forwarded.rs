@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use weft_mesh::config::ForwardedConfig;
-use weft_mesh::snapshot::{Forward, HeaderEdits};
+use weft_mesh::snapshot::{Forward, HeaderEdits, PathPolicy};
 
 use super::facts::Facts;
 use super::rewrite::{self, ClientInfo};
@@ -75,7 +75,7 @@ pub fn request(input: &[u8]) -> Outcome {
         Ok(b) => b,
         Err(o) => return o,
     };
-    let facts = Facts::new(&head);
+    let facts = Facts::new(&head, PathPolicy::default());
     let forward = Forward {
         targets: Vec::new(),
         total_weight: 0,

@@ -31,8 +31,9 @@ use weft_mesh::snapshot::{DirectResponse, Forward, HeaderEdits, RequestFacts, Ro
 use super::completion::{Completion, Decided, Progress};
 use super::error::ProxyError;
 use super::exchange::Exchange;
-use super::facts::Request;
+use super::facts::{PathOutcome, Request};
 use super::local;
+use crate::observe::metrics::Family;
 
 /// An answer weft makes itself for a route.
 pub enum LocalAnswer<'r> {
@@ -121,6 +122,17 @@ async fn decide_and_relay<'s, C: ClientSide>(
     if let Some(refused) = client.refuse() {
         fail!(refused);
     }
+    match client.request().path_outcome() {
+        PathOutcome::Unchanged => {}
+        outcome => {
+            count_path(x, outcome);
+            if outcome == PathOutcome::Refused {
+                fail!(ProxyError::BadRequestTarget(
+                    "the path climbs above the root (`..`)"
+                ));
+            }
+        }
+    }
     // Phase 2: route.
     let Some(route) = x.routes().and_then(|t| t.find(client.request())) else {
         fail!(ProxyError::NoRoute);
@@ -197,6 +209,24 @@ async fn attempts<C: ClientSide>(
             relayed => return relayed,
         }
     }
+}
+
+/// Counts a path `[listeners.paths]` rewrote or refused, by listener.
+fn count_path(x: &Exchange<'_>, outcome: PathOutcome) {
+    let label = match outcome {
+        PathOutcome::Refused => "refused",
+        _ => "rewritten",
+    };
+    x.worker.counters.bump(
+        Family::NormalizedPaths,
+        [x.bound.slot as u64, outcome as u64, 0, 0],
+        || {
+            vec![
+                ("listener", x.bound.name.to_string()),
+                ("outcome", label.to_owned()),
+            ]
+        },
+    );
 }
 
 /// Chooses the cluster and the timeouts every attempt of a forwarded request keeps.

@@ -339,7 +339,7 @@ pub fn request_headers<'h>(
 /// unknown length goes to an HTTP/1.1 upstream (`h1`) with the chunked coding; a
 /// request without a body states a length only if the client did (as 0, what
 /// follows).
-pub fn h2_outgoing<'a>(facts: &H2Facts<'a>, has_body: bool, h1: bool) -> Outgoing<'a> {
+pub fn h2_outgoing<'f>(facts: &'f H2Facts<'_>, has_body: bool, h1: bool) -> Outgoing<'f> {
     let parts = facts.parts;
     let declared = facts.declared_length();
     Outgoing {
@@ -363,7 +363,7 @@ pub fn h2_outgoing<'a>(facts: &H2Facts<'a>, has_body: bool, h1: bool) -> Outgoin
 }
 
 /// The request line and framing of an HTTP/1.1 client's request.
-pub fn h1_outgoing<'a>(facts: &Facts<'a>) -> Outgoing<'a> {
+pub fn h1_outgoing<'f>(facts: &'f Facts<'_>) -> Outgoing<'f> {
     let head = facts.head;
     let accepts_trailers = head.version == Version::H11
         && head
@@ -377,8 +377,8 @@ pub fn h1_outgoing<'a>(facts: &Facts<'a>) -> Outgoing<'a> {
             });
     Outgoing {
         method: head.method(),
-        path: facts.path,
-        path_and_query: facts.path_and_query,
+        path: facts.path(),
+        path_and_query: facts.path_and_query(),
         authority: facts.authority,
         chunked: head.framing == BodyFraming::Chunked,
         length: match head.framing {
@@ -647,6 +647,7 @@ mod tests {
     use super::*;
     use crate::proto::h1::head::parse_request;
     use crate::proxy::facts::Facts;
+    use weft_mesh::snapshot::PathPolicy;
 
     /// The head weft sends upstream for `request`, from `peer`, with `fwd`.
     fn upstream_head(
@@ -659,7 +660,7 @@ mod tests {
         let head = parse_request(&mut buf, 64 * 1024, 100)
             .expect("parses")
             .expect("complete");
-        let facts = Facts::new(&head);
+        let facts = Facts::new(&head, PathPolicy::default());
         let forward = Forward {
             targets: Vec::new(),
             total_weight: 0,
@@ -720,7 +721,7 @@ mod tests {
             prefix_rewrite: None,
         };
         let again = h1_request_head(
-            &Facts::new(&head),
+            &Facts::new(&head, PathPolicy::default()),
             &forward,
             &HeaderEdits::default(),
             &defaults(),

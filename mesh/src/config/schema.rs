@@ -250,7 +250,31 @@ pub struct ListenerConfig {
     pub address: String,
     /// Terminate TLS on this listener.
     pub tls: Option<ListenerTlsConfig>,
+    /// How request paths are normalised before routing and forwarding.
+    pub paths: PathsConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[listeners.paths]`: what a request path is made into before routes see it and the
+/// upstream receives it (RFC 3986 §6.2.2), so that `/%61dmin`, `//admin`, `/./admin`
+/// and `/x/../admin` all meet the routes for `/admin`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathsConfig {
+    /// Decode percent-encoded unreserved characters and remove `.` and `..` segments; a
+    /// path that climbs above `/` is refused (400).
+    pub normalize: bool,
+    /// Also merge repeated slashes (`//a` is `/a`), as nginx does by default.
+    pub merge_slashes: bool,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        PathsConfig {
+            normalize: true,
+            merge_slashes: true,
+        }
+    }
 }
 
 /// TLS termination. Relative file paths are relative to the config file's directory.

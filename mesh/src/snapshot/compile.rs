@@ -119,6 +119,7 @@ pub fn compile_with(
                 name: "inbound".into(),
                 address: sc.inbound.address.clone(),
                 tls: sc.inbound.tls.clone(),
+                paths: Default::default(),
                 routes: vec![RouteConfig {
                     name: Some("inbound".into()),
                     cluster: Some(SIDECAR_APP_CLUSTER.into()),
@@ -145,6 +146,7 @@ pub fn compile_with(
                     name: "outbound".into(),
                     address: sc.outbound.address.clone(),
                     tls: None,
+                    paths: Default::default(),
                     routes,
                 }),
                 "sidecar.outbound".into(),
@@ -240,6 +242,10 @@ pub fn compile_with(
                 address,
                 role,
                 tls,
+                paths: PathPolicy {
+                    normalize: l.paths.normalize,
+                    merge_slashes: l.paths.normalize && l.paths.merge_slashes,
+                },
                 routes: RouteTable::new(routes),
             });
         }

@@ -125,7 +125,26 @@ pub struct Listener {
     pub role: ListenerRole,
     /// TLS termination, when configured.
     pub tls: Option<tls::ListenerTls>,
+    pub paths: PathPolicy,
     pub routes: RouteTable,
+}
+
+/// How a listener normalises request paths (`[listeners.paths]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathPolicy {
+    pub normalize: bool,
+    /// Only with `normalize`.
+    pub merge_slashes: bool,
+}
+
+impl Default for PathPolicy {
+    /// What a listener does unless its config says otherwise.
+    fn default() -> Self {
+        PathPolicy {
+            normalize: true,
+            merge_slashes: true,
+        }
+    }
 }
 
 /// What a listener is for: traffic from outside (`[[listeners]]`), or one side of a
