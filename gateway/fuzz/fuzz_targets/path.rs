@@ -31,6 +31,7 @@ fuzz_target!(|input: &[u8]| {
                 }
             }
         }
+        Err(PathError::BadPercentEncoding) => assert!(path.contains('%')),
         Err(PathError::EscapesRoot) => {
             // A `..` written out or percent-encoded (`%2e` is `.`).
             let lower = path.to_ascii_lowercase();

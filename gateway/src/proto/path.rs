@@ -7,7 +7,8 @@
 //! percent-encodings get uppercase hex), repeated slashes are merged when asked, and
 //! `.` / `..` segments are removed (§5.2.4). A path whose `..` climbs above `/` is
 //! refused rather than clamped: no origin has a parent of its root, so the request is
-//! a probe.
+//! a probe. So is a `%` without two hex digits after it (what it would become after
+//! its neighbours are decoded is up to the next decoder).
 //!
 //! A path already normal (the common case) is found so by one scan and not copied.
 
@@ -16,6 +17,10 @@
 pub enum PathError {
     /// `..` segments climb above `/`.
     EscapesRoot,
+    /// A `%` not followed by two hex digits. Kept as it is, decoding its neighbours
+    /// could make a new encoding of it (`%6%61` -> `%6a`), and a second decoder
+    /// downstream would read another path than the routes did.
+    BadPercentEncoding,
 }
 
 /// The normal form of `path` (without its query), or `None` when it already is.
@@ -23,7 +28,7 @@ pub fn normalize(path: &str, merge_slashes: bool) -> Result<Option<String>, Path
     if !path.starts_with('/') || is_normal(path.as_bytes(), merge_slashes) {
         return Ok(None);
     }
-    let decoded = decode_unreserved(path);
+    let decoded = decode_unreserved(path)?;
     let mut segments: Vec<&str> = Vec::new();
     // Whether the result ends in `/`: a last segment that is empty, `.` or `..` names
     // a directory.
@@ -75,34 +80,38 @@ fn is_normal(path: &[u8], merge_slashes: bool) -> bool {
 }
 
 /// `%41` becomes `A` (an unreserved character has one spelling); any other
-/// percent-encoding stays encoded, with uppercase hex digits; a `%` not followed by
-/// two hex digits stays as it is.
-fn decode_unreserved(path: &str) -> String {
+/// percent-encoding stays encoded, with uppercase hex digits. A `%` not followed by two
+/// hex digits is refused.
+fn decode_unreserved(path: &str) -> Result<String, PathError> {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if b == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                let c = h << 4 | l;
-                if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
-                    out.push(c as char);
-                } else {
-                    out.push('%');
-                    out.push(bytes[i + 1].to_ascii_uppercase() as char);
-                    out.push(bytes[i + 2].to_ascii_uppercase() as char);
-                }
-                i += 3;
-                continue;
+        if b == b'%' {
+            let (Some(&hi), Some(&lo)) = (bytes.get(i + 1), bytes.get(i + 2)) else {
+                return Err(PathError::BadPercentEncoding);
+            };
+            let (Some(h), Some(l)) = (hex(hi), hex(lo)) else {
+                return Err(PathError::BadPercentEncoding);
+            };
+            let c = h << 4 | l;
+            if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                out.push(c as char);
+            } else {
+                out.push('%');
+                out.push(hi.to_ascii_uppercase() as char);
+                out.push(lo.to_ascii_uppercase() as char);
             }
+            i += 3;
+            continue;
         }
         // The path is ASCII (httparse and h2 take only visible ASCII in it), so a byte
         // is a char.
         out.push(b as char);
         i += 1;
     }
-    out
+    Ok(out)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -151,7 +160,9 @@ mod tests {
         assert_eq!(normalize("/", true), Ok(None));
         // Reserved characters stay encoded (a `%2F` is not a segment separator).
         assert_eq!(norm("/a%2fb").as_deref(), Ok("/a%2Fb"));
-        assert_eq!(norm("/a%zz").as_deref(), Ok("/a%zz"));
+        assert_eq!(norm("/a%zz"), Err(PathError::BadPercentEncoding));
+        assert_eq!(norm("/%6%61"), Err(PathError::BadPercentEncoding));
+        assert_eq!(norm("/a%4"), Err(PathError::BadPercentEncoding));
         assert_eq!(norm("/a/./").as_deref(), Ok("/a/"));
         assert_eq!(norm("/a/b/..").as_deref(), Ok("/a/"));
     }

@@ -96,7 +96,7 @@ impl<'a> Facts<'a> {
 pub enum PathOutcome {
     Unchanged,
     Rewritten,
-    /// It climbs above `/`: the request is refused (400).
+    /// It climbs above `/`, or has a `%` without two hex digits: refused (400).
     Refused,
 }
 

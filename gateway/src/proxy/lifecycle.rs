@@ -128,7 +128,7 @@ async fn decide_and_relay<'s, C: ClientSide>(
             count_path(x, outcome);
             if outcome == PathOutcome::Refused {
                 fail!(ProxyError::BadRequestTarget(
-                    "the path climbs above the root (`..`)"
+                    "the path climbs above the root (`..`) or has a bad percent-encoding"
                 ));
             }
         }
