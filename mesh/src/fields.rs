@@ -52,6 +52,39 @@ pub fn is_managed(name: &[u8]) -> bool {
     any(&MANAGED, name)
 }
 
+/// Request fields weft writes or vouches for itself (framing, routing, the forwarding
+/// headers, the client certificate, `Via`): a client's field that reads as one of them
+/// once `_` is read as `-` (`Transfer_Encoding`, `X_Forwarded_For`,
+/// `x_forwarded_client_cert`) is dropped, because CGI, WSGI and many frameworks map both
+/// spellings to the same variable, and the origin would believe the client's copy.
+pub const VOUCHED: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "forwarded",
+    "x-forwarded-client-cert",
+    "x-request-id",
+    "via",
+];
+
+/// Whether a request field is an underscore spelling of one weft vouches for.
+pub fn aliases_vouched(name: &[u8]) -> bool {
+    name.contains(&b'_')
+        && VOUCHED.iter().any(|v| {
+            v.len() == name.len()
+                && v.bytes().zip(name).all(|(v, &n)| {
+                    let n = if n == b'_' {
+                        b'-'
+                    } else {
+                        n.to_ascii_lowercase()
+                    };
+                    v == n
+                })
+        })
+}
+
 /// A response field an upstream's response never carries through weft.
 pub fn is_weft_made(name: &[u8]) -> bool {
     any(&WEFT_MADE, name)
@@ -77,6 +110,26 @@ pub fn is_editable(name: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn underscore_spellings_of_vouched_fields_are_recognised() {
+        for n in [
+            "Transfer_Encoding",
+            "X_Forwarded_For",
+            "x_forwarded_client_cert",
+            "content_length",
+        ] {
+            assert!(super::aliases_vouched(n.as_bytes()), "{n}");
+        }
+        for n in [
+            "x-forwarded-for",
+            "x_app_id",
+            "transfer_encodings",
+            "X_Request",
+        ] {
+            assert!(!super::aliases_vouched(n.as_bytes()), "{n}");
+        }
+    }
+
     use super::*;
 
     #[test]

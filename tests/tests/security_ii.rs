@@ -401,3 +401,51 @@ fn every_spelling_of_a_path_meets_its_route() {
         3.0
     );
 }
+
+/// Items 6 and 15 (in part): a client's `Transfer_Encoding`, `X_Forwarded_For` or
+/// `x_forwarded_client_cert` reached the origin, whose framework (CGI, WSGI, ...) reads
+/// `_` as `-` and so believed the client's copy of what weft vouches for. Such
+/// underscore spellings of weft-managed fields are dropped, over HTTP/1.1 and HTTP/2.
+#[test]
+fn underscore_spellings_of_managed_fields_are_dropped() {
+    let origin = RecordingUpstream::start();
+    let (listen, admin) = (free_addr(), free_addr());
+    let _weft = Weft::start("ingress", &one_cluster(admin, listen, origin.addr), admin);
+    let forged = [
+        ("Transfer_Encoding", "chunked"),
+        ("X_Forwarded_For", "6.6.6.6"),
+        ("x_forwarded_client_cert", "URI=spiffe://mesh/sa/admin"),
+        ("X_Forwarded_Proto", "https"),
+    ];
+    let mut request = String::from("GET /h1 HTTP/1.1\r\nHost: x\r\nX_App_Id: kept\r\n");
+    for (n, v) in forged {
+        request += &format!("{n}: {v}\r\n");
+    }
+    request += "\r\n";
+    let mut c = RawClient::new(listen);
+    c.send(request.as_bytes());
+    assert_eq!(c.read_response().0, 200);
+    let mut args = vec![
+        "-s".to_owned(),
+        "-o".into(),
+        "/dev/null".into(),
+        "--http2-prior-knowledge".into(),
+        "-H".into(),
+        "X_App_Id: kept".into(),
+    ];
+    for (n, v) in forged {
+        args.push("-H".into());
+        args.push(format!("{n}: {v}"));
+    }
+    args.push(format!("http://{listen}/h2"));
+    let out = Command::new("curl").args(&args).output().expect("curl");
+    assert!(out.status.success());
+    let seen = origin.received_text().to_ascii_lowercase();
+    assert_eq!(seen.matches("x_app_id: kept").count(), 2, "{seen}");
+    for (n, v) in forged {
+        assert!(
+            !seen.contains(&n.to_ascii_lowercase()) && !seen.contains(&v.to_ascii_lowercase()),
+            "{n} reached the origin:\n{seen}"
+        );
+    }
+}

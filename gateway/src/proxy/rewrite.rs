@@ -247,6 +247,11 @@ pub fn request_headers<'h>(
         if name.eq_ignore_ascii_case(b"via") && names_us(value) {
             return Err(ProxyError::LoopDetected);
         }
+        if fields::aliases_vouched(name) {
+            // `X_Forwarded_For` and friends: what the origin's framework reads as the
+            // field weft vouches for.
+            continue;
+        }
         if edits.drops(name)
             || name.eq_ignore_ascii_case(b"host")
             || name.eq_ignore_ascii_case(b"content-length")
