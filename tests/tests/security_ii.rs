@@ -449,3 +449,29 @@ fn underscore_spellings_of_managed_fields_are_dropped() {
         );
     }
 }
+
+/// Item 21: interim responses reached HTTP/1.1 clients as the upstream's raw bytes,
+/// `Connection`-listed and framing fields included. They are re-serialised as final
+/// heads are.
+#[test]
+fn interim_responses_are_reserialised() {
+    let origin = RecordingUpstream::answering(|_: &SeenRequest| {
+        let mut out = b"HTTP/1.1 103 Whatever\r\nLink: </s.css>; rel=preload\r\nConnection: x-secret\r\nX-Secret: 1\r\nx-weft-error: forged\r\nContent-Length: 7\r\n\r\n".to_vec();
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        out
+    });
+    let (listen, admin) = (free_addr(), free_addr());
+    let _weft = Weft::start("ingress", &one_cluster(admin, listen, origin.addr), admin);
+    let mut c = RawClient::new(listen);
+    c.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (status, head, _) = c.read_response();
+    assert_eq!(status, 103, "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 103 early hints\r\n"), "{head}");
+    assert!(lower.contains("link: </s.css>; rel=preload"), "{head}");
+    for gone in ["x-secret", "x-weft-error", "content-length", "connection"] {
+        assert!(!lower.contains(gone), "{gone} in {head}");
+    }
+    let (status, _, body) = c.read_response();
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+}

@@ -632,6 +632,27 @@ fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// An interim (1xx) response for an HTTP/1.1 client, re-serialised as final heads are:
+/// weft's status line and the upstream's end-to-end fields, without hop-by-hop, framing
+/// or weft-made ones. Relaying the upstream's bytes as received passed on whatever its
+/// head carried, `Connection`-listed fields included.
+pub fn interim_head(resp: &ResponseHead) -> BytesMut {
+    let mut out = BytesMut::with_capacity(resp.raw.len());
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
+    for f in &resp.headers {
+        let name = resp.name(f);
+        if fields::is_framing(name)
+            || fields::is_weft_made(name)
+            || resp.is_hop_by_hop(f, &resp.connection)
+        {
+            continue;
+        }
+        push_header(&mut out, name, resp.value(f));
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// Appends configured `(name, value)` fields (a route's `set` edits, a local answer's
 /// headers) to an HTTP/2 head; `None` when one is not valid there.
 pub fn append_fields<'a>(

@@ -179,7 +179,9 @@ async fn send_request<S: ClientStream>(
                 }
                 // Interim responses go to HTTP/1.1 clients; weft's own 100 already did.
                 let ours = r.status == 100 && progress.continue_sent.get();
-                if head.version == Version::H11 && !ours && !write_to_client(x, client, r.raw).await
+                if head.version == Version::H11
+                    && !ours
+                    && !write_to_client(x, client, rewrite::interim_head(&r)).await
                 {
                     return Err(ProxyError::ClientGone);
                 }
