@@ -10,11 +10,11 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-
-use crate::keyhash::BuildKeyHasher;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::keyhash::BuildKeyHasher;
 
 /// A value written by one worker thread and read by the admin thread.
 #[derive(Default)]

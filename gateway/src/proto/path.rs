@@ -12,6 +12,8 @@
 //!
 //! A path already normal (the common case) is found so by one scan and not copied.
 
+use super::percent::hex_digit;
+
 /// Why a path cannot be normalised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathError {
@@ -92,7 +94,7 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
             let (Some(&hi), Some(&lo)) = (bytes.get(i + 1), bytes.get(i + 2)) else {
                 return Err(PathError::BadPercentEncoding);
             };
-            let (Some(h), Some(l)) = (hex(hi), hex(lo)) else {
+            let (Some(h), Some(l)) = (hex_digit(hi), hex_digit(lo)) else {
                 return Err(PathError::BadPercentEncoding);
             };
             let c = h << 4 | l;
@@ -112,15 +114,6 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
         i += 1;
     }
     Ok(out)
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-
-use crate::keyhash::BuildKeyHasher;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -29,6 +27,7 @@ use weft_mesh::config::Http2Config;
 use weft_mesh::snapshot::tls::ClusterTls;
 
 use super::{ConnectError, PoolKey};
+use crate::keyhash::BuildKeyHasher;
 use crate::runtime::wakers::LocalEvent;
 
 /// A refused bodiless request is sent again, this many times at most (RFC 9113 §8.7: a

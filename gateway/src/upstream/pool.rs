@@ -11,13 +11,12 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-
-use crate::keyhash::BuildKeyHasher;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use super::PoolKey;
+use crate::keyhash::BuildKeyHasher;
 use crate::transport::{Conn, UpstreamStream};
 
 /// Connections idle for less than this are handed out without a liveness probe.

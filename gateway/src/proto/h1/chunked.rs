@@ -16,6 +16,8 @@ use std::fmt::Write as _;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::proto::percent::hex_digit;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkError {
     BadSize,
@@ -146,7 +148,7 @@ impl ChunkedParser {
         while i < input.len() {
             let b = input[i];
             match self.state {
-                State::Size => match hex(b) {
+                State::Size => match hex_digit(b) {
                     Some(v) => {
                         self.size_digits += 1;
                         if self.size_digits > 15 {
@@ -310,15 +312,6 @@ impl ChunkedParser {
 /// A `tchar` of RFC 9110 §5.6.2: what a field name is made of.
 pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
