@@ -475,3 +475,48 @@ fn interim_responses_are_reserialised() {
     let (status, _, body) = c.read_response();
     assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
 }
+
+/// Item 19 (in part): an HTTP/2 CONNECT (no `:path`) was sent on as
+/// `CONNECT / HTTP/1.1`, and an HTTP/2 client's cookies, one field each as HTTP/2 has
+/// them, reached HTTP/1.1 upstreams as several `cookie` lines. CONNECT is 501 until
+/// tunnels over HTTP/2 exist; cookies are joined with "; " (RFC 9113 §8.2.3).
+#[test]
+fn h2_connect_is_refused_and_split_cookies_are_joined() {
+    let origin = RecordingUpstream::start();
+    let (listen, admin) = (free_addr(), free_addr());
+    let _weft = Weft::start("ingress", &one_cluster(admin, listen, origin.addr), admin);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let connect = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(listen)
+            .await
+            .expect("connect");
+        let (send, conn) = h2::client::handshake(tcp).await.expect("handshake");
+        tokio::spawn(conn);
+        let mut send = send.ready().await.expect("ready");
+        let req = http::Request::builder()
+            .method("CONNECT")
+            .uri("origin:443")
+            .body(())
+            .expect("request");
+        let (response, _) = send.send_request(req, false).expect("send");
+        let connect = response.await.expect("response").status().as_u16();
+        let mut send = send.ready().await.expect("ready");
+        let req = http::Request::get("http://x/cookies")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("cookie", "c=3")
+            .body(())
+            .expect("request");
+        let (response, _) = send.send_request(req, true).expect("send");
+        assert_eq!(response.await.expect("response").status(), 200);
+        connect
+    });
+    assert_eq!(connect, 501);
+    let seen = origin.received_text().to_ascii_lowercase();
+    assert!(!seen.contains("connect"), "{seen}");
+    assert_eq!(seen.matches("cookie:").count(), 1, "{seen}");
+    assert!(seen.contains("cookie: a=1; b=2; c=3\r\n"), "{seen}");
+}

@@ -326,7 +326,8 @@ impl<'a> ClientSide for H2Stream<'a> {
         &self.facts
     }
 
-    /// Userinfo in `:authority` (or `host`) is 400, as for HTTP/1.1; so is a field
+    /// CONNECT is 501 (it was sent on as `CONNECT / HTTP/1.1`). Userinfo in
+    /// `:authority` (or `host`) is 400, as for HTTP/1.1; so is a field
     /// value with leading or trailing whitespace (malformed in HTTP/2, RFC 9113
     /// §8.2.1): a route on `x-tenant: blocked` must not be passed by `"blocked "`.
     fn refuse(&self) -> Option<ProxyError> {
@@ -335,6 +336,8 @@ impl<'a> ClientSide for H2Stream<'a> {
         };
         if self.facts.authority.contains('@') {
             Some(error::USERINFO)
+        } else if self.facts.parts.method == http::Method::CONNECT {
+            Some(ProxyError::ConnectNotSupported)
         } else if self
             .facts
             .parts

@@ -56,6 +56,9 @@ pub enum ProxyError {
     /// A gRPC call over HTTP/1.1: its status trailers cannot be carried reliably.
     GrpcNeedsHttp2,
     UpgradeToHttp2,
+    /// CONNECT from an HTTP/2 client: tunnels over HTTP/2 (extended CONNECT) are not
+    /// built yet, and a CONNECT has no path to forward as an HTTP/1.1 request line.
+    ConnectNotSupported,
     MethodNotValidForHttp2,
     TargetNotValidForHttp2,
     BodyTooLarge,
@@ -116,7 +119,7 @@ impl ProxyError {
             HeadTimeout | ClientStalled => 408,
             NoRoute => 404,
             GrpcNeedsHttp2 => 505,
-            UpgradeToHttp2 => 501,
+            UpgradeToHttp2 | ConnectNotSupported => 501,
             MethodNotValidForHttp2
             | TargetNotValidForHttp2
             | MalformedBody
@@ -160,6 +163,7 @@ impl ProxyError {
             NoRoute => "no route for this request",
             GrpcNeedsHttp2 => "gRPC needs HTTP/2 (h2c prior knowledge, or TLS with ALPN h2)",
             UpgradeToHttp2 => "protocol upgrades cannot be forwarded to an HTTP/2 upstream",
+            ConnectNotSupported => "CONNECT over HTTP/2 is not supported",
             MethodNotValidForHttp2 => "method not valid for an HTTP/2 upstream",
             TargetNotValidForHttp2 => "request target not valid for an HTTP/2 upstream",
             BodyTooLarge => "request body larger than http.max_request_body_bytes",
@@ -210,7 +214,7 @@ impl ProxyError {
             | MethodNotValidForHttp2
             | TargetNotValidForHttp2
             | MalformedBody => Code::Internal,
-            GrpcNeedsHttp2 | UpgradeToHttp2 => Code::Unknown,
+            GrpcNeedsHttp2 | UpgradeToHttp2 | ConnectNotSupported => Code::Unknown,
             LoopDetected => Code::Internal,
             _ => Code::Unavailable,
         }
@@ -227,6 +231,7 @@ impl ProxyError {
             NoRoute => "no_route",
             GrpcNeedsHttp2 => "grpc_needs_http2",
             UpgradeToHttp2 => "upgrade_to_http2",
+            ConnectNotSupported => "connect_not_supported",
             MethodNotValidForHttp2 => "method_not_valid_for_http2",
             TargetNotValidForHttp2 => "target_not_valid_for_http2",
             BodyTooLarge => "body_too_large",
@@ -267,6 +272,7 @@ impl ProxyError {
             | MalformedField
             | GrpcNeedsHttp2
             | UpgradeToHttp2
+            | ConnectNotSupported
             | MethodNotValidForHttp2
             | TargetNotValidForHttp2
             | BodyTooLarge

@@ -115,6 +115,11 @@ fn names_us(via: &[u8]) -> bool {
 pub trait HeaderSink {
     fn header(&mut self, name: &[u8], value: &[u8]);
     fn header_fmt(&mut self, name: &[u8], value: fmt::Arguments<'_>);
+    /// Whether several `cookie` fields must go out as one: HTTP/1.1 has one `Cookie`
+    /// line, HTTP/2 splits it into a field per cookie (RFC 9113 §8.2.3).
+    fn joins_cookies(&self) -> bool {
+        false
+    }
 }
 
 impl HeaderSink for BytesMut {
@@ -126,6 +131,9 @@ impl HeaderSink for BytesMut {
         self.extend_from_slice(b": ");
         let _ = self.write_fmt(value);
         self.extend_from_slice(b"\r\n");
+    }
+    fn joins_cookies(&self) -> bool {
+        true
     }
 }
 
@@ -243,7 +251,27 @@ pub fn request_headers<'h>(
 ) -> Result<(), ProxyError> {
     let mut prior_xff: Option<&[u8]> = None;
     let mut has_request_id = false;
+    // Cookies for an HTTP/1.1 head: the first one's value, and the rest joined onto it
+    // with "; " once a second arrives (no copy for the common single field).
+    let join_cookies = out.joins_cookies();
+    let (mut cookie, mut cookies): (Option<&[u8]>, Option<Vec<u8>>) = (None, None);
     for (name, value) in headers {
+        if join_cookies && name.eq_ignore_ascii_case(b"cookie") && !edits.drops(name) {
+            match (cookie, &mut cookies) {
+                (None, _) => cookie = Some(value),
+                (Some(first), None) => {
+                    let mut joined = first.to_vec();
+                    joined.extend_from_slice(b"; ");
+                    joined.extend_from_slice(value);
+                    cookies = Some(joined);
+                }
+                (Some(_), Some(joined)) => {
+                    joined.extend_from_slice(b"; ");
+                    joined.extend_from_slice(value);
+                }
+            }
+            continue;
+        }
         if name.eq_ignore_ascii_case(b"via") && names_us(value) {
             return Err(ProxyError::LoopDetected);
         }
@@ -275,6 +303,11 @@ pub fn request_headers<'h>(
             continue;
         }
         out.header(name, value);
+    }
+    match (&cookies, cookie) {
+        (Some(joined), _) => out.header(b"cookie", joined),
+        (None, Some(one)) => out.header(b"cookie", one),
+        (None, None) => {}
     }
     if let Some(cert) = client.client_cert {
         out.header(CLIENT_CERT_HEADER.as_bytes(), cert.as_bytes());
