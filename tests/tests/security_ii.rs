@@ -520,3 +520,52 @@ fn h2_connect_is_refused_and_split_cookies_are_joined() {
     assert_eq!(seen.matches("cookie:").count(), 1, "{seen}");
     assert!(seen.contains("cookie: a=1; b=2; c=3\r\n"), "{seen}");
 }
+
+/// Item 13 (in part): a registry entry may point anywhere; one at the cloud metadata
+/// address, `0.0.0.0` or a multicast group made weft send clients' requests there. A
+/// discovered endpoint of those kinds is refused like a broken one: the cluster keeps
+/// its last good endpoints and its source reads stale.
+#[test]
+fn discovered_endpoints_may_not_point_at_metadata_or_unspecified_addresses() {
+    let origin = RecordingUpstream::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("eps.toml");
+    std::fs::write(&file, format!("endpoints = [\"{}\"]\n", origin.addr)).expect("write");
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = format!(
+        "[admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+         routes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"d\" }} ]\n\n\
+         [clusters.d]\ndiscovery = {{ file = \"eps.toml\" }}\n"
+    );
+    let weft = Weft::start_in(dir.path(), "ingress", &config, admin);
+    let get = || {
+        let mut c = RawClient::new(listen);
+        c.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+        c.read_response().0
+    };
+    assert_eq!(get(), 200);
+    for bad in ["169.254.169.254:80", "0.0.0.0:80"] {
+        std::fs::write(&file, format!("endpoints = [\"{bad}\"]\n")).expect("write");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !weft
+            .admin_get("/config")
+            .1
+            .contains("not an address a service runs at")
+        {
+            assert!(std::time::Instant::now() < deadline, "{bad} not refused");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(get(), 200, "{bad}: the last good endpoint still serves");
+        assert_eq!(weft.metric(&["weft_discovery_stale", "cluster=\"d\""]), 1.0);
+        // Back to good, so the next bad one is a change again.
+        std::fs::write(&file, format!("endpoints = [\"{}\"]\n", origin.addr)).expect("write");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while weft.metric(&["weft_discovery_stale", "cluster=\"d\""]) != 0.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "good endpoints not taken back"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -336,6 +336,26 @@ fn own_address(listeners: &[Listener], admin: SocketAddr, endpoint: SocketAddr) 
     reaches(admin).then(|| "weft's admin listener".to_owned())
 }
 
+/// The kind of address no discovered service instance may have, if `ip` is one: a
+/// registry entry pointing there would send client traffic to this host's every
+/// address (`0.0.0.0`), to a cloud metadata service (link-local `169.254.169.254`), or
+/// to a multicast group. (Loopback is allowed: a local agent's services run there.)
+fn unroutable(ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    if ip.is_unspecified() {
+        return Some("unspecified");
+    }
+    if ip.is_multicast() {
+        return Some("multicast");
+    }
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+        // fe80::/10
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    };
+    link_local.then_some("link-local")
+}
+
 /// What the discovered endpoints add to a snapshot's `content_hash`.
 fn discovered_hash(discovered: &Discovered) -> u64 {
     if discovered.is_empty() {
@@ -376,6 +396,14 @@ impl Snapshot {
                     d.error(
                         format!("{path}.endpoints[{i}]"),
                         format!("`{}` is {own}: requests would loop through weft", e.address),
+                    );
+                } else if let Some(class) = unroutable(e.address.ip()) {
+                    d.error(
+                        format!("{path}.endpoints[{i}]"),
+                        format!(
+                            "`{}` is {class}: not an address a service runs at",
+                            e.address
+                        ),
                     );
                 }
             }
@@ -1269,6 +1297,16 @@ mod tests {
         assert!(next.with_discovered(&found).expect("resolves").is_none());
         found.insert("a".into(), vec![endpoint("127.0.0.1:9009")]);
         assert!(next.with_discovered(&found).expect("resolves").is_none());
+        // A metadata-service address, or 0.0.0.0, is refused the same way.
+        for bad in [
+            "169.254.169.254:80",
+            "0.0.0.0:80",
+            "[fe80::1]:80",
+            "224.0.0.1:80",
+        ] {
+            found.insert("b".into(), vec![endpoint(bad)]);
+            assert!(next.with_discovered(&found).is_err(), "{bad} accepted");
+        }
         // An address that does not resolve refuses the update, naming the cluster.
         found.insert("b".into(), vec![endpoint("nowhere")]);
         let errors = next.with_discovered(&found).expect_err("refused");
