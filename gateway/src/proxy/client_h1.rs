@@ -188,12 +188,7 @@ async fn turn<S: ClientStream>(
     if S::PRIOR_KNOWLEDGE_H2 && first && is_h2_preface(client, http).await {
         return Turn::Done(Next::Http2);
     }
-    let x = Exchange {
-        worker,
-        snapshot: &snapshot,
-        bound,
-        conn,
-    };
+    let x = Exchange::new(worker, &snapshot, bound, conn);
     let head = match read_head(client, http).await {
         Ok(Some(h)) => h,
         Ok(None) => return Turn::Done(Next::Close),
@@ -270,8 +265,7 @@ struct H1Exchange<'c, S> {
 
 impl<'c, S: ClientStream> H1Exchange<'c, S> {
     async fn run(x: &Exchange<'_>, client: &'c mut Conn<S>, head: &'c RequestHead) -> Next {
-        let paths = x.bound.in_snapshot(x.snapshot).map(|l| l.paths);
-        let mut facts = Facts::new(head, paths.unwrap_or_default());
+        let mut facts = Facts::new(head, x.paths());
         facts.client_cert = x.conn.client_cert();
         let keep_alive = head.wants_keep_alive() && !x.closing();
         let mut exchange = H1Exchange {

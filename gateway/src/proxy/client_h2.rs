@@ -289,15 +289,9 @@ async fn stream_task(
 ) -> StreamEnd {
     let snapshot = worker.snapshot();
     let (parts, body) = req.into_parts();
-    let paths = bound.in_snapshot(&snapshot).map(|l| l.paths);
-    let mut facts = H2Facts::new(&parts, &budget, paths.unwrap_or_default());
+    let x = Exchange::new(&worker, &snapshot, &bound, &conn);
+    let mut facts = H2Facts::new(&parts, &budget, x.paths());
     facts.client_cert = conn.client_cert();
-    let x = Exchange {
-        worker: &worker,
-        snapshot: &snapshot,
-        bound: &bound,
-        conn: &conn,
-    };
     let mut stream = H2Stream {
         facts,
         body,

@@ -2,7 +2,7 @@
 //! listener and its client connection. Every phase and every relay reads it; it holds
 //! nothing that changes during the exchange.
 
-use weft_mesh::snapshot::{RouteTable, Snapshot};
+use weft_mesh::snapshot::{Listener, PathPolicy, RouteTable, Snapshot};
 
 use super::connection::ConnectionFacts;
 use super::rewrite;
@@ -16,11 +16,33 @@ pub struct Exchange<'a> {
     pub bound: &'a BoundListener,
     /// Who the client is and how it connected: peer, scheme, TLS identity.
     pub conn: &'a ConnectionFacts,
+    /// The listener's entry in `snapshot`, found once (`None` once a reload removed it).
+    listener: Option<&'a Listener>,
 }
 
 impl<'a> Exchange<'a> {
+    pub fn new(
+        worker: &'a Worker,
+        snapshot: &'a Snapshot,
+        bound: &'a BoundListener,
+        conn: &'a ConnectionFacts,
+    ) -> Exchange<'a> {
+        Exchange {
+            worker,
+            snapshot,
+            bound,
+            conn,
+            listener: bound.in_snapshot(snapshot),
+        }
+    }
+
     pub fn routes(&self) -> Option<&'a RouteTable> {
-        self.bound.in_snapshot(self.snapshot).map(|l| &l.routes)
+        self.listener.map(|l| &l.routes)
+    }
+
+    /// How this listener normalises request paths.
+    pub fn paths(&self) -> PathPolicy {
+        self.listener.map(|l| l.paths).unwrap_or_default()
     }
 
     /// Who the client is, for the forwarding headers.
