@@ -20,7 +20,7 @@ use weft_mesh::config::HttpConfig;
 use super::client_h2;
 use super::completion::Progress;
 use super::connection::{count_connection, ConnectionFacts};
-use super::error::{self, ProxyError};
+use super::error::ProxyError;
 use super::exchange::Exchange;
 use super::facts::{Facts, Request};
 use super::lifecycle::{self, ClientSide, LocalAnswer, Plan};
@@ -307,14 +307,12 @@ impl<'c, S: ClientStream> ClientSide for H1Exchange<'c, S> {
     }
 
     /// gRPC is defined over HTTP/2 only; an HTTP/1.1 gRPC call cannot carry its status
-    /// trailers reliably, so it is refused rather than half-proxied. Userinfo in the
-    /// target or `Host`, and `*` for anything but OPTIONS, are 400.
+    /// trailers reliably, so it is refused rather than half-proxied. `*` for anything
+    /// but OPTIONS is 400.
     fn refuse(&self) -> Option<ProxyError> {
         let head = self.facts.head;
         if self.facts.is_grpc_content() {
             Some(ProxyError::GrpcNeedsHttp2)
-        } else if self.facts.authority.contains('@') {
-            Some(error::USERINFO)
         } else if head.target() == b"*" && head.method() != b"OPTIONS" {
             // RFC 9112 §3.2.4: the asterisk form is only for a server-wide OPTIONS.
             Some(ProxyError::BadRequestTarget(

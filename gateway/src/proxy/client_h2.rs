@@ -25,7 +25,7 @@ use weft_mesh::config::UpstreamProtocol;
 
 use super::completion::Progress;
 use super::connection::{count_connection, ConnectionFacts};
-use super::error::{self, ProxyError};
+use super::error::ProxyError;
 use super::exchange::Exchange;
 use super::facts::{H2Facts, Request};
 use super::flow::{Metered, SendBudget};
@@ -320,17 +320,14 @@ impl<'a> ClientSide for H2Stream<'a> {
         &self.facts
     }
 
-    /// CONNECT is 501 (it was sent on as `CONNECT / HTTP/1.1`). Userinfo in
-    /// `:authority` (or `host`) is 400, as for HTTP/1.1; so is a field
-    /// value with leading or trailing whitespace (malformed in HTTP/2, RFC 9113
+    /// CONNECT is 501 (it was sent on as `CONNECT / HTTP/1.1`). A field value with
+    /// leading or trailing whitespace (malformed in HTTP/2, RFC 9113
     /// §8.2.1): a route on `x-tenant: blocked` must not be passed by `"blocked "`.
     fn refuse(&self) -> Option<ProxyError> {
         let padded = |v: &[u8]| {
             matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
         };
-        if self.facts.authority.contains('@') {
-            Some(error::USERINFO)
-        } else if self.facts.parts.method == http::Method::CONNECT {
+        if self.facts.parts.method == http::Method::CONNECT {
             Some(ProxyError::ConnectNotSupported)
         } else if self
             .facts

@@ -13,10 +13,9 @@ use std::time::Instant;
 
 use weft_mesh::snapshot::{ClusterId, Route};
 
-use super::error::{ProxyError, Retry};
+use super::error::ProxyError;
 use super::exchange::Exchange;
 use crate::observe::metrics::Family;
-use crate::upstream::REFUSED_RETRIES;
 
 /// The `status_class` key of requests the client cancelled (status classes are 1-5).
 const CANCELLED_CLASS: u64 = 9;
@@ -124,20 +123,6 @@ impl Progress {
             .and_then(|v| v.to_str().ok()?.parse().ok())
         {
             self.grpc_status.set(Some(code));
-        }
-    }
-
-    /// Whether a failed attempt may be made again, and how.
-    pub fn may_retry(&self, error: ProxyError) -> bool {
-        let attempts = usize::from(self.attempts.get());
-        match error.retry() {
-            Retry::Never => false,
-            Retry::IfReused if self.reused.get() && attempts < 2 => {
-                self.fresh.set(true);
-                true
-            }
-            Retry::IfReused => false,
-            Retry::IfUnsent => !self.body_taken.get() && attempts <= REFUSED_RETRIES,
         }
     }
 }

@@ -337,11 +337,6 @@ impl ProxyError {
     }
 }
 
-/// Userinfo (`user@host`) in an authority: deprecated, never sent by a browser, and a
-/// way to make two parsers disagree about the host (RFC 9110 §4.2.4).
-pub const USERINFO: ProxyError =
-    ProxyError::BadRequestTarget("userinfo is not allowed in the request target or Host");
-
 impl From<&ConnectError> for ProxyError {
     fn from(e: &ConnectError) -> ProxyError {
         match e {

@@ -3,7 +3,8 @@
 //! Every request, HTTP/1.1 or HTTP/2, goes through `run`, which reads as its phases:
 //!
 //! 1. **request**: the client adapter has the head, and the connection facts;
-//!    refusals only its protocol makes (gRPC over HTTP/1.1) come first;
+//!    refusals only its protocol makes (gRPC over HTTP/1.1) come first, then what no
+//!    protocol may carry (userinfo in the authority, a path that will not normalise);
 //! 2. **route**: the listener's route table in the snapshot current at the request;
 //! 3. **request policies**: the slot where a policy may answer locally (rate limits,
 //!    authorization, faults): empty for now, every request passes;
@@ -29,11 +30,12 @@ use weft_mesh::snapshot::{Cluster, ClusterId};
 use weft_mesh::snapshot::{DirectResponse, Forward, HeaderEdits, RequestFacts, Route, RouteAction};
 
 use super::completion::{Completion, Decided, Progress};
-use super::error::ProxyError;
+use super::error::{ProxyError, Retry};
 use super::exchange::Exchange;
 use super::facts::{PathOutcome, Request};
 use super::local;
 use crate::observe::metrics::Family;
+use crate::upstream::REFUSED_RETRIES;
 
 /// An answer weft makes itself for a route.
 pub enum LocalAnswer<'r> {
@@ -122,6 +124,13 @@ async fn decide_and_relay<'s, C: ClientSide>(
     if let Some(refused) = client.refuse() {
         fail!(refused);
     }
+    if client.request().authority().contains('@') {
+        // Userinfo (`user@host`): deprecated, never sent by a browser, and a way to
+        // make two parsers disagree about the host (RFC 9110 §4.2.4).
+        fail!(ProxyError::BadRequestTarget(
+            "userinfo is not allowed in the request target or Host"
+        ));
+    }
     match client.request().path_outcome() {
         PathOutcome::Unchanged => {}
         outcome => {
@@ -203,11 +212,27 @@ async fn attempts<C: ClientSide>(
     loop {
         progress.attempts.set(progress.attempts.get() + 1);
         match client.relay(x, plan, progress).await {
-            Err(e) if progress.may_retry(e) => {
+            Err(e) if may_retry(progress, e) => {
                 tracing::debug!(cluster = %plan.cluster.name, "attempt failed ({e}); trying again");
             }
             relayed => return relayed,
         }
+    }
+}
+
+/// Whether a failed attempt may be made again, and how: a dead pooled connection once
+/// more on a fresh one to the same endpoint, a refused stream while nothing of the body
+/// was taken.
+fn may_retry(progress: &Progress, error: ProxyError) -> bool {
+    let attempts = usize::from(progress.attempts.get());
+    match error.retry() {
+        Retry::Never => false,
+        Retry::IfReused if progress.reused.get() && attempts < 2 => {
+            progress.fresh.set(true);
+            true
+        }
+        Retry::IfReused => false,
+        Retry::IfUnsent => !progress.body_taken.get() && attempts <= REFUSED_RETRIES,
     }
 }
 
