@@ -251,21 +251,16 @@ pub fn request_headers<'h>(
 ) -> Result<(), ProxyError> {
     let mut prior_xff: Option<&[u8]> = None;
     let mut has_request_id = false;
-    // Cookies for an HTTP/1.1 head: the first one's value, and the rest joined onto it
-    // with "; " once a second arrives (no copy for the common single field).
+    // Cookies for an HTTP/1.1 head, joined with "; " (copied only once a second one
+    // arrives: the common single field is borrowed).
     let join_cookies = out.joins_cookies();
-    let (mut cookie, mut cookies): (Option<&[u8]>, Option<Vec<u8>>) = (None, None);
+    let mut cookies: Option<Cow<'h, [u8]>> = None;
     for (name, value) in headers {
         if join_cookies && name.eq_ignore_ascii_case(b"cookie") && !edits.drops(name) {
-            match (cookie, &mut cookies) {
-                (None, _) => cookie = Some(value),
-                (Some(first), None) => {
-                    let mut joined = first.to_vec();
-                    joined.extend_from_slice(b"; ");
-                    joined.extend_from_slice(value);
-                    cookies = Some(joined);
-                }
-                (Some(_), Some(joined)) => {
+            match &mut cookies {
+                None => cookies = Some(Cow::Borrowed(value)),
+                Some(joined) => {
+                    let joined = joined.to_mut();
                     joined.extend_from_slice(b"; ");
                     joined.extend_from_slice(value);
                 }
@@ -304,10 +299,8 @@ pub fn request_headers<'h>(
         }
         out.header(name, value);
     }
-    match (&cookies, cookie) {
-        (Some(joined), _) => out.header(b"cookie", joined),
-        (None, Some(one)) => out.header(b"cookie", one),
-        (None, None) => {}
+    if let Some(cookies) = &cookies {
+        out.header(b"cookie", cookies);
     }
     if let Some(cert) = client.client_cert {
         out.header(CLIENT_CERT_HEADER.as_bytes(), cert.as_bytes());
