@@ -17,4 +17,4 @@ pub mod raw;
 pub mod recording;
 pub mod upstream;
 
-pub use process::{free_addr, free_port, weft_bin, Weft};
+pub use process::{curl_status, free_addr, free_port, weft_bin, Weft};

@@ -294,6 +294,25 @@ fn admin_get(admin: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
 }
 
 /// Runs `weft ARGS...` to completion.
+/// The HTTP status curl got (`%{http_code}`, "000" when it got none), for `args`
+/// (options and the URL); at most 5 s.
+pub fn curl_status(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .args(args)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn weft_output(args: &[&str]) -> Output {
     Command::new(weft_bin())
         .args(args)

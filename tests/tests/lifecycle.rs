@@ -3,28 +3,10 @@
 //! counters agree with the records. The record is read where an operator can see it:
 //! the `weft::completion` trace line.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_tests::upstream::TestUpstream;
-use weft_tests::{free_addr, Weft};
-
-fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-        ])
-        .args(args)
-        .output()
-        .expect("run curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use weft_tests::{curl_status, free_addr, Weft};
 
 /// The completion lines of the log, once `n` of them are there (or after 5 s).
 fn records(weft: &Weft, n: usize) -> Vec<String> {
@@ -59,15 +41,15 @@ fn every_request_ends_in_one_completion_record_for_both_client_protocols() {
     let weft = Weft::start_logging("ingress", &config, admin, "info,weft::completion=trace");
     let base = format!("http://{listen}");
     let h2 = "--http2-prior-knowledge";
-    assert_eq!(curl(&[&format!("{base}/up/a")]), "200");
-    assert_eq!(curl(&[h2, &format!("{base}/up/b")]), "200");
+    assert_eq!(curl_status(&[&format!("{base}/up/a")]), "200");
+    assert_eq!(curl_status(&[h2, &format!("{base}/up/b")]), "200");
     assert_eq!(
-        curl(&[h2, "--data-binary", "hello", &format!("{base}/up/c")]),
+        curl_status(&[h2, "--data-binary", "hello", &format!("{base}/up/c")]),
         "200"
     );
-    assert_eq!(curl(&[&format!("{base}/local")]), "204");
-    assert_eq!(curl(&[h2, &format!("{base}/nowhere")]), "404");
-    assert_eq!(curl(&[&format!("{base}/down")]), "502");
+    assert_eq!(curl_status(&[&format!("{base}/local")]), "204");
+    assert_eq!(curl_status(&[h2, &format!("{base}/nowhere")]), "404");
+    assert_eq!(curl_status(&[&format!("{base}/down")]), "502");
 
     let lines = records(&weft, 6);
     assert_eq!(

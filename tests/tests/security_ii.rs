@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use weft_tests::raw::{read_until_close, RawClient};
 use weft_tests::recording::{RecordingUpstream, SeenRequest};
-use weft_tests::{free_addr, Weft};
+use weft_tests::{curl_status, free_addr, Weft};
 
 fn one_cluster(
     admin: std::net::SocketAddr,
@@ -20,6 +20,37 @@ fn one_cluster(
            {{ match = {{ path_prefix = \"/\" }}, cluster = \"o\" }},\n\
          ]\n\n[clusters.o]\nendpoints = [\"{origin}\"]\n"
     )
+}
+
+/// The statuses of `requests`, sent one after another on one HTTP/2 connection (a
+/// CONNECT keeps its request side open, as a tunnel would).
+fn h2_statuses(listen: std::net::SocketAddr, requests: Vec<http::Request<()>>) -> Vec<u16> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(listen)
+            .await
+            .expect("connect");
+        let (mut send, conn) = h2::client::handshake(tcp).await.expect("handshake");
+        tokio::spawn(conn);
+        let mut statuses = Vec::new();
+        for req in requests {
+            send = send.ready().await.expect("ready");
+            let end = req.method() != http::Method::CONNECT;
+            let (response, _) = send.send_request(req, end).expect("send");
+            statuses.push(response.await.expect("response").status().as_u16());
+        }
+        statuses
+    })
+}
+
+/// The status of one HTTP/1.1 request (`GET path`) on a new connection.
+fn h1_status(listen: std::net::SocketAddr, path: &str, host: &str) -> u16 {
+    let mut c = RawClient::new(listen);
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+    c.read_response().0
 }
 
 /// Item 21: an upstream's own `x-weft-error` would pass for an error weft made (and
@@ -162,29 +193,15 @@ fn a_trailing_dot_in_the_host_meets_the_same_routes() {
         "admin.example.com.",
         "ADMIN.example.com.:80",
     ] {
-        let mut c = RawClient::new(listen);
-        c.send(format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
-        assert_eq!(c.read_response().0, 403, "Host: {host}");
+        assert_eq!(h1_status(listen, "/x", host), 403, "Host: {host}");
     }
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--http2-prior-knowledge",
-        ])
-        .args([
-            "--max-time",
-            "5",
-            "--connect-to",
-            &format!("admin.example.com.:80:{listen}"),
-        ])
-        .arg("http://admin.example.com./x")
-        .output()
-        .expect("curl");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    let status = curl_status(&[
+        "--http2-prior-knowledge",
+        "--connect-to",
+        &format!("admin.example.com.:80:{listen}"),
+        "http://admin.example.com./x",
+    ]);
+    assert_eq!(status, "403");
     assert!(
         origin.request_lines().is_empty(),
         "{:?}",
@@ -210,24 +227,10 @@ fn userinfo_and_the_asterisk_form_are_refused() {
         let (status, head, _) = c.read_response();
         assert_eq!(status, 400, "{request:?}: {head}");
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let status = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(listen)
-            .await
-            .expect("connect");
-        let (send, conn) = h2::client::handshake(tcp).await.expect("handshake");
-        tokio::spawn(conn);
-        let mut send = send.ready().await.expect("ready");
-        let req = http::Request::get("http://evil@origin/x")
-            .body(())
-            .expect("request");
-        let (response, _) = send.send_request(req, true).expect("send");
-        response.await.expect("response").status().as_u16()
-    });
-    assert_eq!(status, 400);
+    let req = http::Request::get("http://evil@origin/x")
+        .body(())
+        .expect("request");
+    assert_eq!(h2_statuses(listen, vec![req]), [400]);
     assert!(
         origin.request_lines().is_empty(),
         "{:?}",
@@ -255,10 +258,7 @@ fn loops_are_cut_by_via_and_refused_in_config() {
     // Two wefts, each the other's upstream.
     let weft_a = Weft::start("ingress", &via(admin_a, a, b), admin_a);
     let weft_b = Weft::start("ingress", &via(admin_b, b, a), admin_b);
-    let mut c = RawClient::new(a);
-    c.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
-    let (status, head, _) = c.read_response();
-    assert_eq!(status, 508, "{head}");
+    assert_eq!(h1_status(a, "/x", "x"), 508);
     // One round trip: A forwarded once, B once, A refused the second arrival. (Each
     // request is counted when its exchange is over, just after its last byte went to
     // the client: the counts are awaited, not read at once.)
@@ -300,28 +300,16 @@ fn header_routes_see_every_value_and_padded_h2_values_are_refused() {
     c.send(b"GET /b HTTP/1.1\r\nHost: x\r\nX-Tenant: ok\r\n\r\n");
     assert_eq!(c.read_response().0, 200);
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let statuses = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(listen)
-            .await
-            .expect("connect");
-        let (send, conn) = h2::client::handshake(tcp).await.expect("handshake");
-        tokio::spawn(conn);
-        let mut out = Vec::new();
-        for value in ["blocked ", " blocked", "blocked\t", "blocked"] {
-            let mut send = send.clone().ready().await.expect("ready");
-            let req = http::Request::get("http://x/c")
+    let requests = ["blocked ", " blocked", "blocked\t", "blocked"]
+        .into_iter()
+        .map(|value| {
+            http::Request::get("http://x/c")
                 .header("x-tenant", value)
                 .body(())
-                .expect("request");
-            let (response, _) = send.send_request(req, true).expect("send");
-            out.push(response.await.expect("response").status().as_u16());
-        }
-        out
-    });
+                .expect("request")
+        })
+        .collect();
+    let statuses = h2_statuses(listen, requests);
     assert_eq!(statuses, [400, 400, 400, 403]);
     assert_eq!(
         origin.request_lines(),
@@ -350,11 +338,7 @@ fn every_spelling_of_a_path_meets_its_route() {
         origin.addr
     );
     let weft = Weft::start("ingress", &config, admin);
-    let get = |addr: std::net::SocketAddr, path: &str| {
-        let mut c = RawClient::new(addr);
-        c.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
-        c.read_response().0
-    };
+    let get = |addr, path| h1_status(addr, path, "x");
     for path in [
         "/admin",
         "/%61dmin",
@@ -371,20 +355,12 @@ fn every_spelling_of_a_path_meets_its_route() {
     // Forwarded as normalised, the prefix rewrite applied to the normal form.
     assert_eq!(get(listen, "/api/../api/./users//1?q=%2e"), 200);
     assert_eq!(get(listen, "/%7Euser/a"), 200);
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--http2-prior-knowledge",
-        ])
-        .args(["--max-time", "5", "--path-as-is"])
-        .arg(format!("http://{listen}/x/../%61dmin"))
-        .output()
-        .expect("curl");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    let status = curl_status(&[
+        "--http2-prior-knowledge",
+        "--path-as-is",
+        &format!("http://{listen}/x/../%61dmin"),
+    ]);
+    assert_eq!(status, "403");
     assert_eq!(
         origin.request_lines(),
         ["GET /v1/users/1?q=%2e", "GET /~user/a"],
@@ -485,36 +461,18 @@ fn h2_connect_is_refused_and_split_cookies_are_joined() {
     let origin = RecordingUpstream::start();
     let (listen, admin) = (free_addr(), free_addr());
     let _weft = Weft::start("ingress", &one_cluster(admin, listen, origin.addr), admin);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let connect = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(listen)
-            .await
-            .expect("connect");
-        let (send, conn) = h2::client::handshake(tcp).await.expect("handshake");
-        tokio::spawn(conn);
-        let mut send = send.ready().await.expect("ready");
-        let req = http::Request::builder()
-            .method("CONNECT")
-            .uri("origin:443")
-            .body(())
-            .expect("request");
-        let (response, _) = send.send_request(req, false).expect("send");
-        let connect = response.await.expect("response").status().as_u16();
-        let mut send = send.ready().await.expect("ready");
-        let req = http::Request::get("http://x/cookies")
-            .header("cookie", "a=1")
-            .header("cookie", "b=2")
-            .header("cookie", "c=3")
-            .body(())
-            .expect("request");
-        let (response, _) = send.send_request(req, true).expect("send");
-        assert_eq!(response.await.expect("response").status(), 200);
-        connect
-    });
-    assert_eq!(connect, 501);
+    let connect = http::Request::builder()
+        .method("CONNECT")
+        .uri("origin:443")
+        .body(())
+        .expect("request");
+    let cookies = http::Request::get("http://x/cookies")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("cookie", "c=3")
+        .body(())
+        .expect("request");
+    assert_eq!(h2_statuses(listen, vec![connect, cookies]), [501, 200]);
     let seen = origin.received_text().to_ascii_lowercase();
     assert!(!seen.contains("connect"), "{seen}");
     assert_eq!(seen.matches("cookie:").count(), 1, "{seen}");
@@ -538,11 +496,7 @@ fn discovered_endpoints_may_not_point_at_metadata_or_unspecified_addresses() {
          [clusters.d]\ndiscovery = {{ file = \"eps.toml\" }}\n"
     );
     let weft = Weft::start_in(dir.path(), "ingress", &config, admin);
-    let get = || {
-        let mut c = RawClient::new(listen);
-        c.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
-        c.read_response().0
-    };
+    let get = || h1_status(listen, "/x", "x");
     assert_eq!(get(), 200);
     for bad in ["169.254.169.254:80", "0.0.0.0:80"] {
         std::fs::write(&file, format!("endpoints = [\"{bad}\"]\n")).expect("write");
