@@ -3,7 +3,7 @@
 //! PING. Each is bounded (memory by `http2.max_send_buffer_bytes`, time by the idle
 //! and header timeouts), and its streams are reset rather than held.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
