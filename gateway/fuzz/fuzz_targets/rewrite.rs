@@ -6,11 +6,12 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use weft_gateway::proto::h1::chunked::ChunkedParser;
 use weft_gateway::proto::h1::head::{parse_request, parse_response, BodyFraming};
-use weft_gateway::proxy::forwarded::{request, response, Outcome};
+use weft_gateway::proxy::forwarded::{read_request, request, response, Outcome};
 
 fuzz_target!(|data: &[u8]| {
     if let Outcome::Sent { bytes, framing, body } = request(data) {
-        match request(&bytes) {
+        // What the next hop reads (forwarding it again here would meet weft's own `Via`).
+        match read_request(&bytes) {
             Outcome::Sent { bytes: again, framing: f2, body: b2 } => {
                 assert_eq!(framing, f2);
                 assert_eq!(body, b2);
@@ -28,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
                     _ => 0,
                 };
                 assert_eq!(body_bytes, buf.len(), "bytes after the forwarded message");
-                let _ = again;
+                assert_eq!(again, bytes, "the next hop reads the whole of what was sent");
             }
             other => panic!("forwarded request does not re-parse: {other:?}"),
         }

@@ -111,6 +111,29 @@ pub fn request(input: &[u8]) -> Outcome {
     }
 }
 
+/// How the next hop reads `input` as a request, by weft's own parser, without
+/// forwarding it: the one message at its front, its framing and its body. (Forwarding
+/// weft's output a second time would stop at the loop check: it carries this process's
+/// `Via`.)
+pub fn read_request(input: &[u8]) -> Outcome {
+    let mut buf = BytesMut::from(input);
+    let head = match parse_request(&mut buf, MAX_HEAD, 100) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Outcome::Incomplete,
+        Err(_) => return Outcome::Rejected,
+    };
+    let (raw_body, content) = match body(head.framing, &buf) {
+        Ok(b) => b,
+        Err(o) => return o,
+    };
+    let length = input.len() - buf.len() + raw_body.len();
+    Outcome::Sent {
+        bytes: input[..length].to_vec(),
+        framing: head.framing,
+        body: content,
+    }
+}
+
 /// The response weft sends to an HTTP/1.1 client (kept alive) for an upstream's
 /// `input`, answering a GET (or a HEAD with `head_request`).
 pub fn response(input: &[u8], head_request: bool) -> Outcome {
@@ -129,7 +152,7 @@ pub fn response(input: &[u8], head_request: bool) -> Outcome {
         Err(_) => return Outcome::Rejected,
     };
     if (100..200).contains(&resp.status) {
-        // Interim answers are relayed as they came and the final one follows.
+        // Interim answers are relayed (re-serialised) ahead of the final one.
         return Outcome::Rejected;
     }
     let (raw_body, content) = match body(resp.framing, &buf) {
