@@ -161,6 +161,9 @@ fn summary(s: &Snapshot) -> String {
             .collect();
         out += &format!("  cluster {}: {:?}, {}\n", c.name, c.lb, eps.join(", "));
     }
-    out += &format!("  admin on {}\n", s.admin_address);
+    out += &format!("  admin on {}\n", s.admin.address);
+    if let Some(private) = &s.admin.private {
+        out += &format!("  admin /config and /metrics on {private} (only /ready and /live on {})\n", s.admin.address);
+    }
     out
 }

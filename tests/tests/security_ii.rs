@@ -523,3 +523,135 @@ fn discovered_endpoints_may_not_point_at_metadata_or_unspecified_addresses() {
         }
     }
 }
+
+/// One raw request to the admin listener with `host` as its Host: (status, body).
+fn admin_with_host(admin: std::net::SocketAddr, path: &str, host: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Item 14: a client trickling a byte a second neither holds the admin listener (the
+/// probes are answered meanwhile) nor its own connection past the request deadline;
+/// past the connection cap a client is told `503` at once.
+#[test]
+fn the_admin_listener_outlasts_slow_and_many_clients() {
+    use std::io::{Read, Write};
+    let (admin, listen, origin) = (free_addr(), free_addr(), free_addr());
+    let weft = Weft::start("ingress", &one_cluster(admin, listen, origin), admin);
+
+    let mut slow = std::net::TcpStream::connect(admin).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut probes = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        if slow.write_all(b"G").is_err() {
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        let probe = std::time::Instant::now();
+        assert_eq!(weft.admin_get("/ready").0, 200);
+        assert!(probe.elapsed() < Duration::from_millis(900), "a probe waited {:?}", probe.elapsed());
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let held = started.elapsed();
+    let _ = slow.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = slow.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(held < Duration::from_secs(5), "the trickling client was held {held:?}");
+    assert!(probes >= 3);
+    assert_eq!(weft.metric(&["weft_admin_refused_total", "reason=\"deadline\""]), 1.0);
+
+    // The cap: idle connections up to it are each held; one more is answered at once.
+    let idle: Vec<_> = (0..16)
+        .map(|_| std::net::TcpStream::connect(admin).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = std::net::TcpStream::connect(admin).expect("connect");
+    extra.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut out = String::new();
+    let _ = extra.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 503"), "{out:?}");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(weft.admin_get("/ready").0, 200);
+    assert!(weft.metric(&["weft_admin_refused_total", "reason=\"busy\""]) >= 1.0);
+}
+
+/// Item 14: a page that rebinds its own name to 127.0.0.1 reads nothing (the admin
+/// answers only IP-literal or localhost Hosts), and `/config` shows no secrets.
+#[test]
+fn the_admin_listener_refuses_rebound_names_and_hides_secrets() {
+    let (admin, listen, origin) = (free_addr(), free_addr(), free_addr());
+    let config = format!(
+        "[admin]\naddress = \"{admin}\"\n[consul]\ntoken = \"consul-secret\"\n\
+         [[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+         routes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"o\", \
+           request_headers = {{ add = {{ authorization = \"Bearer route-secret\" }} }}, \
+           response_headers = {{ add = {{ x-api-key = \"key-secret\" }} }} }} ]\n\
+         [clusters.o]\nendpoints = [\"{origin}\"]\n"
+    );
+    let weft = Weft::start("ingress", &config, admin);
+    for host in ["evil.example", "evil.example:9901", "127.0.0.1.nip.io", "localhost.evil.example"] {
+        assert_eq!(admin_with_host(admin, "/config", host).0, 403, "{host}");
+    }
+    let port = admin.port();
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "LOCALHOST".into()] {
+        assert_eq!(admin_with_host(admin, "/ready", &host).0, 200, "{host}");
+    }
+    assert_eq!(weft.metric(&["weft_admin_refused_total", "reason=\"host\""]), 4.0);
+    let (status, body) = weft.admin_get("/config");
+    assert_eq!(status, 200);
+    for secret in ["consul-secret", "route-secret", "key-secret"] {
+        assert!(!body.contains(secret), "{secret} shown: {body}");
+    }
+    assert!(body.contains("authorization") && body.contains("<redacted>"), "{body}");
+}
+
+/// Item 14: with `admin.private_address` on a unix socket, `/config` and `/metrics` are
+/// answered there only (owner-only file), and `admin.address` keeps the probes.
+#[test]
+fn config_and_metrics_can_move_to_a_private_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let (admin, listen, origin) = (free_addr(), free_addr(), free_addr());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("admin.sock");
+    let config = one_cluster(admin, listen, origin).replacen(
+        "\n\n[[listeners]]",
+        &format!("\nprivate_address = \"unix:{}\"\n\n[[listeners]]", socket.display()),
+        1,
+    );
+    let weft = Weft::start("ingress", &config, admin);
+    assert_eq!(weft.admin_get("/ready").0, 200);
+    assert_eq!(weft.admin_get("/config").0, 404);
+    assert_eq!(weft.admin_get("/metrics").0, 404);
+    let mode = std::fs::metadata(&socket).expect("socket file").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    for (path, want) in [("/config", "private_address"), ("/metrics", "weft_workers")] {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", "--unix-socket"])
+            .arg(&socket)
+            .arg(format!("http://localhost{path}"))
+            .output()
+            .expect("curl");
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(body.contains(want), "{path}: {body}");
+    }
+    let out = weft_tests::process::weft_output(&["check", "--config", weft.config_path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("unix:{}", socket.display())), "{text}");
+}

@@ -120,6 +120,10 @@ pub fn apply(control: &Control, bound: &mut BoundSet) {
         tracing::info!(version = current.version, "reload: config unchanged");
         return;
     }
+    if next.admin != current.admin {
+        // The admin sockets are bound once, at start (a probe must never find them gone).
+        tracing::warn!("reload: [admin] changed; the admin listener keeps its addresses until restart");
+    }
     let changes = diff(bound, &next);
     // Bind everything first: a failure refuses the reload before anything changed.
     let mut staged = Vec::new();

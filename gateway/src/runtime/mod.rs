@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use weft_mesh::snapshot::Snapshot;
+use weft_mesh::snapshot::{AdminBind, Snapshot};
 
 use crate::control::{
     admin, discovery, reload, start_janitor, yield_to_workers, Control, Socket, WorkerMsg,
@@ -37,9 +37,10 @@ pub enum StartError {
         address: SocketAddr,
         source: io::Error,
     },
-    #[error("admin: cannot bind {address}: {source}")]
+    #[error("{key}: cannot bind {address}: {source}")]
     Admin {
-        address: SocketAddr,
+        key: &'static str,
+        address: String,
         source: io::Error,
     },
     #[error("runtime.cpus: cpu {0} is not in this process's affinity mask")]
@@ -95,12 +96,19 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
             mine.push(socket);
         }
     }
-    let admin_address = first.admin_address;
-    let admin_socket =
-        std::net::TcpListener::bind(admin_address).map_err(|source| StartError::Admin {
-            address: admin_address,
+    let admin_address = first.admin.address;
+    let bind_admin = |key, at: &AdminBind| {
+        admin::bind(at).map_err(|source| StartError::Admin {
+            key,
+            address: at.to_string(),
             source,
-        })?;
+        })
+    };
+    let admin_socket = bind_admin("admin.address", &AdminBind::Tcp(admin_address))?;
+    let private_admin = match &first.admin.private {
+        Some(at) => Some(bind_admin("admin.private_address", at)?),
+        None => None,
+    };
 
     let role = first.role;
     let drain_timeout = first.runtime.drain_timeout;
@@ -110,7 +118,7 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     // Signals first: a SIGHUP or SIGTERM that arrives while workers start is not lost.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(StartError::Thread)?;
 
-    admin::start(admin_socket, control.clone()).map_err(StartError::Thread)?;
+    admin::start(admin_socket, private_admin, control.clone()).map_err(StartError::Thread)?;
     start_janitor(control.clone()).map_err(StartError::Thread)?;
     let mut threads = Vec::with_capacity(workers);
     for (id, (mine, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {

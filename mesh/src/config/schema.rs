@@ -134,13 +134,19 @@ pub struct UringConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct AdminConfig {
+    /// `/ready`, `/live`; and `/config`, `/metrics` unless `private_address` is set.
     pub address: String,
+    /// Where `/config` and `/metrics` are served instead of `address`: `IP:port`, or
+    /// `unix:PATH` for a unix socket (mode 0600; a relative PATH is taken from the
+    /// config file's directory). Probes can then be exposed without the config.
+    pub private_address: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             address: "127.0.0.1:9901".into(),
+            private_address: None,
         }
     }
 }

@@ -54,8 +54,7 @@ pub fn compile_with(
     };
 
     let runtime = compile_runtime(cfg, &mut d);
-    let admin_address = parse_listen_address(&cfg.admin.address, "admin.address", &mut d)
-        .unwrap_or(([127, 0, 0, 1], 9901).into());
+    let admin = compile_admin(loaded, &mut d);
     check_http(&cfg.http, &mut d);
     check_http2(&cfg.http2, &mut d);
     if cfg.consul.max_response_bytes < 1024 {
@@ -198,10 +197,10 @@ pub fn compile_with(
                     format!("{a} is already used by another listener"),
                 );
             }
-            if a == admin_address {
+            if a == admin.address || admin.private == Some(AdminBind::Tcp(a)) {
                 d.error(
                     format!("{path}.address"),
-                    format!("{a} is the admin address"),
+                    format!("{a} is an admin address"),
                 );
             }
         }
@@ -278,7 +277,7 @@ pub fn compile_with(
         });
     for ((_, _, path), cluster) in cluster_cfgs.iter().zip(&clusters) {
         for (i, e) in cluster.endpoints.iter().enumerate() {
-            if let Some(own) = own_address(&listeners, admin_address, e.address) {
+            if let Some(own) = own_address(&listeners, &admin, e.address) {
                 d.error(
                     format!("{path}.endpoints[{i}]"),
                     format!("`{}` is {own}: requests would loop through weft", e.address),
@@ -312,7 +311,7 @@ pub fn compile_with(
         source_file: loaded.file.clone(),
         source_text: Arc::from(loaded.source_text.as_str()),
         runtime,
-        admin_address,
+        admin,
         http: cfg.http.clone(),
         http2: cfg.http2.clone(),
         listeners: listeners.into(),
@@ -323,7 +322,7 @@ pub fn compile_with(
 /// Which of weft's own addresses `endpoint` is, if it is one: a listener (by name) or
 /// the admin listener. A listener on an unspecified address (`0.0.0.0`, `[::]`) is
 /// reached on loopback at its port too.
-fn own_address(listeners: &[Listener], admin: SocketAddr, endpoint: SocketAddr) -> Option<String> {
+fn own_address(listeners: &[Listener], admin: &AdminSettings, endpoint: SocketAddr) -> Option<String> {
     let reaches = |bound: SocketAddr| {
         bound.port() == endpoint.port()
             && (bound.ip() == endpoint.ip()
@@ -333,7 +332,11 @@ fn own_address(listeners: &[Listener], admin: SocketAddr, endpoint: SocketAddr) 
     if let Some(l) = listeners.iter().find(|l| reaches(l.address)) {
         return Some(format!("weft's own listener `{}`", l.name));
     }
-    reaches(admin).then(|| "weft's admin listener".to_owned())
+    let private = match admin.private {
+        Some(AdminBind::Tcp(a)) => reaches(a),
+        _ => false,
+    };
+    (reaches(admin.address) || private).then(|| "weft's admin listener".to_owned())
 }
 
 /// The kind of address no discovered service instance may have, if `ip` is one: a
@@ -392,7 +395,7 @@ impl Snapshot {
             let path = format!("clusters.{} (discovered)", cluster.name);
             let endpoints = compile_endpoints(listed, &path, &mut d);
             for (i, e) in endpoints.iter().enumerate() {
-                if let Some(own) = own_address(&self.listeners, self.admin_address, e.address) {
+                if let Some(own) = own_address(&self.listeners, &self.admin, e.address) {
                     d.error(
                         format!("{path}.endpoints[{i}]"),
                         format!("`{}` is {own}: requests would loop through weft", e.address),
@@ -430,7 +433,7 @@ impl Snapshot {
             source_file: self.source_file.clone(),
             source_text: self.source_text.clone(),
             runtime: self.runtime.clone(),
-            admin_address: self.admin_address,
+            admin: self.admin.clone(),
             http: self.http.clone(),
             http2: self.http2.clone(),
             listeners: self.listeners.clone(),
@@ -583,6 +586,31 @@ fn check_http2(h: &crate::config::Http2Config, d: &mut Diagnostics) {
             "must be between 16384 and 1073741824",
         );
     }
+}
+
+/// `[admin]`: the probe address and the optional private one for `/config` and
+/// `/metrics`.
+fn compile_admin(loaded: &LoadedConfig, d: &mut Diagnostics) -> AdminSettings {
+    let cfg = &loaded.config.admin;
+    let address = parse_listen_address(&cfg.address, "admin.address", d)
+        .unwrap_or(([127, 0, 0, 1], 9901).into());
+    let private = cfg.private_address.as_deref().and_then(|text| {
+        const KEY: &str = "admin.private_address";
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                d.error(KEY, "`unix:` needs a path, as in \"unix:/run/weft/admin.sock\"");
+                return None;
+            }
+            return Some(AdminBind::Unix(resolve_relative(&loaded.file, path)));
+        }
+        let a = parse_listen_address(text, KEY, d)?;
+        if a == address {
+            d.error(KEY, format!("`{a}` is admin.address itself: give another port"));
+            return None;
+        }
+        Some(AdminBind::Tcp(a))
+    });
+    AdminSettings { address, private }
 }
 
 fn parse_listen_address(text: &str, path: &str, d: &mut Diagnostics) -> Option<SocketAddr> {

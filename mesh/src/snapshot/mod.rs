@@ -51,7 +51,7 @@ pub struct Snapshot {
     /// the snapshots a discovery change derives from this one.
     pub source_text: Arc<str>,
     pub runtime: RuntimeSettings,
-    pub admin_address: SocketAddr,
+    pub admin: AdminSettings,
     pub http: HttpConfig,
     pub http2: Http2Config,
     /// Shared, unchanged, by the snapshots a discovery change derives from this one.
@@ -62,6 +62,31 @@ pub struct Snapshot {
     pub consul: ConsulSettings,
     /// What a sidecar registers with the Consul agent.
     pub registration: Option<Registration>,
+}
+
+/// Where the admin listener answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub address: SocketAddr,
+    /// Serves `/config` and `/metrics` in place of `address`, which then answers only
+    /// the probes.
+    pub private: Option<AdminBind>,
+}
+
+/// An admin socket: TCP, or a unix socket at a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminBind {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Display for AdminBind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminBind::Tcp(a) => write!(f, "{a}"),
+            AdminBind::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
 }
 
 /// A service registration (`PUT /v1/agent/service/register`).
