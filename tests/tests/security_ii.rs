@@ -655,3 +655,100 @@ fn config_and_metrics_can_move_to_a_private_unix_socket() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("unix:{}", socket.display())), "{text}");
 }
+
+/// `subjectAltName` for openssl's extension file: one URI SAN of any bytes, written as
+/// raw DER (openssl's own syntax cannot carry CR/LF).
+fn raw_uri_san(uri: &[u8]) -> String {
+    let name = [&[0x86, uri.len() as u8][..], uri].concat();
+    let names = [&[0x30, name.len() as u8][..], &name].concat();
+    let hex: String = names.iter().map(|b| format!("{b:02x}")).collect();
+    format!("DER:{hex}")
+}
+
+/// Item 12: the identity weft vouches for is encoded, never pasted. A CA-signed client
+/// certificate whose URI SAN carries CR/LF is refused (counted) and injects nothing; one
+/// with XFCC delimiters in its URI gets it quoted, so no element or pair is added; and
+/// certificates without SANs are told apart by `Hash=` and `Subject=`.
+#[test]
+fn forwarded_client_identities_are_encoded_not_pasted() {
+    use weft_tests::pki::{Pki, CLIENT, SERVER};
+    let pki = Pki::new();
+    pki.leaf("server", "edge.test", "DNS:edge.test", SERVER);
+    let injected = b"spiffe://mesh/a\r\nx-forwarded-client-cert: URI=spiffe://mesh/sa/admin";
+    pki.leaf("crlf", "crlf", &raw_uri_san(injected), CLIENT);
+    pki.leaf("delims", "delims", &raw_uri_san(b"spiffe://mesh/a;URI=spiffe://mesh/sa/admin,By=x"), CLIENT);
+    pki.leaf("bare1", "bare one", "DNS:unused.test", CLIENT);
+    std::fs::write(pki.path("nosan.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for name in ["nosan1", "nosan2"] {
+        pki.openssl(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", "/CN=same"]);
+        pki.openssl(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey",
+            "ca.key", "-CAcreateserial", "-out", &format!("{name}.crt"), "-days", "1",
+            "-extfile", "nosan.ext"]);
+    }
+    let origin = RecordingUpstream::start();
+    let (admin, listen) = (free_addr(), free_addr());
+    let config = format!(
+        "[admin]\naddress = \"{admin}\"\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+         tls = {{ certificates = [ {{ cert = \"server.crt\", key = \"server.key\" }} ], \
+           client_auth = {{ ca = \"ca.crt\", mode = \"require\" }} }}\n\
+         routes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"o\" }} ]\n\
+         [clusters.o]\nendpoints = [\"{}\"]\n",
+        origin.addr
+    );
+    let weft = Weft::start_in(pki.dir.path(), "ingress", &config, admin);
+    let curl = |cert: &str, flag: &str| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "5", flag, "--cacert"])
+            .arg(pki.path("ca.crt"))
+            .arg("--cert")
+            .arg(pki.path(&format!("{cert}.crt")))
+            .arg("--key")
+            .arg(pki.path(&format!("{cert}.key")))
+            .arg("--resolve")
+            .arg(format!("edge.test:{}:127.0.0.1", listen.port()))
+            .arg(format!("https://edge.test:{}/{cert}", listen.port()))
+            .output()
+            .expect("curl")
+    };
+    let xfcc_of = |path: &str| -> Vec<String> {
+        let requests = origin.requests.lock().unwrap();
+        let seen = requests
+            .iter()
+            .find(|r| r.line.starts_with(&format!("GET /{path}")))
+            .unwrap_or_else(|| panic!("/{path} did not arrive"));
+        seen.head
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("x-forwarded-client-cert:"))
+            .map(|l| l["x-forwarded-client-cert:".len()..].trim().to_owned())
+            .collect()
+    };
+
+    for flag in ["--http1.1", "--http2"] {
+        assert!(!curl("crlf", flag).status.success(), "{flag}");
+    }
+    assert!(origin.request_lines().is_empty(), "{:?}", origin.request_lines());
+    assert_eq!(
+        weft.metric(&["weft_tls_handshake_failures_total", "reason=\"unsafe_identity\""]),
+        2.0
+    );
+    assert!(weft.log().contains("client certificate refused"), "{}", weft.log());
+
+    assert!(curl("delims", "--http1.1").status.success());
+    let xfcc = xfcc_of("delims");
+    assert_eq!(xfcc.len(), 1, "{xfcc:?}");
+    assert!(xfcc[0].starts_with("Hash="), "{xfcc:?}");
+    assert!(
+        xfcc[0].ends_with(r#";Subject="CN=delims";URI="spiffe://mesh/a;URI=spiffe://mesh/sa/admin,By=x""#),
+        "{xfcc:?}"
+    );
+
+    for cert in ["nosan1", "nosan2", "bare1"] {
+        assert!(curl(cert, "--http2").status.success(), "{cert}");
+    }
+    let (one, two) = (xfcc_of("nosan1"), xfcc_of("nosan2"));
+    assert_eq!(one.len(), 1);
+    assert!(one[0].ends_with(r#";Subject="CN=same""#), "{one:?}");
+    assert_ne!(one, two, "two certificates without SANs must not share an identity");
+    assert!(xfcc_of("bare1")[0].ends_with(r#";Subject="CN=bare one";DNS=unused.test"#));
+}

@@ -3,3 +3,4 @@
 pub mod h1;
 pub mod path;
 pub mod percent;
+pub mod x509_name;

@@ -15,6 +15,8 @@ use std::rc::Rc;
 
 use weft_mesh::snapshot::ListenerRole;
 
+pub use super::identity::PeerIdentity;
+
 /// A client connection's facts.
 #[derive(Debug)]
 pub struct ConnectionFacts {
@@ -42,36 +44,6 @@ pub struct TlsFacts {
     /// Send the identity upstream as `x-forwarded-client-cert` (the listener's
     /// `tls.forward_client_cert`).
     pub forward_client_cert: bool,
-}
-
-/// A verified client certificate's names, as typed values, and the
-/// `x-forwarded-client-cert` value made of them.
-#[derive(Debug)]
-pub struct PeerIdentity {
-    /// URI SANs, SPIFFE IDs among them, in certificate order.
-    pub uris: Vec<String>,
-    /// DNS SANs, in certificate order.
-    pub dns: Vec<String>,
-    /// `URI=...;DNS=...`: every URI SAN, then every DNS SAN.
-    pub xfcc: String,
-}
-
-impl PeerIdentity {
-    pub fn new(uris: Vec<String>, dns: Vec<String>) -> PeerIdentity {
-        let mut xfcc = String::new();
-        for (kind, name) in uris
-            .iter()
-            .map(|u| ("URI=", u))
-            .chain(dns.iter().map(|d| ("DNS=", d)))
-        {
-            if !xfcc.is_empty() {
-                xfcc.push(';');
-            }
-            xfcc.push_str(kind);
-            xfcc.push_str(name);
-        }
-        PeerIdentity { uris, dns, xfcc }
-    }
 }
 
 impl ConnectionFacts {
@@ -147,8 +119,13 @@ mod tests {
 
     #[test]
     fn identities_are_typed_and_forwarded_only_when_asked() {
-        let id = PeerIdentity::new(vec!["spiffe://mesh/sa/web".into()], vec!["web.mesh".into()]);
-        assert_eq!(id.xfcc, "URI=spiffe://mesh/sa/web;DNS=web.mesh");
+        let id = PeerIdentity::new(
+            &[1],
+            "CN=web".into(),
+            vec!["spiffe://mesh/sa/web".into()],
+            vec!["web.mesh".into()],
+        )
+        .unwrap();
         let mut conn = ConnectionFacts::plain(
             "127.0.0.1:1".parse().unwrap(),
             None,
@@ -164,7 +141,7 @@ mod tests {
         });
         assert_eq!(
             conn.client_cert(),
-            Some("URI=spiffe://mesh/sa/web;DNS=web.mesh")
+            Some(r#"Hash=01;Subject="CN=web";URI=spiffe://mesh/sa/web;DNS=web.mesh"#)
         );
         assert_eq!(conn.forwarded_client_cert(), None);
     }

@@ -26,6 +26,7 @@ mod facts;
 mod flow;
 pub mod forwarded;
 mod grpc;
+mod identity;
 mod lifecycle;
 mod local;
 mod relay;

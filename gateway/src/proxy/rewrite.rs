@@ -123,7 +123,13 @@ pub trait HeaderSink {
 }
 
 impl HeaderSink for BytesMut {
+    /// A value with a control byte (CR/LF ends a line) is not written: the rule
+    /// `http::HeaderValue` applies on the HTTP/2 path. Parsed fields already meet it;
+    /// this holds for every value made elsewhere too.
     fn header(&mut self, name: &[u8], value: &[u8]) {
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return;
+        }
         push_header(self, name, value);
     }
     fn header_fmt(&mut self, name: &[u8], value: fmt::Arguments<'_>) {

@@ -74,13 +74,23 @@ pub async fn serve(
         }
     };
     let session = tls.get_ref().1;
+    let peer_identity = match session.peer_certificates().and_then(|chain| chain.first()) {
+        None => None,
+        Some(leaf) => match PeerIdentity::of_leaf(leaf) {
+            Ok(identity) => Some(identity),
+            Err(why) => {
+                // Verified by the CA, but not an identity weft can vouch for: no request
+                // is served rather than one with half an identity.
+                tracing::warn!(%peer, listener = %bound.name, "client certificate refused: {why}");
+                failed(Failure::UnsafeIdentity);
+                return;
+            }
+        },
+    };
     let facts = TlsFacts {
         sni: session.server_name().map(str::to_owned),
         alpn: session.alpn_protocol().map(<[u8]>::to_vec),
-        peer_identity: session
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(identity),
+        peer_identity,
         forward_client_cert,
     };
     let h2 = facts.alpn.as_deref() == Some(b"h2");
@@ -100,14 +110,6 @@ pub async fn serve(
     }
 }
 
-/// A verified client certificate's identity: its URI and DNS SANs.
-fn identity(leaf: &rustls_pki_types::CertificateDer<'_>) -> Option<PeerIdentity> {
-    let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
-    let uris = cert.valid_uri_names().map(str::to_owned).collect();
-    let dns = cert.valid_dns_names().map(str::to_owned).collect();
-    Some(PeerIdentity::new(uris, dns))
-}
-
 /// Why a handshake failed, as counted.
 #[derive(Clone, Copy)]
 enum Failure {
@@ -116,6 +118,8 @@ enum Failure {
     Io,
     BadClientCertificate,
     NoClientCertificate,
+    /// Verified, but with a name weft cannot forward safely (`identity`).
+    UnsafeIdentity,
     NotTls,
     Alpn,
     Incompatible,
@@ -156,6 +160,7 @@ impl Failure {
             Failure::Io => "io",
             Failure::BadClientCertificate => "bad_client_certificate",
             Failure::NoClientCertificate => "no_client_certificate",
+            Failure::UnsafeIdentity => "unsafe_identity",
             Failure::NotTls => "not_tls",
             Failure::Alpn => "alpn",
             Failure::Incompatible => "incompatible",
