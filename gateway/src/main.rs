@@ -163,7 +163,10 @@ fn summary(s: &Snapshot) -> String {
     }
     out += &format!("  admin on {}\n", s.admin.address);
     if let Some(private) = &s.admin.private {
-        out += &format!("  admin /config and /metrics on {private} (only /ready and /live on {})\n", s.admin.address);
+        out += &format!(
+            "  admin /config and /metrics on {private} (only /ready and /live on {})\n",
+            s.admin.address
+        );
     }
     out
 }

@@ -57,17 +57,45 @@ pub fn is_managed(name: &[u8]) -> bool {
 /// once `_` is read as `-` (`Transfer_Encoding`, `X_Forwarded_For`,
 /// `x_forwarded_client_cert`) is dropped, because CGI, WSGI and many frameworks map both
 /// spellings to the same variable, and the origin would believe the client's copy.
-pub const VOUCHED: [&str; 9] = [
+pub const VOUCHED: [&str; 12] = [
     "content-length",
     "transfer-encoding",
     "host",
     "x-forwarded-for",
     "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
     "forwarded",
     "x-forwarded-client-cert",
     "x-request-id",
     "via",
 ];
+
+/// Longest name in `VOUCHED` and in `frames_or_routes`: longer names need no
+/// comparing.
+pub const LONGEST_RULED_NAME: usize = 23;
+
+/// Whether a field is one weft vouches for in a request (any case).
+pub fn is_vouched(name: &[u8]) -> bool {
+    any(&VOUCHED, name)
+}
+
+/// Which trailer fields a section may carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trailers {
+    /// A response's: any field that does not frame, route or manage the connection.
+    Response,
+    /// A request's: nor any field weft vouches for, in any spelling: a client's
+    /// `x-forwarded-client-cert` must not reach the origin after the body either.
+    Request,
+}
+
+/// Whether `name` may not appear in a trailer section of this kind.
+pub fn forbidden_trailer(name: &[u8], kind: Trailers) -> bool {
+    frames_or_routes(name)
+        || (kind == Trailers::Request && (is_vouched(name) || aliases_vouched(name)))
+}
 
 /// Whether a request field is an underscore spelling of one weft vouches for.
 pub fn aliases_vouched(name: &[u8]) -> bool {
@@ -131,6 +159,23 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn request_trailers_carry_no_vouched_field() {
+        for n in [
+            "X-Forwarded-Client-Cert",
+            "x_forwarded_for",
+            "via",
+            "content-length",
+        ] {
+            assert!(forbidden_trailer(n.as_bytes(), Trailers::Request), "{n}");
+        }
+        assert!(!forbidden_trailer(b"x-request-id", Trailers::Response));
+        assert!(forbidden_trailer(b"host", Trailers::Response));
+        assert!(!forbidden_trailer(b"grpc-status", Trailers::Request));
+        let longest = VOUCHED.iter().chain(&HOP_BY_HOP).map(|n| n.len()).max();
+        assert_eq!(longest, Some(LONGEST_RULED_NAME));
+    }
 
     #[test]
     fn the_sets_nest_as_the_rfcs_say() {

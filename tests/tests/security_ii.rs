@@ -529,11 +529,18 @@ fn admin_with_host(admin: std::net::SocketAddr, path: &str, host: &str) -> (u16,
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(admin).expect("connect admin");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -547,7 +554,8 @@ fn the_admin_listener_outlasts_slow_and_many_clients() {
     let weft = Weft::start("ingress", &one_cluster(admin, listen, origin), admin);
 
     let mut slow = std::net::TcpStream::connect(admin).expect("connect");
-    slow.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let started = std::time::Instant::now();
     let mut answer = Vec::new();
     let mut probes = 0;
@@ -563,7 +571,11 @@ fn the_admin_listener_outlasts_slow_and_many_clients() {
         }
         let probe = std::time::Instant::now();
         assert_eq!(weft.admin_get("/ready").0, 200);
-        assert!(probe.elapsed() < Duration::from_millis(900), "a probe waited {:?}", probe.elapsed());
+        assert!(
+            probe.elapsed() < Duration::from_millis(900),
+            "a probe waited {:?}",
+            probe.elapsed()
+        );
         probes += 1;
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -572,9 +584,15 @@ fn the_admin_listener_outlasts_slow_and_many_clients() {
     let _ = slow.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
-    assert!(held < Duration::from_secs(5), "the trickling client was held {held:?}");
+    assert!(
+        held < Duration::from_secs(5),
+        "the trickling client was held {held:?}"
+    );
     assert!(probes >= 3);
-    assert_eq!(weft.metric(&["weft_admin_refused_total", "reason=\"deadline\""]), 1.0);
+    assert_eq!(
+        weft.metric(&["weft_admin_refused_total", "reason=\"deadline\""]),
+        1.0
+    );
 
     // The cap: idle connections up to it are each held; one more is answered at once.
     let idle: Vec<_> = (0..16)
@@ -582,7 +600,9 @@ fn the_admin_listener_outlasts_slow_and_many_clients() {
         .collect();
     std::thread::sleep(Duration::from_millis(200));
     let mut extra = std::net::TcpStream::connect(admin).expect("connect");
-    extra.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
     let mut out = String::new();
     let _ = extra.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 503"), "{out:?}");
@@ -606,20 +626,35 @@ fn the_admin_listener_refuses_rebound_names_and_hides_secrets() {
          [clusters.o]\nendpoints = [\"{origin}\"]\n"
     );
     let weft = Weft::start("ingress", &config, admin);
-    for host in ["evil.example", "evil.example:9901", "127.0.0.1.nip.io", "localhost.evil.example"] {
+    for host in [
+        "evil.example",
+        "evil.example:9901",
+        "127.0.0.1.nip.io",
+        "localhost.evil.example",
+    ] {
         assert_eq!(admin_with_host(admin, "/config", host).0, 403, "{host}");
     }
     let port = admin.port();
-    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "LOCALHOST".into()] {
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "LOCALHOST".into(),
+    ] {
         assert_eq!(admin_with_host(admin, "/ready", &host).0, 200, "{host}");
     }
-    assert_eq!(weft.metric(&["weft_admin_refused_total", "reason=\"host\""]), 4.0);
+    assert_eq!(
+        weft.metric(&["weft_admin_refused_total", "reason=\"host\""]),
+        4.0
+    );
     let (status, body) = weft.admin_get("/config");
     assert_eq!(status, 200);
     for secret in ["consul-secret", "route-secret", "key-secret"] {
         assert!(!body.contains(secret), "{secret} shown: {body}");
     }
-    assert!(body.contains("authorization") && body.contains("<redacted>"), "{body}");
+    assert!(
+        body.contains("authorization") && body.contains("<redacted>"),
+        "{body}"
+    );
 }
 
 /// Item 14: with `admin.private_address` on a unix socket, `/config` and `/metrics` are
@@ -632,14 +667,20 @@ fn config_and_metrics_can_move_to_a_private_unix_socket() {
     let socket = dir.path().join("admin.sock");
     let config = one_cluster(admin, listen, origin).replacen(
         "\n\n[[listeners]]",
-        &format!("\nprivate_address = \"unix:{}\"\n\n[[listeners]]", socket.display()),
+        &format!(
+            "\nprivate_address = \"unix:{}\"\n\n[[listeners]]",
+            socket.display()
+        ),
         1,
     );
     let weft = Weft::start("ingress", &config, admin);
     assert_eq!(weft.admin_get("/ready").0, 200);
     assert_eq!(weft.admin_get("/config").0, 404);
     assert_eq!(weft.admin_get("/metrics").0, 404);
-    let mode = std::fs::metadata(&socket).expect("socket file").permissions().mode();
+    let mode = std::fs::metadata(&socket)
+        .expect("socket file")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     for (path, want) in [("/config", "private_address"), ("/metrics", "weft_workers")] {
         let out = Command::new("curl")
@@ -651,9 +692,16 @@ fn config_and_metrics_can_move_to_a_private_unix_socket() {
         let body = String::from_utf8_lossy(&out.stdout);
         assert!(body.contains(want), "{path}: {body}");
     }
-    let out = weft_tests::process::weft_output(&["check", "--config", weft.config_path.to_str().unwrap()]);
+    let out = weft_tests::process::weft_output(&[
+        "check",
+        "--config",
+        weft.config_path.to_str().unwrap(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("unix:{}", socket.display())), "{text}");
+    assert!(
+        text.contains(&format!("unix:{}", socket.display())),
+        "{text}"
+    );
 }
 
 /// `subjectAltName` for openssl's extension file: one URI SAN of any bytes, written as
@@ -676,15 +724,46 @@ fn forwarded_client_identities_are_encoded_not_pasted() {
     pki.leaf("server", "edge.test", "DNS:edge.test", SERVER);
     let injected = b"spiffe://mesh/a\r\nx-forwarded-client-cert: URI=spiffe://mesh/sa/admin";
     pki.leaf("crlf", "crlf", &raw_uri_san(injected), CLIENT);
-    pki.leaf("delims", "delims", &raw_uri_san(b"spiffe://mesh/a;URI=spiffe://mesh/sa/admin,By=x"), CLIENT);
+    pki.leaf(
+        "delims",
+        "delims",
+        &raw_uri_san(b"spiffe://mesh/a;URI=spiffe://mesh/sa/admin,By=x"),
+        CLIENT,
+    );
     pki.leaf("bare1", "bare one", "DNS:unused.test", CLIENT);
     std::fs::write(pki.path("nosan.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     for name in ["nosan1", "nosan2"] {
-        pki.openssl(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", "/CN=same"]);
-        pki.openssl(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey",
-            "ca.key", "-CAcreateserial", "-out", &format!("{name}.crt"), "-days", "1",
-            "-extfile", "nosan.ext"]);
+        pki.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            "/CN=same",
+        ]);
+        pki.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "1",
+            "-extfile",
+            "nosan.ext",
+        ]);
     }
     let origin = RecordingUpstream::start();
     let (admin, listen) = (free_addr(), free_addr());
@@ -719,7 +798,10 @@ fn forwarded_client_identities_are_encoded_not_pasted() {
             .unwrap_or_else(|| panic!("/{path} did not arrive"));
         seen.head
             .lines()
-            .filter(|l| l.to_ascii_lowercase().starts_with("x-forwarded-client-cert:"))
+            .filter(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("x-forwarded-client-cert:")
+            })
             .map(|l| l["x-forwarded-client-cert:".len()..].trim().to_owned())
             .collect()
     };
@@ -727,19 +809,32 @@ fn forwarded_client_identities_are_encoded_not_pasted() {
     for flag in ["--http1.1", "--http2"] {
         assert!(!curl("crlf", flag).status.success(), "{flag}");
     }
-    assert!(origin.request_lines().is_empty(), "{:?}", origin.request_lines());
+    assert!(
+        origin.request_lines().is_empty(),
+        "{:?}",
+        origin.request_lines()
+    );
     assert_eq!(
-        weft.metric(&["weft_tls_handshake_failures_total", "reason=\"unsafe_identity\""]),
+        weft.metric(&[
+            "weft_tls_handshake_failures_total",
+            "reason=\"unsafe_identity\""
+        ]),
         2.0
     );
-    assert!(weft.log().contains("client certificate refused"), "{}", weft.log());
+    assert!(
+        weft.log().contains("client certificate refused"),
+        "{}",
+        weft.log()
+    );
 
     assert!(curl("delims", "--http1.1").status.success());
     let xfcc = xfcc_of("delims");
     assert_eq!(xfcc.len(), 1, "{xfcc:?}");
     assert!(xfcc[0].starts_with("Hash="), "{xfcc:?}");
     assert!(
-        xfcc[0].ends_with(r#";Subject="CN=delims";URI="spiffe://mesh/a;URI=spiffe://mesh/sa/admin,By=x""#),
+        xfcc[0].ends_with(
+            r#";Subject="CN=delims";URI="spiffe://mesh/a;URI=spiffe://mesh/sa/admin,By=x""#
+        ),
         "{xfcc:?}"
     );
 
@@ -749,6 +844,9 @@ fn forwarded_client_identities_are_encoded_not_pasted() {
     let (one, two) = (xfcc_of("nosan1"), xfcc_of("nosan2"));
     assert_eq!(one.len(), 1);
     assert!(one[0].ends_with(r#";Subject="CN=same""#), "{one:?}");
-    assert_ne!(one, two, "two certificates without SANs must not share an identity");
+    assert_ne!(
+        one, two,
+        "two certificates without SANs must not share an identity"
+    );
     assert!(xfcc_of("bare1")[0].ends_with(r#";Subject="CN=bare one";DNS=unused.test"#));
 }

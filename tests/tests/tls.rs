@@ -598,7 +598,8 @@ tls = {{ ca = "ca.crt", sni = "billing.mesh", cert = "orders.crt", key = "orders
     let dump = String::from_utf8_lossy(&o.stdout);
     assert!(dump.contains("upstream=billing-app"), "{dump}");
     assert!(
-        dump.contains(";URI=spiffe://mesh/orders;DNS=orders.mesh") && dump.contains("x-forwarded-client-cert: Hash="),
+        dump.contains(";URI=spiffe://mesh/orders;DNS=orders.mesh")
+            && dump.contains("x-forwarded-client-cert: Hash="),
         "{dump}"
     );
     // Without a client certificate the billing sidecar refuses the connection.

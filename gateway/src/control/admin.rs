@@ -93,8 +93,8 @@ pub fn start(
     } else {
         Scope::All
     };
-    for (socket, scope) in std::iter::once((public, public_scope))
-        .chain(private.map(|p| (p, Scope::All)))
+    for (socket, scope) in
+        std::iter::once((public, public_scope)).chain(private.map(|p| (p, Scope::All)))
     {
         let control = control.clone();
         let refusals = refusals.clone();
@@ -215,7 +215,10 @@ fn left(deadline: Instant) -> io::Result<Duration> {
 }
 
 fn timed_out(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
 }
 
 /// The request's head as far as the admin needs it.
@@ -286,12 +289,20 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
     let request = match read_head(&mut conn, deadline) {
         Ok(Ok(Some(r))) => r,
         Ok(Ok(None)) => return Ok(()),
-        Ok(Err(status)) => return respond(&mut conn, deadline, status, "text/plain", "bad request\n"),
+        Ok(Err(status)) => {
+            return respond(&mut conn, deadline, status, "text/plain", "bad request\n")
+        }
         Err(e) if timed_out(&e) => {
             refusals.deadline.fetch_add(1, Ordering::Relaxed);
             // A second of grace to say why; the client may not be reading either.
             let grace = Instant::now() + Duration::from_secs(1);
-            return respond(&mut conn, grace, 408, "text/plain", "request head not received in time\n");
+            return respond(
+                &mut conn,
+                grace,
+                408,
+                "text/plain",
+                "request head not received in time\n",
+            );
         }
         Err(e) => return Err(e),
     };
@@ -387,9 +398,8 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
                 ),
                 ("weft_workers", "Worker threads.", "gauge", workers),
             ]);
-            let body = body
-                + &discovery_metrics(&control.discovery.status())
-                + &refusal_metrics(refusals);
+            let body =
+                body + &discovery_metrics(&control.discovery.status()) + &refusal_metrics(refusals);
             respond(&mut conn, deadline, 200, "text/plain; version=0.0.4", &body)
         }
         _ => respond(
@@ -436,7 +446,11 @@ fn redacted(text: &str) -> toml::Value {
         }
     }
     if let Some(sidecar) = value.get_mut("sidecar") {
-        redact_routes(sidecar.get_mut("outbound").and_then(|o| o.get_mut("routes")));
+        redact_routes(
+            sidecar
+                .get_mut("outbound")
+                .and_then(|o| o.get_mut("routes")),
+        );
         redact_values(sidecar.get_mut("register").and_then(|r| r.get_mut("meta")));
     }
     value
@@ -449,8 +463,15 @@ fn refusal_metrics(r: &Refusals) -> String {
         "# HELP {name} Admin requests refused: busy (over {MAX_CONNECTIONS} connections), deadline (head not received in {}s), host (not an IP literal or localhost).\n# TYPE {name} counter\n",
         REQUEST_DEADLINE.as_secs()
     );
-    for (reason, n) in [("busy", &r.busy), ("deadline", &r.deadline), ("host", &r.host)] {
-        out.push_str(&format!("{name}{{reason=\"{reason}\"}} {}\n", n.load(Ordering::Relaxed)));
+    for (reason, n) in [
+        ("busy", &r.busy),
+        ("deadline", &r.deadline),
+        ("host", &r.host),
+    ] {
+        out.push_str(&format!(
+            "{name}{{reason=\"{reason}\"}} {}\n",
+            n.load(Ordering::Relaxed)
+        ));
     }
     out
 }

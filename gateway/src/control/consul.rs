@@ -16,6 +16,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
 use serde_json::Value;
 use weft_mesh::config::EndpointConfig;
+use weft_mesh::fields::Trailers;
 use weft_mesh::snapshot::{ConsulQuery, ConsulSettings, Registration};
 
 use crate::transport::{PollStream, UpstreamStream};
@@ -115,7 +116,7 @@ pub async fn health(
     let length: Option<usize> = header("content-length").and_then(|v| v.parse().ok());
     let body = &raw[head_len..];
     let body = if chunked {
-        let mut parser = ChunkedParser::new(64 * 1024);
+        let mut parser = ChunkedParser::new(64 * 1024, Trailers::Response);
         let mut out = Vec::new();
         let progress = parser
             .feed(body, |r| out.extend_from_slice(&body[r]))

@@ -122,7 +122,9 @@ pub fn apply(control: &Control, bound: &mut BoundSet) {
     }
     if next.admin != current.admin {
         // The admin sockets are bound once, at start (a probe must never find them gone).
-        tracing::warn!("reload: [admin] changed; the admin listener keeps its addresses until restart");
+        tracing::warn!(
+            "reload: [admin] changed; the admin listener keeps its addresses until restart"
+        );
     }
     let changes = diff(bound, &next);
     // Bind everything first: a failure refuses the reload before anything changed.

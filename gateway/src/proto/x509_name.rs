@@ -55,7 +55,9 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         }
         let (bytes, after) = rest.split_at(n);
         rest = after;
-        bytes.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+        bytes
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
     };
     if rest.len() < len {
         return None;
@@ -156,7 +158,9 @@ fn decode(tag: u8, value: &[u8]) -> Option<String> {
                 return None;
             }
             let units = value.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-            char::decode_utf16(units).collect::<Result<String, _>>().ok()
+            char::decode_utf16(units)
+                .collect::<Result<String, _>>()
+                .ok()
         }
         // UniversalString: UCS-4BE.
         0x1c => {
@@ -231,12 +235,20 @@ mod tests {
 
     #[test]
     fn nothing_a_certificate_says_leaves_printable_ascii() {
-        let name = rdn(&[0x55, 0x04, 0x03], 0x0c, "a\r\nx-evil: 1\u{e9}\0".as_bytes());
+        let name = rdn(
+            &[0x55, 0x04, 0x03],
+            0x0c,
+            "a\r\nx-evil: 1\u{e9}\0".as_bytes(),
+        );
         let text = rfc4514(&name).unwrap();
         assert_eq!(text, r"CN=a\0D\0Ax-evil: 1\C3\A9\00");
         assert!(text.bytes().all(|b| (0x20..=0x7e).contains(&b)));
         // An unknown type, and a value type not decoded: hex of the DER.
-        let email = rdn(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01], 0x16, b"a@b");
+        let email = rdn(
+            &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01],
+            0x16,
+            b"a@b",
+        );
         assert_eq!(rfc4514(&email).unwrap(), "1.2.840.113549.1.9.1=#1603614062");
         let bmp = rdn(&[0x55, 0x04, 0x03], 0x1e, &[0x00, 0x41, 0x00, 0x42]);
         assert_eq!(rfc4514(&bmp).unwrap(), "CN=AB");

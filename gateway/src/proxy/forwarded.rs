@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use weft_mesh::config::ForwardedConfig;
+use weft_mesh::fields::Trailers;
 use weft_mesh::snapshot::{Forward, HeaderEdits, PathPolicy};
 
 use super::facts::Facts;
@@ -48,7 +49,7 @@ fn body(framing: BodyFraming, rest: &[u8]) -> Result<(Vec<u8>, Vec<u8>), Outcome
             Ok((raw.to_vec(), raw.to_vec()))
         }
         BodyFraming::Chunked => {
-            let mut parser = ChunkedParser::new(MAX_TRAILERS);
+            let mut parser = ChunkedParser::new(MAX_TRAILERS, Trailers::Request);
             let mut data = Vec::new();
             let progress = parser
                 .feed(rest, |r| data.extend_from_slice(&rest[r]))

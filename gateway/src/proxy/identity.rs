@@ -125,7 +125,12 @@ mod tests {
             i.xfcc,
             r#"Hash=ab01;Subject="CN=web,O=Example";URI=spiffe://mesh/sa/web;DNS=web.mesh"#
         );
-        let i = id(r#"CN=a\"b"#, &[r#"urn:x;URI=spiffe://mesh/sa/admin,By="e""#], &[]).unwrap();
+        let i = id(
+            r#"CN=a\"b"#,
+            &[r#"urn:x;URI=spiffe://mesh/sa/admin,By="e""#],
+            &[],
+        )
+        .unwrap();
         assert_eq!(
             i.xfcc,
             r#"Hash=ab01;Subject="CN=a\\\"b";URI="urn:x;URI=spiffe://mesh/sa/admin,By=\"e\"""#

@@ -664,6 +664,22 @@ fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// An HTTP/2 client's trailers as they go on to an HTTP/2 upstream: less any field a
+/// request's trailer section may not carry (`fields::Trailers::Request`), as the
+/// chunked parser refuses them from an HTTP/1.1 client and `last_chunk` drops them
+/// for an HTTP/1.1 upstream.
+pub fn request_trailers(mut trailers: http::HeaderMap) -> http::HeaderMap {
+    let forbidden: Vec<http::HeaderName> = trailers
+        .keys()
+        .filter(|n| fields::forbidden_trailer(n.as_str().as_bytes(), fields::Trailers::Request))
+        .cloned()
+        .collect();
+    for name in &forbidden {
+        trailers.remove(name);
+    }
+    trailers
+}
+
 /// An interim (1xx) response for an HTTP/1.1 client, re-serialised as final heads are:
 /// weft's status line and the upstream's end-to-end fields, without hop-by-hop, framing
 /// or weft-made ones. Relaying the upstream's bytes as received passed on whatever its

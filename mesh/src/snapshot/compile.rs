@@ -322,7 +322,11 @@ pub fn compile_with(
 /// Which of weft's own addresses `endpoint` is, if it is one: a listener (by name) or
 /// the admin listener. A listener on an unspecified address (`0.0.0.0`, `[::]`) is
 /// reached on loopback at its port too.
-fn own_address(listeners: &[Listener], admin: &AdminSettings, endpoint: SocketAddr) -> Option<String> {
+fn own_address(
+    listeners: &[Listener],
+    admin: &AdminSettings,
+    endpoint: SocketAddr,
+) -> Option<String> {
     let reaches = |bound: SocketAddr| {
         bound.port() == endpoint.port()
             && (bound.ip() == endpoint.ip()
@@ -598,14 +602,20 @@ fn compile_admin(loaded: &LoadedConfig, d: &mut Diagnostics) -> AdminSettings {
         const KEY: &str = "admin.private_address";
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
-                d.error(KEY, "`unix:` needs a path, as in \"unix:/run/weft/admin.sock\"");
+                d.error(
+                    KEY,
+                    "`unix:` needs a path, as in \"unix:/run/weft/admin.sock\"",
+                );
                 return None;
             }
             return Some(AdminBind::Unix(resolve_relative(&loaded.file, path)));
         }
         let a = parse_listen_address(text, KEY, d)?;
         if a == address {
-            d.error(KEY, format!("`{a}` is admin.address itself: give another port"));
+            d.error(
+                KEY,
+                format!("`{a}` is admin.address itself: give another port"),
+            );
             return None;
         }
         Some(AdminBind::Tcp(a))

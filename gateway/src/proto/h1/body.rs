@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use monoio::io::AsyncWriteRent;
 use monoio::io::AsyncWriteRentExt;
+use weft_mesh::fields::Trailers;
 
 use super::chunked::{ChunkError, ChunkedParser};
 use super::head::BodyFraming;
@@ -44,6 +45,8 @@ pub struct BodyCopy {
     /// Send only chunk data (for a HTTP/1.0 client of a chunked response).
     pub dechunk: bool,
     pub max_trailer_bytes: usize,
+    /// Whose trailer section it is: a request's may not carry what weft vouches for.
+    pub trailers: Trailers,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -77,7 +80,7 @@ pub async fn copy_body<R: monoio::io::AsyncReadRent>(
 ) -> Result<u64, BodyError> {
     let mut written = 0u64;
     let mut seen = 0u64;
-    let mut chunked = ChunkedParser::new(spec.max_trailer_bytes);
+    let mut chunked = ChunkedParser::new(spec.max_trailer_bytes, spec.trailers);
     let mut remaining = match spec.framing {
         BodyFraming::None => return Ok(0),
         BodyFraming::Length(n) => n,

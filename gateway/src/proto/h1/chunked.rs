@@ -15,6 +15,7 @@
 use std::fmt::Write as _;
 
 use bytes::{Bytes, BytesMut};
+use weft_mesh::fields::{self, Trailers};
 
 use crate::proto::percent::hex_digit;
 
@@ -26,13 +27,13 @@ pub enum ChunkError {
     TrailersTooLarge,
     /// A trailer line that is not a field line.
     BadTrailer,
-    /// A trailer field that frames or routes the message (Content-Length, Host, ...).
+    /// A trailer field that frames or routes the message (Content-Length, Host, ...),
+    /// or in a request one weft vouches for (`fields::Trailers`).
     ForbiddenTrailer,
 }
 
-/// Longest name `fields::frames_or_routes` knows (`transfer-encoding`): longer names
-/// need no comparing.
-const NAME_PREFIX: usize = 17;
+/// Longer trailer names than any the field rules name need no comparing.
+const NAME_PREFIX: usize = fields::LONGEST_RULED_NAME;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -65,18 +66,12 @@ pub fn encode_chunk(data: &[u8]) -> Bytes {
     framed.freeze()
 }
 
-/// Whether `name` may not appear in a trailer section (any case): it frames, routes
-/// or manages the connection (RFC 9110 §6.5.1).
-pub fn forbidden_trailer(name: &[u8]) -> bool {
-    weft_mesh::fields::frames_or_routes(name)
-}
-
 /// The last chunk, carrying `trailers` (HTTP/2 trailers become the trailer section,
-/// less any field a trailer section may not carry).
-pub fn last_chunk(trailers: Option<&http::HeaderMap>) -> Bytes {
+/// less any field a trailer section of this `kind` may not carry).
+pub fn last_chunk(trailers: Option<&http::HeaderMap>, kind: Trailers) -> Bytes {
     let mut last = BytesMut::from(&b"0\r\n"[..]);
     for (name, value) in trailers.into_iter().flatten() {
-        if forbidden_trailer(name.as_str().as_bytes()) {
+        if fields::forbidden_trailer(name.as_str().as_bytes(), kind) {
             continue;
         }
         last.extend_from_slice(name.as_str().as_bytes());
@@ -99,6 +94,7 @@ pub struct ChunkedParser {
     line_len: usize,
     trailer_bytes: usize,
     max_trailer_bytes: usize,
+    kind: Trailers,
     /// The lowercased start of the trailer name being read, and its length so far.
     name: [u8; NAME_PREFIX],
     name_len: usize,
@@ -113,8 +109,10 @@ pub struct Progress {
 }
 
 impl ChunkedParser {
-    pub fn new(max_trailer_bytes: usize) -> ChunkedParser {
+    /// A parser of a body whose trailer section is of this `kind`.
+    pub fn new(max_trailer_bytes: usize, kind: Trailers) -> ChunkedParser {
         ChunkedParser {
+            kind,
             state: State::Size,
             size: 0,
             size_digits: 0,
@@ -297,7 +295,8 @@ impl ChunkedParser {
     }
 
     fn name_is_forbidden(&self) -> bool {
-        self.name_len <= NAME_PREFIX && forbidden_trailer(&self.name[..self.name_len])
+        self.name_len <= NAME_PREFIX
+            && fields::forbidden_trailer(&self.name[..self.name_len], self.kind)
     }
 
     fn count_trailer(&mut self) -> Result<(), ChunkError> {
@@ -319,7 +318,7 @@ mod tests {
     use super::*;
 
     fn decode_in_pieces(input: &[u8], piece: usize) -> Result<(Vec<u8>, usize), ChunkError> {
-        let mut p = ChunkedParser::new(1024);
+        let mut p = ChunkedParser::new(1024, Trailers::Response);
         let mut out = Vec::new();
         let mut total = 0;
         for part in input.chunks(piece) {
@@ -352,7 +351,7 @@ mod tests {
             b"fffffffffffffffff\r\n",
             b"\r\n",
         ] {
-            let mut p = ChunkedParser::new(1024);
+            let mut p = ChunkedParser::new(1024, Trailers::Response);
             assert!(
                 p.feed(bad, |_| {}).is_err(),
                 "{:?}",
@@ -362,7 +361,7 @@ mod tests {
     }
 
     fn parse_all(input: &[u8]) -> Result<Progress, ChunkError> {
-        ChunkedParser::new(1024).feed(input, |_| {})
+        ChunkedParser::new(1024, Trailers::Response).feed(input, |_| {})
     }
 
     #[test]
@@ -401,7 +400,13 @@ mod tests {
         }
         let fine = b"0\r\nx-checksum: abc\r\nGrpc-Status: 0\r\n\r\n";
         assert!(parse_all(fine).unwrap().done);
-        assert!(forbidden_trailer(b"Content-Length") && !forbidden_trailer(b"x-sum"));
+        let forbidden = |n: &[u8]| fields::forbidden_trailer(n, Trailers::Response);
+        assert!(forbidden(b"Content-Length") && !forbidden(b"x-sum"));
+        // A request's trailers carry nothing weft vouches for, whatever the spelling.
+        let body = b"0\r\nX_Forwarded_Client_Cert: URI=spiffe://mesh/sa/admin\r\n\r\n";
+        let mut p = ChunkedParser::new(1024, Trailers::Request);
+        assert_eq!(p.feed(body, |_| {}), Err(ChunkError::ForbiddenTrailer));
+        assert!(parse_all(body).unwrap().done);
     }
 
     #[test]
@@ -416,7 +421,7 @@ mod tests {
 
     #[test]
     fn trailers_are_bounded() {
-        let mut p = ChunkedParser::new(8);
+        let mut p = ChunkedParser::new(8, Trailers::Response);
         assert_eq!(
             p.feed(b"0\r\nX-Long-Trailer: 1\r\n\r\n", |_| {}),
             Err(ChunkError::TrailersTooLarge)
@@ -426,7 +431,7 @@ mod tests {
     #[test]
     fn hands_over_the_trailer_section() {
         let body = b"3\r\nabc\r\n0\r\nx-sum: 1\r\nx-b: 2\r\n\r\n";
-        let mut p = ChunkedParser::new(1024);
+        let mut p = ChunkedParser::new(1024, Trailers::Response);
         let (mut data, mut trailers) = (Vec::new(), Vec::new());
         let progress = p
             .feed_with_trailers(

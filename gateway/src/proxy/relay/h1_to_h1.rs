@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
+use weft_mesh::fields::Trailers;
 
 use super::{
     connect_h1, continue_if_expected, idempotent, request_body_copy, write_to_client, Next,
@@ -102,6 +103,7 @@ pub async fn relay<S: ClientStream>(
             write_timeout: x.snapshot.http.idle_timeout.0,
             dechunk: framing.dechunk,
             max_trailer_bytes: MAX_TRAILER_BYTES,
+            trailers: Trailers::Response,
         };
         match copy_body(&mut up.conn, &mut client.stream, &spec).await {
             Ok(n) => progress.gave(n as usize),

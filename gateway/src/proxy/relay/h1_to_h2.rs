@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::SendStream;
+use weft_mesh::fields::Trailers;
 
 use super::h1_to_h1::request_body_error;
 use super::{continue_if_expected, open_h2, request_body_copy, write_to_client, Next};
@@ -215,7 +216,7 @@ async fn relay_body<S: ClientStream>(
     }
     if chunked {
         let trailers = upstream.trailers().await.ok().flatten();
-        if !write_to_client(x, client, last_chunk(trailers.as_ref())).await {
+        if !write_to_client(x, client, last_chunk(trailers.as_ref(), Trailers::Response)).await {
             return Err(ProxyError::ClientGone);
         }
     }

@@ -12,6 +12,7 @@ use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::Response;
 use monoio::io::AsyncWriteRentExt;
+use weft_mesh::fields::Trailers;
 use weft_mesh::snapshot::{Cluster, Route};
 
 use super::{client_pace, client_send_failed, connect_h1, idempotent, MAX_INTERIM_RESPONSES};
@@ -209,7 +210,7 @@ async fn send_request_body(
         if up
             .conn
             .stream
-            .write_all(last_chunk(trailers.as_ref()))
+            .write_all(last_chunk(trailers.as_ref(), Trailers::Request))
             .await
             .0
             .is_err()
@@ -266,7 +267,7 @@ async fn relay_response_body(
         BodyFraming::Length(n) => n,
         _ => u64::MAX,
     };
-    let mut chunked = ChunkedParser::new(MAX_RESPONSE_HEAD);
+    let mut chunked = ChunkedParser::new(MAX_RESPONSE_HEAD, Trailers::Response);
     let mut trailer_section = Vec::new();
     loop {
         if up.conn.buf.is_empty() {

@@ -190,7 +190,7 @@ async fn pump_request(
         }
     }
     match body.trailers().await {
-        Ok(Some(trailers)) => upstream.send_trailers(trailers),
+        Ok(Some(trailers)) => upstream.send_trailers(rewrite::request_trailers(trailers)),
         Ok(None) => upstream.send_data(Bytes::new(), true),
         Err(_) => return Err(PumpEnd::Client),
     }

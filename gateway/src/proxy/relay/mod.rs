@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use monoio::buf::IoBuf;
 use monoio::io::AsyncWriteRentExt;
+use weft_mesh::fields::Trailers;
 
 use super::completion::Progress;
 use super::error::ProxyError;
@@ -187,6 +188,7 @@ fn request_body_copy(
         write_timeout: plan.cluster.read_timeout,
         dechunk,
         max_trailer_bytes: http.max_header_bytes,
+        trailers: Trailers::Request,
     }
 }
 
