@@ -161,6 +161,17 @@ fn summary(s: &Snapshot) -> String {
             .collect();
         out += &format!("  cluster {}: {:?}, {}\n", c.name, c.lb, eps.join(", "));
     }
+    let trust = &s.trusted_proxies;
+    if trust.hops == 0 && trust.sources.is_empty() {
+        out += "  forwarding fields: no proxy trusted (a client's X-Forwarded-For is replaced)\n";
+    } else {
+        let nets: Vec<String> = trust.sources.iter().map(ToString::to_string).collect();
+        out += &format!(
+            "  forwarding fields: trusted from {} hop(s), sources [{}]\n",
+            trust.hops,
+            nets.join(", ")
+        );
+    }
     out += &format!("  admin on {}\n", s.admin.address);
     if let Some(private) = &s.admin.private {
         out += &format!(

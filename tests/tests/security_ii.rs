@@ -850,3 +850,83 @@ fn forwarded_client_identities_are_encoded_not_pasted() {
     );
     assert!(xfcc_of("bare1")[0].ends_with(r#";Subject="CN=bare one";DNS=unused.test"#));
 }
+
+/// Item 15: what a client says about itself in forwarding fields is believed only
+/// from behind a trusted proxy. At an edge (the default) the upstream learns what weft
+/// saw; with `trusted_sources`, the element a trusted peer appended is kept (and the
+/// forged ones before it are not), over HTTP/1.1 and HTTP/2 alike.
+#[test]
+fn forwarding_fields_are_believed_only_from_trusted_proxies() {
+    let forged = [
+        "X-Forwarded-For: 6.6.6.6",
+        "X-Forwarded-For: 198.51.100.7",
+        "Forwarded: for=6.6.6.6;proto=https;host=bank.example",
+        "Forwarded: for=198.51.100.7",
+        "X-Forwarded-Proto: https",
+        "X-Forwarded-Host: bank.example",
+        "X-Forwarded-Port: 443",
+        "X-Real-IP: 6.6.6.6",
+    ];
+    let seen = |trusted: &str| -> Vec<String> {
+        let origin = RecordingUpstream::start();
+        let (admin, listen) = (free_addr(), free_addr());
+        let config = one_cluster(admin, listen, origin.addr).replacen(
+            "\n\n[[listeners]]",
+            &format!("\n[http.forwarded]\nforwarded = true\n{trusted}\n\n[[listeners]]"),
+            1,
+        );
+        let _weft = Weft::start("ingress", &config, admin);
+        for flag in ["--http1.1", "--http2-prior-knowledge"] {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-s", "-o", "/dev/null", "--max-time", "5", flag]);
+            for h in forged {
+                cmd.args(["-H", h]);
+            }
+            assert!(cmd
+                .arg(format!("http://{listen}/x"))
+                .status()
+                .unwrap()
+                .success());
+        }
+        let requests = origin.requests.lock().unwrap();
+        assert_eq!(requests.len(), 2);
+        requests
+            .iter()
+            .map(|r| {
+                let mut fields: Vec<String> = r
+                    .head
+                    .lines()
+                    .skip(1)
+                    .filter(|l| {
+                        let l = l.to_ascii_lowercase();
+                        l.starts_with("x-forwarded")
+                            || l.starts_with("forwarded")
+                            || l.starts_with("x-real-ip")
+                    })
+                    .map(|l| {
+                        l.to_ascii_lowercase()
+                            .replace(&listen.to_string(), "LISTEN")
+                    })
+                    .collect();
+                fields.sort();
+                fields.join("\n")
+            })
+            .collect()
+    };
+    let edge = seen("");
+    assert_eq!(edge[0], edge[1], "HTTP/1.1 and HTTP/2 differ");
+    assert_eq!(
+        edge[0],
+        "forwarded: for=127.0.0.1;proto=http;host=\"LISTEN\"\nx-forwarded-for: 127.0.0.1\nx-forwarded-proto: http",
+        "at an edge"
+    );
+    let behind = seen("trusted_sources = [\"127.0.0.0/8\"]");
+    assert_eq!(behind[0], behind[1], "HTTP/1.1 and HTTP/2 differ");
+    assert_eq!(
+        behind[0],
+        "forwarded: for=127.0.0.1;proto=http;host=\"LISTEN\"\nforwarded: for=198.51.100.7\n\
+         x-forwarded-for: 198.51.100.7, 127.0.0.1\nx-forwarded-host: bank.example\n\
+         x-forwarded-port: 443\nx-forwarded-proto: https\nx-real-ip: 6.6.6.6",
+        "behind a trusted proxy"
+    );
+}

@@ -51,6 +51,7 @@ impl<'a> Exchange<'a> {
             peer: self.conn.peer,
             scheme: self.conn.scheme,
             client_cert: self.conn.forwarded_client_cert(),
+            trust: &self.snapshot.trusted_proxies,
         }
     }
 

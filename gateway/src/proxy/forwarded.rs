@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use weft_mesh::config::ForwardedConfig;
 use weft_mesh::fields::Trailers;
-use weft_mesh::snapshot::{Forward, HeaderEdits, PathPolicy};
+use weft_mesh::snapshot::{Forward, HeaderEdits, PathPolicy, TrustedProxies};
 
 use super::facts::Facts;
 use super::rewrite::{self, ClientInfo};
@@ -90,6 +90,7 @@ pub fn request(input: &[u8]) -> Outcome {
         peer: SocketAddr::from(([192, 0, 2, 1], 4000)),
         scheme: "http",
         client_cert: None,
+        trust: &TrustedProxies::default(),
     };
     let endpoint = SocketAddr::from(([192, 0, 2, 2], 80));
     // A request weft refuses to send on (one that looped back to it) is a 4xx/5xx.

@@ -32,6 +32,7 @@ mod local;
 mod relay;
 mod rewrite;
 mod tls;
+mod trust;
 mod tunnel;
 
 use std::net::SocketAddr;

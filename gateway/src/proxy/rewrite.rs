@@ -16,10 +16,11 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::BytesMut;
 use weft_mesh::config::ForwardedConfig;
 use weft_mesh::fields;
-use weft_mesh::snapshot::{Forward, HeaderEdits};
+use weft_mesh::snapshot::{Forward, HeaderEdits, TrustedProxies};
 
 use super::error::ProxyError;
 use super::facts::{Facts, H2Facts, CLIENT_CERT_HEADER};
+use super::trust;
 use crate::proto::h1::head::{
     parse_length, trim, BodyFraming, Head, RequestHead, ResponseHead, Version,
 };
@@ -33,6 +34,8 @@ pub struct ClientInfo<'a> {
     /// The `x-forwarded-client-cert` value to send, when a verified client certificate
     /// is to be forwarded.
     pub client_cert: Option<&'a str>,
+    /// Whose forwarding fields are believed (`trust`).
+    pub trust: &'a TrustedProxies,
 }
 
 /// The request line and framing of a request going upstream, whatever protocol the
@@ -246,6 +249,12 @@ pub fn request_head<'h>(
 /// headers, the request id, `Via`, the route's additions and `te: trailers`. A request
 /// whose `Via` names this process is `LoopDetected` (found while its fields are copied
 /// anyway: no extra pass).
+///
+/// The forwarding headers say what weft saw, after what trusted proxies said
+/// (`trust`): of a client's `X-Forwarded-For` and `Forwarded` (all their fields, as one
+/// list each) only the elements trusted proxies vouch for go on; its
+/// `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-Port` and `X-Real-IP` only
+/// from a trusted peer.
 pub fn request_headers<'h>(
     req: &Outgoing<'_>,
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
@@ -255,22 +264,19 @@ pub fn request_headers<'h>(
     endpoint: SocketAddr,
     out: &mut impl HeaderSink,
 ) -> Result<(), ProxyError> {
-    let mut prior_xff: Option<&[u8]> = None;
+    // Lists the client split over several fields, as one (copied only once a second
+    // field arrives: the common single field is borrowed).
+    let mut prior_xff: Option<Cow<'h, [u8]>> = None;
+    let mut prior_forwarded: Option<Cow<'h, [u8]>> = None;
+    let mut prior_proto: Option<&'h [u8]> = None;
     let mut has_request_id = false;
-    // Cookies for an HTTP/1.1 head, joined with "; " (copied only once a second one
-    // arrives: the common single field is borrowed).
+    let peer_vouched = client.trust.vouches_for_peer(client.peer.ip());
+    // Cookies for an HTTP/1.1 head, joined with "; ".
     let join_cookies = out.joins_cookies();
     let mut cookies: Option<Cow<'h, [u8]>> = None;
     for (name, value) in headers {
         if join_cookies && name.eq_ignore_ascii_case(b"cookie") && !edits.drops(name) {
-            match &mut cookies {
-                None => cookies = Some(Cow::Borrowed(value)),
-                Some(joined) => {
-                    let joined = joined.to_mut();
-                    joined.extend_from_slice(b"; ");
-                    joined.extend_from_slice(value);
-                }
-            }
+            join(&mut cookies, value, b"; ");
             continue;
         }
         if name.eq_ignore_ascii_case(b"via") && names_us(value) {
@@ -290,10 +296,22 @@ pub fn request_headers<'h>(
             continue;
         }
         if fwd.x_forwarded_for && name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            prior_xff = Some(value);
+            join(&mut prior_xff, value, b", ");
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"forwarded") {
+            join(&mut prior_forwarded, value, b", ");
             continue;
         }
         if fwd.x_forwarded_proto && name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+            prior_proto = prior_proto.or(Some(value));
+            continue;
+        }
+        if !peer_vouched
+            && (name.eq_ignore_ascii_case(b"x-forwarded-host")
+                || name.eq_ignore_ascii_case(b"x-forwarded-port")
+                || name.eq_ignore_ascii_case(b"x-real-ip"))
+        {
             continue;
         }
         if name.eq_ignore_ascii_case(b"x-request-id") {
@@ -321,17 +339,32 @@ pub fn request_headers<'h>(
         out.header(b"host", req.authority.as_bytes());
     }
     let ip = client.peer.ip();
+    let vouched = |list: &Option<Cow<'_, [u8]>>, address_of| {
+        list.as_deref()
+            .map(|l| trust::vouched_suffix(client.trust, l, ip, address_of).to_vec())
+            .unwrap_or_default()
+    };
     if fwd.x_forwarded_for {
-        match prior_xff.filter(|p| !p.is_empty()) {
-            Some(prior) => out.header_fmt(
+        let prior = vouched(&prior_xff, trust::xff_address);
+        if prior.is_empty() {
+            out.header_fmt(b"x-forwarded-for", format_args!("{ip}"));
+        } else {
+            out.header_fmt(
                 b"x-forwarded-for",
-                format_args!("{}, {ip}", String::from_utf8_lossy(prior)),
-            ),
-            None => out.header_fmt(b"x-forwarded-for", format_args!("{ip}")),
+                format_args!("{}, {ip}", String::from_utf8_lossy(&prior)),
+            );
         }
     }
     if fwd.x_forwarded_proto {
-        out.header(b"x-forwarded-proto", client.scheme.as_bytes());
+        match prior_proto.filter(|_| peer_vouched) {
+            Some(proto) => out.header(b"x-forwarded-proto", proto),
+            None => out.header(b"x-forwarded-proto", client.scheme.as_bytes()),
+        }
+    }
+    let prior_forwarded = vouched(&prior_forwarded, trust::forwarded_for_address);
+    if !prior_forwarded.is_empty() {
+        // This hop's element, if any, follows in a field of its own: one list.
+        out.header(b"forwarded", &prior_forwarded);
     }
     if fwd.forwarded {
         let node = match ip {
@@ -657,6 +690,18 @@ pub fn response_head(
     out
 }
 
+/// Appends `value` to the list in `joined` with `separator` (borrowed while one field).
+fn join<'h>(joined: &mut Option<Cow<'h, [u8]>>, value: &'h [u8], separator: &[u8]) {
+    match joined {
+        None => *joined = Some(Cow::Borrowed(value)),
+        Some(list) => {
+            let list = list.to_mut();
+            list.extend_from_slice(separator);
+            list.extend_from_slice(value);
+        }
+    }
+}
+
 fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -723,12 +768,23 @@ mod tests {
     use crate::proxy::facts::Facts;
     use weft_mesh::snapshot::PathPolicy;
 
-    /// The head weft sends upstream for `request`, from `peer`, with `fwd`.
+    /// The head weft sends upstream for `request`, from `peer`, with `fwd`, at an edge
+    /// (no proxy trusted).
     fn upstream_head(
         request: &str,
         peer: &str,
         fwd: &ForwardedConfig,
         cert: Option<&str>,
+    ) -> String {
+        upstream_head_trusting(request, peer, fwd, cert, &TrustedProxies::default())
+    }
+
+    fn upstream_head_trusting(
+        request: &str,
+        peer: &str,
+        fwd: &ForwardedConfig,
+        cert: Option<&str>,
+        trust: &TrustedProxies,
     ) -> String {
         let mut buf = BytesMut::from(request);
         let head = parse_request(&mut buf, 64 * 1024, 100)
@@ -744,6 +800,7 @@ mod tests {
             peer: peer.parse().expect("peer"),
             scheme: "http",
             client_cert: cert,
+            trust,
         };
         let out = h1_request_head(
             &facts,
@@ -788,6 +845,7 @@ mod tests {
             peer: "127.0.0.1:1".parse().expect("peer"),
             scheme: "http",
             client_cert: None,
+            trust: &TrustedProxies::default(),
         };
         let forward = Forward {
             targets: Vec::new(),
@@ -814,17 +872,22 @@ mod tests {
 
     #[test]
     fn x_forwarded_for_is_appended_and_proto_replaced() {
-        let out = upstream_head(
-            "GET /a HTTP/1.1\r\nHost: shop\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n\r\n",
-            "192.0.2.1:5000",
-            &defaults(),
-            None,
-        );
-        assert!(out.starts_with("GET /a HTTP/1.1\r\n"), "{out}");
+        let request = "GET /a HTTP/1.1\r\nHost: shop\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n\r\n";
+        // Behind one trusted proxy, its element is kept and this hop's follows.
+        let one_hop = TrustedProxies {
+            hops: 1,
+            sources: Vec::new(),
+        };
+        let behind = upstream_head_trusting(request, "192.0.2.1:5000", &defaults(), None, &one_hop);
         assert!(
-            out.contains("x-forwarded-for: 1.2.3.4, 192.0.2.1\r\n"),
-            "{out}"
+            behind.contains("x-forwarded-for: 1.2.3.4, 192.0.2.1\r\n")
+                && behind.contains("x-forwarded-proto: https\r\n"),
+            "{behind}"
         );
+        // At an edge, what the client said is replaced by what weft saw.
+        let out = upstream_head(request, "192.0.2.1:5000", &defaults(), None);
+        assert!(out.starts_with("GET /a HTTP/1.1\r\n"), "{out}");
+        assert!(out.contains("x-forwarded-for: 192.0.2.1\r\n"), "{out}");
         assert!(out.contains("x-forwarded-proto: http\r\n"), "{out}");
         assert!(
             !out.contains("https"),

@@ -236,6 +236,15 @@ pub struct ForwardedConfig {
     pub forwarded: bool,
     /// Add `x-request-id` when the request has none (an incoming one is kept).
     pub request_id: bool,
+    /// Proxies in front of weft, whatever their address, that append the address they
+    /// saw: the rightmost this many `X-Forwarded-For` / `Forwarded` elements are
+    /// believed (Envoy's `xff_num_trusted_hops`).
+    pub trusted_hops: u32,
+    /// Networks (`10.0.0.0/8`, `192.0.2.7`, `fd00::/8`) of proxies whose forwarding
+    /// fields are believed: a peer there vouches for the element it appended, and an
+    /// element naming such a network for the one before it (nginx's
+    /// `set_real_ip_from` with `real_ip_recursive`).
+    pub trusted_sources: Vec<String>,
 }
 
 impl Default for ForwardedConfig {
@@ -245,6 +254,8 @@ impl Default for ForwardedConfig {
             x_forwarded_proto: true,
             forwarded: false,
             request_id: true,
+            trusted_hops: 0,
+            trusted_sources: Vec::new(),
         }
     }
 }

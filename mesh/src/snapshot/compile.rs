@@ -56,6 +56,7 @@ pub fn compile_with(
     let runtime = compile_runtime(cfg, &mut d);
     let admin = compile_admin(loaded, &mut d);
     check_http(&cfg.http, &mut d);
+    let trusted_proxies = compile_trusted_proxies(&cfg.http.forwarded, &mut d);
     check_http2(&cfg.http2, &mut d);
     if cfg.consul.max_response_bytes < 1024 {
         d.error("consul.max_response_bytes", "must be at least 1024");
@@ -313,6 +314,7 @@ pub fn compile_with(
         runtime,
         admin,
         http: cfg.http.clone(),
+        trusted_proxies,
         http2: cfg.http2.clone(),
         listeners: listeners.into(),
         clusters: clusters.into_iter().map(Arc::new).collect(),
@@ -438,6 +440,7 @@ impl Snapshot {
             source_text: self.source_text.clone(),
             runtime: self.runtime.clone(),
             admin: self.admin.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
             http: self.http.clone(),
             http2: self.http2.clone(),
             listeners: self.listeners.clone(),
@@ -489,6 +492,29 @@ fn compile_runtime(cfg: &ConfigFile, d: &mut Diagnostics) -> RuntimeSettings {
 
 /// The largest `http.max_header_bytes` accepted.
 const MAX_HEADER_BYTES_LIMIT: usize = 1 << 20;
+
+fn compile_trusted_proxies(
+    f: &crate::config::ForwardedConfig,
+    d: &mut Diagnostics,
+) -> TrustedProxies {
+    let mut sources = Vec::with_capacity(f.trusted_sources.len());
+    for (i, text) in f.trusted_sources.iter().enumerate() {
+        match IpNet::parse(text) {
+            Ok(net) => sources.push(net),
+            Err(why) => d.error(format!("http.forwarded.trusted_sources[{i}]"), why),
+        }
+    }
+    if f.trusted_hops > 16 {
+        d.error(
+            "http.forwarded.trusted_hops",
+            "must be at most 16 (proxies in front of weft)",
+        );
+    }
+    TrustedProxies {
+        hops: f.trusted_hops,
+        sources,
+    }
+}
 
 fn check_http(h: &crate::config::HttpConfig, d: &mut Diagnostics) {
     // Each connection may hold a head this large while it arrives: an unbounded value

@@ -11,7 +11,7 @@ mod compile;
 mod routes;
 pub mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +53,8 @@ pub struct Snapshot {
     pub runtime: RuntimeSettings,
     pub admin: AdminSettings,
     pub http: HttpConfig,
+    /// `http.forwarded.trusted_*`, parsed.
+    pub trusted_proxies: TrustedProxies,
     pub http2: Http2Config,
     /// Shared, unchanged, by the snapshots a discovery change derives from this one.
     pub listeners: Arc<[Listener]>,
@@ -62,6 +64,92 @@ pub struct Snapshot {
     pub consul: ConsulSettings,
     /// What a sidecar registers with the Consul agent.
     pub registration: Option<Registration>,
+}
+
+/// Who may tell weft about the client (`[http.forwarded]` `trusted_hops`,
+/// `trusted_sources`): outside this boundary a client's forwarding fields are replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    pub hops: u32,
+    pub sources: Vec<IpNet>,
+}
+
+impl TrustedProxies {
+    /// Whether `ip` is in a trusted network.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.sources.iter().any(|n| n.contains(ip))
+    }
+
+    /// Whether what a peer at `ip` says about the request (its `X-Forwarded-Proto`,
+    /// `X-Forwarded-Host`, ...) is believed: it is a trusted proxy, or proxies are
+    /// trusted by count.
+    pub fn vouches_for_peer(&self, ip: IpAddr) -> bool {
+        self.hops > 0 || self.trusts(ip)
+    }
+}
+
+/// An IP network: an address and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// `ADDR/PREFIX` or a bare address (all of it).
+    pub fn parse(text: &str) -> Result<IpNet, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{text}` is not an address or ADDRESS/PREFIX network"))?;
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= bits => n,
+                _ => return Err(format!("`{text}`: the prefix length must be 0 to {bits}")),
+            },
+        };
+        let net = IpNet { addr, prefix };
+        if net.masked(addr) != addr {
+            return Err(format!(
+                "`{text}` has bits set past its prefix: write {}/{prefix}",
+                net.masked(addr)
+            ));
+        }
+        Ok(net)
+    }
+
+    fn masked(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(v4) & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && self.masked(ip) == self.addr
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 /// Where the admin listener answers.
