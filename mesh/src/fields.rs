@@ -6,7 +6,7 @@
 
 /// Fields that describe one hop and are never forwarded as received (RFC 9110 §7.6.1),
 /// whatever protocol the client spoke. (HTTP/1.1 adds the fields `Connection` names.)
-pub const HOP_BY_HOP: [&str; 8] = [
+pub const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -15,6 +15,8 @@ pub const HOP_BY_HOP: [&str; 8] = [
     "trailer",
     "upgrade",
     "proxy-authorization",
+    // The settings of an `Upgrade: h2c` (RFC 7540 §3.2.1), which weft drops.
+    "http2-settings",
 ];
 
 /// Fields an HTTP/2 message may not carry at all (RFC 9113 §8.2.2); `te` only as

@@ -930,3 +930,102 @@ fn forwarding_fields_are_believed_only_from_trusted_proxies() {
         "behind a trusted proxy"
     );
 }
+
+/// Item 4: only upgrades the route allows are tunnelled (`websocket` by default); an
+/// `Upgrade: h2c` is dropped with its `HTTP2-Settings`, so a client cannot speak
+/// HTTP/2 to an origin past every route, and any other protocol is refused with 403.
+#[test]
+fn only_allowed_upgrades_are_forwarded() {
+    let origin = RecordingUpstream::start();
+    let (admin, listen) = (free_addr(), free_addr());
+    let config = format!(
+        "[admin]\naddress = \"{admin}\"\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+         routes = [\n\
+           {{ match = {{ path_prefix = \"/foo/\" }}, cluster = \"o\", upgrades = [\"foo\"] }},\n\
+           {{ match = {{ path_prefix = \"/\" }}, cluster = \"o\" }},\n\
+         ]\n[clusters.o]\nendpoints = [\"{}\"]\n",
+        origin.addr
+    );
+    let _weft = Weft::start("ingress", &config, admin);
+    let ask = |path: &str, connection: &str, upgrade: &str| {
+        let mut c = RawClient::new(listen);
+        c.send(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: {connection}\r\nUpgrade: {upgrade}\r\n\
+                 HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let (status, head, _) = c.read_response();
+        (status, head)
+    };
+    for connection in ["Upgrade, HTTP2-Settings", "Upgrade"] {
+        assert_eq!(ask("/h2c", connection, "h2c").0, 200);
+    }
+    let (status, head) = ask("/x", "Upgrade", "foo");
+    assert_eq!(status, 403);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-weft-error: this route does not allow"),
+        "{head}"
+    );
+    assert_eq!(ask("/x", "Upgrade", "websocket, h2c").0, 403);
+    assert_eq!(ask("/foo/y", "Upgrade", "foo/2").0, 200);
+
+    let requests = origin.requests.lock().unwrap();
+    let lines: Vec<&str> = requests.iter().map(|r| r.line.as_str()).collect();
+    assert_eq!(
+        lines,
+        ["GET /h2c", "GET /h2c", "GET /foo/y"],
+        "refused upgrades never reach the origin"
+    );
+    for r in &requests[..2] {
+        let head = r.head.to_ascii_lowercase();
+        assert!(
+            !head.contains("upgrade") && !head.contains("http2-settings"),
+            "{head}"
+        );
+    }
+    let head = requests[2].head.to_ascii_lowercase();
+    assert!(
+        head.contains("upgrade: foo/2") && head.contains("connection: upgrade"),
+        "{head}"
+    );
+}
+
+/// Item 5: a tunnel (WebSocket) with no byte either way for `http.tunnel_idle_timeout`
+/// is closed; traffic keeps it open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tunnels_are_closed() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let app = weft_tests::upstream::TestUpstream::start("app");
+    let (admin, listen) = (free_addr(), free_addr());
+    let config = one_cluster(admin, listen, app.addr).replacen(
+        "\n\n[[listeners]]",
+        "\n[http]\ntunnel_idle_timeout = \"700ms\"\n\n[[listeners]]",
+        1,
+    );
+    let _weft = Weft::start("ingress", &config, admin);
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{listen}/ws"))
+        .await
+        .expect("websocket through weft");
+    assert_eq!(resp.status(), 101);
+    // Busy for three timeouts: never cut.
+    for i in 0..10 {
+        ws.send(Message::Text(format!("ping {i}"))).await.unwrap();
+        let m = ws.next().await.unwrap().unwrap();
+        assert_eq!(m.into_text().unwrap(), format!("ping {i}"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then silent: closed within the timeout (and a little).
+    let started = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    assert!(end.is_ok(), "the idle tunnel stayed open");
+    assert!(!matches!(end, Ok(Some(Ok(Message::Text(_))))), "{end:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

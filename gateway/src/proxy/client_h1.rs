@@ -74,7 +74,8 @@ impl HandOff for TcpStream {
                 monoio::spawn(client_h2::serve(worker, bound, client, conn));
             }
             Handoff::Tunnel(client, upstream) => {
-                monoio::spawn(tunnel::relay(client, upstream));
+                let idle = worker.snapshot().http.tunnel_idle_timeout.0;
+                monoio::spawn(tunnel::relay(client, upstream, idle));
             }
         }
     }
@@ -84,10 +85,11 @@ impl<T> HandOff for PollStream<T>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
-    fn hand_off(to: Handoff<Self>, _: Rc<Worker>, _: BoundListener, _: Rc<ConnectionFacts>) {
+    fn hand_off(to: Handoff<Self>, worker: Rc<Worker>, _: BoundListener, _: Rc<ConnectionFacts>) {
         // ALPN, not a preface, picks HTTP/2 over TLS: `Http2` cannot happen here.
         if let Handoff::Tunnel(client, upstream) = to {
-            monoio::spawn(tunnel::relay_poll(client, upstream));
+            let idle = worker.snapshot().http.tunnel_idle_timeout.0;
+            monoio::spawn(tunnel::relay_poll(client, upstream, idle));
         }
     }
 }

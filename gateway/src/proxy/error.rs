@@ -56,6 +56,8 @@ pub enum ProxyError {
     /// A gRPC call over HTTP/1.1: its status trailers cannot be carried reliably.
     GrpcNeedsHttp2,
     UpgradeToHttp2,
+    /// An `Upgrade` to a protocol the route does not allow (`upgrades`).
+    UpgradeNotAllowed,
     /// CONNECT from an HTTP/2 client: tunnels over HTTP/2 (extended CONNECT) are not
     /// built yet, and a CONNECT has no path to forward as an HTTP/1.1 request line.
     ConnectNotSupported,
@@ -120,6 +122,7 @@ impl ProxyError {
             NoRoute => 404,
             GrpcNeedsHttp2 => 505,
             UpgradeToHttp2 | ConnectNotSupported => 501,
+            UpgradeNotAllowed => 403,
             MethodNotValidForHttp2
             | TargetNotValidForHttp2
             | MalformedBody
@@ -163,6 +166,7 @@ impl ProxyError {
             NoRoute => "no route for this request",
             GrpcNeedsHttp2 => "gRPC needs HTTP/2 (h2c prior knowledge, or TLS with ALPN h2)",
             UpgradeToHttp2 => "protocol upgrades cannot be forwarded to an HTTP/2 upstream",
+            UpgradeNotAllowed => "this route does not allow an upgrade to that protocol",
             ConnectNotSupported => "CONNECT over HTTP/2 is not supported",
             MethodNotValidForHttp2 => "method not valid for an HTTP/2 upstream",
             TargetNotValidForHttp2 => "request target not valid for an HTTP/2 upstream",
@@ -214,7 +218,9 @@ impl ProxyError {
             | MethodNotValidForHttp2
             | TargetNotValidForHttp2
             | MalformedBody => Code::Internal,
-            GrpcNeedsHttp2 | UpgradeToHttp2 | ConnectNotSupported => Code::Unknown,
+            GrpcNeedsHttp2 | UpgradeToHttp2 | UpgradeNotAllowed | ConnectNotSupported => {
+                Code::Unknown
+            }
             LoopDetected => Code::Internal,
             _ => Code::Unavailable,
         }
@@ -231,6 +237,7 @@ impl ProxyError {
             NoRoute => "no_route",
             GrpcNeedsHttp2 => "grpc_needs_http2",
             UpgradeToHttp2 => "upgrade_to_http2",
+            UpgradeNotAllowed => "upgrade_not_allowed",
             ConnectNotSupported => "connect_not_supported",
             MethodNotValidForHttp2 => "method_not_valid_for_http2",
             TargetNotValidForHttp2 => "target_not_valid_for_http2",
@@ -272,6 +279,7 @@ impl ProxyError {
             | MalformedField
             | GrpcNeedsHttp2
             | UpgradeToHttp2
+            | UpgradeNotAllowed
             | ConnectNotSupported
             | MethodNotValidForHttp2
             | TargetNotValidForHttp2

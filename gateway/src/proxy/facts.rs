@@ -29,6 +29,11 @@ pub trait Request: RequestFacts {
     fn declared_length(&self) -> Option<u64>;
     /// What `[listeners.paths]` made of the path.
     fn path_outcome(&self) -> PathOutcome;
+    /// The `Upgrade` value of a request that asks to switch protocols (HTTP/1.1 only:
+    /// HTTP/2 has no upgrade).
+    fn upgrade(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// The header that carries a verified client certificate's identity.
@@ -228,6 +233,11 @@ impl Request for Facts<'_> {
     }
     fn path_outcome(&self) -> PathOutcome {
         self.path_outcome
+    }
+    fn upgrade(&self) -> Option<&[u8]> {
+        self.head
+            .header("upgrade")
+            .filter(|_| self.head.is_upgrade())
     }
     fn declared_length(&self) -> Option<u64> {
         match self.head.framing {

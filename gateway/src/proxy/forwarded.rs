@@ -101,6 +101,8 @@ pub fn request(input: &[u8]) -> Outcome {
         &fwd,
         &client,
         endpoint,
+        // As a route that allows the upgrade would send it.
+        head.is_upgrade(),
     ) else {
         return Outcome::Rejected;
     };

@@ -35,6 +35,7 @@ use super::exchange::Exchange;
 use super::facts::{PathOutcome, Request};
 use super::local;
 use crate::observe::metrics::Family;
+use crate::proto::h1::head::trim;
 use crate::upstream::REFUSED_RETRIES;
 
 /// An answer weft makes itself for a route.
@@ -92,6 +93,9 @@ pub struct Plan<'p> {
     /// When a gRPC call with a `grpc-timeout` must be over, head, bodies and all: its
     /// `grpc-timeout`, capped by the route's timeout (or the cluster's).
     pub call_deadline: Option<Instant>,
+    /// The client's `Upgrade` goes upstream: it asked for protocols the route allows
+    /// (false too for an `h2c` upgrade, which is dropped).
+    pub upgrade: bool,
 }
 
 /// Runs one request from its head to its completion record.
@@ -181,18 +185,18 @@ async fn decide_and_relay<'s, C: ClientSide>(
     let relayed = {
         // Phase 5: plan.
         let plan = plan(x, client.request(), route, fwd);
-        decided.cluster = Some(plan.cluster_id);
+        decided.cluster = plan.as_ref().ok().map(|p| p.cluster_id);
         // Phase 6: request checks.
         let too_large = client
             .request()
             .declared_length()
             .zip(x.snapshot.http.max_request_body_bytes)
             .is_some_and(|(n, max)| n > max);
-        if too_large {
-            Err(ProxyError::BodyTooLarge)
-        } else {
+        match plan {
+            Err(e) => Err(e),
+            Ok(_) if too_large => Err(ProxyError::BodyTooLarge),
             // Phase 7: attempts.
-            attempts(x, client, &plan, progress).await
+            Ok(plan) => attempts(x, client, &plan, progress).await,
         }
     };
     // Phase 8: failure.
@@ -254,25 +258,60 @@ fn count_path(x: &Exchange<'_>, outcome: PathOutcome) {
     );
 }
 
-/// Chooses the cluster and the timeouts every attempt of a forwarded request keeps.
+/// Chooses the cluster, the timeouts and the upgrade every attempt of a forwarded
+/// request keeps; an upgrade the route does not allow is refused here.
 fn plan<'p>(
     x: &Exchange<'p>,
     request: &impl Request,
     route: &'p Route,
     fwd: &'p Forward,
-) -> Plan<'p> {
+) -> Result<Plan<'p>, ProxyError> {
     let cluster_id = fwd.target(|total| fastrand::u32(0..total)).cluster;
     let cluster = &x.snapshot.clusters[cluster_id];
     let timeout = route.timeout.unwrap_or(cluster.request_timeout);
     // A client's `grpc-timeout` may shorten the configured timeout, never lengthen it:
     // `99999999H` to a silent upstream must not hold the call for as long as it asks.
     let grpc_timeout = request.grpc_timeout().map(|t| t.min(timeout));
-    Plan {
+    Ok(Plan {
         route,
         forward: fwd,
         cluster_id,
         cluster,
         response_timeout: grpc_timeout.unwrap_or(timeout),
         call_deadline: grpc_timeout.map(|t| Instant::now() + t),
+        upgrade: allowed_upgrade(route, request.upgrade())?,
+    })
+}
+
+/// Whether the client's `Upgrade` (`asked`) goes upstream. Every protocol it lists must be one
+/// the route allows (`upgrades`, by name: `websocket/13` is `websocket`). A lone `h2c`
+/// is dropped, as a server may ignore an upgrade (RFC 9110 §7.8): an origin that
+/// accepted it would speak HTTP/2 with the client past every route of this listener.
+/// (`h2c` among other protocols is refused with them: it is never allowed.)
+fn allowed_upgrade(route: &Route, asked: Option<&[u8]>) -> Result<bool, ProxyError> {
+    let Some(value) = asked else {
+        return Ok(false);
+    };
+    let names = value
+        .split(|&b| b == b',')
+        .map(|t| trim(t).split(|&b| b == b'/').next().map_or(&b""[..], trim));
+    let (mut h2c, mut allowed, mut refused) = (false, false, false);
+    for name in names {
+        if name.eq_ignore_ascii_case(b"h2c") {
+            h2c = true;
+        } else if route
+            .upgrades
+            .iter()
+            .any(|u| name.eq_ignore_ascii_case(u.as_bytes()))
+        {
+            allowed = true;
+        } else {
+            refused = true;
+        }
+    }
+    match (h2c, allowed, refused) {
+        (true, false, false) => Ok(false),
+        (false, true, false) => Ok(true),
+        _ => Err(ProxyError::UpgradeNotAllowed),
     }
 }

@@ -432,8 +432,9 @@ pub fn h2_outgoing<'f>(facts: &'f H2Facts<'_>, has_body: bool, h1: bool) -> Outg
     }
 }
 
-/// The request line and framing of an HTTP/1.1 client's request.
-pub fn h1_outgoing<'f>(facts: &'f Facts<'_>) -> Outgoing<'f> {
+/// The request line and framing of an HTTP/1.1 client's request; its `Upgrade` goes
+/// on when `upgrade` (the lifecycle allowed it).
+pub fn h1_outgoing<'f>(facts: &'f Facts<'_>, upgrade: bool) -> Outgoing<'f> {
     let head = facts.head;
     let accepts_trailers = head.version == Version::H11
         && head
@@ -458,11 +459,7 @@ pub fn h1_outgoing<'f>(facts: &'f Facts<'_>) -> Outgoing<'f> {
             BodyFraming::Chunked | BodyFraming::UntilClose => None,
         },
         accepts_trailers,
-        upgrade: if head.is_upgrade() {
-            head.header("upgrade")
-        } else {
-            None
-        },
+        upgrade: head.header("upgrade").filter(|_| upgrade),
         via: match head.version {
             Version::H10 => ViaVersion::Http10,
             _ => ViaVersion::Http11,
@@ -488,8 +485,9 @@ pub fn h1_request_head(
     fwd: &ForwardedConfig,
     client: &ClientInfo<'_>,
     endpoint: SocketAddr,
+    upgrade: bool,
 ) -> Result<BytesMut, ProxyError> {
-    let req = h1_outgoing(facts);
+    let req = h1_outgoing(facts, upgrade);
     request_head(
         &req,
         h1_headers(facts.head),
@@ -809,6 +807,7 @@ mod tests {
             fwd,
             &client,
             "10.0.0.9:8080".parse().expect("endpoint"),
+            false,
         )
         .expect("forwardable");
         String::from_utf8(out.to_vec()).expect("ascii")
@@ -859,6 +858,7 @@ mod tests {
             &defaults(),
             &client,
             "10.0.0.9:8080".parse().expect("endpoint"),
+            false,
         );
         assert_eq!(again.err(), Some(ProxyError::LoopDetected));
     }

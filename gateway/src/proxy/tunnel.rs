@@ -3,6 +3,15 @@
 //!
 //! A half-close is passed on (EOF from one side shuts down writing to the other), so
 //! protocols that finish with a half-close still see every byte.
+//!
+//! A tunnel with no byte either way for `http.tunnel_idle_timeout` is closed on both
+//! sides: a WebSocket whose peers vanished without a FIN would otherwise hold two
+//! descriptors and a task forever. Traffic in one direction alone keeps it open.
+
+use std::cell::Cell;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
@@ -14,7 +23,20 @@ use crate::transport::{Conn, PollStream, UpstreamStream};
 
 const RELAY_BUF: usize = 16 * 1024;
 
-pub async fn relay(client: Conn, upstream: Conn<UpstreamStream>) {
+/// Returns once `idle` has passed since the last byte a pump read (`last`).
+async fn idle_watch(last: &Cell<Instant>, idle: Duration) {
+    loop {
+        let due = last.get() + idle;
+        let now = Instant::now();
+        if now >= due {
+            tracing::debug!(?idle, "tunnel idle: closed");
+            return;
+        }
+        monoio::time::sleep(due - now).await;
+    }
+}
+
+pub async fn relay(client: Conn, upstream: Conn<UpstreamStream>, idle: Duration) {
     let Conn {
         stream: client,
         buf: client_early,
@@ -29,7 +51,7 @@ pub async fn relay(client: Conn, upstream: Conn<UpstreamStream>) {
             let Ok(client) = client.into_poll_io() else {
                 return;
             };
-            return copy_both(client, client_early, tls.0, upstream_early).await;
+            return copy_both(client, client_early, tls.0, upstream_early, idle).await;
         }
     };
     let (client_r, mut client_w) = client.into_split();
@@ -41,16 +63,22 @@ pub async fn relay(client: Conn, upstream: Conn<UpstreamStream>) {
     if !client_early.is_empty() && upstream_w.write_all(client_early).await.0.is_err() {
         return;
     }
-    monoio::join!(pump(client_r, upstream_w), pump(upstream_r, client_w));
+    let last = Cell::new(Instant::now());
+    monoio::select! {
+        _ = async {
+            monoio::join!(pump(client_r, upstream_w, &last), pump(upstream_r, client_w, &last))
+        } => {}
+        _ = idle_watch(&last, idle) => {}
+    }
 }
 
-async fn pump(mut from: impl AsyncReadRent, mut to: impl AsyncWriteRent) {
+async fn pump(mut from: impl AsyncReadRent, mut to: impl AsyncWriteRent, last: &Cell<Instant>) {
     let mut buf = Vec::with_capacity(RELAY_BUF);
     loop {
         let (res, b) = from.read(buf).await;
         buf = b;
         match res {
-            Ok(n) if n > 0 => {}
+            Ok(n) if n > 0 => last.set(Instant::now()),
             _ => break,
         }
         let (res, b) = to.write_all(buf).await;
@@ -65,8 +93,11 @@ async fn pump(mut from: impl AsyncReadRent, mut to: impl AsyncWriteRent) {
 
 /// The same for a TLS client: both sides as poll-based streams (TLS cannot be split
 /// into independent halves), copied both ways in one task.
-pub async fn relay_poll<T>(client: Conn<PollStream<T>>, upstream: Conn<UpstreamStream>)
-where
+pub async fn relay_poll<T>(
+    client: Conn<PollStream<T>>,
+    upstream: Conn<UpstreamStream>,
+    idle: Duration,
+) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let Conn {
@@ -80,10 +111,12 @@ where
     match upstream {
         UpstreamStream::Plain(s) => {
             if let Ok(s) = s.into_poll_io() {
-                copy_both(client, client_early, s, upstream_early).await;
+                copy_both(client, client_early, s, upstream_early, idle).await;
             }
         }
-        UpstreamStream::Tls(tls) => copy_both(client, client_early, tls.0, upstream_early).await,
+        UpstreamStream::Tls(tls) => {
+            copy_both(client, client_early, tls.0, upstream_early, idle).await
+        }
     }
 }
 
@@ -93,6 +126,7 @@ async fn copy_both<A, B>(
     client_early: BytesMut,
     mut upstream: B,
     upstream_early: BytesMut,
+    idle: Duration,
 ) where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -103,5 +137,56 @@ async fn copy_both<A, B>(
     {
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let last = Cell::new(Instant::now());
+    let mut client = Watched {
+        inner: client,
+        last: &last,
+    };
+    let mut upstream = Watched {
+        inner: upstream,
+        last: &last,
+    };
+    monoio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+        _ = idle_watch(&last, idle) => {}
+    }
+}
+
+/// A poll-based stream that notes when it last read a byte.
+struct Watched<'a, S> {
+    inner: S,
+    last: &'a Cell<Instant>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.set(Instant::now());
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -165,6 +165,9 @@ pub struct HttpConfig {
     pub header_read_timeout: ConfigDuration,
     /// An idle keep-alive client connection is closed after this.
     pub idle_timeout: ConfigDuration,
+    /// An upgraded connection (WebSocket) with no byte either way for this long is
+    /// closed on both sides.
+    pub tunnel_idle_timeout: ConfigDuration,
     pub forwarded: ForwardedConfig,
 }
 
@@ -176,6 +179,7 @@ impl Default for HttpConfig {
             max_request_body_bytes: None,
             header_read_timeout: ConfigDuration::from_secs(10),
             idle_timeout: ConfigDuration::from_secs(60),
+            tunnel_idle_timeout: ConfigDuration::from_secs(300),
             forwarded: ForwardedConfig::default(),
         }
     }
@@ -400,6 +404,10 @@ pub struct RouteConfig {
     pub response_headers: HeaderEditsConfig,
     /// Overrides the cluster's `request_timeout` for this route.
     pub timeout: Option<ConfigDuration>,
+    /// Protocols an HTTP/1.1 `Upgrade` may switch to on this route (default
+    /// `["websocket"]`; `[]` refuses every upgrade). `h2c` is never one: an `Upgrade:
+    /// h2c` is dropped and the request goes on as plain HTTP/1.1.
+    pub upgrades: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

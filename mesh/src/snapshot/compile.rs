@@ -535,6 +535,9 @@ fn check_http(h: &crate::config::HttpConfig, d: &mut Diagnostics) {
     if h.idle_timeout.0.is_zero() {
         d.error("http.idle_timeout", "must be greater than 0");
     }
+    if h.tunnel_idle_timeout.0.is_zero() {
+        d.error("http.tunnel_idle_timeout", "must be greater than 0");
+    }
 }
 
 /// The path a `grpc_service` (and `grpc_method`) match stands for.
@@ -1215,6 +1218,23 @@ fn compile_route(
     if r.timeout.is_some_and(|t| t.0.is_zero()) {
         d.error(format!("{path}.timeout"), "must be greater than 0");
     }
+    let upgrades = match &r.upgrades {
+        None => vec!["websocket".to_owned()],
+        Some(list) => {
+            for (i, token) in list.iter().enumerate() {
+                let key = format!("{path}.upgrades[{i}]");
+                if token.eq_ignore_ascii_case("h2c") {
+                    d.error(key, "`h2c` cannot be allowed: it would let a client speak HTTP/2 to the upstream past every route (an `Upgrade: h2c` is dropped)");
+                } else if !is_token(token) {
+                    d.error(
+                        key,
+                        format!("`{token}` is not a protocol name (an HTTP token, as `websocket`)"),
+                    );
+                }
+            }
+            list.iter().map(|t| t.to_ascii_lowercase()).collect()
+        }
+    };
     Route {
         name: r
             .name
@@ -1232,6 +1252,7 @@ fn compile_route(
             d,
         ),
         timeout: r.timeout.map(|t| t.0),
+        upgrades,
     }
 }
 

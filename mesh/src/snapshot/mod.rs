@@ -283,6 +283,8 @@ pub struct Route {
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
     pub timeout: Option<Duration>,
+    /// Protocols an `Upgrade` may switch to (lowercase tokens, `websocket` by default).
+    pub upgrades: Vec<String>,
 }
 
 #[derive(Debug)]

@@ -58,13 +58,14 @@ pub async fn relay<S: ClientStream>(
         &x.snapshot.http.forwarded,
         &x.client_info(),
         up.endpoint,
+        plan.upgrade,
     )?
     .freeze();
     let response = send_request(x, client, &mut up, &request, head, plan, progress).await?;
     progress.responded();
 
     if response.status == 101 {
-        if !head.is_upgrade() {
+        if !plan.upgrade {
             return Err(ProxyError::SwitchWithoutUpgrade);
         }
         let framing = rewrite::client_framing(head, &response, false);

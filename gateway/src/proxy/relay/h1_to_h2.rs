@@ -68,14 +68,14 @@ pub async fn relay<S: ClientStream>(
     let head_only = head.method() == b"HEAD";
     let cluster = plan.cluster;
     let route = plan.route;
-    if head.is_upgrade() {
+    if plan.upgrade {
         return Err(ProxyError::UpgradeToHttp2);
     }
     let Ok(method) = http::Method::from_bytes(head.method()) else {
         return Err(ProxyError::MethodNotValidForHttp2);
     };
     let has_body = head.framing != BodyFraming::None;
-    let outgoing = rewrite::h1_outgoing(facts);
+    let outgoing = rewrite::h1_outgoing(facts, false);
     let mut slot = open_h2(x, plan, progress).await?;
     let request = rewrite::h2_request(
         &outgoing,
