@@ -1029,3 +1029,114 @@ async fn idle_tunnels_are_closed() {
         started.elapsed()
     );
 }
+
+/// A raw HTTP/2 server connection: answers SETTINGS and PING, and each request
+/// HEADERS with `on_request(stream)`'s frames; ends when the peer closes.
+fn raw_h2_server(mut s: std::net::TcpStream, on_request: impl Fn(u32) -> Vec<u8>) {
+    use std::io::{Read, Write};
+    use weft_tests::h2frames::frame;
+    let _ = s.write_all(&frame(0x4, 0, 0, &[]));
+    let mut buf = Vec::new();
+    let mut preface_left = 24usize;
+    let mut chunk = [0u8; 16384];
+    loop {
+        let n = match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let skip = preface_left.min(buf.len());
+        buf.drain(..skip);
+        preface_left -= skip;
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            let payload = buf[9..9 + len].to_vec();
+            buf.drain(..9 + len);
+            let reply = match kind {
+                0x4 if flags & 1 == 0 => frame(0x4, 1, 0, &[]),
+                0x6 if flags & 1 == 0 => frame(0x6, 1, 0, &payload),
+                0x1 => on_request(stream),
+                _ => continue,
+            };
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Item 1: a stream above the last-stream-id of an upstream's GOAWAY was never
+/// processed (RFC 9113 §6.8), so it goes again on a new connection instead of 502.
+#[test]
+fn streams_a_goaway_left_unprocessed_go_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use weft_tests::h2frames::frame;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = connections.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let first = seen.fetch_add(1, Ordering::SeqCst) == 0;
+            std::thread::spawn(move || {
+                raw_h2_server(conn, |stream| {
+                    if first {
+                        // "Streams up to one before yours": this one was not processed.
+                        let mut goaway = stream.saturating_sub(2).to_be_bytes().to_vec();
+                        goaway.extend_from_slice(&0u32.to_be_bytes());
+                        frame(0x7, 0, 0, &goaway)
+                    } else {
+                        // :status 200 (static index 8), END_HEADERS | END_STREAM.
+                        frame(0x1, 0x5, stream, &[0x88])
+                    }
+                })
+            });
+        }
+    });
+    let (admin, listen) = (free_addr(), free_addr());
+    let config = one_cluster(admin, listen, upstream)
+        .replace("endpoints = [", "protocol = \"http2\"\nendpoints = [");
+    let _weft = Weft::start("ingress", &config, admin);
+    for flag in ["--http1.1", "--http2-prior-knowledge"] {
+        let status = curl_status(&[flag, &format!("http://{listen}/x")]);
+        assert_eq!(status, "200", "{flag}");
+    }
+    assert!(connections.load(Ordering::SeqCst) >= 2);
+
+    // A GOAWAY that counts the stream as processed, then a closed connection: that
+    // request may have had effects, and is not sent again.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = connections.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let closer = conn.try_clone().unwrap();
+            std::thread::spawn(move || {
+                raw_h2_server(conn, |stream| {
+                    let mut goaway = stream.to_be_bytes().to_vec();
+                    goaway.extend_from_slice(&2u32.to_be_bytes());
+                    let _ = std::io::Write::write_all(&mut &closer, &frame(0x7, 0, 0, &goaway));
+                    let _ = closer.shutdown(std::net::Shutdown::Both);
+                    Vec::new()
+                })
+            });
+        }
+    });
+    let (admin, listen) = (free_addr(), free_addr());
+    let config = one_cluster(admin, listen, upstream)
+        .replace("endpoints = [", "protocol = \"http2\"\nendpoints = [");
+    let _weft = Weft::start("ingress", &config, admin);
+    assert_eq!(curl_status(&[&format!("http://{listen}/x")]), "502");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "a processed stream went again"
+    );
+}

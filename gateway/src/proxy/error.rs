@@ -91,6 +91,9 @@ pub enum ProxyError {
     /// The upstream stopped taking the request body.
     UpstreamNotReading,
     RefusedStream,
+    /// The upstream's GOAWAY said it would not process the stream (its id was above the
+    /// last-stream-id, RFC 9113 §6.8): like a refused stream, it may go again.
+    StreamNotProcessed,
     /// The upstream reset the stream (before the head, or mid-body with `reason`).
     UpstreamReset(Reason),
     /// The request came back to this weft (its `Via` names this process): a cluster
@@ -132,7 +135,7 @@ impl ProxyError {
             LoopDetected => 508,
             // Nobody reads it; what access logs show for a cancelled request (nginx 499).
             ClientGone => 499,
-            NoEndpoints | LocalShortage(_) | RefusedStream => 503,
+            NoEndpoints | LocalShortage(_) | RefusedStream | StreamNotProcessed => 503,
             ConnectTimeout | UpstreamNotReading | ResponseTimeout | GrpcDeadline
             | ResponseBodyStalled => 504,
             ConnectFailed(_)
@@ -188,6 +191,7 @@ impl ProxyError {
             ClosedDuringResponseHead => "upstream closed the connection during its response head",
             UpstreamNotReading => "upstream stopped reading the request body",
             RefusedStream => "upstream refused the stream",
+            StreamNotProcessed => "upstream went away (GOAWAY) without processing the stream",
             UpstreamReset(_) => "upstream reset the stream",
             LoopDetected => "request looped back to this weft (Via)",
             ResponseTimeout => "upstream response timeout",
@@ -257,6 +261,7 @@ impl ProxyError {
             ClosedDuringResponseHead => "closed_during_response_head",
             UpstreamNotReading => "upstream_not_reading",
             RefusedStream => "refused_stream",
+            StreamNotProcessed => "stream_not_processed",
             UpstreamReset(_) => "upstream_reset",
             LoopDetected => "loop_detected",
             ResponseTimeout => "response_timeout",
@@ -295,7 +300,7 @@ impl ProxyError {
     pub fn retry(self) -> Retry {
         match self {
             ProxyError::StaleConnection => Retry::IfReused,
-            ProxyError::RefusedStream => Retry::IfUnsent,
+            ProxyError::RefusedStream | ProxyError::StreamNotProcessed => Retry::IfUnsent,
             _ => Retry::Never,
         }
     }

@@ -19,7 +19,7 @@ use weft_mesh::snapshot::tls::ClusterTls;
 use weft_mesh::snapshot::{Cluster, ClusterId, Snapshot};
 
 pub use balancer::Balancer;
-pub use multiplex::{H2Stream, Multiplexed, REFUSED_RETRIES};
+pub use multiplex::{GoAwayWatch, H2Stream, Multiplexed, REFUSED_RETRIES};
 pub use pool::Pool;
 
 use crate::transport::{Conn, PollStream, UpstreamStream};

@@ -12,11 +12,18 @@
 //! error) the connection is marked dead and leaves the list at the next checkout. The
 //! worker's sweep closes connections that carried no stream for the cluster's pool idle
 //! timeout; dropping the last `SendRequest` lets h2 close them cleanly.
+//!
+//! A GOAWAY from the upstream takes its connection out of the list at once (no new
+//! stream may go on it), and its last-stream-id is kept (`GoAwayWatch`): h2 fails the
+//! streams above it with the same error as those the connection later drops, and only
+//! the former were never processed (RFC 9113 §6.8), so only they may go again.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,8 +43,30 @@ use crate::runtime::wakers::LocalEvent;
 /// upstream's SETTINGS said how many it takes.
 pub const REFUSED_RETRIES: usize = 2;
 
+/// What an upstream's GOAWAY said: the last stream it processes, if one came.
+#[derive(Clone, Default)]
+pub struct GoAwayWatch(Rc<Cell<Option<u32>>>);
+
+impl GoAwayWatch {
+    /// Whether the upstream said it would not process `stream` (its id is above the
+    /// last-stream-id of a GOAWAY): the request may be sent again elsewhere.
+    pub fn unprocessed(&self, stream: h2::StreamId) -> bool {
+        self.0.get().is_some_and(|last| u32::from(stream) > last)
+    }
+
+    fn went_away(&self, last_stream_id: u32) {
+        // A second GOAWAY may only lower it (RFC 9113 §6.8).
+        let last = self
+            .0
+            .get()
+            .map_or(last_stream_id, |l| l.min(last_stream_id));
+        self.0.set(Some(last));
+    }
+}
+
 struct H2Conn {
     send: SendRequest<Bytes>,
+    goaway: GoAwayWatch,
     /// Streams this worker has open on the connection.
     active: Cell<usize>,
     dead: Rc<Cell<bool>>,
@@ -55,6 +84,8 @@ impl H2Conn {
 pub struct H2Stream {
     pub send: SendRequest<Bytes>,
     pub endpoint: SocketAddr,
+    /// The connection's GOAWAY, for streams that fail.
+    pub goaway: GoAwayWatch,
     conn: Rc<H2Conn>,
 }
 
@@ -176,6 +207,7 @@ impl Multiplexed {
         H2Stream {
             send: conn.send.clone(),
             endpoint,
+            goaway: conn.goaway.clone(),
             conn,
         }
     }
@@ -212,6 +244,14 @@ impl Multiplexed {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
     {
+        let dead = Rc::new(Cell::new(false));
+        let goaway = GoAwayWatch::default();
+        let io = GoAwaySnoop {
+            io,
+            frames: FrameWalk::default(),
+            goaway: goaway.clone(),
+            dead: dead.clone(),
+        };
         let (send, mut connection) = h2::client::Builder::new()
             .enable_push(false)
             .initial_window_size(settings.initial_stream_window)
@@ -222,7 +262,6 @@ impl Multiplexed {
             .await
             .map_err(|e| ConnectError::Handshake(e.to_string()))?;
         let pings = connection.ping_pong();
-        let dead = Rc::new(Cell::new(false));
         let flag = dead.clone();
         monoio::spawn(async move {
             if let Err(e) = connection.await {
@@ -243,6 +282,7 @@ impl Multiplexed {
         }
         Ok(Rc::new(H2Conn {
             send,
+            goaway,
             active: Cell::new(0),
             dead,
             idle_since: Cell::new(Instant::now()),
@@ -267,5 +307,140 @@ impl Multiplexed {
     /// Stops sharing connections to endpoints `keep` rejects; their open streams finish.
     pub fn retain_endpoints(&self, keep: impl Fn(SocketAddr) -> bool) {
         self.conns.borrow_mut().retain(|(addr, _), _| keep(*addr));
+    }
+}
+
+/// An upstream connection's transport, read through a frame walk that catches GOAWAY.
+struct GoAwaySnoop<T> {
+    io: T,
+    frames: FrameWalk,
+    goaway: GoAwayWatch,
+    dead: Rc<Cell<bool>>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for GoAwaySnoop<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        let this = &mut *self;
+        this.frames.feed(&buf.filled()[before..], |last| {
+            this.goaway.went_away(last);
+            this.dead.set(true);
+        });
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for GoAwaySnoop<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Walks the frames a server sends (RFC 9113 §4.1: a 9-byte header, then the payload
+/// it announces), finding the last-stream-id of each GOAWAY. Payloads are skipped
+/// without copying; h2 parses and checks everything itself.
+#[derive(Default)]
+struct FrameWalk {
+    header: [u8; 9],
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    left: usize,
+    /// In a GOAWAY: its last-stream-id so far, and how many of its 4 bytes came.
+    goaway: Option<([u8; 4], usize)>,
+}
+
+const GOAWAY: u8 = 0x7;
+
+impl FrameWalk {
+    fn feed(&mut self, mut data: &[u8], mut on_goaway: impl FnMut(u32)) {
+        while !data.is_empty() {
+            if self.left > 0 {
+                let take = self.left.min(data.len());
+                if let Some((id, got)) = &mut self.goaway {
+                    let n = (4 - *got).min(take);
+                    id[*got..*got + n].copy_from_slice(&data[..n]);
+                    *got += n;
+                    if *got == 4 {
+                        on_goaway(u32::from_be_bytes(*id) & 0x7fff_ffff);
+                        self.goaway = None;
+                    }
+                }
+                self.left -= take;
+                data = &data[take..];
+                continue;
+            }
+            let n = (9 - self.have).min(data.len());
+            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == 9 {
+                self.have = 0;
+                let h = self.header;
+                self.left = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+                self.goaway = (h[3] == GOAWAY && self.left >= 8).then_some(([0; 4], 0));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FrameWalk;
+
+    fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, 0]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn goaways_are_found_however_the_bytes_are_split() {
+        let mut wire = frame(0x4, 0, &[0, 3, 0, 0, 0, 100]);
+        wire.extend(frame(0x0, 1, &[7u8; 300]));
+        wire.extend(frame(
+            0x7,
+            0,
+            &[0x80, 0, 0, 5, 0, 0, 0, 0, b'b', b'y', b'e'],
+        ));
+        wire.extend(frame(0x0, 3, b"after"));
+        for step in [1, 2, 5, 9, 64, wire.len()] {
+            let mut walk = FrameWalk::default();
+            let mut seen = Vec::new();
+            for piece in wire.chunks(step) {
+                walk.feed(piece, |last| seen.push(last));
+            }
+            assert_eq!(seen, [5], "pieces of {step}");
+        }
     }
 }

@@ -19,7 +19,9 @@ use h2::SendStream;
 use weft_mesh::fields::Trailers;
 
 use super::h1_to_h1::request_body_error;
-use super::{continue_if_expected, open_h2, request_body_copy, write_to_client, Next};
+use super::{
+    continue_if_expected, open_h2, request_body_copy, upstream_stream_failed, write_to_client, Next,
+};
 use crate::proto::h1::body::{copy_body, BodyError, BodySink};
 use crate::proto::h1::chunked::{encode_chunk, last_chunk};
 use crate::proto::h1::head::{BodyFraming, Version};
@@ -118,15 +120,10 @@ pub async fn relay<S: ClientStream>(
             Err(e) => return Err(request_body_error(e)),
         }
     }
+    let stream_id = response.stream_id();
     let resp = match monoio::time::timeout(plan.response_timeout, response).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::debug!(cluster = %cluster.name, "h2 upstream stream failed: {e}");
-            return Err(match e.reason() {
-                Some(h2::Reason::REFUSED_STREAM) => ProxyError::RefusedStream,
-                reason => ProxyError::UpstreamReset(reason.unwrap_or(h2::Reason::INTERNAL_ERROR)),
-            });
-        }
+        Ok(Err(e)) => return Err(upstream_stream_failed(e, &slot.goaway, stream_id)),
         Err(_) => return Err(ProxyError::ResponseTimeout),
     };
     progress.responded();

@@ -24,7 +24,7 @@ use h2::{Reason, RecvStream, SendStream};
 use http::Response;
 use weft_mesh::snapshot::Route;
 
-use super::{client_pace, client_send_failed, open_h2};
+use super::{client_pace, client_send_failed, open_h2, upstream_stream_failed};
 use crate::proxy::completion::Progress;
 use crate::proxy::error::ProxyError;
 use crate::proxy::exchange::Exchange;
@@ -32,6 +32,7 @@ use crate::proxy::facts::H2Facts;
 use crate::proxy::flow::{send_all, within, Pace};
 use crate::proxy::lifecycle::Plan;
 use crate::proxy::rewrite;
+use crate::upstream::GoAwayWatch;
 
 /// Why the request direction stopped.
 enum PumpEnd {
@@ -104,7 +105,7 @@ pub async fn relay(
         (&up_pace, progress)
     ));
     let answer = pin!(relay_response(
-        response,
+        (response, &slot.goaway),
         respond,
         sent,
         (plan.route, progress),
@@ -199,7 +200,7 @@ async fn pump_request(
 
 /// Upstream response (head, body, trailers) to the client stream.
 async fn relay_response(
-    response: ResponseFuture,
+    (response, goaway): (ResponseFuture, &GoAwayWatch),
     respond: &mut SendResponse<Bytes>,
     sent: &mut Option<SendStream<Bytes>>,
     (route, progress): (&Route, &Progress),
@@ -207,12 +208,15 @@ async fn relay_response(
     pace: &Pace<'_>,
     moved: &Cell<Instant>,
 ) -> Result<(), ProxyError> {
+    let stream_id = response.stream_id();
     let head = monoio::select! {
         r = response => r,
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return Err(ProxyError::ClientGone),
         _ = sleep_or_never(head_timeout) => return Err(ProxyError::ResponseTimeout),
     };
-    let (parts, mut upstream) = head.map_err(upstream_reset)?.into_parts();
+    let (parts, mut upstream) = head
+        .map_err(|e| upstream_stream_failed(e, goaway, stream_id))?
+        .into_parts();
     progress.responded();
     let status = parts.status.as_u16();
     // The received head, less what the route drops, plus what it sets.
@@ -282,15 +286,6 @@ async fn sleep_or_never(limit: Option<Duration>) {
     match limit {
         Some(t) => monoio::time::sleep(t).await,
         None => std::future::pending().await,
-    }
-}
-
-/// An upstream stream that failed before its response head.
-fn upstream_reset(e: h2::Error) -> ProxyError {
-    tracing::debug!("h2 upstream stream failed: {e}");
-    match e.reason() {
-        Some(Reason::REFUSED_STREAM) => ProxyError::RefusedStream,
-        reason => ProxyError::UpstreamReset(reason.unwrap_or(Reason::INTERNAL_ERROR)),
     }
 }
 

@@ -28,7 +28,7 @@ use super::lifecycle::Plan;
 use crate::proto::h1::body::BodyCopy;
 use crate::proto::h1::head::RequestHead;
 use crate::transport::{ClientStream, Conn, UpstreamStream};
-use crate::upstream::{ConnectError, ConnectFailure, H2Stream, Upstream};
+use crate::upstream::{ConnectError, ConnectFailure, GoAwayWatch, H2Stream, Upstream};
 
 /// Interim (1xx) responses an upstream may send before its final one: a few are what
 /// 100 Continue and 103 Early Hints need; thousands only make weft relay work.
@@ -190,6 +190,19 @@ fn request_body_copy(
         max_trailer_bytes: http.max_header_bytes,
         trailers: Trailers::Request,
     }
+}
+
+/// An upstream stream that failed before its response head: not processed (refused,
+/// or above a GOAWAY's last-stream-id), which the lifecycle may send again; or reset.
+fn upstream_stream_failed(e: h2::Error, goaway: &GoAwayWatch, stream: h2::StreamId) -> ProxyError {
+    tracing::debug!("h2 upstream stream failed: {e}");
+    if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        return ProxyError::RefusedStream;
+    }
+    if e.is_go_away() && e.is_remote() && goaway.unprocessed(stream) {
+        return ProxyError::StreamNotProcessed;
+    }
+    ProxyError::UpstreamReset(e.reason().unwrap_or(h2::Reason::INTERNAL_ERROR))
 }
 
 /// A send to an HTTP/2 client that failed: it went away, or stopped reading.
