@@ -192,11 +192,13 @@ async fn decide_and_relay<'s, C: ClientSide>(
             .declared_length()
             .zip(x.snapshot.http.max_request_body_bytes)
             .is_some_and(|(n, max)| n > max);
-        match plan {
-            Err(e) => Err(e),
+        // By reference: a moved-out `Plan` would be held twice across the await (the
+        // stream task's size is guarded).
+        match &plan {
+            Err(e) => Err(*e),
             Ok(_) if too_large => Err(ProxyError::BodyTooLarge),
             // Phase 7: attempts.
-            Ok(plan) => attempts(x, client, &plan, progress).await,
+            Ok(plan) => attempts(x, client, plan, progress).await,
         }
     };
     // Phase 8: failure.
