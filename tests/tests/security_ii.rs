@@ -1140,3 +1140,50 @@ fn streams_a_goaway_left_unprocessed_go_again() {
         "a processed stream went again"
     );
 }
+
+/// Item 19: HTTP/2 requests meet the same head limits as HTTP/1.1 ones
+/// (`http.max_headers`, `http.max_header_bytes`: 431); a `host` header matcher reads
+/// the authority routing uses (`:authority`, an absolute-form target), and an HTTP/2
+/// `host` that names another authority than `:authority` is malformed (400).
+#[test]
+fn http2_heads_meet_the_http1_limits_and_host_means_the_authority() {
+    let origin = RecordingUpstream::start();
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = format!(
+        "[admin]\naddress = \"{admin}\"\n[http]\nmax_headers = 20\nmax_header_bytes = 2048\n\n\
+         [[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+         routes = [\n\
+           {{ match = {{ path_prefix = \"/\", headers = [{{ name = \"host\", value = \"admin.example\" }}] }}, direct_response = {{ status = 403 }} }},\n\
+           {{ match = {{ path_prefix = \"/\" }}, cluster = \"o\" }},\n\
+         ]\n\n[clusters.o]\nendpoints = [\"{}\"]\n",
+        origin.addr
+    );
+    let _weft = Weft::start("ingress", &config, admin);
+    let with_fields = |n: usize, len: usize| {
+        let mut b = http::Request::get("http://x/many");
+        for i in 0..n {
+            b = b.header(format!("x-f{i}"), "v".repeat(len));
+        }
+        b.body(()).expect("request")
+    };
+    let get = |uri: &str| http::Request::get(uri).body(()).expect("request");
+    let two_hosts = http::Request::get("http://x/two")
+        .header("host", "admin.example")
+        .body(())
+        .expect("request");
+    let statuses = h2_statuses(
+        listen,
+        vec![
+            with_fields(18, 10),
+            with_fields(21, 10),
+            with_fields(5, 500),
+            get("http://admin.example/h2"),
+            two_hosts,
+        ],
+    );
+    assert_eq!(statuses, [200, 431, 431, 403, 400]);
+    // HTTP/1.1: an absolute-form target is the authority, whatever `Host` says.
+    assert_eq!(h1_status(listen, "http://admin.example/h1", "x"), 403);
+    assert_eq!(h1_status(listen, "/h1", "admin.example"), 403);
+    assert_eq!(origin.request_lines(), ["GET /many"]);
+}

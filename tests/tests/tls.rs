@@ -485,6 +485,8 @@ tls = {{ ca = "{other_ca}", sni = "billing.internal" }}
     }
     let h2_dump = get("/h2/dump", &[]);
     assert!(h2_dump.contains("version=HTTP/2.0"), "{h2_dump}");
+    // #17 item 19: `:scheme` names the TLS leg.
+    assert!(h2_dump.contains("target=https://"), "{h2_dump}");
     // h2 over TLS with a 10 MiB upload, and an h2c client in front.
     let data: Vec<u8> = (0..10 * 1024 * 1024).map(big_body_byte).collect();
     let dir = tempfile::tempdir().unwrap();

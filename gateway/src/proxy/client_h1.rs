@@ -311,7 +311,7 @@ impl<'c, S: ClientStream> ClientSide for H1Exchange<'c, S> {
     /// gRPC is defined over HTTP/2 only; an HTTP/1.1 gRPC call cannot carry its status
     /// trailers reliably, so it is refused rather than half-proxied. `*` for anything
     /// but OPTIONS is 400.
-    fn refuse(&self) -> Option<ProxyError> {
+    fn refuse(&self, _: &Exchange<'_>) -> Option<ProxyError> {
         let head = self.facts.head;
         if self.facts.is_grpc_content() {
             Some(ProxyError::GrpcNeedsHttp2)

@@ -31,6 +31,7 @@ use super::facts::{H2Facts, Request};
 use super::flow::{Metered, SendBudget};
 use super::lifecycle::{self, ClientSide, LocalAnswer, Plan};
 use super::{grpc, local, relay, rewrite};
+use crate::proto::h1::head::HeadError;
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::{Conn, Replay};
 
@@ -323,23 +324,46 @@ impl<'a> ClientSide for H2Stream<'a> {
     /// CONNECT is 501 (it was sent on as `CONNECT / HTTP/1.1`). A field value with
     /// leading or trailing whitespace (malformed in HTTP/2, RFC 9113
     /// §8.2.1): a route on `x-tenant: blocked` must not be passed by `"blocked "`.
-    fn refuse(&self) -> Option<ProxyError> {
+    /// CONNECT (no extended CONNECT yet); a head over `http.max_headers` or
+    /// `http.max_header_bytes` (431, as an HTTP/1.1 head of that size: h2's own
+    /// header-list limit is larger, and a route must not see more from one protocol);
+    /// a value with leading or trailing whitespace, or a `host` that names another
+    /// authority than `:authority` (RFC 9113 §8.2.1, §8.3.1).
+    fn refuse(&self, x: &Exchange<'_>) -> Option<ProxyError> {
+        let parts = self.facts.parts;
+        let http = &x.snapshot.http;
         let padded = |v: &[u8]| {
             matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
         };
-        if self.facts.parts.method == http::Method::CONNECT {
-            Some(ProxyError::ConnectNotSupported)
-        } else if self
-            .facts
-            .parts
-            .headers
-            .values()
-            .any(|v| padded(v.as_bytes()))
-        {
-            Some(ProxyError::MalformedField)
-        } else {
-            None
+        if parts.method == http::Method::CONNECT {
+            return Some(ProxyError::ConnectNotSupported);
         }
+        // As an HTTP/1.1 head would count them: the request line, then `name: value`
+        // and CRLF per field.
+        let line = parts.method.as_str().len() + self.facts.uri_path_and_query().len() + 11;
+        let fields: usize = parts
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if parts.headers.len() > http.max_headers
+            || line + self.facts.authority.len() + fields > http.max_header_bytes
+        {
+            return Some(ProxyError::BadHead(HeadError::TooLarge));
+        }
+        if parts.headers.values().any(|v| padded(v.as_bytes())) {
+            return Some(ProxyError::MalformedField);
+        }
+        let host = parts.headers.get(http::header::HOST);
+        if let (Some(host), Some(authority)) = (host, parts.uri.authority()) {
+            if !host
+                .as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+            {
+                return Some(ProxyError::MalformedField);
+            }
+        }
+        None
     }
 
     async fn answer(&mut self, _: &Exchange<'_>, answer: LocalAnswer<'_>) -> StreamEnd {

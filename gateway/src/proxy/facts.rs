@@ -195,15 +195,22 @@ impl RequestFacts for Facts<'_> {
     fn method(&self) -> &[u8] {
         self.head.method()
     }
+    /// `host` is the authority routing uses (an absolute-form target's over `Host`).
     fn header(&self, name: &str) -> Option<&[u8]> {
         if name.eq_ignore_ascii_case(CLIENT_CERT_HEADER) {
             return self.client_cert.map(str::as_bytes);
+        }
+        if name.eq_ignore_ascii_case("host") {
+            return Some(self.authority.as_bytes()).filter(|a| !a.is_empty());
         }
         Head::header(self.head, name)
     }
     fn any_header(&self, name: &str, mut pred: impl FnMut(&[u8]) -> bool) -> bool {
         if name.eq_ignore_ascii_case(CLIENT_CERT_HEADER) {
             return self.client_cert.is_some_and(|c| pred(c.as_bytes()));
+        }
+        if name.eq_ignore_ascii_case("host") {
+            return self.header(name).is_some_and(pred);
         }
         let head = self.head;
         head.fields()
@@ -349,15 +356,22 @@ impl RequestFacts for H2Facts<'_> {
     fn method(&self) -> &[u8] {
         self.parts.method.as_str().as_bytes()
     }
+    /// `host` is `:authority` (or `host` without one), what routing uses.
     fn header(&self, name: &str) -> Option<&[u8]> {
         if name.eq_ignore_ascii_case(CLIENT_CERT_HEADER) {
             return self.client_cert.map(str::as_bytes);
+        }
+        if name.eq_ignore_ascii_case("host") {
+            return Some(self.authority.as_bytes()).filter(|a| !a.is_empty());
         }
         self.parts.headers.get(name).map(|v| v.as_bytes())
     }
     fn any_header(&self, name: &str, mut pred: impl FnMut(&[u8]) -> bool) -> bool {
         if name.eq_ignore_ascii_case(CLIENT_CERT_HEADER) {
             return self.client_cert.is_some_and(|c| pred(c.as_bytes()));
+        }
+        if name.eq_ignore_ascii_case("host") {
+            return self.header(name).is_some_and(pred);
         }
         self.parts
             .headers

@@ -57,7 +57,7 @@ pub trait ClientSide {
     fn request(&self) -> &Self::Request;
 
     /// A refusal only this client protocol makes, before routing.
-    fn refuse(&self) -> Option<ProxyError>;
+    fn refuse(&self, x: &Exchange<'_>) -> Option<ProxyError>;
 
     /// Sends a local answer.
     async fn answer(&mut self, x: &Exchange<'_>, answer: LocalAnswer<'_>) -> Self::Next;
@@ -125,7 +125,7 @@ async fn decide_and_relay<'s, C: ClientSide>(
         }};
     }
     // Phase 1: the request, and what its protocol cannot carry.
-    if let Some(refused) = client.refuse() {
+    if let Some(refused) = client.refuse(x) {
         fail!(refused);
     }
     if client.request().authority().contains('@') {

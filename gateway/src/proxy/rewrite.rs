@@ -512,12 +512,14 @@ pub fn h2_request<'h>(
     fwd: &ForwardedConfig,
     client: &ClientInfo<'_>,
     endpoint: SocketAddr,
+    upstream_tls: bool,
 ) -> Result<http::Request<()>, ProxyError> {
     let mut out = H2Headers::default();
     request_headers(req, headers, edits, fwd, client, endpoint, &mut out)?;
     let authority = out.authority.unwrap_or_else(|| endpoint.to_string());
+    // `:scheme` names the upstream leg: a TLS upstream checks it against its own.
     let uri = http::Uri::builder()
-        .scheme("http")
+        .scheme(if upstream_tls { "https" } else { "http" })
         .authority(authority)
         .path_and_query(upstream_target(req, forward).as_ref())
         .build()

@@ -88,6 +88,7 @@ pub async fn relay<S: ClientStream>(
         &x.snapshot.http.forwarded,
         &x.client_info(),
         slot.endpoint,
+        plan.cluster.tls.is_some(),
     )?;
     let opened = match std::future::poll_fn(|cx| slot.send.poll_ready(cx)).await {
         Ok(()) => slot.send.send_request(request, !has_body),

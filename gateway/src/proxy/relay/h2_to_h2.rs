@@ -69,6 +69,7 @@ pub async fn relay(
         &x.snapshot.http.forwarded,
         &x.client_info(),
         slot.endpoint,
+        plan.cluster.tls.is_some(),
     )?;
     let failed = |e: h2::Error| {
         tracing::debug!(cluster = %cluster.name, "h2 upstream connection failed: {e}");
