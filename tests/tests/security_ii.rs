@@ -207,6 +207,19 @@ fn a_trailing_dot_in_the_host_meets_the_same_routes() {
         "{:?}",
         origin.request_lines()
     );
+    // Hosts that are neither a name nor an IP literal are refused; the upstream gets
+    // the host routing saw (lowercase, no trailing dot), port as sent.
+    for host in ["evil.example/x", "a b", "a\\b", "x:8o", "\"q\""] {
+        assert_eq!(h1_status(listen, "/x", host), 400, "Host: {host}");
+    }
+    assert_eq!(h1_status(listen, "/x", "Shop.Example.COM.:8080"), 200);
+    let requests = origin.requests.lock().unwrap();
+    assert_eq!(requests.len(), 1);
+    assert!(
+        requests[0].head.contains("host: shop.example.com:8080\r\n"),
+        "{}",
+        requests[0].head
+    );
 }
 
 /// Item 8: userinfo in an absolute-form target or in `Host` (`evil@host`), and `GET *`,

@@ -185,6 +185,66 @@ fn normalize_host(authority: &str) -> Cow<'_, str> {
     }
 }
 
+/// `authority` as it goes upstream: the host as routing saw it (lowercase, without a
+/// trailing dot), and the port as sent. Borrowed when it is already so.
+pub fn normal_authority(authority: &str) -> Cow<'_, str> {
+    let host = normalize_host(authority);
+    let bracketed = authority.starts_with('[');
+    let port = if bracketed {
+        authority.find("]:").map(|i| &authority[i + 1..])
+    } else {
+        authority.find(':').map(|i| &authority[i..])
+    };
+    let unchanged = match port {
+        Some(port) => authority.len() == host.len() + port.len(),
+        None => authority.len() == host.len(),
+    };
+    match host {
+        Cow::Borrowed(_) if unchanged => Cow::Borrowed(authority),
+        host => Cow::Owned(format!("{host}{}", port.unwrap_or(""))),
+    }
+}
+
+/// Whether `authority` is `host[:port]` with a host that is a reg-name or an IP literal
+/// (RFC 3986 §3.2.2), the port digits. What a second parser could read otherwise (a
+/// space, a slash, a backslash, a quote) never reaches routing or an upstream. Empty
+/// (an HTTP/1.0 request without Host) passes.
+pub fn is_valid_authority(authority: &str) -> bool {
+    if authority.is_empty() {
+        return true;
+    }
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(port) => ("", Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let bytes = host.as_bytes();
+    let reg_name = bytes.iter().enumerate().all(|(i, &b)| {
+        b.is_ascii_alphanumeric()
+            || b"-._~!$&'()*+,;=".contains(&b)
+            || (b == b'%'
+                && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    port_ok && reg_name && (authority.starts_with('[') || !host.is_empty())
+}
+
 impl RequestFacts for Facts<'_> {
     fn host(&self) -> &str {
         &self.host
@@ -432,5 +492,31 @@ mod tests {
             "admin.example.com"
         );
         assert_eq!(normalize_host("admin.example.com."), "admin.example.com");
+        assert_eq!(
+            normal_authority("Admin.Example.com.:8443"),
+            "admin.example.com:8443"
+        );
+        assert!(matches!(
+            normal_authority("shop:80"),
+            Cow::Borrowed("shop:80")
+        ));
+        assert_eq!(normal_authority("[::1]:80"), "[::1]:80");
+        assert_eq!(normal_authority("A."), "a");
+        for good in [
+            "shop",
+            "shop.example.com:8080",
+            "[::1]:443",
+            "[2001:db8::1]",
+            "a_b.x",
+            "x%41",
+        ] {
+            assert!(is_valid_authority(good), "{good}");
+        }
+        for bad in [
+            "sh op", "a/b", "a\\b", "\"q\"", ":80", "a:8o", "a:123456", "[::1", "[x]", "[::1]x",
+            "::1", "a:1:2", "x%4", "h\u{e9}",
+        ] {
+            assert!(!is_valid_authority(bad), "{bad}");
+        }
     }
 }

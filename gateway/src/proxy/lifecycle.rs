@@ -32,7 +32,7 @@ use weft_mesh::snapshot::{DirectResponse, Forward, HeaderEdits, RequestFacts, Ro
 use super::completion::{Completion, Decided, Progress};
 use super::error::{ProxyError, Retry};
 use super::exchange::Exchange;
-use super::facts::{PathOutcome, Request};
+use super::facts::{is_valid_authority, PathOutcome, Request};
 use super::local;
 use crate::observe::metrics::Family;
 use crate::proto::h1::head::trim;
@@ -133,6 +133,11 @@ async fn decide_and_relay<'s, C: ClientSide>(
         // make two parsers disagree about the host (RFC 9110 §4.2.4).
         fail!(ProxyError::BadRequestTarget(
             "userinfo is not allowed in the request target or Host"
+        ));
+    }
+    if !is_valid_authority(client.request().authority()) {
+        fail!(ProxyError::BadRequestTarget(
+            "the host is neither a name nor an IP literal"
         ));
     }
     match client.request().path_outcome() {

@@ -19,7 +19,7 @@ use weft_mesh::fields;
 use weft_mesh::snapshot::{Forward, HeaderEdits, TrustedProxies};
 
 use super::error::ProxyError;
-use super::facts::{Facts, H2Facts, CLIENT_CERT_HEADER};
+use super::facts::{normal_authority, Facts, H2Facts, CLIENT_CERT_HEADER};
 use super::trust;
 use crate::proto::h1::head::{
     parse_length, trim, BodyFraming, Head, RequestHead, ResponseHead, Version,
@@ -336,7 +336,9 @@ pub fn request_headers<'h>(
         // A request without any authority (HTTP/1.0) names the endpoint it goes to.
         out.header_fmt(b"host", format_args!("{endpoint}"));
     } else {
-        out.header(b"host", req.authority.as_bytes());
+        // The host routing saw (lowercase, no trailing dot), so the upstream's virtual
+        // hosts see the name weft's routes did.
+        out.header(b"host", normal_authority(req.authority).as_bytes());
     }
     let ip = client.peer.ip();
     let vouched = |list: &Option<Cow<'_, [u8]>>, address_of| {
