@@ -710,7 +710,7 @@ fn big_config(
             (0, Some(file)) => std::fmt::Write::write_fmt(
                 &mut c,
                 format_args!(
-                    "\n[clusters.c0]\ndiscovery = {{ file = \"{}\" }}\n",
+                    "\n[clusters.c0]\ndiscovery = {{ file = \"{}\", allow_loopback = true }}\n",
                     file.display()
                 ),
             ),

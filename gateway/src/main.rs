@@ -179,5 +179,8 @@ fn summary(s: &Snapshot) -> String {
             s.admin.address
         );
     }
+    for w in &s.warnings {
+        out += &format!("warning: {w}\n");
+    }
     out
 }

@@ -79,7 +79,7 @@ address = "{listen}"
 routes = [ {{ match = {{ path_prefix = "/" }}, cluster = "billing" }} ]
 
 [clusters.billing]
-discovery = {{ file = "billing.toml" }}
+discovery = {{ file = "billing.toml", allow_loopback = true }}
 "#
     );
     let weft = Weft::start_in(dir.path(), "ingress", &config, admin);
@@ -127,7 +127,7 @@ address = "{listen}"
 routes = [ {{ match = {{ path_prefix = "/" }}, cluster = "billing" }} ]
 
 [clusters.billing]
-discovery = {{ consul = {{ service = "billing" }} }}
+discovery = {{ consul = {{ service = "billing" }}, allow_loopback = true }}
 "#
     )
 }
@@ -330,7 +330,7 @@ fn scale_500_services_x_20_instances() {
     );
     for s in 0..500 {
         config += &format!(
-            "\n[clusters.svc{s}]\ndiscovery = {{ consul = {{ service = \"svc{s}\" }} }}\n"
+            "\n[clusters.svc{s}]\ndiscovery = {{ consul = {{ service = \"svc{s}\" }}, allow_loopback = true }}\n"
         );
     }
     let started = Instant::now();

@@ -492,38 +492,54 @@ fn h2_connect_is_refused_and_split_cookies_are_joined() {
     assert!(seen.contains("cookie: a=1; b=2; c=3\r\n"), "{seen}");
 }
 
-/// Item 13 (in part): a registry entry may point anywhere; one at the cloud metadata
-/// address, `0.0.0.0` or a multicast group made weft send clients' requests there. A
-/// discovered endpoint of those kinds is refused like a broken one: the cluster keeps
-/// its last good endpoints and its source reads stale.
+/// Item 13: a registry entry may point anywhere; one at the cloud metadata address,
+/// `0.0.0.0`, a multicast group or loopback (unless the cluster allows it) made weft
+/// send clients' requests there. A discovered endpoint of those kinds is refused like
+/// a broken one: the cluster keeps its last good endpoints and its source reads stale.
 #[test]
 fn discovered_endpoints_may_not_point_at_metadata_or_unspecified_addresses() {
     let origin = RecordingUpstream::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("eps.toml");
     std::fs::write(&file, format!("endpoints = [\"{}\"]\n", origin.addr)).expect("write");
+    std::fs::write(
+        dir.path().join("strict.toml"),
+        format!("endpoints = [\"{}\"]\n", origin.addr),
+    )
+    .expect("write");
     let (listen, admin) = (free_addr(), free_addr());
     let config = format!(
         "[admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
-         routes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"d\" }} ]\n\n\
-         [clusters.d]\ndiscovery = {{ file = \"eps.toml\" }}\n"
+         routes = [\n\
+           {{ match = {{ path_prefix = \"/strict\" }}, cluster = \"strict\" }},\n\
+           {{ match = {{ path_prefix = \"/\" }}, cluster = \"d\" }},\n\
+         ]\n\n\
+         [clusters.d]\ndiscovery = {{ file = \"eps.toml\", allow_loopback = true }}\n\
+         [clusters.strict]\ndiscovery = {{ file = \"strict.toml\" }}\n"
     );
     let weft = Weft::start_in(dir.path(), "ingress", &config, admin);
     let get = || h1_status(listen, "/x", "x");
-    assert_eq!(get(), 200);
+    // The first answers of the sources are published just after the start.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while get() != 200 {
+        assert!(std::time::Instant::now() < deadline, "discovered endpoint not served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Loopback only where the cluster allows it: the same entry is refused elsewhere.
+    assert_eq!(h1_status(listen, "/strict", "x"), 503);
+    assert!(weft
+        .admin_get("/config")
+        .1
+        .contains("is loopback (allowed with"));
     for bad in ["169.254.169.254:80", "0.0.0.0:80"] {
         std::fs::write(&file, format!("endpoints = [\"{bad}\"]\n")).expect("write");
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !weft
-            .admin_get("/config")
-            .1
-            .contains("not an address a service runs at")
-        {
+        while weft.metric(&["weft_discovery_stale", "cluster=\"d\""]) != 1.0 {
             assert!(std::time::Instant::now() < deadline, "{bad} not refused");
             std::thread::sleep(Duration::from_millis(50));
         }
+        assert!(weft.admin_get("/config").1.contains(&format!("`{bad}` is")));
         assert_eq!(get(), 200, "{bad}: the last good endpoint still serves");
-        assert_eq!(weft.metric(&["weft_discovery_stale", "cluster=\"d\""]), 1.0);
         // Back to good, so the next bad one is a change again.
         std::fs::write(&file, format!("endpoints = [\"{}\"]\n", origin.addr)).expect("write");
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -1199,4 +1215,39 @@ fn http2_heads_meet_the_http1_limits_and_host_means_the_authority() {
     assert_eq!(h1_status(listen, "http://admin.example/h1", "x"), 403);
     assert_eq!(h1_status(listen, "/h1", "admin.example"), 403);
     assert_eq!(origin.request_lines(), ["GET /many"]);
+}
+
+/// Items 13 and 20: plain text a network could read or forge is said at load: a
+/// Consul agent off this host without `consul.tls`, and a sidecar inbound taking plain
+/// text from other hosts (`weft check` prints it; start and reload log it).
+#[test]
+fn plain_text_to_a_remote_agent_or_from_other_hosts_is_warned_of() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("w.toml");
+    std::fs::write(
+        &file,
+        "[consul]\naddress = \"10.1.2.3:8500\"\n[sidecar.inbound]\naddress = \"0.0.0.0:15006\"\n\
+         app = \"127.0.0.1:9080\"\n[sidecar.outbound]\naddress = \"127.0.0.1:15001\"\n\
+         [clusters.b]\ndiscovery = { consul = { service = \"b\" } }\n",
+    )
+    .expect("write");
+    let out = weft_tests::process::weft_output(&["check", "--config", file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warning: ")
+            && text.contains("consul.address: `10.1.2.3:8500` is not on this host"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sidecar.inbound.address: 0.0.0.0:15006 takes plain text"),
+        "{text}"
+    );
+    let quiet = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("10.1.2.3", "127.0.0.1")
+        .replace("0.0.0.0:15006", "127.0.0.1:15006");
+    std::fs::write(&file, quiet).expect("write");
+    let out = weft_tests::process::weft_output(&["check", "--config", file.to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
 }

@@ -236,25 +236,40 @@ pub fn republish(control: &Control, source: &str) {
     let _publishing = lock(&control.publishing);
     let current = control.publisher.load();
     let found = control.discovery.found();
-    match current.with_discovered(&found) {
-        Ok(None) => {}
-        Ok(Some(next)) => {
-            let version = control.publisher.publish(next);
-            control.version.store(version, Ordering::Release);
-            tracing::info!(version, source, "discovery: serving new endpoints");
-        }
-        Err(errors) => {
-            // An endpoint that does not resolve, say: the last good set stays.
-            tracing::warn!(source, "discovery: endpoints refused: {errors}");
-            let mut status = lock(&control.discovery.status);
-            for s in status
-                .values_mut()
-                .filter(|s| source.split(',').any(|src| src == s.source))
-            {
-                s.stale = true;
-                s.errors += 1;
-                s.last_error = Some(errors.to_string());
+    let update = current.with_discovered(&found);
+    if let Some(next) = update.snapshot {
+        let version = control.publisher.publish(next);
+        control.version.store(version, Ordering::Release);
+        tracing::info!(version, source, "discovery: serving new endpoints");
+    }
+    if update.refused.is_empty() {
+        return;
+    }
+    // A refused answer (an endpoint that does not resolve, or that no service runs at)
+    // leaves its cluster on the last good endpoints, which is what reloads and later
+    // publishes see too.
+    let served = control.publisher.load();
+    let mut found = lock(&control.discovery.found);
+    let mut status = lock(&control.discovery.status);
+    for (cluster, errors) in update.refused {
+        tracing::warn!(source, cluster, "discovery: endpoints refused: {errors}");
+        match served.cluster_by_name(&cluster) {
+            Some(id) => {
+                let kept = served.clusters[id]
+                    .endpoints
+                    .iter()
+                    .map(|e| e.as_config())
+                    .collect();
+                found.insert(cluster.clone(), kept);
             }
+            None => {
+                found.remove(&cluster);
+            }
+        }
+        if let Some(s) = status.get_mut(&cluster) {
+            s.stale = true;
+            s.errors += 1;
+            s.last_error = Some(errors.to_string());
         }
     }
 }

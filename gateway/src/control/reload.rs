@@ -120,6 +120,9 @@ pub fn apply(control: &Control, bound: &mut BoundSet) {
         tracing::info!(version = current.version, "reload: config unchanged");
         return;
     }
+    for w in &next.warnings {
+        tracing::warn!("reload: {w}");
+    }
     if next.admin != current.admin {
         // The admin sockets are bound once, at start (a probe must never find them gone).
         tracing::warn!(

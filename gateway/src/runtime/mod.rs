@@ -76,6 +76,9 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
         .unwrap_or(cpus.len())
         .max(1);
 
+    for w in &first.warnings {
+        tracing::warn!("{w}");
+    }
     let decision = driver::decide(first.runtime.io, &first.runtime.uring);
     if let Some(why) = &decision.downgraded {
         tracing::warn!("{why}");

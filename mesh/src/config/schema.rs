@@ -70,6 +70,9 @@ pub struct DiscoveryConfig {
     /// `{ "address": "host:port", "weight": N }`), watched and re-read on change.
     pub file: Option<String>,
     pub consul: Option<ConsulServiceConfig>,
+    /// Accept discovered endpoints on loopback (a registry of this host's own services);
+    /// refused by default, as weft's own ports and local-only services live there.
+    pub allow_loopback: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

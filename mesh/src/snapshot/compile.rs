@@ -23,11 +23,30 @@ pub const SIDECAR_APP_CLUSTER: &str = "local_app";
 struct Diagnostics<'a> {
     file: &'a std::path::Path,
     errors: Vec<ConfigError>,
+    /// What serves, but not safely: printed by `weft check`, logged at start and
+    /// reload.
+    warnings: Vec<ConfigError>,
 }
 
 impl Diagnostics<'_> {
+    fn new(file: &std::path::Path) -> Diagnostics<'_> {
+        Diagnostics {
+            file,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
     fn error(&mut self, path: impl Into<String>, problem: impl Into<String>) {
         self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            path: path.into(),
+            problem: problem.into(),
+        });
+    }
+
+    fn warn(&mut self, path: impl Into<String>, problem: impl Into<String>) {
+        self.warnings.push(ConfigError {
             file: self.file.to_owned(),
             path: path.into(),
             problem: problem.into(),
@@ -48,10 +67,7 @@ pub fn compile_with(
     discovered: &Discovered,
 ) -> Result<Snapshot, ConfigErrors> {
     let cfg = &loaded.config;
-    let mut d = Diagnostics {
-        file: &loaded.file,
-        errors: Vec::new(),
-    };
+    let mut d = Diagnostics::new(&loaded.file);
 
     let runtime = compile_runtime(cfg, &mut d);
     let admin = compile_admin(loaded, &mut d);
@@ -277,15 +293,18 @@ pub fn compile_with(
             compile_registration(r, &sc.inbound.address, &mut d)
         });
     for ((_, _, path), cluster) in cluster_cfgs.iter().zip(&clusters) {
-        for (i, e) in cluster.endpoints.iter().enumerate() {
-            if let Some(own) = own_address(&listeners, &admin, e.address) {
-                d.error(
-                    format!("{path}.endpoints[{i}]"),
-                    format!("`{}` is {own}: requests would loop through weft", e.address),
-                );
-            }
-        }
+        let from_discovery = cluster.discovery.is_some() && discovered.contains_key(&cluster.name);
+        let weft = (&listeners[..], &admin);
+        check_endpoints(
+            &cluster.endpoints,
+            weft,
+            cluster,
+            from_discovery,
+            path,
+            &mut d,
+        );
     }
+    warn_plain_text(cfg, &listeners, loaded.role, &mut d);
     if !d.errors.is_empty() {
         return Err(ConfigErrors(d.errors));
     }
@@ -315,6 +334,7 @@ pub fn compile_with(
         admin,
         http: cfg.http.clone(),
         trusted_proxies,
+        warnings: d.warnings,
         http2: cfg.http2.clone(),
         listeners: listeners.into(),
         clusters: clusters.into_iter().map(Arc::new).collect(),
@@ -343,6 +363,95 @@ fn own_address(
         _ => false,
     };
     (reaches(admin.address) || private).then(|| "weft's admin listener".to_owned())
+}
+
+/// Warns of plain text where a network can read or forge it: a Consul agent off this
+/// host without `consul.tls` (its answers decide where traffic goes; its token travels
+/// in clear), and a sidecar inbound that takes plain text from other hosts.
+fn warn_plain_text(
+    cfg: &crate::config::ConfigFile,
+    listeners: &[Listener],
+    role: Role,
+    d: &mut Diagnostics,
+) {
+    let uses_consul = cfg
+        .clusters
+        .values()
+        .any(|c| c.discovery.as_ref().is_some_and(|dc| dc.consul.is_some()))
+        || cfg.sidecar.as_ref().is_some_and(|s| s.register.is_some());
+    let agent_host = cfg
+        .consul
+        .address
+        .rsplit_once(':')
+        .map_or(cfg.consul.address.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let local_agent = agent_host == "localhost"
+        || agent_host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if uses_consul && !local_agent && cfg.consul.tls.is_none() {
+        d.warn(
+            "consul.address",
+            format!(
+                "`{}` is not on this host and [consul.tls] is not set: the agent's answers (where traffic goes) and the token travel in plain text",
+                cfg.consul.address
+            ),
+        );
+    }
+    if role == Role::Sidecar {
+        if let Some(inbound) = listeners.iter().find(|l| l.name == "inbound") {
+            if inbound.tls.is_none() && !inbound.address.ip().is_loopback() {
+                d.warn(
+                    "sidecar.inbound.address",
+                    format!(
+                        "{} takes plain text from other hosts, unauthenticated: set sidecar.inbound.tls (mTLS with client_auth) or bind loopback",
+                        inbound.address
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Refuses endpoints client traffic must not go to: weft itself (any of its listeners
+/// or admin addresses: a loop, or `/config` to the internet), for every endpoint; and
+/// for `discovered` ones (a registry entry anyone may have written) the addresses no
+/// service instance has (`unroutable`), and loopback unless the cluster allows it.
+fn check_endpoints(
+    endpoints: &[Endpoint],
+    (listeners, admin): (&[Listener], &AdminSettings),
+    cluster: &Cluster,
+    discovered: bool,
+    path: &str,
+    d: &mut Diagnostics,
+) {
+    for (i, e) in endpoints.iter().enumerate() {
+        if let Some(own) = own_address(listeners, admin, e.address) {
+            d.error(
+                format!("{path}.endpoints[{i}]"),
+                format!("`{}` is {own}: requests would loop through weft", e.address),
+            );
+            continue;
+        }
+        if !discovered {
+            continue;
+        }
+        let ip = e.address.ip().to_canonical();
+        let class = unroutable(ip).or_else(|| {
+            (ip.is_loopback() && !cluster.discovered_loopback)
+                .then_some("loopback (allowed with `discovery.allow_loopback = true`)")
+        });
+        if let Some(class) = class {
+            d.error(
+                format!("{path}.endpoints[{i}]"),
+                format!(
+                    "`{}` is {class}: not an address a service runs at",
+                    e.address
+                ),
+            );
+        }
+    }
 }
 
 /// The kind of address no discovered service instance may have, if `ip` is one: a
@@ -374,22 +483,25 @@ fn discovered_hash(discovered: &Discovered) -> u64 {
     }
 }
 
+/// What a discovery answer made of a snapshot (`Snapshot::with_discovered`).
+pub struct DiscoveredUpdate {
+    /// The snapshot to publish; `None` when no served endpoint changed.
+    pub snapshot: Option<Snapshot>,
+    /// Clusters whose answer was refused, and why: they keep the endpoints they had.
+    pub refused: Vec<(String, ConfigErrors)>,
+}
+
 impl Snapshot {
     /// The snapshot that serves `discovered` (endpoints by cluster name, as
     /// `compile_with` takes them) in place of this one's, without parsing or compiling
     /// the config again: listeners and routes are shared, clusters whose endpoints did
     /// not change are shared, each changed cluster is copied with its new endpoints. Its
     /// cost grows with the number of clusters (one pointer each), not with the routes
-    /// or the config text. `None` when no endpoint changed; an endpoint that does not
-    /// resolve refuses the whole update (the last good set stays).
-    pub fn with_discovered(
-        &self,
-        discovered: &Discovered,
-    ) -> Result<Option<Snapshot>, ConfigErrors> {
-        let mut d = Diagnostics {
-            file: &self.source_file,
-            errors: Vec::new(),
-        };
+    /// or the config text. A cluster whose answer has an endpoint that does not resolve,
+    /// or one no service runs at (`check_endpoints`), keeps its last good endpoints
+    /// (`refused`); the other clusters' answers are taken.
+    pub fn with_discovered(&self, discovered: &Discovered) -> DiscoveredUpdate {
+        let mut refused = Vec::new();
         let mut clusters: Option<Vec<Arc<Cluster>>> = None;
         for (id, cluster) in self.clusters.iter().enumerate() {
             let Some(listed) = discovered
@@ -398,23 +510,14 @@ impl Snapshot {
             else {
                 continue;
             };
+            let mut d = Diagnostics::new(&self.source_file);
             let path = format!("clusters.{} (discovered)", cluster.name);
             let endpoints = compile_endpoints(listed, &path, &mut d);
-            for (i, e) in endpoints.iter().enumerate() {
-                if let Some(own) = own_address(&self.listeners, &self.admin, e.address) {
-                    d.error(
-                        format!("{path}.endpoints[{i}]"),
-                        format!("`{}` is {own}: requests would loop through weft", e.address),
-                    );
-                } else if let Some(class) = unroutable(e.address.ip()) {
-                    d.error(
-                        format!("{path}.endpoints[{i}]"),
-                        format!(
-                            "`{}` is {class}: not an address a service runs at",
-                            e.address
-                        ),
-                    );
-                }
+            let weft = (&self.listeners[..], &self.admin);
+            check_endpoints(&endpoints, weft, cluster, true, &path, &mut d);
+            if !d.errors.is_empty() {
+                refused.push((cluster.name.clone(), ConfigErrors(d.errors)));
+                continue;
             }
             if endpoints == cluster.endpoints {
                 continue;
@@ -425,29 +528,39 @@ impl Snapshot {
                 ..Cluster::clone(cluster)
             });
         }
-        if !d.errors.is_empty() {
-            return Err(ConfigErrors(d.errors));
-        }
         let Some(clusters) = clusters else {
-            return Ok(None);
+            return DiscoveredUpdate {
+                snapshot: None,
+                refused,
+            };
         };
-        Ok(Some(Snapshot {
+        // What is served: the refused answers are not part of it.
+        let served: Cow<'_, Discovered> = if refused.is_empty() {
+            Cow::Borrowed(discovered)
+        } else {
+            let mut served = discovered.clone();
+            served.retain(|name, _| refused.iter().all(|(r, _)| r != name));
+            Cow::Owned(served)
+        };
+        let snapshot = Some(Snapshot {
             version: 0,
             config_hash: self.config_hash,
-            content_hash: self.config_hash ^ discovered_hash(discovered),
+            content_hash: self.config_hash ^ discovered_hash(&served),
             role: self.role,
             source_file: self.source_file.clone(),
             source_text: self.source_text.clone(),
             runtime: self.runtime.clone(),
             admin: self.admin.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
+            warnings: self.warnings.clone(),
             http: self.http.clone(),
             http2: self.http2.clone(),
             listeners: self.listeners.clone(),
             clusters,
             consul: self.consul.clone(),
             registration: self.registration.clone(),
-        }))
+        });
+        DiscoveredUpdate { snapshot, refused }
     }
 }
 
@@ -768,6 +881,7 @@ fn compile_cluster(
         protocol: c.protocol,
         tls,
         discovery,
+        discovered_loopback: c.discovery.as_ref().is_some_and(|dc| dc.allow_loopback),
         lb: if c.lb == LbPolicy::Random {
             LbPolicy::Random
         } else {
@@ -1352,7 +1466,8 @@ mod tests {
             routes = [ { match = { path_prefix = \"/a\" }, cluster = \"a\" },\n\
                        { match = { path_prefix = \"/b\" }, cluster = \"b\" } ]\n\
             [clusters.a]\nendpoints = [\"127.0.0.1:9001\"]\n\
-            [clusters.b]\ndiscovery = { consul = { service = \"b\" } }\n";
+            [clusters.b]\ndiscovery = { consul = { service = \"b\" }, allow_loopback = true }\n\
+            [clusters.c]\ndiscovery = { consul = { service = \"c\" } }\n";
         let snap = compile_text(text).expect("compiles");
         let endpoint = |address: &str| EndpointConfig {
             address: address.into(),
@@ -1362,10 +1477,7 @@ mod tests {
         };
         let mut found = Discovered::new();
         found.insert("b".into(), vec![endpoint("127.0.0.1:9002")]);
-        let next = snap
-            .with_discovered(&found)
-            .expect("resolves")
-            .expect("b changed");
+        let next = snap.with_discovered(&found).snapshot.expect("b changed");
         let b = next.cluster_by_name("b").expect("b");
         let a = next.cluster_by_name("a").expect("a");
         assert_eq!(next.clusters[b].endpoints[0].address.port(), 9002);
@@ -1379,10 +1491,11 @@ mod tests {
         );
         assert_ne!(next.content_hash, snap.content_hash);
         // The same answer again changes nothing; a cluster without discovery ignores one.
-        assert!(next.with_discovered(&found).expect("resolves").is_none());
+        assert!(next.with_discovered(&found).snapshot.is_none());
         found.insert("a".into(), vec![endpoint("127.0.0.1:9009")]);
-        assert!(next.with_discovered(&found).expect("resolves").is_none());
-        // A metadata-service address, or 0.0.0.0, is refused the same way.
+        assert!(next.with_discovered(&found).snapshot.is_none());
+        // A metadata-service address, or 0.0.0.0, is refused, and only for its cluster;
+        // loopback too where the cluster does not allow it.
         for bad in [
             "169.254.169.254:80",
             "0.0.0.0:80",
@@ -1390,11 +1503,34 @@ mod tests {
             "224.0.0.1:80",
         ] {
             found.insert("b".into(), vec![endpoint(bad)]);
-            assert!(next.with_discovered(&found).is_err(), "{bad} accepted");
+            found.insert("c".into(), vec![endpoint("10.0.0.3:80")]);
+            let update = next.with_discovered(&found);
+            assert_eq!(update.refused.len(), 1, "{bad} accepted");
+            assert_eq!(update.refused[0].0, "b");
+            let taken = update.snapshot.expect("c taken");
+            let c = taken.cluster_by_name("c").expect("c");
+            assert_eq!(taken.clusters[c].endpoints[0].address.port(), 80);
+            let b = taken.cluster_by_name("b").expect("b");
+            assert_eq!(
+                taken.clusters[b].endpoints[0].address.port(),
+                9002,
+                "b kept"
+            );
         }
-        // An address that does not resolve refuses the update, naming the cluster.
+        found.insert("c".into(), vec![endpoint("127.0.0.1:80")]);
+        let update = next.with_discovered(&found);
+        assert!(update
+            .refused
+            .iter()
+            .any(|(n, e)| n == "c" && e.to_string().contains("loopback")));
+        // An address that does not resolve is refused, naming the cluster.
         found.insert("b".into(), vec![endpoint("nowhere")]);
-        let errors = next.with_discovered(&found).expect_err("refused");
+        let update = next.with_discovered(&found);
+        let (_, errors) = update
+            .refused
+            .iter()
+            .find(|(n, _)| n == "b")
+            .expect("refused");
         assert!(errors.to_string().contains("clusters.b"), "{errors}");
     }
 

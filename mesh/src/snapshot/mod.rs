@@ -55,6 +55,9 @@ pub struct Snapshot {
     pub http: HttpConfig,
     /// `http.forwarded.trusted_*`, parsed.
     pub trusted_proxies: TrustedProxies,
+    /// What serves, but not safely (`weft check` prints them; start and reload log
+    /// them).
+    pub warnings: Vec<crate::config::ConfigError>,
     pub http2: Http2Config,
     /// Shared, unchanged, by the snapshots a discovery change derives from this one.
     pub listeners: Arc<[Listener]>,
@@ -381,6 +384,8 @@ pub struct Cluster {
     pub tls: Option<tls::ClusterTls>,
     /// Where the endpoints are discovered, when they are.
     pub discovery: Option<Discovery>,
+    /// Discovered endpoints may be on loopback (`discovery.allow_loopback`).
+    pub discovered_loopback: bool,
     pub lb: LbPolicy,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
@@ -393,6 +398,18 @@ pub struct Cluster {
 pub struct Endpoint {
     pub address: SocketAddr,
     pub weight: u32,
+}
+
+impl Endpoint {
+    /// This endpoint as a config entry (what discovery hands to `compile_with`).
+    pub fn as_config(&self) -> crate::config::EndpointConfig {
+        crate::config::EndpointConfig {
+            address: self.address.to_string(),
+            weight: self.weight,
+            tags: Vec::new(),
+            meta: Default::default(),
+        }
+    }
 }
 
 impl Snapshot {
