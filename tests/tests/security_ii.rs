@@ -522,7 +522,10 @@ fn discovered_endpoints_may_not_point_at_metadata_or_unspecified_addresses() {
     // The first answers of the sources are published just after the start.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while get() != 200 {
-        assert!(std::time::Instant::now() < deadline, "discovered endpoint not served");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "discovered endpoint not served"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Loopback only where the cluster allows it: the same entry is refused elsewhere.
@@ -1250,4 +1253,91 @@ fn plain_text_to_a_remote_agent_or_from_other_hosts_is_warned_of() {
     std::fs::write(&file, quiet).expect("write");
     let out = weft_tests::process::weft_output(&["check", "--config", file.to_str().unwrap()]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
+}
+
+/// Item 20: a listener with `alpn = ["h2"]` serves no HTTP/1.1, not even to a client
+/// that offers no ALPN (counted as `alpn`); and a session ticket outlives a reload (a
+/// ticketer made per compile once made every ticket useless after each).
+#[test]
+fn h2_only_listeners_refuse_http1_and_tickets_outlive_reloads() {
+    use weft_tests::pki::{Pki, SERVER};
+    let pki = Pki::new();
+    pki.leaf("server", "a.test", "DNS:a.test", SERVER);
+    let (admin, any, h2_only) = (free_addr(), free_addr(), free_addr());
+    let listener = |name: &str, addr: std::net::SocketAddr, alpn: &str, body: &str| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\naddress = \"{addr}\"\n\
+             tls = {{ certificates = [ {{ cert = \"server.crt\", key = \"server.key\" }} ]{alpn} }}\n\
+             routes = [ {{ match = {{ path_prefix = \"/\" }}, direct_response = {{ status = 200, body = \"{body}\" }} }} ]\n"
+        )
+    };
+    let config = |body: &str| {
+        format!(
+            "[admin]\naddress = \"{admin}\"\n{}{}",
+            listener("any", any, "", body),
+            listener("h2", h2_only, ", alpn = [\"h2\"]", body)
+        )
+    };
+    let weft = Weft::start_in(pki.dir.path(), "ingress", &config("v1"), admin);
+    let curl = |addr: std::net::SocketAddr, flag: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", flag, "--cacert"])
+            .arg(pki.path("ca.crt"))
+            .arg("--resolve")
+            .arg(format!("a.test:{}:127.0.0.1", addr.port()))
+            .arg(format!("https://a.test:{}/", addr.port()))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(h2_only, "--http2"), "v1");
+    assert_eq!(curl(h2_only, "--no-alpn"), "");
+    assert_eq!(curl(any, "--no-alpn"), "v1");
+    assert_eq!(
+        weft.metric(&[
+            "weft_tls_handshake_failures_total",
+            "listener=\"h2\"",
+            "reason=\"alpn\""
+        ]),
+        1.0
+    );
+
+    let s_client = |args: &[&str]| {
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &any.to_string(),
+                "-servername",
+                "a.test",
+                "-tls1_2",
+            ])
+            .args(args)
+            .current_dir(pki.dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl");
+        let mut out = String::new();
+        use std::io::Read;
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let _ = child.wait();
+        out
+    };
+    assert!(s_client(&["-sess_out", "session.pem"]).contains("New, TLS"));
+    std::fs::write(&weft.config_path, config("v2")).expect("rewrite config");
+    weft.signal(1); // SIGHUP
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while curl(any, "--http1.1") != "v2" {
+        assert!(std::time::Instant::now() < deadline, "reload not served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let resumed = s_client(&["-sess_in", "session.pem"]);
+    assert!(resumed.contains("Reused, TLS"), "{resumed}");
 }

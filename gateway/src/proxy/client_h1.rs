@@ -437,4 +437,35 @@ pub(crate) mod tests {
             assert!(size <= 1024, "a plain connection's task is {size} bytes");
         });
     }
+
+    /// A connection accepted on a listener a reload just removed is closed unserved: it
+    /// was once served in plain text even when the listener had been a TLS one.
+    #[test]
+    fn a_connection_on_a_removed_listener_is_closed_unserved() {
+        use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+        let (worker, mut bound) = test_worker();
+        bound.name = "removed".into();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("address");
+            let mut client = TcpStream::connect(addr).await.expect("connect");
+            let (server, peer) = listener.accept().await.expect("accept");
+            crate::proxy::spawn(worker, bound, server, peer);
+            let (wrote, _) = client
+                .write_all(&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..])
+                .await;
+            wrote.expect("write");
+            let read = monoio::time::timeout(
+                std::time::Duration::from_secs(2),
+                client.read(Vec::with_capacity(1024)),
+            )
+            .await;
+            let (n, _) = read.expect("closed, not left open");
+            assert_eq!(n.unwrap_or(0), 0, "served");
+        });
+    }
 }

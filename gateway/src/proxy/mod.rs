@@ -39,7 +39,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use monoio::net::TcpStream;
-use weft_mesh::snapshot::ListenerRole;
 
 use crate::runtime::worker::{BoundListener, Worker};
 use crate::transport::Conn;
@@ -51,17 +50,23 @@ use connection::ConnectionFacts;
 /// Plain and TLS connections are separate tasks, so a plain connection's task is only
 /// as large as its own future: a TLS future (handshake and rustls state) is many times
 /// larger, and one task type for both made every idle plain connection cost 15 KiB.
+///
+/// A connection accepted on a listener the current snapshot no longer has (a reload
+/// removed it, and this worker has not yet stopped accepting on it) is closed unserved:
+/// its TLS settings are gone with it, and serving it in plain text would answer a TLS
+/// listener's client without TLS.
 pub fn spawn(worker: Rc<Worker>, bound: BoundListener, stream: TcpStream, peer: SocketAddr) {
     let snapshot = worker.snapshot();
-    let listener = bound.in_snapshot(&snapshot);
-    let role = listener.map_or(ListenerRole::Ingress, |l| l.role);
-    let tls = listener
-        .and_then(|l| l.tls.as_ref())
-        .map(|t| tls::Settings {
-            server: t.server.clone(),
-            handshake_timeout: t.handshake_timeout,
-            forward_client_cert: t.forward_client_cert,
-        });
+    let Some(listener) = bound.in_snapshot(&snapshot) else {
+        tracing::debug!(%peer, listener = %bound.name, "accepted on a removed listener: closed");
+        return;
+    };
+    let role = listener.role;
+    let tls = listener.tls.as_ref().map(|t| tls::Settings {
+        server: t.server.clone(),
+        handshake_timeout: t.handshake_timeout,
+        forward_client_cert: t.forward_client_cert,
+    });
     drop(snapshot);
     match tls {
         Some(settings) => {

@@ -48,6 +48,8 @@ pub async fn serve(
     let Ok(io) = stream.into_poll_io() else {
         return;
     };
+    let refuses_http1 = !config.alpn_protocols.is_empty()
+        && !config.alpn_protocols.iter().any(|p| p == b"http/1.1");
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let failed = |why: Failure| {
         worker.counters.bump(
@@ -74,6 +76,14 @@ pub async fn serve(
         }
     };
     let session = tls.get_ref().1;
+    // A listener whose ALPN list leaves out `http/1.1` serves no HTTP/1.1, and a client
+    // that offers no ALPN at all speaks HTTP/1.1 (HTTP/2 over TLS needs ALPN, RFC 9113
+    // §3.2): it is refused as one whose offer matched nothing.
+    if session.alpn_protocol().is_none() && refuses_http1 {
+        tracing::debug!(%peer, listener = %bound.name, "TLS client offered no ALPN to an h2-only listener");
+        failed(Failure::Alpn);
+        return;
+    }
     let peer_identity = match session.peer_certificates().and_then(|chain| chain.first()) {
         None => None,
         Some(leaf) => match PeerIdentity::of_leaf(leaf) {

@@ -97,6 +97,7 @@ mod tests {
             protocol: Default::default(),
             tls: None,
             discovery: None,
+            discovered_loopback: false,
             lb,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),

@@ -244,7 +244,7 @@ pub fn compile_listener_tls(
     }));
     server.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     // Stateless tickets: resumption without per-worker session caches to share.
-    if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
+    if let Some(ticketer) = process_ticketer() {
         server.ticketer = ticketer;
     }
     Some(ListenerTls {
@@ -356,4 +356,16 @@ impl ResolvesServerCert for SniResolver {
             (None, UnknownSni::Reject) => None,
         }
     }
+}
+
+/// One ticketer for the process, shared by every TLS listener of every snapshot: a
+/// ticketer made per compile (every reload) made every client's ticket useless after
+/// each one, so all resumed with full handshakes. rustls rotates its keys on its own
+/// (every 6 hours, the previous key still accepted).
+fn process_ticketer() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
+    static TICKETER: std::sync::OnceLock<Option<Arc<dyn rustls::server::ProducesTickets>>> =
+        std::sync::OnceLock::new();
+    TICKETER
+        .get_or_init(|| rustls::crypto::aws_lc_rs::Ticketer::new().ok())
+        .clone()
 }
