@@ -59,11 +59,14 @@ impl Pki {
 
     /// `leaf` valid for `days` from now (0: it expires within the second).
     pub fn leaf_for_days(&self, name: &str, cn: &str, sans: &str, usage: &str, days: u32) {
-        std::fs::write(
-            self.path(&format!("{name}.ext")),
-            format!("subjectAltName={sans}\nextendedKeyUsage={usage}\n"),
-        )
-        .unwrap();
+        let extensions = format!("subjectAltName={sans}\nextendedKeyUsage={usage}\n");
+        self.leaf_with_extensions(name, cn, &extensions, days);
+    }
+
+    /// A leaf `name.crt`/`name.key` with exactly `extensions` (openssl's extension
+    /// file syntax, one per line), valid for `days`.
+    pub fn leaf_with_extensions(&self, name: &str, cn: &str, extensions: &str, days: u32) {
+        std::fs::write(self.path(&format!("{name}.ext")), extensions).unwrap();
         self.openssl(&[
             "req",
             "-newkey",

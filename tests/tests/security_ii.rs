@@ -22,6 +22,26 @@ fn one_cluster(
     )
 }
 
+/// A config whose route answers 403 to requests with header `name: value` (any of
+/// its values) and sends the rest to `origin`; `extra` goes before the listener.
+fn deny_on_header(
+    (admin, listen, origin): (
+        std::net::SocketAddr,
+        std::net::SocketAddr,
+        std::net::SocketAddr,
+    ),
+    (name, value): (&str, &str),
+    extra: &str,
+) -> String {
+    format!(
+        "[admin]\naddress = \"{admin}\"\n{extra}\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+         routes = [\n\
+           {{ match = {{ path_prefix = \"/\", headers = [{{ name = \"{name}\", value = \"{value}\" }}] }}, direct_response = {{ status = 403 }} }},\n\
+           {{ match = {{ path_prefix = \"/\" }}, cluster = \"o\" }},\n\
+         ]\n\n[clusters.o]\nendpoints = [\"{origin}\"]\n"
+    )
+}
+
 /// The statuses of `requests`, sent one after another on one HTTP/2 connection (a
 /// CONNECT keeps its request side open, as a tunnel would).
 fn h2_statuses(listen: std::net::SocketAddr, requests: Vec<http::Request<()>>) -> Vec<u16> {
@@ -298,14 +318,7 @@ fn loops_are_cut_by_via_and_refused_in_config() {
 fn header_routes_see_every_value_and_padded_h2_values_are_refused() {
     let origin = RecordingUpstream::start();
     let (listen, admin) = (free_addr(), free_addr());
-    let config = format!(
-        "[admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
-         routes = [\n\
-           {{ match = {{ path_prefix = \"/\", headers = [{{ name = \"x-tenant\", value = \"blocked\" }}] }}, direct_response = {{ status = 403 }} }},\n\
-           {{ match = {{ path_prefix = \"/\" }}, cluster = \"o\" }},\n\
-         ]\n\n[clusters.o]\nendpoints = [\"{}\"]\n",
-        origin.addr
-    );
+    let config = deny_on_header((admin, listen, origin.addr), ("x-tenant", "blocked"), "");
     let _weft = Weft::start("ingress", &config, admin);
     let mut c = RawClient::new(listen);
     c.send(b"GET /a HTTP/1.1\r\nHost: x\r\nX-Tenant: ok\r\nX-Tenant: blocked\r\n\r\n");
@@ -763,39 +776,8 @@ fn forwarded_client_identities_are_encoded_not_pasted() {
         CLIENT,
     );
     pki.leaf("bare1", "bare one", "DNS:unused.test", CLIENT);
-    std::fs::write(pki.path("nosan.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     for name in ["nosan1", "nosan2"] {
-        pki.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            "/CN=same",
-        ]);
-        pki.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "1",
-            "-extfile",
-            "nosan.ext",
-        ]);
+        pki.leaf_with_extensions(name, "same", "extendedKeyUsage=clientAuth\n", 1);
     }
     let origin = RecordingUpstream::start();
     let (admin, listen) = (free_addr(), free_addr());
@@ -1181,14 +1163,10 @@ fn streams_a_goaway_left_unprocessed_go_again() {
 fn http2_heads_meet_the_http1_limits_and_host_means_the_authority() {
     let origin = RecordingUpstream::start();
     let (listen, admin) = (free_addr(), free_addr());
-    let config = format!(
-        "[admin]\naddress = \"{admin}\"\n[http]\nmax_headers = 20\nmax_header_bytes = 2048\n\n\
-         [[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
-         routes = [\n\
-           {{ match = {{ path_prefix = \"/\", headers = [{{ name = \"host\", value = \"admin.example\" }}] }}, direct_response = {{ status = 403 }} }},\n\
-           {{ match = {{ path_prefix = \"/\" }}, cluster = \"o\" }},\n\
-         ]\n\n[clusters.o]\nendpoints = [\"{}\"]\n",
-        origin.addr
+    let config = deny_on_header(
+        (admin, listen, origin.addr),
+        ("host", "admin.example"),
+        "[http]\nmax_headers = 20\nmax_header_bytes = 2048\n",
     );
     let _weft = Weft::start("ingress", &config, admin);
     let with_fields = |n: usize, len: usize| {
