@@ -387,3 +387,61 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Replay<T> {
         self.inner.is_write_vectored()
     }
 }
+
+/// A poll-based stream that shows every byte read from it to `on_read` as it passes
+/// (a tunnel noting when it last moved, an upstream h2 connection's frame walk for
+/// GOAWAY); writes go through untouched.
+pub struct ReadTap<T, F> {
+    pub inner: T,
+    pub on_read: F,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin, F: FnMut(&[u8]) + Unpin> tokio::io::AsyncRead
+    for ReadTap<T, F>
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            (this.on_read)(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin, F: Unpin> tokio::io::AsyncWrite for ReadTap<T, F> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

@@ -1084,38 +1084,58 @@ fn raw_h2_server(mut s: std::net::TcpStream, on_request: impl Fn(u32) -> Vec<u8>
     }
 }
 
+/// A raw HTTP/2 upstream: each connection is served by `serve(index, connection)` on
+/// a thread of its own; returns its address and how many connections it took.
+fn raw_h2_upstream(
+    serve: impl Fn(usize, std::net::TcpStream) + Send + Sync + Clone + 'static,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = connections.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let index = seen.fetch_add(1, Ordering::SeqCst);
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(index, conn));
+        }
+    });
+    (addr, connections)
+}
+
+/// A GOAWAY frame: the last stream the sender processes, and its error code.
+fn goaway(last_stream: u32, code: u32) -> Vec<u8> {
+    let mut payload = last_stream.to_be_bytes().to_vec();
+    payload.extend_from_slice(&code.to_be_bytes());
+    weft_tests::h2frames::frame(0x7, 0, 0, &payload)
+}
+
 /// Item 1: a stream above the last-stream-id of an upstream's GOAWAY was never
 /// processed (RFC 9113 §6.8), so it goes again on a new connection instead of 502.
 #[test]
 fn streams_a_goaway_left_unprocessed_go_again() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use weft_tests::h2frames::frame;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let connections = std::sync::Arc::new(AtomicUsize::new(0));
-    let seen = connections.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let first = seen.fetch_add(1, Ordering::SeqCst) == 0;
-            std::thread::spawn(move || {
-                raw_h2_server(conn, |stream| {
-                    if first {
-                        // "Streams up to one before yours": this one was not processed.
-                        let mut goaway = stream.saturating_sub(2).to_be_bytes().to_vec();
-                        goaway.extend_from_slice(&0u32.to_be_bytes());
-                        frame(0x7, 0, 0, &goaway)
-                    } else {
-                        // :status 200 (static index 8), END_HEADERS | END_STREAM.
-                        frame(0x1, 0x5, stream, &[0x88])
-                    }
-                })
-            });
-        }
+    use std::sync::atomic::Ordering;
+    let h2_cluster = |admin, listen, upstream| {
+        one_cluster(admin, listen, upstream)
+            .replace("endpoints = [", "protocol = \"http2\"\nendpoints = [")
+    };
+    let (upstream, connections) = raw_h2_upstream(|index, conn| {
+        raw_h2_server(conn, |stream| {
+            if index == 0 {
+                // "Streams up to one before yours": this one was not processed.
+                goaway(stream.saturating_sub(2), 0)
+            } else {
+                // :status 200 (static index 8), END_HEADERS | END_STREAM.
+                weft_tests::h2frames::frame(0x1, 0x5, stream, &[0x88])
+            }
+        })
     });
     let (admin, listen) = (free_addr(), free_addr());
-    let config = one_cluster(admin, listen, upstream)
-        .replace("endpoints = [", "protocol = \"http2\"\nendpoints = [");
-    let _weft = Weft::start("ingress", &config, admin);
+    let _weft = Weft::start("ingress", &h2_cluster(admin, listen, upstream), admin);
     for flag in ["--http1.1", "--http2-prior-knowledge"] {
         let status = curl_status(&[flag, &format!("http://{listen}/x")]);
         assert_eq!(status, "200", "{flag}");
@@ -1124,29 +1144,16 @@ fn streams_a_goaway_left_unprocessed_go_again() {
 
     // A GOAWAY that counts the stream as processed, then a closed connection: that
     // request may have had effects, and is not sent again.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let connections = std::sync::Arc::new(AtomicUsize::new(0));
-    let seen = connections.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            seen.fetch_add(1, Ordering::SeqCst);
-            let closer = conn.try_clone().unwrap();
-            std::thread::spawn(move || {
-                raw_h2_server(conn, |stream| {
-                    let mut goaway = stream.to_be_bytes().to_vec();
-                    goaway.extend_from_slice(&2u32.to_be_bytes());
-                    let _ = std::io::Write::write_all(&mut &closer, &frame(0x7, 0, 0, &goaway));
-                    let _ = closer.shutdown(std::net::Shutdown::Both);
-                    Vec::new()
-                })
-            });
-        }
+    let (upstream, connections) = raw_h2_upstream(|_, conn| {
+        let closer = conn.try_clone().unwrap();
+        raw_h2_server(conn, |stream| {
+            let _ = std::io::Write::write_all(&mut &closer, &goaway(stream, 2));
+            let _ = closer.shutdown(std::net::Shutdown::Both);
+            Vec::new()
+        })
     });
     let (admin, listen) = (free_addr(), free_addr());
-    let config = one_cluster(admin, listen, upstream)
-        .replace("endpoints = [", "protocol = \"http2\"\nendpoints = [");
-    let _weft = Weft::start("ingress", &config, admin);
+    let _weft = Weft::start("ingress", &h2_cluster(admin, listen, upstream), admin);
     assert_eq!(curl_status(&[&format!("http://{listen}/x")]), "502");
     assert_eq!(
         connections.load(Ordering::SeqCst),

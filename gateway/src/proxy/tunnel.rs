@@ -9,8 +9,6 @@
 //! descriptors and a task forever. Traffic in one direction alone keeps it open.
 
 use std::cell::Cell;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
@@ -19,7 +17,7 @@ use monoio::io::IntoPollIo;
 
 use bytes::BytesMut;
 
-use crate::transport::{Conn, PollStream, UpstreamStream};
+use crate::transport::{Conn, PollStream, ReadTap, UpstreamStream};
 
 const RELAY_BUF: usize = 16 * 1024;
 
@@ -138,55 +136,17 @@ async fn copy_both<A, B>(
         return;
     }
     let last = Cell::new(Instant::now());
-    let mut client = Watched {
+    let moved = |_: &[u8]| last.set(Instant::now());
+    let mut client = ReadTap {
         inner: client,
-        last: &last,
+        on_read: moved,
     };
-    let mut upstream = Watched {
+    let mut upstream = ReadTap {
         inner: upstream,
-        last: &last,
+        on_read: moved,
     };
     monoio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
         _ = idle_watch(&last, idle) => {}
-    }
-}
-
-/// A poll-based stream that notes when it last read a byte.
-struct Watched<'a, S> {
-    inner: S,
-    last: &'a Cell<Instant>,
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.last.set(Instant::now());
-        }
-        polled
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

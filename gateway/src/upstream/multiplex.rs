@@ -21,9 +21,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,6 +34,7 @@ use weft_mesh::snapshot::tls::ClusterTls;
 use super::{ConnectError, PoolKey};
 use crate::keyhash::BuildKeyHasher;
 use crate::runtime::wakers::LocalEvent;
+use crate::transport::ReadTap;
 
 /// A refused bodiless request is sent again, this many times at most (RFC 9113 §8.7: a
 /// refused stream was not processed, so the request may be retried; one whose body was
@@ -246,11 +245,16 @@ impl Multiplexed {
     {
         let dead = Rc::new(Cell::new(false));
         let goaway = GoAwayWatch::default();
-        let io = GoAwaySnoop {
-            io,
-            frames: FrameWalk::default(),
-            goaway: goaway.clone(),
-            dead: dead.clone(),
+        let (watch, gone) = (goaway.clone(), dead.clone());
+        let mut frames = FrameWalk::default();
+        let io = ReadTap {
+            inner: io,
+            on_read: move |bytes: &[u8]| {
+                frames.feed(bytes, |last| {
+                    watch.went_away(last);
+                    gone.set(true);
+                })
+            },
         };
         let (send, mut connection) = h2::client::Builder::new()
             .enable_push(false)
@@ -307,61 +311,6 @@ impl Multiplexed {
     /// Stops sharing connections to endpoints `keep` rejects; their open streams finish.
     pub fn retain_endpoints(&self, keep: impl Fn(SocketAddr) -> bool) {
         self.conns.borrow_mut().retain(|(addr, _), _| keep(*addr));
-    }
-}
-
-/// An upstream connection's transport, read through a frame walk that catches GOAWAY.
-struct GoAwaySnoop<T> {
-    io: T,
-    frames: FrameWalk,
-    goaway: GoAwayWatch,
-    dead: Rc<Cell<bool>>,
-}
-
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for GoAwaySnoop<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        let this = &mut *self;
-        this.frames.feed(&buf.filled()[before..], |last| {
-            this.goaway.went_away(last);
-            this.dead.set(true);
-        });
-        polled
-    }
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for GoAwaySnoop<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
