@@ -188,6 +188,19 @@ fn normalize_host(authority: &str) -> Cow<'_, str> {
 /// `authority` as it goes upstream: the host as routing saw it (lowercase, without a
 /// trailing dot), and the port as sent. Borrowed when it is already so.
 pub fn normal_authority(authority: &str) -> Cow<'_, str> {
+    // One pass for the common case, an authority already so (it runs per request).
+    let mut previous = 0u8;
+    let mut normal = true;
+    for b in authority.bytes() {
+        if b.is_ascii_uppercase() || (b == b':' && previous == b'.') {
+            normal = false;
+            break;
+        }
+        previous = b;
+    }
+    if normal && previous != b'.' {
+        return Cow::Borrowed(authority);
+    }
     let host = normalize_host(authority);
     let bracketed = authority.starts_with('[');
     let port = if bracketed {
@@ -205,6 +218,36 @@ pub fn normal_authority(authority: &str) -> Cow<'_, str> {
     }
 }
 
+/// The bytes a reg-name may hold besides `%HH` (RFC 3986: unreserved and sub-delims),
+/// as a table: this is read for every request's authority.
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
+
 /// Whether `authority` is `host[:port]` with a host that is a reg-name or an IP literal
 /// (RFC 3986 §3.2.2), the port digits. What a second parser could read otherwise (a
 /// space, a slash, a backslash, a quote) never reaches routing or an upstream. Empty
@@ -213,36 +256,41 @@ pub fn is_valid_authority(authority: &str) -> bool {
     if authority.is_empty() {
         return true;
     }
-    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let Some((ip, after)) = rest.split_once(']') else {
+    let bytes = authority.as_bytes();
+    // The host: an IP literal, or a reg-name up to the first `:` (one pass: this runs
+    // for every request).
+    let host_end = if bytes[0] == b'[' {
+        let Some(close) = bytes.iter().position(|&b| b == b']') else {
             return false;
         };
-        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+        if authority[1..close].parse::<std::net::Ipv6Addr>().is_err() {
             return false;
         }
-        match after {
-            "" => return true,
-            _ => match after.strip_prefix(':') {
-                Some(port) => ("", Some(port)),
-                None => return false,
-            },
-        }
+        close + 1
     } else {
-        match authority.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
+        let mut i = 0;
+        while i < bytes.len() && bytes[i] != b':' {
+            let b = bytes[i];
+            if !REG_NAME[usize::from(b)] {
+                let escape = b == b'%'
+                    && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+                if !escape {
+                    return false;
+                }
+            }
+            i += 1;
         }
+        if i == 0 {
+            return false;
+        }
+        i
     };
-    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    let bytes = host.as_bytes();
-    let reg_name = bytes.iter().enumerate().all(|(i, &b)| {
-        b.is_ascii_alphanumeric()
-            || b"-._~!$&'()*+,;=".contains(&b)
-            || (b == b'%'
-                && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
-    });
-    port_ok && reg_name && (authority.starts_with('[') || !host.is_empty())
+    match &bytes[host_end..] {
+        [] => true,
+        [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
 }
 
 impl RequestFacts for Facts<'_> {
@@ -302,9 +350,11 @@ impl Request for Facts<'_> {
         self.path_outcome
     }
     fn upgrade(&self) -> Option<&[u8]> {
+        // The `Connection: upgrade` flag first: no field scan for the common request.
         self.head
-            .header("upgrade")
-            .filter(|_| self.head.is_upgrade())
+            .is_upgrade()
+            .then(|| self.head.header("upgrade"))
+            .flatten()
     }
     fn declared_length(&self) -> Option<u64> {
         match self.head.framing {

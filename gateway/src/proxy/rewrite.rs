@@ -125,14 +125,13 @@ pub trait HeaderSink {
     }
 }
 
+/// Values are written as given, so each must already be a valid field value (no
+/// control byte: a CR/LF would end the line), as `http::HeaderValue` makes sure on the
+/// HTTP/2 path: parsed fields are (httparse and h2 refuse the rest), config values are
+/// checked at load, and what weft makes from outside input is checked where it is made
+/// (`field_value`).
 impl HeaderSink for BytesMut {
-    /// A value with a control byte (CR/LF ends a line) is not written: the rule
-    /// `http::HeaderValue` applies on the HTTP/2 path. Parsed fields already meet it;
-    /// this holds for every value made elsewhere too.
     fn header(&mut self, name: &[u8], value: &[u8]) {
-        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return;
-        }
         push_header(self, name, value);
     }
     fn header_fmt(&mut self, name: &[u8], value: fmt::Arguments<'_>) {
@@ -326,7 +325,7 @@ pub fn request_headers<'h>(
     if let Some(cookies) = &cookies {
         out.header(b"cookie", cookies);
     }
-    if let Some(cert) = client.client_cert {
+    if let Some(cert) = client.client_cert.filter(|c| field_value(c.as_bytes())) {
         out.header(CLIENT_CERT_HEADER.as_bytes(), cert.as_bytes());
     }
     if let Some(n) = req.length.filter(|_| !req.chunked) {
@@ -461,7 +460,11 @@ pub fn h1_outgoing<'f>(facts: &'f Facts<'_>, upgrade: bool) -> Outgoing<'f> {
             BodyFraming::Chunked | BodyFraming::UntilClose => None,
         },
         accepts_trailers,
-        upgrade: head.header("upgrade").filter(|_| upgrade),
+        upgrade: if upgrade {
+            head.header("upgrade")
+        } else {
+            None
+        },
         via: match head.version {
             Version::H10 => ViaVersion::Http10,
             _ => ViaVersion::Http11,
@@ -690,6 +693,13 @@ pub fn response_head(
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// Whether `value` may be written as a field value: no control byte but tab (the rule
+/// of RFC 9110 §5.5 that `http::HeaderValue` applies). For values weft makes from
+/// outside input (a certificate's names), checked however they were made.
+fn field_value(value: &[u8]) -> bool {
+    !value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
 }
 
 /// Appends `value` to the list in `joined` with `separator` (borrowed while one field).
