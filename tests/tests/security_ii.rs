@@ -174,6 +174,11 @@ fn check_refuses_header_injection_unbounded_heads_and_absent_cpus() {
             "listeners[0].routes[0].redirect.host: ",
         ),
         (
+            // A control byte HTTP/2 heads would refuse: the same edit on both protocols.
+            "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\nroutes = [ { match = { path_prefix = \"/\" }, direct_response = { status = 200 }, response_headers = { add = { x-a = \"a\\u0001b\" } } } ]\n",
+            "listeners[0].routes[0].response_headers.add.x-a: header values cannot contain control characters",
+        ),
+        (
             "[http]\nmax_header_bytes = 4611686018427387904\n[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\nroutes = [ { match = { path_prefix = \"/\" }, direct_response = { status = 200 } } ]\n",
             "http.max_header_bytes: must be between 1024 and 1048576",
         ),

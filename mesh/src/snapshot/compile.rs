@@ -1432,12 +1432,9 @@ fn compile_edits(e: &HeaderEditsConfig, path: &str, d: &mut Diagnostics) -> Head
     let mut set = Vec::new();
     for (name, value) in &e.add {
         check_name(name, format!("{path}.add.{name}"), d);
-        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-            d.error(
-                format!("{path}.add.{name}"),
-                "header values cannot contain CR, LF or NUL",
-            );
-        }
+        // The rule HTTP/2 heads apply (`http::HeaderValue`), so that an edit is the
+        // same on both protocols: HTTP/1.1 heads write it as given.
+        check_field_value(value, &format!("{path}.add.{name}"), d);
         set.push((name.to_ascii_lowercase(), value.clone()));
     }
     let mut remove = Vec::new();
