@@ -160,6 +160,10 @@ fn summary(s: &Snapshot) -> String {
             .map(|e| format!("{} (weight {})", e.address, e.weight))
             .collect();
         out += &format!("  cluster {}: {:?}, {}\n", c.name, c.lb, eps.join(", "));
+        out += &format!(
+            "    circuit breakers: max_requests {}, max_retries {}\n",
+            c.breakers.max_requests, c.breakers.max_retries
+        );
     }
     let trust = &s.trusted_proxies;
     if trust.hops == 0 && trust.sources.is_empty() {

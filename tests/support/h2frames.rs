@@ -66,3 +66,65 @@ pub fn read_frames(
     }
     frames
 }
+
+/// A raw HTTP/2 server connection: answers SETTINGS and PING, and each request
+/// HEADERS with `on_request(stream)`'s frames; ends when the peer closes.
+pub fn serve_connection(mut s: std::net::TcpStream, on_request: impl Fn(u32) -> Vec<u8>) {
+    use std::io::{Read, Write};
+    let _ = s.write_all(&frame(0x4, 0, 0, &[]));
+    let mut buf = Vec::new();
+    let mut preface_left = 24usize;
+    let mut chunk = [0u8; 16384];
+    loop {
+        let n = match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let skip = preface_left.min(buf.len());
+        buf.drain(..skip);
+        preface_left -= skip;
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            let payload = buf[9..9 + len].to_vec();
+            buf.drain(..9 + len);
+            let reply = match kind {
+                0x4 if flags & 1 == 0 => frame(0x4, 1, 0, &[]),
+                0x6 if flags & 1 == 0 => frame(0x6, 1, 0, &payload),
+                0x1 => on_request(stream),
+                _ => continue,
+            };
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A raw HTTP/2 upstream: each connection is served by `serve(index, connection)` on
+/// a thread of its own; returns its address and how many connections it took.
+pub fn upstream(
+    serve: impl Fn(usize, std::net::TcpStream) + Send + Sync + Clone + 'static,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = connections.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let index = seen.fetch_add(1, Ordering::SeqCst);
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(index, conn));
+        }
+    });
+    (addr, connections)
+}

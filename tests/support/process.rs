@@ -276,6 +276,14 @@ impl Drop for Weft {
     }
 }
 
+/// The `/metrics` text of the admin listener at `admin` (for a scrape from another
+/// thread while a test drives load).
+pub fn admin_metrics(admin: SocketAddr) -> String {
+    admin_get(admin, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
 fn admin_get(admin: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;

@@ -398,8 +398,10 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
                 ),
                 ("weft_workers", "Worker threads.", "gauge", workers),
             ]);
-            let body =
-                body + &discovery_metrics(&control.discovery.status()) + &refusal_metrics(refusals);
+            let body = body
+                + &discovery_metrics(&control.discovery.status())
+                + &breaker_metrics(&control.publisher.load())
+                + &refusal_metrics(refusals);
             respond(&mut conn, deadline, 200, "text/plain; version=0.0.4", &body)
         }
         _ => respond(
@@ -454,6 +456,35 @@ fn redacted(text: &str) -> toml::Value {
         redact_values(sidecar.get_mut("register").and_then(|r| r.get_mut("meta")));
     }
     value
+}
+
+/// Circuit-breaker occupancy by cluster, read from the counters every worker shares:
+/// `weft_cluster_circuit_breaker_open` (1 while full) and `_remaining`.
+fn breaker_metrics(snapshot: &weft_mesh::snapshot::Snapshot) -> String {
+    let mut open = String::from(
+        "# HELP weft_cluster_circuit_breaker_open 1 while a cluster's circuit breaker is full (new requests get 503 overflow; retries are not sent), by cluster and resource.\n# TYPE weft_cluster_circuit_breaker_open gauge\n",
+    );
+    let mut remaining = String::from(
+        "# HELP weft_cluster_circuit_breaker_remaining What a cluster's circuit breaker still admits, by cluster and resource.\n# TYPE weft_cluster_circuit_breaker_remaining gauge\n",
+    );
+    for c in &snapshot.clusters {
+        let name = c.name.replace('\\', "\\\\").replace('"', "\\\"");
+        for (resource, used, limit) in [
+            ("rq", c.shared.requests.get(), c.breakers.max_requests),
+            ("rq_retry", c.shared.retries.get(), c.breakers.max_retries),
+        ] {
+            let labels = format!("{{cluster=\"{name}\",resource=\"{resource}\"}}");
+            open.push_str(&format!(
+                "weft_cluster_circuit_breaker_open{labels} {}\n",
+                u8::from(used >= limit)
+            ));
+            remaining.push_str(&format!(
+                "weft_cluster_circuit_breaker_remaining{labels} {}\n",
+                limit.saturating_sub(used)
+            ));
+        }
+    }
+    open + &remaining
 }
 
 /// `weft_admin_refused_total{reason}`.

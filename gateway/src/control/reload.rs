@@ -110,7 +110,7 @@ pub fn apply(control: &Control, bound: &mut BoundSet) {
         .unwrap_or_else(PoisonError::into_inner);
     let current = control.publisher.load();
     let found = control.discovery.found();
-    let next = match config::load(&current.source_file, current.role)
+    let mut next = match config::load(&current.source_file, current.role)
         .and_then(|l| snapshot::compile_with(&l, &found))
     {
         Ok(s) => s,
@@ -120,6 +120,8 @@ pub fn apply(control: &Control, bound: &mut BoundSet) {
         tracing::info!(version = current.version, "reload: config unchanged");
         return;
     }
+    // Requests in flight keep their permits on the counters they took them from.
+    next.inherit_shared(&current);
     for w in &next.warnings {
         tracing::warn!("reload: {w}");
     }

@@ -63,6 +63,10 @@ pub enum Family {
     GrpcRequests,
     /// Request paths `[listeners.paths]` rewrote or refused, by listener and outcome.
     NormalizedPaths,
+    /// Requests a cluster's full breaker (`max_requests`) answered 503, by cluster.
+    RequestOverflows,
+    /// Retries a cluster's full retry breaker (`max_retries`) did not send, by cluster.
+    RetryOverflows,
 }
 
 impl Family {
@@ -77,6 +81,8 @@ impl Family {
             Family::TlsHandshakeFailures => "weft_tls_handshake_failures_total",
             Family::GrpcRequests => "weft_grpc_requests_total",
             Family::NormalizedPaths => "weft_normalized_paths_total",
+            Family::RequestOverflows => "weft_cluster_upstream_rq_pending_overflow_total",
+            Family::RetryOverflows => "weft_cluster_upstream_rq_retry_overflow_total",
         }
     }
     fn help(self) -> &'static str {
@@ -100,6 +106,12 @@ impl Family {
             Family::NormalizedPaths => {
                 "Request paths normalised (rewritten) or refused, by listener and outcome."
             }
+            Family::RequestOverflows => {
+                "Requests answered 503 because the cluster's circuit breaker (max_requests) was full, by cluster."
+            }
+            Family::RetryOverflows => {
+                "Retries not sent because the cluster's retry breaker (max_retries) was full, by cluster."
+            }
         }
     }
     /// Whether this family's keys start with the snapshot version (their other parts
@@ -111,6 +123,8 @@ impl Family {
                 | Family::UpstreamConnectErrors
                 | Family::UpstreamTimeouts
                 | Family::GrpcRequests
+                | Family::RequestOverflows
+                | Family::RetryOverflows
         )
     }
     fn kind(self) -> &'static str {
@@ -119,7 +133,7 @@ impl Family {
             _ => "counter",
         }
     }
-    const ALL: [Family; 9] = [
+    const ALL: [Family; 11] = [
         Family::Requests,
         Family::UpstreamConnectErrors,
         Family::UpstreamTimeouts,
@@ -129,6 +143,8 @@ impl Family {
         Family::TlsHandshakeFailures,
         Family::GrpcRequests,
         Family::NormalizedPaths,
+        Family::RequestOverflows,
+        Family::RetryOverflows,
     ];
 }
 

@@ -207,7 +207,7 @@ async fn turn<S: ClientStream>(
                     ]
                 },
             );
-            let out = local::error(status, error.reason(), Persistence::Close, false);
+            let out = local::error(error, Persistence::Close, false);
             write_to_client(&x, client, out).await;
             return Turn::Done(Next::Close);
         }
@@ -375,12 +375,7 @@ impl<'c, S: ClientStream> ClientSide for H1Exchange<'c, S> {
         }
         let close = self.close_local || progress.attempts.get() > 0;
         let persist = self.persistence(close);
-        let out = local::error(
-            error.status(),
-            error.reason(),
-            persist,
-            self.facts.head_only(),
-        );
+        let out = local::error(error, persist, self.facts.head_only());
         self.answer_with(x, out, close).await
     }
 }

@@ -493,12 +493,14 @@ fn reply_error(
     }
     let status = error.status();
     let body = local::error_body(status, why);
+    let mut fields = vec![("x-weft-error", why)];
+    fields.extend_from_slice(error.answer_fields());
     reply(
         respond,
         status,
         "text/plain",
         body.as_bytes(),
-        &[("x-weft-error", why)],
+        &fields,
         facts.head_only(),
     );
 }
@@ -629,8 +631,8 @@ mod tests {
             let task = stream_task(worker, bound, conn, budget, req, respond);
             let size = std::mem::size_of_val(&task);
             // 1152 bytes when this budget was set; 1248 with the lifecycle (its progress
-            // record and plan).
-            assert!(size <= 1280, "an h2 stream task is {size} bytes");
+            // record and plan); 1304 with the circuit breakers' request and retry permits.
+            assert!(size <= 1312, "an h2 stream task is {size} bytes");
         });
     }
 }

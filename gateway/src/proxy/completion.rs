@@ -42,6 +42,8 @@ pub struct Progress {
     pub fresh: Cell<bool>,
     /// Some of the request body was taken from the client: it cannot be sent again.
     pub body_taken: Cell<bool>,
+    /// A retry was due but the cluster's retry breaker was full: the error stood.
+    pub retry_overflow: Cell<bool>,
     /// weft told an HTTP/1.1 client `100 Continue` (once per exchange).
     pub continue_sent: Cell<bool>,
     /// The status sent to the client: the response has begun.
@@ -66,6 +68,7 @@ impl Progress {
             reused: Cell::new(false),
             fresh: Cell::new(false),
             body_taken: Cell::new(false),
+            retry_overflow: Cell::new(false),
             continue_sent: Cell::new(false),
             status: Cell::new(None),
             grpc_status: Cell::new(None),
@@ -148,6 +151,8 @@ pub struct Completion<'x, 'r> {
     pub error: Option<ProxyError>,
     pub grpc_status: Option<u16>,
     pub attempts: u8,
+    /// A retry was refused by the cluster's retry breaker.
+    pub retry_overflow: bool,
     pub body_in: u64,
     pub body_out: u64,
     /// The times, when the record is timed (`timed`); `None` otherwise.
@@ -187,6 +192,7 @@ impl<'x, 'r> Completion<'x, 'r> {
             route: decided.route,
             cluster: decided.cluster,
             endpoint: progress.endpoint.get(),
+            retry_overflow: progress.retry_overflow.get(),
             status,
             error,
             grpc_status,
@@ -226,6 +232,12 @@ impl<'x, 'r> Completion<'x, 'r> {
         let (Some(error), Some(cluster)) = (self.error, self.cluster) else {
             return;
         };
+        if error == ProxyError::Overflow {
+            self.count_cluster(Family::RequestOverflows, cluster);
+        }
+        if self.retry_overflow {
+            self.count_cluster(Family::RetryOverflows, cluster);
+        }
         if let Some(reason) = error.connect_label() {
             self.count_upstream(Family::UpstreamConnectErrors, cluster, "reason", reason);
         }
@@ -302,6 +314,14 @@ impl<'x, 'r> Completion<'x, 'r> {
     }
 
     /// Counts an upstream failure in `family` by cluster and `label`.
+    fn count_cluster(&self, family: Family, cluster: ClusterId) {
+        let x = self.x;
+        let key = [x.snapshot.version, cluster as u64, 0, 0];
+        x.worker.counters.bump(family, key, || {
+            vec![("cluster", x.snapshot.clusters[cluster].name.clone())]
+        });
+    }
+
     fn count_upstream(
         &self,
         family: Family,

@@ -58,6 +58,9 @@ pub enum ProxyError {
     UpgradeToHttp2,
     /// An `Upgrade` to a protocol the route does not allow (`upgrades`).
     UpgradeNotAllowed,
+    /// The cluster's circuit breaker is full (`circuit_breakers.max_requests`): answered
+    /// here, never sent, never retried.
+    Overflow,
     /// CONNECT from an HTTP/2 client: tunnels over HTTP/2 (extended CONNECT) are not
     /// built yet, and a CONNECT has no path to forward as an HTTP/1.1 request line.
     ConnectNotSupported,
@@ -135,7 +138,7 @@ impl ProxyError {
             LoopDetected => 508,
             // Nobody reads it; what access logs show for a cancelled request (nginx 499).
             ClientGone => 499,
-            NoEndpoints | LocalShortage(_) | RefusedStream | StreamNotProcessed => 503,
+            NoEndpoints | LocalShortage(_) | RefusedStream | StreamNotProcessed | Overflow => 503,
             ConnectTimeout | UpstreamNotReading | ResponseTimeout | GrpcDeadline
             | ResponseBodyStalled => 504,
             ConnectFailed(_)
@@ -155,6 +158,17 @@ impl ProxyError {
         }
     }
 
+    /// Header fields a weft-made answer to this error carries besides `x-weft-error`:
+    /// `x-weft-overloaded: true` on a breaker's overflow (as Envoy's
+    /// `x-envoy-overloaded`), so a client or a proxy in front tells it from an
+    /// upstream's 503.
+    pub fn answer_fields(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            ProxyError::Overflow => &[("x-weft-overloaded", "true")],
+            _ => &[],
+        }
+    }
+
     /// The short reason of a weft-made error (`x-weft-error` and the body).
     pub fn reason(self) -> &'static str {
         use ProxyError::*;
@@ -170,6 +184,7 @@ impl ProxyError {
             GrpcNeedsHttp2 => "gRPC needs HTTP/2 (h2c prior knowledge, or TLS with ALPN h2)",
             UpgradeToHttp2 => "protocol upgrades cannot be forwarded to an HTTP/2 upstream",
             UpgradeNotAllowed => "this route does not allow an upgrade to that protocol",
+            Overflow => "overflow",
             ConnectNotSupported => "CONNECT over HTTP/2 is not supported",
             MethodNotValidForHttp2 => "method not valid for an HTTP/2 upstream",
             TargetNotValidForHttp2 => "request target not valid for an HTTP/2 upstream",
@@ -242,6 +257,7 @@ impl ProxyError {
             GrpcNeedsHttp2 => "grpc_needs_http2",
             UpgradeToHttp2 => "upgrade_to_http2",
             UpgradeNotAllowed => "upgrade_not_allowed",
+            Overflow => "overflow",
             ConnectNotSupported => "connect_not_supported",
             MethodNotValidForHttp2 => "method_not_valid_for_http2",
             TargetNotValidForHttp2 => "target_not_valid_for_http2",
@@ -292,7 +308,7 @@ impl ProxyError {
             | MalformedBody
             | ClientStalled
             | ClientGone => Side::Client,
-            NoRoute | LocalShortage(_) | LoopDetected => Side::Local,
+            NoRoute | LocalShortage(_) | LoopDetected | Overflow => Side::Local,
             _ => Side::Upstream,
         }
     }
@@ -419,6 +435,10 @@ mod tests {
         assert_eq!(ProxyError::RefusedStream.grpc_code(), Code::Unavailable);
         assert_eq!(ProxyError::GrpcDeadline.grpc_code(), Code::DeadlineExceeded);
         assert_eq!(ProxyError::ClientGone.grpc_code(), Code::Cancelled);
+        // A breaker's overflow: UNAVAILABLE, made here, never sent again.
+        assert_eq!(ProxyError::Overflow.grpc_code(), Code::Unavailable);
+        assert_eq!(ProxyError::Overflow.retry(), Retry::Never);
+        assert_eq!(ProxyError::Overflow.side(), Side::Local);
     }
 
     #[test]

@@ -202,8 +202,17 @@ async fn decide_and_relay<'s, C: ClientSide>(
         match &plan {
             Err(e) => Err(*e),
             Ok(_) if too_large => Err(ProxyError::BodyTooLarge),
-            // Phase 7: attempts.
-            Ok(plan) => attempts(x, client, plan, progress).await,
+            // The cluster's breaker: one permit for the whole exchange, all attempts.
+            Ok(plan) => match plan
+                .cluster
+                .shared
+                .requests
+                .admit(plan.cluster.breakers.max_requests)
+            {
+                None => Err(ProxyError::Overflow),
+                // Phase 7: attempts.
+                Some(_admitted) => attempts(x, client, plan, progress).await,
+            },
         }
     };
     // Phase 8: failure.
@@ -220,10 +229,19 @@ async fn attempts<C: ClientSide>(
     plan: &Plan<'_>,
     progress: &Progress,
 ) -> Result<C::Next, ProxyError> {
+    // A retry in flight holds one of the cluster's retry permits
+    // (`circuit_breakers.max_retries`); without one, the failed attempt's error stands.
+    let mut _retrying = None;
     loop {
         progress.attempts.set(progress.attempts.get() + 1);
         match client.relay(x, plan, progress).await {
             Err(e) if may_retry(progress, e) => {
+                let limit = plan.cluster.breakers.max_retries;
+                let Some(permit) = plan.cluster.shared.retries.admit(limit) else {
+                    progress.retry_overflow.set(true);
+                    return Err(e);
+                };
+                _retrying = Some(permit);
                 tracing::debug!(cluster = %plan.cluster.name, "attempt failed ({e}); trying again");
             }
             relayed => return relayed,

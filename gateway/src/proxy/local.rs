@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use bytes::BytesMut;
 use weft_mesh::snapshot::{HeaderEdits, Redirect};
 
+use super::error::ProxyError;
 use crate::proto::h1::reason;
 
 /// What a local answer says about its connection.
@@ -60,16 +61,20 @@ pub fn error_body(status: u16, why: &str) -> String {
     format!("{status} {}: {why}\n", reason(status))
 }
 
-/// A proxy-made error: short reason in the body and in `x-weft-error`.
-pub fn error(status: u16, why: &str, persistence: Persistence, head_only: bool) -> BytesMut {
+/// A proxy-made error: short reason in the body and in `x-weft-error`, and the fields
+/// the error adds (`ProxyError::answer_fields`).
+pub fn error(error: ProxyError, persistence: Persistence, head_only: bool) -> BytesMut {
+    let (status, why) = (error.status(), error.reason());
     let body = error_body(status, why);
+    let mut fields = vec![("x-weft-error", why)];
+    fields.extend_from_slice(error.answer_fields());
     response(
         status,
         "text/plain",
         body.as_bytes(),
         persistence,
         head_only,
-        &[("x-weft-error", why)],
+        &fields,
     )
 }
 
@@ -141,18 +146,25 @@ mod tests {
     #[test]
     fn errors_say_why_in_body_and_header() {
         let out = text(error(
-            502,
-            "upstream connection failed",
+            ProxyError::UpstreamConnectionFailed,
             Persistence::Close,
             false,
         ));
         assert!(out.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{out}");
         assert!(
-            out.contains("x-weft-error: upstream connection failed\r\n"),
+            out.contains("x-weft-error: upstream HTTP/2 connection failed\r\n"),
             "{out}"
         );
         assert!(out.contains("connection: close\r\n"), "{out}");
-        let body = "502 Bad Gateway: upstream connection failed\n";
+        assert!(!out.contains("x-weft-overloaded"), "{out}");
+        let overflow = text(error(ProxyError::Overflow, Persistence::Close, false));
+        assert!(
+            overflow.starts_with("HTTP/1.1 503 ")
+                && overflow.contains("x-weft-error: overflow\r\n")
+                && overflow.contains("x-weft-overloaded: true\r\n"),
+            "{overflow}"
+        );
+        let body = "502 Bad Gateway: upstream HTTP/2 connection failed\n";
         assert!(out.ends_with(&format!("\r\n\r\n{body}")), "{out}");
         assert!(
             out.contains(&format!("content-length: {}\r\n", body.len())),

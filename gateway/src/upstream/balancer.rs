@@ -98,6 +98,11 @@ mod tests {
             tls: None,
             discovery: None,
             discovered_loopback: false,
+            breakers: weft_mesh::snapshot::BreakerLimits {
+                max_requests: 1024,
+                max_retries: 3,
+            },
+            shared: Default::default(),
             lb,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),

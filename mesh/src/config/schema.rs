@@ -515,6 +515,28 @@ pub struct ClusterConfig {
     /// A response body that stalls this long between reads aborts the exchange.
     pub read_timeout: ConfigDuration,
     pub pool: PoolConfig,
+    pub circuit_breakers: CircuitBreakersConfig,
+}
+
+/// Limits on what one cluster takes at once, for the whole process (Envoy's circuit
+/// breakers; its defaults).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitBreakersConfig {
+    /// Requests in flight to the cluster; one more is answered 503 (overflow).
+    pub max_requests: u32,
+    /// Attempts made again (a retry) in flight at once; past it the failed attempt's
+    /// answer stands.
+    pub max_retries: u32,
+}
+
+impl Default for CircuitBreakersConfig {
+    fn default() -> Self {
+        CircuitBreakersConfig {
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
 }
 
 impl Default for ClusterConfig {
@@ -529,6 +551,7 @@ impl Default for ClusterConfig {
             request_timeout: ConfigDuration::from_secs(15),
             read_timeout: ConfigDuration::from_secs(60),
             pool: PoolConfig::default(),
+            circuit_breakers: CircuitBreakersConfig::default(),
         }
     }
 }

@@ -365,6 +365,23 @@ fn own_address(
     (reaches(admin.address) || private).then(|| "weft's admin listener".to_owned())
 }
 
+fn compile_breakers(
+    b: &crate::config::CircuitBreakersConfig,
+    path: &str,
+    d: &mut Diagnostics,
+) -> BreakerLimits {
+    if b.max_requests == 0 {
+        d.error(
+            format!("{path}.circuit_breakers.max_requests"),
+            "must be at least 1 (0 would refuse every request)",
+        );
+    }
+    BreakerLimits {
+        max_requests: u64::from(b.max_requests),
+        max_retries: u64::from(b.max_retries),
+    }
+}
+
 /// Warns of plain text where a network can read or forge it: a Consul agent off this
 /// host without `consul.tls` (its answers decide where traffic goes; its token travels
 /// in clear), and a sidecar inbound that takes plain text from other hosts.
@@ -882,6 +899,8 @@ fn compile_cluster(
         tls,
         discovery,
         discovered_loopback: c.discovery.as_ref().is_some_and(|dc| dc.allow_loopback),
+        breakers: compile_breakers(&c.circuit_breakers, path, d),
+        shared: Arc::new(ClusterShared::default()),
         lb: if c.lb == LbPolicy::Random {
             LbPolicy::Random
         } else {

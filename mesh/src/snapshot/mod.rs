@@ -69,6 +69,57 @@ pub struct Snapshot {
     pub registration: Option<Registration>,
 }
 
+/// A cluster's circuit-breaker limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerLimits {
+    pub max_requests: u64,
+    pub max_retries: u64,
+}
+
+/// A counter alone on its cache line: workers on different cores update these, and two
+/// on one line would make each update wait for the other core.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct PaddedCounter(pub AtomicU64);
+
+/// The state of one cluster that every worker shares: what its circuit breakers count.
+/// Admission is exact (`admit`), and a permit goes back to the counter it came from,
+/// whatever snapshot is current by then: a reload that changes a limit neither leaks
+/// nor double-counts, because the counters themselves outlive it.
+#[derive(Debug, Default)]
+pub struct ClusterShared {
+    /// Requests in flight.
+    pub requests: PaddedCounter,
+    /// Retries in flight.
+    pub retries: PaddedCounter,
+}
+
+impl PaddedCounter {
+    /// One more, if that stays within `limit`: the permit gives it back when dropped.
+    pub fn admit(&self, limit: u64) -> Option<Permit<'_>> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit(&self.0))
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One unit of a breaker's capacity, given back when dropped.
+#[derive(Debug)]
+pub struct Permit<'a>(&'a AtomicU64);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Who may tell weft about the client (`[http.forwarded]` `trusted_hops`,
 /// `trusted_sources`): outside this boundary a client's forwarding fields are replaced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -386,6 +437,11 @@ pub struct Cluster {
     pub discovery: Option<Discovery>,
     /// Discovered endpoints may be on loopback (`discovery.allow_loopback`).
     pub discovered_loopback: bool,
+    /// `circuit_breakers`: the limits this snapshot sets.
+    pub breakers: BreakerLimits,
+    /// What every worker counts for this cluster (breaker occupancy), kept across the
+    /// snapshots that have a cluster of this name (`Snapshot::inherit_shared`).
+    pub shared: Arc<ClusterShared>,
     pub lb: LbPolicy,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
@@ -423,6 +479,17 @@ impl Snapshot {
 
     pub fn cluster_by_name(&self, name: &str) -> Option<ClusterId> {
         self.clusters.iter().position(|c| c.name == name)
+    }
+
+    /// Takes over `previous`'s shared state for every cluster of the same name, so that
+    /// breaker occupancy (requests still in flight on `previous`) carries into this
+    /// snapshot's limits. For a freshly compiled snapshot, before it is published.
+    pub fn inherit_shared(&mut self, previous: &Snapshot) {
+        for cluster in &mut self.clusters {
+            if let Some(id) = previous.cluster_by_name(&cluster.name) {
+                Arc::make_mut(cluster).shared = previous.clusters[id].shared.clone();
+            }
+        }
     }
 }
 

@@ -1,0 +1,239 @@
+//! Endpoint health (#18): circuit breakers, against an upstream that counts what
+//! reaches it at once.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weft_tests::{free_addr, Weft};
+
+/// An HTTP/1.1 upstream that holds every request `hold`, counting arrivals and the
+/// most it held at once.
+struct SlowUpstream {
+    addr: SocketAddr,
+    arrivals: Arc<AtomicUsize>,
+    most_at_once: Arc<AtomicUsize>,
+}
+
+impl SlowUpstream {
+    fn start(hold: Duration) -> SlowUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let arrivals = Arc::new(AtomicUsize::new(0));
+        let most_at_once = Arc::new(AtomicUsize::new(0));
+        let now = Arc::new(AtomicUsize::new(0));
+        let (a, m) = (arrivals.clone(), most_at_once.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (a, m, now) = (a.clone(), m.clone(), now.clone());
+                std::thread::spawn(move || serve(conn, hold, &a, &m, &now));
+            }
+        });
+        SlowUpstream {
+            addr,
+            arrivals,
+            most_at_once,
+        }
+    }
+}
+
+fn serve(
+    mut conn: TcpStream,
+    hold: Duration,
+    arrivals: &AtomicUsize,
+    most: &AtomicUsize,
+    now: &AtomicUsize,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+        buf.drain(..end);
+        arrivals.fetch_add(1, Ordering::SeqCst);
+        let held = now.fetch_add(1, Ordering::SeqCst) + 1;
+        most.fetch_max(held, Ordering::SeqCst);
+        std::thread::sleep(hold);
+        now.fetch_sub(1, Ordering::SeqCst);
+        if conn
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn config(admin: SocketAddr, listen: SocketAddr, upstream: SocketAddr, max: u32) -> String {
+    format!(
+        "[admin]\naddress = \"{admin}\"\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+         routes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"cb\" }} ]\n\
+         [clusters.cb]\nendpoints = [\"{upstream}\"]\n\
+         circuit_breakers = {{ max_requests = {max} }}\n"
+    )
+}
+
+/// `n` requests at once, each on its own connection: their statuses and heads.
+fn burst(listen: SocketAddr, n: usize) -> Vec<(u16, String)> {
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(listen).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let req = format!("GET /r{i} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+                s.write_all(req.as_bytes()).unwrap();
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+                (status, out)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn count(answers: &[(u16, String)], status: u16) -> usize {
+    answers.iter().filter(|(s, _)| *s == status).count()
+}
+
+/// `max_requests = 10` with 50 slow requests at once over 2 workers: exactly 10 reach
+/// the upstream, at most 10 at any moment, the other 40 get 503 overflow with
+/// `x-weft-overloaded: true`, counted; the breaker reads open while full and has all
+/// its capacity back after.
+#[test]
+fn a_full_breaker_answers_overflow_and_admits_exactly_its_limit() {
+    let upstream = SlowUpstream::start(Duration::from_millis(1500));
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start("ingress", &config(admin, listen, upstream.addr, 10), admin);
+    let scrape = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        weft_tests::process::admin_metrics(admin)
+    });
+    let answers = burst(listen, 50);
+    assert_eq!(count(&answers, 200), 10, "{answers:?}");
+    assert_eq!(count(&answers, 503), 40);
+    for (_, out) in answers.iter().filter(|(s, _)| *s == 503) {
+        let head = out.to_ascii_lowercase();
+        assert!(
+            head.contains("x-weft-overloaded: true") && head.contains("x-weft-error: overflow"),
+            "{out}"
+        );
+    }
+    assert_eq!(upstream.arrivals.load(Ordering::SeqCst), 10);
+    assert_eq!(upstream.most_at_once.load(Ordering::SeqCst), 10);
+    let during = scrape.join().unwrap();
+    assert!(
+        during.contains("weft_cluster_circuit_breaker_open{cluster=\"cb\",resource=\"rq\"} 1"),
+        "{during}"
+    );
+    assert_eq!(
+        weft.metric(&[
+            "weft_cluster_upstream_rq_pending_overflow_total",
+            "cluster=\"cb\""
+        ]),
+        40.0
+    );
+    assert_eq!(
+        weft.metric_settled(
+            &[
+                "weft_cluster_circuit_breaker_remaining",
+                "cluster=\"cb\"",
+                "resource=\"rq\""
+            ],
+            10.0
+        ),
+        10.0
+    );
+}
+
+/// A reload that changes the limit while requests are in flight: they keep counting
+/// against it (10 in flight under a new limit of 12 leave room for 2), and once they
+/// are done every permit is back (12 at once all pass).
+#[test]
+fn permits_held_across_a_reload_count_against_the_new_limit_and_come_back() {
+    let upstream = SlowUpstream::start(Duration::from_millis(2500));
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start("ingress", &config(admin, listen, upstream.addr, 10), admin);
+    let first = std::thread::spawn(move || burst(listen, 10));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.arrivals.load(Ordering::SeqCst) < 10 {
+        assert!(Instant::now() < deadline, "the first ten did not arrive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&weft.config_path, config(admin, listen, upstream.addr, 12)).unwrap();
+    weft.signal(1); // SIGHUP
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while weft.metric(&["weft_config_reloads_total"]) < 1.0 {
+        assert!(Instant::now() < deadline, "reload not applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = burst(listen, 5);
+    assert_eq!(count(&second, 200), 2, "{second:?}");
+    assert_eq!(count(&second, 503), 3);
+    assert_eq!(count(&first.join().unwrap(), 200), 10);
+    let remaining = [
+        "weft_cluster_circuit_breaker_remaining",
+        "cluster=\"cb\"",
+        "resource=\"rq\"",
+    ];
+    assert_eq!(
+        weft.metric_settled(&remaining, 12.0),
+        12.0,
+        "permits leaked"
+    );
+    let third = burst(listen, 12);
+    assert_eq!(count(&third, 200), 12, "{third:?}");
+}
+
+/// `max_retries`: an upstream that refuses every stream (REFUSED_STREAM, which weft
+/// retries while the body is unsent) gets the retries the breaker allows; with
+/// `max_retries = 0` none, the refusal stands (503) and the skipped retry is counted.
+#[test]
+fn the_retry_breaker_bounds_retries_and_counts_those_it_skips() {
+    use weft_tests::h2frames::{frame, serve_connection, upstream};
+    // 1 attempt + weft's 2 retries of a refused stream; none past a zero breaker.
+    for (max_retries, streams) in [(3, 3), (0, 1)] {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counted = seen.clone();
+        // RST_STREAM(REFUSED_STREAM = 7) for every request.
+        let (up, _) = upstream(move |_, conn| {
+            let counted = counted.clone();
+            serve_connection(conn, move |stream| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                frame(0x3, 0, stream, &7u32.to_be_bytes())
+            })
+        });
+        let (admin, listen) = (free_addr(), free_addr());
+        let config = config(admin, listen, up, 10)
+            .replace(
+                "max_requests = 10",
+                &format!("max_requests = 10, max_retries = {max_retries}"),
+            )
+            .replace("endpoints = [", "protocol = \"http2\"\nendpoints = [");
+        let weft = Weft::start("ingress", &config, admin);
+        let answers = burst(listen, 1);
+        assert_eq!(answers[0].0, 503, "{answers:?}");
+        assert!(answers[0].1.contains("refused the stream"), "{answers:?}");
+        let skipped = weft.metric(&[
+            "weft_cluster_upstream_rq_retry_overflow_total",
+            "cluster=\"cb\"",
+        ]);
+        assert_eq!(
+            skipped,
+            if max_retries == 0 { 1.0 } else { 0.0 },
+            "max_retries {max_retries}"
+        );
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            streams,
+            "max_retries {max_retries}"
+        );
+    }
+}
