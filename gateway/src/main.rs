@@ -160,9 +160,10 @@ fn summary(s: &Snapshot) -> String {
             .map(|e| format!("{} (weight {})", e.address, e.weight))
             .collect();
         out += &format!("  cluster {}: {:?}, {}\n", c.name, c.lb, eps.join(", "));
+        let b = &c.breakers;
         out += &format!(
-            "    circuit breakers: max_requests {}, max_retries {}\n",
-            c.breakers.max_requests, c.breakers.max_retries
+            "    circuit breakers: max_connections {}, max_pending_requests {}, max_requests {}, max_retries {}\n",
+            b.max_connections, b.max_pending_requests, b.max_requests, b.max_retries
         );
     }
     let trust = &s.trusted_proxies;

@@ -237,3 +237,88 @@ fn the_retry_breaker_bounds_retries_and_counts_those_it_skips() {
         );
     }
 }
+
+/// `max_connections = 2` on one worker: 5 slow requests at once open 2 connections and
+/// 3 get 503 overflow (weft does not queue for a connection), counted as `cx`
+/// overflows; the 2 pooled connections keep their places, and are what the next
+/// requests reuse.
+#[test]
+fn max_connections_counts_every_open_connection_pooled_ones_too() {
+    let upstream = SlowUpstream::start(Duration::from_millis(1000));
+    let (admin, listen) = (free_addr(), free_addr());
+    let config = config(admin, listen, upstream.addr, 100).replace(
+        "max_requests = 100",
+        "max_requests = 100, max_connections = 2",
+    );
+    let weft = Weft::start_with("ingress", &config, admin, &["--workers", "1"]);
+    let keep_alive = |n: usize| -> Vec<u16> {
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut c = weft_tests::raw::RawClient::new(listen);
+                    c.send(b"GET /k HTTP/1.1\r\nHost: a\r\n\r\n");
+                    c.read_response().0
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    };
+    let first = keep_alive(5);
+    assert_eq!(first.iter().filter(|s| **s == 200).count(), 2, "{first:?}");
+    assert_eq!(first.iter().filter(|s| **s == 503).count(), 3, "{first:?}");
+    assert_eq!(
+        weft.metric(&["weft_cluster_upstream_cx_overflow_total", "cluster=\"cb\""]),
+        3.0
+    );
+    let cx = [
+        "weft_cluster_circuit_breaker_remaining",
+        "cluster=\"cb\"",
+        "resource=\"cx\"",
+    ];
+    assert_eq!(
+        weft.metric_settled(&cx, 0.0),
+        0.0,
+        "the pooled connections keep their places"
+    );
+    let again = keep_alive(2);
+    assert_eq!(again, [200, 200]);
+    assert_eq!(upstream.arrivals.load(Ordering::SeqCst), 4);
+}
+
+/// `max_pending_requests = 1`: while one request waits for a connection that does not
+/// come (a full accept queue), two more are answered 503 overflow at once.
+#[test]
+fn max_pending_requests_bounds_requests_waiting_for_a_connection() {
+    let hole = weft_tests::upstream::BlackHole::start();
+    let (admin, listen) = (free_addr(), free_addr());
+    let config = config(admin, listen, hole.addr, 100).replace(
+        "max_requests = 100",
+        "max_requests = 100, max_pending_requests = 1",
+    ) + "connect_timeout = \"1500ms\"\n";
+    let weft = Weft::start_with("ingress", &config, admin, &["--workers", "1"]);
+    let waiting = std::thread::spawn(move || burst(listen, 1));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let refused = burst(listen, 2);
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(count(&refused, 503), 2, "{refused:?}");
+    assert!(refused
+        .iter()
+        .all(|(_, out)| out.contains("x-weft-overloaded: true")));
+    assert_eq!(
+        waiting.join().unwrap()[0].0,
+        504,
+        "the waiting one times out connecting"
+    );
+    assert_eq!(
+        weft.metric(&[
+            "weft_cluster_upstream_rq_pending_overflow_total",
+            "cluster=\"cb\""
+        ]),
+        2.0
+    );
+}

@@ -470,6 +470,12 @@ fn breaker_metrics(snapshot: &weft_mesh::snapshot::Snapshot) -> String {
     for c in &snapshot.clusters {
         let name = c.name.replace('\\', "\\\\").replace('"', "\\\"");
         for (resource, used, limit) in [
+            ("cx", c.shared.connections.get(), c.breakers.max_connections),
+            (
+                "rq_pending",
+                c.shared.pending.get(),
+                c.breakers.max_pending_requests,
+            ),
             ("rq", c.shared.requests.get(), c.breakers.max_requests),
             ("rq_retry", c.shared.retries.get(), c.breakers.max_retries),
         ] {

@@ -63,8 +63,11 @@ pub enum Family {
     GrpcRequests,
     /// Request paths `[listeners.paths]` rewrote or refused, by listener and outcome.
     NormalizedPaths,
-    /// Requests a cluster's full breaker (`max_requests`) answered 503, by cluster.
+    /// Requests a cluster's full breaker (`max_requests`, `max_pending_requests`)
+    /// answered 503, by cluster.
     RequestOverflows,
+    /// Requests answered 503 because the cluster's `max_connections` was reached.
+    ConnectionOverflows,
     /// Retries a cluster's full retry breaker (`max_retries`) did not send, by cluster.
     RetryOverflows,
 }
@@ -82,6 +85,7 @@ impl Family {
             Family::GrpcRequests => "weft_grpc_requests_total",
             Family::NormalizedPaths => "weft_normalized_paths_total",
             Family::RequestOverflows => "weft_cluster_upstream_rq_pending_overflow_total",
+            Family::ConnectionOverflows => "weft_cluster_upstream_cx_overflow_total",
             Family::RetryOverflows => "weft_cluster_upstream_rq_retry_overflow_total",
         }
     }
@@ -107,7 +111,10 @@ impl Family {
                 "Request paths normalised (rewritten) or refused, by listener and outcome."
             }
             Family::RequestOverflows => {
-                "Requests answered 503 because the cluster's circuit breaker (max_requests) was full, by cluster."
+                "Requests answered 503 because the cluster's max_requests or max_pending_requests breaker was full, by cluster."
+            }
+            Family::ConnectionOverflows => {
+                "Requests answered 503 because the cluster's max_connections breaker was full, by cluster."
             }
             Family::RetryOverflows => {
                 "Retries not sent because the cluster's retry breaker (max_retries) was full, by cluster."
@@ -124,6 +131,7 @@ impl Family {
                 | Family::UpstreamTimeouts
                 | Family::GrpcRequests
                 | Family::RequestOverflows
+                | Family::ConnectionOverflows
                 | Family::RetryOverflows
         )
     }
@@ -133,7 +141,7 @@ impl Family {
             _ => "counter",
         }
     }
-    const ALL: [Family; 11] = [
+    const ALL: [Family; 12] = [
         Family::Requests,
         Family::UpstreamConnectErrors,
         Family::UpstreamTimeouts,
@@ -144,6 +152,7 @@ impl Family {
         Family::GrpcRequests,
         Family::NormalizedPaths,
         Family::RequestOverflows,
+        Family::ConnectionOverflows,
         Family::RetryOverflows,
     ];
 }

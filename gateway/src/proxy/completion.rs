@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use weft_mesh::snapshot::{ClusterId, Route};
 
-use super::error::ProxyError;
+use super::error::{Breaker, ProxyError};
 use super::exchange::Exchange;
 use crate::observe::metrics::Family;
 
@@ -232,8 +232,13 @@ impl<'x, 'r> Completion<'x, 'r> {
         let (Some(error), Some(cluster)) = (self.error, self.cluster) else {
             return;
         };
-        if error == ProxyError::Overflow {
-            self.count_cluster(Family::RequestOverflows, cluster);
+        match error {
+            ProxyError::Overflow(Breaker::Connections) => {
+                self.count_cluster(Family::ConnectionOverflows, cluster)
+            }
+            // Envoy's `upstream_rq_pending_overflow` counts both.
+            ProxyError::Overflow(_) => self.count_cluster(Family::RequestOverflows, cluster),
+            _ => {}
         }
         if self.retry_overflow {
             self.count_cluster(Family::RetryOverflows, cluster);

@@ -13,6 +13,7 @@ use h2::Reason;
 
 use super::grpc::Code;
 use crate::proto::h1::head::HeadError;
+pub use crate::upstream::Breaker;
 use crate::upstream::{ConnectError, ConnectFailure};
 
 /// Who made an exchange fail.
@@ -58,9 +59,9 @@ pub enum ProxyError {
     UpgradeToHttp2,
     /// An `Upgrade` to a protocol the route does not allow (`upgrades`).
     UpgradeNotAllowed,
-    /// The cluster's circuit breaker is full (`circuit_breakers.max_requests`): answered
-    /// here, never sent, never retried.
-    Overflow,
+    /// One of the cluster's circuit breakers is full: answered here, never sent, never
+    /// retried.
+    Overflow(Breaker),
     /// CONNECT from an HTTP/2 client: tunnels over HTTP/2 (extended CONNECT) are not
     /// built yet, and a CONNECT has no path to forward as an HTTP/1.1 request line.
     ConnectNotSupported,
@@ -138,7 +139,9 @@ impl ProxyError {
             LoopDetected => 508,
             // Nobody reads it; what access logs show for a cancelled request (nginx 499).
             ClientGone => 499,
-            NoEndpoints | LocalShortage(_) | RefusedStream | StreamNotProcessed | Overflow => 503,
+            NoEndpoints | LocalShortage(_) | RefusedStream | StreamNotProcessed | Overflow(_) => {
+                503
+            }
             ConnectTimeout | UpstreamNotReading | ResponseTimeout | GrpcDeadline
             | ResponseBodyStalled => 504,
             ConnectFailed(_)
@@ -164,7 +167,7 @@ impl ProxyError {
     /// upstream's 503.
     pub fn answer_fields(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            ProxyError::Overflow => &[("x-weft-overloaded", "true")],
+            ProxyError::Overflow(_) => &[("x-weft-overloaded", "true")],
             _ => &[],
         }
     }
@@ -184,7 +187,7 @@ impl ProxyError {
             GrpcNeedsHttp2 => "gRPC needs HTTP/2 (h2c prior knowledge, or TLS with ALPN h2)",
             UpgradeToHttp2 => "protocol upgrades cannot be forwarded to an HTTP/2 upstream",
             UpgradeNotAllowed => "this route does not allow an upgrade to that protocol",
-            Overflow => "overflow",
+            Overflow(_) => "overflow",
             ConnectNotSupported => "CONNECT over HTTP/2 is not supported",
             MethodNotValidForHttp2 => "method not valid for an HTTP/2 upstream",
             TargetNotValidForHttp2 => "request target not valid for an HTTP/2 upstream",
@@ -257,7 +260,7 @@ impl ProxyError {
             GrpcNeedsHttp2 => "grpc_needs_http2",
             UpgradeToHttp2 => "upgrade_to_http2",
             UpgradeNotAllowed => "upgrade_not_allowed",
-            Overflow => "overflow",
+            Overflow(_) => "overflow",
             ConnectNotSupported => "connect_not_supported",
             MethodNotValidForHttp2 => "method_not_valid_for_http2",
             TargetNotValidForHttp2 => "target_not_valid_for_http2",
@@ -308,7 +311,7 @@ impl ProxyError {
             | MalformedBody
             | ClientStalled
             | ClientGone => Side::Client,
-            NoRoute | LocalShortage(_) | LoopDetected | Overflow => Side::Local,
+            NoRoute | LocalShortage(_) | LoopDetected | Overflow(_) => Side::Local,
             _ => Side::Upstream,
         }
     }
@@ -381,6 +384,7 @@ impl From<&ConnectError> for ProxyError {
             ConnectError::TimedOut => ProxyError::ConnectTimeout,
             ConnectError::Handshake(_) => ProxyError::UpstreamHandshake,
             ConnectError::Tls(_) => ProxyError::UpstreamTls,
+            ConnectError::Overflow(breaker) => ProxyError::Overflow(*breaker),
         }
     }
 }
@@ -436,9 +440,10 @@ mod tests {
         assert_eq!(ProxyError::GrpcDeadline.grpc_code(), Code::DeadlineExceeded);
         assert_eq!(ProxyError::ClientGone.grpc_code(), Code::Cancelled);
         // A breaker's overflow: UNAVAILABLE, made here, never sent again.
-        assert_eq!(ProxyError::Overflow.grpc_code(), Code::Unavailable);
-        assert_eq!(ProxyError::Overflow.retry(), Retry::Never);
-        assert_eq!(ProxyError::Overflow.side(), Side::Local);
+        let overflow = ProxyError::Overflow(Breaker::Requests);
+        assert_eq!(overflow.grpc_code(), Code::Unavailable);
+        assert_eq!(overflow.retry(), Retry::Never);
+        assert_eq!(overflow.side(), Side::Local);
     }
 
     #[test]

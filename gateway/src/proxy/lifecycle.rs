@@ -30,7 +30,7 @@ use weft_mesh::snapshot::{Cluster, ClusterId};
 use weft_mesh::snapshot::{DirectResponse, Forward, HeaderEdits, RequestFacts, Route, RouteAction};
 
 use super::completion::{Completion, Decided, Progress};
-use super::error::{ProxyError, Retry};
+use super::error::{Breaker, ProxyError, Retry};
 use super::exchange::Exchange;
 use super::facts::{is_valid_authority, PathOutcome, Request};
 use super::local;
@@ -209,7 +209,7 @@ async fn decide_and_relay<'s, C: ClientSide>(
                 .requests
                 .admit(plan.cluster.breakers.max_requests)
             {
-                None => Err(ProxyError::Overflow),
+                None => Err(ProxyError::Overflow(Breaker::Requests)),
                 // Phase 7: attempts.
                 Some(_admitted) => attempts(x, client, plan, progress).await,
             },

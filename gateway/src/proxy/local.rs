@@ -157,7 +157,11 @@ mod tests {
         );
         assert!(out.contains("connection: close\r\n"), "{out}");
         assert!(!out.contains("x-weft-overloaded"), "{out}");
-        let overflow = text(error(ProxyError::Overflow, Persistence::Close, false));
+        let overflow = text(error(
+            ProxyError::Overflow(crate::upstream::Breaker::Requests),
+            Persistence::Close,
+            false,
+        ));
         assert!(
             overflow.starts_with("HTTP/1.1 503 ")
                 && overflow.contains("x-weft-error: overflow\r\n")

@@ -99,6 +99,8 @@ mod tests {
             discovery: None,
             discovered_loopback: false,
             breakers: weft_mesh::snapshot::BreakerLimits {
+                max_connections: 1024,
+                max_pending_requests: 1024,
                 max_requests: 1024,
                 max_retries: 3,
             },

@@ -9,14 +9,18 @@ mod endpoints;
 mod multiplex;
 mod pool;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use monoio::net::TcpStream;
 use weft_mesh::snapshot::tls::ClusterTls;
-use weft_mesh::snapshot::{Cluster, ClusterId, Snapshot};
+use weft_mesh::snapshot::{Cluster, ClusterId, ClusterShared, Snapshot};
+
+use crate::keyhash::BuildKeyHasher;
 
 pub use balancer::Balancer;
 pub use multiplex::{GoAwayWatch, H2Stream, Multiplexed, REFUSED_RETRIES};
@@ -35,6 +39,36 @@ pub enum ConnectError {
     Handshake(String),
     /// The TLS handshake failed (untrusted or wrong-name certificate, ...).
     Tls(String),
+    /// A circuit breaker of the cluster is full: no connection was tried.
+    Overflow(Breaker),
+}
+
+/// Which of a cluster's circuit breakers was full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Breaker {
+    /// `max_requests`: requests in flight.
+    Requests,
+    /// `max_pending_requests`: requests waiting for a new connection.
+    Pending,
+    /// `max_connections`: connections open.
+    Connections,
+}
+
+/// An upstream connection's place in its cluster's `max_connections`, for as long as
+/// the connection is open: in use, pooled idle, or carrying HTTP/2 streams. Dropped
+/// with the connection. It also counts the connection for this worker and endpoint:
+/// a worker with none there may open one past the limit (Envoy's allowance), so a
+/// worker is never starved by idle connections the other workers hold.
+pub struct ConnectionPermit {
+    shared: Arc<ClusterShared>,
+    here: Rc<Cell<usize>>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.shared.connections.sub();
+        self.here.set(self.here.get() - 1);
+    }
 }
 
 impl Clone for ConnectError {
@@ -49,6 +83,7 @@ impl Clone for ConnectError {
             ConnectError::TimedOut => ConnectError::TimedOut,
             ConnectError::Handshake(why) => ConnectError::Handshake(why.clone()),
             ConnectError::Tls(why) => ConnectError::Tls(why.clone()),
+            ConnectError::Overflow(b) => ConnectError::Overflow(*b),
         }
     }
 }
@@ -122,6 +157,8 @@ pub struct Upstream {
     pub conn: Conn<UpstreamStream>,
     pub endpoint: SocketAddr,
     pub reused: bool,
+    /// Its place in the cluster's `max_connections`, parked with it in the pool.
+    pub permit: ConnectionPermit,
 }
 
 pub struct Upstreams {
@@ -130,6 +167,8 @@ pub struct Upstreams {
     balancers: RefCell<(u64, Vec<Option<Rc<Balancer>>>)>,
     /// Endpoint state the balancers of every snapshot share.
     endpoints: endpoints::EndpointTable,
+    /// Connections this worker has open, by endpoint (`ConnectionPermit`).
+    open: RefCell<HashMap<PoolKey, Rc<Cell<usize>>, BuildKeyHasher>>,
 }
 
 impl Upstreams {
@@ -139,7 +178,28 @@ impl Upstreams {
             h2: Multiplexed::default(),
             balancers: RefCell::new((0, Vec::new())),
             endpoints: endpoints::EndpointTable::default(),
+            open: RefCell::default(),
         }
+    }
+
+    /// A place for one more connection to `key` in `cluster`'s `max_connections`.
+    fn admit_connection(
+        &self,
+        cluster: &Cluster,
+        key: PoolKey,
+    ) -> Result<ConnectionPermit, ConnectError> {
+        let here = self.open.borrow_mut().entry(key).or_default().clone();
+        let counter = &cluster.shared.connections;
+        if here.get() == 0 {
+            counter.add();
+        } else if !counter.try_add(cluster.breakers.max_connections) {
+            return Err(ConnectError::Overflow(Breaker::Connections));
+        }
+        here.set(here.get() + 1);
+        Ok(ConnectionPermit {
+            shared: cluster.shared.clone(),
+            here,
+        })
     }
 
     /// The cluster's balancer for this snapshot, built when first used: a snapshot with
@@ -174,19 +234,15 @@ impl Upstreams {
     ) -> Result<Upstream, ConnectError> {
         let cluster = &snapshot.clusters[id];
         let endpoint = self.pick(snapshot, id)?;
-        if let Some(conn) = self.pool.checkout(pool_key(cluster, endpoint)) {
+        if let Some((conn, permit)) = self.pool.checkout(pool_key(cluster, endpoint)) {
             return Ok(Upstream {
                 conn,
                 endpoint,
                 reused: true,
+                permit,
             });
         }
-        let conn = self.fresh(cluster, endpoint).await?;
-        Ok(Upstream {
-            conn,
-            endpoint,
-            reused: false,
-        })
+        self.fresh(cluster, endpoint).await
     }
 
     /// Picks an endpoint of an HTTP/2 cluster and a stream slot on a connection to it.
@@ -197,14 +253,11 @@ impl Upstreams {
     ) -> Result<H2Stream, ConnectError> {
         let cluster = &snapshot.clusters[id];
         let endpoint = self.pick(snapshot, id)?;
+        let key = pool_key(cluster, endpoint);
         self.h2
-            .open(
-                pool_key(cluster, endpoint),
-                cluster.connect_timeout,
-                cluster.pool_idle_timeout,
-                &snapshot.http2,
-                cluster.tls.as_ref(),
-            )
+            .open(key, cluster, &snapshot.http2, || {
+                self.admit_connection(cluster, key)
+            })
             .await
     }
 
@@ -213,6 +266,10 @@ impl Upstreams {
         self.pool.sweep();
         self.h2.sweep();
         self.endpoints.sweep();
+        // Endpoints with no connection left, and no permit that could still count one.
+        self.open
+            .borrow_mut()
+            .retain(|_, n| n.get() > 0 || Rc::strong_count(n) > 1);
     }
 
     /// Stops reusing connections to endpoints `keep` rejects (endpoints a reload removed).
@@ -221,12 +278,19 @@ impl Upstreams {
         self.h2.retain_endpoints(keep);
     }
 
-    /// A new connection to `endpoint`, bypassing the pool.
+    /// A new connection to `endpoint`, bypassing the pool. The request waits for it
+    /// holding one of the cluster's `max_pending_requests`, and the connection takes a
+    /// place in its `max_connections`.
     async fn fresh(
         &self,
         cluster: &Cluster,
         endpoint: SocketAddr,
-    ) -> Result<Conn<UpstreamStream>, ConnectError> {
+    ) -> Result<Upstream, ConnectError> {
+        let limits = &cluster.breakers;
+        let Some(_pending) = cluster.shared.pending.admit(limits.max_pending_requests) else {
+            return Err(ConnectError::Overflow(Breaker::Pending));
+        };
+        let permit = self.admit_connection(cluster, pool_key(cluster, endpoint))?;
         let connect = async {
             let stream = TcpStream::connect_addr(endpoint)
                 .await
@@ -240,7 +304,12 @@ impl Upstreams {
             }
         };
         match monoio::time::timeout(cluster.connect_timeout, connect).await {
-            Ok(Ok(stream)) => Ok(Conn::new(stream)),
+            Ok(Ok(stream)) => Ok(Upstream {
+                conn: Conn::new(stream),
+                endpoint,
+                reused: false,
+                permit,
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ConnectError::TimedOut),
         }
@@ -253,17 +322,13 @@ impl Upstreams {
         cluster: &Cluster,
         endpoint: SocketAddr,
     ) -> Result<Upstream, ConnectError> {
-        Ok(Upstream {
-            conn: self.fresh(cluster, endpoint).await?,
-            endpoint,
-            reused: false,
-        })
+        self.fresh(cluster, endpoint).await
     }
 
     pub fn release(&self, cluster: &Cluster, up: Upstream) {
         self.pool.checkin(
             pool_key(cluster, up.endpoint),
-            up.conn,
+            (up.conn, up.permit),
             cluster.pool_max_idle,
             cluster.pool_idle_timeout,
         );

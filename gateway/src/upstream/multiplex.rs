@@ -29,9 +29,9 @@ use h2::client::SendRequest;
 use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use weft_mesh::config::Http2Config;
-use weft_mesh::snapshot::tls::ClusterTls;
+use weft_mesh::snapshot::Cluster;
 
-use super::{ConnectError, PoolKey};
+use super::{Breaker, ConnectError, ConnectionPermit, PoolKey};
 use crate::keyhash::BuildKeyHasher;
 use crate::runtime::wakers::LocalEvent;
 use crate::transport::ReadTap;
@@ -66,6 +66,8 @@ impl GoAwayWatch {
 struct H2Conn {
     send: SendRequest<Bytes>,
     goaway: GoAwayWatch,
+    /// Its place in the cluster's `max_connections`, until the last stream lets go.
+    _permit: ConnectionPermit,
     /// Streams this worker has open on the connection.
     active: Cell<usize>,
     dead: Rc<Cell<bool>>,
@@ -147,19 +149,24 @@ pub struct Multiplexed {
 }
 
 impl Multiplexed {
-    /// A stream slot to `endpoint`, on a shared connection or a new one.
+    /// A stream slot to `key`'s endpoint of `cluster`, on a shared connection or a new
+    /// one (whose place in `max_connections` `admit` gives). A request that has to
+    /// wait for a connection holds one of the cluster's `max_pending_requests`.
     pub async fn open(
         &self,
         key: PoolKey,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
+        cluster: &Cluster,
         settings: &Http2Config,
-        tls: Option<&ClusterTls>,
+        admit: impl FnOnce() -> Result<ConnectionPermit, ConnectError>,
     ) -> Result<H2Stream, ConnectError> {
         let endpoint = key.0;
         if let Some(conn) = self.with_room(key) {
             return Ok(Self::slot(conn, endpoint));
         }
+        let limit = cluster.breakers.max_pending_requests;
+        let Some(_pending) = cluster.shared.pending.admit(limit) else {
+            return Err(ConnectError::Overflow(Breaker::Pending));
+        };
         let pending = self.opening.borrow().get(&key).cloned();
         if let Some(opening) = pending {
             opening.done.wait().await;
@@ -171,10 +178,11 @@ impl Multiplexed {
             }
             // Full already: open another below.
         }
+        let permit = admit()?;
         let opening = OpeningGuard::start(self, key);
         let outcome = monoio::time::timeout(
-            connect_timeout,
-            Self::handshake(endpoint, idle_timeout, settings, tls),
+            cluster.connect_timeout,
+            Self::handshake(endpoint, cluster, settings, permit),
         )
         .await
         .unwrap_or(Err(ConnectError::TimedOut));
@@ -213,22 +221,23 @@ impl Multiplexed {
 
     async fn handshake(
         endpoint: SocketAddr,
-        idle_timeout: Duration,
+        cluster: &Cluster,
         settings: &Http2Config,
-        tls: Option<&ClusterTls>,
+        permit: ConnectionPermit,
     ) -> Result<Rc<H2Conn>, ConnectError> {
         let stream = TcpStream::connect_addr(endpoint)
             .await
             .map_err(ConnectError::Io)?;
         let _ = stream.set_nodelay(true);
-        match tls {
+        let idle_timeout = cluster.pool_idle_timeout;
+        match &cluster.tls {
             Some(tls) => {
                 let io = super::tls_connect(tls, stream).await?;
-                Self::start(io, endpoint, idle_timeout, settings).await
+                Self::start(io, endpoint, idle_timeout, settings, permit).await
             }
             None => {
                 let io = stream.into_poll_io().map_err(ConnectError::Io)?;
-                Self::start(io, endpoint, idle_timeout, settings).await
+                Self::start(io, endpoint, idle_timeout, settings, permit).await
             }
         }
     }
@@ -239,6 +248,7 @@ impl Multiplexed {
         endpoint: SocketAddr,
         idle_timeout: Duration,
         settings: &Http2Config,
+        permit: ConnectionPermit,
     ) -> Result<Rc<H2Conn>, ConnectError>
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
@@ -287,6 +297,7 @@ impl Multiplexed {
         Ok(Rc::new(H2Conn {
             send,
             goaway,
+            _permit: permit,
             active: Cell::new(0),
             dead,
             idle_since: Cell::new(Instant::now()),

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use super::PoolKey;
+use super::{ConnectionPermit, PoolKey};
 use crate::keyhash::BuildKeyHasher;
 use crate::transport::{Conn, UpstreamStream};
 
@@ -24,6 +24,8 @@ const PEEK_AFTER: Duration = Duration::from_millis(200);
 
 struct IdleConn {
     conn: Conn<UpstreamStream>,
+    /// Its place in the cluster's `max_connections`, given back when it is closed.
+    permit: ConnectionPermit,
     since: Instant,
     /// The cluster's idle timeout when the connection was parked.
     idle_timeout: Duration,
@@ -36,14 +38,14 @@ pub struct Pool {
 
 impl Pool {
     /// Most recently used live connection to `endpoint`, if any.
-    pub fn checkout(&self, key: PoolKey) -> Option<Conn<UpstreamStream>> {
+    pub fn checkout(&self, key: PoolKey) -> Option<(Conn<UpstreamStream>, ConnectionPermit)> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&key)?;
         let now = Instant::now();
         while let Some(c) = list.pop() {
             let idle = now.duration_since(c.since);
             if idle < c.idle_timeout && (idle < PEEK_AFTER || is_open(&c.conn)) {
-                return Some(c.conn);
+                return Some((c.conn, c.permit));
             }
         }
         None
@@ -53,7 +55,7 @@ impl Pool {
     pub fn checkin(
         &self,
         key: PoolKey,
-        mut conn: Conn<UpstreamStream>,
+        (mut conn, permit): (Conn<UpstreamStream>, ConnectionPermit),
         max_idle: usize,
         idle_timeout: Duration,
     ) {
@@ -68,6 +70,7 @@ impl Pool {
         }
         list.push(IdleConn {
             conn,
+            permit,
             since: Instant::now(),
             idle_timeout,
         });

@@ -523,6 +523,11 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CircuitBreakersConfig {
+    /// Upstream connections open to the cluster (in use, pooled or carrying HTTP/2
+    /// streams), all workers together.
+    pub max_connections: u32,
+    /// Requests waiting for a new upstream connection to be made.
+    pub max_pending_requests: u32,
     /// Requests in flight to the cluster; one more is answered 503 (overflow).
     pub max_requests: u32,
     /// Attempts made again (a retry) in flight at once; past it the failed attempt's
@@ -533,6 +538,8 @@ pub struct CircuitBreakersConfig {
 impl Default for CircuitBreakersConfig {
     fn default() -> Self {
         CircuitBreakersConfig {
+            max_connections: 1024,
+            max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
         }

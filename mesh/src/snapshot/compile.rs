@@ -370,13 +370,21 @@ fn compile_breakers(
     path: &str,
     d: &mut Diagnostics,
 ) -> BreakerLimits {
-    if b.max_requests == 0 {
-        d.error(
-            format!("{path}.circuit_breakers.max_requests"),
-            "must be at least 1 (0 would refuse every request)",
-        );
+    for (key, value) in [
+        ("max_connections", b.max_connections),
+        ("max_pending_requests", b.max_pending_requests),
+        ("max_requests", b.max_requests),
+    ] {
+        if value == 0 {
+            d.error(
+                format!("{path}.circuit_breakers.{key}"),
+                "must be at least 1 (0 would refuse every request)",
+            );
+        }
     }
     BreakerLimits {
+        max_connections: u64::from(b.max_connections),
+        max_pending_requests: u64::from(b.max_pending_requests),
         max_requests: u64::from(b.max_requests),
         max_retries: u64::from(b.max_retries),
     }

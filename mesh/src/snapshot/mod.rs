@@ -72,6 +72,8 @@ pub struct Snapshot {
 /// A cluster's circuit-breaker limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerLimits {
+    pub max_connections: u64,
+    pub max_pending_requests: u64,
     pub max_requests: u64,
     pub max_retries: u64,
 }
@@ -88,6 +90,10 @@ pub struct PaddedCounter(pub AtomicU64);
 /// nor double-counts, because the counters themselves outlive it.
 #[derive(Debug, Default)]
 pub struct ClusterShared {
+    /// Upstream connections open.
+    pub connections: PaddedCounter,
+    /// Requests waiting for a new upstream connection.
+    pub pending: PaddedCounter,
     /// Requests in flight.
     pub requests: PaddedCounter,
     /// Retries in flight.
@@ -97,12 +103,31 @@ pub struct ClusterShared {
 impl PaddedCounter {
     /// One more, if that stays within `limit`: the permit gives it back when dropped.
     pub fn admit(&self, limit: u64) -> Option<Permit<'_>> {
+        // Not `then_some`: it would build (and so drop, giving back) a permit that was
+        // never taken.
+        if self.try_add(limit) {
+            Some(Permit(&self.0))
+        } else {
+            None
+        }
+    }
+
+    /// One more if that stays within `limit`; the caller owes a `sub`.
+    pub fn try_add(&self, limit: u64) -> bool {
         self.0
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < limit).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Permit(&self.0))
+            .is_ok()
+    }
+
+    /// One more whatever the limit; the caller owes a `sub`.
+    pub fn add(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn sub(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub fn get(&self) -> u64 {
@@ -110,7 +135,7 @@ impl PaddedCounter {
     }
 }
 
-/// One unit of a breaker's capacity, given back when dropped.
+/// One unit of a breaker's capacity, given back when dropped (made only by `admit`).
 #[derive(Debug)]
 pub struct Permit<'a>(&'a AtomicU64);
 
@@ -560,4 +585,22 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x100000001b3);
     }
     h
+}
+
+#[cfg(test)]
+mod breaker_tests {
+    use super::PaddedCounter;
+
+    #[test]
+    fn admission_is_exact_and_a_refusal_gives_nothing_back() {
+        let c = PaddedCounter::default();
+        let held: Vec<_> = (0..3)
+            .map(|_| c.admit(3).expect("within the limit"))
+            .collect();
+        assert!(c.admit(3).is_none());
+        assert!(c.admit(3).is_none());
+        assert_eq!(c.get(), 3, "a refusal must not lower the count");
+        drop(held);
+        assert_eq!(c.get(), 0);
+    }
 }
