@@ -160,6 +160,24 @@ fn summary(s: &Snapshot) -> String {
             .map(|e| format!("{} (weight {})", e.address, e.weight))
             .collect();
         out += &format!("  cluster {}: {:?}, {}\n", c.name, c.lb, eps.join(", "));
+        if let Some(h) = &c.health_check {
+            let probe = match &h.probe {
+                weft_mesh::snapshot::HealthProbe::Http { path, host, .. } => {
+                    format!("http GET {path} (Host: {host})")
+                }
+                weft_mesh::snapshot::HealthProbe::Tcp { send, .. } if send.is_empty() => {
+                    "tcp connect".to_owned()
+                }
+                weft_mesh::snapshot::HealthProbe::Tcp { .. } => "tcp send/receive".to_owned(),
+                weft_mesh::snapshot::HealthProbe::Grpc { service, .. } => {
+                    format!("grpc Health/Check {service:?}")
+                }
+            };
+            out += &format!(
+                "    health check: {probe} every {:?} (unhealthy: {:?}), timeout {:?}, healthy after {}, unhealthy after {}; panic below {}%\n",
+                h.interval, h.unhealthy_interval, h.timeout, h.healthy_threshold, h.unhealthy_threshold, c.panic_threshold
+            );
+        }
         let b = &c.breakers;
         out += &format!(
             "    circuit breakers: max_connections {}, max_pending_requests {}, max_requests {}, max_retries {}\n",

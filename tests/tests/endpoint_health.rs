@@ -322,3 +322,264 @@ fn max_pending_requests_bounds_requests_waiting_for_a_connection() {
         2.0
     );
 }
+
+/// An HTTP/1.1 upstream whose `/healthz` answers `health` (a status) and whose other
+/// paths answer 200 with its `name`; it counts the checks it gets.
+struct CheckedUpstream {
+    addr: SocketAddr,
+    health: Arc<std::sync::atomic::AtomicU16>,
+    checks: Arc<AtomicUsize>,
+}
+
+impl CheckedUpstream {
+    fn start(name: &'static str) -> CheckedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let checks = Arc::new(AtomicUsize::new(0));
+        let (h, c) = (health.clone(), checks.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (h, c) = (h.clone(), c.clone());
+                std::thread::spawn(move || answer_checks(conn, name, &h, &c));
+            }
+        });
+        CheckedUpstream {
+            addr,
+            health,
+            checks,
+        }
+    }
+}
+
+fn answer_checks(
+    mut conn: TcpStream,
+    name: &str,
+    health: &std::sync::atomic::AtomicU16,
+    checks: &AtomicUsize,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let answer = if head.starts_with("GET /healthz ") {
+            checks.fetch_add(1, Ordering::SeqCst);
+            let status = health.load(Ordering::SeqCst);
+            format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n")
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{name}",
+                name.len()
+            )
+        };
+        if conn.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn checked_config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    endpoints: &[SocketAddr],
+    check: &str,
+) -> String {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "[admin]\naddress = \"{admin}\"\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+         routes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"api\" }} ]\n\
+         [clusters.api]\nendpoints = [{}]\n\
+         [clusters.api.health_check]\n{check}\n",
+        list.join(", ")
+    )
+}
+
+fn host_healthy(weft: &Weft, host: SocketAddr) -> f64 {
+    weft.metric(&[
+        "weft_host_healthy",
+        "cluster=\"api\"",
+        &format!("host=\"{host}\""),
+    ])
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+/// Who answered `n` requests, one connection each.
+fn answered_by(listen: SocketAddr, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let mut c = weft_tests::raw::RawClient::new(listen);
+            c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+            let (status, _, body) = c.read_response();
+            format!("{status} {}", String::from_utf8_lossy(&body))
+        })
+        .collect()
+}
+
+/// HTTP checks: an endpoint whose `/healthz` turns 503 is out after one check (an
+/// unwell answer fails at once), and back after `healthy_threshold` passes; with two
+/// workers each endpoint still gets one check per interval.
+#[test]
+fn http_checks_take_an_endpoint_out_and_back() {
+    let (a, b) = (CheckedUpstream::start("a"), CheckedUpstream::start("b"));
+    let (admin, listen) = (free_addr(), free_addr());
+    let check = "kind = \"http\"\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\n\
+                 healthy_threshold = 2\nunhealthy_threshold = 3";
+    let weft = Weft::start(
+        "ingress",
+        &checked_config(admin, listen, &[a.addr, b.addr], check),
+        admin,
+    );
+    wait_for("both healthy", Duration::from_secs(3), || {
+        host_healthy(&weft, a.addr) == 1.0 && host_healthy(&weft, b.addr) == 1.0
+    });
+    let served = answered_by(listen, 10);
+    assert!(
+        served.iter().any(|s| s == "200 a") && served.iter().any(|s| s == "200 b"),
+        "{served:?}"
+    );
+
+    a.health.store(503, Ordering::SeqCst);
+    let out = wait_for("a out", Duration::from_secs(2), || {
+        host_healthy(&weft, a.addr) == 0.0
+    });
+    assert!(
+        out < Duration::from_millis(700),
+        "out after {out:?}: more than one check"
+    );
+    let served = answered_by(listen, 10);
+    assert!(served.iter().all(|s| s == "200 b"), "{served:?}");
+
+    let checks_before = a.checks.load(Ordering::SeqCst);
+    a.health.store(200, Ordering::SeqCst);
+    wait_for("a back", Duration::from_secs(3), || {
+        host_healthy(&weft, a.addr) == 1.0
+    });
+    assert!(
+        a.checks.load(Ordering::SeqCst) - checks_before >= 2,
+        "back before healthy_threshold passes"
+    );
+    let served = answered_by(listen, 10);
+    assert!(served.iter().any(|s| s == "200 a"), "{served:?}");
+
+    // One checker for the process: about 10 checks in 2 s at 200 ms, not 20.
+    let before = b.checks.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(2));
+    let made = b.checks.load(Ordering::SeqCst) - before;
+    assert!(
+        (8..=12).contains(&made),
+        "{made} checks in 2 s at a 200 ms interval"
+    );
+    assert!(weft.metric(&["weft_cluster_health_check_failure_total", "cluster=\"api\""]) >= 1.0);
+}
+
+/// TCP connect checks: a closed port is out after `unhealthy_threshold` failures and
+/// back after `healthy_threshold` passes once it listens again; with every endpoint
+/// out and `healthy_panic_threshold = 0`, requests get 503 `no healthy upstream`.
+#[test]
+fn tcp_checks_follow_a_port_closing_and_reopening() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let serving = std::thread::spawn(move || {
+        // Answer the data requests of this test while it listens.
+        for conn in listener.incoming().take(1).flatten() {
+            let _ = conn;
+        }
+    });
+    let (admin, listen) = (free_addr(), free_addr());
+    let check = "kind = \"tcp\"\ninterval = \"150ms\"\ntimeout = \"300ms\"\n\
+                 healthy_threshold = 2\nunhealthy_threshold = 3";
+    let config = checked_config(admin, listen, &[addr], check).replace(
+        "[clusters.api.health_check]",
+        "healthy_panic_threshold = 0\n[clusters.api.health_check]",
+    );
+    let weft = Weft::start("ingress", &config, admin);
+    wait_for("healthy", Duration::from_secs(3), || {
+        host_healthy(&weft, addr) == 1.0
+    });
+    // Stop listening: the accept loop ends after one connection, dropping the socket.
+    let _ = TcpStream::connect(addr);
+    serving.join().unwrap();
+    let out = wait_for("out", Duration::from_secs(3), || {
+        host_healthy(&weft, addr) == 0.0
+    });
+    assert!(
+        out >= Duration::from_millis(250),
+        "out after {out:?}: before 3 failures"
+    );
+    let mut c = weft_tests::raw::RawClient::new(listen);
+    c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    let (status, head, _) = c.read_response();
+    assert_eq!(status, 503);
+    assert!(head.contains("no healthy upstream"), "{head}");
+
+    let again = TcpListener::bind(addr).expect("the same port again");
+    wait_for("back", Duration::from_secs(3), || {
+        host_healthy(&weft, addr) == 1.0
+    });
+    drop(again);
+}
+
+/// gRPC checks against tonic-health: NOT_SERVING takes the endpoint out, SERVING
+/// brings it back; a service the server does not know counts as unhealthy.
+#[test]
+fn grpc_checks_follow_the_stock_health_service() {
+    let app = weft_tests::grpc::GrpcUpstream::start();
+    let (admin, listen) = (free_addr(), free_addr());
+    let check = "kind = \"grpc\"\ngrpc_service = \"test.Echo\"\ninterval = \"200ms\"\n\
+                 timeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1";
+    let config = checked_config(admin, listen, &[app.addr], check)
+        .replace("endpoints = [", "protocol = \"http2\"\nendpoints = [");
+    let weft = Weft::start("ingress", &config, admin);
+    wait_for("serving", Duration::from_secs(3), || {
+        host_healthy(&weft, app.addr) == 1.0
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let health = app.health.clone();
+    rt.block_on(
+        health
+            .clone()
+            .set_service_status("test.Echo", tonic_health::ServingStatus::NotServing),
+    );
+    wait_for("not serving", Duration::from_secs(3), || {
+        host_healthy(&weft, app.addr) == 0.0
+    });
+    rt.block_on(health.set_service_status("test.Echo", tonic_health::ServingStatus::Serving));
+    wait_for("serving again", Duration::from_secs(3), || {
+        host_healthy(&weft, app.addr) == 1.0
+    });
+
+    let (admin, listen) = (free_addr(), free_addr());
+    let unknown = checked_config(
+        admin,
+        listen,
+        &[app.addr],
+        &check.replace("test.Echo", "no.Such"),
+    )
+    .replace("endpoints = [", "protocol = \"http2\"\nendpoints = [");
+    let weft = Weft::start("ingress", &unknown, admin);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        host_healthy(&weft, app.addr),
+        0.0,
+        "an unknown service passed"
+    );
+}

@@ -490,7 +490,56 @@ fn breaker_metrics(snapshot: &weft_mesh::snapshot::Snapshot) -> String {
             ));
         }
     }
-    open + &remaining
+    open + &remaining + &health_metrics(snapshot)
+}
+
+/// Active health checks by cluster (attempts, successes, failures) and each checked
+/// endpoint's state: `weft_host_healthy` is 1 while it may be sent traffic.
+fn health_metrics(snapshot: &weft_mesh::snapshot::Snapshot) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let checked: Vec<_> = snapshot
+        .clusters
+        .iter()
+        .filter(|c| c.health_check.is_some())
+        .collect();
+    if checked.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    for (name, help, read) in [
+        (
+            "weft_cluster_health_check_attempt_total",
+            "Active health checks made, by cluster.",
+            (|c: &weft_mesh::snapshot::Cluster| c.shared.checks.attempts.load(Relaxed))
+                as fn(&weft_mesh::snapshot::Cluster) -> u64,
+        ),
+        (
+            "weft_cluster_health_check_success_total",
+            "Active health checks passed, by cluster.",
+            |c| c.shared.checks.successes.load(Relaxed),
+        ),
+        (
+            "weft_cluster_health_check_failure_total",
+            "Active health checks failed (unwell answer, no answer or timeout), by cluster.",
+            |c| c.shared.checks.failures.load(Relaxed),
+        ),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for c in &checked {
+            out.push_str(&format!("{name}{{cluster=\"{}\"}} {}\n", c.name, read(c)));
+        }
+    }
+    out.push_str("# HELP weft_host_healthy 1 while an endpoint passes its cluster's health checks (0 while failed or not yet checked), by cluster and host.\n# TYPE weft_host_healthy gauge\n");
+    for c in &checked {
+        for (address, flags) in c.shared.hosts() {
+            out.push_str(&format!(
+                "weft_host_healthy{{cluster=\"{}\",host=\"{address}\"}} {}\n",
+                c.name,
+                u8::from(flags == 0)
+            ));
+        }
+    }
+    out
 }
 
 /// `weft_admin_refused_total{reason}`.

@@ -5,6 +5,7 @@
 //! - `discovery`, `consul`: endpoint sources (watched files, Consul health queries)
 //!   and the registration of a sidecar's service;
 //! - `admin`: the admin listener (/ready /live /config /metrics);
+//! - `health`: the active health checks, one checker for the process;
 //! - here: `Control`, the state the control plane publishes and workers read (the
 //!   snapshot publisher, readiness, reload and discovery status, the mailboxes that
 //!   tell workers to listen or stop), and the thread priorities of control work.
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod consul;
 pub mod discovery;
+pub mod health;
 pub mod reload;
 
 use std::io;

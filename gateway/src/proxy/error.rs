@@ -75,6 +75,8 @@ pub enum ProxyError {
     /// The client closed its connection or reset its stream.
     ClientGone,
     NoEndpoints,
+    /// Every endpoint failed its health checks, and the panic threshold is 0.
+    NoHealthyUpstream,
     /// The connect failed on the endpoint's side (refused, unreachable, reset).
     ConnectFailed(ConnectFailure),
     /// No socket could be made here (out of descriptors or local ports).
@@ -139,9 +141,8 @@ impl ProxyError {
             LoopDetected => 508,
             // Nobody reads it; what access logs show for a cancelled request (nginx 499).
             ClientGone => 499,
-            NoEndpoints | LocalShortage(_) | RefusedStream | StreamNotProcessed | Overflow(_) => {
-                503
-            }
+            NoEndpoints | NoHealthyUpstream | LocalShortage(_) | RefusedStream
+            | StreamNotProcessed | Overflow(_) => 503,
             ConnectTimeout | UpstreamNotReading | ResponseTimeout | GrpcDeadline
             | ResponseBodyStalled => 504,
             ConnectFailed(_)
@@ -196,6 +197,7 @@ impl ProxyError {
             ClientStalled => "request body not received in time",
             ClientGone => "client went away",
             NoEndpoints => "no healthy endpoints",
+            NoHealthyUpstream => "no healthy upstream",
             ConnectFailed(_) => "upstream connection failed",
             LocalShortage(_) => "no local descriptor or port left to connect upstream",
             ConnectTimeout => "upstream connect timeout",
@@ -269,6 +271,7 @@ impl ProxyError {
             ClientStalled => "client_stalled",
             ClientGone => "client_gone",
             NoEndpoints => "no_endpoints",
+            NoHealthyUpstream => "no_healthy_upstream",
             ConnectFailed(f) | LocalShortage(f) => f.label(),
             ConnectTimeout => "timeout",
             UpstreamTls => "tls",
@@ -373,6 +376,7 @@ impl From<&ConnectError> for ProxyError {
     fn from(e: &ConnectError) -> ProxyError {
         match e {
             ConnectError::NoEndpoints => ProxyError::NoEndpoints,
+            ConnectError::NoHealthy => ProxyError::NoHealthyUpstream,
             ConnectError::Io(err) => {
                 let failure = ConnectFailure::of(err);
                 if failure.is_local() {

@@ -10,9 +10,10 @@
 //! endpoints alone continues the rotation where it was.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use weft_mesh::config::LbPolicy;
-use weft_mesh::snapshot::Cluster;
+use weft_mesh::snapshot::{Cluster, HostHealth};
 
 use super::endpoints::{EndpointState, EndpointTable};
 
@@ -20,10 +21,24 @@ pub struct Balancer {
     policy: LbPolicy,
     /// One per endpoint of the cluster, in its order.
     states: Vec<Rc<EndpointState>>,
+    /// Each endpoint's health, shared with the health checker; empty when the cluster
+    /// is not checked (and picking costs nothing more).
+    health: Vec<Arc<HostHealth>>,
+    panic_threshold: u8,
+}
+
+/// Why no endpoint was picked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoPick {
+    /// The cluster has none.
+    NoEndpoints,
+    /// None is eligible, and the panic threshold is 0.
+    NoHealthy,
 }
 
 impl Balancer {
     pub fn new(cluster: &Cluster, table: &EndpointTable) -> Balancer {
+        let checked = cluster.health_check.is_some();
         Balancer {
             policy: cluster.lb,
             states: cluster
@@ -31,24 +46,74 @@ impl Balancer {
                 .iter()
                 .map(|e| table.state(&cluster.name, e.address))
                 .collect(),
+            health: if checked {
+                cluster
+                    .endpoints
+                    .iter()
+                    .map(|e| cluster.shared.host(e.address, true))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            panic_threshold: cluster.panic_threshold,
         }
     }
 
-    /// Index into `cluster.endpoints`, or `None` for a cluster with no endpoints.
-    pub fn pick(&self, cluster: &Cluster) -> Option<usize> {
+    /// Index into `cluster.endpoints` of an eligible endpoint (healthy, not pending).
+    /// With fewer eligible than `healthy_panic_threshold` percent, or all still
+    /// pending their first check, every endpoint is (Envoy's panic mode); a threshold
+    /// of 0 never panics and picks nothing when none is eligible.
+    pub fn pick(&self, cluster: &Cluster) -> Result<usize, NoPick> {
+        if cluster.endpoints.is_empty() {
+            return Err(NoPick::NoEndpoints);
+        }
+        if self.health.len() != cluster.endpoints.len() {
+            return self
+                .pick_where(cluster, |_| true)
+                .ok_or(NoPick::NoEndpoints);
+        }
+        let eligible = self.health.iter().filter(|h| h.eligible()).count();
+        let all = self.health.len();
+        if eligible == all {
+            return self
+                .pick_where(cluster, |_| true)
+                .ok_or(NoPick::NoEndpoints);
+        }
+        let all_pending = self
+            .health
+            .iter()
+            .all(|h| h.flags() & HostHealth::PENDING != 0);
+        let panic = all_pending
+            || (self.panic_threshold > 0
+                && eligible * 100 < all * usize::from(self.panic_threshold));
+        if panic {
+            return self
+                .pick_where(cluster, |_| true)
+                .ok_or(NoPick::NoEndpoints);
+        }
+        self.pick_where(cluster, |i| self.health[i].eligible())
+            .ok_or(NoPick::NoHealthy)
+    }
+
+    fn pick_where(&self, cluster: &Cluster, ok: impl Fn(usize) -> bool) -> Option<usize> {
         let eps = &cluster.endpoints;
         match eps.len() {
             0 => None,
-            1 => Some(0),
+            1 => ok(0).then_some(0),
             _ => match self.policy {
                 LbPolicy::Random => {
-                    let total: u64 = eps.iter().map(|e| e.weight as u64).sum();
-                    let mut roll = fastrand::u64(0..total.max(1));
-                    eps.iter().position(|e| {
-                        if roll < e.weight as u64 {
+                    let weight = |i: usize| if ok(i) { eps[i].weight as u64 } else { 0 };
+                    let total: u64 = (0..eps.len()).map(weight).sum();
+                    if total == 0 {
+                        return None;
+                    }
+                    let mut roll = fastrand::u64(0..total);
+                    (0..eps.len()).find(|&i| {
+                        let w = weight(i);
+                        if roll < w {
                             true
                         } else {
-                            roll -= e.weight as u64;
+                            roll -= w;
                             false
                         }
                     })
@@ -56,18 +121,22 @@ impl Balancer {
                 LbPolicy::RoundRobin => {
                     let cur = &self.states;
                     if cur.len() != eps.len() {
-                        return Some(0);
+                        return (0..eps.len()).find(|&i| ok(i));
                     }
                     let mut total = 0i64;
-                    let mut best = 0usize;
+                    let mut best: Option<usize> = None;
                     for (i, e) in eps.iter().enumerate() {
+                        if !ok(i) {
+                            continue;
+                        }
                         let c = &cur[i].wrr_current;
                         c.set(c.get() + e.weight as i64);
                         total += e.weight as i64;
-                        if c.get() > cur[best].wrr_current.get() {
-                            best = i;
+                        if best.is_none_or(|b| c.get() > cur[b].wrr_current.get()) {
+                            best = Some(i);
                         }
                     }
+                    let best = best?;
                     let c = &cur[best].wrr_current;
                     c.set(c.get() - total);
                     Some(best)
@@ -105,6 +174,8 @@ mod tests {
                 max_retries: 3,
             },
             shared: Default::default(),
+            health_check: None,
+            panic_threshold: 50,
             lb,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
@@ -140,7 +211,7 @@ mod tests {
     fn random_follows_weights() {
         let c = cluster(&[1, 9], LbPolicy::Random);
         let b = Balancer::new(&c, &EndpointTable::default());
-        let heavy = (0..10_000).filter(|_| b.pick(&c) == Some(1)).count();
+        let heavy = (0..10_000).filter(|_| b.pick(&c) == Ok(1)).count();
         assert!((8_500..9_500).contains(&heavy), "{heavy}");
     }
 }

@@ -31,6 +31,8 @@ use crate::transport::{Conn, PollStream, UpstreamStream};
 #[derive(Debug)]
 pub enum ConnectError {
     NoEndpoints,
+    /// No endpoint is healthy, and the cluster's panic threshold is 0.
+    NoHealthy,
     /// The connect failed: refused by the endpoint, or no socket could be made here
     /// (`ConnectFailure` tells which).
     Io(io::Error),
@@ -75,6 +77,7 @@ impl Clone for ConnectError {
     fn clone(&self) -> Self {
         match self {
             ConnectError::NoEndpoints => ConnectError::NoEndpoints,
+            ConnectError::NoHealthy => ConnectError::NoHealthy,
             // The OS error code survives the copy: it decides the failure's label.
             ConnectError::Io(e) => ConnectError::Io(match e.raw_os_error() {
                 Some(code) => io::Error::from_raw_os_error(code),
@@ -222,7 +225,10 @@ impl Upstreams {
         let idx = self
             .balancer(snapshot, id)
             .pick(cluster)
-            .ok_or(ConnectError::NoEndpoints)?;
+            .map_err(|e| match e {
+                balancer::NoPick::NoEndpoints => ConnectError::NoEndpoints,
+                balancer::NoPick::NoHealthy => ConnectError::NoHealthy,
+            })?;
         Ok(cluster.endpoints[idx].address)
     }
 

@@ -516,6 +516,70 @@ pub struct ClusterConfig {
     pub read_timeout: ConfigDuration,
     pub pool: PoolConfig,
     pub circuit_breakers: CircuitBreakersConfig,
+    /// Active health checks of every endpoint, from one checker for the process.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Below this percentage of eligible (healthy) endpoints, balance over all of them
+    /// (Envoy's panic threshold); 0 never does, and answers 503 when none is eligible.
+    pub healthy_panic_threshold: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    #[default]
+    Http,
+    Tcp,
+    Grpc,
+}
+
+/// `[clusters.NAME.health_check]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub kind: HealthCheckKind,
+    /// http: the path asked for (required).
+    pub path: Option<String>,
+    /// http: the Host sent (default: the cluster's name); grpc: the `:authority`.
+    pub host: Option<String>,
+    /// http: healthy statuses, as `[start, end)` ranges (default `[[200, 201]]`).
+    pub expected_statuses: Vec<[u16; 2]>,
+    /// grpc: the service name in the HealthCheckRequest (empty: the whole server).
+    pub grpc_service: String,
+    /// tcp: bytes to send after connecting (empty: connect only).
+    pub send: String,
+    /// tcp: bytes the answer must contain.
+    pub receive: String,
+    pub interval: ConfigDuration,
+    /// Between checks of an unhealthy endpoint (default: `interval`).
+    pub unhealthy_interval: Option<ConfigDuration>,
+    pub timeout: ConfigDuration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// The first check of an endpoint waits up to this long, at random.
+    pub initial_jitter: ConfigDuration,
+    /// Each wait is longer by up to this percentage of the interval, at random.
+    pub interval_jitter_percent: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: HealthCheckKind::Http,
+            path: None,
+            host: None,
+            expected_statuses: vec![[200, 201]],
+            grpc_service: String::new(),
+            send: String::new(),
+            receive: String::new(),
+            interval: ConfigDuration::from_secs(5),
+            unhealthy_interval: None,
+            timeout: ConfigDuration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            initial_jitter: ConfigDuration::from_secs(0),
+            interval_jitter_percent: 0,
+        }
+    }
 }
 
 /// Limits on what one cluster takes at once, for the whole process (Envoy's circuit
@@ -559,6 +623,8 @@ impl Default for ClusterConfig {
             read_timeout: ConfigDuration::from_secs(60),
             pool: PoolConfig::default(),
             circuit_breakers: CircuitBreakersConfig::default(),
+            health_check: None,
+            healthy_panic_threshold: 50,
         }
     }
 }

@@ -365,6 +365,98 @@ fn own_address(
     (reaches(admin.address) || private).then(|| "weft's admin listener".to_owned())
 }
 
+fn compile_health_check(
+    h: &crate::config::HealthCheckConfig,
+    cluster: &str,
+    path: &str,
+    d: &mut Diagnostics,
+) -> Option<HealthCheck> {
+    use crate::config::HealthCheckKind;
+    let key = |k: &str| format!("{path}.health_check.{k}");
+    for (k, v) in [("interval", h.interval), ("timeout", h.timeout)] {
+        if v.0.is_zero() {
+            d.error(key(k), "must be greater than 0");
+        }
+    }
+    if h.unhealthy_interval.is_some_and(|v| v.0.is_zero()) {
+        d.error(key("unhealthy_interval"), "must be greater than 0");
+    }
+    for (k, v) in [
+        ("healthy_threshold", h.healthy_threshold),
+        ("unhealthy_threshold", h.unhealthy_threshold),
+    ] {
+        if v == 0 {
+            d.error(key(k), "must be at least 1");
+        }
+    }
+    if h.interval_jitter_percent > 100 {
+        d.error(key("interval_jitter_percent"), "is a percentage: 0 to 100");
+    }
+    let host = h.host.clone().unwrap_or_else(|| cluster.to_owned());
+    let probe = match h.kind {
+        HealthCheckKind::Http => {
+            let Some(p) = &h.path else {
+                d.error(key("path"), "an http check needs a path, as \"/healthz\"");
+                return None;
+            };
+            check_path_literal(p, &key("path"), d);
+            if !is_valid_host(&host) {
+                d.error(key("host"), format!("`{host}` is not a host name"));
+            }
+            if h.expected_statuses.is_empty() {
+                d.error(
+                    key("expected_statuses"),
+                    "needs at least one [start, end) range",
+                );
+            }
+            for (i, [start, end]) in h.expected_statuses.iter().enumerate() {
+                if !(100..600).contains(start) || !(101..=600).contains(end) || start >= end {
+                    d.error(
+                        format!("{}[{i}]", key("expected_statuses")),
+                        "a range is [start, end) within [100, 600), start before end",
+                    );
+                }
+            }
+            HealthProbe::Http {
+                path: p.clone(),
+                host,
+                expected: h.expected_statuses.iter().map(|[a, b]| (*a, *b)).collect(),
+            }
+        }
+        HealthCheckKind::Tcp => HealthProbe::Tcp {
+            send: h.send.as_bytes().to_vec(),
+            receive: h.receive.as_bytes().to_vec(),
+        },
+        HealthCheckKind::Grpc => {
+            if !is_valid_host(&host) {
+                d.error(key("host"), format!("`{host}` is not a host name"));
+            }
+            HealthProbe::Grpc {
+                service: h.grpc_service.clone(),
+                authority: host,
+            }
+        }
+    };
+    Some(HealthCheck {
+        probe,
+        interval: h.interval.0,
+        unhealthy_interval: h.unhealthy_interval.unwrap_or(h.interval).0,
+        timeout: h.timeout.0,
+        healthy_threshold: h.healthy_threshold.max(1),
+        unhealthy_threshold: h.unhealthy_threshold.max(1),
+        initial_jitter: h.initial_jitter.0,
+        interval_jitter_percent: h.interval_jitter_percent.min(100),
+    })
+}
+
+/// A Host value a check may send: a reg-name or IP literal, with an optional port.
+fn is_valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~[]:".contains(&b))
+}
+
 fn compile_breakers(
     b: &crate::config::CircuitBreakersConfig,
     path: &str,
@@ -909,6 +1001,20 @@ fn compile_cluster(
         discovered_loopback: c.discovery.as_ref().is_some_and(|dc| dc.allow_loopback),
         breakers: compile_breakers(&c.circuit_breakers, path, d),
         shared: Arc::new(ClusterShared::default()),
+        health_check: c
+            .health_check
+            .as_ref()
+            .and_then(|h| compile_health_check(h, name, path, d))
+            .map(Arc::new),
+        panic_threshold: {
+            if c.healthy_panic_threshold > 100 {
+                d.error(
+                    format!("{path}.healthy_panic_threshold"),
+                    "is a percentage: 0 to 100",
+                );
+            }
+            c.healthy_panic_threshold.min(100)
+        },
         lb: if c.lb == LbPolicy::Random {
             LbPolicy::Random
         } else {

@@ -90,6 +90,10 @@ pub struct PaddedCounter(pub AtomicU64);
 /// nor double-counts, because the counters themselves outlive it.
 #[derive(Debug, Default)]
 pub struct ClusterShared {
+    /// Each endpoint's health, as the checker (and later outlier detection) found it.
+    hosts: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<HostHealth>>>,
+    /// What the active checks did.
+    pub checks: HealthCounters,
     /// Upstream connections open.
     pub connections: PaddedCounter,
     /// Requests waiting for a new upstream connection.
@@ -98,6 +102,128 @@ pub struct ClusterShared {
     pub requests: PaddedCounter,
     /// Retries in flight.
     pub retries: PaddedCounter,
+}
+
+/// An active health check, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub probe: HealthProbe,
+    pub interval: Duration,
+    pub unhealthy_interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub initial_jitter: Duration,
+    pub interval_jitter_percent: u32,
+}
+
+/// What a health check asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// `GET path` with `Host: host`; healthy on a status in one of `expected`
+    /// (`[start, end)`).
+    Http {
+        path: String,
+        host: String,
+        expected: Vec<(u16, u16)>,
+    },
+    /// Connect; with `send`, send it, and with `receive`, find it in the answer.
+    Tcp { send: Vec<u8>, receive: Vec<u8> },
+    /// `grpc.health.v1.Health/Check` for `service`.
+    Grpc { service: String, authority: String },
+}
+
+/// What the active health checks of a cluster did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HealthCounters {
+    pub attempts: AtomicU64,
+    pub successes: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// One endpoint's health flags, written by the checker and read by every worker's
+/// balancer (a relaxed load per pick: written rarely, never contended).
+#[derive(Debug, Default)]
+pub struct HostHealth {
+    flags: std::sync::atomic::AtomicU8,
+}
+
+impl HostHealth {
+    /// Checked, and no result yet.
+    pub const PENDING: u8 = 1;
+    /// The active health check says unhealthy.
+    pub const FAILED_ACTIVE: u8 = 2;
+
+    pub fn flags(&self) -> u8 {
+        self.flags.load(Ordering::Relaxed)
+    }
+
+    /// May be sent traffic (before the panic rule).
+    pub fn eligible(&self) -> bool {
+        self.flags() == 0
+    }
+
+    /// The active check's result: healthy clears `FAILED_ACTIVE` and `PENDING`;
+    /// unhealthy sets `FAILED_ACTIVE` and clears `PENDING`.
+    pub fn set_active(&self, healthy: bool) {
+        let flags = if healthy { 0 } else { Self::FAILED_ACTIVE };
+        let others = self.flags() & !(Self::PENDING | Self::FAILED_ACTIVE);
+        self.flags.store(others | flags, Ordering::Relaxed);
+    }
+}
+
+impl ClusterShared {
+    /// The health of `address`, made the first time it is asked for: pending (and
+    /// failed) until a first result when the cluster is `checked`, healthy otherwise.
+    pub fn host(&self, address: SocketAddr, checked: bool) -> Arc<HostHealth> {
+        let mut hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        hosts
+            .entry(address)
+            .or_insert_with(|| {
+                let h = HostHealth::default();
+                if checked {
+                    h.flags.store(
+                        HostHealth::PENDING | HostHealth::FAILED_ACTIVE,
+                        Ordering::Relaxed,
+                    );
+                }
+                Arc::new(h)
+            })
+            .clone()
+    }
+
+    /// Forgets endpoints `keep` rejects (they left the cluster).
+    pub fn retain_hosts(&self, keep: impl Fn(SocketAddr) -> bool) {
+        self.hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|a, _| keep(*a));
+    }
+
+    /// Every endpoint's active-check result is dropped (checks were turned off).
+    pub fn clear_active_results(&self) {
+        let hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for h in hosts.values() {
+            h.set_active(true);
+        }
+    }
+
+    /// Each endpoint's health, for `/metrics`.
+    pub fn hosts(&self) -> Vec<(SocketAddr, u8)> {
+        let hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all: Vec<_> = hosts.iter().map(|(a, h)| (*a, h.flags())).collect();
+        all.sort();
+        all
+    }
 }
 
 impl PaddedCounter {
@@ -467,6 +593,10 @@ pub struct Cluster {
     /// What every worker counts for this cluster (breaker occupancy), kept across the
     /// snapshots that have a cluster of this name (`Snapshot::inherit_shared`).
     pub shared: Arc<ClusterShared>,
+    /// `health_check`, when the endpoints are checked.
+    pub health_check: Option<Arc<HealthCheck>>,
+    /// `healthy_panic_threshold`, a percentage.
+    pub panic_threshold: u8,
     pub lb: LbPolicy,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,

@@ -1,0 +1,476 @@
+//! Active health checks (`[clusters.NAME.health_check]`): one checker for the process,
+//! never one per worker, so an endpoint sees one check per interval however many
+//! workers there are.
+//!
+//! The checker is a thread of its own with a small monoio runtime: a supervisor looks
+//! at the published snapshot and keeps one task per checked endpoint (started when an
+//! endpoint or its check appears, stopped when it goes, restarted when the check
+//! changes). Each task probes on its own schedule and writes the outcome into the
+//! endpoint's `HostHealth` flags, which every worker's balancer reads with a relaxed
+//! load when it picks: results reach the workers at once, lock-free.
+//!
+//! Transitions (Envoy's): a new endpoint is pending and failed until its first result;
+//! a success clears both, a failure only `pending`. A failed endpoint needs
+//! `healthy_threshold` successes in a row; a healthy one fails after
+//! `unhealthy_threshold` network failures or timeouts in a row, or at once on an answer
+//! that says it is unwell (an unexpected HTTP status, gRPC NOT_SERVING or an error
+//! status).
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, IntoPollIo};
+use monoio::net::TcpStream;
+use weft_mesh::snapshot::{Cluster, HealthCheck, HealthProbe, HostHealth};
+
+use super::Control;
+
+/// How often the supervisor looks for a new snapshot.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
+/// Most bytes of an answer a probe reads.
+const MAX_ANSWER: usize = 64 * 1024;
+
+pub fn start(control: Arc<Control>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("weft-health".into())
+        .spawn(move || {
+            // Checks must keep their schedule under load, as the admin's probes do.
+            super::defer_to_workers();
+            let runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build();
+            match runtime {
+                Ok(mut rt) => rt.block_on(supervise(control)),
+                Err(e) => tracing::error!("health checks: cannot start their runtime: {e}"),
+            }
+        })?;
+    Ok(())
+}
+
+/// One endpoint's running check.
+struct Running {
+    check: Arc<HealthCheck>,
+    tls: u64,
+    stop: Rc<Cell<bool>>,
+}
+
+async fn supervise(control: Arc<Control>) {
+    let mut running: HashMap<(String, SocketAddr), Running> = HashMap::new();
+    let mut seen = None;
+    loop {
+        let snapshot = control.publisher.load();
+        if seen != Some(snapshot.version) {
+            seen = Some(snapshot.version);
+            let mut wanted = Vec::new();
+            for cluster in &snapshot.clusters {
+                let addresses: Vec<SocketAddr> =
+                    cluster.endpoints.iter().map(|e| e.address).collect();
+                cluster.shared.retain_hosts(|a| addresses.contains(&a));
+                let Some(check) = &cluster.health_check else {
+                    // Checks turned off by a reload: what they found no longer holds.
+                    cluster.shared.clear_active_results();
+                    continue;
+                };
+                let tls = cluster.tls.as_ref().map_or(0, |t| t.identity);
+                for &address in &addresses {
+                    let key = (cluster.name.clone(), address);
+                    wanted.push(key.clone());
+                    if let Some(r) = running.get(&key) {
+                        if *r.check == **check && r.tls == tls {
+                            continue;
+                        }
+                        r.stop.set(true);
+                    }
+                    let stop = Rc::new(Cell::new(false));
+                    monoio::spawn(check_endpoint(
+                        address,
+                        cluster.clone(),
+                        check.clone(),
+                        stop.clone(),
+                    ));
+                    let check = check.clone();
+                    running.insert(key, Running { check, tls, stop });
+                }
+            }
+            running.retain(|key, r| {
+                let keep = wanted.contains(key);
+                if !keep {
+                    r.stop.set(true);
+                }
+                keep
+            });
+        }
+        drop(snapshot);
+        monoio::time::sleep(SUPERVISE_EVERY).await;
+    }
+}
+
+/// What one probe found.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Healthy,
+    /// The endpoint answered that it is unwell: failed at once.
+    Unwell,
+    /// No usable answer (refused, reset, timed out): counts toward the threshold.
+    NoAnswer,
+}
+
+async fn check_endpoint(
+    address: SocketAddr,
+    cluster: Arc<Cluster>,
+    check: Arc<HealthCheck>,
+    stop: Rc<Cell<bool>>,
+) {
+    let host = cluster.shared.host(address, true);
+    let counters = &cluster.shared.checks;
+    if !check.initial_jitter.is_zero() {
+        monoio::time::sleep(jittered(Duration::ZERO, check.initial_jitter)).await;
+    }
+    let (mut passes, mut failures) = (0u32, 0u32);
+    while !stop.get() {
+        counters.attempts.fetch_add(1, Ordering::Relaxed);
+        let outcome =
+            match monoio::time::timeout(check.timeout, probe(address, &cluster, &check)).await {
+                Ok(o) => o,
+                Err(_) => Outcome::NoAnswer,
+            };
+        if stop.get() {
+            return;
+        }
+        let was = host.flags();
+        match outcome {
+            Outcome::Healthy => {
+                counters.successes.fetch_add(1, Ordering::Relaxed);
+                failures = 0;
+                passes += 1;
+                if was & HostHealth::PENDING != 0 || passes >= check.healthy_threshold {
+                    host.set_active(true);
+                }
+            }
+            Outcome::Unwell | Outcome::NoAnswer => {
+                counters.failures.fetch_add(1, Ordering::Relaxed);
+                passes = 0;
+                failures += 1;
+                if outcome == Outcome::Unwell
+                    || was & HostHealth::PENDING != 0
+                    || failures >= check.unhealthy_threshold
+                {
+                    host.set_active(false);
+                }
+            }
+        }
+        let now = host.flags();
+        if now != was && (now ^ was) & HostHealth::FAILED_ACTIVE != 0 {
+            let state = if now & HostHealth::FAILED_ACTIVE == 0 {
+                "healthy"
+            } else {
+                "unhealthy"
+            };
+            tracing::info!(cluster = %cluster.name, endpoint = %address, ?outcome, "health check: {state}");
+        }
+        let interval = if now & HostHealth::FAILED_ACTIVE == 0 {
+            check.interval
+        } else {
+            check.unhealthy_interval
+        };
+        let spread = interval * check.interval_jitter_percent / 100;
+        monoio::time::sleep(jittered(interval, spread)).await;
+    }
+}
+
+/// `base` plus up to `spread` at random.
+fn jittered(base: Duration, spread: Duration) -> Duration {
+    let extra = fastrand::u64(0..=spread.as_micros() as u64);
+    base + Duration::from_micros(extra)
+}
+
+async fn probe(address: SocketAddr, cluster: &Cluster, check: &HealthCheck) -> Outcome {
+    let Ok(stream) = TcpStream::connect_addr(address).await else {
+        return Outcome::NoAnswer;
+    };
+    let _ = stream.set_nodelay(true);
+    match &check.probe {
+        HealthProbe::Tcp { send, receive } => tcp(stream, send, receive).await,
+        HealthProbe::Http {
+            path,
+            host,
+            expected,
+        } => {
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weft-health-check\r\nConnection: close\r\n\r\n"
+            );
+            let answer = match &cluster.tls {
+                None => exchange_plain(stream, request.into_bytes()).await,
+                Some(tls) => match crate::upstream::tls_connect(tls, stream).await {
+                    Ok(io) => exchange_poll(io, request.as_bytes()).await,
+                    Err(_) => None,
+                },
+            };
+            http_outcome(answer.as_deref(), expected)
+        }
+        HealthProbe::Grpc { service, authority } => {
+            let scheme = if cluster.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            match &cluster.tls {
+                None => match stream.into_poll_io() {
+                    Ok(io) => grpc(io, scheme, authority, service).await,
+                    Err(_) => Outcome::NoAnswer,
+                },
+                Some(tls) => match crate::upstream::tls_connect(tls, stream).await {
+                    Ok(io) => grpc(io, scheme, authority, service).await,
+                    Err(_) => Outcome::NoAnswer,
+                },
+            }
+        }
+    }
+}
+
+/// Connect only (`send` empty), or send bytes and wait for `receive` among the answer.
+async fn tcp(mut stream: TcpStream, send: &[u8], receive: &[u8]) -> Outcome {
+    if send.is_empty() && receive.is_empty() {
+        return Outcome::Healthy;
+    }
+    if !send.is_empty() && stream.write_all(send.to_vec()).await.0.is_err() {
+        return Outcome::NoAnswer;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < MAX_ANSWER {
+        if !receive.is_empty() && seen.windows(receive.len()).any(|w| w == receive) {
+            return Outcome::Healthy;
+        }
+        let (n, buf) = stream.read(Vec::with_capacity(4096)).await;
+        match n {
+            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    if receive.is_empty() {
+        Outcome::Healthy
+    } else {
+        Outcome::NoAnswer
+    }
+}
+
+/// Writes `request` and reads the answer until the peer closes (or `MAX_ANSWER`).
+async fn exchange_plain(mut stream: TcpStream, request: Vec<u8>) -> Option<Vec<u8>> {
+    if stream.write_all(request).await.0.is_err() {
+        return None;
+    }
+    let mut answer = Vec::new();
+    while answer.len() < MAX_ANSWER {
+        let (n, buf) = stream.read(Vec::with_capacity(4096)).await;
+        match n {
+            Ok(n) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+        if status_line_done(&answer) {
+            break;
+        }
+    }
+    Some(answer)
+}
+
+async fn exchange_poll<T>(mut io: T, request: &[u8]) -> Option<Vec<u8>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(request).await.ok()?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while answer.len() < MAX_ANSWER {
+        match io.read(&mut chunk).await {
+            Ok(n) if n > 0 => answer.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+        if status_line_done(&answer) {
+            break;
+        }
+    }
+    Some(answer)
+}
+
+/// The status line has arrived: all a check needs of the answer.
+fn status_line_done(answer: &[u8]) -> bool {
+    answer.windows(2).any(|w| w == b"\r\n")
+}
+
+/// An HTTP answer's status against the expected ranges (`[start, end)`).
+fn http_outcome(answer: Option<&[u8]>, expected: &[(u16, u16)]) -> Outcome {
+    let Some(answer) = answer else {
+        return Outcome::NoAnswer;
+    };
+    let status = answer
+        .strip_prefix(b"HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| std::str::from_utf8(code).ok()?.parse::<u16>().ok());
+    match status {
+        None => Outcome::NoAnswer,
+        Some(s)
+            if expected
+                .iter()
+                .any(|&(start, end)| (start..end).contains(&s)) =>
+        {
+            Outcome::Healthy
+        }
+        Some(_) => Outcome::Unwell,
+    }
+}
+
+/// The gRPC Health Checking Protocol: `grpc.health.v1.Health/Check` for `service`;
+/// healthy only on grpc-status 0 and SERVING.
+async fn grpc<T>(io: T, scheme: &str, authority: &str, service: &str) -> Outcome
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let Ok((send, connection)) = h2::client::handshake(io).await else {
+        return Outcome::NoAnswer;
+    };
+    monoio::spawn(async move {
+        let _ = connection.await;
+    });
+    let Ok(mut send) = send.ready().await else {
+        return Outcome::NoAnswer;
+    };
+    let request = http::Request::post(format!(
+        "{scheme}://{authority}/grpc.health.v1.Health/Check"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("user-agent", "weft-health-check")
+    .body(());
+    let Ok(request) = request else {
+        return Outcome::NoAnswer;
+    };
+    let Ok((response, mut body)) = send.send_request(request, false) else {
+        return Outcome::NoAnswer;
+    };
+    if body.send_data(health_request(service), true).is_err() {
+        return Outcome::NoAnswer;
+    }
+    let Ok(response) = response.await else {
+        return Outcome::NoAnswer;
+    };
+    let (parts, mut body) = response.into_parts();
+    if parts.headers.contains_key("grpc-status") {
+        // Trailers-only: no HealthCheckResponse, so not SERVING (NOT_FOUND for an
+        // unknown service).
+        return Outcome::Unwell;
+    }
+    let mut message = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let Ok(chunk) = chunk else {
+            return Outcome::NoAnswer;
+        };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        message.extend_from_slice(chunk.chunk());
+        if message.len() > MAX_ANSWER {
+            return Outcome::NoAnswer;
+        }
+    }
+    let ok = match body.trailers().await {
+        Ok(Some(t)) => t.get("grpc-status").is_some_and(|s| s.as_bytes() == b"0"),
+        _ => return Outcome::NoAnswer,
+    };
+    if ok && serving(&message) {
+        Outcome::Healthy
+    } else {
+        Outcome::Unwell
+    }
+}
+
+/// A length-prefixed `HealthCheckRequest { service = 1 }`.
+fn health_request(service: &str) -> Bytes {
+    let mut message = Vec::new();
+    if !service.is_empty() {
+        message.push(0x0a);
+        encode_varint(service.len() as u64, &mut message);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    Bytes::from(framed)
+}
+
+fn encode_varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Whether a length-prefixed `HealthCheckResponse` says SERVING (`status = 1`, field 1
+/// as a varint); an empty message is UNKNOWN.
+fn serving(framed: &[u8]) -> bool {
+    let Some(message) = framed.get(5..) else {
+        return false;
+    };
+    let mut i = 0;
+    let mut status = 0u64;
+    while i < message.len() {
+        let key = message[i];
+        i += 1;
+        match key {
+            0x08 => {
+                let mut shift = 0;
+                status = 0;
+                while i < message.len() {
+                    let b = message[i];
+                    i += 1;
+                    status |= u64::from(b & 0x7f) << shift;
+                    shift += 7;
+                    if b & 0x80 == 0 || shift > 63 {
+                        break;
+                    }
+                }
+            }
+            // Anything else: not a field this check knows; the answer is not SERVING.
+            _ => return false,
+        }
+    }
+    status == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_statuses_meet_the_expected_ranges() {
+        let ranges = [(200, 300)];
+        assert_eq!(
+            http_outcome(Some(b"HTTP/1.1 204 No Content\r\n"), &ranges),
+            Outcome::Healthy
+        );
+        assert_eq!(
+            http_outcome(Some(b"HTTP/1.1 503 Busy\r\n"), &ranges),
+            Outcome::Unwell
+        );
+        assert_eq!(http_outcome(Some(b"garbage"), &ranges), Outcome::NoAnswer);
+        assert_eq!(http_outcome(None, &ranges), Outcome::NoAnswer);
+    }
+
+    #[test]
+    fn grpc_health_messages() {
+        assert_eq!(&health_request("")[..], &[0, 0, 0, 0, 0]);
+        assert_eq!(
+            &health_request("ab")[..],
+            &[0, 0, 0, 0, 4, 0x0a, 2, b'a', b'b']
+        );
+        assert!(serving(&[0, 0, 0, 0, 2, 0x08, 0x01]));
+        assert!(!serving(&[0, 0, 0, 0, 2, 0x08, 0x02]));
+        assert!(!serving(&[0, 0, 0, 0, 0]), "empty is UNKNOWN");
+    }
+}
