@@ -39,6 +39,22 @@ impl SlowUpstream {
     }
 }
 
+/// The next request head on `conn` (bytes read past it stay in `buf`); `None` once
+/// the client is gone.
+fn next_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end);
+    Some(head)
+}
+
 fn serve(
     mut conn: TcpStream,
     hold: Duration,
@@ -47,16 +63,7 @@ fn serve(
     now: &AtomicUsize,
 ) {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-        buf.drain(..end);
+    while next_head(&mut conn, &mut buf).is_some() {
         arrivals.fetch_add(1, Ordering::SeqCst);
         let held = now.fetch_add(1, Ordering::SeqCst) + 1;
         most.fetch_max(held, Ordering::SeqCst);
@@ -359,17 +366,7 @@ fn answer_checks(
     checks: &AtomicUsize,
 ) {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        buf.drain(..end);
+    while let Some(head) = next_head(&mut conn, &mut buf) {
         let answer = if head.starts_with("GET /healthz ") {
             checks.fetch_add(1, Ordering::SeqCst);
             let status = health.load(Ordering::SeqCst);
