@@ -207,7 +207,10 @@ async fn probe(address: SocketAddr, cluster: &Cluster, check: &HealthCheck) -> O
                 "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weft-health-check\r\nConnection: close\r\n\r\n"
             );
             let answer = match &cluster.tls {
-                None => exchange_plain(stream, request.into_bytes()).await,
+                None => match stream.into_poll_io() {
+                    Ok(io) => exchange_poll(io, request.as_bytes()).await,
+                    Err(_) => None,
+                },
                 Some(tls) => match crate::upstream::tls_connect(tls, stream).await {
                     Ok(io) => exchange_poll(io, request.as_bytes()).await,
                     Err(_) => None,
@@ -261,25 +264,7 @@ async fn tcp(mut stream: TcpStream, send: &[u8], receive: &[u8]) -> Outcome {
     }
 }
 
-/// Writes `request` and reads the answer until the peer closes (or `MAX_ANSWER`).
-async fn exchange_plain(mut stream: TcpStream, request: Vec<u8>) -> Option<Vec<u8>> {
-    if stream.write_all(request).await.0.is_err() {
-        return None;
-    }
-    let mut answer = Vec::new();
-    while answer.len() < MAX_ANSWER {
-        let (n, buf) = stream.read(Vec::with_capacity(4096)).await;
-        match n {
-            Ok(n) if n > 0 => answer.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
-        if status_line_done(&answer) {
-            break;
-        }
-    }
-    Some(answer)
-}
-
+/// Writes `request` and reads the answer until its status line (or `MAX_ANSWER`).
 async fn exchange_poll<T>(mut io: T, request: &[u8]) -> Option<Vec<u8>>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

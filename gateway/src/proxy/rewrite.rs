@@ -340,19 +340,14 @@ pub fn request_headers<'h>(
         out.header(b"host", normal_authority(req.authority).as_bytes());
     }
     let ip = client.peer.ip();
-    let vouched = |list: &Option<Cow<'_, [u8]>>, address_of| {
-        list.as_deref()
-            .map(|l| trust::vouched_suffix(client.trust, l, ip, address_of).to_vec())
-            .unwrap_or_default()
-    };
     if fwd.x_forwarded_for {
-        let prior = vouched(&prior_xff, trust::xff_address);
+        let prior = vouched(&prior_xff, client, trust::xff_address);
         if prior.is_empty() {
             out.header_fmt(b"x-forwarded-for", format_args!("{ip}"));
         } else {
             out.header_fmt(
                 b"x-forwarded-for",
-                format_args!("{}, {ip}", String::from_utf8_lossy(&prior)),
+                format_args!("{}, {ip}", String::from_utf8_lossy(prior)),
             );
         }
     }
@@ -362,10 +357,10 @@ pub fn request_headers<'h>(
             None => out.header(b"x-forwarded-proto", client.scheme.as_bytes()),
         }
     }
-    let prior_forwarded = vouched(&prior_forwarded, trust::forwarded_for_address);
+    let prior_forwarded = vouched(&prior_forwarded, client, trust::forwarded_for_address);
     if !prior_forwarded.is_empty() {
         // This hop's element, if any, follows in a field of its own: one list.
-        out.header(b"forwarded", &prior_forwarded);
+        out.header(b"forwarded", prior_forwarded);
     }
     if fwd.forwarded {
         let node = match ip {
@@ -693,6 +688,18 @@ pub fn response_head(
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// The part of a client's forwarding `list` (if it sent one) that trusted proxies
+/// vouch for, borrowed from it.
+fn vouched<'l>(
+    list: &'l Option<Cow<'_, [u8]>>,
+    client: &ClientInfo<'_>,
+    address_of: fn(&[u8]) -> Option<IpAddr>,
+) -> &'l [u8] {
+    list.as_deref().map_or(&[], |l| {
+        trust::vouched_suffix(client.trust, l, client.peer.ip(), address_of)
+    })
 }
 
 /// Whether `value` may be written as a field value: no control byte but tab (the rule
