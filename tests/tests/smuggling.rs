@@ -170,6 +170,9 @@ fn trailers_that_frame_or_are_not_fields_are_refused() {
     for trailers in [
         "Content-Length: 40\r\n\r\n",
         "Host: admin\r\n\r\n",
+        // A request's trailers carry nothing weft vouches for, in any spelling (#17).
+        "X-Forwarded-Client-Cert: URI=spiffe://mesh/sa/admin\r\n\r\n",
+        "x_forwarded_for: 10.0.0.1\r\n\r\n",
         " folded: x\r\n\r\n",
         "GET /admin/secret HTTP/1.1\r\n\r\n",
     ] {

@@ -5,6 +5,7 @@
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use weft_gateway::proto::h1::chunked::ChunkedParser;
+use weft_mesh::fields::Trailers;
 use weft_gateway::proto::h1::head::{parse_request, parse_response, BodyFraming};
 use weft_gateway::proxy::forwarded::{read_request, request, response, Outcome};
 
@@ -21,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
                 let body_bytes = match head.framing {
                     BodyFraming::Length(n) => n as usize,
                     BodyFraming::Chunked => {
-                        let mut p = ChunkedParser::new(64 * 1024);
+                        let mut p = ChunkedParser::new(64 * 1024, Trailers::Request);
                         let prog = p.feed(&buf, |_| {}).unwrap();
                         assert!(prog.done);
                         prog.consumed
