@@ -178,6 +178,44 @@ fn summary(s: &Snapshot) -> String {
                 h.interval, h.unhealthy_interval, h.timeout, h.healthy_threshold, h.unhealthy_threshold, c.panic_threshold
             );
         }
+        if let Some(o) = &c.outlier {
+            let local = match o.consecutive_local {
+                Some(l) => format!(
+                    "local-origin failures apart: {} in a row ({}% enforced)",
+                    l.threshold, l.enforcing
+                ),
+                None => "local-origin failures count as 5xx".to_owned(),
+            };
+            let (sr, fp) = (&o.success_rate, &o.failure_percentage);
+            out += &format!(
+                "    outlier detection: {} 5xx in a row ({}% enforced), {} gateway errors in a row ({}% enforced), {local}; \
+                 success rate below mean - {} stdev over {} hosts of {} answers ({}% enforced); \
+                 failure percentage {}% over {} hosts of {} answers ({}% enforced); \
+                 every {:?}, ejected {:?} x ejections (max {:?}, jitter {:?}), at most {}% ejected{}{}\n",
+                o.consecutive_5xx.threshold,
+                o.consecutive_5xx.enforcing,
+                o.consecutive_gateway.threshold,
+                o.consecutive_gateway.enforcing,
+                sr.stdev_factor,
+                sr.minimum_hosts,
+                sr.request_volume,
+                sr.enforcing,
+                fp.threshold,
+                fp.minimum_hosts,
+                fp.request_volume,
+                fp.enforcing,
+                o.interval,
+                o.base_ejection_time,
+                o.max_ejection_time,
+                o.max_ejection_time_jitter,
+                o.max_ejection_percent,
+                if o.always_eject_one_host { " (one always may be)" } else { "" },
+                if o.uneject_on_active_success { "; a passing health check returns it" } else { "" },
+            );
+        }
+        if c.health_check.is_none() && c.outlier.is_some() {
+            out += &format!("    panic below {}% eligible\n", c.panic_threshold);
+        }
         let b = &c.breakers;
         out += &format!(
             "    circuit breakers: max_connections {}, max_pending_requests {}, max_requests {}, max_retries {}\n",

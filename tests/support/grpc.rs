@@ -11,12 +11,15 @@
 //! - `Ticker` (bidirectional): sends `tick-i` every 200 ms whatever the client sends,
 //!   until the client ends its side;
 //! - `Fail`: FAILED_PRECONDITION with message `nope` and trailer `x-custom: kept`.
+//!
+//! While `failing` is set, `Unary` answers UNAVAILABLE (Trailers-Only: the status in
+//! the response head) and `Repeat` ends its messages with UNAVAILABLE (in trailers).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -91,6 +94,7 @@ type MessageStream = Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, Statu
 #[derive(Clone)]
 struct Echo {
     cancelled: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
 }
 
 impl tonic::server::NamedService for Echo {
@@ -108,16 +112,20 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Echo {
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let cancelled = self.cancelled.clone();
+        let failing = self.failing.load(Ordering::SeqCst);
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(RawCodec)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE);
             let path = req.uri().path().to_owned();
             Ok(match path.as_str() {
+                "/test.Echo/Unary" if failing => {
+                    Status::unavailable("failing on purpose").into_http()
+                }
                 "/test.Echo/Unary" => grpc.unary(Handler(unary), req).await,
                 "/test.Echo/Collect" => grpc.client_streaming(Handler(collect), req).await,
                 "/test.Echo/Repeat" => {
-                    let handler = Handler(move |r| repeat(r, cancelled.clone()));
+                    let handler = Handler(move |r| repeat(r, cancelled.clone(), failing));
                     grpc.server_streaming(handler, req).await
                 }
                 "/test.Echo/Chat" => grpc.streaming(Handler(chat), req).await,
@@ -156,6 +164,7 @@ async fn collect(req: Request<Streaming<Bytes>>) -> Result<Response<Bytes>, Stat
 async fn repeat(
     req: Request<Bytes>,
     cancelled: Arc<AtomicUsize>,
+    failing: bool,
 ) -> Result<Response<MessageStream>, Status> {
     let ask = String::from_utf8_lossy(req.get_ref()).into_owned();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Status>>(4);
@@ -180,6 +189,8 @@ async fn repeat(
             let _ = tx
                 .send(Err(failed_precondition("stopped on purpose")))
                 .await;
+        } else if failing {
+            let _ = tx.send(Err(Status::unavailable("failing on purpose"))).await;
         }
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -232,6 +243,8 @@ pub struct GrpcUpstream {
     pub addr: SocketAddr,
     /// `Repeat("forever")` streams that ended because the client went away.
     pub cancelled: Arc<AtomicUsize>,
+    /// Fail `Unary` and `Repeat` with UNAVAILABLE (see the module's header).
+    pub failing: Arc<AtomicBool>,
     pub health: tonic_health::server::HealthReporter,
     _server: Background,
 }
@@ -242,8 +255,10 @@ impl GrpcUpstream {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let cancelled = Arc::new(AtomicUsize::new(0));
+        let failing = Arc::new(AtomicBool::new(false));
         let echo = Echo {
             cancelled: cancelled.clone(),
+            failing: failing.clone(),
         };
         let (health_tx, health_rx) = std::sync::mpsc::channel();
         let server = Background::spawn(2, move |stopped| async move {
@@ -264,6 +279,7 @@ impl GrpcUpstream {
         GrpcUpstream {
             addr,
             cancelled,
+            failing,
             health,
             _server: server,
         }

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -331,49 +331,54 @@ fn max_pending_requests_bounds_requests_waiting_for_a_connection() {
 }
 
 /// An HTTP/1.1 upstream whose `/healthz` answers `health` (a status) and whose other
-/// paths answer 200 with its `name`; it counts the checks it gets.
+/// paths answer `status` with its `name`; it counts the checks and the other requests
+/// it gets.
+#[derive(Clone)]
 struct CheckedUpstream {
     addr: SocketAddr,
-    health: Arc<std::sync::atomic::AtomicU16>,
+    health: Arc<AtomicU16>,
     checks: Arc<AtomicUsize>,
+    status: Arc<AtomicU16>,
+    served: Arc<AtomicUsize>,
 }
 
 impl CheckedUpstream {
     fn start(name: &'static str) -> CheckedUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
-        let checks = Arc::new(AtomicUsize::new(0));
-        let (h, c) = (health.clone(), checks.clone());
+        let up = CheckedUpstream {
+            addr: listener.local_addr().expect("addr"),
+            health: Arc::new(AtomicU16::new(200)),
+            checks: Arc::new(AtomicUsize::new(0)),
+            status: Arc::new(AtomicU16::new(200)),
+            served: Arc::new(AtomicUsize::new(0)),
+        };
+        let shared = up.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (h, c) = (h.clone(), c.clone());
-                std::thread::spawn(move || answer_checks(conn, name, &h, &c));
+                let up = shared.clone();
+                std::thread::spawn(move || answer_checks(conn, name, &up));
             }
         });
-        CheckedUpstream {
-            addr,
-            health,
-            checks,
-        }
+        up
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
     }
 }
 
-fn answer_checks(
-    mut conn: TcpStream,
-    name: &str,
-    health: &std::sync::atomic::AtomicU16,
-    checks: &AtomicUsize,
-) {
+fn answer_checks(mut conn: TcpStream, name: &str, up: &CheckedUpstream) {
     let mut buf = Vec::new();
     while let Some(head) = next_head(&mut conn, &mut buf) {
         let answer = if head.starts_with("GET /healthz ") {
-            checks.fetch_add(1, Ordering::SeqCst);
-            let status = health.load(Ordering::SeqCst);
+            up.checks.fetch_add(1, Ordering::SeqCst);
+            let status = up.health.load(Ordering::SeqCst);
             format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n")
         } else {
+            up.served.fetch_add(1, Ordering::SeqCst);
+            let status = up.status.load(Ordering::SeqCst);
             format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{name}",
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{name}",
                 name.len()
             )
         };
@@ -383,19 +388,34 @@ fn answer_checks(
     }
 }
 
+/// One listener routing everything to cluster `api` of `endpoints`; `more` goes on
+/// after the cluster's `endpoints` line (keys, then its sub-tables).
+fn cluster_config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    endpoints: &[SocketAddr],
+    more: &str,
+) -> String {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "[admin]\naddress = \"{admin}\"\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+         routes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"api\" }} ]\n\
+         [clusters.api]\nendpoints = [{}]\n{more}\n",
+        list.join(", ")
+    )
+}
+
 fn checked_config(
     admin: SocketAddr,
     listen: SocketAddr,
     endpoints: &[SocketAddr],
     check: &str,
 ) -> String {
-    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
-    format!(
-        "[admin]\naddress = \"{admin}\"\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
-         routes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"api\" }} ]\n\
-         [clusters.api]\nendpoints = [{}]\n\
-         [clusters.api.health_check]\n{check}\n",
-        list.join(", ")
+    cluster_config(
+        admin,
+        listen,
+        endpoints,
+        &format!("[clusters.api.health_check]\n{check}"),
     )
 }
 
@@ -579,4 +599,232 @@ fn grpc_checks_follow_the_stock_health_service() {
         0.0,
         "an unknown service passed"
     );
+}
+
+fn outlier_metric(weft: &Weft, name: &str, kind: Option<&str>) -> f64 {
+    let kind = kind.map(|k| format!("type=\"{k}\""));
+    let mut parts = vec![name, "cluster=\"api\""];
+    if let Some(k) = &kind {
+        parts.push(k);
+    }
+    weft.metric(&parts)
+}
+
+/// One request on its own connection (so the two workers share them): its status
+/// and head.
+fn one_request(listen: SocketAddr) -> (u16, String) {
+    let mut c = weft_tests::raw::RawClient::new(listen);
+    c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    let (status, head, _) = c.read_response();
+    (status, head)
+}
+
+fn status_of_one(listen: SocketAddr) -> u16 {
+    one_request(listen).0
+}
+
+/// Sends requests until `done`, or panics after `limit`; returns when it was done.
+fn send_until(listen: SocketAddr, limit: Duration, mut done: impl FnMut() -> bool) -> Instant {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "not within {limit:?}");
+        status_of_one(listen);
+    }
+    Instant::now()
+}
+
+/// Outlier detection: 1 of 5 endpoints answering 500 is ejected after exactly 5
+/// failures in a row, counted across the 2 workers (each connection lands on either),
+/// gets nothing while ejected, comes back after `base_ejection_time`, and its second
+/// ejection lasts twice as long. With 5 endpoints the default `max_ejection_percent`
+/// (10) still ejects one (`always_eject_one_host`).
+#[test]
+fn an_endpoint_answering_500_is_ejected_for_growing_times() {
+    let ups: Vec<CheckedUpstream> = ["a", "b", "c", "d", "e"]
+        .into_iter()
+        .map(CheckedUpstream::start)
+        .collect();
+    let bad = ups[0].clone();
+    bad.status.store(500, Ordering::SeqCst);
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let (admin, listen) = (free_addr(), free_addr());
+    let outlier = "[clusters.api.outlier_detection]\nconsecutive_5xx = 5\ninterval = \"500ms\"\n\
+                   base_ejection_time = \"1s\"";
+    let weft = Weft::start("ingress", &cluster_config(admin, listen, &addrs, outlier), admin);
+
+    let limit = Duration::from_secs(10);
+    let ejected = send_until(listen, limit, || bad.served() >= 5);
+    assert_eq!(bad.served(), 5);
+    // Ejected: 0.8 s of requests, none reaches it.
+    while ejected.elapsed() < Duration::from_millis(800) {
+        assert_eq!(status_of_one(listen), 200);
+    }
+    assert_eq!(bad.served(), 5, "an ejected endpoint was sent a request");
+    assert_eq!(outlier_metric(&weft, "weft_cluster_outlier_ejections_active", None), 1.0);
+    let back = send_until(listen, limit, || bad.served() > 5);
+    let first = back - ejected;
+    // The sweep runs every interval: back within [base, base + interval + slack].
+    assert!(
+        first >= Duration::from_secs(1) && first < Duration::from_millis(2200),
+        "first ejection lasted {first:?}"
+    );
+
+    // Failing again at once: ejected again after 5 more, for twice the base.
+    let again = send_until(listen, limit, || bad.served() >= 10);
+    assert_eq!(bad.served(), 10, "not ejected after 5 more in a row");
+    let back = send_until(listen, limit, || bad.served() > 10);
+    let second = back - again;
+    assert!(
+        second >= Duration::from_secs(2) && second < Duration::from_millis(3200),
+        "second ejection lasted {second:?} (first {first:?})"
+    );
+    let enforced = "weft_cluster_outlier_ejections_enforced_total";
+    assert_eq!(outlier_metric(&weft, enforced, Some("consecutive_5xx")), 2.0);
+    assert_eq!(outlier_metric(&weft, enforced, Some("success_rate")), 0.0);
+    let (_, text) = weft.admin_get("/metrics");
+    assert!(text.contains("weft_cluster_membership_total{cluster=\"api\"} 5"), "{text}");
+}
+
+/// `max_ejection_percent`: of 3 endpoints with 2 failing, the default 10 % ejects one
+/// (`always_eject_one_host`) and refuses the other (overflow); with
+/// `always_eject_one_host = false` none is ejected.
+#[test]
+fn max_ejection_percent_bounds_ejections() {
+    let ups: Vec<CheckedUpstream> = ["a", "b", "c"].into_iter().map(CheckedUpstream::start).collect();
+    for bad in &ups[..2] {
+        bad.status.store(503, Ordering::SeqCst);
+    }
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let outlier = "[clusters.api.outlier_detection]\nconsecutive_5xx = 3\nbase_ejection_time = \"30s\"";
+    for (always, ejected) in [("true", 1.0), ("false", 0.0)] {
+        let (admin, listen) = (free_addr(), free_addr());
+        let more = format!("{outlier}\nalways_eject_one_host = {always}");
+        let weft = Weft::start("ingress", &cluster_config(admin, listen, &addrs, &more), admin);
+        send_until(listen, Duration::from_secs(10), || {
+            ups[..2].iter().all(|u| u.served() >= 3)
+        });
+        for _ in 0..20 {
+            status_of_one(listen);
+        }
+        let active = outlier_metric(&weft, "weft_cluster_outlier_ejections_active", None);
+        assert_eq!(active, ejected, "always_eject_one_host = {always}");
+        let overflow = outlier_metric(&weft, "weft_cluster_outlier_ejections_overflow_total", None);
+        assert!(overflow >= 1.0, "always_eject_one_host = {always}: {overflow}");
+        for u in &ups {
+            u.served.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The panic threshold with every endpoint ejected: at 50 % both still get traffic
+/// (counted as panic picks); at 0 the answer is 503 `no healthy upstream` and neither
+/// gets a request.
+#[test]
+fn with_every_endpoint_ejected_the_panic_threshold_decides() {
+    let ups: Vec<CheckedUpstream> = ["a", "b"].into_iter().map(CheckedUpstream::start).collect();
+    for u in &ups {
+        u.status.store(500, Ordering::SeqCst);
+    }
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let outlier = "[clusters.api.outlier_detection]\nconsecutive_5xx = 3\nbase_ejection_time = \"30s\"\n\
+                   max_ejection_percent = 100";
+    for panic in [50, 0] {
+        let (admin, listen) = (free_addr(), free_addr());
+        let more = format!("healthy_panic_threshold = {panic}\n{outlier}");
+        let weft = Weft::start("ingress", &cluster_config(admin, listen, &addrs, &more), admin);
+        send_until(listen, Duration::from_secs(10), || {
+            outlier_metric(&weft, "weft_cluster_outlier_ejections_active", None) == 2.0
+        });
+        let before: Vec<usize> = ups.iter().map(|u| u.served()).collect();
+        let statuses: Vec<(u16, String)> = (0..10).map(|_| one_request(listen)).collect();
+        let after: Vec<usize> = ups.iter().map(|u| u.served()).collect();
+        let panics = "weft_cluster_lb_healthy_panic_total";
+        if panic == 50 {
+            assert!(statuses.iter().all(|(s, _)| *s == 500), "{statuses:?}");
+            assert!(
+                after[0] > before[0] && after[1] > before[1],
+                "panic: both endpoints still served ({before:?} -> {after:?})"
+            );
+            assert!(outlier_metric(&weft, panics, None) >= 10.0);
+        } else {
+            for (status, head) in &statuses {
+                assert_eq!(*status, 503, "{head}");
+                assert!(head.to_ascii_lowercase().contains("x-weft-error: no healthy upstream"), "{head}");
+            }
+            assert_eq!(before, after, "an upstream got a request with no endpoint healthy");
+            assert_eq!(outlier_metric(&weft, panics, None), 0.0);
+        }
+        for u in &ups {
+            u.served.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+/// gRPC calls count by grpc-status: UNAVAILABLE from a Trailers-Only answer (the
+/// status in the head) and after a message (in the trailers) eject the endpoint after
+/// `consecutive_5xx`; FAILED_PRECONDITION, the application's own answer, does not.
+#[test]
+fn grpc_statuses_from_heads_or_trailers_feed_outlier_detection() {
+    use weft_tests::grpc::{client, GrpcUpstream};
+    let (good, bad) = (GrpcUpstream::start(), GrpcUpstream::start());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (method, ask) in [("/test.Echo/Unary", "hi"), ("/test.Echo/Repeat", "2")] {
+        let (admin, listen) = (free_addr(), free_addr());
+        let more = "protocol = \"http2\"\n[clusters.api.outlier_detection]\nconsecutive_5xx = 3\n\
+                    base_ejection_time = \"30s\"\nmax_ejection_percent = 50";
+        let weft = Weft::start("ingress", &cluster_config(admin, listen, &[good.addr, bad.addr], more), admin);
+        let codes: Vec<tonic::Code> = rt.block_on(async {
+            let mut grpc = client(listen).await;
+            for _ in 0..8 {
+                grpc.ready().await.expect("ready");
+                let path = http::uri::PathAndQuery::from_static("/test.Echo/Fail");
+                let request = tonic::Request::new(bytes::Bytes::new());
+                let answer = grpc.unary(request, path, weft_tests::grpc::RawCodec).await;
+                assert_eq!(answer.err().map(|s| s.code()), Some(tonic::Code::FailedPrecondition));
+            }
+            bad.failing.store(true, Ordering::SeqCst);
+            let mut codes = Vec::new();
+            for _ in 0..20 {
+                grpc.ready().await.expect("ready");
+                let path = http::uri::PathAndQuery::from_static(method);
+                let request = tonic::Request::new(bytes::Bytes::from_static(ask.as_bytes()));
+                let code = if method.ends_with("Unary") {
+                    match grpc.unary(request, path, weft_tests::grpc::RawCodec).await {
+                        Ok(_) => tonic::Code::Ok,
+                        Err(s) => s.code(),
+                    }
+                } else {
+                    match grpc.server_streaming(request, path, weft_tests::grpc::RawCodec).await {
+                        Err(s) => s.code(),
+                        Ok(stream) => {
+                            let mut stream = stream.into_inner();
+                            let mut code = tonic::Code::Ok;
+                            loop {
+                                match stream.message().await {
+                                    Ok(Some(_)) => {}
+                                    Ok(None) => break,
+                                    Err(s) => {
+                                        code = s.code();
+                                        break;
+                                    }
+                                }
+                            }
+                            code
+                        }
+                    }
+                };
+                codes.push(code);
+            }
+            codes
+        });
+        let detected = "weft_cluster_outlier_ejections_detected_total";
+        assert_eq!(outlier_metric(&weft, detected, Some("consecutive_5xx")), 1.0, "{method}: FAILED_PRECONDITION counted");
+        let failed = codes.iter().filter(|c| **c == tonic::Code::Unavailable).count();
+        assert_eq!(failed, 3, "{method}: {codes:?}");
+        assert_eq!(outlier_metric(&weft, "weft_cluster_outlier_ejections_active", None), 1.0, "{method}");
+        bad.failing.store(false, Ordering::SeqCst);
+    }
 }

@@ -400,7 +400,7 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
             ]);
             let body = body
                 + &discovery_metrics(&control.discovery.status())
-                + &breaker_metrics(&control.publisher.load())
+                + &crate::observe::clusters::metrics(&control.publisher.load())
                 + &refusal_metrics(refusals);
             respond(&mut conn, deadline, 200, "text/plain; version=0.0.4", &body)
         }
@@ -456,90 +456,6 @@ fn redacted(text: &str) -> toml::Value {
         redact_values(sidecar.get_mut("register").and_then(|r| r.get_mut("meta")));
     }
     value
-}
-
-/// Circuit-breaker occupancy by cluster, read from the counters every worker shares:
-/// `weft_cluster_circuit_breaker_open` (1 while full) and `_remaining`.
-fn breaker_metrics(snapshot: &weft_mesh::snapshot::Snapshot) -> String {
-    let mut open = String::from(
-        "# HELP weft_cluster_circuit_breaker_open 1 while a cluster's circuit breaker is full (new requests get 503 overflow; retries are not sent), by cluster and resource.\n# TYPE weft_cluster_circuit_breaker_open gauge\n",
-    );
-    let mut remaining = String::from(
-        "# HELP weft_cluster_circuit_breaker_remaining What a cluster's circuit breaker still admits, by cluster and resource.\n# TYPE weft_cluster_circuit_breaker_remaining gauge\n",
-    );
-    for c in &snapshot.clusters {
-        let name = c.name.replace('\\', "\\\\").replace('"', "\\\"");
-        for (resource, used, limit) in [
-            ("cx", c.shared.connections.get(), c.breakers.max_connections),
-            (
-                "rq_pending",
-                c.shared.pending.get(),
-                c.breakers.max_pending_requests,
-            ),
-            ("rq", c.shared.requests.get(), c.breakers.max_requests),
-            ("rq_retry", c.shared.retries.get(), c.breakers.max_retries),
-        ] {
-            let labels = format!("{{cluster=\"{name}\",resource=\"{resource}\"}}");
-            open.push_str(&format!(
-                "weft_cluster_circuit_breaker_open{labels} {}\n",
-                u8::from(used >= limit)
-            ));
-            remaining.push_str(&format!(
-                "weft_cluster_circuit_breaker_remaining{labels} {}\n",
-                limit.saturating_sub(used)
-            ));
-        }
-    }
-    open + &remaining + &health_metrics(snapshot)
-}
-
-/// Active health checks by cluster (attempts, successes, failures) and each checked
-/// endpoint's state: `weft_host_healthy` is 1 while it may be sent traffic.
-fn health_metrics(snapshot: &weft_mesh::snapshot::Snapshot) -> String {
-    use std::sync::atomic::Ordering::Relaxed;
-    let checked: Vec<_> = snapshot
-        .clusters
-        .iter()
-        .filter(|c| c.health_check.is_some())
-        .collect();
-    if checked.is_empty() {
-        return String::new();
-    }
-    let mut out = String::new();
-    for (name, help, read) in [
-        (
-            "weft_cluster_health_check_attempt_total",
-            "Active health checks made, by cluster.",
-            (|c: &weft_mesh::snapshot::Cluster| c.shared.checks.attempts.load(Relaxed))
-                as fn(&weft_mesh::snapshot::Cluster) -> u64,
-        ),
-        (
-            "weft_cluster_health_check_success_total",
-            "Active health checks passed, by cluster.",
-            |c| c.shared.checks.successes.load(Relaxed),
-        ),
-        (
-            "weft_cluster_health_check_failure_total",
-            "Active health checks failed (unwell answer, no answer or timeout), by cluster.",
-            |c| c.shared.checks.failures.load(Relaxed),
-        ),
-    ] {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
-        for c in &checked {
-            out.push_str(&format!("{name}{{cluster=\"{}\"}} {}\n", c.name, read(c)));
-        }
-    }
-    out.push_str("# HELP weft_host_healthy 1 while an endpoint passes its cluster's health checks (0 while failed or not yet checked), by cluster and host.\n# TYPE weft_host_healthy gauge\n");
-    for c in &checked {
-        for (address, flags) in c.shared.hosts() {
-            out.push_str(&format!(
-                "weft_host_healthy{{cluster=\"{}\",host=\"{address}\"}} {}\n",
-                c.name,
-                u8::from(flags == 0)
-            ));
-        }
-    }
-    out
 }
 
 /// `weft_admin_refused_total{reason}`.

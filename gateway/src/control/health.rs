@@ -1,6 +1,7 @@
-//! Active health checks (`[clusters.NAME.health_check]`): one checker for the process,
-//! never one per worker, so an endpoint sees one check per interval however many
-//! workers there are.
+//! Active health checks (`[clusters.NAME.health_check]`) and outlier detection's
+//! sweeps (`[clusters.NAME.outlier_detection]`): one checker for the process, never
+//! one per worker, so an endpoint sees one check per interval however many workers
+//! there are, and an ejection ends once.
 //!
 //! The checker is a thread of its own with a small monoio runtime: a supervisor looks
 //! at the published snapshot and keeps one task per checked endpoint (started when an
@@ -17,7 +18,7 @@
 //! status).
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -28,7 +29,10 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, IntoPollIo};
 use monoio::net::TcpStream;
-use weft_mesh::snapshot::{Cluster, HealthCheck, HealthProbe, HostHealth};
+use weft_mesh::snapshot::health;
+use weft_mesh::snapshot::{
+    clock_ms, Cluster, Ejection, HealthCheck, HealthProbe, HostHealth, OutlierDetection,
+};
 
 use super::Control;
 
@@ -58,45 +62,61 @@ pub fn start(control: Arc<Control>) -> io::Result<()> {
 struct Running {
     check: Arc<HealthCheck>,
     tls: u64,
+    /// A pass returns the endpoint from an outlier ejection.
+    uneject: bool,
+    stop: Rc<Cell<bool>>,
+}
+
+/// One cluster's outlier sweep.
+struct Sweeping {
+    outlier: Arc<OutlierDetection>,
     stop: Rc<Cell<bool>>,
 }
 
 async fn supervise(control: Arc<Control>) {
     let mut running: HashMap<(String, SocketAddr), Running> = HashMap::new();
+    let mut sweeping: HashMap<String, Sweeping> = HashMap::new();
     let mut seen = None;
     loop {
         let snapshot = control.publisher.load();
         if seen != Some(snapshot.version) {
             seen = Some(snapshot.version);
-            let mut wanted = Vec::new();
+            let mut wanted = HashSet::new();
             for cluster in &snapshot.clusters {
-                let addresses: Vec<SocketAddr> =
+                let addresses: HashSet<SocketAddr> =
                     cluster.endpoints.iter().map(|e| e.address).collect();
                 cluster.shared.retain_hosts(|a| addresses.contains(&a));
+                supervise_sweep(&control, cluster, &mut sweeping);
                 let Some(check) = &cluster.health_check else {
                     // Checks turned off by a reload: what they found no longer holds.
                     cluster.shared.clear_active_results();
                     continue;
                 };
                 let tls = cluster.tls.as_ref().map_or(0, |t| t.identity);
-                for &address in &addresses {
-                    let key = (cluster.name.clone(), address);
-                    wanted.push(key.clone());
+                let uneject = cluster
+                    .outlier
+                    .as_ref()
+                    .is_some_and(|o| o.uneject_on_active_success);
+                for e in &cluster.endpoints {
+                    let key = (cluster.name.clone(), e.address);
                     if let Some(r) = running.get(&key) {
-                        if *r.check == **check && r.tls == tls {
+                        if *r.check == **check && r.tls == tls && r.uneject == uneject {
+                            wanted.insert(key);
                             continue;
                         }
                         r.stop.set(true);
                     }
                     let stop = Rc::new(Cell::new(false));
                     monoio::spawn(check_endpoint(
-                        address,
+                        e.address,
                         cluster.clone(),
                         check.clone(),
+                        uneject,
                         stop.clone(),
                     ));
                     let check = check.clone();
-                    running.insert(key, Running { check, tls, stop });
+                    running.insert(key.clone(), Running { check, tls, uneject, stop });
+                    wanted.insert(key);
                 }
             }
             running.retain(|key, r| {
@@ -106,9 +126,84 @@ async fn supervise(control: Arc<Control>) {
                 }
                 keep
             });
+            sweeping.retain(|name, s| {
+                let keep = snapshot.cluster_by_name(name).is_some();
+                if !keep {
+                    s.stop.set(true);
+                }
+                keep
+            });
         }
         drop(snapshot);
         monoio::time::sleep(SUPERVISE_EVERY).await;
+    }
+}
+
+/// Keeps `cluster`'s outlier sweep running as its config says: started with outlier
+/// detection, restarted when it changes, stopped (every ejection ended) without it.
+fn supervise_sweep(
+    control: &Arc<Control>,
+    cluster: &Cluster,
+    sweeping: &mut HashMap<String, Sweeping>,
+) {
+    let current = sweeping.get(&cluster.name);
+    match &cluster.outlier {
+        None => {
+            if let Some(s) = sweeping.remove(&cluster.name) {
+                s.stop.set(true);
+            }
+            // Turned off by a reload: its ejections no longer hold.
+            cluster.shared.clear_ejections();
+        }
+        Some(od) if current.is_some_and(|s| *s.outlier == **od) => {}
+        Some(od) => {
+            if let Some(s) = current {
+                s.stop.set(true);
+            }
+            let stop = Rc::new(Cell::new(false));
+            monoio::spawn(sweep_outliers(
+                control.clone(),
+                cluster.name.clone(),
+                od.clone(),
+                stop.clone(),
+            ));
+            let outlier = od.clone();
+            sweeping.insert(cluster.name.clone(), Sweeping { outlier, stop });
+        }
+    }
+}
+
+/// Every `interval`: ejections that are over end, and the interval's answers are judged
+/// (`weft_mesh::snapshot::health::sweep`), for the cluster as the current snapshot has it.
+async fn sweep_outliers(
+    control: Arc<Control>,
+    name: String,
+    od: Arc<OutlierDetection>,
+    stop: Rc<Cell<bool>>,
+) {
+    loop {
+        monoio::time::sleep(od.interval).await;
+        if stop.get() {
+            return;
+        }
+        let snapshot = control.publisher.load();
+        let Some(id) = snapshot.cluster_by_name(&name) else {
+            return;
+        };
+        let cluster = &snapshot.clusters[id];
+        let addresses: Vec<SocketAddr> = cluster.endpoints.iter().map(|e| e.address).collect();
+        let hosts = cluster
+            .shared
+            .hosts_of(&addresses, cluster.health_check.is_some());
+        let view: Vec<(SocketAddr, &HostHealth)> =
+            addresses.iter().copied().zip(hosts.iter().map(|h| &**h)).collect();
+        let changes = health::sweep(&view, &od, &cluster.shared.outliers, clock_ms());
+        for (endpoint, change) in changes {
+            match change {
+                Ejection::Ejected(kind, time) => tracing::warn!(cluster = %name, %endpoint, "outlier detection: ejected for {time:?} ({})", kind.label()),
+                Ejection::Returned => tracing::info!(cluster = %name, %endpoint, "outlier detection: ejection over, back in service"),
+            }
+        }
     }
 }
 
@@ -126,6 +221,7 @@ async fn check_endpoint(
     address: SocketAddr,
     cluster: Arc<Cluster>,
     check: Arc<HealthCheck>,
+    uneject: bool,
     stop: Rc<Cell<bool>>,
 ) {
     let host = cluster.shared.host(address, true);
@@ -152,6 +248,9 @@ async fn check_endpoint(
                 passes += 1;
                 if was & HostHealth::PENDING != 0 || passes >= check.healthy_threshold {
                     host.set_active(true);
+                }
+                if uneject && host.uneject(&cluster.shared.outliers, clock_ms()) {
+                    tracing::info!(cluster = %cluster.name, endpoint = %address, "outlier detection: a passing health check ended the ejection");
                 }
             }
             Outcome::Unwell | Outcome::NoAnswer => {

@@ -1,3 +1,4 @@
 //! What weft tells operators about itself: metrics (and, later, tracing).
 
+pub mod clusters;
 pub mod metrics;

@@ -11,16 +11,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use weft_mesh::snapshot::{ClusterId, Route};
+use weft_mesh::snapshot::{AttemptOutcome, ClusterId, Route};
 
 use super::error::{Breaker, ProxyError};
 use super::exchange::Exchange;
 use crate::observe::metrics::Family;
+use crate::upstream::Lease;
 
 /// The `status_class` key of requests the client cancelled (status classes are 1-5).
 const CANCELLED_CLASS: u64 = 9;
 
-/// What the attempts of one exchange did: what retries are decided on, and what the
 /// Whether this request's record carries times: reading the clock four times costs
 /// ~130 ns a request on these machines (1% of a gRPC call through weft), so it is read
 /// only while something reads the times: the `weft::completion` trace line today; access
@@ -29,6 +29,7 @@ fn timed() -> bool {
     tracing::enabled!(target: "weft::completion", tracing::Level::TRACE)
 }
 
+/// What the attempts of one exchange did: what retries are decided on, and what the
 /// completion record reports. Cells, because both directions of a relay write it.
 pub struct Progress {
     /// When the request began, if anything reads the record's times (see `timed`).
@@ -36,6 +37,8 @@ pub struct Progress {
     pub attempts: Cell<u8>,
     /// The endpoint of the latest attempt.
     pub endpoint: Cell<Option<SocketAddr>>,
+    /// The latest attempt's hold on its endpoint, until the attempt is over.
+    lease: Cell<Option<Lease>>,
     /// The latest attempt's connection came from the pool.
     pub reused: Cell<bool>,
     /// The next attempt must connect afresh to `endpoint` (its pooled one had died).
@@ -65,6 +68,7 @@ impl Progress {
             started: timed().then(Instant::now),
             attempts: Cell::new(0),
             endpoint: Cell::new(None),
+            lease: Cell::new(None),
             reused: Cell::new(false),
             fresh: Cell::new(false),
             body_taken: Cell::new(false),
@@ -79,9 +83,21 @@ impl Progress {
         }
     }
 
-    /// An attempt has its upstream connection (or stream) to `endpoint`.
-    pub fn connected(&self, endpoint: SocketAddr, reused: bool) {
-        self.endpoint.set(Some(endpoint));
+    /// An attempt was given its endpoint.
+    pub fn leased(&self, lease: Lease) {
+        self.endpoint.set(Some(lease.address()));
+        self.lease.set(Some(lease));
+    }
+
+    /// The attempt's endpoint is done with: `outcome` goes to its outlier detection.
+    pub fn end_attempt(&self, outcome: Option<AttemptOutcome>) {
+        if let Some(lease) = self.lease.take() {
+            lease.finish(outcome);
+        }
+    }
+
+    /// An attempt has its upstream connection (or stream) to its endpoint.
+    pub fn connected(&self, reused: bool) {
         self.reused.set(reused);
         self.connected_us.set(self.micros_now());
     }

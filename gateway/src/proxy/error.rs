@@ -327,6 +327,34 @@ impl ProxyError {
         }
     }
 
+    /// A failure of the endpoint itself, as outlier detection counts it (a local-origin
+    /// failure: it gave no usable answer). Not: the pool's dead connections, refused or
+    /// unprocessed streams (an endpoint shedding load, retried elsewhere), a client's
+    /// deadline, and whatever the client or this host caused.
+    pub fn endpoint_fault(self) -> bool {
+        use ProxyError::*;
+        matches!(
+            self,
+            ConnectFailed(_)
+                | ConnectTimeout
+                | UpstreamTls
+                | UpstreamHandshake
+                | UpstreamConnectionFailed
+                | ClosedBeforeResponse
+                | ClosedDuringRequest
+                | ClosedDuringResponseHead
+                | UpstreamNotReading
+                | UpstreamReset(_)
+                | ResponseTimeout
+                | BadResponseHead
+                | TooManyInterimResponses
+                | ResponseHeadNotValidForHttp2
+                | SwitchWithoutUpgrade
+                | ResponseBodyStalled
+                | ResponseBodyBroken
+        )
+    }
+
     /// The `reason` label of `weft_upstream_connect_errors_total`, for a failed connect.
     pub fn connect_label(self) -> Option<&'static str> {
         use ProxyError::*;

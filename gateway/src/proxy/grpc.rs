@@ -24,6 +24,19 @@ pub enum Code {
     Unavailable = 14,
 }
 
+/// Whether a call that ended with `code` failed, as outlier detection counts it
+/// (Linkerd's failure set: UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED, DATA_LOSS,
+/// PERMISSION_DENIED), and whether as a gateway error (UNAVAILABLE and
+/// DEADLINE_EXCEEDED, the 503 and 504 of gRPC). Other codes are the application's
+/// answers.
+pub fn failure(code: u16) -> Option<bool> {
+    match code {
+        4 | 14 => Some(true),
+        7 | 13 | 15 => Some(false),
+        _ => None,
+    }
+}
+
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)

@@ -13,7 +13,8 @@
 //!    call's deadline, chosen once for every attempt;
 //! 6. **request checks**: a declared body over `http.max_request_body_bytes` is 413;
 //! 7. **attempts**: the client adapter relays the exchange over the cluster's protocol;
-//!    a failed attempt is made again only here, and only when its error allows it
+//!    each attempt's outcome goes to its endpoint's outlier detection; a failed
+//!    attempt is made again only here, and only when its error allows it
 //!    (`ProxyError::retry`) given what the attempt did (`Progress`);
 //! 8. **failure**: an error becomes the client's answer in its protocol (an HTTP error,
 //!    a gRPC status, a reset, or a closed connection once a response had begun);
@@ -26,14 +27,14 @@
 
 use std::time::{Duration, Instant};
 
-use weft_mesh::snapshot::{Cluster, ClusterId};
+use weft_mesh::snapshot::{AttemptOutcome, Cluster, ClusterId};
 use weft_mesh::snapshot::{DirectResponse, Forward, HeaderEdits, RequestFacts, Route, RouteAction};
 
 use super::completion::{Completion, Decided, Progress};
 use super::error::{Breaker, ProxyError, Retry};
 use super::exchange::Exchange;
 use super::facts::{is_valid_authority, PathOutcome, Request};
-use super::local;
+use super::{grpc, local};
 use crate::observe::metrics::Family;
 use crate::proto::h1::head::trim;
 use crate::upstream::REFUSED_RETRIES;
@@ -234,8 +235,15 @@ async fn attempts<C: ClientSide>(
     let mut _retrying = None;
     loop {
         progress.attempts.set(progress.attempts.get() + 1);
-        match client.relay(x, plan, progress).await {
-            Err(e) if may_retry(progress, e) => {
+        let relayed = client.relay(x, plan, progress).await;
+        let again = matches!(relayed, Err(e) if may_retry(progress, e));
+        // A retry on a fresh connection keeps the endpoint (and its lease): its pooled
+        // connection died, not the endpoint.
+        if !progress.fresh.get() {
+            progress.end_attempt(attempt_outcome(&relayed, progress));
+        }
+        match relayed {
+            Err(e) if again => {
                 let limit = plan.cluster.breakers.max_retries;
                 let Some(permit) = plan.cluster.shared.retries.admit(limit) else {
                     progress.retry_overflow.set(true);
@@ -246,6 +254,29 @@ async fn attempts<C: ClientSide>(
             }
             relayed => return relayed,
         }
+    }
+}
+
+/// What an attempt says of its endpoint: an answer by its status (a gRPC call's by
+/// its grpc-status, from the head or the trailers), a failure of the endpoint's own
+/// (`ProxyError::endpoint_fault`); nothing when the attempt ended for another reason.
+fn attempt_outcome<N>(
+    relayed: &Result<N, ProxyError>,
+    progress: &Progress,
+) -> Option<AttemptOutcome> {
+    match relayed {
+        Ok(_) => Some(match (progress.status.get(), progress.grpc_status.get()) {
+            (Some(status @ 500..), _) => AttemptOutcome::Failed {
+                gateway: (502..=504).contains(&status),
+            },
+            (_, Some(code)) => match grpc::failure(code) {
+                Some(gateway) => AttemptOutcome::Failed { gateway },
+                None => AttemptOutcome::Success,
+            },
+            _ => AttemptOutcome::Success,
+        }),
+        Err(e) if e.endpoint_fault() => Some(AttemptOutcome::LocalOrigin),
+        Err(_) => None,
     }
 }
 

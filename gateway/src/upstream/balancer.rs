@@ -8,23 +8,90 @@
 //! A balancer is built per snapshot, but its endpoints' state is not: it is looked up
 //! in the worker's `EndpointTable` by endpoint, so a reload that leaves a cluster's
 //! endpoints alone continues the rotation where it was.
+//!
+//! A pick is a `Lease`: the attempt holds it until it is over, counted in flight at
+//! the endpoint meanwhile, and hands its outcome back through it to the endpoint's
+//! outlier detection (`finish`). Dropped unfinished (the client went away), it only
+//! stops counting.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use weft_mesh::config::LbPolicy;
-use weft_mesh::snapshot::{Cluster, HostHealth};
+use weft_mesh::snapshot::{
+    AttemptOutcome, Cluster, ClusterShared, Ejection, HostHealth, OutlierDetection,
+};
 
 use super::endpoints::{EndpointState, EndpointTable};
 
 pub struct Balancer {
+    cluster: String,
     policy: LbPolicy,
     /// One per endpoint of the cluster, in its order.
     states: Vec<Rc<EndpointState>>,
-    /// Each endpoint's health, shared with the health checker; empty when the cluster
-    /// is not checked (and picking costs nothing more).
+    /// Each endpoint's health, shared with the health checker and every worker's
+    /// outlier detection; empty when the cluster has neither (and picking costs
+    /// nothing more).
     health: Vec<Arc<HostHealth>>,
+    outlier: Option<Arc<OutlierDetection>>,
+    shared: Arc<ClusterShared>,
     panic_threshold: u8,
+}
+
+/// One attempt's endpoint, as picked: see the module's header.
+pub struct Lease {
+    balancer: Rc<Balancer>,
+    index: usize,
+}
+
+impl Lease {
+    fn new(balancer: Rc<Balancer>, index: usize) -> Lease {
+        let state = &balancer.states[index];
+        state.in_flight.set(state.in_flight.get() + 1);
+        Lease { balancer, index }
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.balancer.states[self.index].address
+    }
+
+    /// The attempt is over; its outcome (none when it says nothing of the endpoint:
+    /// the client went away, a breaker refused) feeds outlier detection.
+    pub fn finish(self, outcome: Option<AttemptOutcome>) {
+        let b = &self.balancer;
+        let (Some(outcome), Some(od)) = (outcome, &b.outlier) else {
+            return;
+        };
+        let state = &b.states[self.index];
+        // Split, a local-origin failure is not an answer of the application's: the
+        // success rate is of answers only.
+        if outcome != AttemptOutcome::LocalOrigin || od.consecutive_local.is_none() {
+            state.answers.set(state.answers.get() + 1);
+            if outcome == AttemptOutcome::Success {
+                state.successes.set(state.successes.get() + 1);
+            }
+        }
+        let Some(health) = b.health.get(self.index) else {
+            return;
+        };
+        let ejected = health.record(outcome, od, &b.shared.outliers, b.states.len());
+        if let Some(Ejection::Ejected(kind, time)) = ejected {
+            tracing::warn!(
+                cluster = %b.cluster,
+                endpoint = %state.address,
+                "outlier detection: ejected for {time:?} ({})",
+                kind.label()
+            );
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let state = &self.balancer.states[self.index];
+        state.in_flight.set(state.in_flight.get().saturating_sub(1));
+    }
 }
 
 /// Why no endpoint was picked.
@@ -39,31 +106,49 @@ pub enum NoPick {
 impl Balancer {
     pub fn new(cluster: &Cluster, table: &EndpointTable) -> Balancer {
         let checked = cluster.health_check.is_some();
+        let addresses: Vec<SocketAddr> = cluster.endpoints.iter().map(|e| e.address).collect();
         Balancer {
+            cluster: cluster.name.clone(),
             policy: cluster.lb,
-            states: cluster
-                .endpoints
+            states: addresses
                 .iter()
-                .map(|e| table.state(&cluster.name, e.address))
+                .map(|&a| table.state(&cluster.name, a))
                 .collect(),
-            health: if checked {
-                cluster
-                    .endpoints
-                    .iter()
-                    .map(|e| cluster.shared.host(e.address, true))
-                    .collect()
+            health: if checked || cluster.outlier.is_some() {
+                cluster.shared.hosts_of(&addresses, checked)
             } else {
                 Vec::new()
             },
+            outlier: cluster.outlier.clone(),
+            shared: cluster.shared.clone(),
             panic_threshold: cluster.panic_threshold,
         }
     }
 
-    /// Index into `cluster.endpoints` of an eligible endpoint (healthy, not pending).
+    /// An eligible endpoint (healthy, not pending, not ejected), leased to one attempt.
     /// With fewer eligible than `healthy_panic_threshold` percent, or all still
-    /// pending their first check, every endpoint is (Envoy's panic mode); a threshold
-    /// of 0 never panics and picks nothing when none is eligible.
-    pub fn pick(&self, cluster: &Cluster) -> Result<usize, NoPick> {
+    /// pending their first check, every endpoint is (Envoy's panic mode, counted); a
+    /// threshold of 0 never panics and picks nothing when none is eligible.
+    pub fn pick(self: &Rc<Self>, cluster: &Cluster) -> Result<Lease, NoPick> {
+        let index = self.pick_index(cluster)?;
+        Ok(Lease::new(self.clone(), index))
+    }
+
+    /// Reports each endpoint's tally of answers to its shared health (a worker's
+    /// housekeeping tick).
+    pub fn report_tallies(&self) {
+        if self.outlier.is_none() {
+            return;
+        }
+        for (state, health) in self.states.iter().zip(&self.health) {
+            let (successes, answers) = state.take_tally();
+            if answers > 0 {
+                health.add_interval(successes, answers);
+            }
+        }
+    }
+
+    fn pick_index(&self, cluster: &Cluster) -> Result<usize, NoPick> {
         if cluster.endpoints.is_empty() {
             return Err(NoPick::NoEndpoints);
         }
@@ -87,6 +172,9 @@ impl Balancer {
             || (self.panic_threshold > 0
                 && eligible * 100 < all * usize::from(self.panic_threshold));
         if panic {
+            if !all_pending {
+                self.shared.panics.add();
+            }
             return self
                 .pick_where(cluster, |_| true)
                 .ok_or(NoPick::NoEndpoints);
@@ -176,6 +264,7 @@ mod tests {
             shared: Default::default(),
             health_check: None,
             panic_threshold: 50,
+            outlier: None,
             lb,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
@@ -189,7 +278,7 @@ mod tests {
     fn smooth_weighted_round_robin_interleaves() {
         let c = cluster(&[1, 3], LbPolicy::RoundRobin);
         let b = Balancer::new(&c, &EndpointTable::default());
-        let picks: Vec<usize> = (0..8).map(|_| b.pick(&c).unwrap()).collect();
+        let picks: Vec<usize> = (0..8).map(|_| b.pick_index(&c).unwrap()).collect();
         assert_eq!(picks, vec![1, 0, 1, 1, 1, 0, 1, 1]);
     }
 
@@ -198,11 +287,11 @@ mod tests {
         let table = EndpointTable::default();
         let c = cluster(&[1, 1], LbPolicy::RoundRobin);
         let first = Balancer::new(&c, &table);
-        let before: Vec<usize> = (0..3).map(|_| first.pick(&c).unwrap()).collect();
+        let before: Vec<usize> = (0..3).map(|_| first.pick_index(&c).unwrap()).collect();
         // A new snapshot: a new balancer over the same endpoints.
         let second = Balancer::new(&c, &table);
         drop(first);
-        let after: Vec<usize> = (0..3).map(|_| second.pick(&c).unwrap()).collect();
+        let after: Vec<usize> = (0..3).map(|_| second.pick_index(&c).unwrap()).collect();
         assert_eq!(before, vec![0, 1, 0]);
         assert_eq!(after, vec![1, 0, 1], "the rotation went on where it was");
     }
@@ -211,7 +300,7 @@ mod tests {
     fn random_follows_weights() {
         let c = cluster(&[1, 9], LbPolicy::Random);
         let b = Balancer::new(&c, &EndpointTable::default());
-        let heavy = (0..10_000).filter(|_| b.pick(&c) == Ok(1)).count();
+        let heavy = (0..10_000).filter(|_| b.pick_index(&c) == Ok(1)).count();
         assert!((8_500..9_500).contains(&heavy), "{heavy}");
     }
 }

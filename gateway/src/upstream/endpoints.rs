@@ -1,7 +1,7 @@
 //! Per-worker state about upstream endpoints that must outlive snapshots: a reload or a
 //! discovery change builds new balancers, but the state of an endpoint that is still
-//! there is found again by its key and kept (today the balancer's position; the
-//! endpoint-health work adds in-flight counts, latency, breaker and outlier state).
+//! there is found again by its key and kept: the balancer's position, the requests in
+//! flight there, and the tally of answers not yet reported to outlier detection.
 //!
 //! Keyed by the endpoint itself (cluster name and address), never by an index into a
 //! snapshot. Owned by its worker (`Rc`, `Cell`): nothing here is shared across cores.
@@ -13,10 +13,35 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 /// What a worker knows about one endpoint of one cluster.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EndpointState {
+    pub address: SocketAddr,
     /// Smooth weighted round robin's running weight.
     pub wrr_current: Cell<i64>,
+    /// This worker's attempts on the endpoint not yet over (`Lease`s held).
+    pub in_flight: Cell<u32>,
+    /// Answers since the last report to the endpoint's shared health, and how many
+    /// succeeded: outlier detection's success rate is fed from these, once a tick,
+    /// not by a shared write per request.
+    pub answers: Cell<u64>,
+    pub successes: Cell<u64>,
+}
+
+impl EndpointState {
+    fn new(address: SocketAddr) -> EndpointState {
+        EndpointState {
+            address,
+            wrr_current: Cell::new(0),
+            in_flight: Cell::new(0),
+            answers: Cell::new(0),
+            successes: Cell::new(0),
+        }
+    }
+
+    /// The tally since the last call, emptied.
+    pub fn take_tally(&self) -> (u64, u64) {
+        (self.successes.take(), self.answers.take())
+    }
 }
 
 #[derive(Default)]
@@ -31,7 +56,7 @@ impl EndpointTable {
         if let Some(s) = states.get(&(Rc::from(cluster), address)) {
             return s.clone();
         }
-        let s = Rc::new(EndpointState::default());
+        let s = Rc::new(EndpointState::new(address));
         states.insert((Rc::from(cluster), address), s.clone());
         s
     }

@@ -18,11 +18,12 @@ use std::sync::Arc;
 
 use monoio::net::TcpStream;
 use weft_mesh::snapshot::tls::ClusterTls;
+use weft_mesh::config::Http2Config;
 use weft_mesh::snapshot::{Cluster, ClusterId, ClusterShared, Snapshot};
 
 use crate::keyhash::BuildKeyHasher;
 
-pub use balancer::Balancer;
+pub use balancer::{Balancer, Lease};
 pub use multiplex::{GoAwayWatch, H2Stream, Multiplexed, REFUSED_RETRIES};
 pub use pool::Pool;
 
@@ -220,26 +221,22 @@ impl Upstreams {
             .clone()
     }
 
-    fn pick(&self, snapshot: &Snapshot, id: ClusterId) -> Result<SocketAddr, ConnectError> {
-        let cluster = &snapshot.clusters[id];
-        let idx = self
-            .balancer(snapshot, id)
-            .pick(cluster)
+    /// An endpoint of the cluster for one attempt (see `Lease`).
+    pub fn pick(&self, snapshot: &Snapshot, id: ClusterId) -> Result<Lease, ConnectError> {
+        self.balancer(snapshot, id)
+            .pick(&snapshot.clusters[id])
             .map_err(|e| match e {
                 balancer::NoPick::NoEndpoints => ConnectError::NoEndpoints,
                 balancer::NoPick::NoHealthy => ConnectError::NoHealthy,
-            })?;
-        Ok(cluster.endpoints[idx].address)
+            })
     }
 
-    /// Picks an endpoint of the cluster and returns a pooled or fresh connection to it.
+    /// A pooled or fresh connection to `endpoint` of `cluster`.
     pub async fn connect(
         &self,
-        snapshot: &Snapshot,
-        id: ClusterId,
+        cluster: &Cluster,
+        endpoint: SocketAddr,
     ) -> Result<Upstream, ConnectError> {
-        let cluster = &snapshot.clusters[id];
-        let endpoint = self.pick(snapshot, id)?;
         if let Some((conn, permit)) = self.pool.checkout(pool_key(cluster, endpoint)) {
             return Ok(Upstream {
                 conn,
@@ -251,20 +248,25 @@ impl Upstreams {
         self.fresh(cluster, endpoint).await
     }
 
-    /// Picks an endpoint of an HTTP/2 cluster and a stream slot on a connection to it.
+    /// A stream slot on a connection to `endpoint` of an HTTP/2 cluster.
     pub async fn open_h2(
         &self,
-        snapshot: &Snapshot,
-        id: ClusterId,
+        cluster: &Cluster,
+        endpoint: SocketAddr,
+        settings: &Http2Config,
     ) -> Result<H2Stream, ConnectError> {
-        let cluster = &snapshot.clusters[id];
-        let endpoint = self.pick(snapshot, id)?;
         let key = pool_key(cluster, endpoint);
         self.h2
-            .open(key, cluster, &snapshot.http2, || {
-                self.admit_connection(cluster, key)
-            })
+            .open(key, cluster, settings, || self.admit_connection(cluster, key))
             .await
+    }
+
+    /// Reports the answers each endpoint got since the last tick to outlier detection
+    /// (run by the worker's housekeeping tick).
+    pub fn report_tallies(&self) {
+        for b in self.balancers.borrow().1.iter().flatten() {
+            b.report_tallies();
+        }
     }
 
     /// Closes idle connections past their timeout; run periodically by the worker.

@@ -521,6 +521,112 @@ pub struct ClusterConfig {
     /// Below this percentage of eligible (healthy) endpoints, balance over all of them
     /// (Envoy's panic threshold); 0 never does, and answers 503 when none is eligible.
     pub healthy_panic_threshold: u8,
+    /// Passive health: endpoints whose answers fail are ejected for a while.
+    pub outlier_detection: Option<OutlierDetectionConfig>,
+}
+
+/// `[clusters.NAME.outlier_detection]`: Envoy's detectors, with its defaults.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutlierDetectionConfig {
+    /// 5xx answers (and, unless split, local-origin failures) in a row that eject.
+    pub consecutive_5xx: u32,
+    /// Percentage of such detections that eject (the rest are only counted).
+    pub enforcing_consecutive_5xx: u32,
+    /// 502/503/504 answers (and, unless split, local-origin failures) in a row.
+    pub consecutive_gateway_failure: u32,
+    /// Envoy's default: 0, detected and counted but not ejected.
+    pub enforcing_consecutive_gateway_failure: u32,
+    /// Count local-origin failures (connect refused or timed out, reset, response
+    /// timeout) apart from the answers the application gives.
+    pub split_external_local_origin_errors: bool,
+    /// With the split: local-origin failures in a row that eject.
+    pub consecutive_local_origin_failure: u32,
+    pub enforcing_consecutive_local_origin_failure: u32,
+    /// How often ejections are reviewed and the success rates judged.
+    pub interval: ConfigDuration,
+    /// An ejection lasts this long times the ejections in a row.
+    pub base_ejection_time: ConfigDuration,
+    /// ... but never longer than this (or `base_ejection_time`, if that is longer).
+    pub max_ejection_time: ConfigDuration,
+    /// Up to this much longer, at random.
+    pub max_ejection_time_jitter: ConfigDuration,
+    /// At most this percentage of the cluster's endpoints ejected at once.
+    pub max_ejection_percent: u32,
+    /// One endpoint may be ejected whatever `max_ejection_percent` allows.
+    pub always_eject_one_host: bool,
+    /// A passing active health check returns an ejected endpoint at once.
+    pub successful_active_health_check_uneject_host: bool,
+    pub success_rate: SuccessRateConfig,
+    pub failure_percentage: FailurePercentageConfig,
+}
+
+impl Default for OutlierDetectionConfig {
+    fn default() -> Self {
+        OutlierDetectionConfig {
+            consecutive_5xx: 5,
+            enforcing_consecutive_5xx: 100,
+            consecutive_gateway_failure: 5,
+            enforcing_consecutive_gateway_failure: 0,
+            split_external_local_origin_errors: false,
+            consecutive_local_origin_failure: 5,
+            enforcing_consecutive_local_origin_failure: 100,
+            interval: ConfigDuration::from_secs(10),
+            base_ejection_time: ConfigDuration::from_secs(30),
+            max_ejection_time: ConfigDuration::from_secs(300),
+            max_ejection_time_jitter: ConfigDuration::from_secs(0),
+            max_ejection_percent: 10,
+            always_eject_one_host: true,
+            successful_active_health_check_uneject_host: true,
+            success_rate: SuccessRateConfig::default(),
+            failure_percentage: FailurePercentageConfig::default(),
+        }
+    }
+}
+
+/// Success-rate ejection: an endpoint whose success rate over an interval is below the
+/// mean minus `stdev_factor` standard deviations of its cluster's.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SuccessRateConfig {
+    /// Endpoints with `request_volume` answers in the interval needed to judge any.
+    pub minimum_hosts: u32,
+    pub request_volume: u32,
+    pub stdev_factor: f64,
+    pub enforcing: u32,
+}
+
+impl Default for SuccessRateConfig {
+    fn default() -> Self {
+        SuccessRateConfig {
+            minimum_hosts: 5,
+            request_volume: 100,
+            stdev_factor: 1.9,
+            enforcing: 100,
+        }
+    }
+}
+
+/// Failure-percentage ejection: an endpoint failing `threshold` percent of its answers
+/// in an interval (off by default: `enforcing = 0`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FailurePercentageConfig {
+    pub threshold: u32,
+    pub minimum_hosts: u32,
+    pub request_volume: u32,
+    pub enforcing: u32,
+}
+
+impl Default for FailurePercentageConfig {
+    fn default() -> Self {
+        FailurePercentageConfig {
+            threshold: 85,
+            minimum_hosts: 5,
+            request_volume: 50,
+            enforcing: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -625,6 +731,7 @@ impl Default for ClusterConfig {
             circuit_breakers: CircuitBreakersConfig::default(),
             health_check: None,
             healthy_panic_threshold: 50,
+            outlier_detection: None,
         }
     }
 }

@@ -457,6 +457,110 @@ fn is_valid_host(host: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~[]:".contains(&b))
 }
 
+fn compile_outlier_detection(
+    o: &crate::config::OutlierDetectionConfig,
+    path: &str,
+    d: &mut Diagnostics,
+) -> OutlierDetection {
+    use health::{Detector, FailurePercentage, SuccessRate};
+    let key = |k: &str| format!("{path}.outlier_detection.{k}");
+    let mut detector = |threshold_key: &str, threshold: u32, enforcing_key: &str, enforcing: u32| {
+        if threshold == 0 {
+            d.error(key(threshold_key), "must be at least 1");
+        }
+        if enforcing > 100 {
+            d.error(key(enforcing_key), "is a percentage: 0 to 100");
+        }
+        Detector {
+            threshold: threshold.max(1),
+            enforcing: enforcing.min(100),
+        }
+    };
+    let consecutive_5xx = detector(
+        "consecutive_5xx",
+        o.consecutive_5xx,
+        "enforcing_consecutive_5xx",
+        o.enforcing_consecutive_5xx,
+    );
+    let consecutive_gateway = detector(
+        "consecutive_gateway_failure",
+        o.consecutive_gateway_failure,
+        "enforcing_consecutive_gateway_failure",
+        o.enforcing_consecutive_gateway_failure,
+    );
+    let local = detector(
+        "consecutive_local_origin_failure",
+        o.consecutive_local_origin_failure,
+        "enforcing_consecutive_local_origin_failure",
+        o.enforcing_consecutive_local_origin_failure,
+    );
+    for (k, v) in [
+        ("interval", o.interval),
+        ("base_ejection_time", o.base_ejection_time),
+        ("max_ejection_time", o.max_ejection_time),
+    ] {
+        if v.0.is_zero() {
+            d.error(key(k), "must be greater than 0");
+        }
+    }
+    let sr = &o.success_rate;
+    let fp = &o.failure_percentage;
+    for (k, v) in [
+        ("max_ejection_percent", o.max_ejection_percent),
+        ("success_rate.enforcing", sr.enforcing),
+        ("failure_percentage.enforcing", fp.enforcing),
+        ("failure_percentage.threshold", fp.threshold),
+    ] {
+        if v > 100 {
+            d.error(key(k), "is a percentage: 0 to 100");
+        }
+    }
+    for (k, v) in [
+        ("success_rate.minimum_hosts", sr.minimum_hosts),
+        ("success_rate.request_volume", sr.request_volume),
+        ("failure_percentage.minimum_hosts", fp.minimum_hosts),
+        ("failure_percentage.request_volume", fp.request_volume),
+    ] {
+        if v == 0 {
+            d.error(key(k), "must be at least 1");
+        }
+    }
+    if !(sr.stdev_factor.is_finite() && sr.stdev_factor >= 0.0) {
+        d.error(
+            key("success_rate.stdev_factor"),
+            "must be a number of standard deviations, 0 or more (Envoy's 1900 is 1.9 here)",
+        );
+    }
+    OutlierDetection {
+        consecutive_5xx,
+        consecutive_gateway,
+        consecutive_local: o.split_external_local_origin_errors.then_some(local),
+        interval: o.interval.0,
+        base_ejection_time: o.base_ejection_time.0,
+        max_ejection_time: o.max_ejection_time.0.max(o.base_ejection_time.0),
+        max_ejection_time_jitter: o.max_ejection_time_jitter.0,
+        max_ejection_percent: o.max_ejection_percent.min(100),
+        always_eject_one_host: o.always_eject_one_host,
+        uneject_on_active_success: o.successful_active_health_check_uneject_host,
+        success_rate: SuccessRate {
+            minimum_hosts: sr.minimum_hosts.max(1),
+            request_volume: sr.request_volume.max(1),
+            stdev_factor: if sr.stdev_factor.is_finite() {
+                sr.stdev_factor.max(0.0)
+            } else {
+                1.9
+            },
+            enforcing: sr.enforcing.min(100),
+        },
+        failure_percentage: FailurePercentage {
+            threshold: fp.threshold.min(100),
+            minimum_hosts: fp.minimum_hosts.max(1),
+            request_volume: fp.request_volume.max(1),
+            enforcing: fp.enforcing.min(100),
+        },
+    }
+}
+
 fn compile_breakers(
     b: &crate::config::CircuitBreakersConfig,
     path: &str,
@@ -1015,6 +1119,10 @@ fn compile_cluster(
             }
             c.healthy_panic_threshold.min(100)
         },
+        outlier: c
+            .outlier_detection
+            .as_ref()
+            .map(|o| Arc::new(compile_outlier_detection(o, path, d))),
         lb: if c.lb == LbPolicy::Random {
             LbPolicy::Random
         } else {
@@ -1706,6 +1814,40 @@ mod tests {
                 .filter(|(n, _)| *n == name)
                 .any(|(_, v)| pred(v.as_bytes()))
         }
+    }
+
+    #[test]
+    fn outlier_detection_is_validated_and_compiled() {
+        let base = "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
+            routes = [ { match = { path_prefix = \"/\" }, cluster = \"a\" } ]\n\
+            [clusters.a]\nendpoints = [\"127.0.0.1:9001\"]\n[clusters.a.outlier_detection]\n";
+        let errors = compile_text(&format!(
+            "{base}consecutive_gateway_failure = 0\nenforcing_consecutive_5xx = 101\n\
+             base_ejection_time = \"0s\"\nfailure_percentage = {{ threshold = 200, request_volume = 0 }}\n"
+        ))
+        .expect_err("refused");
+        let key = "clusters.a.outlier_detection";
+        for want in [
+            format!("{key}.consecutive_gateway_failure: must be at least 1"),
+            format!("{key}.enforcing_consecutive_5xx: is a percentage"),
+            format!("{key}.base_ejection_time: must be greater than 0"),
+            format!("{key}.failure_percentage.threshold: is a percentage"),
+            format!("{key}.failure_percentage.request_volume: must be at least 1"),
+        ] {
+            assert!(errors.iter().any(|e| e.contains(&want)), "{want} in {errors:?}");
+        }
+        let snap = compile_text(&format!(
+            "{base}split_external_local_origin_errors = true\nbase_ejection_time = \"400s\"\n"
+        ))
+        .expect("compiles");
+        let od = snap.clusters[0].outlier.clone().expect("on");
+        assert_eq!(od.consecutive_local.map(|d| d.threshold), Some(5));
+        assert_eq!(od.consecutive_gateway.enforcing, 0, "Envoy's default");
+        assert_eq!(
+            od.max_ejection_time,
+            Duration::from_secs(400),
+            "never shorter than the base"
+        );
     }
 
     #[test]

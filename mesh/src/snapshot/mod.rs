@@ -8,6 +8,7 @@
 //! so a swap never changes the rules under a request already running.
 
 mod compile;
+pub mod health;
 mod routes;
 pub mod tls;
 
@@ -19,6 +20,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 pub use compile::{compile, compile_with};
+pub use health::{
+    clock_ms, AttemptOutcome, Ejection, EjectionKind, HostHealth, OutlierCounters,
+    OutlierDetection,
+};
 
 /// Endpoints found by discovery, by cluster name, as the config would list them.
 pub type Discovered = std::collections::BTreeMap<String, Vec<crate::config::EndpointConfig>>;
@@ -90,10 +95,14 @@ pub struct PaddedCounter(pub AtomicU64);
 /// nor double-counts, because the counters themselves outlive it.
 #[derive(Debug, Default)]
 pub struct ClusterShared {
-    /// Each endpoint's health, as the checker (and later outlier detection) found it.
+    /// Each endpoint's health, as the checker and outlier detection found it.
     hosts: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<HostHealth>>>,
     /// What the active checks did.
     pub checks: HealthCounters,
+    /// What outlier detection did.
+    pub outliers: OutlierCounters,
+    /// Picks made in panic mode (too few endpoints eligible: all were used).
+    pub panics: PaddedCounter,
     /// Upstream connections open.
     pub connections: PaddedCounter,
     /// Requests waiting for a new upstream connection.
@@ -141,37 +150,6 @@ pub struct HealthCounters {
     pub failures: AtomicU64,
 }
 
-/// One endpoint's health flags, written by the checker and read by every worker's
-/// balancer (a relaxed load per pick: written rarely, never contended).
-#[derive(Debug, Default)]
-pub struct HostHealth {
-    flags: std::sync::atomic::AtomicU8,
-}
-
-impl HostHealth {
-    /// Checked, and no result yet.
-    pub const PENDING: u8 = 1;
-    /// The active health check says unhealthy.
-    pub const FAILED_ACTIVE: u8 = 2;
-
-    pub fn flags(&self) -> u8 {
-        self.flags.load(Ordering::Relaxed)
-    }
-
-    /// May be sent traffic (before the panic rule).
-    pub fn eligible(&self) -> bool {
-        self.flags() == 0
-    }
-
-    /// The active check's result: healthy clears `FAILED_ACTIVE` and `PENDING`;
-    /// unhealthy sets `FAILED_ACTIVE` and clears `PENDING`.
-    pub fn set_active(&self, healthy: bool) {
-        let flags = if healthy { 0 } else { Self::FAILED_ACTIVE };
-        let others = self.flags() & !(Self::PENDING | Self::FAILED_ACTIVE);
-        self.flags.store(others | flags, Ordering::Relaxed);
-    }
-}
-
 impl ClusterShared {
     /// The health of `address`, made the first time it is asked for: pending (and
     /// failed) until a first result when the cluster is `checked`, healthy otherwise.
@@ -182,25 +160,51 @@ impl ClusterShared {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         hosts
             .entry(address)
-            .or_insert_with(|| {
-                let h = HostHealth::default();
-                if checked {
-                    h.flags.store(
-                        HostHealth::PENDING | HostHealth::FAILED_ACTIVE,
-                        Ordering::Relaxed,
-                    );
-                }
-                Arc::new(h)
-            })
+            .or_insert_with(|| Arc::new(HostHealth::new(checked)))
             .clone()
     }
 
-    /// Forgets endpoints `keep` rejects (they left the cluster).
+    /// Forgets endpoints `keep` rejects (they left the cluster); one that left ejected
+    /// gives its place in `outliers.active` back.
     pub fn retain_hosts(&self, keep: impl Fn(SocketAddr) -> bool) {
         self.hosts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|a, _| keep(*a));
+            .retain(|a, h| {
+                let kept = keep(*a);
+                if !kept {
+                    h.uneject(&self.outliers, clock_ms());
+                }
+                kept
+            });
+    }
+
+    /// Every ejected endpoint returns (outlier detection was turned off).
+    pub fn clear_ejections(&self) {
+        let hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for h in hosts.values() {
+            h.uneject(&self.outliers, clock_ms());
+        }
+    }
+
+    /// The health of each of `addresses` (made as `host` makes them), for a sweep.
+    pub fn hosts_of(&self, addresses: &[SocketAddr], checked: bool) -> Vec<Arc<HostHealth>> {
+        let mut hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        addresses
+            .iter()
+            .map(|a| {
+                hosts
+                    .entry(*a)
+                    .or_insert_with(|| Arc::new(HostHealth::new(checked)))
+                    .clone()
+            })
+            .collect()
     }
 
     /// Every endpoint's active-check result is dropped (checks were turned off).
@@ -214,14 +218,14 @@ impl ClusterShared {
         }
     }
 
-    /// Each endpoint's health, for `/metrics`.
-    pub fn hosts(&self) -> Vec<(SocketAddr, u8)> {
+    /// Each endpoint's health, for `/metrics` and `/clusters`, in address order.
+    pub fn hosts(&self) -> Vec<(SocketAddr, Arc<HostHealth>)> {
         let hosts = self
             .hosts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut all: Vec<_> = hosts.iter().map(|(a, h)| (*a, h.flags())).collect();
-        all.sort();
+        let mut all: Vec<_> = hosts.iter().map(|(a, h)| (*a, h.clone())).collect();
+        all.sort_by_key(|(a, _)| *a);
         all
     }
 }
@@ -597,6 +601,8 @@ pub struct Cluster {
     pub health_check: Option<Arc<HealthCheck>>,
     /// `healthy_panic_threshold`, a percentage.
     pub panic_threshold: u8,
+    /// `outlier_detection`, when it is on.
+    pub outlier: Option<Arc<OutlierDetection>>,
     pub lb: LbPolicy,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,

@@ -13,6 +13,7 @@ pub mod h1_to_h2;
 pub mod h2_to_h1;
 pub mod h2_to_h2;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBuf;
@@ -56,11 +57,26 @@ async fn connect_h1(
         Some(endpoint) if progress.fresh.replace(false) => {
             upstreams.connect_fresh(plan.cluster, endpoint).await
         }
-        _ => upstreams.connect(x.snapshot, plan.cluster_id).await,
+        _ => {
+            let endpoint = pick(x, plan, progress)?;
+            upstreams.connect(plan.cluster, endpoint).await
+        }
     };
     let up = connected.map_err(|e| connect_error(x, plan, &e))?;
-    progress.connected(up.endpoint, up.reused);
+    progress.connected(up.reused);
     Ok(up)
+}
+
+/// The attempt's endpoint, leased to it in `progress`.
+fn pick(x: &Exchange<'_>, plan: &Plan<'_>, progress: &Progress) -> Result<SocketAddr, ProxyError> {
+    let lease = x
+        .worker
+        .upstreams
+        .pick(x.snapshot, plan.cluster_id)
+        .map_err(|e| connect_error(x, plan, &e))?;
+    let endpoint = lease.address();
+    progress.leased(lease);
+    Ok(endpoint)
 }
 
 /// A stream slot on a shared HTTP/2 connection to an endpoint of the plan's cluster.
@@ -69,13 +85,14 @@ async fn open_h2(
     plan: &Plan<'_>,
     progress: &Progress,
 ) -> Result<H2Stream, ProxyError> {
+    let endpoint = pick(x, plan, progress)?;
     let slot = x
         .worker
         .upstreams
-        .open_h2(x.snapshot, plan.cluster_id)
+        .open_h2(plan.cluster, endpoint, &x.snapshot.http2)
         .await
         .map_err(|e| connect_error(x, plan, &e))?;
-    progress.connected(slot.endpoint, false);
+    progress.connected(false);
     Ok(slot)
 }
 
