@@ -93,6 +93,20 @@ fn percent_encode(message: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn outlier_detection_counts_linkerds_failure_codes() {
+        // UNAVAILABLE and DEADLINE_EXCEEDED are gRPC's 503 and 504.
+        assert_eq!(failure(14), Some(true));
+        assert_eq!(failure(4), Some(true));
+        for code in [7, 13, 15] {
+            assert_eq!(failure(code), Some(false), "{code}");
+        }
+        // OK and the application's own answers (NOT_FOUND, FAILED_PRECONDITION, ...).
+        for code in [0, 1, 3, 5, 9, 12, 16] {
+            assert_eq!(failure(code), None, "{code}");
+        }
+    }
+
     fn with_timeout(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert("grpc-timeout", v.parse().unwrap());
