@@ -159,7 +159,7 @@ fn summary(s: &Snapshot) -> String {
             .iter()
             .map(|e| format!("{} (weight {})", e.address, e.weight))
             .collect();
-        out += &format!("  cluster {}: {:?}, {}\n", c.name, c.lb, eps.join(", "));
+        out += &format!("  cluster {}: {}, {}\n", c.name, c.lb.name(), eps.join(", "));
         if let Some(h) = &c.health_check {
             let probe = match &h.probe {
                 weft_mesh::snapshot::HealthProbe::Http { path, host, .. } => {

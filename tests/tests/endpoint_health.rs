@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -340,6 +340,8 @@ struct CheckedUpstream {
     checks: Arc<AtomicUsize>,
     status: Arc<AtomicU16>,
     served: Arc<AtomicUsize>,
+    /// Milliseconds each non-check answer waits.
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl CheckedUpstream {
@@ -351,6 +353,7 @@ impl CheckedUpstream {
             checks: Arc::new(AtomicUsize::new(0)),
             status: Arc::new(AtomicU16::new(200)),
             served: Arc::new(AtomicUsize::new(0)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
         };
         let shared = up.clone();
         std::thread::spawn(move || {
@@ -376,6 +379,10 @@ fn answer_checks(mut conn: TcpStream, name: &str, up: &CheckedUpstream) {
             format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n")
         } else {
             up.served.fetch_add(1, Ordering::SeqCst);
+            let delay = up.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                std::thread::sleep(Duration::from_millis(delay));
+            }
             let status = up.status.load(Ordering::SeqCst);
             format!(
                 "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{name}",
@@ -827,4 +834,163 @@ fn grpc_statuses_from_heads_or_trailers_feed_outlier_detection() {
         assert_eq!(outlier_metric(&weft, "weft_cluster_outlier_ejections_active", None), 1.0, "{method}");
         bad.failing.store(false, Ordering::SeqCst);
     }
+}
+
+/// Requests from `threads` clients at once, `each` one after another on fresh
+/// connections (spread over the workers), sending `header`: who answered them.
+fn answers_from(listen: SocketAddr, threads: usize, each: usize, header: &str) -> Vec<String> {
+    let header = header.to_owned();
+    let clients: Vec<_> = (0..threads)
+        .map(|_| {
+            let header = header.clone();
+            std::thread::spawn(move || {
+                (0..each)
+                    .map(|_| {
+                        let mut c = weft_tests::raw::RawClient::new(listen);
+                        let req = format!("GET /x HTTP/1.1\r\nHost: a\r\n{header}\r\n");
+                        c.send(req.as_bytes());
+                        let (_, _, body) = c.read_response();
+                        String::from_utf8_lossy(&body).into_owned()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    clients.into_iter().flat_map(|c| c.join().unwrap()).collect()
+}
+
+fn share(answers: &[String], name: &str) -> f64 {
+    answers.iter().filter(|a| *a == name).count() as f64 / answers.len() as f64
+}
+
+/// `p2c_ewma` learns latency: an endpoint 50 ms slower than two others gets under
+/// 10 % of the requests; `least_request` sends few to an endpoint holding long
+/// requests (round robin would send it a third).
+#[test]
+fn latency_and_load_aware_balancers_avoid_the_slow_endpoint() {
+    let ups: Vec<CheckedUpstream> = ["slow", "b", "c"].into_iter().map(CheckedUpstream::start).collect();
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+
+    ups[0].delay_ms.store(50, Ordering::SeqCst);
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start("ingress", &cluster_config(admin, listen, &addrs, "lb = \"p2c_ewma\""), admin);
+    let answers = answers_from(listen, 4, 60, "");
+    let slow = share(&answers, "slow");
+    assert!(slow < 0.10, "p2c_ewma sent {:.1}% to the slow endpoint", slow * 100.0);
+    drop(weft);
+
+    ups[0].delay_ms.store(1000, Ordering::SeqCst);
+    let (admin, listen) = (free_addr(), free_addr());
+    let _weft = Weft::start("ingress", &cluster_config(admin, listen, &addrs, "lb = \"least_request\""), admin);
+    let answers = answers_from(listen, 10, 10, "");
+    let slow = share(&answers, "slow");
+    assert!(slow < 0.15, "least_request sent {:.1}% to the busy endpoint", slow * 100.0);
+    assert!(share(&answers, "b") > 0.3 && share(&answers, "c") > 0.3, "{answers:?}");
+}
+
+/// Who answered each of `keys` (sent as `x-user-id`) over one keep-alive connection.
+fn owners(listen: SocketAddr, keys: std::ops::Range<usize>) -> Vec<String> {
+    let mut c = weft_tests::raw::RawClient::new(listen);
+    keys.map(|k| {
+        c.send(format!("GET /x HTTP/1.1\r\nHost: a\r\nx-user-id: user-{k}\r\n\r\n").as_bytes());
+        let (_, _, body) = c.read_response();
+        String::from_utf8_lossy(&body).into_owned()
+    })
+    .collect()
+}
+
+fn hashed_config(admin: SocketAddr, listen: SocketAddr, endpoints: &[SocketAddr], lb: &str) -> String {
+    cluster_config(admin, listen, endpoints, &format!("lb = \"{lb}\""))
+        .replace("cluster = \"api\" }", "cluster = \"api\", hash_policy = [ { header = \"x-user-id\" } ] }")
+}
+
+/// `ring_hash`: a key lands on the same endpoint from every connection (so every
+/// worker), and when one of 5 endpoints leaves (a reload), only its keys move: about
+/// 1/5 of 1,000.
+#[test]
+fn ring_hash_keeps_keys_in_place() {
+    let names = ["a", "b", "c", "d", "e"];
+    let ups: Vec<CheckedUpstream> = names.into_iter().map(CheckedUpstream::start).collect();
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let (admin, listen) = (free_addr(), free_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weft.toml");
+    std::fs::write(&path, hashed_config(admin, listen, &addrs, "ring_hash")).unwrap();
+    let weft = Weft::start_in(dir.path(), "ingress", &std::fs::read_to_string(&path).unwrap(), admin);
+
+    let same = answers_from(listen, 4, 5, "x-user-id: user-7\r\n");
+    assert!(same.iter().all(|a| *a == same[0]), "one key, several endpoints: {same:?}");
+
+    let before = owners(listen, 0..1000);
+    for name in names {
+        let n = before.iter().filter(|o| *o == name).count();
+        assert!((100..320).contains(&n), "{name} owns {n} of 1000 keys");
+    }
+    std::fs::write(
+        dir.path().join("weft.toml"),
+        hashed_config(admin, listen, &addrs[..4], "ring_hash"),
+    )
+    .unwrap();
+    let version = weft.metric(&["weft_config_version"]);
+    weft.signal(1); // SIGHUP
+    wait_for("reloaded", Duration::from_secs(5), || weft.metric(&["weft_config_version"]) > version);
+    let after = owners(listen, 0..1000);
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    let owned = before.iter().filter(|o| *o == "e").count();
+    assert_eq!(moved, owned, "keys of endpoints that stayed moved");
+    assert!(after.iter().all(|o| o != "e"));
+}
+
+/// `maglev` honours weights 1:2 within 5 % over 6,000 keys.
+#[test]
+fn maglev_follows_weights() {
+    let ups: Vec<CheckedUpstream> = ["light", "heavy"].into_iter().map(CheckedUpstream::start).collect();
+    let (admin, listen) = (free_addr(), free_addr());
+    let config = hashed_config(admin, listen, &[ups[0].addr], "maglev").replace(
+        &format!("endpoints = [\"{}\"]", ups[0].addr),
+        &format!("endpoints = [\"{}\", {{ address = \"{}\", weight = 2 }}]", ups[0].addr, ups[1].addr),
+    );
+    let _weft = Weft::start("ingress", &config, admin);
+    let owners = owners(listen, 0..6000);
+    let heavy = owners.iter().filter(|o| *o == "heavy").count() as f64;
+    let light = owners.iter().filter(|o| *o == "light").count() as f64;
+    let ratio = heavy / light;
+    assert!((1.9..=2.1).contains(&ratio), "heavy:light = {ratio:.3}");
+}
+
+/// A cookie hash policy with a ttl: a first request gets a `Set-Cookie`, and every
+/// request carrying it lands on the same endpoint, from any connection.
+#[test]
+fn cookie_affinity_sets_and_honours_its_cookie() {
+    let ups: Vec<CheckedUpstream> = ["a", "b", "c"].into_iter().map(CheckedUpstream::start).collect();
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let (admin, listen) = (free_addr(), free_addr());
+    let config = cluster_config(admin, listen, &addrs, "lb = \"ring_hash\"").replace(
+        "cluster = \"api\" }",
+        "cluster = \"api\", hash_policy = [ { cookie = { name = \"sticky\", ttl = \"1h\" } } ] }",
+    );
+    let _weft = Weft::start("ingress", &config, admin);
+    let (status, head) = one_request(listen);
+    assert_eq!(status, 200);
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no set-cookie: {head}"));
+    assert!(cookie.contains("Max-Age=3600") && cookie.contains("HttpOnly"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    assert!(pair.starts_with("sticky="), "{cookie}");
+    let sticky = answers_from(listen, 4, 5, &format!("cookie: other=1; {pair}\r\n"));
+    assert!(sticky.iter().all(|a| *a == sticky[0]), "{sticky:?}");
+    let (_, again) = {
+        let mut c = weft_tests::raw::RawClient::new(listen);
+        c.send(format!("GET /x HTTP/1.1\r\nHost: a\r\ncookie: {pair}\r\n\r\n").as_bytes());
+        let (s, h, _) = c.read_response();
+        (s, h)
+    };
+    assert!(!again.contains("set-cookie"), "a cookie was set again: {again}");
+    // Several cookies spread over the endpoints.
+    let spread: std::collections::HashSet<String> = (0..30)
+        .map(|i| answers_from(listen, 1, 1, &format!("cookie: sticky={i:016x}\r\n")).remove(0))
+        .collect();
+    assert!(spread.len() >= 2, "{spread:?}");
 }

@@ -119,6 +119,10 @@ impl Progress {
     /// The upstream's response head arrived.
     pub fn responded(&self) {
         self.first_byte_us.set(self.micros_now());
+        if let Some(lease) = self.lease.take() {
+            lease.responded();
+            self.lease.set(Some(lease));
+        }
     }
 
     /// The response head went to the client with `status`.

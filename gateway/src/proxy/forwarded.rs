@@ -81,6 +81,7 @@ pub fn request(input: &[u8]) -> Outcome {
         targets: Vec::new(),
         total_weight: 0,
         prefix_rewrite: None,
+        hash_policy: Vec::new(),
     };
     let fwd = ForwardedConfig {
         request_id: false,
@@ -164,8 +165,11 @@ pub fn response(input: &[u8], head_request: bool) -> Outcome {
         Err(o) => return o,
     };
     let framing = rewrite::client_framing(&req, &resp, true);
-    let mut bytes =
-        rewrite::response_head(&req, &resp, &HeaderEdits::default(), framing, false).to_vec();
+    let edits = rewrite::ResponseEdits {
+        route: &HeaderEdits::default(),
+        set_cookie: None,
+    };
+    let mut bytes = rewrite::response_head(&req, &resp, edits, framing, false).to_vec();
     bytes.extend_from_slice(&raw_body);
     Outcome::Sent {
         bytes,

@@ -9,8 +9,9 @@
 //! 3. **request policies**: the slot where a policy may answer locally (rate limits,
 //!    authorization, faults): empty for now, every request passes;
 //! 4. **local answers**: a `direct_response` or `redirect` route answers here;
-//! 5. **plan**: the cluster (a split's weighted pick), the response timeout and a gRPC
-//!    call's deadline, chosen once for every attempt;
+//! 5. **plan**: the cluster (a split's weighted pick), the response timeout, a gRPC
+//!    call's deadline and the hash key of a consistent-hash cluster, chosen once for
+//!    every attempt;
 //! 6. **request checks**: a declared body over `http.max_request_body_bytes` is 413;
 //! 7. **attempts**: the client adapter relays the exchange over the cluster's protocol;
 //!    each attempt's outcome goes to its endpoint's outlier detection; a failed
@@ -34,6 +35,8 @@ use super::completion::{Completion, Decided, Progress};
 use super::error::{Breaker, ProxyError, Retry};
 use super::exchange::Exchange;
 use super::facts::{is_valid_authority, PathOutcome, Request};
+use super::affinity::{affinity, Affinity};
+use super::rewrite::ResponseEdits;
 use super::{grpc, local};
 use crate::observe::metrics::Family;
 use crate::proto::h1::head::trim;
@@ -97,6 +100,18 @@ pub struct Plan<'p> {
     /// The client's `Upgrade` goes upstream: it asked for protocols the route allows
     /// (false too for an `h2c` upgrade, which is dropped).
     pub upgrade: bool,
+    /// The request's hash key (consistent-hash clusters), and a cookie made for it.
+    pub affinity: Affinity,
+}
+
+impl Plan<'_> {
+    /// What the response gets besides its own fields.
+    pub fn response_edits(&self) -> ResponseEdits<'_> {
+        ResponseEdits {
+            route: &self.route.response_headers,
+            set_cookie: self.affinity.set_cookie.as_deref(),
+        }
+    }
 }
 
 /// Runs one request from its head to its completion record.
@@ -336,6 +351,11 @@ fn plan<'p>(
         response_timeout: grpc_timeout.unwrap_or(timeout),
         call_deadline: grpc_timeout.map(|t| Instant::now() + t),
         upgrade: allowed_upgrade(route, request.upgrade())?,
+        affinity: if cluster.lb.hashes() {
+            affinity(&fwd.hash_policy, request, x.conn.peer.ip())
+        } else {
+            Affinity::default()
+        },
     })
 }
 

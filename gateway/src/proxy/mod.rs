@@ -11,11 +11,13 @@
 //!   `h2_to_h1`, `h2_to_h2`);
 //! - `facts`, `rewrite`, `local`, `grpc`, `flow`: what a request says, the header
 //!   policy, the answers weft makes, gRPC's rules, HTTP/2 sends under flow control;
+//! - `affinity`: a request's hash key for the consistent-hash balancers;
 //! - `tunnel`: the bytes of an upgraded connection.
 //!
 //! Imports run one way: clients -> lifecycle and relays -> exchange, error, completion
 //! and the header policy; nothing below imports a client side.
 
+mod affinity;
 mod client_h1;
 mod client_h2;
 mod completion;

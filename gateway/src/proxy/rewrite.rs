@@ -170,6 +170,29 @@ pub fn append_edits(edits: &HeaderEdits, sink: &mut impl HeaderSink) {
     }
 }
 
+/// What a response gets besides the fields it came with: the route's edits, and the
+/// `Set-Cookie` a cookie hash policy made for this request (`proxy::affinity`).
+#[derive(Clone, Copy)]
+pub struct ResponseEdits<'a> {
+    pub route: &'a HeaderEdits,
+    pub set_cookie: Option<&'a str>,
+}
+
+impl ResponseEdits<'_> {
+    pub fn drops(&self, name: &[u8]) -> bool {
+        self.route.drops(name)
+    }
+
+    /// Appends the route's fields, then the cookie (appended, never replacing the
+    /// upstream's own `Set-Cookie`s).
+    pub fn append(&self, sink: &mut impl HeaderSink) {
+        append_edits(self.route, sink);
+        if let Some(cookie) = self.set_cookie {
+            sink.header(b"set-cookie", cookie.as_bytes());
+        }
+    }
+}
+
 /// Headers of a request to an HTTP/2 upstream: lowercase names, no connection-specific
 /// fields (RFC 9113 §8.2.2), and `host` turned into the `:authority`.
 #[derive(Default)]
@@ -537,7 +560,7 @@ pub fn h2_request<'h>(
 /// the body travels (the h2 response has none of its own beyond content-length).
 pub fn h1_response_head_from_h2(
     resp: &http::response::Parts,
-    edits: &HeaderEdits,
+    edits: ResponseEdits<'_>,
     framing: ClientFraming,
     version: Version,
 ) -> BytesMut {
@@ -550,7 +573,7 @@ pub fn h1_response_head_from_h2(
             push_header(&mut out, name, value.as_bytes());
         }
     }
-    append_edits(edits, &mut out);
+    edits.append(&mut out);
     push_framing(&mut out, framing, version);
     out.extend_from_slice(b"\r\n");
     out
@@ -636,7 +659,7 @@ pub fn client_framing(req: &RequestHead, resp: &ResponseHead, keep_alive: bool) 
 pub fn response_head(
     req: &RequestHead,
     resp: &ResponseHead,
-    edits: &HeaderEdits,
+    edits: ResponseEdits<'_>,
     framing: ClientFraming,
     upgrade: bool,
 ) -> BytesMut {
@@ -666,7 +689,7 @@ pub fn response_head(
         }
         push_header(&mut out, name, resp.value(f));
     }
-    append_edits(edits, &mut out);
+    edits.append(&mut out);
     if upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
         if let Some(proto) = resp.header("upgrade") {

@@ -2,8 +2,13 @@
 //!
 //! `round_robin` is nginx's smooth weighted round robin: with weights 1 and 3 the
 //! order is b, a, b, b, ... (never a burst of the heavy endpoint). `random` is weighted
-//! random. State is owned by the worker; workers do not coordinate, so across workers
-//! the weights hold in aggregate.
+//! random. `least_request` and `p2c_ewma` draw two endpoints and take the cheaper:
+//! requests in flight (+1) over weight, and, for `p2c_ewma`, times Linkerd's peak-EWMA
+//! latency estimate (30 ms until measured, decaying over 10 s). `ring_hash` and
+//! `maglev` look the request's hash key up in the cluster's table (`hashing`), at
+//! random without a key. State is owned by the worker (in-flight counts and latency
+//! estimates too: no cross-core write per pick); workers do not coordinate, so across
+//! workers the weights hold in aggregate.
 //!
 //! A balancer is built per snapshot, but its endpoints' state is not: it is looked up
 //! in the worker's `EndpointTable` by endpoint, so a reload that leaves a cluster's
@@ -17,6 +22,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use weft_mesh::config::LbPolicy;
 use weft_mesh::snapshot::{
@@ -43,13 +49,27 @@ pub struct Balancer {
 pub struct Lease {
     balancer: Rc<Balancer>,
     index: usize,
+    /// When it was picked, for `p2c_ewma`'s latency samples.
+    sent: Option<Instant>,
 }
 
 impl Lease {
-    fn new(balancer: Rc<Balancer>, index: usize) -> Lease {
+    fn new(balancer: Rc<Balancer>, index: usize, sent: Option<Instant>) -> Lease {
         let state = &balancer.states[index];
         state.in_flight.set(state.in_flight.get() + 1);
-        Lease { balancer, index }
+        Lease {
+            balancer,
+            index,
+            sent,
+        }
+    }
+
+    /// The endpoint's response head came: a latency sample, for `p2c_ewma`.
+    pub fn responded(&self) {
+        if let Some(sent) = self.sent {
+            let now = Instant::now();
+            self.balancer.states[self.index].observe_rtt(now - sent, now);
+        }
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -129,9 +149,12 @@ impl Balancer {
     /// With fewer eligible than `healthy_panic_threshold` percent, or all still
     /// pending their first check, every endpoint is (Envoy's panic mode, counted); a
     /// threshold of 0 never panics and picks nothing when none is eligible.
-    pub fn pick(self: &Rc<Self>, cluster: &Cluster) -> Result<Lease, NoPick> {
-        let index = self.pick_index(cluster)?;
-        Ok(Lease::new(self.clone(), index))
+    /// `key`: the request's hash key, for the consistent-hash policies.
+    pub fn pick(self: &Rc<Self>, cluster: &Cluster, key: Option<u64>) -> Result<Lease, NoPick> {
+        // Only the latency-aware policy reads the clock.
+        let now = (self.policy == LbPolicy::P2cEwma).then(Instant::now);
+        let index = self.pick_index(cluster, key, now)?;
+        Ok(Lease::new(self.clone(), index, now))
     }
 
     /// Reports each endpoint's tally of answers to its shared health (a worker's
@@ -148,20 +171,25 @@ impl Balancer {
         }
     }
 
-    fn pick_index(&self, cluster: &Cluster) -> Result<usize, NoPick> {
+    fn pick_index(
+        &self,
+        cluster: &Cluster,
+        key: Option<u64>,
+        now: Option<Instant>,
+    ) -> Result<usize, NoPick> {
         if cluster.endpoints.is_empty() {
             return Err(NoPick::NoEndpoints);
         }
         if self.health.len() != cluster.endpoints.len() {
             return self
-                .pick_where(cluster, |_| true)
+                .pick_where(cluster, key, now, |_| true)
                 .ok_or(NoPick::NoEndpoints);
         }
         let eligible = self.health.iter().filter(|h| h.eligible()).count();
         let all = self.health.len();
         if eligible == all {
             return self
-                .pick_where(cluster, |_| true)
+                .pick_where(cluster, key, now, |_| true)
                 .ok_or(NoPick::NoEndpoints);
         }
         let all_pending = self
@@ -176,62 +204,115 @@ impl Balancer {
                 self.shared.panics.add();
             }
             return self
-                .pick_where(cluster, |_| true)
+                .pick_where(cluster, key, now, |_| true)
                 .ok_or(NoPick::NoEndpoints);
         }
-        self.pick_where(cluster, |i| self.health[i].eligible())
+        self.pick_where(cluster, key, now, |i| self.health[i].eligible())
             .ok_or(NoPick::NoHealthy)
     }
 
-    fn pick_where(&self, cluster: &Cluster, ok: impl Fn(usize) -> bool) -> Option<usize> {
+    fn pick_where(
+        &self,
+        cluster: &Cluster,
+        key: Option<u64>,
+        now: Option<Instant>,
+        ok: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let eps = &cluster.endpoints;
         match eps.len() {
             0 => None,
             1 => ok(0).then_some(0),
             _ => match self.policy {
-                LbPolicy::Random => {
-                    let weight = |i: usize| if ok(i) { eps[i].weight as u64 } else { 0 };
-                    let total: u64 = (0..eps.len()).map(weight).sum();
-                    if total == 0 {
-                        return None;
-                    }
-                    let mut roll = fastrand::u64(0..total);
-                    (0..eps.len()).find(|&i| {
-                        let w = weight(i);
-                        if roll < w {
-                            true
-                        } else {
-                            roll -= w;
-                            false
-                        }
+                LbPolicy::Random => weighted_random(cluster, &ok),
+                LbPolicy::RoundRobin => self.round_robin(cluster, &ok),
+                LbPolicy::LeastRequest => self.two_choices(eps.len(), &ok, |i| {
+                    f64::from(self.states[i].in_flight.get() + 1) / f64::from(eps[i].weight.max(1))
+                }),
+                LbPolicy::P2cEwma => {
+                    let now = now.unwrap_or_else(Instant::now);
+                    self.two_choices(eps.len(), &ok, |i| {
+                        let state = &self.states[i];
+                        state.rtt_estimate(now) * f64::from(state.in_flight.get() + 1)
+                            / f64::from(eps[i].weight.max(1))
                     })
                 }
-                LbPolicy::RoundRobin => {
-                    let cur = &self.states;
-                    if cur.len() != eps.len() {
-                        return (0..eps.len()).find(|&i| ok(i));
-                    }
-                    let mut total = 0i64;
-                    let mut best: Option<usize> = None;
-                    for (i, e) in eps.iter().enumerate() {
-                        if !ok(i) {
-                            continue;
-                        }
-                        let c = &cur[i].wrr_current;
-                        c.set(c.get() + e.weight as i64);
-                        total += e.weight as i64;
-                        if best.is_none_or(|b| c.get() > cur[b].wrr_current.get()) {
-                            best = Some(i);
-                        }
-                    }
-                    let best = best?;
-                    let c = &cur[best].wrr_current;
-                    c.set(c.get() - total);
-                    Some(best)
-                }
+                LbPolicy::RingHash | LbPolicy::Maglev => match (key, &cluster.hash_table) {
+                    (Some(key), Some(table)) => table.find(key, &ok),
+                    // No key (or no table): Envoy picks at random.
+                    _ => weighted_random(cluster, &ok),
+                },
             },
         }
     }
+
+    /// Smooth weighted round robin (nginx's).
+    fn round_robin(&self, cluster: &Cluster, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+        let (eps, cur) = (&cluster.endpoints, &self.states);
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for (i, e) in eps.iter().enumerate() {
+            if !ok(i) {
+                continue;
+            }
+            let c = &cur[i].wrr_current;
+            c.set(c.get() + e.weight as i64);
+            total += e.weight as i64;
+            if best.is_none_or(|b| c.get() > cur[b].wrr_current.get()) {
+                best = Some(i);
+            }
+        }
+        let best = best?;
+        let c = &cur[best].wrr_current;
+        c.set(c.get() - total);
+        Some(best)
+    }
+
+    /// The power of two choices: of two endpoints drawn at random, the one that costs
+    /// less (weights are in the cost). Draws are uniform and O(1); a few misses on
+    /// endpoints that may not be used fall back to a scan.
+    fn two_choices(
+        &self,
+        n: usize,
+        ok: &impl Fn(usize) -> bool,
+        cost: impl Fn(usize) -> f64,
+    ) -> Option<usize> {
+        let draw = |not: Option<usize>| {
+            (0..8)
+                .map(|_| fastrand::usize(0..n))
+                .find(|&i| Some(i) != not && ok(i))
+                .or_else(|| {
+                    let start = fastrand::usize(0..n);
+                    (0..n)
+                        .map(|k| (start + k) % n)
+                        .find(|&i| Some(i) != not && ok(i))
+                })
+        };
+        let a = draw(None)?;
+        let Some(b) = draw(Some(a)) else {
+            return Some(a);
+        };
+        Some(if cost(b) < cost(a) { b } else { a })
+    }
+}
+
+/// Weighted random among the endpoints `ok` accepts.
+fn weighted_random(cluster: &Cluster, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+    let eps = &cluster.endpoints;
+    let weight = |i: usize| if ok(i) { eps[i].weight as u64 } else { 0 };
+    let total: u64 = (0..eps.len()).map(weight).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut roll = fastrand::u64(0..total);
+    (0..eps.len()).find(|&i| {
+        let w = weight(i);
+        if roll < w {
+            true
+        } else {
+            roll -= w;
+            false
+        }
+    })
 }
 
 #[cfg(test)]
@@ -265,6 +346,7 @@ mod tests {
             health_check: None,
             panic_threshold: 50,
             outlier: None,
+            hash_table: None,
             lb,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
@@ -278,7 +360,7 @@ mod tests {
     fn smooth_weighted_round_robin_interleaves() {
         let c = cluster(&[1, 3], LbPolicy::RoundRobin);
         let b = Balancer::new(&c, &EndpointTable::default());
-        let picks: Vec<usize> = (0..8).map(|_| b.pick_index(&c).unwrap()).collect();
+        let picks: Vec<usize> = (0..8).map(|_| b.pick_index(&c, None, None).unwrap()).collect();
         assert_eq!(picks, vec![1, 0, 1, 1, 1, 0, 1, 1]);
     }
 
@@ -287,11 +369,11 @@ mod tests {
         let table = EndpointTable::default();
         let c = cluster(&[1, 1], LbPolicy::RoundRobin);
         let first = Balancer::new(&c, &table);
-        let before: Vec<usize> = (0..3).map(|_| first.pick_index(&c).unwrap()).collect();
+        let before: Vec<usize> = (0..3).map(|_| first.pick_index(&c, None, None).unwrap()).collect();
         // A new snapshot: a new balancer over the same endpoints.
         let second = Balancer::new(&c, &table);
         drop(first);
-        let after: Vec<usize> = (0..3).map(|_| second.pick_index(&c).unwrap()).collect();
+        let after: Vec<usize> = (0..3).map(|_| second.pick_index(&c, None, None).unwrap()).collect();
         assert_eq!(before, vec![0, 1, 0]);
         assert_eq!(after, vec![1, 0, 1], "the rotation went on where it was");
     }
@@ -300,7 +382,7 @@ mod tests {
     fn random_follows_weights() {
         let c = cluster(&[1, 9], LbPolicy::Random);
         let b = Balancer::new(&c, &EndpointTable::default());
-        let heavy = (0..10_000).filter(|_| b.pick_index(&c) == Ok(1)).count();
+        let heavy = (0..10_000).filter(|_| b.pick_index(&c, None, None) == Ok(1)).count();
         assert!((8_500..9_500).contains(&heavy), "{heavy}");
     }
 }

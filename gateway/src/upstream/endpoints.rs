@@ -11,6 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// What a worker knows about one endpoint of one cluster.
 #[derive(Debug)]
@@ -25,7 +26,15 @@ pub struct EndpointState {
     /// not by a shared write per request.
     pub answers: Cell<u64>,
     pub successes: Cell<u64>,
+    /// `p2c_ewma`'s peak-EWMA latency estimate, in nanoseconds, as of `rtt_at`.
+    rtt_ns: Cell<f64>,
+    rtt_at: Cell<Instant>,
 }
+
+/// What a latency estimate starts at before its first sample (Linkerd's default RTT).
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// How fast an estimate forgets (Linkerd's decay).
+const RTT_DECAY: Duration = Duration::from_secs(10);
 
 impl EndpointState {
     fn new(address: SocketAddr) -> EndpointState {
@@ -35,7 +44,37 @@ impl EndpointState {
             in_flight: Cell::new(0),
             answers: Cell::new(0),
             successes: Cell::new(0),
+            rtt_ns: Cell::new(DEFAULT_RTT.as_nanos() as f64),
+            rtt_at: Cell::new(Instant::now()),
         }
+    }
+
+    /// The latency estimate at `now`: decayed toward 0 since its last update, so an
+    /// endpoint that was slow is tried again after a while.
+    pub fn rtt_estimate(&self, now: Instant) -> f64 {
+        let decayed = self.rtt_ns.get() * self.decay(now);
+        self.rtt_ns.set(decayed);
+        self.rtt_at.set(now);
+        decayed
+    }
+
+    /// A latency sample: a peak replaces the estimate at once; otherwise it is blended
+    /// in by the time since the last update.
+    pub fn observe_rtt(&self, rtt: Duration, now: Instant) {
+        let rtt = rtt.as_nanos() as f64;
+        let estimate = self.rtt_ns.get();
+        if rtt > estimate {
+            self.rtt_ns.set(rtt);
+        } else {
+            let keep = self.decay(now);
+            self.rtt_ns.set(estimate * keep + rtt * (1.0 - keep));
+        }
+        self.rtt_at.set(now);
+    }
+
+    fn decay(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.rtt_at.get()).as_secs_f64();
+        (-elapsed / RTT_DECAY.as_secs_f64()).exp()
     }
 
     /// The tally since the last call, emptied.

@@ -221,10 +221,16 @@ impl Upstreams {
             .clone()
     }
 
-    /// An endpoint of the cluster for one attempt (see `Lease`).
-    pub fn pick(&self, snapshot: &Snapshot, id: ClusterId) -> Result<Lease, ConnectError> {
+    /// An endpoint of the cluster for one attempt (see `Lease`); `key`: the request's
+    /// hash key, for a consistent-hash cluster.
+    pub fn pick(
+        &self,
+        snapshot: &Snapshot,
+        id: ClusterId,
+        key: Option<u64>,
+    ) -> Result<Lease, ConnectError> {
         self.balancer(snapshot, id)
-            .pick(&snapshot.clusters[id])
+            .pick(&snapshot.clusters[id], key)
             .map_err(|e| match e {
                 balancer::NoPick::NoEndpoints => ConnectError::NoEndpoints,
                 balancer::NoPick::NoHealthy => ConnectError::NoHealthy,

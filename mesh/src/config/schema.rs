@@ -411,6 +411,32 @@ pub struct RouteConfig {
     /// `["websocket"]`; `[]` refuses every upgrade). `h2c` is never one: an `Upgrade:
     /// h2c` is dropped and the request goes on as plain HTTP/1.1.
     pub upgrades: Option<Vec<String>>,
+    /// What a request's hash key is made of, for a cluster with `lb = "ring_hash"` or
+    /// `"maglev"`: the parts found, in order, combined; none found picks at random.
+    pub hash_policy: Vec<HashPolicyConfig>,
+}
+
+/// One part of a request's hash key: exactly one of `header`, `cookie`, `source_ip`,
+/// `query_parameter`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HashPolicyConfig {
+    pub header: Option<String>,
+    pub cookie: Option<CookieHashConfig>,
+    pub source_ip: bool,
+    pub query_parameter: Option<String>,
+    /// With a key from this part, the later ones are not looked at.
+    pub terminal: bool,
+}
+
+/// `cookie = { name, ttl, path }`: with `ttl`, a request without the cookie gets one
+/// made for it, set on the response.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CookieHashConfig {
+    pub name: String,
+    pub ttl: Option<ConfigDuration>,
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -481,9 +507,38 @@ pub struct HeaderEditsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
+    /// Smooth weighted round robin.
     #[default]
     RoundRobin,
+    /// Weighted random.
     Random,
+    /// Power of two choices over requests in flight, weight-aware.
+    LeastRequest,
+    /// Power of two choices over peak-EWMA latency x requests in flight (Linkerd's).
+    P2cEwma,
+    /// Ketama consistent hashing on the route's `hash_policy`.
+    RingHash,
+    /// Maglev consistent hashing on the route's `hash_policy`.
+    Maglev,
+}
+
+impl LbPolicy {
+    /// The config's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            LbPolicy::RoundRobin => "round_robin",
+            LbPolicy::Random => "random",
+            LbPolicy::LeastRequest => "least_request",
+            LbPolicy::P2cEwma => "p2c_ewma",
+            LbPolicy::RingHash => "ring_hash",
+            LbPolicy::Maglev => "maglev",
+        }
+    }
+
+    /// Picks by a request's hash key (`hash_policy`).
+    pub fn hashes(self) -> bool {
+        matches!(self, LbPolicy::RingHash | LbPolicy::Maglev)
+    }
 }
 
 /// How weft talks to a cluster's endpoints.

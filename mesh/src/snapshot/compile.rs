@@ -1060,6 +1060,14 @@ fn compile_cluster(
     // ones (possibly none: 503) serve.
     let listed = discovered.unwrap_or(&c.endpoints);
     let endpoints = compile_endpoints(listed, path, d);
+    // Built here, off the workers, whenever the endpoints change (reload, discovery).
+    let weighted: Vec<(SocketAddr, u32)> =
+        endpoints.iter().map(|e| (e.address, e.weight)).collect();
+    let hash_table = match c.lb {
+        LbPolicy::RingHash => Some(Arc::new(hashing::HashTable::ring(&weighted))),
+        LbPolicy::Maglev => Some(Arc::new(hashing::HashTable::maglev(&weighted))),
+        _ => None,
+    };
     for (key, dur) in [
         ("connect_timeout", c.connect_timeout),
         ("request_timeout", c.request_timeout),
@@ -1123,11 +1131,8 @@ fn compile_cluster(
             .outlier_detection
             .as_ref()
             .map(|o| Arc::new(compile_outlier_detection(o, path, d))),
-        lb: if c.lb == LbPolicy::Random {
-            LbPolicy::Random
-        } else {
-            LbPolicy::RoundRobin
-        },
+        hash_table,
+        lb: c.lb,
         connect_timeout: c.connect_timeout.0,
         request_timeout: c.request_timeout.0,
         read_timeout: c.read_timeout.0,
@@ -1464,6 +1469,7 @@ fn compile_route(
             }],
             total_weight: 1,
             prefix_rewrite: prefix_for_rewrite(&r.prefix_rewrite, "prefix_rewrite", d),
+            hash_policy: compile_hash_policy(&r.hash_policy, path, d),
         })
     } else if let Some(split) = &r.split {
         if split.is_empty() {
@@ -1502,6 +1508,7 @@ fn compile_route(
             total_weight: (total as u32).max(1),
             targets,
             prefix_rewrite: prefix_for_rewrite(&r.prefix_rewrite, "prefix_rewrite", d),
+            hash_policy: compile_hash_policy(&r.hash_policy, path, d),
         })
     } else if let Some(dr) = &r.direct_response {
         if !(200..=599).contains(&dr.status) {
@@ -1513,6 +1520,12 @@ fn compile_route(
         if r.prefix_rewrite.is_some() {
             d.error(
                 format!("{path}.prefix_rewrite"),
+                "only applies to routes that forward",
+            );
+        }
+        if !r.hash_policy.is_empty() {
+            d.error(
+                format!("{path}.hash_policy"),
                 "only applies to routes that forward",
             );
         }
@@ -1627,6 +1640,74 @@ fn check_path_literal(p: &str, key: &str, d: &mut Diagnostics) {
 
 /// A configured header value (a content type, say): visible characters, spaces and
 /// tabs only. CR or LF would end the field and start another one in every response.
+/// A route's `hash_policy`: each entry names exactly one source.
+fn compile_hash_policy(
+    policies: &[crate::config::HashPolicyConfig],
+    path: &str,
+    d: &mut Diagnostics,
+) -> Vec<hashing::HashPolicy> {
+    use hashing::{HashPolicy, HashSource};
+    let mut out = Vec::new();
+    for (i, p) in policies.iter().enumerate() {
+        let key = format!("{path}.hash_policy[{i}]");
+        let named = [
+            p.header.is_some(),
+            p.cookie.is_some(),
+            p.source_ip,
+            p.query_parameter.is_some(),
+        ];
+        if named.iter().filter(|b| **b).count() != 1 {
+            d.error(
+                key,
+                "needs exactly one of header, cookie, source_ip = true, query_parameter",
+            );
+            continue;
+        }
+        let source = if let Some(h) = &p.header {
+            if !is_token(h) {
+                d.error(format!("{key}.header"), format!("`{h}` is not a header name"));
+            }
+            HashSource::Header(h.to_ascii_lowercase())
+        } else if let Some(c) = &p.cookie {
+            if !is_token(&c.name) {
+                d.error(
+                    format!("{key}.cookie.name"),
+                    format!("`{}` is not a cookie name", c.name),
+                );
+            }
+            if c.ttl.is_some_and(|t| t.0.is_zero()) {
+                d.error(
+                    format!("{key}.cookie.ttl"),
+                    "must be greater than 0 (leave it out to never set the cookie)",
+                );
+            }
+            if let Some(cookie_path) = &c.path {
+                check_path_literal(cookie_path, &format!("{key}.cookie.path"), d);
+            }
+            HashSource::Cookie {
+                name: c.name.clone(),
+                ttl: c.ttl.map(|t| t.0),
+                path: c.path.clone(),
+            }
+        } else if let Some(q) = &p.query_parameter {
+            if q.is_empty() || q.bytes().any(|b| b"&=#".contains(&b) || !b.is_ascii_graphic()) {
+                d.error(
+                    format!("{key}.query_parameter"),
+                    format!("`{q}` is not a query parameter name"),
+                );
+            }
+            HashSource::QueryParameter(q.clone())
+        } else {
+            HashSource::SourceIp
+        };
+        out.push(HashPolicy {
+            source,
+            terminal: p.terminal,
+        });
+    }
+    out
+}
+
 fn check_field_value(v: &str, key: &str, d: &mut Diagnostics) {
     if v.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
         d.error(
@@ -1986,6 +2067,7 @@ mod tests {
             ],
             total_weight: 100,
             prefix_rewrite: None,
+            hash_policy: Vec::new(),
         };
         let hits = (0..100)
             .filter(|&roll| f.target_for(roll).cluster == 1)

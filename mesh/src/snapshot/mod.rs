@@ -8,6 +8,7 @@
 //! so a swap never changes the rules under a request already running.
 
 mod compile;
+pub mod hashing;
 pub mod health;
 mod routes;
 pub mod tls;
@@ -510,6 +511,8 @@ pub struct Forward {
     pub total_weight: u32,
     /// `(matched prefix, replacement)` when the route rewrites the path.
     pub prefix_rewrite: Option<(String, String)>,
+    /// The request's hash key for consistent-hash clusters (empty: none).
+    pub hash_policy: Vec<hashing::HashPolicy>,
 }
 
 #[derive(Debug)]
@@ -603,6 +606,8 @@ pub struct Cluster {
     pub panic_threshold: u8,
     /// `outlier_detection`, when it is on.
     pub outlier: Option<Arc<OutlierDetection>>,
+    /// `lb = "ring_hash" | "maglev"`: the table over `endpoints`, built with them.
+    pub hash_table: Option<Arc<hashing::HashTable>>,
     pub lb: LbPolicy,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,

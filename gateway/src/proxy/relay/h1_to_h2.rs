@@ -150,7 +150,7 @@ pub async fn relay<S: ClientStream>(
         length: declared.filter(|_| status != 204),
     };
     let out =
-        rewrite::h1_response_head_from_h2(&parts, &route.response_headers, framing, head.version);
+        rewrite::h1_response_head_from_h2(&parts, plan.response_edits(), framing, head.version);
     progress.began(status);
     if !write_to_client(x, client, out).await {
         return Err(ProxyError::ClientGone);

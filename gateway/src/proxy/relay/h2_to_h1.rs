@@ -13,7 +13,7 @@ use h2::{RecvStream, SendStream};
 use http::Response;
 use monoio::io::AsyncWriteRentExt;
 use weft_mesh::fields::Trailers;
-use weft_mesh::snapshot::{Cluster, Route};
+use weft_mesh::snapshot::Cluster;
 
 use super::{client_pace, client_send_failed, connect_h1, idempotent, MAX_INTERIM_RESPONSES};
 use crate::proto::h1::chunked::{encode_chunk, last_chunk, ChunkedParser};
@@ -24,7 +24,7 @@ use crate::proxy::exchange::Exchange;
 use crate::proxy::facts::H2Facts;
 use crate::proxy::flow::{send_all, within, Pace};
 use crate::proxy::lifecycle::Plan;
-use crate::proxy::rewrite;
+use crate::proxy::rewrite::{self, ResponseEdits};
 use crate::transport::ReadError;
 use crate::upstream::Upstream;
 
@@ -78,7 +78,7 @@ pub async fn relay(
     };
     progress.responded();
     let head =
-        h2_response_head(&response, route).ok_or(ProxyError::ResponseHeadNotValidForHttp2)?;
+        h2_response_head(&response, plan.response_edits()).ok_or(ProxyError::ResponseHeadNotValidForHttp2)?;
     progress.saw_grpc_status(head.headers());
     let no_body = response.framing == BodyFraming::None;
     progress.began(response.status);
@@ -122,12 +122,11 @@ fn take_piece(buf: &mut BytesMut, n: usize) -> Bytes {
 /// fields and the route's removals dropped, its additions appended. Values are slices
 /// of the received head, not copies; the map is filled in place (`Response::builder`
 /// moves its whole state on every header).
-fn h2_response_head(response: &ResponseHead, route: &Route) -> Option<Response<()>> {
+fn h2_response_head(response: &ResponseHead, edits: ResponseEdits<'_>) -> Option<Response<()>> {
     let mut head = Response::new(());
     *head.status_mut() = http::StatusCode::from_u16(response.status).ok()?;
-    let edits = &route.response_headers;
     let headers = head.headers_mut();
-    headers.reserve(response.headers.len() + edits.set.len());
+    headers.reserve(response.headers.len() + edits.route.set.len() + 1);
     // The received length field, reused as is when it states the length weft decided
     // (the common case): a slice of the head, not a newly formatted value.
     let mut received_length = None;
@@ -151,7 +150,7 @@ fn h2_response_head(response: &ResponseHead, route: &Route) -> Option<Response<(
             http::HeaderValue::from_maybe_shared(value).ok()?,
         );
     }
-    rewrite::append_edits(edits, headers);
+    edits.append(headers);
     if let Some(n) = rewrite::stated_length(response) {
         let same = received_length
             .map(|r| response.raw.slice(r))

@@ -22,7 +22,7 @@ use h2::client::ResponseFuture;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::Response;
-use weft_mesh::snapshot::Route;
+
 
 use super::{client_pace, client_send_failed, open_h2, upstream_stream_failed};
 use crate::proxy::completion::Progress;
@@ -31,7 +31,7 @@ use crate::proxy::exchange::Exchange;
 use crate::proxy::facts::H2Facts;
 use crate::proxy::flow::{send_all, within, Pace};
 use crate::proxy::lifecycle::Plan;
-use crate::proxy::rewrite;
+use crate::proxy::rewrite::{self, ResponseEdits};
 use crate::upstream::GoAwayWatch;
 
 /// Why the request direction stopped.
@@ -109,7 +109,7 @@ pub async fn relay(
         (response, &slot.goaway),
         respond,
         sent,
-        (plan.route, progress),
+        (plan.response_edits(), progress),
         (head_timeout, stall),
         &client_pace,
         &response_moved,
@@ -204,7 +204,7 @@ async fn relay_response(
     (response, goaway): (ResponseFuture, &GoAwayWatch),
     respond: &mut SendResponse<Bytes>,
     sent: &mut Option<SendStream<Bytes>>,
-    (route, progress): (&Route, &Progress),
+    (edits, progress): (ResponseEdits<'_>, &Progress),
     (head_timeout, stall): (Option<Duration>, Option<Duration>),
     pace: &Pace<'_>,
     moved: &Cell<Instant>,
@@ -223,7 +223,6 @@ async fn relay_response(
     // The received head, less what the route drops, plus what it sets.
     let mut head = Response::new(());
     *head.status_mut() = parts.status;
-    let edits = &route.response_headers;
     let headers = head.headers_mut();
     for (name, value) in &parts.headers {
         let name_bytes = name.as_str().as_bytes();
@@ -231,7 +230,7 @@ async fn relay_response(
             headers.append(name, value.clone());
         }
     }
-    rewrite::append_edits(edits, headers);
+    edits.append(headers);
     let end = upstream.is_end_stream();
     // A Trailers-Only answer carries its grpc-status in the head.
     progress.saw_grpc_status(head.headers());
