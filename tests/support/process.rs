@@ -278,6 +278,12 @@ impl Drop for Weft {
 
 /// The `/metrics` text of the admin listener at `admin` (for a scrape from another
 /// thread while a test drives load).
+/// The admin's `/clusters`, parsed.
+pub fn admin_clusters(admin: SocketAddr) -> serde_json::Value {
+    let (_, body) = admin_get(admin, "/clusters").expect("admin request");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("/clusters: {e}: {body}"))
+}
+
 pub fn admin_metrics(admin: SocketAddr) -> String {
     admin_get(admin, "/metrics")
         .map(|(_, body)| body)

@@ -121,7 +121,8 @@ fn a_full_breaker_answers_overflow_and_admits_exactly_its_limit() {
     let weft = Weft::start("ingress", &config(admin, listen, upstream.addr, 10), admin);
     let scrape = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(700));
-        weft_tests::process::admin_metrics(admin)
+        let clusters = weft_tests::process::admin_clusters(admin);
+        (weft_tests::process::admin_metrics(admin), clusters)
     });
     let answers = burst(listen, 50);
     assert_eq!(count(&answers, 200), 10, "{answers:?}");
@@ -135,11 +136,16 @@ fn a_full_breaker_answers_overflow_and_admits_exactly_its_limit() {
     }
     assert_eq!(upstream.arrivals.load(Ordering::SeqCst), 10);
     assert_eq!(upstream.most_at_once.load(Ordering::SeqCst), 10);
-    let during = scrape.join().unwrap();
+    let (during, clusters) = scrape.join().unwrap();
     assert!(
         during.contains("weft_cluster_circuit_breaker_open{cluster=\"cb\",resource=\"rq\"} 1"),
         "{during}"
     );
+    // `/clusters` while they are held: the breaker full, the 10 in flight at the endpoint.
+    let cb = &clusters["clusters"][0];
+    assert_eq!(cb["circuit_breakers"]["requests"], serde_json::json!({"used": 10, "max": 10}), "{clusters}");
+    assert_eq!(cb["endpoints"][0]["in_flight"], 10, "{clusters}");
+    assert_eq!(cb["endpoints"][0]["health"]["active_check"], "unchecked");
     assert_eq!(
         weft.metric(&[
             "weft_cluster_upstream_rq_pending_overflow_total",
@@ -668,6 +674,18 @@ fn an_endpoint_answering_500_is_ejected_for_growing_times() {
     }
     assert_eq!(bad.served(), 5, "an ejected endpoint was sent a request");
     assert_eq!(outlier_metric(&weft, "weft_cluster_outlier_ejections_active", None), 1.0);
+    let clusters = weft_tests::process::admin_clusters(admin);
+    let endpoints = clusters["clusters"][0]["endpoints"].as_array().expect("endpoints").clone();
+    let shown = endpoints
+        .iter()
+        .find(|e| e["address"] == bad.addr.to_string())
+        .expect("the bad endpoint");
+    assert_eq!(shown["health"]["outlier"], "ejected", "{clusters}");
+    assert_eq!(shown["eligible"], false);
+    assert_eq!(shown["ejections"], 1);
+    let left = shown["ejected_for_ms"].as_u64().expect("ejected_for_ms");
+    assert!(left > 0 && left <= 1000, "{left}");
+    assert!(endpoints.iter().filter(|e| e["health"]["outlier"] == "ok").count() == 4);
     let back = send_until(listen, limit, || bad.served() > 5);
     let first = back - ejected;
     // The sweep runs every interval: back within [base, base + interval + slack].
@@ -877,6 +895,12 @@ fn latency_and_load_aware_balancers_avoid_the_slow_endpoint() {
     let answers = answers_from(listen, 4, 60, "");
     let slow = share(&answers, "slow");
     assert!(slow < 0.10, "p2c_ewma sent {:.1}% to the slow endpoint", slow * 100.0);
+    // The estimates, as `/clusters` shows them: the slow one's is the highest.
+    std::thread::sleep(Duration::from_millis(300));
+    let clusters = weft_tests::process::admin_clusters(admin);
+    let latency = |i: usize| clusters["clusters"][0]["endpoints"][i]["latency_ms"].as_f64();
+    let slow_ms = latency(0).expect("a latency estimate");
+    assert!(slow_ms > 20.0 && latency(1) < Some(slow_ms), "{clusters}");
     drop(weft);
 
     ups[0].delay_ms.store(1000, Ordering::SeqCst);

@@ -320,13 +320,13 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
         return respond(&mut conn, deadline, 405, "text/plain", "only GET\n");
     }
     let path = request.path.split('?').next().unwrap_or_default();
-    if scope == Scope::Probes && (path == "/config" || path == "/metrics") {
+    if scope == Scope::Probes && matches!(path, "/config" | "/metrics" | "/clusters") {
         return respond(
             &mut conn,
             deadline,
             404,
             "text/plain",
-            "not here: /config and /metrics are served on admin.private_address\n",
+            "not here: /config, /metrics and /clusters are served on admin.private_address\n",
         );
     }
     match path {
@@ -361,6 +361,12 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
                 "role": format!("{:?}", snap.role).to_lowercase(),
                 "config": redacted(&snap.source_text),
             });
+            let text = serde_json::to_string_pretty(&body)
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+            respond(&mut conn, deadline, 200, "application/json", &(text + "\n"))
+        }
+        "/clusters" => {
+            let body = crate::observe::clusters::clusters_json(&control.publisher.load());
             let text = serde_json::to_string_pretty(&body)
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
             respond(&mut conn, deadline, 200, "application/json", &(text + "\n"))

@@ -1,5 +1,6 @@
-//! What the clusters' shared state says, for `/metrics`: circuit-breaker occupancy,
-//! active health checks, outlier detection and the endpoints each cluster may use.
+//! What the clusters' shared state says, for `/metrics` and the admin's `/clusters`:
+//! circuit-breaker occupancy, active health checks, outlier detection and the
+//! endpoints each cluster may use.
 //!
 //! Everything here is read from the counters every worker and the checker share
 //! (`ClusterShared`, `HostHealth`) at scrape time; nothing is kept per scrape.
@@ -7,7 +8,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
-use weft_mesh::snapshot::{Cluster, EjectionKind, Snapshot};
+use serde_json::{json, Value};
+use weft_mesh::snapshot::{clock_ms, Cluster, Discovery, EjectionKind, HostHealth, Snapshot};
 
 /// Every cluster series, in Prometheus' text format.
 pub fn metrics(snapshot: &Snapshot) -> String {
@@ -195,4 +197,90 @@ fn membership(out: &mut String, snapshot: &Snapshot) {
             let _ = writeln!(out, "weft_host_healthy{{cluster=\"{}\",host=\"{address}\"}} {}", label(&c.name), u8::from(*ok));
         }
     }
+}
+
+/// `/clusters`: per cluster, its balancer, breaker occupancy and outlier counts; per
+/// endpoint, its weight, its health from each source, whether it may be sent traffic,
+/// its ejections, the requests in flight and the latency estimate (as the workers last
+/// reported them, every 100 ms).
+pub fn clusters_json(snapshot: &Snapshot) -> Value {
+    let now = clock_ms();
+    let clusters: Vec<Value> = snapshot
+        .clusters
+        .iter()
+        .map(|c| {
+            let addresses: Vec<_> = c.endpoints.iter().map(|e| e.address).collect();
+            let hosts = c.shared.hosts_of(&addresses, c.health_check.is_some());
+            let discovery = match &c.discovery {
+                None => "static",
+                Some(Discovery::File(_)) => "file",
+                Some(Discovery::Consul(_)) => "consul",
+            };
+            let endpoints: Vec<Value> = c
+                .endpoints
+                .iter()
+                .zip(&hosts)
+                .map(|(e, h)| endpoint_json(c, e.address, e.weight, h, discovery, now))
+                .collect();
+            let breaker = |used: u64, max: u64| json!({ "used": used, "max": max });
+            json!({
+                "name": c.name,
+                "lb": c.lb.name(),
+                "healthy_panic_threshold": c.panic_threshold,
+                "circuit_breakers": {
+                    "connections": breaker(c.shared.connections.get(), c.breakers.max_connections),
+                    "pending_requests": breaker(c.shared.pending.get(), c.breakers.max_pending_requests),
+                    "requests": breaker(c.shared.requests.get(), c.breakers.max_requests),
+                    "retries": breaker(c.shared.retries.get(), c.breakers.max_retries),
+                },
+                "health_check": c.health_check.is_some(),
+                "outlier_detection": c.outlier.as_ref().map(|_| json!({
+                    "ejections_active": c.shared.outliers.active.load(Relaxed),
+                    "ejections_overflow": c.shared.outliers.overflow.load(Relaxed),
+                })),
+                "panic_picks": c.shared.panics.get(),
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    json!({ "version": snapshot.version, "clusters": clusters })
+}
+
+fn endpoint_json(
+    c: &Cluster,
+    address: std::net::SocketAddr,
+    weight: u32,
+    h: &HostHealth,
+    discovery: &str,
+    now: u64,
+) -> Value {
+    let flags = h.flags();
+    let active = match c.health_check {
+        None => "unchecked",
+        Some(_) if flags & HostHealth::PENDING != 0 => "pending",
+        Some(_) if flags & HostHealth::FAILED_ACTIVE != 0 => "failed",
+        Some(_) => "healthy",
+    };
+    let o = h.outlier_view();
+    let outlier = match (&c.outlier, o.ejected) {
+        (None, _) => "off",
+        (Some(_), true) => "ejected",
+        (Some(_), false) => "ok",
+    };
+    json!({
+        "address": address.to_string(),
+        "weight": weight,
+        "health": {
+            // Listed by its source (Consul lists no critical instance).
+            "discovery": discovery,
+            "active_check": active,
+            "outlier": outlier,
+        },
+        "eligible": h.eligible(),
+        "ejections": o.ejections,
+        "ejected_for_ms": o.ejected.then(|| o.until_ms.saturating_sub(now)),
+        "consecutive_5xx": o.consecutive_5xx,
+        "in_flight": h.in_flight(),
+        "latency_ms": h.latency().map(|d| d.as_secs_f64() * 1000.0),
+    })
 }

@@ -107,7 +107,7 @@ impl Worker {
             monoio::time::sleep(Duration::from_millis(100)).await;
             ticks = ticks.wrapping_add(1);
             self.idle_timers.fire_expired(std::time::Instant::now());
-            self.upstreams.report_tallies();
+            self.upstreams.report();
             while let Ok(msg) = self.inbox.try_recv() {
                 match msg {
                     WorkerMsg::Listen(socket) => {

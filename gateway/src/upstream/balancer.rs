@@ -37,9 +37,11 @@ pub struct Balancer {
     /// One per endpoint of the cluster, in its order.
     states: Vec<Rc<EndpointState>>,
     /// Each endpoint's health, shared with the health checker and every worker's
-    /// outlier detection; empty when the cluster has neither (and picking costs
-    /// nothing more).
+    /// outlier detection (and where this worker reports its in-flight counts).
     health: Vec<Arc<HostHealth>>,
+    /// Whether picks look at `health`: only when the cluster is checked or has outlier
+    /// detection (otherwise picking costs nothing more).
+    tracked: bool,
     outlier: Option<Arc<OutlierDetection>>,
     shared: Arc<ClusterShared>,
     panic_threshold: u8,
@@ -134,11 +136,8 @@ impl Balancer {
                 .iter()
                 .map(|&a| table.state(&cluster.name, a))
                 .collect(),
-            health: if checked || cluster.outlier.is_some() {
-                cluster.shared.hosts_of(&addresses, checked)
-            } else {
-                Vec::new()
-            },
+            health: cluster.shared.hosts_of(&addresses, checked),
+            tracked: checked || cluster.outlier.is_some(),
             outlier: cluster.outlier.clone(),
             shared: cluster.shared.clone(),
             panic_threshold: cluster.panic_threshold,
@@ -157,16 +156,24 @@ impl Balancer {
         Ok(Lease::new(self.clone(), index, now))
     }
 
-    /// Reports each endpoint's tally of answers to its shared health (a worker's
-    /// housekeeping tick).
-    pub fn report_tallies(&self) {
-        if self.outlier.is_none() {
-            return;
-        }
+    /// Reports what this worker saw of each endpoint to its shared health (a worker's
+    /// housekeeping tick): answers for outlier detection's success rate, the change
+    /// in requests in flight, the latency estimate.
+    pub fn report(&self) {
         for (state, health) in self.states.iter().zip(&self.health) {
-            let (successes, answers) = state.take_tally();
-            if answers > 0 {
-                health.add_interval(successes, answers);
+            if self.outlier.is_some() {
+                let (successes, answers) = state.take_tally();
+                if answers > 0 {
+                    health.add_interval(successes, answers);
+                }
+            }
+            let (now, reported) = (state.in_flight.get(), state.reported_in_flight.get());
+            if now != reported {
+                health.report_in_flight(i64::from(now) - i64::from(reported));
+                state.reported_in_flight.set(now);
+            }
+            if self.policy == LbPolicy::P2cEwma {
+                health.report_latency(state.rtt_now());
             }
         }
     }
@@ -180,7 +187,7 @@ impl Balancer {
         if cluster.endpoints.is_empty() {
             return Err(NoPick::NoEndpoints);
         }
-        if self.health.len() != cluster.endpoints.len() {
+        if !self.tracked || self.health.len() != cluster.endpoints.len() {
             return self
                 .pick_where(cluster, key, now, |_| true)
                 .ok_or(NoPick::NoEndpoints);

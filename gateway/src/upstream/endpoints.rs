@@ -19,8 +19,10 @@ pub struct EndpointState {
     pub address: SocketAddr,
     /// Smooth weighted round robin's running weight.
     pub wrr_current: Cell<i64>,
-    /// This worker's attempts on the endpoint not yet over (`Lease`s held).
+    /// This worker's attempts on the endpoint not yet over (`Lease`s held), and how
+    /// many it last reported to the endpoint's shared health.
     pub in_flight: Cell<u32>,
+    pub reported_in_flight: Cell<u32>,
     /// Answers since the last report to the endpoint's shared health, and how many
     /// succeeded: outlier detection's success rate is fed from these, once a tick,
     /// not by a shared write per request.
@@ -42,6 +44,7 @@ impl EndpointState {
             address,
             wrr_current: Cell::new(0),
             in_flight: Cell::new(0),
+            reported_in_flight: Cell::new(0),
             answers: Cell::new(0),
             successes: Cell::new(0),
             rtt_ns: Cell::new(DEFAULT_RTT.as_nanos() as f64),
@@ -56,6 +59,11 @@ impl EndpointState {
         self.rtt_ns.set(decayed);
         self.rtt_at.set(now);
         decayed
+    }
+
+    /// The latency estimate now, without updating it (for reports).
+    pub fn rtt_now(&self) -> Duration {
+        Duration::from_nanos((self.rtt_ns.get() * self.decay(Instant::now())) as u64)
     }
 
     /// A latency sample: a peak replaces the estimate at once; otherwise it is blended

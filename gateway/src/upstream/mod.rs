@@ -267,11 +267,11 @@ impl Upstreams {
             .await
     }
 
-    /// Reports the answers each endpoint got since the last tick to outlier detection
-    /// (run by the worker's housekeeping tick).
-    pub fn report_tallies(&self) {
+    /// Reports what this worker saw of each endpoint since the last tick to its shared
+    /// health (run by the worker's housekeeping tick; see `Balancer::report`).
+    pub fn report(&self) {
         for b in self.balancers.borrow().1.iter().flatten() {
-            b.report_tallies();
+            b.report();
         }
     }
 

@@ -38,6 +38,10 @@ pub fn clock_ms() -> u64 {
 pub struct HostHealth {
     flags: AtomicU8,
     outlier: OutlierState,
+    /// What the workers last reported (each tick, for `/clusters`): requests in
+    /// flight to the endpoint, all workers together, and a latency estimate (µs).
+    in_flight: std::sync::atomic::AtomicI64,
+    latency_us: AtomicU64,
 }
 
 /// What outlier detection keeps about one endpoint.
@@ -379,6 +383,30 @@ impl HostHealth {
         let o = &self.outlier;
         o.interval_success.fetch_add(success, Ordering::Relaxed);
         o.interval_total.fetch_add(total, Ordering::Relaxed);
+    }
+
+    /// A worker's change in requests in flight since its last report.
+    pub fn report_in_flight(&self, change: i64) {
+        self.in_flight.fetch_add(change, Ordering::Relaxed);
+    }
+
+    /// A worker's latency estimate (`p2c_ewma`).
+    pub fn report_latency(&self, estimate: Duration) {
+        let us = u64::try_from(estimate.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.store(us, Ordering::Relaxed);
+    }
+
+    /// Requests in flight as of the workers' last reports.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed).max(0)
+    }
+
+    /// The latest latency estimate a worker reported, if any.
+    pub fn latency(&self) -> Option<Duration> {
+        match self.latency_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
     }
 
     pub fn outlier_view(&self) -> OutlierView {
