@@ -145,7 +145,32 @@ fn summary(s: &Snapshot) -> String {
                         .iter()
                         .map(|t| format!("{}={}", s.clusters[t.cluster].name, t.weight))
                         .collect();
-                    format!("-> {}", targets.join(", "))
+                    let mut line = format!("-> {}", targets.join(", "));
+                    if !f.hash_policy.is_empty() {
+                        use weft_mesh::snapshot::hashing::HashSource;
+                        let parts: Vec<String> = f
+                            .hash_policy
+                            .iter()
+                            .map(|p| {
+                                let part = match &p.source {
+                                    HashSource::Header(h) => format!("header {h}"),
+                                    HashSource::Cookie { name, ttl: Some(t), .. } => {
+                                        format!("cookie {name} (made, ttl {t:?})")
+                                    }
+                                    HashSource::Cookie { name, .. } => format!("cookie {name}"),
+                                    HashSource::SourceIp => "source ip".to_owned(),
+                                    HashSource::QueryParameter(q) => format!("query {q}"),
+                                };
+                                if p.terminal {
+                                    part + " (terminal)"
+                                } else {
+                                    part
+                                }
+                            })
+                            .collect();
+                        line += &format!("; hash key: {}", parts.join(", "));
+                    }
+                    line
                 }
                 RouteAction::Direct(d) => format!("direct_response {}", d.status),
                 RouteAction::Redirect(r) => format!("redirect {}", r.status),
