@@ -1018,3 +1018,113 @@ fn cookie_affinity_sets_and_honours_its_cookie() {
         .collect();
     assert!(spread.len() >= 2, "{spread:?}");
 }
+
+/// Killing one of three endpoints under steady load, from HTTP/1.1 and HTTP/2 clients:
+/// with active checks (one failed check is enough) and outlier detection, failed
+/// requests stop within one health interval of the kill. How many failed before that
+/// is printed (retries, when they come, must bring it to zero).
+#[test]
+fn killing_one_of_three_endpoints_under_load_stops_failures_within_one_interval() {
+    use http_body_util::{BodyExt, Empty};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+    use weft_tests::upstream::TestUpstream;
+
+    let mut ups: Vec<Option<TestUpstream>> =
+        ["a", "b", "c"].into_iter().map(|n| Some(TestUpstream::start(n))).collect();
+    let addrs: Vec<SocketAddr> = ups.iter().flatten().map(|u| u.addr).collect();
+    let (admin, listen) = (free_addr(), free_addr());
+    let interval = Duration::from_millis(500);
+    let more = "[clusters.api.health_check]\nkind = \"http\"\npath = \"/status/200\"\n\
+                interval = \"500ms\"\ntimeout = \"250ms\"\nunhealthy_threshold = 1\n\
+                [clusters.api.outlier_detection]\nconsecutive_5xx = 3\nmax_ejection_percent = 34";
+    let _weft = Weft::start("ingress", &cluster_config(admin, listen, &addrs, more), admin);
+    std::thread::sleep(Duration::from_millis(700));
+
+    let failures: Arc<Mutex<Vec<(Instant, &'static str)>>> = Arc::default();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let h1: Vec<_> = (0..3)
+        .map(|_| {
+            let (failures, answered, stop) = (failures.clone(), answered.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let mut c = weft_tests::raw::RawClient::new(listen);
+                    for _ in 0..20 {
+                        c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+                        let (status, head, _) = c.read_response();
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        if status != 200 {
+                            failures.lock().unwrap().push((Instant::now(), "http1"));
+                            if head.to_ascii_lowercase().contains("connection: close") {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let h2 = {
+        let (failures, answered, stop) = (failures.clone(), answered.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let (sender, _conn) = weft_tests::h2c::connect::<Empty<bytes::Bytes>>(listen).await;
+                let streams: Vec<_> = (0..3)
+                    .map(|_| {
+                        let mut sender = sender.clone();
+                        let (failures, answered, stop) = (failures.clone(), answered.clone(), stop.clone());
+                        tokio::spawn(async move {
+                            while !stop.load(Ordering::SeqCst) {
+                                let req = hyper::Request::get("http://a/x").body(Empty::new()).unwrap();
+                                let ok = match sender.send_request(req).await {
+                                    Ok(resp) => {
+                                        let status = resp.status();
+                                        let _ = resp.into_body().collect().await;
+                                        status == 200
+                                    }
+                                    Err(_) => false,
+                                };
+                                answered.fetch_add(1, Ordering::SeqCst);
+                                if !ok {
+                                    failures.lock().unwrap().push((Instant::now(), "http2"));
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for s in streams {
+                    let _ = s.await;
+                }
+            });
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(failures.lock().unwrap().is_empty(), "failures before the kill");
+    let before = answered.load(Ordering::SeqCst);
+    let killed = Instant::now();
+    ups[0] = None;
+    std::thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::SeqCst);
+    for t in h1 {
+        t.join().unwrap();
+    }
+    h2.join().unwrap();
+    let failures = failures.lock().unwrap().clone();
+    let after = answered.load(Ordering::SeqCst) - before;
+    let last = failures.iter().map(|(t, _)| *t - killed).max().unwrap_or_default();
+    let by = |p: &str| failures.iter().filter(|(_, q)| *q == p).count();
+    eprintln!(
+        "killed 1 of 3 under load: {} of {after} requests failed after the kill \
+         (http1 {}, http2 {}), the last {last:?} after it",
+        failures.len(),
+        by("http1"),
+        by("http2")
+    );
+    assert!(after > 200, "too little load to judge: {after} requests");
+    assert!(
+        last < interval + Duration::from_millis(300),
+        "failures went on {last:?} after the kill"
+    );
+}
