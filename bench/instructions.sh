@@ -13,6 +13,9 @@
 # of the same binary differ by about 1% (how many requests each event-loop turn finds
 # depends on timing).
 #
+# WEFT_CLUSTER_EXTRA: config lines appended to the cluster (its keys, then its
+# sub-tables), e.g. the endpoint-health features for an A/B of their cost.
+#
 # Needs valgrind, h2load (nghttp2-client) and a built weft-bench next to this script's
 # repository (target/release/weft-bench).
 set -euo pipefail
@@ -43,6 +46,7 @@ routes = [ { match = { path_prefix = "/" }, cluster = "up" } ]
 [clusters.up]
 endpoints = ["127.0.0.1:$UP"]
 $PROTOCOL
+${WEFT_CLUSTER_EXTRA:-}
 EOT
 COUNT=$((2 * N))
 WEFT_LOG=error valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.out" \

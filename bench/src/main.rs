@@ -38,7 +38,8 @@ enum Command {
         /// h1-new-conn, h1-large-body, idle-conns, reload-under-load, reload-swap, discovery-swap, scale.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
-        /// Systems (default: all available): direct, weft-io_uring, weft-epoll, nginx, haproxy.
+        /// Systems (default: all available): direct, weft-io_uring, weft-epoll, nginx, haproxy;
+        /// a weft system with `-health` has the endpoint-health features on (not by default).
         #[arg(long = "system")]
         systems: Vec<String>,
         #[arg(long, default_value = "bench-results")]
@@ -365,6 +366,8 @@ mod tests {
             "weft-epoll",
             "weft-io_uring-pgo",
             "weft-epoll-pgo",
+            "weft-io_uring-health",
+            "weft-epoll-pgo-health",
             "nginx",
             "haproxy",
         ] {

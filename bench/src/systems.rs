@@ -16,9 +16,13 @@ use std::time::{Duration, Instant};
 pub enum Kind {
     Direct,
     /// `pgo`: the profile-guided build (`--weft-pgo-bin`) instead of `--weft-bin`.
+    /// `health`: the endpoint-health features all on for the clusters (`-health`):
+    /// `lb = "p2c_ewma"`, active HTTP checks every second, outlier detection (the
+    /// circuit breakers are always on).
     Weft {
         driver: &'static str,
         pgo: bool,
+        health: bool,
     },
     Nginx,
     Haproxy,
@@ -28,15 +32,27 @@ impl Kind {
     pub fn name(&self) -> String {
         match self {
             Kind::Direct => "direct".into(),
-            Kind::Weft { driver, pgo: false } => format!("weft-{driver}"),
-            Kind::Weft { driver, pgo: true } => format!("weft-{driver}-pgo"),
+            Kind::Weft {
+                driver,
+                pgo,
+                health,
+            } => format!(
+                "weft-{driver}{}{}",
+                if *pgo { "-pgo" } else { "" },
+                if *health { "-health" } else { "" }
+            ),
             Kind::Nginx => "nginx".into(),
             Kind::Haproxy => "haproxy".into(),
         }
     }
 
     pub fn parse(name: &str) -> Option<Kind> {
-        // The inverse of `name`: a weft system may carry the `-pgo` suffix.
+        // The inverse of `name`: a weft system may carry the `-pgo` and `-health`
+        // suffixes.
+        let (name, health) = match name.strip_suffix("-health") {
+            Some(base) => (base, true),
+            None => (name, false),
+        };
         let (base, pgo) = match name.strip_suffix("-pgo") {
             Some(base) => (base, true),
             None => (name, false),
@@ -44,13 +60,17 @@ impl Kind {
         let driver = match base {
             "weft-io_uring" => "io_uring",
             "weft-epoll" => "epoll",
-            _ if pgo => return None,
+            _ if pgo || health => return None,
             "direct" => return Some(Kind::Direct),
             "nginx" => return Some(Kind::Nginx),
             "haproxy" => return Some(Kind::Haproxy),
             _ => return None,
         };
-        Some(Kind::Weft { driver, pgo })
+        Some(Kind::Weft {
+            driver,
+            pgo,
+            health,
+        })
     }
 
     /// The weft binary this system runs (the profile-guided build for `-pgo`).
@@ -298,7 +318,9 @@ pub enum Target {
 /// The body of a proxy's own answer: 64 bytes, as the upstream's small response.
 pub const LOCAL_BODY: &str = "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijkl";
 
-/// The weft config for a bench run; `variant` flips the route set used by reload runs.
+/// The weft config for a bench run; `variant` flips the route set used by reload runs;
+/// `health` turns the endpoint-health features on for the clusters (`Kind::Weft`).
+#[allow(clippy::too_many_arguments)]
 pub fn weft_config(
     port: u16,
     admin: u16,
@@ -307,6 +329,7 @@ pub fn weft_config(
     workers: usize,
     variant: bool,
     tls: Option<&Path>,
+    health: bool,
 ) -> String {
     // Both variants route everything to the upstream; they differ in routes and weights
     // so a reload really swaps the table.
@@ -333,7 +356,14 @@ pub fn weft_config(
         Target::Upstream { addr, h2 } => {
             let protocol = if h2 { "http2" } else { "http1" };
             let cluster = |name: &str| {
-                format!("\n[clusters.{name}]\nendpoints = [\"{addr}\"]\nprotocol = \"{protocol}\"\npool = {{ max_idle = 4096 }}\n")
+                let mut c = format!("\n[clusters.{name}]\nendpoints = [\"{addr}\"]\nprotocol = \"{protocol}\"\npool = {{ max_idle = 4096 }}\n");
+                if health {
+                    c += &format!(
+                        "lb = \"p2c_ewma\"\n[clusters.{name}.health_check]\nkind = \"http\"\npath = \"/\"\ninterval = \"1s\"\n\
+                         [clusters.{name}.outlier_detection]\nconsecutive_5xx = 5\ninterval = \"1s\"\n"
+                    );
+                }
+                c
             };
             (
                 format!("split = [ {{ cluster = \"a\", weight = {w1} }}, {{ cluster = \"b\", weight = {w2} }} ]"),
@@ -412,10 +442,10 @@ pub fn start(
     let config;
     match kind {
         Kind::Direct => unreachable!("handled above"),
-        Kind::Weft { driver, .. } => {
+        Kind::Weft { driver, health, .. } => {
             let admin_port = free_port();
             admin = Some(SocketAddr::from(([127, 0, 0, 1], admin_port)));
-            let path = env.dir.join(format!("weft-{driver}.toml"));
+            let path = env.dir.join(format!("{}.toml", kind.name()));
             std::fs::write(
                 &path,
                 weft_config(
@@ -433,6 +463,7 @@ pub fn start(
                     workers,
                     true,
                     (protocol == Protocol::Tls).then_some(env.dir.as_path()),
+                    *health,
                 ),
             )?;
             cmd.arg(kind.weft_bin(env))

@@ -837,6 +837,7 @@ mod tests {
             targets: Vec::new(),
             total_weight: 0,
             prefix_rewrite: None,
+            hash_policy: Vec::new(),
         };
         let client = ClientInfo {
             peer: peer.parse().expect("peer"),
@@ -894,6 +895,7 @@ mod tests {
             targets: Vec::new(),
             total_weight: 0,
             prefix_rewrite: None,
+            hash_policy: Vec::new(),
         };
         let again = h1_request_head(
             &Facts::new(&head, PathPolicy::default()),
