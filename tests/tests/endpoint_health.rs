@@ -686,6 +686,11 @@ fn an_endpoint_answering_500_is_ejected_for_growing_times() {
     let left = shown["ejected_for_ms"].as_u64().expect("ejected_for_ms");
     assert!(left > 0 && left <= 1000, "{left}");
     assert!(endpoints.iter().filter(|e| e["health"]["outlier"] == "ok").count() == 4);
+    let to_bad = weft.metric_settled(
+        &["weft_upstream_requests_total", &format!("endpoint=\"{}\"", bad.addr)],
+        5.0,
+    );
+    assert_eq!(to_bad, 5.0, "requests counted for the ejected endpoint");
     let back = send_until(listen, limit, || bad.served() > 5);
     let first = back - ejected;
     // The sweep runs every interval: back within [base, base + interval + slack].
@@ -1127,4 +1132,38 @@ fn killing_one_of_three_endpoints_under_load_stops_failures_within_one_interval(
         last < interval + Duration::from_millis(300),
         "failures went on {last:?} after the kill"
     );
+}
+
+/// With active checks, a passing check ends an outlier ejection
+/// (`successful_active_health_check_uneject_host`, on by default) long before its
+/// `base_ejection_time`; turned off, the ejection runs its time.
+#[test]
+fn a_passing_health_check_ends_an_ejection() {
+    for uneject in [true, false] {
+        let ups: Vec<CheckedUpstream> = ["a", "b"].into_iter().map(CheckedUpstream::start).collect();
+        ups[0].status.store(500, Ordering::SeqCst);
+        let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+        let (admin, listen) = (free_addr(), free_addr());
+        let more = format!(
+            "[clusters.api.health_check]\nkind = \"http\"\npath = \"/healthz\"\ninterval = \"300ms\"\n\
+             [clusters.api.outlier_detection]\nconsecutive_5xx = 3\nbase_ejection_time = \"30s\"\n\
+             max_ejection_percent = 50\nsuccessful_active_health_check_uneject_host = {uneject}"
+        );
+        let weft = Weft::start("ingress", &cluster_config(admin, listen, &addrs, &more), admin);
+        wait_for("both healthy", Duration::from_secs(3), || {
+            host_healthy(&weft, addrs[0]) == 1.0 && host_healthy(&weft, addrs[1]) == 1.0
+        });
+        send_until(listen, Duration::from_secs(10), || {
+            outlier_metric(&weft, "weft_cluster_outlier_ejections_active", None) == 1.0
+        });
+        let ejected = Instant::now();
+        let back = || outlier_metric(&weft, "weft_cluster_outlier_ejections_active", None) == 0.0;
+        if uneject {
+            wait_for("a check ends the ejection", Duration::from_secs(2), back);
+            assert!(ejected.elapsed() < Duration::from_secs(2));
+        } else {
+            std::thread::sleep(Duration::from_millis(1500));
+            assert!(!back(), "the ejection ended without its time and without the switch");
+        }
+    }
 }

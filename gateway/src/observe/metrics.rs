@@ -70,6 +70,8 @@ pub enum Family {
     ConnectionOverflows,
     /// Retries a cluster's full retry breaker (`max_retries`) did not send, by cluster.
     RetryOverflows,
+    /// Requests that reached an endpoint, by cluster and endpoint (the last attempt's).
+    EndpointRequests,
 }
 
 impl Family {
@@ -87,6 +89,7 @@ impl Family {
             Family::RequestOverflows => "weft_cluster_upstream_rq_pending_overflow_total",
             Family::ConnectionOverflows => "weft_cluster_upstream_cx_overflow_total",
             Family::RetryOverflows => "weft_cluster_upstream_rq_retry_overflow_total",
+            Family::EndpointRequests => "weft_upstream_requests_total",
         }
     }
     fn help(self) -> &'static str {
@@ -119,6 +122,9 @@ impl Family {
             Family::RetryOverflows => {
                 "Retries not sent because the cluster's retry breaker (max_retries) was full, by cluster."
             }
+            Family::EndpointRequests => {
+                "Requests that reached an upstream endpoint, by cluster and endpoint (the last attempt's)."
+            }
         }
     }
     /// Whether this family's keys start with the snapshot version (their other parts
@@ -133,6 +139,7 @@ impl Family {
                 | Family::RequestOverflows
                 | Family::ConnectionOverflows
                 | Family::RetryOverflows
+                | Family::EndpointRequests
         )
     }
     fn kind(self) -> &'static str {
@@ -141,7 +148,7 @@ impl Family {
             _ => "counter",
         }
     }
-    const ALL: [Family; 12] = [
+    const ALL: [Family; 13] = [
         Family::Requests,
         Family::UpstreamConnectErrors,
         Family::UpstreamTimeouts,
@@ -154,6 +161,7 @@ impl Family {
         Family::RequestOverflows,
         Family::ConnectionOverflows,
         Family::RetryOverflows,
+        Family::EndpointRequests,
     ];
 }
 

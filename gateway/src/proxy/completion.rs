@@ -249,6 +249,9 @@ impl<'x, 'r> Completion<'x, 'r> {
                 ("grpc_status", label),
             );
         }
+        if let (Some(cluster), Some(endpoint)) = (self.cluster, self.endpoint) {
+            self.count_endpoint(cluster, endpoint);
+        }
         let (Some(error), Some(cluster)) = (self.error, self.cluster) else {
             return;
         };
@@ -334,6 +337,24 @@ impl<'x, 'r> Completion<'x, 'r> {
                         .unwrap_or_default(),
                 ),
                 (outcome.0, (outcome.1)()),
+            ]
+        });
+    }
+
+    /// Counts a request that reached `endpoint` of `cluster`.
+    fn count_endpoint(&self, cluster: ClusterId, endpoint: SocketAddr) {
+        let x = self.x;
+        let address = match endpoint {
+            SocketAddr::V4(a) => u64::from(a.ip().to_bits()) << 16 | u64::from(a.port()),
+            SocketAddr::V6(a) => {
+                weft_mesh::snapshot::fnv1a(&a.ip().octets()) ^ u64::from(a.port())
+            }
+        };
+        let key = [x.snapshot.version, cluster as u64, address, 0];
+        x.worker.counters.bump(Family::EndpointRequests, key, || {
+            vec![
+                ("cluster", x.snapshot.clusters[cluster].name.clone()),
+                ("endpoint", endpoint.to_string()),
             ]
         });
     }

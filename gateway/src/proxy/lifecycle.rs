@@ -100,8 +100,10 @@ pub struct Plan<'p> {
     /// The client's `Upgrade` goes upstream: it asked for protocols the route allows
     /// (false too for an `h2c` upgrade, which is dropped).
     pub upgrade: bool,
-    /// The request's hash key (consistent-hash clusters), and a cookie made for it.
-    pub affinity: Affinity,
+    /// The request's hash key and a cookie made for it, for a consistent-hash
+    /// cluster whose route's `hash_policy` found something (boxed: most plans have
+    /// none, and every plan lives in a stream task, whose size is guarded).
+    pub affinity: Option<Box<Affinity>>,
 }
 
 impl Plan<'_> {
@@ -109,8 +111,13 @@ impl Plan<'_> {
     pub fn response_edits(&self) -> ResponseEdits<'_> {
         ResponseEdits {
             route: &self.route.response_headers,
-            set_cookie: self.affinity.set_cookie.as_deref(),
+            set_cookie: self.affinity.as_ref().and_then(|a| a.set_cookie.as_deref()),
         }
+    }
+
+    /// The request's hash key, for a consistent-hash cluster.
+    pub fn hash_key(&self) -> Option<u64> {
+        self.affinity.as_ref().and_then(|a| a.key)
     }
 }
 
@@ -351,10 +358,11 @@ fn plan<'p>(
         response_timeout: grpc_timeout.unwrap_or(timeout),
         call_deadline: grpc_timeout.map(|t| Instant::now() + t),
         upgrade: allowed_upgrade(route, request.upgrade())?,
-        affinity: if cluster.lb.hashes() {
-            affinity(&fwd.hash_policy, request, x.conn.peer.ip())
+        affinity: if cluster.lb.hashes() && !fwd.hash_policy.is_empty() {
+            let found = affinity(&fwd.hash_policy, request, x.conn.peer.ip());
+            found.key.map(|_| Box::new(found))
         } else {
-            Affinity::default()
+            None
         },
     })
 }

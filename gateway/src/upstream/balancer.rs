@@ -19,12 +19,14 @@
 //! outlier detection (`finish`). Dropped unfinished (the client went away), it only
 //! stops counting.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use weft_mesh::config::LbPolicy;
+use weft_mesh::snapshot::health::flag_changes;
 use weft_mesh::snapshot::{
     AttemptOutcome, Cluster, ClusterShared, Ejection, HostHealth, OutlierDetection,
 };
@@ -45,6 +47,15 @@ pub struct Balancer {
     outlier: Option<Arc<OutlierDetection>>,
     shared: Arc<ClusterShared>,
     panic_threshold: u8,
+    /// The eligible endpoints, and whether all are pending, as of `flag_changes()`.
+    census: Cell<Census>,
+}
+
+#[derive(Clone, Copy)]
+struct Census {
+    changes: u64,
+    eligible: usize,
+    all_pending: bool,
 }
 
 /// One attempt's endpoint, as picked: see the module's header.
@@ -141,7 +152,31 @@ impl Balancer {
             outlier: cluster.outlier.clone(),
             shared: cluster.shared.clone(),
             panic_threshold: cluster.panic_threshold,
+            census: Cell::new(Census {
+                changes: u64::MAX,
+                eligible: 0,
+                all_pending: false,
+            }),
         }
+    }
+
+    /// The eligible endpoints, counted again only when some endpoint's flags changed.
+    fn census(&self) -> Census {
+        let changes = flag_changes();
+        let cached = self.census.get();
+        if cached.changes == changes {
+            return cached;
+        }
+        let census = Census {
+            changes,
+            eligible: self.health.iter().filter(|h| h.eligible()).count(),
+            all_pending: self
+                .health
+                .iter()
+                .all(|h| h.flags() & HostHealth::PENDING != 0),
+        };
+        self.census.set(census);
+        census
     }
 
     /// An eligible endpoint (healthy, not pending, not ejected), leased to one attempt.
@@ -192,17 +227,17 @@ impl Balancer {
                 .pick_where(cluster, key, now, |_| true)
                 .ok_or(NoPick::NoEndpoints);
         }
-        let eligible = self.health.iter().filter(|h| h.eligible()).count();
+        let Census {
+            eligible,
+            all_pending,
+            ..
+        } = self.census();
         let all = self.health.len();
         if eligible == all {
             return self
                 .pick_where(cluster, key, now, |_| true)
                 .ok_or(NoPick::NoEndpoints);
         }
-        let all_pending = self
-            .health
-            .iter()
-            .all(|h| h.flags() & HostHealth::PENDING != 0);
         let panic = all_pending
             || (self.panic_threshold > 0
                 && eligible * 100 < all * usize::from(self.panic_threshold));

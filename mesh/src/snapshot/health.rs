@@ -23,6 +23,19 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Changes of any endpoint's flags, in any cluster: a balancer counts the eligible
+/// endpoints again only when this moved (flags change rarely: a check's transition,
+/// an ejection and its end), so a pick costs one load of it, not one per endpoint.
+static FLAG_CHANGES: AtomicU64 = AtomicU64::new(0);
+
+pub fn flag_changes() -> u64 {
+    FLAG_CHANGES.load(Ordering::Acquire)
+}
+
+fn flags_changed() {
+    FLAG_CHANGES.fetch_add(1, Ordering::AcqRel);
+}
+
 /// Milliseconds since this process first asked.
 pub fn clock_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -230,11 +243,15 @@ impl HostHealth {
     /// unhealthy sets `FAILED_ACTIVE` and clears `PENDING`.
     pub fn set_active(&self, healthy: bool) {
         let set = if healthy { 0 } else { Self::FAILED_ACTIVE };
-        let _ = self
+        let before = self
             .flags
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |f| {
                 Some(f & !(Self::PENDING | Self::FAILED_ACTIVE) | set)
-            });
+            })
+            .unwrap_or_default();
+        if before & (Self::PENDING | Self::FAILED_ACTIVE) != set {
+            flags_changed();
+        }
     }
 
     /// Feeds an attempt's outcome to the consecutive detectors, and ejects the endpoint
@@ -355,6 +372,7 @@ impl HostHealth {
         }
         o.multiplier.store(times, Ordering::Relaxed);
         o.ejections.fetch_add(1, Ordering::Relaxed);
+        flags_changed();
         Some(time)
     }
 
@@ -367,6 +385,7 @@ impl HostHealth {
         if before & Self::FAILED_OUTLIER == 0 {
             return false;
         }
+        flags_changed();
         counters.active.fetch_sub(1, Ordering::AcqRel);
         let o = &self.outlier;
         for c in [&o.consecutive_5xx, &o.consecutive_gateway, &o.consecutive_local] {

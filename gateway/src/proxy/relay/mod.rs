@@ -72,7 +72,7 @@ fn pick(x: &Exchange<'_>, plan: &Plan<'_>, progress: &Progress) -> Result<Socket
     let lease = x
         .worker
         .upstreams
-        .pick(x.snapshot, plan.cluster_id, plan.affinity.key)
+        .pick(x.snapshot, plan.cluster_id, plan.hash_key())
         .map_err(|e| connect_error(x, plan, &e))?;
     let endpoint = lease.address();
     progress.leased(lease);
