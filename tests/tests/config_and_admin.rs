@@ -151,6 +151,12 @@ endpoints = ["{}"]
 
 [clusters.down]
 endpoints = ["127.0.0.1:{}"]
+lb = "p2c_ewma"
+[clusters.down.health_check]
+kind = "tcp"
+interval = "100ms"
+[clusters.down.outlier_detection]
+consecutive_5xx = 5
 "#,
         app.addr,
         free_port()
@@ -190,7 +196,23 @@ endpoints = ["127.0.0.1:{}"]
         r#"weft_accepted_connections_total{listener="web",protocol="http1"} 6"#,
         r#"weft_open_connections{listener="web",protocol="http1"} 0"#,
         "weft_ready 1",
+        r#"weft_cluster_outlier_ejections_active{cluster="down"} 0"#,
+        r#"weft_cluster_outlier_ejections_enforced_total{cluster="down",type="consecutive_5xx"} 0"#,
+        r#"weft_cluster_membership_endpoints{cluster="down"} 1"#,
     ];
+    // Series whose values depend on timing: present, whatever they read.
+    let present = [
+        r#"weft_cluster_health_check_attempt_total{cluster="down"} "#,
+        r#"weft_host_healthy{cluster="down",host="#,
+        r#"weft_cluster_lb_healthy_panic_total{cluster="down"} "#,
+        &format!(r#"weft_upstream_requests_total{{cluster="app",endpoint="{}"}} "#, app.addr),
+    ];
+    for prefix in present {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(prefix)),
+            "missing {prefix:?} in:\n{metrics}"
+        );
+    }
     for line in expect {
         assert!(
             metrics.lines().any(|l| l == line),

@@ -712,7 +712,7 @@ fn an_endpoint_answering_500_is_ejected_for_growing_times() {
     assert_eq!(outlier_metric(&weft, enforced, Some("consecutive_5xx")), 2.0);
     assert_eq!(outlier_metric(&weft, enforced, Some("success_rate")), 0.0);
     let (_, text) = weft.admin_get("/metrics");
-    assert!(text.contains("weft_cluster_membership_total{cluster=\"api\"} 5"), "{text}");
+    assert!(text.contains("weft_cluster_membership_endpoints{cluster=\"api\"} 5"), "{text}");
 }
 
 /// `max_ejection_percent`: of 3 endpoints with 2 failing, the default 10 % ejects one

@@ -178,9 +178,9 @@ fn membership(out: &mut String, snapshot: &Snapshot) {
                 .collect()
         })
         .collect();
-    family(out, "weft_cluster_membership_total", "gauge", "Endpoints of a cluster, by cluster.");
+    family(out, "weft_cluster_membership_endpoints", "gauge", "Endpoints of a cluster, by cluster.");
     for (c, v) in tracked.iter().zip(&views) {
-        let _ = writeln!(out, "weft_cluster_membership_total{{cluster=\"{}\"}} {}", label(&c.name), v.len());
+        let _ = writeln!(out, "weft_cluster_membership_endpoints{{cluster=\"{}\"}} {}", label(&c.name), v.len());
     }
     family(out, "weft_cluster_membership_healthy", "gauge", "Endpoints of a cluster that may be sent traffic (passing checks, not ejected), by cluster.");
     for (c, v) in tracked.iter().zip(&views) {
