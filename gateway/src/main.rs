@@ -154,7 +154,9 @@ fn summary(s: &Snapshot) -> String {
                             .map(|p| {
                                 let part = match &p.source {
                                     HashSource::Header(h) => format!("header {h}"),
-                                    HashSource::Cookie { name, ttl: Some(t), .. } => {
+                                    HashSource::Cookie {
+                                        name, ttl: Some(t), ..
+                                    } => {
                                         format!("cookie {name} (made, ttl {t:?})")
                                     }
                                     HashSource::Cookie { name, .. } => format!("cookie {name}"),
@@ -184,7 +186,12 @@ fn summary(s: &Snapshot) -> String {
             .iter()
             .map(|e| format!("{} (weight {})", e.address, e.weight))
             .collect();
-        out += &format!("  cluster {}: {}, {}\n", c.name, c.lb.name(), eps.join(", "));
+        out += &format!(
+            "  cluster {}: {}, {}\n",
+            c.name,
+            c.lb.name(),
+            eps.join(", ")
+        );
         if let Some(h) = &c.health_check {
             let probe = match &h.probe {
                 weft_mesh::snapshot::HealthProbe::Http { path, host, .. } => {

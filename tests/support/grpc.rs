@@ -190,7 +190,9 @@ async fn repeat(
                 .send(Err(failed_precondition("stopped on purpose")))
                 .await;
         } else if failing {
-            let _ = tx.send(Err(Status::unavailable("failing on purpose"))).await;
+            let _ = tx
+                .send(Err(Status::unavailable("failing on purpose")))
+                .await;
         }
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);

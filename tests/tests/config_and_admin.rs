@@ -205,7 +205,10 @@ consecutive_5xx = 5
         r#"weft_cluster_health_check_attempt_total{cluster="down"} "#,
         r#"weft_host_healthy{cluster="down",host="#,
         r#"weft_cluster_lb_healthy_panic_total{cluster="down"} "#,
-        &format!(r#"weft_upstream_requests_total{{cluster="app",endpoint="{}"}} "#, app.addr),
+        &format!(
+            r#"weft_upstream_requests_total{{cluster="app",endpoint="{}"}} "#,
+            app.addr
+        ),
     ];
     for prefix in present {
         assert!(

@@ -143,7 +143,11 @@ fn a_full_breaker_answers_overflow_and_admits_exactly_its_limit() {
     );
     // `/clusters` while they are held: the breaker full, the 10 in flight at the endpoint.
     let cb = &clusters["clusters"][0];
-    assert_eq!(cb["circuit_breakers"]["requests"], serde_json::json!({"used": 10, "max": 10}), "{clusters}");
+    assert_eq!(
+        cb["circuit_breakers"]["requests"],
+        serde_json::json!({"used": 10, "max": 10}),
+        "{clusters}"
+    );
     assert_eq!(cb["endpoints"][0]["in_flight"], 10, "{clusters}");
     assert_eq!(cb["endpoints"][0]["health"]["active_check"], "unchecked");
     assert_eq!(
@@ -663,7 +667,11 @@ fn an_endpoint_answering_500_is_ejected_for_growing_times() {
     let (admin, listen) = (free_addr(), free_addr());
     let outlier = "[clusters.api.outlier_detection]\nconsecutive_5xx = 5\ninterval = \"500ms\"\n\
                    base_ejection_time = \"1s\"";
-    let weft = Weft::start("ingress", &cluster_config(admin, listen, &addrs, outlier), admin);
+    let weft = Weft::start(
+        "ingress",
+        &cluster_config(admin, listen, &addrs, outlier),
+        admin,
+    );
 
     let limit = Duration::from_secs(10);
     let ejected = send_until(listen, limit, || bad.served() >= 5);
@@ -673,9 +681,15 @@ fn an_endpoint_answering_500_is_ejected_for_growing_times() {
         assert_eq!(status_of_one(listen), 200);
     }
     assert_eq!(bad.served(), 5, "an ejected endpoint was sent a request");
-    assert_eq!(outlier_metric(&weft, "weft_cluster_outlier_ejections_active", None), 1.0);
+    assert_eq!(
+        outlier_metric(&weft, "weft_cluster_outlier_ejections_active", None),
+        1.0
+    );
     let clusters = weft_tests::process::admin_clusters(admin);
-    let endpoints = clusters["clusters"][0]["endpoints"].as_array().expect("endpoints").clone();
+    let endpoints = clusters["clusters"][0]["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .clone();
     let shown = endpoints
         .iter()
         .find(|e| e["address"] == bad.addr.to_string())
@@ -685,9 +699,18 @@ fn an_endpoint_answering_500_is_ejected_for_growing_times() {
     assert_eq!(shown["ejections"], 1);
     let left = shown["ejected_for_ms"].as_u64().expect("ejected_for_ms");
     assert!(left > 0 && left <= 1000, "{left}");
-    assert!(endpoints.iter().filter(|e| e["health"]["outlier"] == "ok").count() == 4);
+    assert!(
+        endpoints
+            .iter()
+            .filter(|e| e["health"]["outlier"] == "ok")
+            .count()
+            == 4
+    );
     let to_bad = weft.metric_settled(
-        &["weft_upstream_requests_total", &format!("endpoint=\"{}\"", bad.addr)],
+        &[
+            "weft_upstream_requests_total",
+            &format!("endpoint=\"{}\"", bad.addr),
+        ],
         5.0,
     );
     assert_eq!(to_bad, 5.0, "requests counted for the ejected endpoint");
@@ -709,10 +732,16 @@ fn an_endpoint_answering_500_is_ejected_for_growing_times() {
         "second ejection lasted {second:?} (first {first:?})"
     );
     let enforced = "weft_cluster_outlier_ejections_enforced_total";
-    assert_eq!(outlier_metric(&weft, enforced, Some("consecutive_5xx")), 2.0);
+    assert_eq!(
+        outlier_metric(&weft, enforced, Some("consecutive_5xx")),
+        2.0
+    );
     assert_eq!(outlier_metric(&weft, enforced, Some("success_rate")), 0.0);
     let (_, text) = weft.admin_get("/metrics");
-    assert!(text.contains("weft_cluster_membership_endpoints{cluster=\"api\"} 5"), "{text}");
+    assert!(
+        text.contains("weft_cluster_membership_endpoints{cluster=\"api\"} 5"),
+        "{text}"
+    );
 }
 
 /// `max_ejection_percent`: of 3 endpoints with 2 failing, the default 10 % ejects one
@@ -720,16 +749,24 @@ fn an_endpoint_answering_500_is_ejected_for_growing_times() {
 /// `always_eject_one_host = false` none is ejected.
 #[test]
 fn max_ejection_percent_bounds_ejections() {
-    let ups: Vec<CheckedUpstream> = ["a", "b", "c"].into_iter().map(CheckedUpstream::start).collect();
+    let ups: Vec<CheckedUpstream> = ["a", "b", "c"]
+        .into_iter()
+        .map(CheckedUpstream::start)
+        .collect();
     for bad in &ups[..2] {
         bad.status.store(503, Ordering::SeqCst);
     }
     let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
-    let outlier = "[clusters.api.outlier_detection]\nconsecutive_5xx = 3\nbase_ejection_time = \"30s\"";
+    let outlier =
+        "[clusters.api.outlier_detection]\nconsecutive_5xx = 3\nbase_ejection_time = \"30s\"";
     for (always, ejected) in [("true", 1.0), ("false", 0.0)] {
         let (admin, listen) = (free_addr(), free_addr());
         let more = format!("{outlier}\nalways_eject_one_host = {always}");
-        let weft = Weft::start("ingress", &cluster_config(admin, listen, &addrs, &more), admin);
+        let weft = Weft::start(
+            "ingress",
+            &cluster_config(admin, listen, &addrs, &more),
+            admin,
+        );
         send_until(listen, Duration::from_secs(10), || {
             ups[..2].iter().all(|u| u.served() >= 3)
         });
@@ -739,7 +776,10 @@ fn max_ejection_percent_bounds_ejections() {
         let active = outlier_metric(&weft, "weft_cluster_outlier_ejections_active", None);
         assert_eq!(active, ejected, "always_eject_one_host = {always}");
         let overflow = outlier_metric(&weft, "weft_cluster_outlier_ejections_overflow_total", None);
-        assert!(overflow >= 1.0, "always_eject_one_host = {always}: {overflow}");
+        assert!(
+            overflow >= 1.0,
+            "always_eject_one_host = {always}: {overflow}"
+        );
         for u in &ups {
             u.served.store(0, Ordering::SeqCst);
         }
@@ -756,12 +796,17 @@ fn with_every_endpoint_ejected_the_panic_threshold_decides() {
         u.status.store(500, Ordering::SeqCst);
     }
     let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
-    let outlier = "[clusters.api.outlier_detection]\nconsecutive_5xx = 3\nbase_ejection_time = \"30s\"\n\
+    let outlier =
+        "[clusters.api.outlier_detection]\nconsecutive_5xx = 3\nbase_ejection_time = \"30s\"\n\
                    max_ejection_percent = 100";
     for panic in [50, 0] {
         let (admin, listen) = (free_addr(), free_addr());
         let more = format!("healthy_panic_threshold = {panic}\n{outlier}");
-        let weft = Weft::start("ingress", &cluster_config(admin, listen, &addrs, &more), admin);
+        let weft = Weft::start(
+            "ingress",
+            &cluster_config(admin, listen, &addrs, &more),
+            admin,
+        );
         send_until(listen, Duration::from_secs(10), || {
             outlier_metric(&weft, "weft_cluster_outlier_ejections_active", None) == 2.0
         });
@@ -779,9 +824,16 @@ fn with_every_endpoint_ejected_the_panic_threshold_decides() {
         } else {
             for (status, head) in &statuses {
                 assert_eq!(*status, 503, "{head}");
-                assert!(head.to_ascii_lowercase().contains("x-weft-error: no healthy upstream"), "{head}");
+                assert!(
+                    head.to_ascii_lowercase()
+                        .contains("x-weft-error: no healthy upstream"),
+                    "{head}"
+                );
             }
-            assert_eq!(before, after, "an upstream got a request with no endpoint healthy");
+            assert_eq!(
+                before, after,
+                "an upstream got a request with no endpoint healthy"
+            );
             assert_eq!(outlier_metric(&weft, panics, None), 0.0);
         }
         for u in &ups {
@@ -805,7 +857,11 @@ fn grpc_statuses_from_heads_or_trailers_feed_outlier_detection() {
         let (admin, listen) = (free_addr(), free_addr());
         let more = "protocol = \"http2\"\n[clusters.api.outlier_detection]\nconsecutive_5xx = 3\n\
                     base_ejection_time = \"30s\"\nmax_ejection_percent = 50";
-        let weft = Weft::start("ingress", &cluster_config(admin, listen, &[good.addr, bad.addr], more), admin);
+        let weft = Weft::start(
+            "ingress",
+            &cluster_config(admin, listen, &[good.addr, bad.addr], more),
+            admin,
+        );
         let codes: Vec<tonic::Code> = rt.block_on(async {
             let mut grpc = client(listen).await;
             for _ in 0..8 {
@@ -813,7 +869,10 @@ fn grpc_statuses_from_heads_or_trailers_feed_outlier_detection() {
                 let path = http::uri::PathAndQuery::from_static("/test.Echo/Fail");
                 let request = tonic::Request::new(bytes::Bytes::new());
                 let answer = grpc.unary(request, path, weft_tests::grpc::RawCodec).await;
-                assert_eq!(answer.err().map(|s| s.code()), Some(tonic::Code::FailedPrecondition));
+                assert_eq!(
+                    answer.err().map(|s| s.code()),
+                    Some(tonic::Code::FailedPrecondition)
+                );
             }
             bad.failing.store(true, Ordering::SeqCst);
             let mut codes = Vec::new();
@@ -827,7 +886,10 @@ fn grpc_statuses_from_heads_or_trailers_feed_outlier_detection() {
                         Err(s) => s.code(),
                     }
                 } else {
-                    match grpc.server_streaming(request, path, weft_tests::grpc::RawCodec).await {
+                    match grpc
+                        .server_streaming(request, path, weft_tests::grpc::RawCodec)
+                        .await
+                    {
                         Err(s) => s.code(),
                         Ok(stream) => {
                             let mut stream = stream.into_inner();
@@ -851,10 +913,21 @@ fn grpc_statuses_from_heads_or_trailers_feed_outlier_detection() {
             codes
         });
         let detected = "weft_cluster_outlier_ejections_detected_total";
-        assert_eq!(outlier_metric(&weft, detected, Some("consecutive_5xx")), 1.0, "{method}: FAILED_PRECONDITION counted");
-        let failed = codes.iter().filter(|c| **c == tonic::Code::Unavailable).count();
+        assert_eq!(
+            outlier_metric(&weft, detected, Some("consecutive_5xx")),
+            1.0,
+            "{method}: FAILED_PRECONDITION counted"
+        );
+        let failed = codes
+            .iter()
+            .filter(|c| **c == tonic::Code::Unavailable)
+            .count();
         assert_eq!(failed, 3, "{method}: {codes:?}");
-        assert_eq!(outlier_metric(&weft, "weft_cluster_outlier_ejections_active", None), 1.0, "{method}");
+        assert_eq!(
+            outlier_metric(&weft, "weft_cluster_outlier_ejections_active", None),
+            1.0,
+            "{method}"
+        );
         bad.failing.store(false, Ordering::SeqCst);
     }
 }
@@ -879,7 +952,10 @@ fn answers_from(listen: SocketAddr, threads: usize, each: usize, header: &str) -
             })
         })
         .collect();
-    clients.into_iter().flat_map(|c| c.join().unwrap()).collect()
+    clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect()
 }
 
 fn share(answers: &[String], name: &str) -> f64 {
@@ -891,15 +967,26 @@ fn share(answers: &[String], name: &str) -> f64 {
 /// requests (round robin would send it a third).
 #[test]
 fn latency_and_load_aware_balancers_avoid_the_slow_endpoint() {
-    let ups: Vec<CheckedUpstream> = ["slow", "b", "c"].into_iter().map(CheckedUpstream::start).collect();
+    let ups: Vec<CheckedUpstream> = ["slow", "b", "c"]
+        .into_iter()
+        .map(CheckedUpstream::start)
+        .collect();
     let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
 
     ups[0].delay_ms.store(50, Ordering::SeqCst);
     let (admin, listen) = (free_addr(), free_addr());
-    let weft = Weft::start("ingress", &cluster_config(admin, listen, &addrs, "lb = \"p2c_ewma\""), admin);
+    let weft = Weft::start(
+        "ingress",
+        &cluster_config(admin, listen, &addrs, "lb = \"p2c_ewma\""),
+        admin,
+    );
     let answers = answers_from(listen, 4, 60, "");
     let slow = share(&answers, "slow");
-    assert!(slow < 0.10, "p2c_ewma sent {:.1}% to the slow endpoint", slow * 100.0);
+    assert!(
+        slow < 0.10,
+        "p2c_ewma sent {:.1}% to the slow endpoint",
+        slow * 100.0
+    );
     // The estimates, as `/clusters` shows them: the slow one's is the highest.
     std::thread::sleep(Duration::from_millis(300));
     let clusters = weft_tests::process::admin_clusters(admin);
@@ -910,11 +997,22 @@ fn latency_and_load_aware_balancers_avoid_the_slow_endpoint() {
 
     ups[0].delay_ms.store(1000, Ordering::SeqCst);
     let (admin, listen) = (free_addr(), free_addr());
-    let _weft = Weft::start("ingress", &cluster_config(admin, listen, &addrs, "lb = \"least_request\""), admin);
+    let _weft = Weft::start(
+        "ingress",
+        &cluster_config(admin, listen, &addrs, "lb = \"least_request\""),
+        admin,
+    );
     let answers = answers_from(listen, 10, 10, "");
     let slow = share(&answers, "slow");
-    assert!(slow < 0.15, "least_request sent {:.1}% to the busy endpoint", slow * 100.0);
-    assert!(share(&answers, "b") > 0.3 && share(&answers, "c") > 0.3, "{answers:?}");
+    assert!(
+        slow < 0.15,
+        "least_request sent {:.1}% to the busy endpoint",
+        slow * 100.0
+    );
+    assert!(
+        share(&answers, "b") > 0.3 && share(&answers, "c") > 0.3,
+        "{answers:?}"
+    );
 }
 
 /// Who answered each of `keys` (sent as `x-user-id`) over one keep-alive connection.
@@ -928,9 +1026,16 @@ fn owners(listen: SocketAddr, keys: std::ops::Range<usize>) -> Vec<String> {
     .collect()
 }
 
-fn hashed_config(admin: SocketAddr, listen: SocketAddr, endpoints: &[SocketAddr], lb: &str) -> String {
-    cluster_config(admin, listen, endpoints, &format!("lb = \"{lb}\""))
-        .replace("cluster = \"api\" }", "cluster = \"api\", hash_policy = [ { header = \"x-user-id\" } ] }")
+fn hashed_config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    endpoints: &[SocketAddr],
+    lb: &str,
+) -> String {
+    cluster_config(admin, listen, endpoints, &format!("lb = \"{lb}\"")).replace(
+        "cluster = \"api\" }",
+        "cluster = \"api\", hash_policy = [ { header = \"x-user-id\" } ] }",
+    )
 }
 
 /// `ring_hash`: a key lands on the same endpoint from every connection (so every
@@ -945,10 +1050,18 @@ fn ring_hash_keeps_keys_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weft.toml");
     std::fs::write(&path, hashed_config(admin, listen, &addrs, "ring_hash")).unwrap();
-    let weft = Weft::start_in(dir.path(), "ingress", &std::fs::read_to_string(&path).unwrap(), admin);
+    let weft = Weft::start_in(
+        dir.path(),
+        "ingress",
+        &std::fs::read_to_string(&path).unwrap(),
+        admin,
+    );
 
     let same = answers_from(listen, 4, 5, "x-user-id: user-7\r\n");
-    assert!(same.iter().all(|a| *a == same[0]), "one key, several endpoints: {same:?}");
+    assert!(
+        same.iter().all(|a| *a == same[0]),
+        "one key, several endpoints: {same:?}"
+    );
 
     let before = owners(listen, 0..1000);
     for name in names {
@@ -962,7 +1075,9 @@ fn ring_hash_keeps_keys_in_place() {
     .unwrap();
     let version = weft.metric(&["weft_config_version"]);
     weft.signal(1); // SIGHUP
-    wait_for("reloaded", Duration::from_secs(5), || weft.metric(&["weft_config_version"]) > version);
+    wait_for("reloaded", Duration::from_secs(5), || {
+        weft.metric(&["weft_config_version"]) > version
+    });
     let after = owners(listen, 0..1000);
     let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
     let owned = before.iter().filter(|o| *o == "e").count();
@@ -973,11 +1088,17 @@ fn ring_hash_keeps_keys_in_place() {
 /// `maglev` honours weights 1:2 within 5 % over 6,000 keys.
 #[test]
 fn maglev_follows_weights() {
-    let ups: Vec<CheckedUpstream> = ["light", "heavy"].into_iter().map(CheckedUpstream::start).collect();
+    let ups: Vec<CheckedUpstream> = ["light", "heavy"]
+        .into_iter()
+        .map(CheckedUpstream::start)
+        .collect();
     let (admin, listen) = (free_addr(), free_addr());
     let config = hashed_config(admin, listen, &[ups[0].addr], "maglev").replace(
         &format!("endpoints = [\"{}\"]", ups[0].addr),
-        &format!("endpoints = [\"{}\", {{ address = \"{}\", weight = 2 }}]", ups[0].addr, ups[1].addr),
+        &format!(
+            "endpoints = [\"{}\", {{ address = \"{}\", weight = 2 }}]",
+            ups[0].addr, ups[1].addr
+        ),
     );
     let _weft = Weft::start("ingress", &config, admin);
     let owners = owners(listen, 0..6000);
@@ -991,7 +1112,10 @@ fn maglev_follows_weights() {
 /// request carrying it lands on the same endpoint, from any connection.
 #[test]
 fn cookie_affinity_sets_and_honours_its_cookie() {
-    let ups: Vec<CheckedUpstream> = ["a", "b", "c"].into_iter().map(CheckedUpstream::start).collect();
+    let ups: Vec<CheckedUpstream> = ["a", "b", "c"]
+        .into_iter()
+        .map(CheckedUpstream::start)
+        .collect();
     let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
     let (admin, listen) = (free_addr(), free_addr());
     let config = cluster_config(admin, listen, &addrs, "lb = \"ring_hash\"").replace(
@@ -1005,7 +1129,10 @@ fn cookie_affinity_sets_and_honours_its_cookie() {
         .lines()
         .find_map(|l| l.strip_prefix("set-cookie: "))
         .unwrap_or_else(|| panic!("no set-cookie: {head}"));
-    assert!(cookie.contains("Max-Age=3600") && cookie.contains("HttpOnly"), "{cookie}");
+    assert!(
+        cookie.contains("Max-Age=3600") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
     let pair = cookie.split(';').next().unwrap().to_owned();
     assert!(pair.starts_with("sticky="), "{cookie}");
     let sticky = answers_from(listen, 4, 5, &format!("cookie: other=1; {pair}\r\n"));
@@ -1016,7 +1143,10 @@ fn cookie_affinity_sets_and_honours_its_cookie() {
         let (s, h, _) = c.read_response();
         (s, h)
     };
-    assert!(!again.contains("set-cookie"), "a cookie was set again: {again}");
+    assert!(
+        !again.contains("set-cookie"),
+        "a cookie was set again: {again}"
+    );
     // Several cookies spread over the endpoints.
     let spread: std::collections::HashSet<String> = (0..30)
         .map(|i| answers_from(listen, 1, 1, &format!("cookie: sticky={i:016x}\r\n")).remove(0))
@@ -1035,15 +1165,21 @@ fn killing_one_of_three_endpoints_under_load_stops_failures_within_one_interval(
     use std::sync::Mutex;
     use weft_tests::upstream::TestUpstream;
 
-    let mut ups: Vec<Option<TestUpstream>> =
-        ["a", "b", "c"].into_iter().map(|n| Some(TestUpstream::start(n))).collect();
+    let mut ups: Vec<Option<TestUpstream>> = ["a", "b", "c"]
+        .into_iter()
+        .map(|n| Some(TestUpstream::start(n)))
+        .collect();
     let addrs: Vec<SocketAddr> = ups.iter().flatten().map(|u| u.addr).collect();
     let (admin, listen) = (free_addr(), free_addr());
     let interval = Duration::from_millis(500);
     let more = "[clusters.api.health_check]\nkind = \"http\"\npath = \"/status/200\"\n\
                 interval = \"500ms\"\ntimeout = \"250ms\"\nunhealthy_threshold = 1\n\
                 [clusters.api.outlier_detection]\nconsecutive_5xx = 3\nmax_ejection_percent = 34";
-    let _weft = Weft::start("ingress", &cluster_config(admin, listen, &addrs, more), admin);
+    let _weft = Weft::start(
+        "ingress",
+        &cluster_config(admin, listen, &addrs, more),
+        admin,
+    );
     std::thread::sleep(Duration::from_millis(700));
 
     let failures: Arc<Mutex<Vec<(Instant, &'static str)>>> = Arc::default();
@@ -1073,16 +1209,22 @@ fn killing_one_of_three_endpoints_under_load_stops_failures_within_one_interval(
     let h2 = {
         let (failures, answered, stop) = (failures.clone(), answered.clone(), stop.clone());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let (sender, _conn) = weft_tests::h2c::connect::<Empty<bytes::Bytes>>(listen).await;
                 let streams: Vec<_> = (0..3)
                     .map(|_| {
                         let mut sender = sender.clone();
-                        let (failures, answered, stop) = (failures.clone(), answered.clone(), stop.clone());
+                        let (failures, answered, stop) =
+                            (failures.clone(), answered.clone(), stop.clone());
                         tokio::spawn(async move {
                             while !stop.load(Ordering::SeqCst) {
-                                let req = hyper::Request::get("http://a/x").body(Empty::new()).unwrap();
+                                let req = hyper::Request::get("http://a/x")
+                                    .body(Empty::new())
+                                    .unwrap();
                                 let ok = match sender.send_request(req).await {
                                     Ok(resp) => {
                                         let status = resp.status();
@@ -1106,7 +1248,10 @@ fn killing_one_of_three_endpoints_under_load_stops_failures_within_one_interval(
         })
     };
     std::thread::sleep(Duration::from_millis(1000));
-    assert!(failures.lock().unwrap().is_empty(), "failures before the kill");
+    assert!(
+        failures.lock().unwrap().is_empty(),
+        "failures before the kill"
+    );
     let before = answered.load(Ordering::SeqCst);
     let killed = Instant::now();
     ups[0] = None;
@@ -1118,7 +1263,11 @@ fn killing_one_of_three_endpoints_under_load_stops_failures_within_one_interval(
     h2.join().unwrap();
     let failures = failures.lock().unwrap().clone();
     let after = answered.load(Ordering::SeqCst) - before;
-    let last = failures.iter().map(|(t, _)| *t - killed).max().unwrap_or_default();
+    let last = failures
+        .iter()
+        .map(|(t, _)| *t - killed)
+        .max()
+        .unwrap_or_default();
     let by = |p: &str| failures.iter().filter(|(_, q)| *q == p).count();
     eprintln!(
         "killed 1 of 3 under load: {} of {after} requests failed after the kill \
@@ -1140,7 +1289,8 @@ fn killing_one_of_three_endpoints_under_load_stops_failures_within_one_interval(
 #[test]
 fn a_passing_health_check_ends_an_ejection() {
     for uneject in [true, false] {
-        let ups: Vec<CheckedUpstream> = ["a", "b"].into_iter().map(CheckedUpstream::start).collect();
+        let ups: Vec<CheckedUpstream> =
+            ["a", "b"].into_iter().map(CheckedUpstream::start).collect();
         ups[0].status.store(500, Ordering::SeqCst);
         let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
         let (admin, listen) = (free_addr(), free_addr());
@@ -1149,7 +1299,11 @@ fn a_passing_health_check_ends_an_ejection() {
              [clusters.api.outlier_detection]\nconsecutive_5xx = 3\nbase_ejection_time = \"30s\"\n\
              max_ejection_percent = 50\nsuccessful_active_health_check_uneject_host = {uneject}"
         );
-        let weft = Weft::start("ingress", &cluster_config(admin, listen, &addrs, &more), admin);
+        let weft = Weft::start(
+            "ingress",
+            &cluster_config(admin, listen, &addrs, &more),
+            admin,
+        );
         wait_for("both healthy", Duration::from_secs(3), || {
             host_healthy(&weft, addrs[0]) == 1.0 && host_healthy(&weft, addrs[1]) == 1.0
         });
@@ -1163,7 +1317,10 @@ fn a_passing_health_check_ends_an_ejection() {
             assert!(ejected.elapsed() < Duration::from_secs(2));
         } else {
             std::thread::sleep(Duration::from_millis(1500));
-            assert!(!back(), "the ejection ended without its time and without the switch");
+            assert!(
+                !back(),
+                "the ejection ended without its time and without the switch"
+            );
         }
     }
 }

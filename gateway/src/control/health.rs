@@ -26,9 +26,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::proto::h1::head::BodyFraming;
 use bytes::{Buf, Bytes};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, IntoPollIo};
-use crate::proto::h1::head::BodyFraming;
 use monoio::net::TcpStream;
 use weft_mesh::snapshot::health;
 use weft_mesh::snapshot::{
@@ -116,7 +116,15 @@ async fn supervise(control: Arc<Control>) {
                         stop.clone(),
                     ));
                     let check = check.clone();
-                    running.insert(key.clone(), Running { check, tls, uneject, stop });
+                    running.insert(
+                        key.clone(),
+                        Running {
+                            check,
+                            tls,
+                            uneject,
+                            stop,
+                        },
+                    );
                     wanted.insert(key);
                 }
             }
@@ -196,13 +204,20 @@ async fn sweep_outliers(
         let hosts = cluster
             .shared
             .hosts_of(&addresses, cluster.health_check.is_some());
-        let view: Vec<(SocketAddr, &HostHealth)> =
-            addresses.iter().copied().zip(hosts.iter().map(|h| &**h)).collect();
+        let view: Vec<(SocketAddr, &HostHealth)> = addresses
+            .iter()
+            .copied()
+            .zip(hosts.iter().map(|h| &**h))
+            .collect();
         let changes = health::sweep(&view, &od, &cluster.shared.outliers, clock_ms());
         for (endpoint, change) in changes {
             match change {
-                Ejection::Ejected(kind, time) => tracing::warn!(cluster = %name, %endpoint, "outlier detection: ejected for {time:?} ({})", kind.label()),
-                Ejection::Returned => tracing::info!(cluster = %name, %endpoint, "outlier detection: ejection over, back in service"),
+                Ejection::Ejected(kind, time) => {
+                    tracing::warn!(cluster = %name, %endpoint, "outlier detection: ejected for {time:?} ({})", kind.label())
+                }
+                Ejection::Returned => {
+                    tracing::info!(cluster = %name, %endpoint, "outlier detection: ejection over, back in service")
+                }
             }
         }
     }
@@ -285,8 +300,10 @@ async fn check_endpoint(
             check.unhealthy_interval
         };
         let spread = interval * check.interval_jitter_percent / 100;
-        monoio::time::sleep_until(coalesced(std::time::Instant::now() + jittered(interval, spread)))
-            .await;
+        monoio::time::sleep_until(coalesced(
+            std::time::Instant::now() + jittered(interval, spread),
+        ))
+        .await;
     }
 }
 
@@ -332,7 +349,9 @@ async fn connect_http(address: SocketAddr, cluster: &Cluster) -> Option<Box<dyn 
     let stream = connect(address).await?;
     match &cluster.tls {
         None => Some(Box::new(stream.into_poll_io().ok()?)),
-        Some(tls) => Some(Box::new(crate::upstream::tls_connect(tls, stream).await.ok()?)),
+        Some(tls) => Some(Box::new(
+            crate::upstream::tls_connect(tls, stream).await.ok()?,
+        )),
     }
 }
 
@@ -621,18 +640,32 @@ mod tests {
 
     #[test]
     fn http_check_connections_are_kept_only_when_they_can_serve_the_next() {
-        assert_eq!(check_against(b"HTTP/1.1 204 No Content\r\n\r\n"), (Some(204), true));
         assert_eq!(
-            check_against(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            check_against(b"HTTP/1.1 204 No Content\r\n\r\n"),
+            (Some(204), true)
+        );
+        assert_eq!(
+            check_against(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            ),
             (Some(200), true)
         );
         assert_eq!(
             check_against(b"HTTP/1.1 503 Busy\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"),
             (Some(503), false)
         );
-        assert_eq!(check_against(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"), (Some(200), false));
-        assert_eq!(check_against(b"HTTP/1.1 200 OK\r\n\r\nuntil close"), (Some(200), false));
-        assert_eq!(check_against(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort"), (Some(200), false));
+        assert_eq!(
+            check_against(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            (Some(200), false)
+        );
+        assert_eq!(
+            check_against(b"HTTP/1.1 200 OK\r\n\r\nuntil close"),
+            (Some(200), false)
+        );
+        assert_eq!(
+            check_against(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort"),
+            (Some(200), false)
+        );
         assert_eq!(check_against(b"garbage\r\n\r\n"), (None, false));
         assert_eq!(check_against(b""), (None, false));
     }

@@ -26,6 +26,15 @@ fn label(name: &str) -> String {
     name.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
+fn clusters_where(snapshot: &Snapshot, keep: impl Fn(&Cluster) -> bool) -> Vec<&Cluster> {
+    snapshot
+        .clusters
+        .iter()
+        .map(|c| &**c)
+        .filter(|c| keep(c))
+        .collect()
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
 }
@@ -56,7 +65,12 @@ fn breakers(out: &mut String, snapshot: &Snapshot) {
             );
         }
     }
-    family(out, "weft_cluster_circuit_breaker_remaining", "gauge", "What a cluster's circuit breaker still admits, by cluster and resource.");
+    family(
+        out,
+        "weft_cluster_circuit_breaker_remaining",
+        "gauge",
+        "What a cluster's circuit breaker still admits, by cluster and resource.",
+    );
     for c in &snapshot.clusters {
         for (resource, used, limit) in resources(c) {
             let _ = writeln!(
@@ -71,12 +85,7 @@ fn breakers(out: &mut String, snapshot: &Snapshot) {
 
 /// Active health checks by cluster: attempts, successes, failures.
 fn health_checks(out: &mut String, snapshot: &Snapshot) {
-    let checked: Vec<&Cluster> = snapshot
-        .clusters
-        .iter()
-        .map(|c| &**c)
-        .filter(|c| c.health_check.is_some())
-        .collect();
+    let checked = clusters_where(snapshot, |c| c.health_check.is_some());
     if checked.is_empty() {
         return;
     }
@@ -108,19 +117,23 @@ fn health_checks(out: &mut String, snapshot: &Snapshot) {
 /// Outlier detection by cluster: ejections active, detected and enforced by type,
 /// refused by `max_ejection_percent`.
 fn outliers(out: &mut String, snapshot: &Snapshot) {
-    let detecting: Vec<&Cluster> = snapshot
-        .clusters
-        .iter()
-        .map(|c| &**c)
-        .filter(|c| c.outlier.is_some())
-        .collect();
+    let detecting = clusters_where(snapshot, |c| c.outlier.is_some());
     if detecting.is_empty() {
         return;
     }
-    family(out, "weft_cluster_outlier_ejections_active", "gauge", "Endpoints ejected by outlier detection now, by cluster.");
+    family(
+        out,
+        "weft_cluster_outlier_ejections_active",
+        "gauge",
+        "Endpoints ejected by outlier detection now, by cluster.",
+    );
     for c in &detecting {
         let n = c.shared.outliers.active.load(Relaxed);
-        let _ = writeln!(out, "weft_cluster_outlier_ejections_active{{cluster=\"{}\"}} {n}", label(&c.name));
+        let _ = writeln!(
+            out,
+            "weft_cluster_outlier_ejections_active{{cluster=\"{}\"}} {n}",
+            label(&c.name)
+        );
     }
     for (name, help, read) in [
         (
@@ -148,22 +161,28 @@ fn outliers(out: &mut String, snapshot: &Snapshot) {
             }
         }
     }
-    family(out, "weft_cluster_outlier_ejections_overflow_total", "counter", "Ejections max_ejection_percent refused, by cluster.");
+    family(
+        out,
+        "weft_cluster_outlier_ejections_overflow_total",
+        "counter",
+        "Ejections max_ejection_percent refused, by cluster.",
+    );
     for c in &detecting {
         let n = c.shared.outliers.overflow.load(Relaxed);
-        let _ = writeln!(out, "weft_cluster_outlier_ejections_overflow_total{{cluster=\"{}\"}} {n}", label(&c.name));
+        let _ = writeln!(
+            out,
+            "weft_cluster_outlier_ejections_overflow_total{{cluster=\"{}\"}} {n}",
+            label(&c.name)
+        );
     }
 }
 
 /// For clusters whose endpoints' health is tracked (checks or outlier detection): the
 /// endpoints, how many may be used, each one's state, and the picks made in panic.
 fn membership(out: &mut String, snapshot: &Snapshot) {
-    let tracked: Vec<&Cluster> = snapshot
-        .clusters
-        .iter()
-        .map(|c| &**c)
-        .filter(|c| c.health_check.is_some() || c.outlier.is_some())
-        .collect();
+    let tracked = clusters_where(snapshot, |c| {
+        c.health_check.is_some() || c.outlier.is_some()
+    });
     if tracked.is_empty() {
         return;
     }
@@ -178,23 +197,47 @@ fn membership(out: &mut String, snapshot: &Snapshot) {
                 .collect()
         })
         .collect();
-    family(out, "weft_cluster_membership_endpoints", "gauge", "Endpoints of a cluster, by cluster.");
+    family(
+        out,
+        "weft_cluster_membership_endpoints",
+        "gauge",
+        "Endpoints of a cluster, by cluster.",
+    );
     for (c, v) in tracked.iter().zip(&views) {
-        let _ = writeln!(out, "weft_cluster_membership_endpoints{{cluster=\"{}\"}} {}", label(&c.name), v.len());
+        let _ = writeln!(
+            out,
+            "weft_cluster_membership_endpoints{{cluster=\"{}\"}} {}",
+            label(&c.name),
+            v.len()
+        );
     }
     family(out, "weft_cluster_membership_healthy", "gauge", "Endpoints of a cluster that may be sent traffic (passing checks, not ejected), by cluster.");
     for (c, v) in tracked.iter().zip(&views) {
         let healthy = v.iter().filter(|(_, ok)| *ok).count();
-        let _ = writeln!(out, "weft_cluster_membership_healthy{{cluster=\"{}\"}} {healthy}", label(&c.name));
+        let _ = writeln!(
+            out,
+            "weft_cluster_membership_healthy{{cluster=\"{}\"}} {healthy}",
+            label(&c.name)
+        );
     }
     family(out, "weft_cluster_lb_healthy_panic_total", "counter", "Endpoint picks made in panic mode (fewer eligible endpoints than healthy_panic_threshold: all were used), by cluster.");
     for c in &tracked {
-        let _ = writeln!(out, "weft_cluster_lb_healthy_panic_total{{cluster=\"{}\"}} {}", label(&c.name), c.shared.panics.get());
+        let _ = writeln!(
+            out,
+            "weft_cluster_lb_healthy_panic_total{{cluster=\"{}\"}} {}",
+            label(&c.name),
+            c.shared.panics.get()
+        );
     }
     family(out, "weft_host_healthy", "gauge", "1 while an endpoint may be sent traffic (passing its health checks, not ejected; 0 while failed, ejected or not yet checked), by cluster and host.");
     for (c, v) in tracked.iter().zip(&views) {
         for (address, ok) in v {
-            let _ = writeln!(out, "weft_host_healthy{{cluster=\"{}\",host=\"{address}\"}} {}", label(&c.name), u8::from(*ok));
+            let _ = writeln!(
+                out,
+                "weft_host_healthy{{cluster=\"{}\",host=\"{address}\"}} {}",
+                label(&c.name),
+                u8::from(*ok)
+            );
         }
     }
 }

@@ -346,9 +346,7 @@ impl<'x, 'r> Completion<'x, 'r> {
         let x = self.x;
         let address = match endpoint {
             SocketAddr::V4(a) => u64::from(a.ip().to_bits()) << 16 | u64::from(a.port()),
-            SocketAddr::V6(a) => {
-                weft_mesh::snapshot::fnv1a(&a.ip().octets()) ^ u64::from(a.port())
-            }
+            SocketAddr::V6(a) => weft_mesh::snapshot::fnv1a(&a.ip().octets()) ^ u64::from(a.port()),
         };
         let key = [x.snapshot.version, cluster as u64, address, 0];
         x.worker.counters.bump(Family::EndpointRequests, key, || {

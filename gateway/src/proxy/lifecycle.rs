@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 use weft_mesh::snapshot::{AttemptOutcome, Cluster, ClusterId};
 use weft_mesh::snapshot::{DirectResponse, Forward, HeaderEdits, RequestFacts, Route, RouteAction};
 
+use super::affinity::{affinity, Affinity};
 use super::completion::{Completion, Decided, Progress};
 use super::error::{Breaker, ProxyError, Retry};
 use super::exchange::Exchange;
 use super::facts::{is_valid_authority, PathOutcome, Request};
-use super::affinity::{affinity, Affinity};
 use super::rewrite::ResponseEdits;
 use super::{grpc, local};
 use crate::observe::metrics::Family;

@@ -402,7 +402,9 @@ mod tests {
     fn smooth_weighted_round_robin_interleaves() {
         let c = cluster(&[1, 3], LbPolicy::RoundRobin);
         let b = Balancer::new(&c, &EndpointTable::default());
-        let picks: Vec<usize> = (0..8).map(|_| b.pick_index(&c, None, None).unwrap()).collect();
+        let picks: Vec<usize> = (0..8)
+            .map(|_| b.pick_index(&c, None, None).unwrap())
+            .collect();
         assert_eq!(picks, vec![1, 0, 1, 1, 1, 0, 1, 1]);
     }
 
@@ -411,11 +413,15 @@ mod tests {
         let table = EndpointTable::default();
         let c = cluster(&[1, 1], LbPolicy::RoundRobin);
         let first = Balancer::new(&c, &table);
-        let before: Vec<usize> = (0..3).map(|_| first.pick_index(&c, None, None).unwrap()).collect();
+        let before: Vec<usize> = (0..3)
+            .map(|_| first.pick_index(&c, None, None).unwrap())
+            .collect();
         // A new snapshot: a new balancer over the same endpoints.
         let second = Balancer::new(&c, &table);
         drop(first);
-        let after: Vec<usize> = (0..3).map(|_| second.pick_index(&c, None, None).unwrap()).collect();
+        let after: Vec<usize> = (0..3)
+            .map(|_| second.pick_index(&c, None, None).unwrap())
+            .collect();
         assert_eq!(before, vec![0, 1, 0]);
         assert_eq!(after, vec![1, 0, 1], "the rotation went on where it was");
     }
@@ -424,7 +430,9 @@ mod tests {
     fn random_follows_weights() {
         let c = cluster(&[1, 9], LbPolicy::Random);
         let b = Balancer::new(&c, &EndpointTable::default());
-        let heavy = (0..10_000).filter(|_| b.pick_index(&c, None, None) == Ok(1)).count();
+        let heavy = (0..10_000)
+            .filter(|_| b.pick_index(&c, None, None) == Ok(1))
+            .count();
         assert!((8_500..9_500).contains(&heavy), "{heavy}");
     }
 }

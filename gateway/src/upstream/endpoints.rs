@@ -81,7 +81,9 @@ impl EndpointState {
     }
 
     fn decay(&self, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(self.rtt_at.get()).as_secs_f64();
+        let elapsed = now
+            .saturating_duration_since(self.rtt_at.get())
+            .as_secs_f64();
         (-elapsed / RTT_DECAY.as_secs_f64()).exp()
     }
 

@@ -17,8 +17,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use monoio::net::TcpStream;
-use weft_mesh::snapshot::tls::ClusterTls;
 use weft_mesh::config::Http2Config;
+use weft_mesh::snapshot::tls::ClusterTls;
 use weft_mesh::snapshot::{Cluster, ClusterId, ClusterShared, Snapshot};
 
 use crate::keyhash::BuildKeyHasher;
@@ -263,7 +263,9 @@ impl Upstreams {
     ) -> Result<H2Stream, ConnectError> {
         let key = pool_key(cluster, endpoint);
         self.h2
-            .open(key, cluster, settings, || self.admit_connection(cluster, key))
+            .open(key, cluster, settings, || {
+                self.admit_connection(cluster, key)
+            })
             .await
     }
 

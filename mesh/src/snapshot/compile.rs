@@ -464,18 +464,19 @@ fn compile_outlier_detection(
 ) -> OutlierDetection {
     use health::{Detector, FailurePercentage, SuccessRate};
     let key = |k: &str| format!("{path}.outlier_detection.{k}");
-    let mut detector = |threshold_key: &str, threshold: u32, enforcing_key: &str, enforcing: u32| {
-        if threshold == 0 {
-            d.error(key(threshold_key), "must be at least 1");
-        }
-        if enforcing > 100 {
-            d.error(key(enforcing_key), "is a percentage: 0 to 100");
-        }
-        Detector {
-            threshold: threshold.max(1),
-            enforcing: enforcing.min(100),
-        }
-    };
+    let mut detector =
+        |threshold_key: &str, threshold: u32, enforcing_key: &str, enforcing: u32| {
+            if threshold == 0 {
+                d.error(key(threshold_key), "must be at least 1");
+            }
+            if enforcing > 100 {
+                d.error(key(enforcing_key), "is a percentage: 0 to 100");
+            }
+            Detector {
+                threshold: threshold.max(1),
+                enforcing: enforcing.min(100),
+            }
+        };
     let consecutive_5xx = detector(
         "consecutive_5xx",
         o.consecutive_5xx,
@@ -1665,7 +1666,10 @@ fn compile_hash_policy(
         }
         let source = if let Some(h) = &p.header {
             if !is_token(h) {
-                d.error(format!("{key}.header"), format!("`{h}` is not a header name"));
+                d.error(
+                    format!("{key}.header"),
+                    format!("`{h}` is not a header name"),
+                );
             }
             HashSource::Header(h.to_ascii_lowercase())
         } else if let Some(c) = &p.cookie {
@@ -1690,7 +1694,10 @@ fn compile_hash_policy(
                 path: c.path.clone(),
             }
         } else if let Some(q) = &p.query_parameter {
-            if q.is_empty() || q.bytes().any(|b| b"&=#".contains(&b) || !b.is_ascii_graphic()) {
+            if q.is_empty()
+                || q.bytes()
+                    .any(|b| b"&=#".contains(&b) || !b.is_ascii_graphic())
+            {
                 d.error(
                     format!("{key}.query_parameter"),
                     format!("`{q}` is not a query parameter name"),
@@ -1915,7 +1922,10 @@ mod tests {
             format!("{key}.failure_percentage.threshold: is a percentage"),
             format!("{key}.failure_percentage.request_volume: must be at least 1"),
         ] {
-            assert!(errors.iter().any(|e| e.contains(&want)), "{want} in {errors:?}");
+            assert!(
+                errors.iter().any(|e| e.contains(&want)),
+                "{want} in {errors:?}"
+            );
         }
         let snap = compile_text(&format!(
             "{base}split_external_local_origin_errors = true\nbase_ejection_time = \"400s\"\n"

@@ -183,7 +183,11 @@ mod tests {
 
     fn owners(table: &HashTable, keys: u64, usable: impl Fn(usize) -> bool + Copy) -> Vec<usize> {
         (0..keys)
-            .map(|k| table.find(hash(&k.to_le_bytes()), usable).expect("an endpoint"))
+            .map(|k| {
+                table
+                    .find(hash(&k.to_le_bytes()), usable)
+                    .expect("an endpoint")
+            })
             .collect()
     }
 
@@ -200,7 +204,10 @@ mod tests {
         let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
         let owned = before.iter().filter(|&&i| i == 4).count();
         assert_eq!(moved, owned, "keys of staying endpoints moved");
-        assert!((100..300).contains(&owned), "{owned} of 1000 keys on one of 5");
+        assert!(
+            (100..300).contains(&owned),
+            "{owned} of 1000 keys on one of 5"
+        );
     }
 
     #[test]

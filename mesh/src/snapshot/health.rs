@@ -362,8 +362,10 @@ impl HostHealth {
             .min(od.max_ejection_time)
             + Duration::from_millis(fastrand::u64(0..=jitter));
         // The end is written before the flag: a sweep that sees the flag sees the end.
-        o.until_ms
-            .store(now.saturating_add(time.as_millis() as u64), Ordering::Release);
+        o.until_ms.store(
+            now.saturating_add(time.as_millis() as u64),
+            Ordering::Release,
+        );
         let before = self.flags.fetch_or(Self::FAILED_OUTLIER, Ordering::AcqRel);
         if before & Self::FAILED_OUTLIER != 0 {
             // Another detector ejected it at the same moment.
@@ -388,7 +390,11 @@ impl HostHealth {
         flags_changed();
         counters.active.fetch_sub(1, Ordering::AcqRel);
         let o = &self.outlier;
-        for c in [&o.consecutive_5xx, &o.consecutive_gateway, &o.consecutive_local] {
+        for c in [
+            &o.consecutive_5xx,
+            &o.consecutive_gateway,
+            &o.consecutive_local,
+        ] {
             c.store(0, Ordering::Relaxed);
         }
         o.until_ms.store(0, Ordering::Relaxed);
@@ -522,7 +528,9 @@ pub fn sweep(
     if volume.len() >= fp.minimum_hosts.max(1) as usize {
         let outliers = volume
             .iter()
-            .filter(|(_, success, total)| (total - success) * 100 >= u64::from(fp.threshold) * total)
+            .filter(|(_, success, total)| {
+                (total - success) * 100 >= u64::from(fp.threshold) * total
+            })
             .map(|(i, _, _)| *i)
             .collect();
         judge(EjectionKind::FailurePercentage, fp.enforcing, outliers);
@@ -590,23 +598,38 @@ mod tests {
     fn ejections_grow_with_the_multiplier_and_end_at_a_sweep() {
         let (od, counters, h) = (od(), OutlierCounters::default(), HostHealth::default());
         let hosts = [("127.0.0.1:1".parse().unwrap(), &h)];
-        assert_eq!(h.eject(&od, &counters, 10, 0), Some(Duration::from_secs(30)));
+        assert_eq!(
+            h.eject(&od, &counters, 10, 0),
+            Some(Duration::from_secs(30))
+        );
         assert!(sweep(&hosts, &od, &counters, 29_999).is_empty());
-        assert_eq!(sweep(&hosts, &od, &counters, 30_000), vec![(hosts[0].0, Ejection::Returned)]);
+        assert_eq!(
+            sweep(&hosts, &od, &counters, 30_000),
+            vec![(hosts[0].0, Ejection::Returned)]
+        );
         assert_eq!(counters.active.load(Ordering::Relaxed), 0);
-        assert_eq!(h.eject(&od, &counters, 10, 30_001), Some(Duration::from_secs(60)));
+        assert_eq!(
+            h.eject(&od, &counters, 10, 30_001),
+            Some(Duration::from_secs(60))
+        );
         sweep(&hosts, &od, &counters, 90_001);
         // Two intervals in service: the multiplier is down to 0.
         sweep(&hosts, &od, &counters, 100_001);
         sweep(&hosts, &od, &counters, 110_001);
-        assert_eq!(h.eject(&od, &counters, 10, 110_002), Some(Duration::from_secs(30)));
+        assert_eq!(
+            h.eject(&od, &counters, 10, 110_002),
+            Some(Duration::from_secs(30))
+        );
     }
 
     #[test]
     fn max_ejection_percent_allows_one_unless_strict() {
         let (mut od, counters) = (od(), OutlierCounters::default());
         let (a, b) = (HostHealth::default(), HostHealth::default());
-        assert!(a.eject(&od, &counters, 3, 0).is_some(), "one, whatever the percentage");
+        assert!(
+            a.eject(&od, &counters, 3, 0).is_some(),
+            "one, whatever the percentage"
+        );
         assert!(b.eject(&od, &counters, 3, 0).is_none());
         assert_eq!(counters.overflow.load(Ordering::Relaxed), 1);
         od.always_eject_one_host = false;
@@ -625,12 +648,21 @@ mod tests {
         for _ in 0..4 {
             h.record(bad_gateway, &od, &counters, 10);
         }
-        assert_eq!(counters.detected[EjectionKind::Gateway as usize].load(Ordering::Relaxed), 0);
+        assert_eq!(
+            counters.detected[EjectionKind::Gateway as usize].load(Ordering::Relaxed),
+            0
+        );
         h.record(AttemptOutcome::LocalOrigin, &od, &counters, 10);
-        assert_eq!(counters.detected[EjectionKind::Gateway as usize].load(Ordering::Relaxed), 1);
+        assert_eq!(
+            counters.detected[EjectionKind::Gateway as usize].load(Ordering::Relaxed),
+            1
+        );
         // The same five are five 5xx: that detector enforces.
         assert!(!h.eligible());
-        assert_eq!(counters.enforced[EjectionKind::Gateway as usize].load(Ordering::Relaxed), 0);
+        assert_eq!(
+            counters.enforced[EjectionKind::Gateway as usize].load(Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]
@@ -648,7 +680,10 @@ mod tests {
         h.record(AttemptOutcome::LocalOrigin, &od, &counters, 10);
         h.record(AttemptOutcome::LocalOrigin, &od, &counters, 10);
         assert!(!h.eligible());
-        assert_eq!(counters.enforced[EjectionKind::LocalOrigin as usize].load(Ordering::Relaxed), 1);
+        assert_eq!(
+            counters.enforced[EjectionKind::LocalOrigin as usize].load(Ordering::Relaxed),
+            1
+        );
     }
 
     #[test]
@@ -670,8 +705,7 @@ mod tests {
         // With four hosts of volume, nothing is judged.
         let counters = OutlierCounters::default();
         let few: Vec<HostHealth> = (0..4).map(|_| HostHealth::default()).collect();
-        let view: Vec<(SocketAddr, &HostHealth)> =
-            few.iter().map(|h| (view[0].0, h)).collect();
+        let view: Vec<(SocketAddr, &HostHealth)> = few.iter().map(|h| (view[0].0, h)).collect();
         for (i, h) in few.iter().enumerate() {
             h.add_interval(if i == 3 { 10 } else { 99 }, 100);
         }

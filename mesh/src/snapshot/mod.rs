@@ -22,8 +22,7 @@ use arc_swap::ArcSwap;
 
 pub use compile::{compile, compile_with};
 pub use health::{
-    clock_ms, AttemptOutcome, Ejection, EjectionKind, HostHealth, OutlierCounters,
-    OutlierDetection,
+    clock_ms, AttemptOutcome, Ejection, EjectionKind, HostHealth, OutlierCounters, OutlierDetection,
 };
 
 /// Endpoints found by discovery, by cluster name, as the config would list them.
@@ -152,13 +151,20 @@ pub struct HealthCounters {
 }
 
 impl ClusterShared {
+    fn hosts_locked(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<SocketAddr, Arc<HostHealth>>> {
+        // A panic while holding it cannot leave the map half-changed: entries are
+        // inserted or removed whole.
+        self.hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The health of `address`, made the first time it is asked for: pending (and
     /// failed) until a first result when the cluster is `checked`, healthy otherwise.
     pub fn host(&self, address: SocketAddr, checked: bool) -> Arc<HostHealth> {
-        let mut hosts = self
-            .hosts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut hosts = self.hosts_locked();
         hosts
             .entry(address)
             .or_insert_with(|| Arc::new(HostHealth::new(checked)))
@@ -168,24 +174,18 @@ impl ClusterShared {
     /// Forgets endpoints `keep` rejects (they left the cluster); one that left ejected
     /// gives its place in `outliers.active` back.
     pub fn retain_hosts(&self, keep: impl Fn(SocketAddr) -> bool) {
-        self.hosts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|a, h| {
-                let kept = keep(*a);
-                if !kept {
-                    h.uneject(&self.outliers, clock_ms());
-                }
-                kept
-            });
+        self.hosts_locked().retain(|a, h| {
+            let kept = keep(*a);
+            if !kept {
+                h.uneject(&self.outliers, clock_ms());
+            }
+            kept
+        });
     }
 
     /// Every ejected endpoint returns (outlier detection was turned off).
     pub fn clear_ejections(&self) {
-        let hosts = self
-            .hosts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let hosts = self.hosts_locked();
         for h in hosts.values() {
             h.uneject(&self.outliers, clock_ms());
         }
@@ -193,10 +193,7 @@ impl ClusterShared {
 
     /// The health of each of `addresses` (made as `host` makes them), for a sweep.
     pub fn hosts_of(&self, addresses: &[SocketAddr], checked: bool) -> Vec<Arc<HostHealth>> {
-        let mut hosts = self
-            .hosts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut hosts = self.hosts_locked();
         addresses
             .iter()
             .map(|a| {
@@ -210,24 +207,10 @@ impl ClusterShared {
 
     /// Every endpoint's active-check result is dropped (checks were turned off).
     pub fn clear_active_results(&self) {
-        let hosts = self
-            .hosts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let hosts = self.hosts_locked();
         for h in hosts.values() {
             h.set_active(true);
         }
-    }
-
-    /// Each endpoint's health, for `/metrics` and `/clusters`, in address order.
-    pub fn hosts(&self) -> Vec<(SocketAddr, Arc<HostHealth>)> {
-        let hosts = self
-            .hosts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut all: Vec<_> = hosts.iter().map(|(a, h)| (*a, h.clone())).collect();
-        all.sort_by_key(|(a, _)| *a);
-        all
     }
 }
 

@@ -77,8 +77,8 @@ pub async fn relay(
         Err(Some(e)) => return Err(e),
     };
     progress.responded();
-    let head =
-        h2_response_head(&response, plan.response_edits()).ok_or(ProxyError::ResponseHeadNotValidForHttp2)?;
+    let head = h2_response_head(&response, plan.response_edits())
+        .ok_or(ProxyError::ResponseHeadNotValidForHttp2)?;
     progress.saw_grpc_status(head.headers());
     let no_body = response.framing == BodyFraming::None;
     progress.began(response.status);

@@ -23,7 +23,6 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::Response;
 
-
 use super::{client_pace, client_send_failed, open_h2, upstream_stream_failed};
 use crate::proxy::completion::Progress;
 use crate::proxy::error::ProxyError;
