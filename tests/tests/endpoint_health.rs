@@ -352,6 +352,8 @@ struct CheckedUpstream {
     served: Arc<AtomicUsize>,
     /// Milliseconds each non-check answer waits.
     delay_ms: Arc<AtomicU64>,
+    /// When not 0: every this-many-th non-check answer is a 500 instead of `status`.
+    fail_every: Arc<AtomicUsize>,
 }
 
 impl CheckedUpstream {
@@ -364,6 +366,7 @@ impl CheckedUpstream {
             status: Arc::new(AtomicU16::new(200)),
             served: Arc::new(AtomicUsize::new(0)),
             delay_ms: Arc::new(AtomicU64::new(0)),
+            fail_every: Arc::new(AtomicUsize::new(0)),
         };
         let shared = up.clone();
         std::thread::spawn(move || {
@@ -388,12 +391,17 @@ fn answer_checks(mut conn: TcpStream, name: &str, up: &CheckedUpstream) {
             let status = up.health.load(Ordering::SeqCst);
             format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n")
         } else {
-            up.served.fetch_add(1, Ordering::SeqCst);
+            let nth = up.served.fetch_add(1, Ordering::SeqCst) + 1;
             let delay = up.delay_ms.load(Ordering::SeqCst);
             if delay > 0 {
                 std::thread::sleep(Duration::from_millis(delay));
             }
-            let status = up.status.load(Ordering::SeqCst);
+            let every = up.fail_every.load(Ordering::SeqCst);
+            let status = if every > 0 && nth % every == 0 {
+                500
+            } else {
+                up.status.load(Ordering::SeqCst)
+            };
             format!(
                 "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{name}",
                 name.len()
@@ -1321,6 +1329,80 @@ fn a_passing_health_check_ends_an_ejection() {
                 !back(),
                 "the ejection ended without its time and without the switch"
             );
+        }
+    }
+}
+
+/// Success-rate ejection at the sweep: of 6 endpoints with 100+ answers in an interval,
+/// the one failing every other request (never 5 in a row) is ejected, the five failing
+/// 1 in 100 are not; with 4 such endpoints (under `minimum_hosts`) none is judged.
+#[test]
+fn the_success_rate_detector_ejects_the_outlier_among_enough_endpoints() {
+    for hosts in [6usize, 4] {
+        let ups: Vec<CheckedUpstream> = ["a", "b", "c", "d", "e", "f"][..hosts]
+            .iter()
+            .map(|n| CheckedUpstream::start(n))
+            .collect();
+        ups[0].fail_every.store(2, Ordering::SeqCst);
+        for u in &ups[1..] {
+            u.fail_every.store(100, Ordering::SeqCst);
+        }
+        let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+        let (admin, listen) = (free_addr(), free_addr());
+        let more =
+            "[clusters.api.outlier_detection]\ninterval = \"1s\"\nmax_ejection_percent = 50\n\
+                    success_rate = { minimum_hosts = 5, request_volume = 100 }";
+        let weft = Weft::start(
+            "ingress",
+            &cluster_config(admin, listen, &addrs, more),
+            admin,
+        );
+        // Over 100 answers each within an interval, on keep-alive connections; on until
+        // a sweep judged them (a slow machine may split a burst over two intervals).
+        let burst = || {
+            let clients: Vec<_> = (0..2)
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        let mut c = weft_tests::raw::RawClient::new(listen);
+                        for _ in 0..150 * hosts / 2 {
+                            c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+                            c.read_response();
+                        }
+                    })
+                })
+                .collect::<Vec<_>>();
+            for c in clients {
+                c.join().unwrap();
+            }
+        };
+        let enforced = || {
+            outlier_metric(
+                &weft,
+                "weft_cluster_outlier_ejections_enforced_total",
+                Some("success_rate"),
+            )
+        };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(7) && enforced() == 0.0 {
+            burst();
+        }
+        if hosts == 6 {
+            wait_for("the success-rate sweep", Duration::from_secs(8), || {
+                enforced() == 1.0
+            });
+            let clusters = weft_tests::process::admin_clusters(admin);
+            let ejected: Vec<&serde_json::Value> = clusters["clusters"][0]["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["health"]["outlier"] == "ejected")
+                .collect();
+            assert_eq!(ejected.len(), 1, "{clusters}");
+            assert_eq!(ejected[0]["address"], addrs[0].to_string());
+            let five = "weft_cluster_outlier_ejections_detected_total";
+            assert_eq!(outlier_metric(&weft, five, Some("consecutive_5xx")), 0.0);
+        } else {
+            assert_eq!(enforced(), 0.0, "judged with fewer than minimum_hosts");
         }
     }
 }
