@@ -519,11 +519,10 @@ fn discovery_metrics(
         ),
     ];
     for (name, help, kind, value) in families {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (cluster, s) in status {
-            let cluster = cluster.replace('\\', "\\\\").replace('"', "\\\"");
-            out.push_str(&format!("{name}{{cluster=\"{cluster}\"}} {}\n", value(s)));
-        }
+        let values = status
+            .iter()
+            .map(|(cluster, s)| (cluster.as_str(), value(s)));
+        crate::observe::clusters::per_cluster(&mut out, (name, kind, help), values);
     }
     out
 }

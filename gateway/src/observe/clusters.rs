@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{json, Value};
+
+use super::metrics::escape_label_value;
 use weft_mesh::snapshot::{clock_ms, Cluster, Discovery, EjectionKind, HostHealth, Snapshot};
 
 /// Every cluster series, in Prometheus' text format.
@@ -23,7 +25,21 @@ pub fn metrics(snapshot: &Snapshot) -> String {
 
 /// A cluster name as a label value.
 fn label(name: &str) -> String {
-    name.replace('\\', "\\\\").replace('"', "\\\"")
+    let mut out = String::with_capacity(name.len());
+    escape_label_value(name, &mut out);
+    out
+}
+
+/// One family with one series per cluster: `values` are (cluster name, value).
+pub fn per_cluster<'a>(
+    out: &mut String,
+    (name, kind, help): (&str, &str, &str),
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    family(out, name, kind, help);
+    for (cluster, value) in values {
+        let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {value}", label(cluster));
+    }
 }
 
 fn clusters_where(snapshot: &Snapshot, keep: impl Fn(&Cluster) -> bool) -> Vec<&Cluster> {
@@ -107,10 +123,8 @@ fn health_checks(out: &mut String, snapshot: &Snapshot) {
         ),
     ];
     for (name, help, read) in families {
-        family(out, name, "counter", help);
-        for c in &checked {
-            let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {}", label(&c.name), read(c));
-        }
+        let values = checked.iter().map(|c| (c.name.as_str(), read(c)));
+        per_cluster(out, (name, "counter", help), values);
     }
 }
 
@@ -121,20 +135,17 @@ fn outliers(out: &mut String, snapshot: &Snapshot) {
     if detecting.is_empty() {
         return;
     }
-    family(
+    per_cluster(
         out,
-        "weft_cluster_outlier_ejections_active",
-        "gauge",
-        "Endpoints ejected by outlier detection now, by cluster.",
+        (
+            "weft_cluster_outlier_ejections_active",
+            "gauge",
+            "Endpoints ejected by outlier detection now, by cluster.",
+        ),
+        detecting
+            .iter()
+            .map(|c| (c.name.as_str(), c.shared.outliers.active.load(Relaxed))),
     );
-    for c in &detecting {
-        let n = c.shared.outliers.active.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "weft_cluster_outlier_ejections_active{{cluster=\"{}\"}} {n}",
-            label(&c.name)
-        );
-    }
     for (name, help, read) in [
         (
             "weft_cluster_outlier_ejections_detected_total",
@@ -161,20 +172,17 @@ fn outliers(out: &mut String, snapshot: &Snapshot) {
             }
         }
     }
-    family(
+    per_cluster(
         out,
-        "weft_cluster_outlier_ejections_overflow_total",
-        "counter",
-        "Ejections max_ejection_percent refused, by cluster.",
+        (
+            "weft_cluster_outlier_ejections_overflow_total",
+            "counter",
+            "Ejections max_ejection_percent refused, by cluster.",
+        ),
+        detecting
+            .iter()
+            .map(|c| (c.name.as_str(), c.shared.outliers.overflow.load(Relaxed))),
     );
-    for c in &detecting {
-        let n = c.shared.outliers.overflow.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "weft_cluster_outlier_ejections_overflow_total{{cluster=\"{}\"}} {n}",
-            label(&c.name)
-        );
-    }
 }
 
 /// For clusters whose endpoints' health is tracked (checks or outlier detection): the
@@ -197,38 +205,39 @@ fn membership(out: &mut String, snapshot: &Snapshot) {
                 .collect()
         })
         .collect();
-    family(
+    let named = || {
+        tracked
+            .iter()
+            .zip(&views)
+            .map(|(c, v)| (c.name.as_str(), v))
+    };
+    per_cluster(
         out,
-        "weft_cluster_membership_endpoints",
-        "gauge",
-        "Endpoints of a cluster, by cluster.",
+        (
+            "weft_cluster_membership_endpoints",
+            "gauge",
+            "Endpoints of a cluster, by cluster.",
+        ),
+        named().map(|(name, v)| (name, v.len() as u64)),
     );
-    for (c, v) in tracked.iter().zip(&views) {
-        let _ = writeln!(
-            out,
-            "weft_cluster_membership_endpoints{{cluster=\"{}\"}} {}",
-            label(&c.name),
-            v.len()
-        );
-    }
-    family(out, "weft_cluster_membership_healthy", "gauge", "Endpoints of a cluster that may be sent traffic (passing checks, not ejected), by cluster.");
-    for (c, v) in tracked.iter().zip(&views) {
-        let healthy = v.iter().filter(|(_, ok)| *ok).count();
-        let _ = writeln!(
-            out,
-            "weft_cluster_membership_healthy{{cluster=\"{}\"}} {healthy}",
-            label(&c.name)
-        );
-    }
-    family(out, "weft_cluster_lb_healthy_panic_total", "counter", "Endpoint picks made in panic mode (fewer eligible endpoints than healthy_panic_threshold: all were used), by cluster.");
-    for c in &tracked {
-        let _ = writeln!(
-            out,
-            "weft_cluster_lb_healthy_panic_total{{cluster=\"{}\"}} {}",
-            label(&c.name),
-            c.shared.panics.get()
-        );
-    }
+    per_cluster(
+        out,
+        (
+            "weft_cluster_membership_healthy",
+            "gauge",
+            "Endpoints of a cluster that may be sent traffic (passing checks, not ejected), by cluster.",
+        ),
+        named().map(|(name, v)| (name, v.iter().filter(|(_, ok)| *ok).count() as u64)),
+    );
+    per_cluster(
+        out,
+        (
+            "weft_cluster_lb_healthy_panic_total",
+            "counter",
+            "Endpoint picks made in panic mode (fewer eligible endpoints than healthy_panic_threshold: all were used), by cluster.",
+        ),
+        tracked.iter().map(|c| (c.name.as_str(), c.shared.panics.get())),
+    );
     family(out, "weft_host_healthy", "gauge", "1 while an endpoint may be sent traffic (passing its health checks, not ejected; 0 while failed, ejected or not yet checked), by cluster and host.");
     for (c, v) in tracked.iter().zip(&views) {
         for (address, ok) in v {

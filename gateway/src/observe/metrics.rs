@@ -267,18 +267,24 @@ fn render_labels(labels: &Labels) -> String {
             s.push(',');
         }
         let _ = write!(s, "{k}=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => s.push_str("\\\\"),
-                '"' => s.push_str("\\\""),
-                '\n' => s.push_str("\\n"),
-                c => s.push(c),
-            }
-        }
+        escape_label_value(v, &mut s);
         s.push('"');
     }
     s.push('}');
     s
+}
+
+/// A label value as the text format writes it inside its quotes: `\`, `"` and newline
+/// escaped.
+pub fn escape_label_value(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// A worker's handle: a cache from a caller-chosen key to its series.
