@@ -36,7 +36,7 @@ pub const MANAGED: [&str; 3] = ["content-length", "transfer-encoding", "host"];
 
 /// Response fields only weft may write: an upstream's `x-weft-error` would make its own
 /// failure look like one weft made (and hide which side failed).
-pub const WEFT_MADE: [&str; 1] = ["x-weft-error"];
+pub const WEFT_MADE: [&str; 2] = ["x-weft-error", "x-weft-attempt-count"];
 
 fn any(list: &[&str], name: &[u8]) -> bool {
     list.iter().any(|f| name.eq_ignore_ascii_case(f.as_bytes()))

@@ -143,7 +143,7 @@ impl Progress {
     pub fn saw_grpc_status(&self, fields: &http::HeaderMap) {
         if let Some(code) = fields
             .get("grpc-status")
-            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .and_then(|v| super::grpc::status_code(v.as_bytes()))
         {
             self.grpc_status.set(Some(code));
         }

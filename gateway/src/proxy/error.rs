@@ -11,6 +11,8 @@
 
 use h2::Reason;
 
+use weft_mesh::snapshot::retry::Failure;
+
 use super::grpc::Code;
 use crate::proto::h1::head::HeadError;
 pub use crate::upstream::Breaker;
@@ -27,8 +29,9 @@ pub enum Side {
     Local,
 }
 
-/// When a failed attempt may be made again: only when the upstream cannot have acted on
-/// the request.
+/// When a failed attempt may be made again. Without a retry policy, only when the
+/// upstream cannot have acted on the request; with one, also when the policy names the
+/// failure (`retry::Retries` decides).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Retry {
     Never,
@@ -36,8 +39,10 @@ pub enum Retry {
     /// while idle, before the request reached the upstream.
     IfReused,
     /// When nothing of the request body was taken from the client (the upstream refused
-    /// the stream before doing any work on it, RFC 9113 §8.7).
+    /// the stream before doing any work on it, RFC 9113 §8.7), or as the policy says.
     IfUnsent,
+    /// Only as a retry policy says, for this failure.
+    Policy(Failure),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +111,14 @@ pub enum ProxyError {
     /// whose endpoint is weft itself, directly or through others.
     LoopDetected,
     ResponseTimeout,
+    /// The attempt's `per_try_timeout` passed before its response head.
+    PerTryTimeout,
+    /// An answer the retry policy sends again: never shown to the client (the retry was
+    /// decided, and its budget taken, before the relay returned this).
+    RetriedAnswer { status: u16, grpc: Option<u16> },
+    /// A retry found the request body it needed not kept (an invariant of
+    /// `retry::Retries`: never expected).
+    BodyNotKept,
     GrpcDeadline,
     BadResponseHead,
     /// More interim (1xx) responses than `MAX_INTERIM_RESPONSES` before the final one.
@@ -143,8 +156,10 @@ impl ProxyError {
             ClientGone => 499,
             NoEndpoints | NoHealthyUpstream | LocalShortage(_) | RefusedStream
             | StreamNotProcessed | Overflow(_) => 503,
-            ConnectTimeout | UpstreamNotReading | ResponseTimeout | GrpcDeadline
-            | ResponseBodyStalled => 504,
+            ConnectTimeout | UpstreamNotReading | ResponseTimeout | PerTryTimeout
+            | GrpcDeadline | ResponseBodyStalled => 504,
+            RetriedAnswer { status, .. } => status,
+            BodyNotKept => 502,
             ConnectFailed(_)
             | UpstreamTls
             | UpstreamHandshake
@@ -215,6 +230,9 @@ impl ProxyError {
             UpstreamReset(_) => "upstream reset the stream",
             LoopDetected => "request looped back to this weft (Via)",
             ResponseTimeout => "upstream response timeout",
+            PerTryTimeout => "upstream per-try timeout",
+            RetriedAnswer { .. } => "upstream answer retried",
+            BodyNotKept => "request body not kept for a retry",
             GrpcDeadline => "gRPC deadline exceeded",
             BadResponseHead => "invalid response head from upstream",
             TooManyInterimResponses => "upstream sent too many interim responses",
@@ -235,7 +253,7 @@ impl ProxyError {
             BadHead(HeadError::TooLarge) | BodyTooLarge => Code::ResourceExhausted,
             ClientGone => Code::Cancelled,
             HeadTimeout | ClientStalled | ConnectTimeout | UpstreamNotReading | ResponseTimeout
-            | GrpcDeadline | ResponseBodyStalled => Code::DeadlineExceeded,
+            | PerTryTimeout | GrpcDeadline | ResponseBodyStalled => Code::DeadlineExceeded,
             BadHead(_)
             | BadRequestTarget(_)
             | MalformedField
@@ -287,6 +305,9 @@ impl ProxyError {
             UpstreamReset(_) => "upstream_reset",
             LoopDetected => "loop_detected",
             ResponseTimeout => "response_timeout",
+            PerTryTimeout => "per_try_timeout",
+            RetriedAnswer { .. } => "retried_answer",
+            BodyNotKept => "body_not_kept",
             GrpcDeadline => "grpc_deadline",
             BadResponseHead => "bad_response_head",
             TooManyInterimResponses => "too_many_interim_responses",
@@ -320,9 +341,22 @@ impl ProxyError {
     }
 
     pub fn retry(self) -> Retry {
+        use ProxyError::*;
         match self {
-            ProxyError::StaleConnection => Retry::IfReused,
-            ProxyError::RefusedStream | ProxyError::StreamNotProcessed => Retry::IfUnsent,
+            StaleConnection => Retry::IfReused,
+            RefusedStream | StreamNotProcessed => Retry::IfUnsent,
+            ConnectFailed(_) | ConnectTimeout | UpstreamTls | UpstreamHandshake
+            | UpstreamConnectionFailed => Retry::Policy(Failure::ConnectFailure),
+            // Before the response head (after it, the response has begun and nothing
+            // is retried): the upstream gave no answer.
+            ClosedBeforeResponse
+            | ClosedDuringRequest
+            | ClosedDuringResponseHead
+            | UpstreamReset(_)
+            | PerTryTimeout
+            | BadResponseHead => Retry::Policy(Failure::Reset),
+            // The route's whole timeout, a client's deadline, a breaker, no endpoint:
+            // another attempt cannot help.
             _ => Retry::Never,
         }
     }
@@ -346,6 +380,7 @@ impl ProxyError {
                 | UpstreamNotReading
                 | UpstreamReset(_)
                 | ResponseTimeout
+                | PerTryTimeout
                 | BadResponseHead
                 | TooManyInterimResponses
                 | ResponseHeadNotValidForHttp2
@@ -370,6 +405,7 @@ impl ProxyError {
         match self {
             ProxyError::ConnectTimeout => Some("connect"),
             ProxyError::ResponseTimeout => Some("response"),
+            ProxyError::PerTryTimeout => Some("per_try"),
             ProxyError::GrpcDeadline => Some("deadline"),
             ProxyError::ResponseBodyStalled => Some("read"),
             _ => None,
@@ -451,13 +487,22 @@ mod tests {
         assert_eq!(ProxyError::StaleConnection.retry(), Retry::IfReused);
         assert_eq!(ProxyError::RefusedStream.retry(), Retry::IfUnsent);
         for e in [
-            ProxyError::ClosedBeforeResponse,
             ProxyError::ResponseTimeout,
-            ProxyError::UpstreamReset(Reason::INTERNAL_ERROR),
-            ProxyError::ConnectFailed(ConnectFailure::Refused),
+            ProxyError::GrpcDeadline,
+            ProxyError::NoEndpoints,
+            ProxyError::ClientGone,
         ] {
             assert_eq!(e.retry(), Retry::Never, "{e:?}");
         }
+        // Only a policy retries what may have reached the application, or a connect.
+        assert_eq!(
+            ProxyError::ClosedBeforeResponse.retry(),
+            Retry::Policy(Failure::Reset)
+        );
+        assert_eq!(
+            ProxyError::ConnectFailed(ConnectFailure::Refused).retry(),
+            Retry::Policy(Failure::ConnectFailure)
+        );
     }
 
     #[test]

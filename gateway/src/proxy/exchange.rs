@@ -52,6 +52,7 @@ impl<'a> Exchange<'a> {
             scheme: self.conn.scheme,
             client_cert: self.conn.forwarded_client_cert(),
             trust: &self.snapshot.trusted_proxies,
+            attempt: None,
         }
     }
 

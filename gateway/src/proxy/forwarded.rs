@@ -92,6 +92,7 @@ pub fn request(input: &[u8]) -> Outcome {
         scheme: "http",
         client_cert: None,
         trust: &TrustedProxies::default(),
+        attempt: None,
     };
     let endpoint = SocketAddr::from(([192, 0, 2, 2], 80));
     // A request weft refuses to send on (one that looped back to it) is a 4xx/5xx.
@@ -168,6 +169,7 @@ pub fn response(input: &[u8], head_request: bool) -> Outcome {
     let edits = rewrite::ResponseEdits {
         route: &HeaderEdits::default(),
         set_cookie: None,
+        attempts: None,
     };
     let mut bytes = rewrite::response_head(&req, &resp, edits, framing, false).to_vec();
     bytes.extend_from_slice(&raw_body);

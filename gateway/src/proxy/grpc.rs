@@ -24,6 +24,11 @@ pub enum Code {
     Unavailable = 14,
 }
 
+/// A `grpc-status` value as a code.
+pub fn status_code(value: &[u8]) -> Option<u16> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
 /// Whether a call that ended with `code` failed, as outlier detection counts it
 /// (Linkerd's failure set: UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED, DATA_LOSS,
 /// PERMISSION_DENIED), and whether as a gateway error (UNAVAILABLE and

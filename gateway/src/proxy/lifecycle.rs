@@ -15,8 +15,10 @@
 //! 6. **request checks**: a declared body over `http.max_request_body_bytes` is 413;
 //! 7. **attempts**: the client adapter relays the exchange over the cluster's protocol;
 //!    each attempt's outcome goes to its endpoint's outlier detection; a failed
-//!    attempt is made again only here, and only when its error allows it
-//!    (`ProxyError::retry`) given what the attempt did (`Progress`);
+//!    attempt is made again only here: a dead pooled connection or a refused stream
+//!    always (`ProxyError::retry`, given what the attempt did, `Progress`), anything
+//!    else as the route's (or cluster's) retry policy says (`retry::Retries`, which
+//!    the relays also ask about an answer before it reaches the client);
 //! 8. **failure**: an error becomes the client's answer in its protocol (an HTTP error,
 //!    a gRPC status, a reset, or a closed connection once a response had begun);
 //! 9. **completion**: one `Completion` record, at the same point for both client
@@ -28,12 +30,16 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
+use weft_mesh::snapshot::retry::Failure;
 use weft_mesh::snapshot::{AttemptOutcome, Cluster, ClusterId};
 use weft_mesh::snapshot::{DirectResponse, Forward, HeaderEdits, RequestFacts, Route, RouteAction};
 
 use super::affinity::{affinity, Affinity};
 use super::completion::{Completion, Decided, Progress};
 use super::error::{Breaker, ProxyError, Retry};
+use super::retry::{HeadWait, Retries};
 use super::exchange::Exchange;
 use super::facts::{is_valid_authority, PathOutcome, Request};
 use super::rewrite::ResponseEdits;
@@ -104,20 +110,90 @@ pub struct Plan<'p> {
     /// cluster whose route's `hash_policy` found something (boxed: most plans have
     /// none, and every plan lives in a stream task, whose size is guarded).
     pub affinity: Option<Box<Affinity>>,
+    /// The retry policy at work, when the route (or its cluster) has one (boxed, as
+    /// `affinity`).
+    pub retry: Option<Box<Retries<'p>>>,
 }
 
 impl Plan<'_> {
     /// What the response gets besides its own fields.
-    pub fn response_edits(&self) -> ResponseEdits<'_> {
+    pub fn response_edits(&self, progress: &Progress) -> ResponseEdits<'_> {
         ResponseEdits {
             route: &self.route.response_headers,
             set_cookie: self.affinity.as_ref().and_then(|a| a.set_cookie.as_deref()),
+            attempts: self.attempt_count(progress),
         }
     }
 
-    /// The request's hash key, for a consistent-hash cluster.
+    /// The `x-weft-attempt-count` of this attempt, when the policy sends it.
+    pub fn attempt_count(&self, progress: &Progress) -> Option<u8> {
+        self.retry
+            .as_ref()
+            .filter(|r| r.counts_attempts())
+            .map(|_| progress.attempts.get())
+    }
+
+    /// The request's hash key, for a consistent-hash cluster; a retry that avoids the
+    /// endpoints that failed looks elsewhere on the ring.
     pub fn hash_key(&self) -> Option<u64> {
-        self.affinity.as_ref().and_then(|a| a.key)
+        let key = self.affinity.as_ref().and_then(|a| a.key)?;
+        match self.retry.as_ref().map_or(0, |r| r.retried()) {
+            0 => Some(key),
+            n => Some(weft_mesh::snapshot::hashing::combine(Some(key), u64::from(n))),
+        }
+    }
+
+    /// How long this attempt waits for its response head.
+    pub fn head_wait(&self) -> HeadWait {
+        match &self.retry {
+            Some(r) => r.head_wait(self.response_timeout),
+            None => HeadWait {
+                timeout: self.response_timeout,
+                expired: ProxyError::ResponseTimeout,
+            },
+        }
+    }
+
+    /// Whether the relay drops an answer whose head it has (`status`, a gRPC status in
+    /// that head, its `Retry-After`) because the policy sends the request again.
+    pub fn retries_answer(
+        &self,
+        x: &Exchange<'_>,
+        progress: &Progress,
+        status: u16,
+        grpc: Option<u16>,
+        retry_after: Option<&[u8]>,
+    ) -> bool {
+        self.retry
+            .as_ref()
+            .is_some_and(|r| r.answer(x, progress, status, grpc, retry_after))
+    }
+
+    /// Keeps a piece of the request body for a retry.
+    pub fn keep_body(&self, piece: &[u8]) {
+        if let Some(r) = &self.retry {
+            r.keep(piece);
+        }
+    }
+
+    /// The whole request body was taken from the client.
+    pub fn body_complete(&self) {
+        if let Some(r) = &self.retry {
+            r.kept_all();
+        }
+    }
+
+    /// The request body a retry sends: `None` on the first attempt (the client's is
+    /// read), the kept one after.
+    pub fn replayed_body(&self, progress: &Progress) -> Result<Option<Bytes>, ProxyError> {
+        if !progress.body_taken.get() {
+            return Ok(None);
+        }
+        self.retry
+            .as_ref()
+            .and_then(|r| r.kept_body())
+            .map(Some)
+            .ok_or(ProxyError::BodyNotKept)
     }
 }
 
@@ -252,9 +328,13 @@ async fn attempts<C: ClientSide>(
     plan: &Plan<'_>,
     progress: &Progress,
 ) -> Result<C::Next, ProxyError> {
-    // A retry in flight holds one of the cluster's retry permits
-    // (`circuit_breakers.max_retries`); without one, the failed attempt's error stands.
+    // A retry without a policy (a dead pooled connection, a refused stream) holds one
+    // of the cluster's retry permits (`circuit_breakers.max_retries`); without one, the
+    // failed attempt's error stands. A policy's retries hold theirs in `Retries`.
     let mut _retrying = None;
+    if let Some(r) = &plan.retry {
+        r.deposit(x);
+    }
     loop {
         progress.attempts.set(progress.attempts.get() + 1);
         let relayed = client.relay(x, plan, progress).await;
@@ -262,20 +342,64 @@ async fn attempts<C: ClientSide>(
         // A retry on a fresh connection keeps the endpoint (and its lease): its pooled
         // connection died, not the endpoint.
         if !progress.fresh.get() {
-            progress.end_attempt(attempt_outcome(&relayed, progress));
-        }
-        match relayed {
-            Err(e) if again => {
-                let limit = plan.cluster.breakers.max_retries;
-                let Some(permit) = plan.cluster.shared.retries.admit(limit) else {
-                    progress.retry_overflow.set(true);
-                    return Err(e);
-                };
-                _retrying = Some(permit);
-                tracing::debug!(cluster = %plan.cluster.name, "attempt failed ({e}); trying again");
+            let outcome = attempt_outcome(&relayed, progress);
+            if matches!(outcome, Some(o) if o != AttemptOutcome::Success) {
+                if let (Some(r), Some(endpoint)) = (&plan.retry, progress.endpoint.get()) {
+                    r.failed_at(endpoint);
+                }
             }
-            relayed => return relayed,
+            progress.end_attempt(outcome);
         }
+        let e = match relayed {
+            Ok(next) => {
+                if let Some(r) = &plan.retry {
+                    let status = progress.status.get().unwrap_or(200);
+                    r.finish(!matches!(
+                        answer_outcome(status, progress.grpc_status.get()),
+                        AttemptOutcome::Failed { .. }
+                    ));
+                }
+                return Ok(next);
+            }
+            Err(e) => e,
+        };
+        let wait = if again {
+            let limit = plan.cluster.breakers.max_retries;
+            let Some(permit) = plan.cluster.shared.retries.admit(limit) else {
+                progress.retry_overflow.set(true);
+                return Err(e);
+            };
+            _retrying = Some(permit);
+            Duration::ZERO
+        } else {
+            match policy_retry(x, plan, progress, e) {
+                Some(wait) => wait,
+                None => return Err(e),
+            }
+        };
+        tracing::debug!(cluster = %plan.cluster.name, "attempt failed ({e}); trying again in {wait:?}");
+        if !wait.is_zero() {
+            // Boxed: only retries pay for the timer in their task.
+            Box::pin(monoio::time::sleep(wait)).await;
+        }
+    }
+}
+
+/// The wait before the retry the policy makes of a failed attempt, if it makes one.
+fn policy_retry(
+    x: &Exchange<'_>,
+    plan: &Plan<'_>,
+    progress: &Progress,
+    e: ProxyError,
+) -> Option<Duration> {
+    let r = plan.retry.as_ref()?;
+    if let ProxyError::RetriedAnswer { .. } = e {
+        return r.take_decided();
+    }
+    match e.retry() {
+        Retry::Policy(failure) => r.error(x, progress, failure),
+        Retry::IfUnsent => r.error(x, progress, Failure::RefusedStream),
+        Retry::IfReused | Retry::Never => None,
     }
 }
 
@@ -287,22 +411,31 @@ fn attempt_outcome<N>(
     progress: &Progress,
 ) -> Option<AttemptOutcome> {
     match relayed {
-        Ok(_) => Some(match (progress.status.get(), progress.grpc_status.get()) {
-            (Some(status @ 500..), _) => AttemptOutcome::Failed {
-                gateway: (502..=504).contains(&status),
-            },
-            (_, Some(code)) => match grpc::failure(code) {
-                Some(gateway) => AttemptOutcome::Failed { gateway },
-                None => AttemptOutcome::Success,
-            },
-            _ => AttemptOutcome::Success,
-        }),
+        Ok(_) => Some(answer_outcome(
+            progress.status.get().unwrap_or(200),
+            progress.grpc_status.get(),
+        )),
+        Err(ProxyError::RetriedAnswer { status, grpc }) => Some(answer_outcome(*status, *grpc)),
         Err(e) if e.endpoint_fault() => Some(AttemptOutcome::LocalOrigin),
         Err(_) => None,
     }
 }
 
-/// Whether a failed attempt may be made again, and how: a dead pooled connection once
+/// What an answer with `status` (and a gRPC call's `grpc` status) says of its endpoint.
+fn answer_outcome(status: u16, grpc: Option<u16>) -> AttemptOutcome {
+    match (status, grpc) {
+        (500.., _) => AttemptOutcome::Failed {
+            gateway: (502..=504).contains(&status),
+        },
+        (_, Some(code)) => match grpc::failure(code) {
+            Some(gateway) => AttemptOutcome::Failed { gateway },
+            None => AttemptOutcome::Success,
+        },
+        _ => AttemptOutcome::Success,
+    }
+}
+
+/// Whether a failed attempt may be made again without a policy, and how: a dead pooled connection once
 /// more on a fresh one to the same endpoint, a refused stream while nothing of the body
 /// was taken.
 fn may_retry(progress: &Progress, error: ProxyError) -> bool {
@@ -315,6 +448,7 @@ fn may_retry(progress: &Progress, error: ProxyError) -> bool {
         }
         Retry::IfReused => false,
         Retry::IfUnsent => !progress.body_taken.get() && attempts <= REFUSED_RETRIES,
+        Retry::Policy(_) => false,
     }
 }
 
@@ -350,13 +484,14 @@ fn plan<'p>(
     // A client's `grpc-timeout` may shorten the configured timeout, never lengthen it:
     // `99999999H` to a silent upstream must not hold the call for as long as it asks.
     let grpc_timeout = request.grpc_timeout().map(|t| t.min(timeout));
+    let call_deadline = grpc_timeout.map(|t| Instant::now() + t);
     Ok(Plan {
         route,
         forward: fwd,
         cluster_id,
         cluster,
         response_timeout: grpc_timeout.unwrap_or(timeout),
-        call_deadline: grpc_timeout.map(|t| Instant::now() + t),
+        call_deadline,
         upgrade: allowed_upgrade(route, request.upgrade())?,
         affinity: if cluster.lb.hashes() && !fwd.hash_policy.is_empty() {
             let found = affinity(&fwd.hash_policy, request, x.conn.peer.ip());
@@ -364,6 +499,15 @@ fn plan<'p>(
         } else {
             None
         },
+        retry: route.retry.as_ref().or(cluster.retry.as_ref()).map(|policy| {
+            Box::new(Retries::new(
+                policy,
+                cluster,
+                request.method(),
+                request.is_grpc(),
+                call_deadline,
+            ))
+        }),
     })
 }
 

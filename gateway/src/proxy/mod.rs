@@ -32,6 +32,7 @@ mod identity;
 mod lifecycle;
 mod local;
 mod relay;
+mod retry;
 mod rewrite;
 mod tls;
 mod trust;

@@ -36,6 +36,9 @@ pub struct ClientInfo<'a> {
     pub client_cert: Option<&'a str>,
     /// Whose forwarding fields are believed (`trust`).
     pub trust: &'a TrustedProxies,
+    /// The attempt this is (1 first), sent as `x-weft-attempt-count` when the retry
+    /// policy says so.
+    pub attempt: Option<u8>,
 }
 
 /// The request line and framing of a request going upstream, whatever protocol the
@@ -170,13 +173,18 @@ pub fn append_edits(edits: &HeaderEdits, sink: &mut impl HeaderSink) {
     }
 }
 
-/// What a response gets besides the fields it came with: the route's edits, and the
-/// `Set-Cookie` a cookie hash policy made for this request (`proxy::affinity`).
+/// What a response gets besides the fields it came with: the route's edits, the
+/// `Set-Cookie` a cookie hash policy made for this request (`proxy::affinity`), and
+/// the attempts it took, when the retry policy says so.
 #[derive(Clone, Copy)]
 pub struct ResponseEdits<'a> {
     pub route: &'a HeaderEdits,
     pub set_cookie: Option<&'a str>,
+    pub attempts: Option<u8>,
 }
+
+/// The attempt a request is, upstream, and the attempts it took, back to the client.
+pub const ATTEMPT_COUNT_HEADER: &str = "x-weft-attempt-count";
 
 impl ResponseEdits<'_> {
     pub fn drops(&self, name: &[u8]) -> bool {
@@ -189,6 +197,9 @@ impl ResponseEdits<'_> {
         append_edits(self.route, sink);
         if let Some(cookie) = self.set_cookie {
             sink.header(b"set-cookie", cookie.as_bytes());
+        }
+        if let Some(n) = self.attempts {
+            sink.header_fmt(ATTEMPT_COUNT_HEADER.as_bytes(), format_args!("{n}"));
         }
     }
 }
@@ -339,8 +350,10 @@ pub fn request_headers<'h>(
         if name.eq_ignore_ascii_case(b"x-request-id") {
             has_request_id = true;
         }
-        if name.eq_ignore_ascii_case(CLIENT_CERT_HEADER.as_bytes()) {
-            // Only weft vouches for a client certificate.
+        if name.eq_ignore_ascii_case(CLIENT_CERT_HEADER.as_bytes())
+            || name.eq_ignore_ascii_case(ATTEMPT_COUNT_HEADER.as_bytes())
+        {
+            // Only weft vouches for a client certificate, and counts its attempts.
             continue;
         }
         out.header(name, value);
@@ -415,6 +428,9 @@ pub fn request_headers<'h>(
     }
     // The client's own `Via` fields went through above; this hop is one more.
     out.header(b"via", req.via.value());
+    if let Some(n) = client.attempt {
+        out.header_fmt(ATTEMPT_COUNT_HEADER.as_bytes(), format_args!("{n}"));
+    }
     append_edits(edits, out);
     if req.accepts_trailers {
         // TE is hop-by-hop, but "trailers" holds for the next hop too: weft passes
@@ -844,6 +860,7 @@ mod tests {
             scheme: "http",
             client_cert: cert,
             trust,
+            attempt: None,
         };
         let out = h1_request_head(
             &facts,
@@ -890,6 +907,7 @@ mod tests {
             scheme: "http",
             client_cert: None,
             trust: &TrustedProxies::default(),
+            attempt: None,
         };
         let forward = Forward {
             targets: Vec::new(),

@@ -389,6 +389,8 @@ mod tests {
             panic_threshold: 50,
             outlier: None,
             hash_table: None,
+            retry: None,
+            retry_budget: None,
             lb,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),

@@ -8,6 +8,7 @@ mod balancer;
 mod endpoints;
 mod multiplex;
 mod pool;
+pub mod retry_budget;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -171,6 +172,8 @@ pub struct Upstreams {
     balancers: RefCell<(u64, Vec<Option<Rc<Balancer>>>)>,
     /// Endpoint state the balancers of every snapshot share.
     endpoints: endpoints::EndpointTable,
+    /// This worker's ratio retry budgets.
+    pub ratio_budgets: retry_budget::RatioBudgets,
     /// Connections this worker has open, by endpoint (`ConnectionPermit`).
     open: RefCell<HashMap<PoolKey, Rc<Cell<usize>>, BuildKeyHasher>>,
 }
@@ -182,6 +185,7 @@ impl Upstreams {
             h2: Multiplexed::default(),
             balancers: RefCell::new((0, Vec::new())),
             endpoints: endpoints::EndpointTable::default(),
+            ratio_budgets: retry_budget::RatioBudgets::default(),
             open: RefCell::default(),
         }
     }

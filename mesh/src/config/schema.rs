@@ -414,6 +414,115 @@ pub struct RouteConfig {
     /// What a request's hash key is made of, for a cluster with `lb = "ring_hash"` or
     /// `"maglev"`: the parts found, in order, combined; none found picks at random.
     pub hash_policy: Vec<HashPolicyConfig>,
+    /// When and how often a failed attempt is made again (replaces the cluster's
+    /// `retry` for this route).
+    pub retry: Option<RetryConfig>,
+}
+
+/// `retry = { ... }` on a route, or `[clusters.NAME.retry]` for the routes to a cluster
+/// that set none: Envoy's retry policy, with its names and defaults.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// `connect-failure`, `refused-stream`, `reset`, `gateway-error`, `5xx`,
+    /// `retriable-4xx` (409), `retriable-status-codes` (those of
+    /// `retriable_status_codes`).
+    pub retry_on: Vec<String>,
+    pub retriable_status_codes: Vec<u16>,
+    /// gRPC statuses of a Trailers-Only answer: `cancelled`, `deadline-exceeded`,
+    /// `internal`, `resource-exhausted`, `unavailable`.
+    pub retry_grpc_on: Vec<String>,
+    /// Attempts after the first (gRPC calls: at most 5 attempts in all).
+    pub num_retries: u32,
+    /// Each attempt's time for its response head; the route's timeout still covers all.
+    pub per_try_timeout: Option<ConfigDuration>,
+    /// Fully jittered exponential backoff between attempts.
+    pub backoff: BackoffConfig,
+    /// A `Retry-After` (seconds) longer than this is not waited for: no retry.
+    pub retry_after_max: ConfigDuration,
+    /// A request body is kept this far for a retry; a longer one is not retried.
+    pub max_buffered_bytes: u64,
+    /// Retry answers (a status, a reset) of methods that are not idempotent too.
+    pub retry_non_idempotent: bool,
+    /// Send `x-weft-attempt-count` upstream and back to the client.
+    pub attempt_count_header: bool,
+    /// A retry goes to another endpoint than the ones that failed, where there is one.
+    pub previous_hosts: bool,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            retry_on: Vec::new(),
+            retriable_status_codes: Vec::new(),
+            retry_grpc_on: Vec::new(),
+            num_retries: 1,
+            per_try_timeout: None,
+            backoff: BackoffConfig::default(),
+            retry_after_max: ConfigDuration(std::time::Duration::from_secs(300)),
+            max_buffered_bytes: 64 * 1024,
+            retry_non_idempotent: false,
+            attempt_count_header: true,
+            previous_hosts: true,
+        }
+    }
+}
+
+/// Retry N waits a random time in `[0, min((2^N - 1) * base, max))`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackoffConfig {
+    pub base: ConfigDuration,
+    pub max: ConfigDuration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            base: ConfigDuration(std::time::Duration::from_millis(25)),
+            max: ConfigDuration(std::time::Duration::from_millis(250)),
+        }
+    }
+}
+
+/// `[clusters.NAME.retry_budget]`: how many retries the cluster takes, whatever the
+/// routes ask (in place of `circuit_breakers.max_retries`, as in Envoy).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    pub kind: RetryBudgetKind,
+    /// `concurrency`: retries in flight, as a percentage of requests in flight...
+    pub percent: f64,
+    /// ... but at least this many.
+    pub min_concurrency: u32,
+    /// `ratio`: retries per request over the last `ttl`...
+    pub ratio: f64,
+    /// ... plus this many a second.
+    pub min_per_sec: u32,
+    pub ttl: ConfigDuration,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig {
+            kind: RetryBudgetKind::Concurrency,
+            percent: 20.0,
+            min_concurrency: 3,
+            ratio: 0.2,
+            min_per_sec: 10,
+            ttl: ConfigDuration(std::time::Duration::from_secs(10)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryBudgetKind {
+    /// Envoy's: retries in flight at most `percent` of requests in flight.
+    #[default]
+    Concurrency,
+    /// Linkerd's: retries at most `ratio` of requests, plus `min_per_sec`.
+    Ratio,
 }
 
 /// One part of a request's hash key: exactly one of `header`, `cookie`, `source_ip`,
@@ -578,6 +687,9 @@ pub struct ClusterConfig {
     pub healthy_panic_threshold: u8,
     /// Passive health: endpoints whose answers fail are ejected for a while.
     pub outlier_detection: Option<OutlierDetectionConfig>,
+    /// The retry policy of routes to this cluster that set none.
+    pub retry: Option<RetryConfig>,
+    pub retry_budget: Option<RetryBudgetConfig>,
 }
 
 /// `[clusters.NAME.outlier_detection]`: Envoy's detectors, with its defaults.
@@ -787,6 +899,8 @@ impl Default for ClusterConfig {
             health_check: None,
             healthy_panic_threshold: 50,
             outlier_detection: None,
+            retry: None,
+            retry_budget: None,
         }
     }
 }

@@ -1133,6 +1133,16 @@ fn compile_cluster(
             .as_ref()
             .map(|o| Arc::new(compile_outlier_detection(o, path, d))),
         hash_table,
+        retry: c.retry.as_ref().map(|r| {
+            Arc::new(retry::compile_policy(r, &format!("{path}.retry"), &mut |k, p| {
+                d.error(k, p)
+            }))
+        }),
+        retry_budget: c.retry_budget.as_ref().map(|b| {
+            retry::compile_budget(b, &format!("{path}.retry_budget"), &mut |k, p| {
+                d.error(k, p)
+            })
+        }),
         lb: c.lb,
         connect_timeout: c.connect_timeout.0,
         request_timeout: c.request_timeout.0,
@@ -1622,6 +1632,14 @@ fn compile_route(
         ),
         timeout: r.timeout.map(|t| t.0),
         upgrades,
+        retry: r.retry.as_ref().map(|c| {
+            if r.cluster.is_none() && r.split.is_none() {
+                d.error(format!("{path}.retry"), "only applies to routes that forward");
+            }
+            Arc::new(retry::compile_policy(c, &format!("{path}.retry"), &mut |k, p| {
+                d.error(k, p)
+            }))
+        }),
     }
 }
 

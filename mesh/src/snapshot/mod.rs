@@ -10,6 +10,7 @@
 mod compile;
 pub mod hashing;
 pub mod health;
+pub mod retry;
 mod routes;
 pub mod tls;
 
@@ -111,6 +112,27 @@ pub struct ClusterShared {
     pub requests: PaddedCounter,
     /// Retries in flight.
     pub retries: PaddedCounter,
+    /// What the retry policies of requests to the cluster did.
+    pub retry: RetryCounters,
+}
+
+/// What retries did, for `weft_cluster_upstream_rq_retry_*` and
+/// `weft_retry_abandoned_total`: rare events, counted where they happen.
+#[derive(Debug, Default)]
+pub struct RetryCounters {
+    /// Attempts made again.
+    pub sent: AtomicU64,
+    /// Requests that were retried and then answered without failing.
+    pub success: AtomicU64,
+    /// Failed attempts that would have been retried but had used all `num_retries`.
+    pub limit_exceeded: AtomicU64,
+    /// Retries not sent: the cluster's budget (or `max_retries`) was used up.
+    pub overflow: AtomicU64,
+    /// Retries that waited the exponential backoff, or a `Retry-After`.
+    pub backoff_exponential: AtomicU64,
+    pub backoff_ratelimited: AtomicU64,
+    /// Requests that could not be retried: the body was past `max_buffered_bytes`.
+    pub abandoned_body_too_large: AtomicU64,
 }
 
 /// An active health check, compiled.
@@ -478,6 +500,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Protocols an `Upgrade` may switch to (lowercase tokens, `websocket` by default).
     pub upgrades: Vec<String>,
+    /// The route's own retry policy (else its cluster's applies).
+    pub retry: Option<Arc<retry::RetryPolicy>>,
 }
 
 #[derive(Debug)]
@@ -591,6 +615,10 @@ pub struct Cluster {
     pub outlier: Option<Arc<OutlierDetection>>,
     /// `lb = "ring_hash" | "maglev"`: the table over `endpoints`, built with them.
     pub hash_table: Option<Arc<hashing::HashTable>>,
+    /// `retry`: the policy of routes to this cluster that have none of their own.
+    pub retry: Option<Arc<retry::RetryPolicy>>,
+    /// `retry_budget`: in place of `circuit_breakers.max_retries` when set.
+    pub retry_budget: Option<retry::RetryBudget>,
     pub lb: LbPolicy,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,

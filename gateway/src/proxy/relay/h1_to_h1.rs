@@ -7,7 +7,10 @@
 //! - the head cannot be written to a pooled connection, or it closes without a byte
 //!   for a bodiless idempotent request: `StaleConnection` (the upstream cannot have
 //!   acted on it; the lifecycle may retry on a fresh connection);
-//! - no response head within the plan's response timeout: `ResponseTimeout`;
+//! - no response head within the plan's response timeout: `ResponseTimeout` (or the
+//!   retry policy's `per_try_timeout`: `PerTryTimeout`);
+//! - an answer the retry policy sends again: `RetriedAnswer`, before any of it went
+//!   to the client (a retry sends the body the first attempt kept).
 //! - the upstream stalls or closes mid-body: the client connection is closed, so a
 //!   truncated body is never presented as complete.
 
@@ -18,8 +21,8 @@ use monoio::io::AsyncWriteRentExt;
 use weft_mesh::fields::Trailers;
 
 use super::{
-    connect_h1, continue_if_expected, idempotent, request_body_copy, write_to_client, Next,
-    MAX_INTERIM_RESPONSES,
+    client_info, connect_h1, continue_if_expected, idempotent, request_body_copy, retry_after,
+    write_to_client, Keeping, Next, MAX_INTERIM_RESPONSES,
 };
 use crate::proto::h1::body::{copy_body, BodyCopy, BodyError};
 use crate::proto::h1::head::{parse_response, BodyFraming, RequestHead, ResponseHead, Version};
@@ -56,20 +59,27 @@ pub async fn relay<S: ClientStream>(
         plan.forward,
         &route.request_headers,
         &x.snapshot.http.forwarded,
-        &x.client_info(),
+        &client_info(x, plan, progress),
         up.endpoint,
         plan.upgrade,
     )?
     .freeze();
     let response = send_request(x, client, &mut up, &request, head, plan, progress).await?;
     progress.responded();
+    if plan.retries_answer(x, progress, response.status, None, retry_after(&response)) {
+        // Its body is not read: the connection goes, not back to the pool.
+        return Err(ProxyError::RetriedAnswer {
+            status: response.status,
+            grpc: None,
+        });
+    }
 
     if response.status == 101 {
         if !plan.upgrade {
             return Err(ProxyError::SwitchWithoutUpgrade);
         }
         let framing = rewrite::client_framing(head, &response, false);
-        let out = rewrite::response_head(head, &response, plan.response_edits(), framing, true);
+        let out = rewrite::response_head(head, &response, plan.response_edits(progress), framing, true);
         progress.began(101);
         return if write_to_client(x, client, out).await {
             Ok(Next::Tunnel(up.conn))
@@ -80,7 +90,7 @@ pub async fn relay<S: ClientStream>(
 
     // A drain that began while the upstream worked still closes this connection.
     let framing = rewrite::client_framing(head, &response, keep_alive && !x.closing());
-    let mut out = rewrite::response_head(head, &response, plan.response_edits(), framing, false);
+    let mut out = rewrite::response_head(head, &response, plan.response_edits(progress), framing, false);
     // Small bodies that arrived with the head go out in the same write.
     let body_done = match response.framing {
         BodyFraming::None => true,
@@ -156,17 +166,38 @@ async fn send_request<S: ClientStream>(
     }
     let has_body = head.framing != BodyFraming::None;
     if has_body {
-        continue_if_expected(x, client, head, progress).await?;
-        let spec = request_body_copy(x, head, plan, false);
-        progress.took(0);
-        match copy_body(client, &mut up.conn.stream, &spec).await {
-            Ok(n) => progress.took(n as usize),
-            Err(e) => return Err(request_body_error(e)),
+        match plan.replayed_body(progress)? {
+            // A retry: the body as the first attempt sent it, framing and all.
+            Some(kept) => {
+                let write = up.conn.stream.write_all(kept);
+                match monoio::time::timeout(plan.cluster.read_timeout, write).await {
+                    Ok((Ok(_), _)) => {}
+                    Ok((Err(_), _)) => return Err(ProxyError::ClosedDuringRequest),
+                    Err(_) => return Err(ProxyError::UpstreamNotReading),
+                }
+            }
+            None => {
+                continue_if_expected(x, client, head, progress).await?;
+                let spec = request_body_copy(x, head, plan, false);
+                progress.took(0);
+                let mut sink = Keeping {
+                    plan,
+                    sink: &mut up.conn.stream,
+                };
+                match copy_body(client, &mut sink, &spec).await {
+                    Ok(n) => {
+                        progress.took(n as usize);
+                        plan.body_complete();
+                    }
+                    Err(e) => return Err(request_body_error(e)),
+                }
+            }
         }
     }
 
     let retryable = !has_body && idempotent(head.method());
-    let deadline = Instant::now() + plan.response_timeout;
+    let wait = plan.head_wait();
+    let deadline = Instant::now() + wait.timeout;
     let mut received = false;
     let mut interim = 0;
     loop {
@@ -203,7 +234,7 @@ async fn send_request<S: ClientStream>(
                 return Err(ProxyError::ClosedBeforeResponse)
             }
             Ok(_) | Err(ReadError::Io(_)) => return Err(ProxyError::ClosedDuringResponseHead),
-            Err(ReadError::TimedOut) => return Err(ProxyError::ResponseTimeout),
+            Err(ReadError::TimedOut) => return Err(wait.expired),
         }
     }
 }

@@ -20,7 +20,8 @@ use weft_mesh::fields::Trailers;
 
 use super::h1_to_h1::request_body_error;
 use super::{
-    continue_if_expected, open_h2, request_body_copy, upstream_stream_failed, write_to_client, Next,
+    client_info, continue_if_expected, open_h2, request_body_copy, upstream_stream_failed,
+    write_to_client, Keeping, Next,
 };
 use crate::proto::h1::body::{copy_body, BodyError, BodySink};
 use crate::proto::h1::chunked::{encode_chunk, last_chunk};
@@ -86,7 +87,7 @@ pub async fn relay<S: ClientStream>(
         plan.forward,
         &route.request_headers,
         &x.snapshot.http.forwarded,
-        &x.client_info(),
+        &client_info(x, plan, progress),
         slot.endpoint,
         plan.cluster.tls.is_some(),
     )?;
@@ -102,17 +103,30 @@ pub async fn relay<S: ClientStream>(
     // side); the answer is still relayed, and the connection closed after.
     let mut body_unread = false;
     if has_body {
-        continue_if_expected(x, client, head, progress).await?;
-        let spec = request_body_copy(x, head, plan, true);
         let mut sink = StreamSink {
             stream: &mut upstream_body,
             timers: &x.worker.idle_timers,
             ended: false,
         };
-        progress.took(0);
-        match copy_body(client, &mut sink, &spec).await {
-            Ok(n) => {
-                progress.took(n as usize);
+        let copied = match plan.replayed_body(progress)? {
+            // A retry: the body the first attempt kept, as its DATA.
+            Some(kept) => sink.put(kept, plan.cluster.read_timeout, true).await,
+            None => {
+                continue_if_expected(x, client, head, progress).await?;
+                let spec = request_body_copy(x, head, plan, true);
+                progress.took(0);
+                let mut keeping = Keeping {
+                    plan,
+                    sink: &mut sink,
+                };
+                copy_body(client, &mut keeping, &spec).await.map(|n| {
+                    progress.took(n as usize);
+                    plan.body_complete();
+                })
+            }
+        };
+        match copied {
+            Ok(()) => {
                 if !sink.ended {
                     let _ = upstream_body.send_data(Bytes::new(), true);
                 }
@@ -122,14 +136,20 @@ pub async fn relay<S: ClientStream>(
         }
     }
     let stream_id = response.stream_id();
-    let resp = match monoio::time::timeout(plan.response_timeout, response).await {
+    let wait = plan.head_wait();
+    let resp = match monoio::time::timeout(wait.timeout, response).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(upstream_stream_failed(e, &slot.goaway, stream_id)),
-        Err(_) => return Err(ProxyError::ResponseTimeout),
+        Err(_) => return Err(wait.expired),
     };
     progress.responded();
     let (parts, mut upstream) = resp.into_parts();
     let status = parts.status.as_u16();
+    let retry_after = parts.headers.get(http::header::RETRY_AFTER);
+    if plan.retries_answer(x, progress, status, None, retry_after.map(|v| v.as_bytes())) {
+        // Dropping the stream resets it (CANCEL): its body is not wanted.
+        return Err(ProxyError::RetriedAnswer { status, grpc: None });
+    }
     let no_body = head_only || status == 204 || status == 304;
     let mut parts = parts;
     if !no_body && upstream.is_end_stream() {
@@ -150,7 +170,7 @@ pub async fn relay<S: ClientStream>(
         length: declared.filter(|_| status != 204),
     };
     let out =
-        rewrite::h1_response_head_from_h2(&parts, plan.response_edits(), framing, head.version);
+        rewrite::h1_response_head_from_h2(&parts, plan.response_edits(progress), framing, head.version);
     progress.began(status);
     if !write_to_client(x, client, out).await {
         return Err(ProxyError::ClientGone);

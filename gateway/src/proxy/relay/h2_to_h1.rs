@@ -5,7 +5,7 @@
 //! decoded from its h1 framing into DATA frames as the client's window allows, and
 //! chunked trailers become HTTP/2 trailers.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
@@ -15,7 +15,11 @@ use monoio::io::AsyncWriteRentExt;
 use weft_mesh::fields::Trailers;
 use weft_mesh::snapshot::Cluster;
 
-use super::{client_pace, client_send_failed, connect_h1, idempotent, MAX_INTERIM_RESPONSES};
+use super::{
+    client_info, client_pace, client_send_failed, connect_h1, idempotent, retry_after,
+    MAX_INTERIM_RESPONSES,
+};
+use crate::proxy::retry::HeadWait;
 use crate::proto::h1::chunked::{encode_chunk, last_chunk, ChunkedParser};
 use crate::proto::h1::head::{parse_response, BodyFraming, Head, ResponseHead};
 use crate::proxy::completion::Progress;
@@ -46,7 +50,9 @@ pub async fn relay(
     let route = plan.route;
     let parts = facts.parts;
     let mut up = connect_h1(x, plan, progress).await?;
-    let has_body = !body.is_end_stream();
+    // A retry's body is the kept one: the client's stream has ended by then.
+    let replay = progress.body_taken.get();
+    let has_body = replay || !body.is_end_stream();
     let outgoing = rewrite::h2_outgoing(facts, has_body, true);
     let head = rewrite::request_head(
         &outgoing,
@@ -54,7 +60,7 @@ pub async fn relay(
         plan.forward,
         &route.request_headers,
         &x.snapshot.http.forwarded,
-        &x.client_info(),
+        &client_info(x, plan, progress),
         up.endpoint,
     )?;
 
@@ -68,16 +74,34 @@ pub async fn relay(
         return Err(ProxyError::StaleConnection);
     }
     if has_body {
-        send_request_body(x, body, &mut up, outgoing.chunked, cluster, progress).await?;
+        match plan.replayed_body(progress)? {
+            Some(kept) => send_kept_body(kept, &mut up, outgoing.chunked, cluster).await?,
+            None => {
+                send_request_body(x, body, &mut up, outgoing.chunked, plan, progress).await?;
+            }
+        }
     }
-    let response = match read_response_head(&mut up, plan.response_timeout, is_head).await {
+    let wait = plan.head_wait();
+    let response = match read_response_head(&mut up, wait, is_head).await {
         Ok(r) => r,
         Err(None) if replayable => return Err(ProxyError::StaleConnection),
         Err(None) => return Err(ProxyError::ClosedBeforeResponse),
         Err(Some(e)) => return Err(e),
     };
     progress.responded();
-    let head = h2_response_head(&response, plan.response_edits())
+    // A gRPC Trailers-Only answer has its status in the head.
+    let grpc = facts
+        .grpc
+        .then(|| response.header("grpc-status"))
+        .flatten()
+        .and_then(crate::proxy::grpc::status_code);
+    if plan.retries_answer(x, progress, response.status, grpc, retry_after(&response)) {
+        return Err(ProxyError::RetriedAnswer {
+            status: response.status,
+            grpc,
+        });
+    }
+    let head = h2_response_head(&response, plan.response_edits(progress))
         .ok_or(ProxyError::ResponseHeadNotValidForHttp2)?;
     progress.saw_grpc_status(head.headers());
     let no_body = response.framing == BodyFraming::None;
@@ -164,14 +188,38 @@ fn h2_response_head(response: &ResponseHead, edits: ResponseEdits<'_>) -> Option
     Some(head)
 }
 
+/// A retry's request body: the one the first attempt kept, framed as that one was.
+async fn send_kept_body(
+    kept: Bytes,
+    up: &mut Upstream,
+    chunked: bool,
+    cluster: &Cluster,
+) -> Result<(), ProxyError> {
+    let mut out = BytesMut::new();
+    if chunked {
+        if !kept.is_empty() {
+            out.extend_from_slice(&encode_chunk(&kept));
+        }
+        out.extend_from_slice(&last_chunk(None, Trailers::Request));
+    } else {
+        out.extend_from_slice(&kept);
+    }
+    match monoio::time::timeout(cluster.read_timeout, up.conn.stream.write_all(out)).await {
+        Ok((Ok(_), _)) => Ok(()),
+        Ok((Err(_), _)) => Err(ProxyError::ClosedDuringRequest),
+        Err(_) => Err(ProxyError::UpstreamNotReading),
+    }
+}
+
 async fn send_request_body(
     x: &Exchange<'_>,
     body: &mut RecvStream,
     up: &mut Upstream,
     chunked: bool,
-    cluster: &Cluster,
+    plan: &Plan<'_>,
     progress: &Progress,
 ) -> Result<(), ProxyError> {
+    let cluster = plan.cluster;
     let limit = x.snapshot.http.max_request_body_bytes;
     let idle = x.snapshot.http.idle_timeout.0;
     let mut seen = 0u64;
@@ -188,6 +236,7 @@ async fn send_request_body(
         if limit.is_some_and(|max| seen > max) {
             return Err(ProxyError::BodyTooLarge);
         }
+        plan.keep_body(&data);
         let piece = if chunked { encode_chunk(&data) } else { data };
         if n > 0 {
             match monoio::time::timeout(cluster.read_timeout, up.conn.stream.write_all(piece)).await
@@ -206,6 +255,12 @@ async fn send_request_body(
             .ok_or(ProxyError::ClientStalled)?
             .ok()
             .flatten();
+        // Trailers are not kept: a request that had them is not sent again.
+        if trailers.is_some() {
+            if let Some(r) = &plan.retry {
+                r.abandon_body();
+            }
+        }
         if up
             .conn
             .stream
@@ -217,6 +272,7 @@ async fn send_request_body(
             return Err(ProxyError::ClosedDuringRequest);
         }
     }
+    plan.body_complete();
     Ok(())
 }
 
@@ -224,10 +280,10 @@ async fn send_request_body(
 /// any response byte.
 async fn read_response_head(
     up: &mut Upstream,
-    timeout: Duration,
+    wait: HeadWait,
     head_request: bool,
 ) -> Result<ResponseHead, Option<ProxyError>> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + wait.timeout;
     let mut received = !up.conn.buf.is_empty();
     let mut interim = 0;
     loop {
@@ -249,7 +305,7 @@ async fn read_response_head(
             Ok(_) | Err(ReadError::Io(_)) => {
                 return Err(Some(ProxyError::ClosedDuringResponseHead))
             }
-            Err(ReadError::TimedOut) => return Err(Some(ProxyError::ResponseTimeout)),
+            Err(ReadError::TimedOut) => return Err(Some(wait.expired)),
         }
     }
 }

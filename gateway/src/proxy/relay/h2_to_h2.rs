@@ -23,14 +23,15 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::Response;
 
-use super::{client_pace, client_send_failed, open_h2, upstream_stream_failed};
+use super::{client_info, client_pace, client_send_failed, open_h2, upstream_stream_failed};
+use crate::proxy::retry::HeadWait;
 use crate::proxy::completion::Progress;
 use crate::proxy::error::ProxyError;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::facts::H2Facts;
 use crate::proxy::flow::{send_all, within, Pace};
 use crate::proxy::lifecycle::Plan;
-use crate::proxy::rewrite::{self, ResponseEdits};
+use crate::proxy::rewrite;
 use crate::upstream::GoAwayWatch;
 
 /// Why the request direction stopped.
@@ -58,7 +59,9 @@ pub async fn relay(
 ) -> Result<(), ProxyError> {
     let cluster = plan.cluster;
     let mut slot = open_h2(x, plan, progress).await?;
-    let end = body.is_end_stream();
+    // A retry's body is the kept one: the client's stream has ended by then.
+    let replay = progress.body_taken.get();
+    let end = !replay && body.is_end_stream();
     let request = rewrite::h2_request(
         &rewrite::h2_outgoing(facts, !end, false),
         facts.parts.method.clone(),
@@ -66,7 +69,7 @@ pub async fn relay(
         plan.forward,
         &plan.route.request_headers,
         &x.snapshot.http.forwarded,
-        &x.client_info(),
+        &client_info(x, plan, progress),
         slot.endpoint,
         plan.cluster.tls.is_some(),
     )?;
@@ -80,11 +83,14 @@ pub async fn relay(
     let (response, upstream_body) = slot.send.send_request(request, end).map_err(failed)?;
 
     let limit = x.snapshot.http.max_request_body_bytes;
-    // A call deadline (never later than the route's timeout) covers the head as well.
-    let head_timeout = plan
-        .call_deadline
-        .is_none()
-        .then_some(plan.response_timeout);
+    // A call deadline (never later than the route's timeout) covers the head as well,
+    // unless the retry policy gives each attempt less.
+    let wait = plan.head_wait();
+    let head_timeout = match wait.expired {
+        ProxyError::PerTryTimeout => Some(wait),
+        _ if plan.call_deadline.is_none() => Some(wait),
+        _ => None,
+    };
     // gRPC streams may sit quiet for long; their deadline is the call's own.
     let stall = (!facts.grpc).then_some(cluster.read_timeout);
     let idle = x.snapshot.http.idle_timeout.0;
@@ -97,18 +103,38 @@ pub async fn relay(
     let client_pace = client_pace(x, facts);
     // When the response last moved: a quiet request side is alive while it does.
     let response_moved = Cell::new(Instant::now());
-    let pump = pin!(pump_request(
-        body,
-        upstream_body,
-        limit,
-        (idle, &response_moved),
-        (&up_pace, progress)
-    ));
+    let pump = pin!(async {
+        match replay {
+            // Boxed: only retries pay for it in the stream task.
+            true => Box::pin(async {
+                let kept = plan.replayed_body(progress).ok().flatten();
+                let mut upstream = upstream_body;
+                match kept {
+                    Some(kept) => send_all(&mut upstream, kept, true, &up_pace)
+                        .await
+                        .map_err(|_| PumpEnd::Upstream),
+                    // Never: a retry is decided only with the body kept.
+                    None => Err(PumpEnd::Upstream),
+                }
+            })
+            .await,
+            false => {
+                pump_request(
+                    body,
+                    upstream_body,
+                    limit,
+                    (idle, &response_moved),
+                    (&up_pace, progress, plan),
+                )
+                .await
+            }
+        }
+    });
     let answer = pin!(relay_response(
         (response, &slot.goaway),
         respond,
         sent,
-        (plan.response_edits(), progress),
+        (x, plan, progress),
         (head_timeout, stall),
         &client_pace,
         &response_moved,
@@ -161,7 +187,7 @@ async fn pump_request(
     mut upstream: SendStream<Bytes>,
     limit: Option<u64>,
     (idle, response_moved): (Duration, &Cell<Instant>),
-    (up_pace, progress): (&Pace<'_>, &Progress),
+    (up_pace, progress, plan): (&Pace<'_>, &Progress, &Plan<'_>),
 ) -> Result<(), PumpEnd> {
     let mut seen = 0u64;
     loop {
@@ -181,18 +207,29 @@ async fn pump_request(
             return Err(PumpEnd::TooLarge);
         }
         let last = body.is_end_stream();
+        plan.keep_body(&data);
         send_all(&mut upstream, data, last, up_pace)
             .await
             .map_err(|_| PumpEnd::Upstream)?;
         // Only now may the client send more: the upstream took this piece.
         let _ = body.flow_control().release_capacity(n);
         if last {
+            plan.body_complete();
             return Ok(());
         }
     }
     match body.trailers().await {
-        Ok(Some(trailers)) => upstream.send_trailers(rewrite::request_trailers(trailers)),
-        Ok(None) => upstream.send_data(Bytes::new(), true),
+        Ok(Some(trailers)) => {
+            // Trailers are not kept: a request that had them is not sent again.
+            if let Some(r) = &plan.retry {
+                r.abandon_body();
+            }
+            upstream.send_trailers(rewrite::request_trailers(trailers))
+        }
+        Ok(None) => {
+            plan.body_complete();
+            upstream.send_data(Bytes::new(), true)
+        }
         Err(_) => return Err(PumpEnd::Client),
     }
     .map_err(|_| PumpEnd::Upstream)
@@ -203,22 +240,38 @@ async fn relay_response(
     (response, goaway): (ResponseFuture, &GoAwayWatch),
     respond: &mut SendResponse<Bytes>,
     sent: &mut Option<SendStream<Bytes>>,
-    (edits, progress): (ResponseEdits<'_>, &Progress),
-    (head_timeout, stall): (Option<Duration>, Option<Duration>),
+    (x, plan, progress): (&Exchange<'_>, &Plan<'_>, &Progress),
+    (head_timeout, stall): (Option<HeadWait>, Option<Duration>),
     pace: &Pace<'_>,
     moved: &Cell<Instant>,
 ) -> Result<(), ProxyError> {
     let stream_id = response.stream_id();
+    let (head_limit, expired) = match head_timeout {
+        Some(w) => (Some(w.timeout), w.expired),
+        None => (None, ProxyError::ResponseTimeout),
+    };
     let head = monoio::select! {
         r = response => r,
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return Err(ProxyError::ClientGone),
-        _ = sleep_or_never(head_timeout) => return Err(ProxyError::ResponseTimeout),
+        _ = sleep_or_never(head_limit) => return Err(expired),
     };
     let (parts, mut upstream) = head
         .map_err(|e| upstream_stream_failed(e, goaway, stream_id))?
         .into_parts();
     progress.responded();
     let status = parts.status.as_u16();
+    // A Trailers-Only answer carries its grpc-status in the head.
+    let grpc = upstream
+        .is_end_stream()
+        .then(|| parts.headers.get("grpc-status"))
+        .flatten()
+        .and_then(|v| crate::proxy::grpc::status_code(v.as_bytes()));
+    let retry_after = parts.headers.get(http::header::RETRY_AFTER);
+    if plan.retries_answer(x, progress, status, grpc, retry_after.map(|v| v.as_bytes())) {
+        // Dropping the stream resets it (CANCEL).
+        return Err(ProxyError::RetriedAnswer { status, grpc });
+    }
+    let edits = plan.response_edits(progress);
     // The received head, less what the route drops, plus what it sets.
     let mut head = Response::new(());
     *head.status_mut() = parts.status;

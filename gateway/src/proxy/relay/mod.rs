@@ -26,8 +26,11 @@ use super::exchange::Exchange;
 use super::facts::H2Facts;
 use super::flow::{Pace, SendError};
 use super::lifecycle::Plan;
-use crate::proto::h1::body::BodyCopy;
-use crate::proto::h1::head::RequestHead;
+use bytes::Bytes;
+
+use super::rewrite;
+use crate::proto::h1::body::{BodyCopy, BodyError, BodySink};
+use crate::proto::h1::head::{Head, RequestHead, ResponseHead};
 use crate::transport::{ClientStream, Conn, UpstreamStream};
 use crate::upstream::{ConnectError, ConnectFailure, GoAwayWatch, H2Stream, Upstream};
 
@@ -67,13 +70,24 @@ async fn connect_h1(
     Ok(up)
 }
 
-/// The attempt's endpoint, leased to it in `progress`.
+/// The attempt's endpoint, leased to it in `progress`. A retry picks again (a few
+/// times, not a scan) rather than go back to an endpoint that failed this request.
 fn pick(x: &Exchange<'_>, plan: &Plan<'_>, progress: &Progress) -> Result<SocketAddr, ProxyError> {
-    let lease = x
-        .worker
-        .upstreams
-        .pick(x.snapshot, plan.cluster_id, plan.hash_key())
-        .map_err(|e| connect_error(x, plan, &e))?;
+    let pick = || {
+        x.worker
+            .upstreams
+            .pick(x.snapshot, plan.cluster_id, plan.hash_key())
+            .map_err(|e| connect_error(x, plan, &e))
+    };
+    let mut lease = pick()?;
+    if let Some(retry) = &plan.retry {
+        for _ in 0..3 {
+            if !retry.avoids(lease.address()) {
+                break;
+            }
+            lease = pick()?;
+        }
+    }
     let endpoint = lease.address();
     progress.leased(lease);
     Ok(endpoint)
@@ -134,6 +148,36 @@ fn shortage_warning_due() -> bool {
         }
         due
     })
+}
+
+/// What the request head of this attempt says of its client (and of the attempt).
+fn client_info<'x>(
+    x: &'x Exchange<'_>,
+    plan: &Plan<'_>,
+    progress: &Progress,
+) -> rewrite::ClientInfo<'x> {
+    rewrite::ClientInfo {
+        attempt: plan.attempt_count(progress),
+        ..x.client_info()
+    }
+}
+
+/// A request body sink that keeps what it passes on for a retry (`Plan::keep_body`).
+struct Keeping<'a, S> {
+    plan: &'a Plan<'a>,
+    sink: &'a mut S,
+}
+
+impl<S: BodySink> BodySink for Keeping<'_, S> {
+    async fn put(&mut self, piece: Bytes, limit: Duration, last: bool) -> Result<(), BodyError> {
+        self.plan.keep_body(&piece);
+        self.sink.put(piece, limit, last).await
+    }
+}
+
+/// The `Retry-After` of a response head, for the retry policy.
+fn retry_after(head: &ResponseHead) -> Option<&[u8]> {
+    head.header("retry-after")
 }
 
 /// Methods whose request may be sent again when a reused connection died before
