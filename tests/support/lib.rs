@@ -15,6 +15,7 @@ pub mod pki;
 pub mod process;
 pub mod raw;
 pub mod recording;
+pub mod scripted;
 pub mod upstream;
 
 pub use process::{curl_status, free_addr, free_port, weft_bin, Weft};

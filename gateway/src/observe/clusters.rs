@@ -20,6 +20,7 @@ pub fn metrics(snapshot: &Snapshot) -> String {
     health_checks(&mut out, snapshot);
     outliers(&mut out, snapshot);
     membership(&mut out, snapshot);
+    retries(&mut out, snapshot);
     out
 }
 
@@ -96,6 +97,62 @@ fn breakers(out: &mut String, snapshot: &Snapshot) {
                 limit.saturating_sub(used)
             );
         }
+    }
+}
+
+/// What retries did, by cluster (Envoy's `upstream_rq_retry*`), and the requests that
+/// could not be retried because their body was past `max_buffered_bytes`.
+fn retries(out: &mut String, snapshot: &Snapshot) {
+    type Read = fn(&Cluster) -> u64;
+    let families: [(&str, &str, Read); 6] = [
+        (
+            "weft_cluster_upstream_rq_retry_total",
+            "Attempts made again (by a retry policy, or after a dead pooled connection or a refused stream), by cluster.",
+            |c| c.shared.retry.sent.load(Relaxed),
+        ),
+        (
+            "weft_cluster_upstream_rq_retry_success_total",
+            "Retried requests whose last attempt succeeded, by cluster.",
+            |c| c.shared.retry.success.load(Relaxed),
+        ),
+        (
+            "weft_cluster_upstream_rq_retry_limit_exceeded_total",
+            "Failed attempts not retried because num_retries were used up, by cluster.",
+            |c| c.shared.retry.limit_exceeded.load(Relaxed),
+        ),
+        (
+            "weft_cluster_upstream_rq_retry_overflow_total",
+            "Retries not sent because the cluster's retry budget (or max_retries) was used up, by cluster.",
+            |c| c.shared.retry.overflow.load(Relaxed),
+        ),
+        (
+            "weft_cluster_upstream_rq_retry_backoff_exponential_total",
+            "Retries that waited the jittered exponential backoff, by cluster.",
+            |c| c.shared.retry.backoff_exponential.load(Relaxed),
+        ),
+        (
+            "weft_cluster_upstream_rq_retry_backoff_ratelimited_total",
+            "Retries that waited an answer's Retry-After, by cluster.",
+            |c| c.shared.retry.backoff_ratelimited.load(Relaxed),
+        ),
+    ];
+    for (name, help, read) in families {
+        let values = snapshot.clusters.iter().map(|c| (c.name.as_str(), read(c)));
+        per_cluster(out, (name, "counter", help), values);
+    }
+    family(
+        out,
+        "weft_retry_abandoned_total",
+        "counter",
+        "Requests that could no longer be retried, by cluster and reason (body_too_large: past the policy's max_buffered_bytes).",
+    );
+    for c in &snapshot.clusters {
+        let _ = writeln!(
+            out,
+            "weft_retry_abandoned_total{{cluster=\"{}\",reason=\"body_too_large\"}} {}",
+            label(&c.name),
+            c.shared.retry.abandoned_body_too_large.load(Relaxed)
+        );
     }
 }
 

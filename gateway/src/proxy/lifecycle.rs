@@ -370,6 +370,11 @@ async fn attempts<C: ClientSide>(
                 return Err(e);
             };
             _retrying = Some(permit);
+            plan.cluster
+                .shared
+                .retry
+                .sent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Duration::ZERO
         } else {
             match policy_retry(x, plan, progress, e) {

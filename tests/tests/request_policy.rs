@@ -1,0 +1,439 @@
+//! Request policy (#19): retries with budgets, against a scripted hyper upstream that
+//! records what reached it, with curl (HTTP/1.1 and h2c) and tonic as clients.
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weft_tests::scripted::{Reply, Script, ScriptedUpstream, Seen};
+use weft_tests::upstream::sha256_hex;
+use weft_tests::{free_addr, Weft};
+
+/// A config with listener `l` routing everything to cluster `api` (`endpoints`),
+/// `route` added to the route's table and `more` after the cluster.
+fn config(
+    admin: std::net::SocketAddr,
+    listen: std::net::SocketAddr,
+    endpoints: &[std::net::SocketAddr],
+    route: &str,
+    more: &str,
+) -> String {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "[admin]\naddress = \"{admin}\"\n[runtime]\nworkers = 2\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+         [[listeners.routes]]\nmatch = {{ path_prefix = \"/\" }}\ncluster = \"api\"\n{route}\n\
+         [clusters.api]\nendpoints = [{}]\n{more}\n",
+        list.join(", ")
+    )
+}
+
+/// One request with curl (`h2`: h2c with prior knowledge): its status and its
+/// response head (lowercased).
+fn curl(h2: bool, url: &str, args: &[&str]) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "-D", "-", "--max-time", "10"]);
+    if h2 {
+        cmd.arg("--http2-prior-knowledge");
+    }
+    let out = cmd.args(args).arg(url).output().expect("run curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head)
+}
+
+fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// The first request of each `x-key` fails with `status`; later ones pass.
+fn first_fails(status: u16) -> Script {
+    Arc::new(move |req: &Seen, all: &[Seen]| {
+        let before = all.iter().filter(|s| s.key == req.key).count();
+        Reply::status(if before == 1 { status } else { 200 })
+    })
+}
+
+fn always(status: u16) -> Script {
+    Arc::new(move |_: &Seen, _: &[Seen]| Reply::status(status))
+}
+
+fn attempts_seen(up: &ScriptedUpstream, key: &str) -> Vec<String> {
+    up.seen_with(key)
+        .into_iter()
+        .map(|s| s.attempt.unwrap_or_default())
+        .collect()
+}
+
+/// A 503 then a 200: the client sees the 200 and that it took two attempts, the
+/// upstream sees attempts 1 and 2, for every client and upstream protocol pair.
+#[test]
+fn an_answer_503_then_200_is_retried_on_every_protocol_pair() {
+    for upstream_h2 in [false, true] {
+        let up = ScriptedUpstream::start(upstream_h2, first_fails(503));
+        let (admin, listen) = (free_addr(), free_addr());
+        let protocol = if upstream_h2 {
+            "protocol = \"http2\""
+        } else {
+            ""
+        };
+        let weft = Weft::start(
+            "ingress",
+            &config(
+                admin,
+                listen,
+                &[up.addr],
+                "retry = { retry_on = [\"gateway-error\"], num_retries = 2 }",
+                protocol,
+            ),
+            admin,
+        );
+        for client_h2 in [false, true] {
+            let key = format!("k-{upstream_h2}-{client_h2}");
+            let (status, head) = curl(
+                client_h2,
+                &format!("http://{listen}/x"),
+                &["-H", &format!("x-key: {key}")],
+            );
+            let pair = format!("client h2 {client_h2}, upstream h2 {upstream_h2}");
+            assert_eq!(status, 200, "{pair}: {head}");
+            assert_eq!(
+                header(&head, "x-weft-attempt-count"),
+                Some("2"),
+                "{pair}: {head}"
+            );
+            assert_eq!(attempts_seen(&up, &key), ["1", "2"], "{pair}");
+        }
+        assert_eq!(
+            weft.metric(&["weft_cluster_upstream_rq_retry_total", "cluster=\"api\""]),
+            2.0
+        );
+        assert_eq!(
+            weft.metric_settled(
+                &[
+                    "weft_cluster_upstream_rq_retry_success_total",
+                    "cluster=\"api\""
+                ],
+                2.0
+            ),
+            2.0
+        );
+    }
+}
+
+/// A POST whose first endpoint refuses the connection goes to the next one with the
+/// same 1 KiB body (checksummed where it arrives); the application never saw the
+/// first attempt, so the method does not matter.
+#[test]
+fn a_post_whose_connect_fails_is_sent_again_with_its_body() {
+    let up = ScriptedUpstream::start(false, always(200));
+    let dead = free_addr();
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start(
+        "ingress",
+        &config(
+            admin,
+            listen,
+            &[dead, up.addr],
+            "retry = { retry_on = [\"connect-failure\"] }",
+            "",
+        ),
+        admin,
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let body: Vec<u8> = (0..1024).map(|_| fastrand::u8(..)).collect();
+    let file = dir.path().join("body");
+    std::fs::write(&file, &body).expect("body");
+    let data = format!("@{}", file.display());
+    let mut second = 0;
+    for client_h2 in [false, true] {
+        for i in 0..6 {
+            let key = format!("post-{client_h2}-{i}");
+            let (status, head) = curl(
+                client_h2,
+                &format!("http://{listen}/upload"),
+                &["-H", &format!("x-key: {key}"), "--data-binary", &data],
+            );
+            assert_eq!(status, 200, "{head}");
+            let seen = up.seen_with(&key);
+            assert_eq!(seen.len(), 1, "{key}");
+            assert_eq!(seen[0].method, "POST");
+            assert_eq!(seen[0].body_sha256, sha256_hex(&body), "{key}");
+            if seen[0].attempt.as_deref() == Some("2") {
+                second += 1;
+            }
+        }
+    }
+    // Round robin over the two: about half went to the dead one first.
+    assert!(second >= 3, "{second} of 12 were retried");
+    assert_eq!(
+        weft.metric(&["weft_cluster_upstream_rq_retry_total", "cluster=\"api\""]),
+        f64::from(second)
+    );
+}
+
+/// A body past `max_buffered_bytes` (64 KiB by default) is not kept: its 503 stands
+/// and is counted; a 1 KiB one is sent again whole.
+#[test]
+fn bodies_past_max_buffered_bytes_are_not_retried_and_counted() {
+    let up = ScriptedUpstream::start(false, always(503));
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start(
+        "ingress",
+        &config(
+            admin,
+            listen,
+            &[up.addr],
+            "retry = { retry_on = [\"5xx\"], retry_non_idempotent = true }",
+            "",
+        ),
+        admin,
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    for client_h2 in [false, true] {
+        for (size, attempts) in [(100 * 1024, 1), (1024, 2)] {
+            let body: Vec<u8> = (0..size).map(|_| fastrand::u8(..)).collect();
+            let file = dir.path().join(format!("body-{size}"));
+            std::fs::write(&file, &body).expect("body");
+            let key = format!("big-{client_h2}-{size}");
+            let (status, head) = curl(
+                client_h2,
+                &format!("http://{listen}/upload"),
+                &[
+                    "-H",
+                    &format!("x-key: {key}"),
+                    "--data-binary",
+                    &format!("@{}", file.display()),
+                ],
+            );
+            assert_eq!(status, 503, "{head}");
+            let seen = up.seen_with(&key);
+            assert_eq!(seen.len(), attempts, "{key}");
+            assert!(seen.iter().all(|s| s.body_sha256 == sha256_hex(&body)));
+        }
+    }
+    assert_eq!(
+        weft.metric(&[
+            "weft_retry_abandoned_total",
+            "cluster=\"api\"",
+            "reason=\"body_too_large\""
+        ]),
+        2.0
+    );
+}
+
+/// With three retries, the gaps between attempts fall in Envoy's jittered bounds:
+/// [0, 25), [0, 75) and [0, 175) ms (plus what an attempt itself takes here), and the
+/// third averages about half its bound.
+#[test]
+fn backoff_gaps_fall_within_their_jitter_bounds() {
+    let up = ScriptedUpstream::start(false, always(503));
+    let (admin, listen) = (free_addr(), free_addr());
+    let _weft = Weft::start(
+        "ingress",
+        &config(
+            admin,
+            listen,
+            &[up.addr],
+            "retry = { retry_on = [\"5xx\"], num_retries = 3 }",
+            "",
+        ),
+        admin,
+    );
+    let runs = 30;
+    let mut third = Vec::new();
+    // What an attempt itself may take on a loaded 2-core machine, besides its wait.
+    let slack = Duration::from_millis(30);
+    for i in 0..runs {
+        let key = format!("gap-{i}");
+        let (status, _) = curl(i % 2 == 1, &format!("http://{listen}/g"), &["-H", &format!("x-key: {key}")]);
+        assert_eq!(status, 503);
+        let seen = up.seen_with(&key);
+        assert_eq!(seen.len(), 4, "{key}");
+        for (n, bound) in [(1, 25), (2, 75), (3, 175)] {
+            let gap = seen[n].at - seen[n - 1].at;
+            assert!(
+                gap < Duration::from_millis(bound) + slack,
+                "{key}: retry {n} waited {gap:?}"
+            );
+        }
+        third.push((seen[3].at - seen[2].at).as_secs_f64() * 1000.0);
+    }
+    let mean = third.iter().sum::<f64>() / third.len() as f64;
+    // Uniform on [0, 175): mean 87.5, its standard error over 30 runs about 9 ms.
+    assert!((45.0..135.0).contains(&mean), "third gaps average {mean:.1} ms");
+}
+
+/// A ratio budget of 20% with no free retries: when every first attempt fails,
+/// about one in five is retried and the rest are counted as overflow.
+#[test]
+fn a_ratio_budget_holds_retries_to_a_fifth_of_requests() {
+    let up = ScriptedUpstream::start(false, always(503));
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start(
+        "ingress",
+        &config(
+            admin,
+            listen,
+            &[up.addr],
+            "retry = { retry_on = [\"5xx\"] }",
+            "[clusters.api.retry_budget]\nkind = \"ratio\"\nratio = 0.2\nmin_per_sec = 0",
+        ),
+        admin,
+    );
+    let requests = 500;
+    let url = format!("http://{listen}/b");
+    // Four connections, so both workers take part.
+    let batches: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let urls: Vec<String> = (0..requests / 4).map(|_| url.clone()).collect();
+                let out = Command::new("curl")
+                    .args(["-s", "-o", "/dev/null", "-w", "%{http_code}\n"])
+                    .args(&urls)
+                    .output()
+                    .expect("curl");
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| *l == "503")
+                    .count()
+            })
+        })
+        .collect();
+    let failed: usize = batches.into_iter().map(|b| b.join().expect("batch")).sum();
+    assert_eq!(failed, requests);
+    let retried = weft.metric(&["weft_cluster_upstream_rq_retry_total", "cluster=\"api\""]);
+    let overflow = weft.metric(&[
+        "weft_cluster_upstream_rq_retry_overflow_total",
+        "cluster=\"api\"",
+    ]);
+    assert!((95.0..=105.0).contains(&retried), "{retried} retries");
+    assert_eq!(retried + overflow, requests as f64);
+    assert_eq!(up.seen().len() as f64, requests as f64 + retried);
+}
+
+/// A per-try timeout of 200 ms within a route timeout of 1 s moves a request that
+/// reached a slow endpoint to the other one, in time.
+#[test]
+fn a_per_try_timeout_moves_a_slow_request_to_another_endpoint() {
+    let slow = ScriptedUpstream::start(
+        false,
+        Arc::new(|_: &Seen, _: &[Seen]| Reply {
+            delay: Duration::from_secs(2),
+            ..Reply::status(200)
+        }),
+    );
+    let fast = ScriptedUpstream::start(false, always(200));
+    let (admin, listen) = (free_addr(), free_addr());
+    let _weft = Weft::start(
+        "ingress",
+        &config(
+            admin,
+            listen,
+            &[slow.addr, fast.addr],
+            "timeout = \"1s\"\nretry = { retry_on = [\"reset\"], per_try_timeout = \"200ms\" }",
+            "",
+        ),
+        admin,
+    );
+    let mut moved = 0;
+    for i in 0..6 {
+        let key = format!("slow-{i}");
+        let started = Instant::now();
+        let (status, head) = curl(i % 2 == 0, &format!("http://{listen}/s"), &["-H", &format!("x-key: {key}")]);
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{head}");
+        assert!(took < Duration::from_secs(1), "{key} took {took:?}");
+        if header(&head, "x-weft-attempt-count") == Some("2") {
+            moved += 1;
+            assert_eq!(slow.seen_with(&key).len(), 1);
+        }
+        assert_eq!(fast.seen_with(&key).len(), 1);
+    }
+    assert!(moved >= 2, "{moved} of 6 moved");
+}
+
+/// gRPC: a Trailers-Only UNAVAILABLE is retried (on the other endpoint); an
+/// UNAVAILABLE in trailers after a message is the application's answer, never retried.
+#[test]
+fn grpc_unavailable_is_retried_only_from_a_trailers_only_answer() {
+    use weft_tests::grpc::{client, GrpcUpstream, RawCodec};
+    let good = GrpcUpstream::start();
+    let bad = GrpcUpstream::start();
+    bad.failing.store(true, Ordering::SeqCst);
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start(
+        "ingress",
+        &config(
+            admin,
+            listen,
+            &[good.addr, bad.addr],
+            "retry = { retry_grpc_on = [\"unavailable\"] }",
+            "protocol = \"http2\"",
+        ),
+        admin,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (unary, streamed) = rt.block_on(async {
+        let mut grpc = client(listen).await;
+        let mut unary = Vec::new();
+        for _ in 0..10 {
+            grpc.ready().await.expect("ready");
+            let path = http::uri::PathAndQuery::from_static("/test.Echo/Unary");
+            let request = tonic::Request::new(bytes::Bytes::from_static(b"hi"));
+            unary.push(match grpc.unary(request, path, RawCodec).await {
+                Ok(_) => tonic::Code::Ok,
+                Err(s) => s.code(),
+            });
+        }
+        let mut streamed = Vec::new();
+        for _ in 0..10 {
+            grpc.ready().await.expect("ready");
+            let path = http::uri::PathAndQuery::from_static("/test.Echo/Repeat");
+            let request = tonic::Request::new(bytes::Bytes::from_static(b"2"));
+            let mut code = tonic::Code::Ok;
+            match grpc.server_streaming(request, path, RawCodec).await {
+                Err(s) => code = s.code(),
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(_)) => {}
+                            Ok(None) => break,
+                            Err(s) => {
+                                code = s.code();
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            streamed.push(code);
+        }
+        (unary, streamed)
+    });
+    assert!(unary.iter().all(|c| *c == tonic::Code::Ok), "{unary:?}");
+    let retried = weft.metric(&["weft_cluster_upstream_rq_retry_total", "cluster=\"api\""]);
+    assert!(retried >= 3.0, "{retried} unary calls retried");
+    let failed = streamed
+        .iter()
+        .filter(|c| **c == tonic::Code::Unavailable)
+        .count();
+    assert!(failed >= 3, "{streamed:?}");
+    assert_eq!(
+        weft.metric(&["weft_cluster_upstream_rq_retry_total", "cluster=\"api\""]),
+        retried,
+        "a status after data is never retried"
+    );
+}
