@@ -178,6 +178,9 @@ fn summary(s: &Snapshot) -> String {
                 RouteAction::Redirect(r) => format!("redirect {}", r.status),
             };
             out += &format!("    route {}: {action}\n", r.name);
+            if let Some(retry) = &r.retry {
+                out += &format!("      {retry}\n");
+            }
         }
     }
     for c in &s.clusters {
@@ -253,6 +256,12 @@ fn summary(s: &Snapshot) -> String {
             "    circuit breakers: max_connections {}, max_pending_requests {}, max_requests {}, max_retries {}\n",
             b.max_connections, b.max_pending_requests, b.max_requests, b.max_retries
         );
+        if let Some(retry) = &c.retry {
+            out += &format!("    routes without their own: {retry}\n");
+        }
+        if let Some(budget) = &c.retry_budget {
+            out += &format!("    {budget} (in place of max_retries)\n");
+        }
     }
     let trust = &s.trusted_proxies;
     if trust.hops == 0 && trust.sources.is_empty() {

@@ -100,11 +100,12 @@ fn breakers(out: &mut String, snapshot: &Snapshot) {
     }
 }
 
-/// What retries did, by cluster (Envoy's `upstream_rq_retry*`), and the requests that
-/// could not be retried because their body was past `max_buffered_bytes`.
+/// What retries did, by cluster (Envoy's `upstream_rq_retry*`; `_overflow_total` is
+/// counted from the completion records), and the requests that could not be retried
+/// because their body was past `max_buffered_bytes`.
 fn retries(out: &mut String, snapshot: &Snapshot) {
     type Read = fn(&Cluster) -> u64;
-    let families: [(&str, &str, Read); 6] = [
+    let families: [(&str, &str, Read); 5] = [
         (
             "weft_cluster_upstream_rq_retry_total",
             "Attempts made again (by a retry policy, or after a dead pooled connection or a refused stream), by cluster.",
@@ -119,11 +120,6 @@ fn retries(out: &mut String, snapshot: &Snapshot) {
             "weft_cluster_upstream_rq_retry_limit_exceeded_total",
             "Failed attempts not retried because num_retries were used up, by cluster.",
             |c| c.shared.retry.limit_exceeded.load(Relaxed),
-        ),
-        (
-            "weft_cluster_upstream_rq_retry_overflow_total",
-            "Retries not sent because the cluster's retry budget (or max_retries) was used up, by cluster.",
-            |c| c.shared.retry.overflow.load(Relaxed),
         ),
         (
             "weft_cluster_upstream_rq_retry_backoff_exponential_total",

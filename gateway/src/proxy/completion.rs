@@ -252,6 +252,10 @@ impl<'x, 'r> Completion<'x, 'r> {
         if let (Some(cluster), Some(endpoint)) = (self.cluster, self.endpoint) {
             self.count_endpoint(cluster, endpoint);
         }
+        // A retry not sent: the failed attempt's answer (or error) stood.
+        if let (true, Some(cluster)) = (self.retry_overflow, self.cluster) {
+            self.count_cluster(Family::RetryOverflows, cluster);
+        }
         let (Some(error), Some(cluster)) = (self.error, self.cluster) else {
             return;
         };
@@ -262,9 +266,6 @@ impl<'x, 'r> Completion<'x, 'r> {
             // Envoy's `upstream_rq_pending_overflow` counts both.
             ProxyError::Overflow(_) => self.count_cluster(Family::RequestOverflows, cluster),
             _ => {}
-        }
-        if self.retry_overflow {
-            self.count_cluster(Family::RetryOverflows, cluster);
         }
         if let Some(reason) = error.connect_label() {
             self.count_upstream(Family::UpstreamConnectErrors, cluster, "reason", reason);

@@ -273,7 +273,7 @@ impl<'p> Retries<'p> {
             return None;
         }
         if !self.admit(x) {
-            count(&counters.overflow);
+            // Counted by the completion record (`_retry_overflow_total`).
             progress.retry_overflow.set(true);
             return None;
         }

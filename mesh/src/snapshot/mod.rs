@@ -126,8 +126,6 @@ pub struct RetryCounters {
     pub success: AtomicU64,
     /// Failed attempts that would have been retried but had used all `num_retries`.
     pub limit_exceeded: AtomicU64,
-    /// Retries not sent: the cluster's budget (or `max_retries`) was used up.
-    pub overflow: AtomicU64,
     /// Retries that waited the exponential backoff, or a `Retry-After`.
     pub backoff_exponential: AtomicU64,
     pub backoff_ratelimited: AtomicU64,

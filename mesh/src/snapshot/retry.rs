@@ -143,6 +143,62 @@ impl RetryPolicy {
     }
 }
 
+/// What `weft check` prints of a policy, in the config's own spellings.
+impl std::fmt::Display for RetryPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut on: Vec<String> = on::NAMES
+            .iter()
+            .filter(|(_, bit)| self.on & bit != 0)
+            .map(|(name, _)| (*name).to_owned())
+            .collect();
+        if !self.statuses.is_empty() {
+            on.push(format!("{:?}", self.statuses));
+        }
+        on.extend(
+            GRPC_NAMES
+                .iter()
+                .filter(|(_, code)| self.grpc_on & (1 << code) != 0)
+                .map(|(name, _)| format!("grpc {name}")),
+        );
+        write!(
+            f,
+            "retry on {} up to {} time(s), backoff {:?}..{:?}, Retry-After up to {:?}, bodies kept up to {} bytes",
+            on.join(", "),
+            self.num_retries,
+            self.backoff_base,
+            self.backoff_max,
+            self.retry_after_max,
+            self.max_buffered_bytes
+        )?;
+        if let Some(t) = self.per_try_timeout {
+            write!(f, ", per try {t:?}")?;
+        }
+        if self.retry_non_idempotent {
+            write!(f, ", any method")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for RetryBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RetryBudget::Concurrency { percent, min } => write!(
+                f,
+                "retry budget: concurrency, {percent}% of requests in flight (at least {min})"
+            ),
+            RetryBudget::Ratio {
+                ratio,
+                min_per_sec,
+                ttl,
+            } => write!(
+                f,
+                "retry budget: ratio, {ratio} per request plus {min_per_sec}/s over {ttl:?}"
+            ),
+        }
+    }
+}
+
 /// A cluster's retry budget, compiled.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RetryBudget {
@@ -203,7 +259,7 @@ pub fn compile_policy(
             ),
         }
     }
-    if bits == 0 && grpc_on == 0 {
+    if c.retry_on.is_empty() && c.retry_grpc_on.is_empty() {
         error(
             path.to_owned(),
             "names no condition: set retry_on (e.g. [\"connect-failure\", \"gateway-error\"]) or retry_grpc_on".into(),
