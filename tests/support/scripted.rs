@@ -121,7 +121,10 @@ async fn handle(
             .get(name)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     };
-    let (key, attempt) = (header("x-key").unwrap_or_default(), header("x-weft-attempt-count"));
+    let (key, attempt) = (
+        header("x-key").unwrap_or_default(),
+        header("x-weft-attempt-count"),
+    );
     let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
     let body = req
         .into_body()
@@ -147,10 +150,7 @@ async fn handle(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let mut response = Response::new(Full::new(Bytes::from(format!(
-        "status {}\n",
-        reply.status
-    ))));
+    let mut response = Response::new(Full::new(Bytes::from(format!("status {}\n", reply.status))));
     *response.status_mut() =
         hyper::StatusCode::from_u16(reply.status).unwrap_or(hyper::StatusCode::OK);
     for (name, value) in reply.headers {

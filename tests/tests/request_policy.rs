@@ -253,7 +253,11 @@ fn backoff_gaps_fall_within_their_jitter_bounds() {
     let slack = Duration::from_millis(30);
     for i in 0..runs {
         let key = format!("gap-{i}");
-        let (status, _) = curl(i % 2 == 1, &format!("http://{listen}/g"), &["-H", &format!("x-key: {key}")]);
+        let (status, _) = curl(
+            i % 2 == 1,
+            &format!("http://{listen}/g"),
+            &["-H", &format!("x-key: {key}")],
+        );
         assert_eq!(status, 503);
         let seen = up.seen_with(&key);
         assert_eq!(seen.len(), 4, "{key}");
@@ -268,7 +272,10 @@ fn backoff_gaps_fall_within_their_jitter_bounds() {
     }
     let mean = third.iter().sum::<f64>() / third.len() as f64;
     // Uniform on [0, 175): mean 87.5, its standard error over 30 runs about 9 ms.
-    assert!((45.0..135.0).contains(&mean), "third gaps average {mean:.1} ms");
+    assert!(
+        (45.0..135.0).contains(&mean),
+        "third gaps average {mean:.1} ms"
+    );
 }
 
 /// A ratio budget of 20% with no free retries: when every first attempt fails,
@@ -348,7 +355,11 @@ fn a_per_try_timeout_moves_a_slow_request_to_another_endpoint() {
     for i in 0..6 {
         let key = format!("slow-{i}");
         let started = Instant::now();
-        let (status, head) = curl(i % 2 == 0, &format!("http://{listen}/s"), &["-H", &format!("x-key: {key}")]);
+        let (status, head) = curl(
+            i % 2 == 0,
+            &format!("http://{listen}/s"),
+            &["-H", &format!("x-key: {key}")],
+        );
         let took = started.elapsed();
         assert_eq!(status, 200, "{head}");
         assert!(took < Duration::from_secs(1), "{key} took {took:?}");
@@ -436,4 +447,85 @@ fn grpc_unavailable_is_retried_only_from_a_trailers_only_answer() {
         retried,
         "a status after data is never retried"
     );
+}
+
+/// Killing one of three gRPC endpoints under steady load from tonic clients, with
+/// gRPC health checks and a retry policy: not one call fails.
+#[test]
+fn killing_one_of_three_grpc_endpoints_with_retries_loses_no_call() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Mutex;
+    use weft_tests::grpc::{client, GrpcUpstream, RawCodec};
+    let mut ups: Vec<Option<GrpcUpstream>> = (0..3).map(|_| Some(GrpcUpstream::start())).collect();
+    let addrs: Vec<_> = ups.iter().flatten().map(|u| u.addr).collect();
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start(
+        "ingress",
+        &config(
+            admin,
+            listen,
+            &addrs,
+            "",
+            "protocol = \"http2\"\n\
+             [clusters.api.health_check]\nkind = \"grpc\"\ninterval = \"500ms\"\ntimeout = \"250ms\"\nunhealthy_threshold = 1\n\
+             [clusters.api.retry]\nretry_on = [\"connect-failure\", \"reset\", \"refused-stream\"]\n\
+             retry_grpc_on = [\"unavailable\"]\nnum_retries = 2\n\
+             [clusters.api.circuit_breakers]\nmax_retries = 32",
+        ),
+        admin,
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (failures, answered, stop) = (failures.clone(), answered.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let tasks: Vec<_> = (0..3)
+                    .map(|_| {
+                        let (failures, answered, stop) =
+                            (failures.clone(), answered.clone(), stop.clone());
+                        tokio::spawn(async move {
+                            let mut grpc = client(listen).await;
+                            while !stop.load(Ordering::SeqCst) {
+                                grpc.ready().await.expect("ready");
+                                let path = http::uri::PathAndQuery::from_static("/test.Echo/Unary");
+                                let request = tonic::Request::new(bytes::Bytes::from_static(b"hi"));
+                                if let Err(s) = grpc.unary(request, path, RawCodec).await {
+                                    failures.lock().expect("failures").push(format!("{s:?}"));
+                                }
+                                answered.fetch_add(1, Ordering::SeqCst);
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    let _ = t.await;
+                }
+            });
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    let before = answered.load(Ordering::SeqCst);
+    ups[0] = None;
+    std::thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::SeqCst);
+    load.join().expect("load");
+    let after = answered.load(Ordering::SeqCst) - before;
+    assert!(after > 200, "too little load to judge: {after} calls");
+    let failures = failures.lock().expect("failures").clone();
+    let retried = weft.metric(&["weft_cluster_upstream_rq_retry_total", "cluster=\"api\""]);
+    assert!(
+        failures.is_empty(),
+        "{} of {after} calls failed after the kill ({retried} retries): {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    // The kill did cut calls off: they were made again.
+    assert!(retried >= 1.0, "no call was retried");
 }

@@ -115,7 +115,10 @@ pub enum ProxyError {
     PerTryTimeout,
     /// An answer the retry policy sends again: never shown to the client (the retry was
     /// decided, and its budget taken, before the relay returned this).
-    RetriedAnswer { status: u16, grpc: Option<u16> },
+    RetriedAnswer {
+        status: u16,
+        grpc: Option<u16>,
+    },
     /// A retry found the request body it needed not kept (an invariant of
     /// `retry::Retries`: never expected).
     BodyNotKept,
@@ -345,7 +348,10 @@ impl ProxyError {
         match self {
             StaleConnection => Retry::IfReused,
             RefusedStream | StreamNotProcessed => Retry::IfUnsent,
-            ConnectFailed(_) | ConnectTimeout | UpstreamTls | UpstreamHandshake
+            ConnectFailed(_)
+            | ConnectTimeout
+            | UpstreamTls
+            | UpstreamHandshake
             | UpstreamConnectionFailed => Retry::Policy(Failure::ConnectFailure),
             // Before the response head (after it, the response has begun and nothing
             // is retried): the upstream gave no answer.

@@ -39,9 +39,9 @@ use weft_mesh::snapshot::{DirectResponse, Forward, HeaderEdits, RequestFacts, Ro
 use super::affinity::{affinity, Affinity};
 use super::completion::{Completion, Decided, Progress};
 use super::error::{Breaker, ProxyError, Retry};
-use super::retry::{HeadWait, Retries};
 use super::exchange::Exchange;
 use super::facts::{is_valid_authority, PathOutcome, Request};
+use super::retry::{HeadWait, Retries};
 use super::rewrite::ResponseEdits;
 use super::{grpc, local};
 use crate::observe::metrics::Family;
@@ -139,7 +139,10 @@ impl Plan<'_> {
         let key = self.affinity.as_ref().and_then(|a| a.key)?;
         match self.retry.as_ref().map_or(0, |r| r.retried()) {
             0 => Some(key),
-            n => Some(weft_mesh::snapshot::hashing::combine(Some(key), u64::from(n))),
+            n => Some(weft_mesh::snapshot::hashing::combine(
+                Some(key),
+                u64::from(n),
+            )),
         }
     }
 
@@ -377,6 +380,9 @@ async fn attempts<C: ClientSide>(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Duration::ZERO
         } else {
+            // One retry in flight per request: the fresh connection's permit goes
+            // back before the policy asks for its own.
+            _retrying = None;
             match policy_retry(x, plan, progress, e) {
                 Some(wait) => wait,
                 None => return Err(e),
@@ -404,7 +410,10 @@ fn policy_retry(
     match e.retry() {
         Retry::Policy(failure) => r.error(x, progress, failure),
         Retry::IfUnsent => r.error(x, progress, Failure::RefusedStream),
-        Retry::IfReused | Retry::Never => None,
+        // A fresh connection (or the retry of a dead pooled one) that closed without
+        // an answer: a reset, as the policy sees it.
+        Retry::IfReused => r.error(x, progress, Failure::Reset),
+        Retry::Never => None,
     }
 }
 
@@ -504,15 +513,19 @@ fn plan<'p>(
         } else {
             None
         },
-        retry: route.retry.as_ref().or(cluster.retry.as_ref()).map(|policy| {
-            Box::new(Retries::new(
-                policy,
-                cluster,
-                request.method(),
-                request.is_grpc(),
-                call_deadline,
-            ))
-        }),
+        retry: route
+            .retry
+            .as_ref()
+            .or(cluster.retry.as_ref())
+            .map(|policy| {
+                Box::new(Retries::new(
+                    policy,
+                    cluster,
+                    request.method(),
+                    request.is_grpc(),
+                    call_deadline,
+                ))
+            }),
     })
 }
 

@@ -43,8 +43,8 @@ impl RatioBudget {
 
     /// Moves the window to `now`, clearing the slices that lapsed.
     fn advance(&mut self, now: Instant) {
-        let mut passed = now.saturating_duration_since(self.started).as_nanos()
-            / self.slice.as_nanos().max(1);
+        let mut passed =
+            now.saturating_duration_since(self.started).as_nanos() / self.slice.as_nanos().max(1);
         if passed == 0 {
             return;
         }
@@ -71,10 +71,9 @@ impl RatioBudget {
     /// Takes one retry out, if the account has one.
     pub fn withdraw(&mut self, now: Instant) -> bool {
         self.advance(now);
-        let (requests, retries) = self
-            .slices
-            .iter()
-            .fold((0u64, 0u64), |(a, b), (r, t)| (a + *r as u64, b + *t as u64));
+        let (requests, retries) = self.slices.iter().fold((0u64, 0u64), |(a, b), (r, t)| {
+            (a + *r as u64, b + *t as u64)
+        });
         let balance = self.reserve + self.ratio * requests as f64 - retries as f64;
         if balance < 1.0 {
             return false;

@@ -1134,9 +1134,11 @@ fn compile_cluster(
             .map(|o| Arc::new(compile_outlier_detection(o, path, d))),
         hash_table,
         retry: c.retry.as_ref().map(|r| {
-            Arc::new(retry::compile_policy(r, &format!("{path}.retry"), &mut |k, p| {
-                d.error(k, p)
-            }))
+            Arc::new(retry::compile_policy(
+                r,
+                &format!("{path}.retry"),
+                &mut |k, p| d.error(k, p),
+            ))
         }),
         retry_budget: c.retry_budget.as_ref().map(|b| {
             retry::compile_budget(b, &format!("{path}.retry_budget"), &mut |k, p| {
@@ -1634,11 +1636,16 @@ fn compile_route(
         upgrades,
         retry: r.retry.as_ref().map(|c| {
             if r.cluster.is_none() && r.split.is_none() {
-                d.error(format!("{path}.retry"), "only applies to routes that forward");
+                d.error(
+                    format!("{path}.retry"),
+                    "only applies to routes that forward",
+                );
             }
-            Arc::new(retry::compile_policy(c, &format!("{path}.retry"), &mut |k, p| {
-                d.error(k, p)
-            }))
+            Arc::new(retry::compile_policy(
+                c,
+                &format!("{path}.retry"),
+                &mut |k, p| d.error(k, p),
+            ))
         }),
     }
 }

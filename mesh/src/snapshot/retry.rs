@@ -292,10 +292,16 @@ pub fn compile_policy(
         );
     }
     if c.per_try_timeout.is_some_and(|t| t.0.is_zero()) {
-        error(format!("{path}.per_try_timeout"), "must be greater than 0".into());
+        error(
+            format!("{path}.per_try_timeout"),
+            "must be greater than 0".into(),
+        );
     }
     if c.backoff.base.0.is_zero() {
-        error(format!("{path}.backoff.base"), "must be greater than 0".into());
+        error(
+            format!("{path}.backoff.base"),
+            "must be greater than 0".into(),
+        );
     }
     if c.backoff.max.0 < c.backoff.base.0 {
         error(
@@ -334,7 +340,10 @@ pub fn compile_budget(
     match c.kind {
         RetryBudgetKind::Concurrency => {
             if !(0.0..=100.0).contains(&c.percent) {
-                error(format!("{path}.percent"), "is a percentage: 0 to 100".into());
+                error(
+                    format!("{path}.percent"),
+                    "is a percentage: 0 to 100".into(),
+                );
             }
             RetryBudget::Concurrency {
                 percent: c.percent.clamp(0.0, 100.0),
@@ -354,7 +363,10 @@ pub fn compile_budget(
             RetryBudget::Ratio {
                 ratio: c.ratio.clamp(0.0, 1000.0),
                 min_per_sec: c.min_per_sec,
-                ttl: c.ttl.0.clamp(Duration::from_secs(1), Duration::from_secs(60)),
+                ttl: c
+                    .ttl
+                    .0
+                    .clamp(Duration::from_secs(1), Duration::from_secs(60)),
             }
         }
     }

@@ -79,7 +79,13 @@ pub async fn relay<S: ClientStream>(
             return Err(ProxyError::SwitchWithoutUpgrade);
         }
         let framing = rewrite::client_framing(head, &response, false);
-        let out = rewrite::response_head(head, &response, plan.response_edits(progress), framing, true);
+        let out = rewrite::response_head(
+            head,
+            &response,
+            plan.response_edits(progress),
+            framing,
+            true,
+        );
         progress.began(101);
         return if write_to_client(x, client, out).await {
             Ok(Next::Tunnel(up.conn))
@@ -90,7 +96,13 @@ pub async fn relay<S: ClientStream>(
 
     // A drain that began while the upstream worked still closes this connection.
     let framing = rewrite::client_framing(head, &response, keep_alive && !x.closing());
-    let mut out = rewrite::response_head(head, &response, plan.response_edits(progress), framing, false);
+    let mut out = rewrite::response_head(
+        head,
+        &response,
+        plan.response_edits(progress),
+        framing,
+        false,
+    );
     // Small bodies that arrived with the head go out in the same write.
     let body_done = match response.framing {
         BodyFraming::None => true,

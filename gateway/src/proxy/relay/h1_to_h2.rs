@@ -169,8 +169,12 @@ pub async fn relay<S: ClientStream>(
         close: !keep || (unframed && head.version == Version::H10),
         length: declared.filter(|_| status != 204),
     };
-    let out =
-        rewrite::h1_response_head_from_h2(&parts, plan.response_edits(progress), framing, head.version);
+    let out = rewrite::h1_response_head_from_h2(
+        &parts,
+        plan.response_edits(progress),
+        framing,
+        head.version,
+    );
     progress.began(status);
     if !write_to_client(x, client, out).await {
         return Err(ProxyError::ClientGone);

@@ -19,7 +19,6 @@ use super::{
     client_info, client_pace, client_send_failed, connect_h1, idempotent, retry_after,
     MAX_INTERIM_RESPONSES,
 };
-use crate::proxy::retry::HeadWait;
 use crate::proto::h1::chunked::{encode_chunk, last_chunk, ChunkedParser};
 use crate::proto::h1::head::{parse_response, BodyFraming, Head, ResponseHead};
 use crate::proxy::completion::Progress;
@@ -28,6 +27,7 @@ use crate::proxy::exchange::Exchange;
 use crate::proxy::facts::H2Facts;
 use crate::proxy::flow::{send_all, within, Pace};
 use crate::proxy::lifecycle::Plan;
+use crate::proxy::retry::HeadWait;
 use crate::proxy::rewrite::{self, ResponseEdits};
 use crate::transport::ReadError;
 use crate::upstream::Upstream;

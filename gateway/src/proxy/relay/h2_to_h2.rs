@@ -24,13 +24,13 @@ use h2::{Reason, RecvStream, SendStream};
 use http::Response;
 
 use super::{client_info, client_pace, client_send_failed, open_h2, upstream_stream_failed};
-use crate::proxy::retry::HeadWait;
 use crate::proxy::completion::Progress;
 use crate::proxy::error::ProxyError;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::facts::H2Facts;
 use crate::proxy::flow::{send_all, within, Pace};
 use crate::proxy::lifecycle::Plan;
+use crate::proxy::retry::HeadWait;
 use crate::proxy::rewrite;
 use crate::upstream::GoAwayWatch;
 
@@ -106,18 +106,20 @@ pub async fn relay(
     let pump = pin!(async {
         match replay {
             // Boxed: only retries pay for it in the stream task.
-            true => Box::pin(async {
-                let kept = plan.replayed_body(progress).ok().flatten();
-                let mut upstream = upstream_body;
-                match kept {
-                    Some(kept) => send_all(&mut upstream, kept, true, &up_pace)
-                        .await
-                        .map_err(|_| PumpEnd::Upstream),
-                    // Never: a retry is decided only with the body kept.
-                    None => Err(PumpEnd::Upstream),
-                }
-            })
-            .await,
+            true => {
+                Box::pin(async {
+                    let kept = plan.replayed_body(progress).ok().flatten();
+                    let mut upstream = upstream_body;
+                    match kept {
+                        Some(kept) => send_all(&mut upstream, kept, true, &up_pace)
+                            .await
+                            .map_err(|_| PumpEnd::Upstream),
+                        // Never: a retry is decided only with the body kept.
+                        None => Err(PumpEnd::Upstream),
+                    }
+                })
+                .await
+            }
             false => {
                 pump_request(
                     body,
