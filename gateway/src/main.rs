@@ -181,6 +181,9 @@ fn summary(s: &Snapshot) -> String {
             if let Some(retry) = &r.retry {
                 out += &format!("      {retry}\n");
             }
+            if let Some(fault) = &r.fault {
+                out += &format!("      {fault}\n");
+            }
         }
     }
     for c in &s.clusters {

@@ -529,3 +529,231 @@ fn killing_one_of_three_grpc_endpoints_with_retries_loses_no_call() {
     // The kill did cut calls off: they were made again.
     assert!(retried >= 1.0, "no call was retried");
 }
+
+/// `h2load` (HTTP/2, or `--h1`) against `url`: the responses by status class.
+fn h2load(url: &str, requests: usize, h1: bool, headers: &[&str]) -> [usize; 6] {
+    let mut cmd = Command::new("h2load");
+    cmd.args(["-n", &requests.to_string(), "-c", "4", "-m", "4"]);
+    if h1 {
+        cmd.arg("--h1");
+    }
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().expect("run h2load");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .unwrap_or_else(|| panic!("h2load said: {text}"));
+    // "status codes: 7000 2xx, 0 3xx, 0 4xx, 3000 5xx"
+    let mut classes = [0usize; 6];
+    for part in line.trim_start_matches("status codes:").split(',') {
+        let mut words = part.split_whitespace();
+        if let (Some(n), Some(class)) = (words.next(), words.next()) {
+            if let (Ok(n), Some(c)) = (n.parse::<usize>(), class.chars().next()) {
+                classes[c.to_digit(10).unwrap_or(0) as usize] = n;
+            }
+        }
+    }
+    classes
+}
+
+/// A route whose every request is aborted with 503: the upstream gets none, and
+/// `aborts_injected` counts them all, from both client protocols.
+#[test]
+fn a_full_abort_never_reaches_the_upstream() {
+    let up = ScriptedUpstream::start(false, always(200));
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start(
+        "ingress",
+        &config(
+            admin,
+            listen,
+            &[up.addr],
+            "name = \"faulty\"\nfault = { abort = { http_status = 503, percent = 100.0 } }",
+            "",
+        ),
+        admin,
+    );
+    let url = format!("http://{listen}/a");
+    let h2 = h2load(&url, 500, false, &[]);
+    let h1 = h2load(&url, 500, true, &[]);
+    assert_eq!((h2[5], h1[5]), (500, 500), "h2 {h2:?} h1 {h1:?}");
+    let (status, head) = curl(false, &url, &[]);
+    assert_eq!(status, 503);
+    assert_eq!(header(&head, "x-weft-error"), Some("fault injected"));
+    assert!(up.seen().is_empty(), "the upstream got {}", up.seen().len());
+    assert_eq!(
+        weft.metric_settled(
+            &["weft_route_fault_aborts_injected_total", "route=\"faulty\""],
+            1001.0
+        ),
+        1001.0
+    );
+}
+
+/// A 30% abort over 10,000 requests aborts 30% +- 1.5%.
+#[test]
+fn a_thirty_percent_abort_holds_its_share() {
+    let up = ScriptedUpstream::start(false, always(200));
+    let (admin, listen) = (free_addr(), free_addr());
+    let _weft = Weft::start(
+        "ingress",
+        &config(
+            admin,
+            listen,
+            &[up.addr],
+            "fault = { abort = { http_status = 503, percent = 30.0 } }",
+            "",
+        ),
+        admin,
+    );
+    let url = format!("http://{listen}/a");
+    let h2 = h2load(&url, 5000, false, &[]);
+    let h1 = h2load(&url, 5000, true, &[]);
+    let aborted = h2[5] + h1[5];
+    assert_eq!(h2[2] + h1[2] + aborted, 10_000);
+    assert!(
+        (2850..=3150).contains(&aborted),
+        "{aborted} of 10000 aborted"
+    );
+    assert_eq!(up.seen().len(), 10_000 - aborted);
+}
+
+/// A 100 ms delay on every request shows in the median; with `max_active_faults = 2`,
+/// five requests at once get two delays and three overflows.
+#[test]
+fn delays_show_in_the_median_and_stop_at_max_active_faults() {
+    let up = ScriptedUpstream::start(false, always(200));
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start(
+        "ingress",
+        &format!(
+            "{}\n[[listeners.routes]]\nname = \"few\"\nmatch = {{ path_prefix = \"/few\" }}\ncluster = \"api\"\n\
+             fault = {{ delay = {{ fixed = \"1s\", percent = 100.0 }}, max_active_faults = 2 }}\n",
+            config(
+                admin,
+                listen,
+                &[up.addr],
+                "fault = { delay = { fixed = \"100ms\", percent = 100.0 } }",
+                "",
+            )
+            .replace(
+                "[[listeners.routes]]\nmatch = { path_prefix = \"/\" }",
+                "[[listeners.routes]]\nname = \"slow\"\nmatch = { path_prefix = \"/slow\" }",
+            )
+        ),
+        admin,
+    );
+    let mut took: Vec<Duration> = (0..15)
+        .map(|i| {
+            let started = Instant::now();
+            let (status, _) = curl(i % 2 == 0, &format!("http://{listen}/slow"), &[]);
+            assert_eq!(status, 200);
+            started.elapsed()
+        })
+        .collect();
+    took.sort();
+    let median = took[took.len() / 2];
+    assert!(
+        median >= Duration::from_millis(100) && median < Duration::from_millis(180),
+        "median {median:?}"
+    );
+    let at_once: Vec<_> = (0..5)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let (status, _) = curl(i % 2 == 0, &format!("http://{listen}/few"), &[]);
+                (status, started.elapsed())
+            })
+        })
+        .collect();
+    let results: Vec<(u16, Duration)> = at_once
+        .into_iter()
+        .map(|t| t.join().expect("curl"))
+        .collect();
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    let delayed = results
+        .iter()
+        .filter(|(_, t)| *t >= Duration::from_millis(900))
+        .count();
+    assert_eq!(delayed, 2, "{results:?}");
+    assert_eq!(
+        weft.metric(&["weft_route_fault_overflow_total", "route=\"few\""]),
+        3.0
+    );
+    assert_eq!(
+        weft.metric(&["weft_route_fault_active", "route=\"few\""]),
+        0.0
+    );
+}
+
+/// A gRPC abort is a Trailers-Only answer with the configured status, which a tonic
+/// client reports as such.
+#[test]
+fn a_grpc_abort_reaches_tonic_as_its_status() {
+    use weft_tests::grpc::{client, GrpcUpstream, RawCodec};
+    let up = GrpcUpstream::start();
+    let (admin, listen) = (free_addr(), free_addr());
+    let _weft = Weft::start(
+        "ingress",
+        &config(
+            admin,
+            listen,
+            &[up.addr],
+            "fault = { abort = { grpc_status = 7, percent = 100.0 } }",
+            "protocol = \"http2\"",
+        ),
+        admin,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let code = rt.block_on(async {
+        let mut grpc = client(listen).await;
+        grpc.ready().await.expect("ready");
+        let path = http::uri::PathAndQuery::from_static("/test.Echo/Unary");
+        let request = tonic::Request::new(bytes::Bytes::from_static(b"hi"));
+        grpc.unary(request, path, RawCodec)
+            .await
+            .err()
+            .map(|s| s.code())
+    });
+    assert_eq!(code, Some(tonic::Code::PermissionDenied));
+}
+
+/// Header-controlled faults: only where the route allows them, and never more often
+/// than its configured percentage (50% here, though the header asks for 100%).
+#[test]
+fn header_controlled_aborts_are_capped_by_the_route() {
+    let up = ScriptedUpstream::start(false, always(200));
+    let (admin, listen) = (free_addr(), free_addr());
+    let base = config(
+        admin,
+        listen,
+        &[up.addr],
+        "fault = { abort = { percent = 50.0 }, allow_header_control = true }",
+        "",
+    )
+    .replace(
+        "[[listeners.routes]]\nmatch = { path_prefix = \"/\" }",
+        "[[listeners.routes]]\nmatch = { path_prefix = \"/test\" }",
+    );
+    let cfg = format!(
+        "{base}\n[[listeners.routes]]\nmatch = {{ path_prefix = \"/\" }}\ncluster = \"api\"\n\
+         fault = {{ abort = {{ http_status = 503, percent = 0.0 }} }}\n"
+    );
+    let _weft = Weft::start("ingress", &cfg, admin);
+    let ask = [
+        "x-weft-fault-abort-request: 418",
+        "x-weft-fault-abort-request-percentage: 100",
+    ];
+    let asked = h2load(&format!("http://{listen}/test"), 1000, false, &ask);
+    assert!((400..=600).contains(&asked[4]), "{asked:?}");
+    let not_asked = h2load(&format!("http://{listen}/test"), 200, true, &[]);
+    assert_eq!(not_asked[2], 200, "{not_asked:?}");
+    let not_allowed = h2load(&format!("http://{listen}/other"), 200, false, &ask);
+    assert_eq!(not_allowed[2], 200, "{not_allowed:?}");
+}

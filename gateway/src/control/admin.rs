@@ -407,6 +407,7 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
             let body = body
                 + &discovery_metrics(&control.discovery.status())
                 + &crate::observe::clusters::metrics(&control.publisher.load())
+                + &crate::observe::routes::metrics(&control.publisher.load())
                 + &refusal_metrics(refusals);
             respond(&mut conn, deadline, 200, "text/plain; version=0.0.4", &body)
         }

@@ -72,6 +72,11 @@ pub enum Family {
     RetryOverflows,
     /// Requests that reached an endpoint, by cluster and endpoint (the last attempt's).
     EndpointRequests,
+    /// Requests a route's `fault` delayed, answered with an abort, or left alone
+    /// because `max_active_faults` were in progress, by route.
+    FaultDelays,
+    FaultAborts,
+    FaultOverflows,
 }
 
 impl Family {
@@ -90,6 +95,9 @@ impl Family {
             Family::ConnectionOverflows => "weft_cluster_upstream_cx_overflow_total",
             Family::RetryOverflows => "weft_cluster_upstream_rq_retry_overflow_total",
             Family::EndpointRequests => "weft_upstream_requests_total",
+            Family::FaultDelays => "weft_route_fault_delays_injected_total",
+            Family::FaultAborts => "weft_route_fault_aborts_injected_total",
+            Family::FaultOverflows => "weft_route_fault_overflow_total",
         }
     }
     fn help(self) -> &'static str {
@@ -125,6 +133,13 @@ impl Family {
             Family::EndpointRequests => {
                 "Requests that reached an upstream endpoint, by cluster and endpoint (the last attempt's)."
             }
+            Family::FaultDelays => "Requests a route's fault delayed, by listener and route.",
+            Family::FaultAborts => {
+                "Requests a route's fault answered with an error (never sent upstream), by listener and route."
+            }
+            Family::FaultOverflows => {
+                "Faults not injected because max_active_faults were in progress, by listener and route."
+            }
         }
     }
     /// Whether this family's keys start with the snapshot version (their other parts
@@ -140,6 +155,9 @@ impl Family {
                 | Family::ConnectionOverflows
                 | Family::RetryOverflows
                 | Family::EndpointRequests
+                | Family::FaultDelays
+                | Family::FaultAborts
+                | Family::FaultOverflows
         )
     }
     fn kind(self) -> &'static str {
@@ -148,7 +166,7 @@ impl Family {
             _ => "counter",
         }
     }
-    const ALL: [Family; 13] = [
+    const ALL: [Family; 16] = [
         Family::Requests,
         Family::UpstreamConnectErrors,
         Family::UpstreamTimeouts,
@@ -162,6 +180,9 @@ impl Family {
         Family::ConnectionOverflows,
         Family::RetryOverflows,
         Family::EndpointRequests,
+        Family::FaultDelays,
+        Family::FaultAborts,
+        Family::FaultOverflows,
     ];
 }
 

@@ -119,6 +119,12 @@ pub enum ProxyError {
         status: u16,
         grpc: Option<u16>,
     },
+    /// The route's `fault` answered the request (never sent upstream): `status`, or a
+    /// gRPC call's `grpc` status.
+    FaultAbort {
+        status: u16,
+        grpc: Option<u16>,
+    },
     /// A retry found the request body it needed not kept (an invariant of
     /// `retry::Retries`: never expected).
     BodyNotKept,
@@ -161,7 +167,7 @@ impl ProxyError {
             | StreamNotProcessed | Overflow(_) => 503,
             ConnectTimeout | UpstreamNotReading | ResponseTimeout | PerTryTimeout
             | GrpcDeadline | ResponseBodyStalled => 504,
-            RetriedAnswer { status, .. } => status,
+            RetriedAnswer { status, .. } | FaultAbort { status, .. } => status,
             BodyNotKept => 502,
             ConnectFailed(_)
             | UpstreamTls
@@ -235,6 +241,7 @@ impl ProxyError {
             ResponseTimeout => "upstream response timeout",
             PerTryTimeout => "upstream per-try timeout",
             RetriedAnswer { .. } => "upstream answer retried",
+            FaultAbort { .. } => "fault injected",
             BodyNotKept => "request body not kept for a retry",
             GrpcDeadline => "gRPC deadline exceeded",
             BadResponseHead => "invalid response head from upstream",
@@ -268,6 +275,17 @@ impl ProxyError {
             }
             LoopDetected => Code::Internal,
             _ => Code::Unavailable,
+        }
+    }
+
+    /// The grpc-status a gRPC client gets: `grpc_code`'s, or an injected fault's own.
+    pub fn grpc_status(self) -> u16 {
+        match self {
+            ProxyError::FaultAbort {
+                grpc: Some(code), ..
+            } => code,
+            ProxyError::FaultAbort { status, .. } => super::grpc::code_for_http(status),
+            _ => self.grpc_code() as u16,
         }
     }
 
@@ -310,6 +328,7 @@ impl ProxyError {
             ResponseTimeout => "response_timeout",
             PerTryTimeout => "per_try_timeout",
             RetriedAnswer { .. } => "retried_answer",
+            FaultAbort { .. } => "fault_abort",
             BodyNotKept => "body_not_kept",
             GrpcDeadline => "grpc_deadline",
             BadResponseHead => "bad_response_head",
@@ -338,7 +357,9 @@ impl ProxyError {
             | MalformedBody
             | ClientStalled
             | ClientGone => Side::Client,
-            NoRoute | LocalShortage(_) | LoopDetected | Overflow(_) => Side::Local,
+            NoRoute | LocalShortage(_) | LoopDetected | Overflow(_) | FaultAbort { .. } => {
+                Side::Local
+            }
             _ => Side::Upstream,
         }
     }

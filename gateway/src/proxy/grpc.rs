@@ -24,6 +24,19 @@ pub enum Code {
     Unavailable = 14,
 }
 
+/// The gRPC status a client infers from an HTTP status without one (gRPC's
+/// http-grpc-status-mapping.md).
+pub fn code_for_http(status: u16) -> u16 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
 /// A `grpc-status` value as a code.
 pub fn status_code(value: &[u8]) -> Option<u16> {
     std::str::from_utf8(value).ok()?.trim().parse().ok()
@@ -69,7 +82,7 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// A Trailers-Only response head carrying `code` and `message`.
-pub fn error_response(code: Code, message: &str) -> http::Response<()> {
+pub fn error_response(code: u16, message: &str) -> http::Response<()> {
     let mut resp = http::Response::new(());
     *resp.headers_mut() = error_trailers(code, message);
     resp.headers_mut().insert(
@@ -80,9 +93,9 @@ pub fn error_response(code: Code, message: &str) -> http::Response<()> {
 }
 
 /// The trailers that end a call weft cuts short after the response head went out.
-pub fn error_trailers(code: Code, message: &str) -> HeaderMap {
+pub fn error_trailers(code: u16, message: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert("grpc-status", http::HeaderValue::from(code as u16));
+    h.insert("grpc-status", http::HeaderValue::from(code));
     if let Ok(v) = http::HeaderValue::from_str(&percent_encode(message)) {
         h.insert("grpc-message", v);
     }

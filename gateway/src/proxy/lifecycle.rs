@@ -6,8 +6,9 @@
 //!    refusals only its protocol makes (gRPC over HTTP/1.1) come first, then what no
 //!    protocol may carry (userinfo in the authority, a path that will not normalise);
 //! 2. **route**: the listener's route table in the snapshot current at the request;
-//! 3. **request policies**: the slot where a policy may answer locally (rate limits,
-//!    authorization, faults): empty for now, every request passes;
+//! 3. **request policies**: where a policy may hold or answer a request before any
+//!    upstream is chosen: the route's `fault` (a delay, an abort); rate limits and
+//!    authorization belong here too;
 //! 4. **local answers**: a `direct_response` or `redirect` route answers here;
 //! 5. **plan**: the cluster (a split's weighted pick), the response timeout, a gRPC
 //!    call's deadline and the hash key of a consistent-hash cluster, chosen once for
@@ -43,7 +44,7 @@ use super::exchange::Exchange;
 use super::facts::{is_valid_authority, PathOutcome, Request};
 use super::retry::{HeadWait, Retries};
 use super::rewrite::ResponseEdits;
-use super::{grpc, local};
+use super::{fault, grpc, local};
 use crate::observe::metrics::Family;
 use crate::proto::h1::head::trim;
 use crate::upstream::REFUSED_RETRIES;
@@ -258,7 +259,13 @@ async fn decide_and_relay<'s, C: ClientSide>(
         fail!(ProxyError::NoRoute);
     };
     decided.route = Some(route);
-    // Phase 3: request policies. None is configured yet: every request passes.
+    // Phase 3: request policies.
+    if let Some(fault) = &route.fault {
+        // Boxed: only requests on routes with a fault pay for its state in their task.
+        if let Some(abort) = Box::pin(fault::inject(x, route, fault, client.request())).await {
+            fail!(abort);
+        }
+    }
     // Phase 4: local answers.
     let fwd = match &route.action {
         RouteAction::Direct(d) => {

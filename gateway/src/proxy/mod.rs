@@ -25,6 +25,7 @@ pub mod connection;
 mod error;
 mod exchange;
 mod facts;
+mod fault;
 mod flow;
 pub mod forwarded;
 mod grpc;

@@ -417,6 +417,41 @@ pub struct RouteConfig {
     /// When and how often a failed attempt is made again (replaces the cluster's
     /// `retry` for this route).
     pub retry: Option<RetryConfig>,
+    /// Delays and aborts injected into a share of the route's requests.
+    pub fault: Option<FaultConfig>,
+}
+
+/// `fault = { delay, abort, headers, max_active_faults, allow_header_control }`:
+/// Envoy's HTTP fault filter, per route.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultConfig {
+    pub delay: Option<FaultDelayConfig>,
+    pub abort: Option<FaultAbortConfig>,
+    /// Only requests matching every one of these get faults.
+    pub headers: Vec<HeaderMatchConfig>,
+    /// Faults in progress at once, all workers together; past it none is injected.
+    pub max_active_faults: Option<u32>,
+    /// `x-weft-fault-*` request headers may ask for faults (within the configured
+    /// percentages): for test clients only, never on a route the public reaches.
+    pub allow_header_control: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultDelayConfig {
+    pub fixed: Option<ConfigDuration>,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultAbortConfig {
+    pub http_status: Option<u16>,
+    /// For gRPC calls: a Trailers-Only answer with this grpc-status (HTTP/1.1 and
+    /// other requests get `http_status`, or 503).
+    pub grpc_status: Option<u16>,
+    pub percent: f64,
 }
 
 /// `retry = { ... }` on a route, or `[clusters.NAME.retry]` for the routes to a cluster

@@ -1394,40 +1394,7 @@ fn compile_route(
         }
         mth.clone()
     });
-    let mut headers: Vec<HeaderMatcher> = m
-        .headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let hp = format!("{path}.match.headers[{i}]");
-            if !is_token(&h.name) {
-                d.error(
-                    format!("{hp}.name"),
-                    format!("`{}` is not a header name", h.name),
-                );
-            }
-            let kind = match (&h.value, &h.regex) {
-                (Some(_), Some(_)) => {
-                    d.error(hp, "use either value or regex, not both");
-                    HeaderMatchKind::Present
-                }
-                (Some(v), None) => HeaderMatchKind::Exact(v.as_bytes().to_vec()),
-                (None, Some(re)) => match Regex::new(&format!("^(?:{re})$")) {
-                    Ok(re) => HeaderMatchKind::Regex(re),
-                    Err(e) => {
-                        d.error(format!("{hp}.regex"), format!("invalid regex: {e}"));
-                        HeaderMatchKind::Present
-                    }
-                },
-                (None, None) => HeaderMatchKind::Present,
-            };
-            HeaderMatcher {
-                name: h.name.to_ascii_lowercase(),
-                kind,
-                invert: h.invert,
-            }
-        })
-        .collect();
+    let mut headers = compile_header_matchers(&m.headers, &format!("{path}.match.headers"), d);
     if m.grpc_service.is_some() {
         headers.push(grpc_content_type());
     }
@@ -1634,6 +1601,14 @@ fn compile_route(
         ),
         timeout: r.timeout.map(|t| t.0),
         upgrades,
+        fault: r.fault.as_ref().map(|c| {
+            let key = format!("{path}.fault");
+            if r.cluster.is_none() && r.split.is_none() {
+                d.error(key.clone(), "only applies to routes that forward");
+            }
+            let headers = compile_header_matchers(&c.headers, &format!("{key}.headers"), d);
+            fault::compile(c, headers, &key, &mut |k, p| d.error(k, p))
+        }),
         retry: r.retry.as_ref().map(|c| {
             if r.cluster.is_none() && r.split.is_none() {
                 d.error(
@@ -1648,6 +1623,46 @@ fn compile_route(
             ))
         }),
     }
+}
+
+/// Header conditions (`match.headers`, `fault.headers`) at `path`.
+fn compile_header_matchers(
+    list: &[crate::config::HeaderMatchConfig],
+    path: &str,
+    d: &mut Diagnostics,
+) -> Vec<HeaderMatcher> {
+    list.iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let hp = format!("{path}[{i}]");
+            if !is_token(&h.name) {
+                d.error(
+                    format!("{hp}.name"),
+                    format!("`{}` is not a header name", h.name),
+                );
+            }
+            let kind = match (&h.value, &h.regex) {
+                (Some(_), Some(_)) => {
+                    d.error(hp, "use either value or regex, not both");
+                    HeaderMatchKind::Present
+                }
+                (Some(v), None) => HeaderMatchKind::Exact(v.as_bytes().to_vec()),
+                (None, Some(re)) => match Regex::new(&format!("^(?:{re})$")) {
+                    Ok(re) => HeaderMatchKind::Regex(re),
+                    Err(e) => {
+                        d.error(format!("{hp}.regex"), format!("invalid regex: {e}"));
+                        HeaderMatchKind::Present
+                    }
+                },
+                (None, None) => HeaderMatchKind::Present,
+            };
+            HeaderMatcher {
+                name: h.name.to_ascii_lowercase(),
+                kind,
+                invert: h.invert,
+            }
+        })
+        .collect()
 }
 
 fn check_path_literal(p: &str, key: &str, d: &mut Diagnostics) {

@@ -8,6 +8,7 @@
 //! so a swap never changes the rules under a request already running.
 
 mod compile;
+pub mod fault;
 pub mod hashing;
 pub mod health;
 pub mod retry;
@@ -500,6 +501,8 @@ pub struct Route {
     pub upgrades: Vec<String>,
     /// The route's own retry policy (else its cluster's applies).
     pub retry: Option<Arc<retry::RetryPolicy>>,
+    /// Delays and aborts injected into a share of the requests.
+    pub fault: Option<fault::Fault>,
 }
 
 #[derive(Debug)]

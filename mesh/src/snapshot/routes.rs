@@ -78,7 +78,7 @@ impl HeaderMatcher {
     /// Whether the condition holds: some value of the field matches (a field sent twice,
     /// `x-tenant: ok` then `x-tenant: blocked`, matches `blocked`), or, inverted, none
     /// does.
-    fn holds(&self, req: &impl RequestFacts) -> bool {
+    pub fn holds(&self, req: &impl RequestFacts) -> bool {
         let hit = req.any_header(&self.name, |v| match &self.kind {
             HeaderMatchKind::Present => true,
             HeaderMatchKind::Exact(want) => v == want.as_slice(),
