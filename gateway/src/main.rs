@@ -137,6 +137,9 @@ fn summary(s: &Snapshot) -> String {
             l.address,
             l.routes.routes.len()
         );
+        if let Some(limit) = &l.rate_limit {
+            out += &format!("    {limit} (every request)\n");
+        }
         for r in &l.routes.routes {
             let action = match &r.action {
                 RouteAction::Forward(f) => {
@@ -183,6 +186,9 @@ fn summary(s: &Snapshot) -> String {
             }
             if let Some(fault) = &r.fault {
                 out += &format!("      {fault}\n");
+            }
+            if let Some(limit) = &r.rate_limit {
+                out += &format!("      {limit}\n");
             }
         }
     }

@@ -47,6 +47,20 @@ fn curl(h2: bool, url: &str, args: &[&str]) -> (u16, String) {
     (status, head)
 }
 
+/// The statuses of `urls`, fetched in turn by one curl (one connection, kept alive).
+fn curl_codes(urls: &[String]) -> Vec<String> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "%{http_code}\n"]);
+    for url in urls {
+        cmd.args(["-o", "/dev/null", url]);
+    }
+    let out = cmd.output().expect("run curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
     head.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
@@ -303,15 +317,7 @@ fn a_ratio_budget_holds_retries_to_a_fifth_of_requests() {
             let url = url.clone();
             std::thread::spawn(move || {
                 let urls: Vec<String> = (0..requests / 4).map(|_| url.clone()).collect();
-                let out = Command::new("curl")
-                    .args(["-s", "-o", "/dev/null", "-w", "%{http_code}\n"])
-                    .args(&urls)
-                    .output()
-                    .expect("curl");
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter(|l| *l == "503")
-                    .count()
+                curl_codes(&urls).iter().filter(|c| *c == "503").count()
             })
         })
         .collect();
@@ -756,4 +762,142 @@ fn header_controlled_aborts_are_capped_by_the_route() {
     assert_eq!(not_asked[2], 200, "{not_asked:?}");
     let not_allowed = h2load(&format!("http://{listen}/other"), 200, false, &ask);
     assert_eq!(not_allowed[2], 200, "{not_allowed:?}");
+}
+
+/// A process-wide limit of 10 a minute, 50 requests from 4 connections (which
+/// SO_REUSEPORT spreads over the 2 workers): exactly 10 pass.
+#[test]
+fn a_process_rate_limit_is_exact_across_workers() {
+    let up = ScriptedUpstream::start(false, always(200));
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start(
+        "ingress",
+        &config(
+            admin,
+            listen,
+            &[up.addr],
+            "name = \"limited\"\nrate_limit = { max_tokens = 10, tokens_per_fill = 10, fill_interval = \"60s\" }",
+            "",
+        ),
+        admin,
+    );
+    let h1 = h2load(&format!("http://{listen}/r"), 50, true, &[]);
+    assert_eq!((h1[2], h1[4]), (10, 40), "{h1:?}");
+    assert_eq!(up.seen().len(), 10);
+    let limited = weft.metric(&[
+        "weft_rate_limit_limited_total",
+        "route=\"limited\"",
+        "scope=\"process\"",
+    ]);
+    assert_eq!(limited, 40.0);
+}
+
+/// `x-ratelimit-remaining` counts down on the answers that pass, and the one over
+/// the limit is 429 with `remaining: 0` and the seconds to the next fill; a gRPC call
+/// over it gets RESOURCE_EXHAUSTED.
+#[test]
+fn rate_limit_headers_count_down_and_grpc_is_resource_exhausted() {
+    let up = ScriptedUpstream::start(false, always(200));
+    let (admin, listen) = (free_addr(), free_addr());
+    let _weft = Weft::start(
+        "ingress",
+        &config(
+            admin,
+            listen,
+            &[up.addr],
+            "rate_limit = { max_tokens = 5, fill_interval = \"30s\" }",
+            "",
+        ),
+        admin,
+    );
+    for (i, want) in ["4", "3", "2", "1", "0"].iter().enumerate() {
+        let (status, head) = curl(i % 2 == 1, &format!("http://{listen}/c"), &[]);
+        assert_eq!(status, 200, "{head}");
+        assert_eq!(header(&head, "x-ratelimit-limit"), Some("5"));
+        assert_eq!(
+            header(&head, "x-ratelimit-remaining"),
+            Some(*want),
+            "{head}"
+        );
+    }
+    let (status, head) = curl(false, &format!("http://{listen}/c"), &[]);
+    assert_eq!(status, 429, "{head}");
+    assert_eq!(header(&head, "x-ratelimit-remaining"), Some("0"));
+    assert_eq!(header(&head, "x-weft-ratelimited"), Some("true"));
+    let reset: u32 = header(&head, "x-ratelimit-reset")
+        .and_then(|v| v.parse().ok())
+        .expect("reset");
+    assert!((1..=30).contains(&reset), "{reset}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let code = rt.block_on(async {
+        let mut grpc = weft_tests::grpc::client(listen).await;
+        grpc.ready().await.expect("ready");
+        let path = http::uri::PathAndQuery::from_static("/test.Echo/Unary");
+        let request = tonic::Request::new(bytes::Bytes::from_static(b"hi"));
+        grpc.unary(request, path, weft_tests::grpc::RawCodec)
+            .await
+            .err()
+            .map(|s| s.code())
+    });
+    assert_eq!(code, Some(tonic::Code::ResourceExhausted));
+}
+
+/// Keyed by source IP, 127.0.0.2 using up its bucket leaves 127.0.0.3's whole.
+#[test]
+fn a_source_ip_rate_limit_keeps_clients_apart() {
+    let up = ScriptedUpstream::start(false, always(200));
+    let (admin, listen) = (free_addr(), free_addr());
+    let _weft = Weft::start(
+        "ingress",
+        &config(
+            admin,
+            listen,
+            &[up.addr],
+            "rate_limit = { max_tokens = 3, fill_interval = \"60s\", key = \"source_ip\" }",
+            "",
+        ),
+        admin,
+    );
+    let url = format!("http://{listen}/ip");
+    let from = |ip: &str| -> Vec<u16> {
+        (0..5)
+            .map(|_| curl(false, &url, &["--interface", ip]).0)
+            .collect()
+    };
+    assert_eq!(from("127.0.0.2"), [200, 200, 200, 429, 429]);
+    assert_eq!(from("127.0.0.3"), [200, 200, 200, 429, 429]);
+}
+
+/// A listener's limit counts every request of the listener, whatever its route.
+#[test]
+fn a_listener_rate_limit_covers_every_route() {
+    let up = ScriptedUpstream::start(false, always(200));
+    let (admin, listen) = (free_addr(), free_addr());
+    let cfg = config(admin, listen, &[up.addr], "", "").replace(
+        "[[listeners.routes]]",
+        "rate_limit = { max_tokens = 4, fill_interval = \"60s\", scope = \"worker\" }\n[[listeners.routes]]",
+    );
+    let cfg = format!(
+        "{cfg}\n[[listeners.routes]]\nmatch = {{ path_prefix = \"/\" }}\ndirect_response = {{ status = 200, body = \"x\" }}\n"
+    )
+    .replace(
+        "match = { path_prefix = \"/\" }\ncluster = \"api\"",
+        "match = { path_prefix = \"/up\" }\ncluster = \"api\"",
+    );
+    let weft = Weft::start("ingress", &cfg, admin);
+    // One connection, one worker: its share is 2 of the 4.
+    let codes = curl_codes(&[
+        format!("http://{listen}/up"),
+        format!("http://{listen}/other"),
+        format!("http://{listen}/up"),
+        format!("http://{listen}/other"),
+    ]);
+    assert_eq!(codes, ["200", "200", "429", "429"]);
+    assert_eq!(
+        weft.metric(&["weft_rate_limit_ok_total", "route=\"\"", "scope=\"worker\""]),
+        2.0
+    );
 }

@@ -77,6 +77,10 @@ pub enum Family {
     FaultDelays,
     FaultAborts,
     FaultOverflows,
+    /// Requests a rate limit let through, or answered over the limit, by listener,
+    /// route (empty for the listener's own limit) and scope.
+    RateLimitOk,
+    RateLimitLimited,
 }
 
 impl Family {
@@ -98,6 +102,8 @@ impl Family {
             Family::FaultDelays => "weft_route_fault_delays_injected_total",
             Family::FaultAborts => "weft_route_fault_aborts_injected_total",
             Family::FaultOverflows => "weft_route_fault_overflow_total",
+            Family::RateLimitOk => "weft_rate_limit_ok_total",
+            Family::RateLimitLimited => "weft_rate_limit_limited_total",
         }
     }
     fn help(self) -> &'static str {
@@ -140,6 +146,12 @@ impl Family {
             Family::FaultOverflows => {
                 "Faults not injected because max_active_faults were in progress, by listener and route."
             }
+            Family::RateLimitOk => {
+                "Requests a rate limit let through, by listener, route (empty: the listener's limit) and scope."
+            }
+            Family::RateLimitLimited => {
+                "Requests answered over a rate limit, by listener, route (empty: the listener's limit) and scope."
+            }
         }
     }
     /// Whether this family's keys start with the snapshot version (their other parts
@@ -158,6 +170,8 @@ impl Family {
                 | Family::FaultDelays
                 | Family::FaultAborts
                 | Family::FaultOverflows
+                | Family::RateLimitOk
+                | Family::RateLimitLimited
         )
     }
     fn kind(self) -> &'static str {
@@ -166,7 +180,7 @@ impl Family {
             _ => "counter",
         }
     }
-    const ALL: [Family; 16] = [
+    const ALL: [Family; 18] = [
         Family::Requests,
         Family::UpstreamConnectErrors,
         Family::UpstreamTimeouts,
@@ -183,6 +197,8 @@ impl Family {
         Family::FaultDelays,
         Family::FaultAborts,
         Family::FaultOverflows,
+        Family::RateLimitOk,
+        Family::RateLimitLimited,
     ];
 }
 

@@ -493,8 +493,8 @@ fn reply_error(
     }
     let status = error.status();
     let body = local::error_body(status, why);
-    let mut fields = vec![("x-weft-error", why)];
-    fields.extend_from_slice(error.answer_fields());
+    let owned = local::error_fields(error);
+    let fields: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_ref())).collect();
     reply(
         respond,
         status,
@@ -635,8 +635,9 @@ mod tests {
             // 1344 with the attempt's endpoint leased before its connect (outlier
             // detection, in-flight counts, hash keys; the key itself is boxed); 1376 with
             // retry policies (the plan's boxed `Retries`, and a retry's backoff, its
-            // timer boxed); 1384 with fault injection (its future boxed).
-            assert!(size <= 1384, "an h2 stream task is {size} bytes");
+            // timer boxed); 1384 with fault injection (its future boxed); 1392 with rate
+            // limits (the plan's `x-ratelimit-*`).
+            assert!(size <= 1392, "an h2 stream task is {size} bytes");
         });
     }
 }

@@ -30,6 +30,8 @@ pub struct ConnectionFacts {
     /// `http`, or `https` on a TLS listener.
     pub scheme: &'static str,
     pub tls: Option<TlsFacts>,
+    /// Buckets of the rate limits scoped to a connection.
+    pub rate_limits: super::rate_limit::LocalBuckets,
 }
 
 /// What the TLS handshake settled.
@@ -61,6 +63,7 @@ impl ConnectionFacts {
             role,
             scheme: "http",
             tls: None,
+            rate_limits: Default::default(),
         }
     }
 

@@ -125,6 +125,16 @@ pub enum ProxyError {
         status: u16,
         grpc: Option<u16>,
     },
+    /// A rate limit's bucket was empty: `status`, or a gRPC call's `grpc` status, with
+    /// the bucket's `x-ratelimit-*` when the limit sends them.
+    RateLimited {
+        status: u16,
+        grpc: u16,
+        /// `x-ratelimit-*` go with the answer: the bucket's size and its next fill.
+        headers: bool,
+        limit: u32,
+        reset_secs: u32,
+    },
     /// A retry found the request body it needed not kept (an invariant of
     /// `retry::Retries`: never expected).
     BodyNotKept,
@@ -167,7 +177,9 @@ impl ProxyError {
             | StreamNotProcessed | Overflow(_) => 503,
             ConnectTimeout | UpstreamNotReading | ResponseTimeout | PerTryTimeout
             | GrpcDeadline | ResponseBodyStalled => 504,
-            RetriedAnswer { status, .. } | FaultAbort { status, .. } => status,
+            RetriedAnswer { status, .. }
+            | FaultAbort { status, .. }
+            | RateLimited { status, .. } => status,
             BodyNotKept => 502,
             ConnectFailed(_)
             | UpstreamTls
@@ -193,6 +205,7 @@ impl ProxyError {
     pub fn answer_fields(self) -> &'static [(&'static str, &'static str)] {
         match self {
             ProxyError::Overflow(_) => &[("x-weft-overloaded", "true")],
+            ProxyError::RateLimited { .. } => &[("x-weft-ratelimited", "true")],
             _ => &[],
         }
     }
@@ -242,6 +255,7 @@ impl ProxyError {
             PerTryTimeout => "upstream per-try timeout",
             RetriedAnswer { .. } => "upstream answer retried",
             FaultAbort { .. } => "fault injected",
+            RateLimited { .. } => "rate limited",
             BodyNotKept => "request body not kept for a retry",
             GrpcDeadline => "gRPC deadline exceeded",
             BadResponseHead => "invalid response head from upstream",
@@ -285,6 +299,7 @@ impl ProxyError {
                 grpc: Some(code), ..
             } => code,
             ProxyError::FaultAbort { status, .. } => super::grpc::code_for_http(status),
+            ProxyError::RateLimited { grpc, .. } => grpc,
             _ => self.grpc_code() as u16,
         }
     }
@@ -329,6 +344,7 @@ impl ProxyError {
             PerTryTimeout => "per_try_timeout",
             RetriedAnswer { .. } => "retried_answer",
             FaultAbort { .. } => "fault_abort",
+            RateLimited { .. } => "rate_limited",
             BodyNotKept => "body_not_kept",
             GrpcDeadline => "grpc_deadline",
             BadResponseHead => "bad_response_head",
@@ -357,9 +373,12 @@ impl ProxyError {
             | MalformedBody
             | ClientStalled
             | ClientGone => Side::Client,
-            NoRoute | LocalShortage(_) | LoopDetected | Overflow(_) | FaultAbort { .. } => {
-                Side::Local
-            }
+            NoRoute
+            | LocalShortage(_)
+            | LoopDetected
+            | Overflow(_)
+            | FaultAbort { .. }
+            | RateLimited { .. } => Side::Local,
             _ => Side::Upstream,
         }
     }

@@ -40,6 +40,11 @@ impl<'a> Exchange<'a> {
         self.listener.map(|l| &l.routes)
     }
 
+    /// The listener's `rate_limit`, if it has one.
+    pub fn rate_limit(&self) -> Option<&'a weft_mesh::snapshot::rate_limit::RateLimit> {
+        self.listener.and_then(|l| l.rate_limit.as_ref())
+    }
+
     /// How this listener normalises request paths.
     pub fn paths(&self) -> PathPolicy {
         self.listener.map(|l| l.paths).unwrap_or_default()

@@ -170,6 +170,7 @@ pub fn response(input: &[u8], head_request: bool) -> Outcome {
         route: &HeaderEdits::default(),
         set_cookie: None,
         attempts: None,
+        rate: None,
     };
     let mut bytes = rewrite::response_head(&req, &resp, edits, framing, false).to_vec();
     bytes.extend_from_slice(&raw_body);

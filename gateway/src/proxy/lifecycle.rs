@@ -7,8 +7,8 @@
 //!    protocol may carry (userinfo in the authority, a path that will not normalise);
 //! 2. **route**: the listener's route table in the snapshot current at the request;
 //! 3. **request policies**: where a policy may hold or answer a request before any
-//!    upstream is chosen: the route's `fault` (a delay, an abort); rate limits and
-//!    authorization belong here too;
+//!    upstream is chosen: the route's `fault` (a delay, an abort), then the listener's
+//!    and the route's `rate_limit`; authorization belongs here too;
 //! 4. **local answers**: a `direct_response` or `redirect` route answers here;
 //! 5. **plan**: the cluster (a split's weighted pick), the response timeout, a gRPC
 //!    call's deadline and the hash key of a consistent-hash cluster, chosen once for
@@ -44,7 +44,7 @@ use super::exchange::Exchange;
 use super::facts::{is_valid_authority, PathOutcome, Request};
 use super::retry::{HeadWait, Retries};
 use super::rewrite::ResponseEdits;
-use super::{fault, grpc, local};
+use super::{fault, grpc, local, rate_limit};
 use crate::observe::metrics::Family;
 use crate::proto::h1::head::trim;
 use crate::upstream::REFUSED_RETRIES;
@@ -114,6 +114,8 @@ pub struct Plan<'p> {
     /// The retry policy at work, when the route (or its cluster) has one (boxed, as
     /// `affinity`).
     pub retry: Option<Box<Retries<'p>>>,
+    /// What the answer's `x-ratelimit-*` say, when a rate limit sends them.
+    pub rate: Option<rate_limit::RateHeaders>,
 }
 
 impl Plan<'_> {
@@ -123,6 +125,7 @@ impl Plan<'_> {
             route: &self.route.response_headers,
             set_cookie: self.affinity.as_ref().and_then(|a| a.set_cookie.as_deref()),
             attempts: self.attempt_count(progress),
+            rate: self.rate,
         }
     }
 
@@ -259,11 +262,25 @@ async fn decide_and_relay<'s, C: ClientSide>(
         fail!(ProxyError::NoRoute);
     };
     decided.route = Some(route);
-    // Phase 3: request policies.
+    // Phase 3: request policies: the route's fault, then the listener's rate limit
+    // and the route's (a delayed request takes its token when it goes on; an aborted
+    // one takes none, as in Istio's order of Envoy's filters).
     if let Some(fault) = &route.fault {
         // Boxed: only requests on routes with a fault pay for its state in their task.
         if let Some(abort) = Box::pin(fault::inject(x, route, fault, client.request())).await {
             fail!(abort);
+        }
+    }
+    let mut counted = None;
+    let limits = [
+        (x.rate_limit(), None),
+        (route.rate_limit.as_ref(), Some(&**route)),
+    ];
+    for (limit, owner) in limits {
+        let Some(limit) = limit else { continue };
+        match rate_limit::admit(x, limit, owner, client.request()) {
+            Ok(headers) => counted = headers.or(counted),
+            Err(limited) => fail!(limited),
         }
     }
     // Phase 4: local answers.
@@ -298,7 +315,7 @@ async fn decide_and_relay<'s, C: ClientSide>(
     };
     let relayed = {
         // Phase 5: plan.
-        let plan = plan(x, client.request(), route, fwd);
+        let plan = plan(x, client.request(), route, fwd, counted);
         decided.cluster = plan.as_ref().ok().map(|p| p.cluster_id);
         // Phase 6: request checks.
         let too_large = client
@@ -498,6 +515,7 @@ fn plan<'p>(
     request: &impl Request,
     route: &'p Route,
     fwd: &'p Forward,
+    rate: Option<rate_limit::RateHeaders>,
 ) -> Result<Plan<'p>, ProxyError> {
     let cluster_id = fwd.target(|total| fastrand::u32(0..total)).cluster;
     let cluster = &x.snapshot.clusters[cluster_id];
@@ -520,6 +538,7 @@ fn plan<'p>(
         } else {
             None
         },
+        rate,
         retry: route
             .retry
             .as_ref()

@@ -3,12 +3,14 @@
 //! Every error weft produces says why in a short text body and in `x-weft-error`,
 //! so an operator can tell a proxy-made 502 from an upstream's.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use bytes::BytesMut;
 use weft_mesh::snapshot::{HeaderEdits, Redirect};
 
 use super::error::ProxyError;
+use super::rate_limit::RateHeaders;
 use crate::proto::h1::reason;
 
 /// What a local answer says about its connection.
@@ -61,13 +63,49 @@ pub fn error_body(status: u16, why: &str) -> String {
     format!("{status} {}: {why}\n", reason(status))
 }
 
+/// The fields of a proxy-made error answer: its short reason in `x-weft-error`, the
+/// fields the error adds (`ProxyError::answer_fields`), and a rate limit's counts.
+pub fn error_fields(error: ProxyError) -> Vec<(&'static str, Cow<'static, str>)> {
+    let mut fields = vec![("x-weft-error", Cow::Borrowed(error.reason()))];
+    fields.extend(
+        error
+            .answer_fields()
+            .iter()
+            .map(|(n, v)| (*n, Cow::Borrowed(*v))),
+    );
+    if let ProxyError::RateLimited {
+        headers: true,
+        limit,
+        reset_secs,
+        ..
+    } = error
+    {
+        fields.extend(rate_fields(RateHeaders {
+            limit: std::num::NonZeroU32::new(limit).unwrap_or(std::num::NonZeroU32::MIN),
+            remaining: 0,
+            reset_secs,
+        }));
+    }
+    fields
+}
+
+/// `x-ratelimit-limit`, `-remaining` and `-reset` (draft-ietf-httpapi-ratelimit-headers,
+/// as Envoy's local rate limit sends them).
+pub fn rate_fields(h: RateHeaders) -> [(&'static str, Cow<'static, str>); 3] {
+    [
+        ("x-ratelimit-limit", Cow::Owned(h.limit.to_string())),
+        ("x-ratelimit-remaining", Cow::Owned(h.remaining.to_string())),
+        ("x-ratelimit-reset", Cow::Owned(h.reset_secs.to_string())),
+    ]
+}
+
 /// A proxy-made error: short reason in the body and in `x-weft-error`, and the fields
-/// the error adds (`ProxyError::answer_fields`).
+/// the error adds (`error_fields`).
 pub fn error(error: ProxyError, persistence: Persistence, head_only: bool) -> BytesMut {
     let (status, why) = (error.status(), error.reason());
     let body = error_body(status, why);
-    let mut fields = vec![("x-weft-error", why)];
-    fields.extend_from_slice(error.answer_fields());
+    let owned = error_fields(error);
+    let fields: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_ref())).collect();
     response(
         status,
         "text/plain",

@@ -32,6 +32,7 @@ mod grpc;
 mod identity;
 mod lifecycle;
 mod local;
+pub(crate) mod rate_limit;
 mod relay;
 mod retry;
 mod rewrite;

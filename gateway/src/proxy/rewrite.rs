@@ -181,6 +181,8 @@ pub struct ResponseEdits<'a> {
     pub route: &'a HeaderEdits,
     pub set_cookie: Option<&'a str>,
     pub attempts: Option<u8>,
+    /// A rate limit's `x-ratelimit-*`.
+    pub rate: Option<super::rate_limit::RateHeaders>,
 }
 
 /// The attempt a request is, upstream, and the attempts it took, back to the client.
@@ -200,6 +202,11 @@ impl ResponseEdits<'_> {
         }
         if let Some(n) = self.attempts {
             sink.header_fmt(ATTEMPT_COUNT_HEADER.as_bytes(), format_args!("{n}"));
+        }
+        if let Some(rate) = self.rate {
+            for (name, value) in super::local::rate_fields(rate) {
+                sink.header(name.as_bytes(), value.as_bytes());
+            }
         }
     }
 }

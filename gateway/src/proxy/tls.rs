@@ -111,6 +111,7 @@ pub async fn serve(
         role,
         scheme: "https",
         tls: Some(facts),
+        rate_limits: Default::default(),
     });
     if h2 {
         client_h2::serve_io(worker, bound, tls, conn).await;

@@ -25,6 +25,8 @@ pub struct Worker {
     pub control: Arc<Control>,
     snapshot: RefCell<Rc<Arc<Snapshot>>>,
     pub upstreams: Upstreams,
+    /// Buckets of the rate limits scoped to a worker.
+    pub rate_limits: crate::proxy::rate_limit::LocalBuckets,
     pub counters: Counters,
     /// Idle-connection deadlines, fired by the housekeeping tick.
     pub idle_timers: CoarseTimers,
@@ -73,6 +75,7 @@ impl Worker {
             control,
             snapshot,
             upstreams: Upstreams::new(),
+            rate_limits: Default::default(),
             counters,
             idle_timers: CoarseTimers::default(),
             draining: Cell::new(false),

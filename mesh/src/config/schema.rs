@@ -276,6 +276,8 @@ pub struct ListenerConfig {
     pub tls: Option<ListenerTlsConfig>,
     /// How request paths are normalised before routing and forwarding.
     pub paths: PathsConfig,
+    /// A token bucket every request of the listener takes from, before its route's.
+    pub rate_limit: Option<RateLimitConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -419,6 +421,66 @@ pub struct RouteConfig {
     pub retry: Option<RetryConfig>,
     /// Delays and aborts injected into a share of the route's requests.
     pub fault: Option<FaultConfig>,
+    /// A token bucket the route's requests take from; an empty one answers 429.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// `rate_limit = { .. }` on a route or `[listeners.rate_limit]`: Envoy's local rate
+/// limit, a token bucket of `max_tokens` that gets `tokens_per_fill` back every
+/// `fill_interval`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub max_tokens: u32,
+    /// Default: `max_tokens`.
+    pub tokens_per_fill: Option<u32>,
+    pub fill_interval: Option<ConfigDuration>,
+    pub scope: RateLimitScope,
+    /// `"none"` (one bucket), `"source_ip"`, `"peer_identity"`, or `{ header = ".." }`:
+    /// a bucket per value, at most `max_keys` of them.
+    pub key: RateLimitKey,
+    pub max_keys: usize,
+    /// The status of a request over the limit.
+    pub status: u16,
+    /// What a gRPC call over the limit gets: `"resource_exhausted"` or `"unavailable"`.
+    pub grpc_status: String,
+    /// `x-ratelimit-limit`, `-remaining` and `-reset` on every answer.
+    pub x_ratelimit_headers: bool,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            max_tokens: 0,
+            tokens_per_fill: None,
+            fill_interval: None,
+            scope: RateLimitScope::Process,
+            key: RateLimitKey::Named("none".into()),
+            max_keys: 10_000,
+            status: 429,
+            grpc_status: "resource_exhausted".into(),
+            x_ratelimit_headers: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitScope {
+    /// One bucket for the process, exact across workers.
+    #[default]
+    Process,
+    /// A bucket per worker, with its share of the tokens.
+    Worker,
+    /// A bucket per client connection.
+    Connection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RateLimitKey {
+    Named(String),
+    Header { header: String },
 }
 
 /// `fault = { delay, abort, headers, max_active_faults, allow_header_control }`:

@@ -136,6 +136,7 @@ pub fn compile_with(
                 address: sc.inbound.address.clone(),
                 tls: sc.inbound.tls.clone(),
                 paths: Default::default(),
+                rate_limit: None,
                 routes: vec![RouteConfig {
                     name: Some("inbound".into()),
                     cluster: Some(SIDECAR_APP_CLUSTER.into()),
@@ -163,6 +164,7 @@ pub fn compile_with(
                     address: sc.outbound.address.clone(),
                     tls: None,
                     paths: Default::default(),
+                    rate_limit: None,
                     routes,
                 }),
                 "sidecar.outbound".into(),
@@ -262,6 +264,9 @@ pub fn compile_with(
                     normalize: l.paths.normalize,
                     merge_slashes: l.paths.normalize && l.paths.merge_slashes,
                 },
+                rate_limit: l.rate_limit.as_ref().map(|r| {
+                    rate_limit::compile(r, &format!("{path}.rate_limit"), &mut |k, p| d.error(k, p))
+                }),
                 routes: RouteTable::new(routes),
             });
         }
@@ -1601,6 +1606,9 @@ fn compile_route(
         ),
         timeout: r.timeout.map(|t| t.0),
         upgrades,
+        rate_limit: r.rate_limit.as_ref().map(|c| {
+            rate_limit::compile(c, &format!("{path}.rate_limit"), &mut |k, p| d.error(k, p))
+        }),
         fault: r.fault.as_ref().map(|c| {
             let key = format!("{path}.fault");
             if r.cluster.is_none() && r.split.is_none() {

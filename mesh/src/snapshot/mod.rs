@@ -11,6 +11,7 @@ mod compile;
 pub mod fault;
 pub mod hashing;
 pub mod health;
+pub mod rate_limit;
 pub mod retry;
 mod routes;
 pub mod tls;
@@ -453,6 +454,8 @@ pub struct Listener {
     /// TLS termination, when configured.
     pub tls: Option<tls::ListenerTls>,
     pub paths: PathPolicy,
+    /// `[listeners.rate_limit]`: taken from by every request, before its route's.
+    pub rate_limit: Option<rate_limit::RateLimit>,
     pub routes: RouteTable,
 }
 
@@ -503,6 +506,7 @@ pub struct Route {
     pub retry: Option<Arc<retry::RetryPolicy>>,
     /// Delays and aborts injected into a share of the requests.
     pub fault: Option<fault::Fault>,
+    pub rate_limit: Option<rate_limit::RateLimit>,
 }
 
 #[derive(Debug)]
