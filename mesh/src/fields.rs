@@ -138,8 +138,45 @@ pub fn is_editable(name: &[u8]) -> bool {
     !frames_or_routes(name)
 }
 
+/// The value of cookie `name` in one `Cookie` field (RFC 6265 pairs split by `;`),
+/// surrounding quotes trimmed: the first, if the field names it more than once.
+pub fn cookie_value<'a>(field: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    field.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (&pair[..eq] == name.as_bytes()).then(|| match &pair[eq + 1..] {
+            [b'"', inner @ .., b'"'] => inner,
+            v => v,
+        })
+    })
+}
+
+/// The first value of query parameter `name` in a query string (after `?`), as sent
+/// (not percent-decoded); a bare `name` has the value `""`.
+pub fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|pair| match pair.split_once('=') {
+            Some((k, v)) if k == name => Some(v),
+            None if pair == name => Some(""),
+            _ => None,
+        })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cookies_and_query_parameters_are_found_by_name() {
+        use super::{cookie_value, query_value};
+        let field = b"a=1; canary=\"always\"; b=2";
+        assert_eq!(cookie_value(field, "canary"), Some(&b"always"[..]));
+        assert_eq!(cookie_value(field, "cana"), None);
+        assert_eq!(cookie_value(b"x=1;canary=", "canary"), Some(&b""[..]));
+        assert_eq!(query_value("x=1&user=ann&user=bob", "user"), Some("ann"));
+        assert_eq!(query_value("username=ann", "user"), None);
+        assert_eq!(query_value("debug&x=1", "debug"), Some(""));
+    }
+
     #[test]
     fn underscore_spellings_of_vouched_fields_are_recognised() {
         for n in [

@@ -901,3 +901,107 @@ fn a_listener_rate_limit_covers_every_route() {
         2.0
     );
 }
+
+/// Two clusters, v1 and v2, behind a cookie canary route, a query route and a 90/10
+/// split (sticky by `x-user-id` when `sticky`).
+fn canary_config(
+    admin: std::net::SocketAddr,
+    listen: std::net::SocketAddr,
+    v1: std::net::SocketAddr,
+    v2: std::net::SocketAddr,
+    sticky: bool,
+) -> String {
+    let sticky = if sticky {
+        "sticky = { header = \"x-user-id\" }"
+    } else {
+        ""
+    };
+    format!(
+        "[admin]\naddress = \"{admin}\"\n[runtime]\nworkers = 2\n[[listeners]]\nname = \"l\"\naddress = \"{listen}\"\n\
+         [[listeners.routes]]\nmatch = {{ path_prefix = \"/\", cookie = {{ name = \"canary\", exact = \"always\" }} }}\ncluster = \"v2\"\n\
+         [[listeners.routes]]\nmatch = {{ path_prefix = \"/\", query = [ {{ name = \"version\", exact = \"2\" }} ] }}\ncluster = \"v2\"\n\
+         [[listeners.routes]]\nmatch = {{ path_prefix = \"/\" }}\n\
+         split = [ {{ cluster = \"v1\", weight = 90 }}, {{ cluster = \"v2\", weight = 10 }} ]\n{sticky}\n\
+         [clusters.v1]\nendpoints = [\"{v1}\"]\n[clusters.v2]\nendpoints = [\"{v2}\"]\n"
+    )
+}
+
+/// A `canary=always` cookie (among others) goes to v2 every time, as does
+/// `?version=2`; the rest follows the 90/10 weights.
+#[test]
+fn a_canary_cookie_goes_to_v2_and_the_rest_follows_the_weights() {
+    let v1 = ScriptedUpstream::start(false, always(200));
+    let v2 = ScriptedUpstream::start(false, always(200));
+    let (admin, listen) = (free_addr(), free_addr());
+    let _weft = Weft::start(
+        "ingress",
+        &canary_config(admin, listen, v1.addr, v2.addr, false),
+        admin,
+    );
+    let url = format!("http://{listen}/page");
+    let canary = h2load(&url, 1000, false, &["cookie: a=1; canary=always; b=2"]);
+    assert_eq!(canary[2], 1000);
+    assert_eq!((v1.seen().len(), v2.seen().len()), (0, 1000));
+    let query = h2load(&format!("{url}?x=1&version=2"), 500, true, &[]);
+    assert_eq!(query[2], 500);
+    assert_eq!((v1.seen().len(), v2.seen().len()), (0, 1500));
+    let not_quite = h2load(&url, 10_000, false, &["cookie: canary=sometimes"]);
+    assert_eq!(not_quite[2], 10_000);
+    let to_v2 = v2.seen().len() - 1500;
+    assert!((800..=1200).contains(&to_v2), "{to_v2} of 10000 went to v2");
+}
+
+/// With `sticky = { header = "x-user-id" }`, each of 1,000 users lands on one side,
+/// whichever of two connections (and so workers) carries its requests, and about a
+/// tenth of them on v2.
+#[test]
+fn a_sticky_split_keeps_each_user_on_one_side() {
+    use http_body_util::{BodyExt, Empty};
+    let v1 = ScriptedUpstream::start(false, always(200));
+    let v2 = ScriptedUpstream::start(false, always(200));
+    let (admin, listen) = (free_addr(), free_addr());
+    let _weft = Weft::start(
+        "ingress",
+        &canary_config(admin, listen, v1.addr, v2.addr, true),
+        admin,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut senders = Vec::new();
+        for _ in 0..2 {
+            let (sender, conn) = weft_tests::h2c::connect::<Empty<bytes::Bytes>>(listen).await;
+            std::mem::forget(conn);
+            senders.push(sender);
+        }
+        for user in 0..1000 {
+            for (c, sender) in senders.iter_mut().enumerate() {
+                let req = hyper::Request::get("http://a/u")
+                    .header("x-user-id", format!("user-{user}"))
+                    .header("x-key", format!("{user}-{c}"))
+                    .body(Empty::new())
+                    .expect("request");
+                let resp = sender.send_request(req).await.expect("answer");
+                assert_eq!(resp.status(), 200);
+                let _ = resp.into_body().collect().await;
+            }
+        }
+    });
+    let side = |key: &str| -> &str {
+        if v2.seen_with(key).is_empty() {
+            "v1"
+        } else {
+            "v2"
+        }
+    };
+    let mut on_v2 = 0;
+    for user in 0..1000 {
+        let (a, b) = (side(&format!("{user}-0")), side(&format!("{user}-1")));
+        assert_eq!(a, b, "user-{user} moved");
+        on_v2 += usize::from(a == "v2");
+    }
+    assert_eq!(v1.seen().len() + v2.seen().len(), 2000);
+    assert!((60..=140).contains(&on_v2), "{on_v2} of 1000 users on v2");
+}

@@ -9,6 +9,7 @@
 
 use std::net::IpAddr;
 
+use weft_mesh::fields::{cookie_value, query_value};
 use weft_mesh::snapshot::hashing::{combine, hash, HashPolicy, HashSource};
 
 use super::facts::Request;
@@ -67,38 +68,16 @@ fn header_hash(request: &impl Request, name: &str) -> Option<u64> {
 fn cookie_hash(request: &impl Request, name: &str) -> Option<u64> {
     let mut found = None;
     request.any_header("cookie", |v| {
-        found = v
-            .split(|&b| b == b';')
-            .filter_map(|pair| {
-                let pair = pair.trim_ascii();
-                let eq = pair.iter().position(|&b| b == b'=')?;
-                (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
-            })
-            .next()
-            .map(|value| hash(trim_quotes(value)));
+        found = cookie_value(v, name).map(hash);
         found.is_some()
     });
     found
 }
 
-fn trim_quotes(v: &[u8]) -> &[u8] {
-    match v {
-        [b'"', inner @ .., b'"'] => inner,
-        _ => v,
-    }
-}
-
 /// The first value of query parameter `name`, as sent (not percent-decoded).
 fn query_hash(path_and_query: &str, name: &str) -> Option<u64> {
     let (_, query) = path_and_query.split_once('?')?;
-    query
-        .split('&')
-        .find_map(|pair| match pair.split_once('=') {
-            Some((k, v)) if k == name => Some(v),
-            None if pair == name => Some(""),
-            _ => None,
-        })
-        .map(|v| hash(v.as_bytes()))
+    query_value(query, name).map(|v| hash(v.as_bytes()))
 }
 
 #[cfg(test)]

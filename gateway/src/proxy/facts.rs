@@ -297,6 +297,11 @@ impl RequestFacts for Facts<'_> {
     fn host(&self) -> &str {
         &self.host
     }
+    fn query(&self) -> &str {
+        Facts::path_and_query(self)
+            .split_once('?')
+            .map_or("", |(_, q)| q)
+    }
     fn path(&self) -> &str {
         Facts::path(self)
     }
@@ -459,6 +464,11 @@ impl<'a> H2Facts<'a> {
 impl RequestFacts for H2Facts<'_> {
     fn host(&self) -> &str {
         &self.host
+    }
+    fn query(&self) -> &str {
+        self.uri_path_and_query()
+            .split_once('?')
+            .map_or("", |(_, q)| q)
     }
     fn path(&self) -> &str {
         self.uri_path()

@@ -82,6 +82,7 @@ pub fn request(input: &[u8]) -> Outcome {
         total_weight: 0,
         prefix_rewrite: None,
         hash_policy: Vec::new(),
+        sticky: None,
     };
     let fwd = ForwardedConfig {
         request_id: false,

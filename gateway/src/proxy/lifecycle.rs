@@ -35,7 +35,9 @@ use bytes::Bytes;
 
 use weft_mesh::snapshot::retry::Failure;
 use weft_mesh::snapshot::{AttemptOutcome, Cluster, ClusterId};
-use weft_mesh::snapshot::{DirectResponse, Forward, HeaderEdits, RequestFacts, Route, RouteAction};
+use weft_mesh::snapshot::{
+    DirectResponse, Forward, HeaderEdits, RequestFacts, Route, RouteAction, Sticky,
+};
 
 use super::affinity::{affinity, Affinity};
 use super::completion::{Completion, Decided, Progress};
@@ -517,7 +519,11 @@ fn plan<'p>(
     fwd: &'p Forward,
     rate: Option<rate_limit::RateHeaders>,
 ) -> Result<Plan<'p>, ProxyError> {
-    let cluster_id = fwd.target(|total| fastrand::u32(0..total)).cluster;
+    let cluster_id = fwd.target(|total| match sticky_roll(fwd, request) {
+        Some(roll) => roll,
+        None => fastrand::u32(0..total),
+    });
+    let cluster_id = cluster_id.cluster;
     let cluster = &x.snapshot.clusters[cluster_id];
     let timeout = route.timeout.unwrap_or(cluster.request_timeout);
     // A client's `grpc-timeout` may shorten the configured timeout, never lengthen it:
@@ -553,6 +559,22 @@ fn plan<'p>(
                 ))
             }),
     })
+}
+
+/// The roll of a sticky split (`sticky`) for the request's header or cookie, when it
+/// has one; without, the split picks at random.
+fn sticky_roll(fwd: &Forward, request: &impl Request) -> Option<u32> {
+    match fwd.sticky.as_ref()? {
+        Sticky::Header(name) => request.header(name).map(|v| fwd.sticky_roll(v)),
+        Sticky::Cookie(name) => {
+            let mut roll = None;
+            request.any_header("cookie", |field| {
+                roll = weft_mesh::fields::cookie_value(field, name).map(|v| fwd.sticky_roll(v));
+                roll.is_some()
+            });
+            roll
+        }
+    }
 }
 
 /// Whether the client's `Upgrade` (`asked`) goes upstream. Every protocol it lists must be one

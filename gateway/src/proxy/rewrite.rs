@@ -861,6 +861,7 @@ mod tests {
             total_weight: 0,
             prefix_rewrite: None,
             hash_policy: Vec::new(),
+            sticky: None,
         };
         let client = ClientInfo {
             peer: peer.parse().expect("peer"),
@@ -921,6 +922,7 @@ mod tests {
             total_weight: 0,
             prefix_rewrite: None,
             hash_policy: Vec::new(),
+            sticky: None,
         };
         let again = h1_request_head(
             &Facts::new(&head, PathPolicy::default()),

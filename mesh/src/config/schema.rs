@@ -423,6 +423,17 @@ pub struct RouteConfig {
     pub fault: Option<FaultConfig>,
     /// A token bucket the route's requests take from; an empty one answers 429.
     pub rate_limit: Option<RateLimitConfig>,
+    /// A `split` picks by this header's (or cookie's) value rather than at random: the
+    /// same value lands on the same side on every worker and every weft.
+    pub sticky: Option<StickyConfig>,
+}
+
+/// `sticky = { header = ".." }` or `{ cookie = ".." }`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StickyConfig {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
 }
 
 /// `rate_limit = { .. }` on a route or `[listeners.rate_limit]`: Envoy's local rate
@@ -660,6 +671,45 @@ pub struct MatchConfig {
     pub grpc_service: Option<String>,
     /// With `grpc_service`: only this method, i.e. the path `/package.Service/Method`.
     pub grpc_method: Option<String>,
+    /// Cookie conditions (`cookie = { name = "canary", exact = "always" }`, or a list).
+    pub cookie: OneOrMany<ValueMatchConfig>,
+    /// Query parameter conditions, as sent (not percent-decoded).
+    pub query: OneOrMany<ValueMatchConfig>,
+}
+
+/// A named value's condition: `exact`, `prefix` or `regex` (one of them), or present
+/// with none; `invert` makes it hold when the condition does not.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValueMatchConfig {
+    pub name: String,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+    pub invert: bool,
+}
+
+/// One table, or a list of them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> Default for OneOrMany<T> {
+    fn default() -> Self {
+        OneOrMany::Many(Vec::new())
+    }
+}
+
+impl<T> OneOrMany<T> {
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            OneOrMany::One(t) => std::slice::from_ref(t),
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

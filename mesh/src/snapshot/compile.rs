@@ -1403,6 +1403,50 @@ fn compile_route(
     if m.grpc_service.is_some() {
         headers.push(grpc_content_type());
     }
+    let cookies = compile_value_matchers(m.cookie.as_slice(), &format!("{path}.match.cookie"), d)
+        .into_iter()
+        .map(|(name, value, invert)| routes::CookieMatcher {
+            name,
+            value,
+            invert,
+        })
+        .collect();
+    let query = compile_value_matchers(m.query.as_slice(), &format!("{path}.match.query"), d)
+        .into_iter()
+        .map(|(name, value, invert)| routes::QueryMatcher {
+            name,
+            value,
+            invert,
+        })
+        .collect();
+    let sticky = r.sticky.as_ref().and_then(|st| {
+        let key = format!("{path}.sticky");
+        if r.split.is_none() {
+            d.error(key.clone(), "only applies to a split");
+        }
+        match (&st.header, &st.cookie) {
+            (Some(h), None) if is_token(h) => Some(Sticky::Header(h.to_ascii_lowercase())),
+            (Some(h), None) => {
+                d.error(
+                    format!("{key}.header"),
+                    format!("`{h}` is not a header name"),
+                );
+                None
+            }
+            (None, Some(c)) if is_token(c) => Some(Sticky::Cookie(c.clone())),
+            (None, Some(c)) => {
+                d.error(
+                    format!("{key}.cookie"),
+                    format!("`{c}` is not a cookie name"),
+                );
+                None
+            }
+            _ => {
+                d.error(key, "needs exactly one of header and cookie");
+                None
+            }
+        }
+    });
 
     let actions = [
         r.cluster.is_some(),
@@ -1455,6 +1499,7 @@ fn compile_route(
             total_weight: 1,
             prefix_rewrite: prefix_for_rewrite(&r.prefix_rewrite, "prefix_rewrite", d),
             hash_policy: compile_hash_policy(&r.hash_policy, path, d),
+            sticky: None,
         })
     } else if let Some(split) = &r.split {
         if split.is_empty() {
@@ -1494,6 +1539,7 @@ fn compile_route(
             targets,
             prefix_rewrite: prefix_for_rewrite(&r.prefix_rewrite, "prefix_rewrite", d),
             hash_policy: compile_hash_policy(&r.hash_policy, path, d),
+            sticky: sticky.clone(),
         })
     } else if let Some(dr) = &r.direct_response {
         if !(200..=599).contains(&dr.status) {
@@ -1597,6 +1643,8 @@ fn compile_route(
         path: path_match,
         method,
         headers,
+        cookies,
+        query,
         action,
         request_headers: compile_edits(&r.request_headers, &format!("{path}.request_headers"), d),
         response_headers: compile_edits(
@@ -1631,6 +1679,40 @@ fn compile_route(
             ))
         }),
     }
+}
+
+/// Cookie or query parameter conditions at `path`: (name, condition, inverted).
+fn compile_value_matchers(
+    list: &[crate::config::ValueMatchConfig],
+    path: &str,
+    d: &mut Diagnostics,
+) -> Vec<(String, routes::ValueMatch, bool)> {
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let key = format!("{path}[{i}]");
+            if c.name.is_empty() {
+                d.error(format!("{key}.name"), "is needed");
+            }
+            let value = match (&c.exact, &c.prefix, &c.regex) {
+                (None, None, None) => routes::ValueMatch::Present,
+                (Some(v), None, None) => routes::ValueMatch::Exact(v.clone()),
+                (None, Some(p), None) => routes::ValueMatch::Prefix(p.clone()),
+                (None, None, Some(re)) => match Regex::new(&format!("^(?:{re})$")) {
+                    Ok(re) => routes::ValueMatch::Regex(re),
+                    Err(e) => {
+                        d.error(format!("{key}.regex"), format!("invalid regex: {e}"));
+                        routes::ValueMatch::Present
+                    }
+                },
+                _ => {
+                    d.error(key, "use only one of exact, prefix and regex");
+                    routes::ValueMatch::Present
+                }
+            };
+            (c.name.clone(), value, c.invert)
+        })
+        .collect()
 }
 
 /// Header conditions (`match.headers`, `fault.headers`) at `path`.
@@ -1950,6 +2032,9 @@ mod tests {
                 .filter(|(n, _)| *n == name)
                 .any(|(_, v)| pred(v.as_bytes()))
         }
+        fn query(&self) -> &str {
+            ""
+        }
     }
 
     #[test]
@@ -2126,6 +2211,7 @@ mod tests {
             total_weight: 100,
             prefix_rewrite: None,
             hash_policy: Vec::new(),
+            sticky: None,
         };
         let hits = (0..100)
             .filter(|&roll| f.target_for(roll).cluster == 1)

@@ -496,6 +496,8 @@ pub struct Route {
     pub path: PathMatch,
     pub method: Option<String>,
     pub headers: Vec<HeaderMatcher>,
+    pub cookies: Vec<routes::CookieMatcher>,
+    pub query: Vec<routes::QueryMatcher>,
     pub action: RouteAction,
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
@@ -525,6 +527,16 @@ pub struct Forward {
     pub prefix_rewrite: Option<(String, String)>,
     /// The request's hash key for consistent-hash clusters (empty: none).
     pub hash_policy: Vec<hashing::HashPolicy>,
+    /// A split picks by this value, when the request has it (`sticky`).
+    pub sticky: Option<Sticky>,
+}
+
+/// What a sticky split picks by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// Lowercase.
+    Header(String),
+    Cookie(String),
 }
 
 #[derive(Debug)]
@@ -541,6 +553,14 @@ impl Forward {
             [only] => only,
             _ => self.target_for(roll(self.total_weight.max(1))),
         }
+    }
+
+    /// The roll of a sticky split for `value`: one of 10,000 buckets by its xxHash64,
+    /// scaled to the weights, so a value lands on the same target on every worker and
+    /// every weft with this split.
+    pub fn sticky_roll(&self, value: &[u8]) -> u32 {
+        let bucket = hashing::hash(value) % 10_000;
+        (bucket * u64::from(self.total_weight.max(1)) / 10_000) as u32
     }
 
     /// Picks a target from a uniformly random `roll` in `0..total_weight`.

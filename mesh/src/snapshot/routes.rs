@@ -30,6 +30,8 @@ pub trait RequestFacts {
     /// Whether any value of the header `name` (lowercase) satisfies `pred`: a request
     /// may carry a field more than once, and a condition on it must see every value.
     fn any_header(&self, name: &str, pred: impl FnMut(&[u8]) -> bool) -> bool;
+    /// The query string, after `?` (empty without one).
+    fn query(&self) -> &str;
 }
 
 #[derive(Debug)]
@@ -72,6 +74,60 @@ pub fn is_grpc_content_type(value: &[u8]) -> bool {
     value.len() >= GRPC.len()
         && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
         && matches!(value.get(GRPC.len()), None | Some(b'+') | Some(b';'))
+}
+
+/// A condition on a named value (a cookie, a query parameter).
+#[derive(Debug)]
+pub enum ValueMatch {
+    Present,
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl ValueMatch {
+    fn accepts(&self, v: &[u8]) -> bool {
+        match self {
+            ValueMatch::Present => true,
+            ValueMatch::Exact(want) => v == want.as_bytes(),
+            ValueMatch::Prefix(p) => v.starts_with(p.as_bytes()),
+            ValueMatch::Regex(re) => std::str::from_utf8(v).is_ok_and(|s| re.is_match(s)),
+        }
+    }
+}
+
+/// `match.cookie`: the cookie `name` (from any `Cookie` field) meets `value`, or,
+/// inverted, does not (an absent cookie meets no condition).
+#[derive(Debug)]
+pub struct CookieMatcher {
+    pub name: String,
+    pub value: ValueMatch,
+    pub invert: bool,
+}
+
+impl CookieMatcher {
+    pub fn holds(&self, req: &impl RequestFacts) -> bool {
+        let hit = req.any_header("cookie", |field| {
+            crate::fields::cookie_value(field, &self.name).is_some_and(|v| self.value.accepts(v))
+        });
+        hit != self.invert
+    }
+}
+
+/// `match.query`: the query parameter `name` (its first value, as sent) meets `value`.
+#[derive(Debug)]
+pub struct QueryMatcher {
+    pub name: String,
+    pub value: ValueMatch,
+    pub invert: bool,
+}
+
+impl QueryMatcher {
+    pub fn holds(&self, req: &impl RequestFacts) -> bool {
+        let hit = crate::fields::query_value(req.query(), &self.name)
+            .is_some_and(|v| self.value.accepts(v.as_bytes()));
+        hit != self.invert
+    }
 }
 
 impl HeaderMatcher {
@@ -269,7 +325,8 @@ fn host_matches(m: &HostMatch, host: &str) -> bool {
 }
 
 impl Route {
-    /// Conditions not covered by the host / path index: method, headers, regex path.
+    /// Conditions not covered by the host / path index: method, headers, cookies,
+    /// query parameters, regex path.
     fn rest_matches(&self, req: &impl RequestFacts) -> bool {
         if let PathMatch::Regex(re) = &self.path {
             if !re.is_match(req.path()) {
@@ -282,5 +339,7 @@ impl Route {
             }
         }
         self.headers.iter().all(|h| h.holds(req))
+            && self.cookies.iter().all(|c| c.holds(req))
+            && self.query.iter().all(|q| q.holds(req))
     }
 }
