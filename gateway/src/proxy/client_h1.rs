@@ -153,7 +153,7 @@ enum Turn {
 
 /// One turn of a connection: wait briefly for a request, read its head, answer it.
 async fn turn<S: ClientStream>(
-    worker: &Worker,
+    worker: &Rc<Worker>,
     bound: &BoundListener,
     client: &mut Conn<S>,
     conn: &ConnectionFacts,

@@ -2,6 +2,8 @@
 //! listener and its client connection. Every phase and every relay reads it; it holds
 //! nothing that changes during the exchange.
 
+use std::rc::Rc;
+
 use weft_mesh::snapshot::{Listener, PathPolicy, RouteTable, Snapshot};
 
 use super::connection::ConnectionFacts;
@@ -11,7 +13,8 @@ use crate::runtime::worker::{BoundListener, Worker};
 /// One request's world: the worker it runs on, the snapshot it started with (held for
 /// its whole life, reloads notwithstanding), its listener and its connection.
 pub struct Exchange<'a> {
-    pub worker: &'a Worker,
+    /// Counted, so that work outliving the exchange (a mirror) can take it along.
+    pub worker: &'a Rc<Worker>,
     pub snapshot: &'a Snapshot,
     pub bound: &'a BoundListener,
     /// Who the client is and how it connected: peer, scheme, TLS identity.
@@ -22,7 +25,7 @@ pub struct Exchange<'a> {
 
 impl<'a> Exchange<'a> {
     pub fn new(
-        worker: &'a Worker,
+        worker: &'a Rc<Worker>,
         snapshot: &'a Snapshot,
         bound: &'a BoundListener,
         conn: &'a ConnectionFacts,

@@ -44,6 +44,7 @@ use super::completion::{Completion, Decided, Progress};
 use super::error::{Breaker, ProxyError, Retry};
 use super::exchange::Exchange;
 use super::facts::{is_valid_authority, PathOutcome, Request};
+use super::replay::KeptBody;
 use super::retry::{HeadWait, Retries};
 use super::rewrite::ResponseEdits;
 use super::{fault, grpc, local, rate_limit};
@@ -118,6 +119,8 @@ pub struct Plan<'p> {
     pub retry: Option<Box<Retries<'p>>>,
     /// What the answer's `x-ratelimit-*` say, when a rate limit sends them.
     pub rate: Option<rate_limit::RateHeaders>,
+    /// The request body as kept for a retry or a mirror, when either may send it again.
+    pub kept: Option<Box<KeptBody>>,
 }
 
 impl Plan<'_> {
@@ -173,22 +176,30 @@ impl Plan<'_> {
         grpc: Option<u16>,
         retry_after: Option<&[u8]>,
     ) -> bool {
+        let kept = self.kept.as_deref();
         self.retry
             .as_ref()
-            .is_some_and(|r| r.answer(x, progress, status, grpc, retry_after))
+            .is_some_and(|r| r.answer(x, (progress, kept), status, grpc, retry_after))
     }
 
-    /// Keeps a piece of the request body for a retry.
+    /// Keeps a piece of the request body for a retry or a mirror.
     pub fn keep_body(&self, piece: &[u8]) {
-        if let Some(r) = &self.retry {
-            r.keep(piece);
+        if let Some(k) = &self.kept {
+            k.keep(piece);
         }
     }
 
     /// The whole request body was taken from the client.
     pub fn body_complete(&self) {
-        if let Some(r) = &self.retry {
-            r.kept_all();
+        if let Some(k) = &self.kept {
+            k.complete();
+        }
+    }
+
+    /// The request body had trailers: it is not sent again.
+    pub fn abandon_body(&self) {
+        if let Some(k) = &self.kept {
+            k.abandon();
         }
     }
 
@@ -198,9 +209,9 @@ impl Plan<'_> {
         if !progress.body_taken.get() {
             return Ok(None);
         }
-        self.retry
+        self.kept
             .as_ref()
-            .and_then(|r| r.kept_body())
+            .and_then(|k| k.kept())
             .map(Some)
             .ok_or(ProxyError::BodyNotKept)
     }
@@ -383,10 +394,11 @@ async fn attempts<C: ClientSide>(
             Ok(next) => {
                 if let Some(r) = &plan.retry {
                     let status = progress.status.get().unwrap_or(200);
-                    r.finish(!matches!(
+                    let failed = matches!(
                         answer_outcome(status, progress.grpc_status.get()),
                         AttemptOutcome::Failed { .. }
-                    ));
+                    );
+                    r.finish(!failed, plan.kept.as_deref());
                 }
                 return Ok(next);
             }
@@ -411,7 +423,12 @@ async fn attempts<C: ClientSide>(
             _retrying = None;
             match policy_retry(x, plan, progress, e) {
                 Some(wait) => wait,
-                None => return Err(e),
+                None => {
+                    if let Some(r) = &plan.retry {
+                        r.finish(false, plan.kept.as_deref());
+                    }
+                    return Err(e);
+                }
             }
         };
         tracing::debug!(cluster = %plan.cluster.name, "attempt failed ({e}); trying again in {wait:?}");
@@ -433,12 +450,13 @@ fn policy_retry(
     if let ProxyError::RetriedAnswer { .. } = e {
         return r.take_decided();
     }
+    let facts = (progress, plan.kept.as_deref());
     match e.retry() {
-        Retry::Policy(failure) => r.error(x, progress, failure),
-        Retry::IfUnsent => r.error(x, progress, Failure::RefusedStream),
+        Retry::Policy(failure) => r.error(x, facts, failure),
+        Retry::IfUnsent => r.error(x, facts, Failure::RefusedStream),
         // A fresh connection (or the retry of a dead pooled one) that closed without
         // an answer: a reset, as the policy sees it.
-        Retry::IfReused => r.error(x, progress, Failure::Reset),
+        Retry::IfReused => r.error(x, facts, Failure::Reset),
         Retry::Never => None,
     }
 }
@@ -530,6 +548,23 @@ fn plan<'p>(
     // `99999999H` to a silent upstream must not hold the call for as long as it asks.
     let grpc_timeout = request.grpc_timeout().map(|t| t.min(timeout));
     let call_deadline = grpc_timeout.map(|t| Instant::now() + t);
+    let retry = route
+        .retry
+        .as_ref()
+        .or(cluster.retry.as_ref())
+        .map(|policy| {
+            Box::new(Retries::new(
+                policy,
+                cluster,
+                request.method(),
+                request.is_grpc(),
+                call_deadline,
+            ))
+        });
+    let keep = retry
+        .as_ref()
+        .filter(|r| r.keeps_body())
+        .map(|r| r.max_buffered_bytes());
     Ok(Plan {
         route,
         forward: fwd,
@@ -545,19 +580,8 @@ fn plan<'p>(
             None
         },
         rate,
-        retry: route
-            .retry
-            .as_ref()
-            .or(cluster.retry.as_ref())
-            .map(|policy| {
-                Box::new(Retries::new(
-                    policy,
-                    cluster,
-                    request.method(),
-                    request.is_grpc(),
-                    call_deadline,
-                ))
-            }),
+        retry,
+        kept: keep.map(|limit| Box::new(KeptBody::new(limit))),
     })
 }
 

@@ -34,6 +34,7 @@ mod lifecycle;
 mod local;
 pub(crate) mod rate_limit;
 mod relay;
+mod replay;
 mod retry;
 mod rewrite;
 mod tls;

@@ -19,18 +19,18 @@
 //! Waits are Envoy's fully jittered exponential backoff, or the answer's `Retry-After`
 //! jittered up by half. A retry avoids the endpoints that failed where others exist.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use weft_mesh::snapshot::retry::{Failure, RetryBudget, RetryPolicy};
 use weft_mesh::snapshot::Cluster;
 
 use super::completion::Progress;
 use super::error::ProxyError;
 use super::exchange::Exchange;
+use super::replay::KeptBody;
 use crate::upstream::retry_budget::RatioBudget;
 
 /// The retry state of one exchange with a retry policy.
@@ -41,7 +41,6 @@ pub struct Retries<'p> {
     /// retried: the method is idempotent, or the route opted in.
     answers: bool,
     grpc: bool,
-    body: RefCell<KeptBody>,
     /// The latest retry holds a place in the cluster's retry count (`retries`), given
     /// back on drop. (A flag, not a `Permit`: a `Cell` of a borrow would make the
     /// plan invariant in its lifetime.)
@@ -53,16 +52,6 @@ pub struct Retries<'p> {
     /// Endpoints that failed, as bits of their hashes (`previous_hosts`).
     failed: Cell<u64>,
     retried: Cell<u32>,
-}
-
-/// The request body as kept for another attempt.
-enum KeptBody {
-    /// Nothing after the body was sent could be retried: nothing is kept.
-    Off,
-    Keeping(BytesMut),
-    Kept(Bytes),
-    /// Past `max_buffered_bytes`, or with trailers: the request cannot go again.
-    Abandoned,
 }
 
 /// How long an attempt waits for its response head, and the error when that passes.
@@ -85,11 +74,6 @@ impl<'p> Retries<'p> {
             cluster,
             answers,
             grpc,
-            body: RefCell::new(if answers || grpc {
-                KeptBody::Keeping(BytesMut::new())
-            } else {
-                KeptBody::Off
-            }),
             holding: Cell::new(false),
             decided: Cell::new(None),
             deadline: Cell::new(call_deadline),
@@ -127,38 +111,15 @@ impl<'p> Retries<'p> {
         }
     }
 
-    /// Keeps a piece of the request body taken from the client.
-    pub fn keep(&self, piece: &[u8]) {
-        let mut body = self.body.borrow_mut();
-        if let KeptBody::Keeping(kept) = &mut *body {
-            if kept.len() + piece.len() > self.policy.max_buffered_bytes {
-                *body = KeptBody::Abandoned;
-                count(&self.cluster.shared.retry.abandoned_body_too_large);
-            } else {
-                kept.extend_from_slice(piece);
-            }
-        }
+    /// Whether a retry may resend the body after it was sent (an answer or a reset
+    /// could be retried): then the plan keeps a copy, up to `max_buffered_bytes`.
+    pub fn keeps_body(&self) -> bool {
+        self.answers || self.grpc
     }
 
-    /// The whole request body was taken (and kept, if it fit).
-    pub fn kept_all(&self) {
-        let mut body = self.body.borrow_mut();
-        if let KeptBody::Keeping(kept) = &mut *body {
-            *body = KeptBody::Kept(kept.split().freeze());
-        }
-    }
-
-    /// The body cannot be sent again as kept (it had trailers).
-    pub fn abandon_body(&self) {
-        *self.body.borrow_mut() = KeptBody::Abandoned;
-    }
-
-    /// The request body for an attempt after the one that took it from the client.
-    pub fn kept_body(&self) -> Option<Bytes> {
-        match &*self.body.borrow() {
-            KeptBody::Kept(b) => Some(b.clone()),
-            _ => None,
-        }
+    /// The most of a body kept for a retry.
+    pub fn max_buffered_bytes(&self) -> usize {
+        self.policy.max_buffered_bytes
     }
 
     /// Whether an answer whose head is `status` (and `grpc`, a gRPC status in that
@@ -167,7 +128,7 @@ impl<'p> Retries<'p> {
     pub fn answer(
         &self,
         x: &Exchange<'_>,
-        progress: &Progress,
+        (progress, kept): (&Progress, Option<&KeptBody>),
         status: u16,
         grpc: Option<u16>,
         retry_after: Option<&[u8]>,
@@ -189,7 +150,7 @@ impl<'p> Retries<'p> {
                 _ => return false,
             },
         };
-        match self.decide(x, progress, failure, pushback) {
+        match self.decide(x, (progress, kept), failure, pushback) {
             Some(wait) => {
                 self.decided.set(Some(wait));
                 true
@@ -202,10 +163,10 @@ impl<'p> Retries<'p> {
     pub fn error(
         &self,
         x: &Exchange<'_>,
-        progress: &Progress,
+        (progress, kept): (&Progress, Option<&KeptBody>),
         failure: Failure,
     ) -> Option<Duration> {
-        self.decide(x, progress, failure, Pushback::Backoff)
+        self.decide(x, (progress, kept), failure, Pushback::Backoff)
     }
 
     /// The wait of the retry a relay decided on an answer.
@@ -233,7 +194,7 @@ impl<'p> Retries<'p> {
     fn decide(
         &self,
         x: &Exchange<'_>,
-        progress: &Progress,
+        (progress, kept): (&Progress, Option<&KeptBody>),
         failure: Failure,
         pushback: Pushback,
     ) -> Option<Duration> {
@@ -245,7 +206,7 @@ impl<'p> Retries<'p> {
         if failure.reached_application() && !self.answers && !grpc_answer {
             return None;
         }
-        if progress.body_taken.get() && self.kept_body().is_none() {
+        if progress.body_taken.get() && kept.and_then(KeptBody::kept).is_none() {
             return None;
         }
         let counters = &self.cluster.shared.retry;
@@ -345,10 +306,14 @@ impl<'p> Retries<'p> {
         }
     }
 
-    /// The exchange is over: a retried request that ended well counts as a success.
-    pub fn finish(&self, succeeded: bool) {
+    /// The exchange is over: a retried request that ended well counts as a success; a
+    /// body too large to keep made the request one that could not be retried.
+    pub fn finish(&self, succeeded: bool, kept: Option<&KeptBody>) {
         if self.retried.get() > 0 && succeeded {
             count(&self.cluster.shared.retry.success);
+        }
+        if self.keeps_body() && kept.is_some_and(KeptBody::too_large) {
+            count(&self.cluster.shared.retry.abandoned_body_too_large);
         }
     }
 }

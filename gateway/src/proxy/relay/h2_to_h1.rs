@@ -257,9 +257,7 @@ async fn send_request_body(
             .flatten();
         // Trailers are not kept: a request that had them is not sent again.
         if trailers.is_some() {
-            if let Some(r) = &plan.retry {
-                r.abandon_body();
-            }
+            plan.abandon_body();
         }
         if up
             .conn

@@ -210,22 +210,24 @@ async fn pump_request(
         }
         let last = body.is_end_stream();
         plan.keep_body(&data);
+        if last {
+            // Before it goes: the upstream may answer the moment it has it, and the
+            // answer's retry needs the body kept whole.
+            plan.body_complete();
+        }
         send_all(&mut upstream, data, last, up_pace)
             .await
             .map_err(|_| PumpEnd::Upstream)?;
         // Only now may the client send more: the upstream took this piece.
         let _ = body.flow_control().release_capacity(n);
         if last {
-            plan.body_complete();
             return Ok(());
         }
     }
     match body.trailers().await {
         Ok(Some(trailers)) => {
             // Trailers are not kept: a request that had them is not sent again.
-            if let Some(r) = &plan.retry {
-                r.abandon_body();
-            }
+            plan.abandon_body();
             upstream.send_trailers(rewrite::request_trailers(trailers))
         }
         Ok(None) => {
