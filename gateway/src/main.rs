@@ -149,6 +149,15 @@ fn summary(s: &Snapshot) -> String {
                         .map(|t| format!("{}={}", s.clusters[t.cluster].name, t.weight))
                         .collect();
                     let mut line = format!("-> {}", targets.join(", "));
+                    match &f.sticky {
+                        Some(weft_mesh::snapshot::Sticky::Header(h)) => {
+                            line += &format!(" (sticky by header {h})")
+                        }
+                        Some(weft_mesh::snapshot::Sticky::Cookie(c)) => {
+                            line += &format!(" (sticky by cookie {c})")
+                        }
+                        None => {}
+                    }
                     if !f.hash_policy.is_empty() {
                         use weft_mesh::snapshot::hashing::HashSource;
                         let parts: Vec<String> = f
@@ -189,6 +198,14 @@ fn summary(s: &Snapshot) -> String {
             }
             if let Some(limit) = &r.rate_limit {
                 out += &format!("      {limit}\n");
+            }
+            if let Some(m) = &r.mirror {
+                out += &format!(
+                    "      mirror: {}% to {}, bodies kept up to {} bytes\n",
+                    f64::from(m.share) / 10_000.0,
+                    s.clusters[m.cluster].name,
+                    m.max_buffered_bytes
+                );
             }
         }
     }

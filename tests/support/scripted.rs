@@ -26,6 +26,8 @@ pub struct Seen {
     pub path: String,
     /// `x-key`, which tests use to tell their requests apart.
     pub key: String,
+    /// `Host` (HTTP/1.1) or `:authority` (HTTP/2).
+    pub host: String,
     pub attempt: Option<String>,
     pub body_len: usize,
     pub body_sha256: String,
@@ -125,6 +127,12 @@ async fn handle(
         header("x-key").unwrap_or_default(),
         header("x-weft-attempt-count"),
     );
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| header("host"))
+        .unwrap_or_default();
     let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
     let body = req
         .into_body()
@@ -140,6 +148,7 @@ async fn handle(
             method,
             path,
             key,
+            host,
             attempt,
             body_len: body.len(),
             body_sha256: sha256_hex(&body),

@@ -1005,3 +1005,178 @@ fn a_sticky_split_keeps_each_user_on_one_side() {
     assert_eq!(v1.seen().len() + v2.seen().len(), 2000);
     assert!((60..=140).contains(&on_v2), "{on_v2} of 1000 users on v2");
 }
+
+/// A config whose route to `api` mirrors `percent` of its requests to `shadow`.
+fn mirror_config(
+    admin: std::net::SocketAddr,
+    listen: std::net::SocketAddr,
+    primary: std::net::SocketAddr,
+    shadow: std::net::SocketAddr,
+    percent: f64,
+    shadow_more: &str,
+) -> String {
+    format!(
+        "{}\n[clusters.shadow]\nendpoints = [\"{shadow}\"]\n{shadow_more}\n",
+        config(
+            admin,
+            listen,
+            &[primary],
+            &format!(
+                "name = \"mirrored\"\nmirror = {{ cluster = \"shadow\", percent = {percent:.1} }}"
+            ),
+            "",
+        )
+    )
+}
+
+/// Every request is copied to a mirror that takes 2 s to answer: the primary answers
+/// as fast as without it, and the mirror gets each request with its body and its
+/// `Host`, from both client protocols.
+#[test]
+fn a_slow_mirror_never_holds_the_primary() {
+    let primary = ScriptedUpstream::start(false, always(200));
+    let shadow = ScriptedUpstream::start(
+        true,
+        Arc::new(|_: &Seen, _: &[Seen]| Reply {
+            delay: Duration::from_secs(2),
+            ..Reply::status(200)
+        }),
+    );
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start(
+        "ingress",
+        &mirror_config(
+            admin,
+            listen,
+            primary.addr,
+            shadow.addr,
+            100.0,
+            "protocol = \"http2\"",
+        ),
+        admin,
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let body: Vec<u8> = (0..1024).map(|_| fastrand::u8(..)).collect();
+    let file = dir.path().join("body");
+    std::fs::write(&file, &body).expect("body");
+    let data = format!("@{}", file.display());
+    let mut took = Vec::new();
+    for i in 0..40 {
+        let key = format!("m-{i}");
+        let started = Instant::now();
+        let (status, _) = curl(
+            i % 2 == 1,
+            &format!("http://{listen}/m"),
+            &[
+                "-H",
+                &format!("x-key: {key}"),
+                "-H",
+                "host: shop.example",
+                "--data-binary",
+                &data,
+            ],
+        );
+        took.push(started.elapsed());
+        assert_eq!(status, 200);
+    }
+    took.sort();
+    let p99 = took[took.len() - 1];
+    assert!(
+        p99 < Duration::from_millis(150),
+        "slowest primary answer {p99:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shadow.seen().len() < 40 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let copies = shadow.seen();
+    assert_eq!(copies.len(), 40);
+    assert!(copies.iter().all(|c| c.body_sha256 == sha256_hex(&body)));
+    assert!(
+        copies.iter().all(|c| c.host == "shop.example"),
+        "{:?}",
+        copies[0].host
+    );
+    assert_eq!(primary.seen().len(), 40);
+    assert_eq!(
+        weft.metric_settled(
+            &["weft_route_mirror_sent_total", "route=\"mirrored\""],
+            40.0
+        ),
+        40.0
+    );
+}
+
+/// A mirror that is down costs the primary nothing; its failures are counted.
+#[test]
+fn a_dead_mirror_leaves_the_primary_whole() {
+    let primary = ScriptedUpstream::start(false, always(200));
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start(
+        "ingress",
+        &mirror_config(admin, listen, primary.addr, free_addr(), 100.0, ""),
+        admin,
+    );
+    let answered = h2load(&format!("http://{listen}/d"), 500, false, &[]);
+    assert_eq!(answered[2], 500, "{answered:?}");
+    let failed = weft.metric_settled(
+        &["weft_route_mirror_failed_total", "route=\"mirrored\""],
+        500.0,
+    );
+    assert_eq!(failed, 500.0);
+}
+
+/// A 25% mirror copies 25% +- 2.5% of 4,000 requests; a mirror cluster whose
+/// breaker is full skips the copy, counted.
+#[test]
+fn a_quarter_mirror_holds_its_share_and_a_full_breaker_skips() {
+    let primary = ScriptedUpstream::start(false, always(200));
+    let shadow = ScriptedUpstream::start(false, always(200));
+    let (admin, listen) = (free_addr(), free_addr());
+    let _weft = Weft::start(
+        "ingress",
+        &mirror_config(admin, listen, primary.addr, shadow.addr, 25.0, ""),
+        admin,
+    );
+    h2load(&format!("http://{listen}/q"), 4000, true, &[]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = 0;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = shadow.seen().len();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!((900..=1100).contains(&last), "{last} of 4000 mirrored");
+
+    let slow = ScriptedUpstream::start(
+        false,
+        Arc::new(|_: &Seen, _: &[Seen]| Reply {
+            delay: Duration::from_millis(500),
+            ..Reply::status(200)
+        }),
+    );
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start(
+        "ingress",
+        &mirror_config(
+            admin,
+            listen,
+            primary.addr,
+            slow.addr,
+            100.0,
+            "circuit_breakers = { max_requests = 2 }",
+        ),
+        admin,
+    );
+    let answered = h2load(&format!("http://{listen}/b"), 20, false, &[]);
+    assert_eq!(answered[2], 20);
+    let skipped = weft.metric(&[
+        "weft_route_mirror_skipped_total",
+        "route=\"mirrored\"",
+        "reason=\"overflow\"",
+    ]);
+    assert!(skipped >= 10.0, "{skipped} skipped");
+}

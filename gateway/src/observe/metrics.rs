@@ -81,6 +81,10 @@ pub enum Family {
     /// route (empty for the listener's own limit) and scope.
     RateLimitOk,
     RateLimitLimited,
+    /// Mirrored copies answered, skipped (by reason) and failed, by listener and route.
+    MirrorSent,
+    MirrorSkipped,
+    MirrorFailed,
 }
 
 impl Family {
@@ -104,6 +108,9 @@ impl Family {
             Family::FaultOverflows => "weft_route_fault_overflow_total",
             Family::RateLimitOk => "weft_rate_limit_ok_total",
             Family::RateLimitLimited => "weft_rate_limit_limited_total",
+            Family::MirrorSent => "weft_route_mirror_sent_total",
+            Family::MirrorSkipped => "weft_route_mirror_skipped_total",
+            Family::MirrorFailed => "weft_route_mirror_failed_total",
         }
     }
     fn help(self) -> &'static str {
@@ -152,6 +159,13 @@ impl Family {
             Family::RateLimitLimited => {
                 "Requests answered over a rate limit, by listener, route (empty: the listener's limit) and scope."
             }
+            Family::MirrorSent => "Mirrored copies the mirror cluster answered, by listener and route.",
+            Family::MirrorSkipped => {
+                "Mirrored copies not sent, by listener, route and reason (overflow, body_not_kept, no_endpoint, not_sendable, not_http2)."
+            }
+            Family::MirrorFailed => {
+                "Mirrored copies that got no answer (connect failed, timed out, broken), by listener and route."
+            }
         }
     }
     /// Whether this family's keys start with the snapshot version (their other parts
@@ -172,6 +186,9 @@ impl Family {
                 | Family::FaultOverflows
                 | Family::RateLimitOk
                 | Family::RateLimitLimited
+                | Family::MirrorSent
+                | Family::MirrorSkipped
+                | Family::MirrorFailed
         )
     }
     fn kind(self) -> &'static str {
@@ -180,7 +197,7 @@ impl Family {
             _ => "counter",
         }
     }
-    const ALL: [Family; 18] = [
+    const ALL: [Family; 21] = [
         Family::Requests,
         Family::UpstreamConnectErrors,
         Family::UpstreamTimeouts,
@@ -199,6 +216,9 @@ impl Family {
         Family::FaultOverflows,
         Family::RateLimitOk,
         Family::RateLimitLimited,
+        Family::MirrorSent,
+        Family::MirrorSkipped,
+        Family::MirrorFailed,
     ];
 }
 

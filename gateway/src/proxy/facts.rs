@@ -12,6 +12,7 @@ use weft_mesh::snapshot::{is_grpc_content_type, PathPolicy, RequestFacts};
 
 use super::flow::SendBudget;
 use super::grpc;
+use super::rewrite;
 use crate::proto::h1::head::{BodyFraming, Head, RequestHead};
 
 /// What the lifecycle asks of a request, whichever protocol carried it.
@@ -34,6 +35,12 @@ pub trait Request: RequestFacts {
     fn upgrade(&self) -> Option<&[u8]> {
         None
     }
+    /// Whether the request has a body (even an empty one, announced).
+    fn has_body(&self) -> bool;
+    /// The request line and framing as they go upstream (`h1_upstream`: to an HTTP/1.1
+    /// one), and the client's end-to-end fields: what a copy of the request is made of.
+    fn outgoing(&self, h1_upstream: bool) -> rewrite::Outgoing<'_>;
+    fn end_to_end(&self) -> impl Iterator<Item = (&[u8], &[u8])>;
 }
 
 /// The header that carries a verified client certificate's identity.
@@ -367,6 +374,15 @@ impl Request for Facts<'_> {
             _ => None,
         }
     }
+    fn has_body(&self) -> bool {
+        self.head.framing != BodyFraming::None
+    }
+    fn outgoing(&self, _h1_upstream: bool) -> rewrite::Outgoing<'_> {
+        rewrite::h1_outgoing(self, false)
+    }
+    fn end_to_end(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        rewrite::h1_headers(self.head)
+    }
 }
 
 impl Facts<'_> {
@@ -394,6 +410,8 @@ pub struct H2Facts<'a> {
     /// The normal form of the path, when it differs (`[listeners.paths]`).
     normalized: Option<Box<NormalTarget>>,
     pub path_outcome: PathOutcome,
+    /// The stream did not end with its head: a body follows.
+    pub has_body: bool,
 }
 
 impl<'a> H2Facts<'a> {
@@ -423,6 +441,7 @@ impl<'a> H2Facts<'a> {
             send_budget,
             normalized,
             path_outcome,
+            has_body: false,
         }
     }
 
@@ -522,6 +541,15 @@ impl Request for H2Facts<'_> {
     }
     fn path_outcome(&self) -> PathOutcome {
         self.path_outcome
+    }
+    fn has_body(&self) -> bool {
+        self.has_body
+    }
+    fn outgoing(&self, h1_upstream: bool) -> rewrite::Outgoing<'_> {
+        rewrite::h2_outgoing(self, self.has_body, h1_upstream)
+    }
+    fn end_to_end(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.end_to_end_headers()
     }
 }
 

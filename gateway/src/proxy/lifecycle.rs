@@ -47,7 +47,7 @@ use super::facts::{is_valid_authority, PathOutcome, Request};
 use super::replay::KeptBody;
 use super::retry::{HeadWait, Retries};
 use super::rewrite::ResponseEdits;
-use super::{fault, grpc, local, rate_limit};
+use super::{fault, grpc, local, mirror, rate_limit};
 use crate::observe::metrics::Family;
 use crate::proto::h1::head::trim;
 use crate::upstream::REFUSED_RETRIES;
@@ -349,8 +349,14 @@ async fn decide_and_relay<'s, C: ClientSide>(
                 .admit(plan.cluster.breakers.max_requests)
             {
                 None => Err(ProxyError::Overflow(Breaker::Requests)),
-                // Phase 7: attempts.
-                Some(_admitted) => attempts(x, client, plan, progress).await,
+                // Phase 7: attempts; then the copy for a mirror, its own task.
+                Some(_admitted) => {
+                    let relayed = attempts(x, client, plan, progress).await;
+                    if let Some(m) = &route.mirror {
+                        mirror::send(x, plan, m, client.request());
+                    }
+                    relayed
+                }
             },
         }
     };
@@ -561,10 +567,17 @@ fn plan<'p>(
                 call_deadline,
             ))
         });
-    let keep = retry
-        .as_ref()
-        .filter(|r| r.keeps_body())
-        .map(|r| r.max_buffered_bytes());
+    // A retry that may resend the body, and a mirror, keep it: the larger limit.
+    let keep = [
+        retry
+            .as_ref()
+            .filter(|r| r.keeps_body())
+            .map(|r| r.max_buffered_bytes()),
+        route.mirror.map(|m| m.max_buffered_bytes),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
     Ok(Plan {
         route,
         forward: fwd,

@@ -32,6 +32,7 @@ mod grpc;
 mod identity;
 mod lifecycle;
 mod local;
+mod mirror;
 pub(crate) mod rate_limit;
 mod relay;
 mod replay;

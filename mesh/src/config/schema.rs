@@ -426,6 +426,28 @@ pub struct RouteConfig {
     /// A `split` picks by this header's (or cookie's) value rather than at random: the
     /// same value lands on the same side on every worker and every weft.
     pub sticky: Option<StickyConfig>,
+    /// A copy of a share of the requests goes to another cluster, its answer dropped.
+    pub mirror: Option<MirrorConfig>,
+}
+
+/// `mirror = { cluster, percent, max_buffered_bytes }`: Envoy's request mirror policy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorConfig {
+    pub cluster: String,
+    pub percent: f64,
+    /// A request body is kept this far for the copy; a longer one is not mirrored.
+    pub max_buffered_bytes: u64,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            cluster: String::new(),
+            percent: 100.0,
+            max_buffered_bytes: 64 * 1024,
+        }
+    }
 }
 
 /// `sticky = { header = ".." }` or `{ cookie = ".." }`.

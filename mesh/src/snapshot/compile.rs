@@ -1654,6 +1654,26 @@ fn compile_route(
         ),
         timeout: r.timeout.map(|t| t.0),
         upgrades,
+        mirror: r.mirror.as_ref().map(|m| {
+            let key = format!("{path}.mirror");
+            if r.cluster.is_none() && r.split.is_none() {
+                d.error(key.clone(), "only applies to routes that forward");
+            }
+            if !(0.0..=100.0).contains(&m.percent) {
+                d.error(format!("{key}.percent"), "is a percentage: 0 to 100");
+            }
+            if m.max_buffered_bytes > 16 * 1024 * 1024 {
+                d.error(
+                    format!("{key}.max_buffered_bytes"),
+                    "at most 16 MiB: each mirrored request may hold this much",
+                );
+            }
+            Mirror {
+                cluster: cluster_ref(&m.cluster, format!("{key}.cluster"), d),
+                share: fault::share(m.percent),
+                max_buffered_bytes: m.max_buffered_bytes as usize,
+            }
+        }),
         rate_limit: r.rate_limit.as_ref().map(|c| {
             rate_limit::compile(c, &format!("{path}.rate_limit"), &mut |k, p| d.error(k, p))
         }),

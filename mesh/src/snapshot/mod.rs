@@ -509,6 +509,17 @@ pub struct Route {
     /// Delays and aborts injected into a share of the requests.
     pub fault: Option<fault::Fault>,
     pub rate_limit: Option<rate_limit::RateLimit>,
+    /// A copy of a share of the requests to another cluster.
+    pub mirror: Option<Mirror>,
+}
+
+/// `mirror`, compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mirror {
+    pub cluster: ClusterId,
+    /// In millionths (`fault::share`).
+    pub share: u32,
+    pub max_buffered_bytes: usize,
 }
 
 #[derive(Debug)]
