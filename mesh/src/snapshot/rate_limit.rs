@@ -345,7 +345,7 @@ mod tests {
         assert!(k.take(1, TEN_A_SECOND, 4, 1).is_err());
         assert_eq!(k.take(2, TEN_A_SECOND, 4, 1).map(|t| t.remaining), Ok(9));
         for key in 3..100 {
-            k.take(key, TEN_A_SECOND, 4, key);
+            let _ = k.take(key, TEN_A_SECOND, 4, key);
         }
         assert!(k.len() <= 4, "{}", k.len());
     }
