@@ -15,6 +15,7 @@
 #
 # WEFT_CLUSTER_EXTRA: config lines appended to the cluster (its keys, then its
 # sub-tables), e.g. the endpoint-health features for an A/B of their cost.
+# WEFT_ROUTE_EXTRA: keys added to the route (e.g. a retry policy and a rate limit).
 #
 # Needs valgrind, h2load (nghttp2-client) and a built weft-bench next to this script's
 # repository (target/release/weft-bench).
@@ -42,7 +43,10 @@ io = "epoll"
 [[listeners]]
 name = "l"
 address = "127.0.0.1:$PORT"
-routes = [ { match = { path_prefix = "/" }, cluster = "up" } ]
+[[listeners.routes]]
+match = { path_prefix = "/" }
+cluster = "up"
+${WEFT_ROUTE_EXTRA:-}
 [clusters.up]
 endpoints = ["127.0.0.1:$UP"]
 $PROTOCOL

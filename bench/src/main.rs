@@ -39,7 +39,8 @@ enum Command {
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
         /// Systems (default: all available): direct, weft-io_uring, weft-epoll, nginx, haproxy;
-        /// a weft system with `-health` has the endpoint-health features on (not by default).
+        /// a weft system with `-health` has the endpoint-health features on, with `-policy`
+        /// a retry policy and a rate limit that never trigger (neither by default).
         #[arg(long = "system")]
         systems: Vec<String>,
         #[arg(long, default_value = "bench-results")]
@@ -368,6 +369,8 @@ mod tests {
             "weft-epoll-pgo",
             "weft-io_uring-health",
             "weft-epoll-pgo-health",
+            "weft-io_uring-policy",
+            "weft-epoll-health-policy",
             "nginx",
             "haproxy",
         ] {

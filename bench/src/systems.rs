@@ -19,10 +19,13 @@ pub enum Kind {
     /// `health`: the endpoint-health features all on for the clusters (`-health`):
     /// `lb = "p2c_ewma"`, active HTTP checks every second, outlier detection (the
     /// circuit breakers are always on).
+    /// `policy`: request policies on the forwarding route, configured but never
+    /// triggering (`-policy`): a retry policy and a process-wide rate limit.
     Weft {
         driver: &'static str,
         pgo: bool,
         health: bool,
+        policy: bool,
     },
     Nginx,
     Haproxy,
@@ -36,10 +39,12 @@ impl Kind {
                 driver,
                 pgo,
                 health,
+                policy,
             } => format!(
-                "weft-{driver}{}{}",
+                "weft-{driver}{}{}{}",
                 if *pgo { "-pgo" } else { "" },
-                if *health { "-health" } else { "" }
+                if *health { "-health" } else { "" },
+                if *policy { "-policy" } else { "" }
             ),
             Kind::Nginx => "nginx".into(),
             Kind::Haproxy => "haproxy".into(),
@@ -47,8 +52,12 @@ impl Kind {
     }
 
     pub fn parse(name: &str) -> Option<Kind> {
-        // The inverse of `name`: a weft system may carry the `-pgo` and `-health`
-        // suffixes.
+        // The inverse of `name`: a weft system may carry the `-pgo`, `-health` and
+        // `-policy` suffixes.
+        let (name, policy) = match name.strip_suffix("-policy") {
+            Some(base) => (base, true),
+            None => (name, false),
+        };
         let (name, health) = match name.strip_suffix("-health") {
             Some(base) => (base, true),
             None => (name, false),
@@ -60,7 +69,7 @@ impl Kind {
         let driver = match base {
             "weft-io_uring" => "io_uring",
             "weft-epoll" => "epoll",
-            _ if pgo || health => return None,
+            _ if pgo || health || policy => return None,
             "direct" => return Some(Kind::Direct),
             "nginx" => return Some(Kind::Nginx),
             "haproxy" => return Some(Kind::Haproxy),
@@ -70,6 +79,7 @@ impl Kind {
             driver,
             pgo,
             health,
+            policy,
         })
     }
 
@@ -319,7 +329,8 @@ pub enum Target {
 pub const LOCAL_BODY: &str = "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijkl";
 
 /// The weft config for a bench run; `variant` flips the route set used by reload runs;
-/// `health` turns the endpoint-health features on for the clusters (`Kind::Weft`).
+/// `health` turns the endpoint-health features on for the clusters, `policy` the
+/// request policies on the forwarding route (`Kind::Weft`).
 #[allow(clippy::too_many_arguments)]
 pub fn weft_config(
     port: u16,
@@ -329,7 +340,7 @@ pub fn weft_config(
     workers: usize,
     variant: bool,
     tls: Option<&Path>,
-    health: bool,
+    (health, policy): (bool, bool),
 ) -> String {
     // Both variants route everything to the upstream; they differ in routes and weights
     // so a reload really swaps the table.
@@ -365,8 +376,15 @@ pub fn weft_config(
                 }
                 c
             };
+            // Configured, never triggering: nothing fails, and the bucket never empties.
+            let policies = if policy {
+                ", retry = { retry_on = [\"connect-failure\", \"refused-stream\", \"gateway-error\"], num_retries = 2 }, \
+                 rate_limit = { max_tokens = 1000000000, fill_interval = \"1s\" }"
+            } else {
+                ""
+            };
             (
-                format!("split = [ {{ cluster = \"a\", weight = {w1} }}, {{ cluster = \"b\", weight = {w2} }} ]"),
+                format!("split = [ {{ cluster = \"a\", weight = {w1} }}, {{ cluster = \"b\", weight = {w2} }} ]{policies}"),
                 cluster("a") + &cluster("b"),
             )
         }
@@ -442,7 +460,12 @@ pub fn start(
     let config;
     match kind {
         Kind::Direct => unreachable!("handled above"),
-        Kind::Weft { driver, health, .. } => {
+        Kind::Weft {
+            driver,
+            health,
+            policy,
+            ..
+        } => {
             let admin_port = free_port();
             admin = Some(SocketAddr::from(([127, 0, 0, 1], admin_port)));
             let path = env.dir.join(format!("{}.toml", kind.name()));
@@ -463,7 +486,7 @@ pub fn start(
                     workers,
                     true,
                     (protocol == Protocol::Tls).then_some(env.dir.as_path()),
-                    *health,
+                    (*health, *policy),
                 ),
             )?;
             cmd.arg(kind.weft_bin(env))

@@ -594,7 +594,9 @@ fn plan<'p>(
         },
         rate,
         retry,
-        kept: keep.map(|limit| Box::new(KeptBody::new(limit))),
+        kept: keep
+            .filter(|_| request.has_body())
+            .map(|limit| Box::new(KeptBody::new(limit))),
     })
 }
 
