@@ -764,8 +764,9 @@ fn header_controlled_aborts_are_capped_by_the_route() {
     assert_eq!(not_allowed[2], 200, "{not_allowed:?}");
 }
 
-/// A process-wide limit of 10 a minute, 50 requests from 4 connections (which
-/// SO_REUSEPORT spreads over the 2 workers): exactly 10 pass.
+/// A process-wide limit of 10 a second, a burst of 50 requests from 4 connections
+/// (which SO_REUSEPORT spreads over the 2 workers): exactly 10 pass (the bucket fills a
+/// second after its first use, and the burst takes a few milliseconds).
 #[test]
 fn a_process_rate_limit_is_exact_across_workers() {
     let up = ScriptedUpstream::start(false, always(200));
@@ -776,7 +777,7 @@ fn a_process_rate_limit_is_exact_across_workers() {
             admin,
             listen,
             &[up.addr],
-            "name = \"limited\"\nrate_limit = { max_tokens = 10, tokens_per_fill = 10, fill_interval = \"60s\" }",
+            "name = \"limited\"\nrate_limit = { max_tokens = 10, tokens_per_fill = 10, fill_interval = \"1s\" }",
             "",
         ),
         admin,
@@ -805,7 +806,7 @@ fn rate_limit_headers_count_down_and_grpc_is_resource_exhausted() {
             admin,
             listen,
             &[up.addr],
-            "rate_limit = { max_tokens = 5, fill_interval = \"30s\" }",
+            "rate_limit = { max_tokens = 5, fill_interval = \"30s\", x_ratelimit_headers = true }",
             "",
         ),
         admin,
@@ -1179,4 +1180,46 @@ fn a_quarter_mirror_holds_its_share_and_a_full_breaker_skips() {
         "reason=\"overflow\"",
     ]);
     assert!(skipped >= 10.0, "{skipped} skipped");
+}
+
+/// Bad policies are refused by `weft check` with `FILE: key: problem`, every one of
+/// them, and good ones are printed in the config's spellings.
+#[test]
+fn bad_policies_are_refused_with_their_keys() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("weft.toml");
+    let bad = "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\n\
+        [[listeners.routes]]\nmatch = { path_prefix = \"/\", cookie = { name = \"c\", exact = \"a\", regex = \"b\" } }\n\
+        cluster = \"api\"\n\
+        retry = { retry_on = [\"5xxx\"], num_retries = 0 }\n\
+        fault = { abort = { http_status = 700, percent = 120.0 } }\n\
+        rate_limit = { max_tokens = 0, fill_interval = \"10ms\", key = \"who\" }\n\
+        mirror = { cluster = \"nowhere\" }\n\
+        [[listeners.routes]]\nmatch = { path_prefix = \"/s\" }\ncluster = \"api\"\nsticky = { header = \"x-u\" }\n\
+        [clusters.api]\nendpoints = [\"127.0.0.1:2\"]\n\
+        [clusters.api.retry_budget]\nkind = \"ratio\"\nratio = -1.0\n";
+    std::fs::write(&file, bad).expect("config");
+    let out =
+        weft_tests::process::weft_output(&["check", "--config", file.to_str().expect("path")]);
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    for key in [
+        "listeners[0].routes[0].match.cookie[0]: use only one of exact, prefix and regex",
+        "listeners[0].routes[0].retry.retry_on[0]: unknown condition `5xxx`",
+        "listeners[0].routes[0].retry.num_retries: must be at least 1",
+        "listeners[0].routes[0].fault.abort.http_status: must be between 200 and 599",
+        "listeners[0].routes[0].fault.abort.percent: is a percentage",
+        "listeners[0].routes[0].rate_limit.max_tokens: must be at least 1",
+        "listeners[0].routes[0].rate_limit.fill_interval: must be at least 50ms",
+        "listeners[0].routes[0].rate_limit.key: unknown key `who`",
+        "listeners[0].routes[0].mirror.cluster: unknown cluster `nowhere`",
+        "listeners[0].routes[1].sticky: only applies to a split",
+        "clusters.api.retry_budget.ratio: retries per request",
+    ] {
+        assert!(
+            text.contains(&format!("{}: {key}", file.display())),
+            "{key} missing in:\n{text}"
+        );
+    }
 }

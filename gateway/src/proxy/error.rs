@@ -126,12 +126,10 @@ pub enum ProxyError {
         grpc: Option<u16>,
     },
     /// A rate limit's bucket was empty: `status`, or a gRPC call's `grpc` status, with
-    /// the bucket's `x-ratelimit-*` when the limit sends them.
+    /// the bucket's size and the seconds to its next fill for `x-ratelimit-*`.
     RateLimited {
         status: u16,
         grpc: u16,
-        /// `x-ratelimit-*` go with the answer: the bucket's size and its next fill.
-        headers: bool,
         limit: u32,
         reset_secs: u32,
     },

@@ -74,10 +74,7 @@ pub fn error_fields(error: ProxyError) -> Vec<(&'static str, Cow<'static, str>)>
             .map(|(n, v)| (*n, Cow::Borrowed(*v))),
     );
     if let ProxyError::RateLimited {
-        headers: true,
-        limit,
-        reset_secs,
-        ..
+        limit, reset_secs, ..
     } = error
     {
         fields.extend(rate_fields(RateHeaders {
@@ -93,11 +90,18 @@ pub fn error_fields(error: ProxyError) -> Vec<(&'static str, Cow<'static, str>)>
 /// as Envoy's local rate limit sends them).
 pub fn rate_fields(h: RateHeaders) -> [(&'static str, Cow<'static, str>); 3] {
     [
-        ("x-ratelimit-limit", Cow::Owned(h.limit.to_string())),
-        ("x-ratelimit-remaining", Cow::Owned(h.remaining.to_string())),
-        ("x-ratelimit-reset", Cow::Owned(h.reset_secs.to_string())),
+        (RATE_FIELDS[0], Cow::Owned(h.limit.to_string())),
+        (RATE_FIELDS[1], Cow::Owned(h.remaining.to_string())),
+        (RATE_FIELDS[2], Cow::Owned(h.reset_secs.to_string())),
     ]
 }
+
+/// The names of the rate-limit fields, in the order of their values.
+pub const RATE_FIELDS: [&str; 3] = [
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+];
 
 /// A proxy-made error: short reason in the body and in `x-weft-error`, and the fields
 /// the error adds (`error_fields`).

@@ -1,7 +1,8 @@
 //! Local rate limits at work, in the lifecycle's request-policy phase: the listener's
 //! bucket first, then the route's; a request that finds one empty is answered there
 //! (429 by default, `x-ratelimit-*` and `x-weft-ratelimited: true`; a gRPC call gets
-//! RESOURCE_EXHAUSTED or UNAVAILABLE) and reaches no upstream.
+//! RESOURCE_EXHAUSTED or UNAVAILABLE) and reaches no upstream. Answers that pass carry
+//! `x-ratelimit-*` only with `x_ratelimit_headers`.
 //!
 //! Where the bucket lives is the limit's `scope`: in the compiled limit for the
 //! process (one atomic word, exact across workers), in the worker (its share of the
@@ -102,7 +103,6 @@ pub fn admit(
         Err(next_fill_ms) => Err(ProxyError::RateLimited {
             status: limit.status,
             grpc: limit.grpc_status,
-            headers: limit.headers,
             limit: max.get(),
             reset_secs: secs(next_fill_ms),
         }),

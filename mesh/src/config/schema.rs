@@ -477,7 +477,9 @@ pub struct RateLimitConfig {
     pub status: u16,
     /// What a gRPC call over the limit gets: `"resource_exhausted"` or `"unavailable"`.
     pub grpc_status: String,
-    /// `x-ratelimit-limit`, `-remaining` and `-reset` on every answer.
+    /// `x-ratelimit-limit`, `-remaining` and `-reset` on the answers that pass too (an
+    /// answer over the limit always has them): off by default, as in Envoy (they cost
+    /// three fields a response, whose changing values HTTP/2 cannot index).
     pub x_ratelimit_headers: bool,
 }
 
@@ -492,7 +494,7 @@ impl Default for RateLimitConfig {
             max_keys: 10_000,
             status: 429,
             grpc_status: "resource_exhausted".into(),
-            x_ratelimit_headers: true,
+            x_ratelimit_headers: false,
         }
     }
 }
