@@ -576,7 +576,8 @@ pub struct RetryConfig {
     pub max_buffered_bytes: u64,
     /// Retry answers (a status, a reset) of methods that are not idempotent too.
     pub retry_non_idempotent: bool,
-    /// Send `x-weft-attempt-count` upstream and back to the client.
+    /// Send `x-weft-attempt-count` upstream and back to the client (off by default, as
+    /// Envoy's `include_request_attempt_count`).
     pub attempt_count_header: bool,
     /// A retry goes to another endpoint than the ones that failed, where there is one.
     pub previous_hosts: bool,
@@ -594,7 +595,7 @@ impl Default for RetryConfig {
             retry_after_max: ConfigDuration(std::time::Duration::from_secs(300)),
             max_buffered_bytes: 64 * 1024,
             retry_non_idempotent: false,
-            attempt_count_header: true,
+            attempt_count_header: false,
             previous_hosts: true,
         }
     }
