@@ -162,24 +162,29 @@ impl Plan<'_> {
             None => HeadWait {
                 timeout: self.response_timeout,
                 expired: ProxyError::ResponseTimeout,
+                deadline: None,
             },
         }
     }
 
     /// Whether the relay drops an answer whose head it has (`status`, a gRPC status in
-    /// that head, its `Retry-After`) because the policy sends the request again.
-    pub fn retries_answer(
+    /// that head, and its `Retry-After`, looked up only if the policy may retry it)
+    /// because the policy sends the request again.
+    pub fn retries_answer<'h>(
         &self,
         x: &Exchange<'_>,
         progress: &Progress,
-        status: u16,
-        grpc: Option<u16>,
-        retry_after: Option<&[u8]>,
+        (status, grpc): (u16, Option<u16>),
+        retry_after: impl FnOnce() -> Option<&'h [u8]>,
     ) -> bool {
+        let Some(r) = &self.retry else {
+            return false;
+        };
+        if !r.may_retry_answer(status, grpc) {
+            return false;
+        }
         let kept = self.kept.as_deref();
-        self.retry
-            .as_ref()
-            .is_some_and(|r| r.answer(x, (progress, kept), status, grpc, retry_after))
+        r.answer(x, (progress, kept), status, grpc, retry_after())
     }
 
     /// Keeps a piece of the request body for a retry or a mirror.

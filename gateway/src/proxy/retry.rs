@@ -54,10 +54,20 @@ pub struct Retries<'p> {
     retried: Cell<u32>,
 }
 
-/// How long an attempt waits for its response head, and the error when that passes.
+/// How long an attempt waits for its response head, and the error when that passes;
+/// when the clock was read for it, the deadline too (a relay that needs one reads the
+/// clock only otherwise).
 pub struct HeadWait {
     pub timeout: Duration,
     pub expired: ProxyError,
+    pub deadline: Option<Instant>,
+}
+
+impl HeadWait {
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+            .unwrap_or_else(|| Instant::now() + self.timeout)
+    }
 }
 
 impl<'p> Retries<'p> {
@@ -99,15 +109,14 @@ impl<'p> Retries<'p> {
             }
         };
         let left = end.saturating_duration_since(now);
-        match self.policy.per_try_timeout {
-            Some(per_try) if per_try < left => HeadWait {
-                timeout: per_try,
-                expired: ProxyError::PerTryTimeout,
-            },
-            _ => HeadWait {
-                timeout: left,
-                expired: ProxyError::ResponseTimeout,
-            },
+        let (timeout, expired) = match self.policy.per_try_timeout {
+            Some(per_try) if per_try < left => (per_try, ProxyError::PerTryTimeout),
+            _ => (left, ProxyError::ResponseTimeout),
+        };
+        HeadWait {
+            timeout,
+            expired,
+            deadline: Some(now + timeout),
         }
     }
 
@@ -120,6 +129,12 @@ impl<'p> Retries<'p> {
     /// The most of a body kept for a retry.
     pub fn max_buffered_bytes(&self) -> usize {
         self.policy.max_buffered_bytes
+    }
+
+    /// Whether the policy names an answer like this one at all (before anything else
+    /// of it is looked at).
+    pub fn may_retry_answer(&self, status: u16, grpc: Option<u16>) -> bool {
+        self.policy.covers_answer(status, grpc)
     }
 
     /// Whether an answer whose head is `status` (and `grpc`, a gRPC status in that

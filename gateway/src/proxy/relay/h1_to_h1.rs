@@ -14,8 +14,6 @@
 //! - the upstream stalls or closes mid-body: the client connection is closed, so a
 //!   truncated body is never presented as complete.
 
-use std::time::Instant;
-
 use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
 use weft_mesh::fields::Trailers;
@@ -66,7 +64,9 @@ pub async fn relay<S: ClientStream>(
     .freeze();
     let response = send_request(x, client, &mut up, &request, head, plan, progress).await?;
     progress.responded();
-    if plan.retries_answer(x, progress, response.status, None, retry_after(&response)) {
+    if plan.retries_answer(x, progress, (response.status, None), || {
+        retry_after(&response)
+    }) {
         // Its body is not read: the connection goes, not back to the pool.
         return Err(ProxyError::RetriedAnswer {
             status: response.status,
@@ -209,7 +209,7 @@ async fn send_request<S: ClientStream>(
 
     let retryable = !has_body && idempotent(head.method());
     let wait = plan.head_wait();
-    let deadline = Instant::now() + wait.timeout;
+    let deadline = wait.deadline();
     let mut received = false;
     let mut interim = 0;
     loop {

@@ -145,8 +145,13 @@ pub async fn relay<S: ClientStream>(
     progress.responded();
     let (parts, mut upstream) = resp.into_parts();
     let status = parts.status.as_u16();
-    let retry_after = parts.headers.get(http::header::RETRY_AFTER);
-    if plan.retries_answer(x, progress, status, None, retry_after.map(|v| v.as_bytes())) {
+    let retry_after = || {
+        parts
+            .headers
+            .get(http::header::RETRY_AFTER)
+            .map(|v| v.as_bytes())
+    };
+    if plan.retries_answer(x, progress, (status, None), retry_after) {
         // Dropping the stream resets it (CANCEL): its body is not wanted.
         return Err(ProxyError::RetriedAnswer { status, grpc: None });
     }

@@ -5,8 +5,6 @@
 //! decoded from its h1 framing into DATA frames as the client's window allows, and
 //! chunked trailers become HTTP/2 trailers.
 
-use std::time::Instant;
-
 use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
@@ -95,7 +93,9 @@ pub async fn relay(
         .then(|| response.header("grpc-status"))
         .flatten()
         .and_then(crate::proxy::grpc::status_code);
-    if plan.retries_answer(x, progress, response.status, grpc, retry_after(&response)) {
+    if plan.retries_answer(x, progress, (response.status, grpc), || {
+        retry_after(&response)
+    }) {
         return Err(ProxyError::RetriedAnswer {
             status: response.status,
             grpc,
@@ -281,7 +281,7 @@ async fn read_response_head(
     wait: HeadWait,
     head_request: bool,
 ) -> Result<ResponseHead, Option<ProxyError>> {
-    let deadline = Instant::now() + wait.timeout;
+    let deadline = wait.deadline();
     let mut received = !up.conn.buf.is_empty();
     let mut interim = 0;
     loop {

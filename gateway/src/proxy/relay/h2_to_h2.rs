@@ -270,8 +270,13 @@ async fn relay_response(
         .then(|| parts.headers.get("grpc-status"))
         .flatten()
         .and_then(|v| crate::proxy::grpc::status_code(v.as_bytes()));
-    let retry_after = parts.headers.get(http::header::RETRY_AFTER);
-    if plan.retries_answer(x, progress, status, grpc, retry_after.map(|v| v.as_bytes())) {
+    let retry_after = || {
+        parts
+            .headers
+            .get(http::header::RETRY_AFTER)
+            .map(|v| v.as_bytes())
+    };
+    if plan.retries_answer(x, progress, (status, grpc), retry_after) {
         // Dropping the stream resets it (CANCEL).
         return Err(ProxyError::RetriedAnswer { status, grpc });
     }
