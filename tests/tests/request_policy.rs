@@ -28,6 +28,43 @@ fn config(
     )
 }
 
+/// weft on `config(.., endpoints, route, more)`, and its listener.
+fn start(
+    endpoints: &[std::net::SocketAddr],
+    route: &str,
+    more: &str,
+) -> (Weft, std::net::SocketAddr) {
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start(
+        "ingress",
+        &config(admin, listen, endpoints, route, more),
+        admin,
+    );
+    (weft, listen)
+}
+
+/// A runtime for the tokio clients (tonic, hyper).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// One unary call of `path` with tonic: its status code.
+async fn unary(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    path: &'static str,
+) -> tonic::Code {
+    grpc.ready().await.expect("ready");
+    let path = http::uri::PathAndQuery::from_static(path);
+    let request = tonic::Request::new(bytes::Bytes::from_static(b"hi"));
+    match grpc.unary(request, path, weft_tests::grpc::RawCodec).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
 /// One request with curl (`h2`: h2c with prior knowledge): its status and its
 /// response head (lowercased).
 fn curl(h2: bool, url: &str, args: &[&str]) -> (u16, String) {
@@ -149,17 +186,10 @@ fn an_answer_503_then_200_is_retried_on_every_protocol_pair() {
 fn a_post_whose_connect_fails_is_sent_again_with_its_body() {
     let up = ScriptedUpstream::start(false, always(200));
     let dead = free_addr();
-    let (admin, listen) = (free_addr(), free_addr());
-    let weft = Weft::start(
-        "ingress",
-        &config(
-            admin,
-            listen,
-            &[dead, up.addr],
-            "retry = { retry_on = [\"connect-failure\"], attempt_count_header = true }",
-            "",
-        ),
-        admin,
+    let (weft, listen) = start(
+        &[dead, up.addr],
+        "retry = { retry_on = [\"connect-failure\"], attempt_count_header = true }",
+        "",
     );
     let dir = tempfile::tempdir().expect("tmp");
     let body: Vec<u8> = (0..1024).map(|_| fastrand::u8(..)).collect();
@@ -198,17 +228,10 @@ fn a_post_whose_connect_fails_is_sent_again_with_its_body() {
 #[test]
 fn bodies_past_max_buffered_bytes_are_not_retried_and_counted() {
     let up = ScriptedUpstream::start(false, always(503));
-    let (admin, listen) = (free_addr(), free_addr());
-    let weft = Weft::start(
-        "ingress",
-        &config(
-            admin,
-            listen,
-            &[up.addr],
-            "retry = { retry_on = [\"5xx\"], retry_non_idempotent = true }",
-            "",
-        ),
-        admin,
+    let (weft, listen) = start(
+        &[up.addr],
+        "retry = { retry_on = [\"5xx\"], retry_non_idempotent = true }",
+        "",
     );
     let dir = tempfile::tempdir().expect("tmp");
     for client_h2 in [false, true] {
@@ -249,17 +272,10 @@ fn bodies_past_max_buffered_bytes_are_not_retried_and_counted() {
 #[test]
 fn backoff_gaps_fall_within_their_jitter_bounds() {
     let up = ScriptedUpstream::start(false, always(503));
-    let (admin, listen) = (free_addr(), free_addr());
-    let _weft = Weft::start(
-        "ingress",
-        &config(
-            admin,
-            listen,
-            &[up.addr],
-            "retry = { retry_on = [\"5xx\"], num_retries = 3 }",
-            "",
-        ),
-        admin,
+    let (_weft, listen) = start(
+        &[up.addr],
+        "retry = { retry_on = [\"5xx\"], num_retries = 3 }",
+        "",
     );
     let runs = 30;
     let mut third = Vec::new();
@@ -297,17 +313,10 @@ fn backoff_gaps_fall_within_their_jitter_bounds() {
 #[test]
 fn a_ratio_budget_holds_retries_to_a_fifth_of_requests() {
     let up = ScriptedUpstream::start(false, always(503));
-    let (admin, listen) = (free_addr(), free_addr());
-    let weft = Weft::start(
-        "ingress",
-        &config(
-            admin,
-            listen,
-            &[up.addr],
-            "retry = { retry_on = [\"5xx\"] }",
-            "[clusters.api.retry_budget]\nkind = \"ratio\"\nratio = 0.2\nmin_per_sec = 0",
-        ),
-        admin,
+    let (weft, listen) = start(
+        &[up.addr],
+        "retry = { retry_on = [\"5xx\"] }",
+        "[clusters.api.retry_budget]\nkind = \"ratio\"\nratio = 0.2\nmin_per_sec = 0",
     );
     let requests = 500;
     let url = format!("http://{listen}/b");
@@ -345,18 +354,7 @@ fn a_per_try_timeout_moves_a_slow_request_to_another_endpoint() {
         }),
     );
     let fast = ScriptedUpstream::start(false, always(200));
-    let (admin, listen) = (free_addr(), free_addr());
-    let _weft = Weft::start(
-        "ingress",
-        &config(
-            admin,
-            listen,
-            &[slow.addr, fast.addr],
-            "timeout = \"1s\"\nretry = { retry_on = [\"reset\"], per_try_timeout = \"200ms\", attempt_count_header = true }",
-            "",
-        ),
-        admin,
-    );
+    let (_weft, listen) = start(&[slow.addr, fast.addr], "timeout = \"1s\"\nretry = { retry_on = [\"reset\"], per_try_timeout = \"200ms\", attempt_count_header = true }", "");
     let mut moved = 0;
     for i in 0..6 {
         let key = format!("slow-{i}");
@@ -386,33 +384,17 @@ fn grpc_unavailable_is_retried_only_from_a_trailers_only_answer() {
     let good = GrpcUpstream::start();
     let bad = GrpcUpstream::start();
     bad.failing.store(true, Ordering::SeqCst);
-    let (admin, listen) = (free_addr(), free_addr());
-    let weft = Weft::start(
-        "ingress",
-        &config(
-            admin,
-            listen,
-            &[good.addr, bad.addr],
-            "retry = { retry_grpc_on = [\"unavailable\"] }",
-            "protocol = \"http2\"",
-        ),
-        admin,
+    let (weft, listen) = start(
+        &[good.addr, bad.addr],
+        "retry = { retry_grpc_on = [\"unavailable\"] }",
+        "protocol = \"http2\"",
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let (unary, streamed) = rt.block_on(async {
         let mut grpc = client(listen).await;
         let mut unary = Vec::new();
         for _ in 0..10 {
-            grpc.ready().await.expect("ready");
-            let path = http::uri::PathAndQuery::from_static("/test.Echo/Unary");
-            let request = tonic::Request::new(bytes::Bytes::from_static(b"hi"));
-            unary.push(match grpc.unary(request, path, RawCodec).await {
-                Ok(_) => tonic::Code::Ok,
-                Err(s) => s.code(),
-            });
+            unary.push(self::unary(&mut grpc, "/test.Echo/Unary").await);
         }
         let mut streamed = Vec::new();
         for _ in 0..10 {
@@ -461,7 +443,7 @@ fn grpc_unavailable_is_retried_only_from_a_trailers_only_answer() {
 fn killing_one_of_three_grpc_endpoints_with_retries_loses_no_call() {
     use std::sync::atomic::{AtomicBool, AtomicUsize};
     use std::sync::Mutex;
-    use weft_tests::grpc::{client, GrpcUpstream, RawCodec};
+    use weft_tests::grpc::{client, GrpcUpstream};
     let mut ups: Vec<Option<GrpcUpstream>> = (0..3).map(|_| Some(GrpcUpstream::start())).collect();
     let addrs: Vec<_> = ups.iter().flatten().map(|u| u.addr).collect();
     let (admin, listen) = (free_addr(), free_addr());
@@ -499,11 +481,9 @@ fn killing_one_of_three_grpc_endpoints_with_retries_loses_no_call() {
                         tokio::spawn(async move {
                             let mut grpc = client(listen).await;
                             while !stop.load(Ordering::SeqCst) {
-                                grpc.ready().await.expect("ready");
-                                let path = http::uri::PathAndQuery::from_static("/test.Echo/Unary");
-                                let request = tonic::Request::new(bytes::Bytes::from_static(b"hi"));
-                                if let Err(s) = grpc.unary(request, path, RawCodec).await {
-                                    failures.lock().expect("failures").push(format!("{s:?}"));
+                                let code = unary(&mut grpc, "/test.Echo/Unary").await;
+                                if code != tonic::Code::Ok {
+                                    failures.lock().expect("failures").push(format!("{code:?}"));
                                 }
                                 answered.fetch_add(1, Ordering::SeqCst);
                             }
@@ -570,17 +550,10 @@ fn h2load(url: &str, requests: usize, h1: bool, headers: &[&str]) -> [usize; 6] 
 #[test]
 fn a_full_abort_never_reaches_the_upstream() {
     let up = ScriptedUpstream::start(false, always(200));
-    let (admin, listen) = (free_addr(), free_addr());
-    let weft = Weft::start(
-        "ingress",
-        &config(
-            admin,
-            listen,
-            &[up.addr],
-            "name = \"faulty\"\nfault = { abort = { http_status = 503, percent = 100.0 } }",
-            "",
-        ),
-        admin,
+    let (weft, listen) = start(
+        &[up.addr],
+        "name = \"faulty\"\nfault = { abort = { http_status = 503, percent = 100.0 } }",
+        "",
     );
     let url = format!("http://{listen}/a");
     let h2 = h2load(&url, 500, false, &[]);
@@ -603,17 +576,10 @@ fn a_full_abort_never_reaches_the_upstream() {
 #[test]
 fn a_thirty_percent_abort_holds_its_share() {
     let up = ScriptedUpstream::start(false, always(200));
-    let (admin, listen) = (free_addr(), free_addr());
-    let _weft = Weft::start(
-        "ingress",
-        &config(
-            admin,
-            listen,
-            &[up.addr],
-            "fault = { abort = { http_status = 503, percent = 30.0 } }",
-            "",
-        ),
-        admin,
+    let (_weft, listen) = start(
+        &[up.addr],
+        "fault = { abort = { http_status = 503, percent = 30.0 } }",
+        "",
     );
     let url = format!("http://{listen}/a");
     let h2 = h2load(&url, 5000, false, &[]);
@@ -699,35 +665,16 @@ fn delays_show_in_the_median_and_stop_at_max_active_faults() {
 /// client reports as such.
 #[test]
 fn a_grpc_abort_reaches_tonic_as_its_status() {
-    use weft_tests::grpc::{client, GrpcUpstream, RawCodec};
+    use weft_tests::grpc::{client, GrpcUpstream};
     let up = GrpcUpstream::start();
-    let (admin, listen) = (free_addr(), free_addr());
-    let _weft = Weft::start(
-        "ingress",
-        &config(
-            admin,
-            listen,
-            &[up.addr],
-            "fault = { abort = { grpc_status = 7, percent = 100.0 } }",
-            "protocol = \"http2\"",
-        ),
-        admin,
+    let (_weft, listen) = start(
+        &[up.addr],
+        "fault = { abort = { grpc_status = 7, percent = 100.0 } }",
+        "protocol = \"http2\"",
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let code = rt.block_on(async {
-        let mut grpc = client(listen).await;
-        grpc.ready().await.expect("ready");
-        let path = http::uri::PathAndQuery::from_static("/test.Echo/Unary");
-        let request = tonic::Request::new(bytes::Bytes::from_static(b"hi"));
-        grpc.unary(request, path, RawCodec)
-            .await
-            .err()
-            .map(|s| s.code())
-    });
-    assert_eq!(code, Some(tonic::Code::PermissionDenied));
+    let rt = runtime();
+    let code = rt.block_on(async { unary(&mut client(listen).await, "/test.Echo/Unary").await });
+    assert_eq!(code, tonic::Code::PermissionDenied);
 }
 
 /// Header-controlled faults: only where the route allows them, and never more often
@@ -770,18 +717,7 @@ fn header_controlled_aborts_are_capped_by_the_route() {
 #[test]
 fn a_process_rate_limit_is_exact_across_workers() {
     let up = ScriptedUpstream::start(false, always(200));
-    let (admin, listen) = (free_addr(), free_addr());
-    let weft = Weft::start(
-        "ingress",
-        &config(
-            admin,
-            listen,
-            &[up.addr],
-            "name = \"limited\"\nrate_limit = { max_tokens = 10, tokens_per_fill = 10, fill_interval = \"1s\" }",
-            "",
-        ),
-        admin,
-    );
+    let (weft, listen) = start(&[up.addr], "name = \"limited\"\nrate_limit = { max_tokens = 10, tokens_per_fill = 10, fill_interval = \"1s\" }", "");
     let h1 = h2load(&format!("http://{listen}/r"), 50, true, &[]);
     assert_eq!((h1[2], h1[4]), (10, 40), "{h1:?}");
     assert_eq!(up.seen().len(), 10);
@@ -799,17 +735,10 @@ fn a_process_rate_limit_is_exact_across_workers() {
 #[test]
 fn rate_limit_headers_count_down_and_grpc_is_resource_exhausted() {
     let up = ScriptedUpstream::start(false, always(200));
-    let (admin, listen) = (free_addr(), free_addr());
-    let _weft = Weft::start(
-        "ingress",
-        &config(
-            admin,
-            listen,
-            &[up.addr],
-            "rate_limit = { max_tokens = 5, fill_interval = \"30s\", x_ratelimit_headers = true }",
-            "",
-        ),
-        admin,
+    let (_weft, listen) = start(
+        &[up.addr],
+        "rate_limit = { max_tokens = 5, fill_interval = \"30s\", x_ratelimit_headers = true }",
+        "",
     );
     for (i, want) in ["4", "3", "2", "1", "0"].iter().enumerate() {
         let (status, head) = curl(i % 2 == 1, &format!("http://{listen}/c"), &[]);
@@ -829,38 +758,25 @@ fn rate_limit_headers_count_down_and_grpc_is_resource_exhausted() {
         .and_then(|v| v.parse().ok())
         .expect("reset");
     assert!((1..=30).contains(&reset), "{reset}");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let code = rt.block_on(async {
-        let mut grpc = weft_tests::grpc::client(listen).await;
-        grpc.ready().await.expect("ready");
-        let path = http::uri::PathAndQuery::from_static("/test.Echo/Unary");
-        let request = tonic::Request::new(bytes::Bytes::from_static(b"hi"));
-        grpc.unary(request, path, weft_tests::grpc::RawCodec)
-            .await
-            .err()
-            .map(|s| s.code())
+        unary(
+            &mut weft_tests::grpc::client(listen).await,
+            "/test.Echo/Unary",
+        )
+        .await
     });
-    assert_eq!(code, Some(tonic::Code::ResourceExhausted));
+    assert_eq!(code, tonic::Code::ResourceExhausted);
 }
 
 /// Keyed by source IP, 127.0.0.2 using up its bucket leaves 127.0.0.3's whole.
 #[test]
 fn a_source_ip_rate_limit_keeps_clients_apart() {
     let up = ScriptedUpstream::start(false, always(200));
-    let (admin, listen) = (free_addr(), free_addr());
-    let _weft = Weft::start(
-        "ingress",
-        &config(
-            admin,
-            listen,
-            &[up.addr],
-            "rate_limit = { max_tokens = 3, fill_interval = \"60s\", key = \"source_ip\" }",
-            "",
-        ),
-        admin,
+    let (_weft, listen) = start(
+        &[up.addr],
+        "rate_limit = { max_tokens = 3, fill_interval = \"60s\", key = \"source_ip\" }",
+        "",
     );
     let url = format!("http://{listen}/ip");
     let from = |ip: &str| -> Vec<u16> {
@@ -966,10 +882,7 @@ fn a_sticky_split_keeps_each_user_on_one_side() {
         &canary_config(admin, listen, v1.addr, v2.addr, true),
         admin,
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         let mut senders = Vec::new();
         for _ in 0..2 {

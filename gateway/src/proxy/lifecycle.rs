@@ -187,6 +187,15 @@ impl Plan<'_> {
         r.answer(x, (progress, kept), status, grpc, retry_after())
     }
 
+    /// Whether an answer the policy would retry came while the request body is still
+    /// being kept (so it cannot be retried yet).
+    pub fn body_settling(&self, status: u16, grpc: Option<u16>) -> bool {
+        self.retry
+            .as_ref()
+            .is_some_and(|r| r.may_retry_answer(status, grpc))
+            && self.kept.as_ref().is_some_and(|k| !k.settled())
+    }
+
     /// Keeps a piece of the request body for a retry or a mirror.
     pub fn keep_body(&self, piece: &[u8]) {
         if let Some(k) = &self.kept {

@@ -67,6 +67,11 @@ impl KeptBody {
         }
     }
 
+    /// Whether keeping is over: the body was kept whole, or given up.
+    pub fn settled(&self) -> bool {
+        !matches!(*self.state.borrow(), State::Keeping(_))
+    }
+
     /// Whether the body was longer than the limit.
     pub fn too_large(&self) -> bool {
         matches!(*self.state.borrow(), State::Abandoned { too_large: true })

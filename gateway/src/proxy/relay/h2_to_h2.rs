@@ -34,6 +34,9 @@ use crate::proxy::retry::HeadWait;
 use crate::proxy::rewrite;
 use crate::upstream::GoAwayWatch;
 
+/// How long a retriable answer waits for the rest of a request body it came before.
+const BODY_SETTLE: Duration = Duration::from_millis(50);
+
 /// Why the request direction stopped.
 enum PumpEnd {
     /// Client reset or broke its stream.
@@ -276,6 +279,16 @@ async fn relay_response(
             .get(http::header::RETRY_AFTER)
             .map(|v| v.as_bytes())
     };
+    // A server that refuses a call at once answers before the client's END_STREAM
+    // (tonic ends a unary request with an empty DATA frame of its own): the answer can
+    // be retried only with the whole body kept, so its last frame gets a moment to come
+    // (the request direction runs meanwhile, in this task).
+    if plan.body_settling(status, grpc) {
+        let waited = Instant::now();
+        while plan.body_settling(status, grpc) && waited.elapsed() < BODY_SETTLE {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
     if plan.retries_answer(x, progress, (status, grpc), retry_after) {
         // Dropping the stream resets it (CANCEL).
         return Err(ProxyError::RetriedAnswer { status, grpc });
