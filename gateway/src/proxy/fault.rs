@@ -69,8 +69,9 @@ pub async fn inject(
     })
 }
 
-/// Whether a fault of `share` millionths fires for this request.
-fn fires(share: u32) -> bool {
+/// Whether something that happens to `share` millionths of the requests (a fault, a
+/// mirror's copy) happens to this one.
+pub(super) fn fires(share: u32) -> bool {
     share >= MILLION || fastrand::u32(0..MILLION) < share
 }
 

@@ -193,7 +193,12 @@ impl Plan<'_> {
         self.retry
             .as_ref()
             .is_some_and(|r| r.may_retry_answer(status, grpc))
-            && self.kept.as_ref().is_some_and(|k| !k.settled())
+            && self.keeping_body()
+    }
+
+    /// Whether the request body is still being kept (not yet whole, not given up).
+    pub fn keeping_body(&self) -> bool {
+        self.kept.as_ref().is_some_and(|k| !k.settled())
     }
 
     /// Keeps a piece of the request body for a retry or a mirror.

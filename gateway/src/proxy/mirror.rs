@@ -17,7 +17,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use monoio::io::AsyncWriteRentExt;
 use weft_mesh::config::UpstreamProtocol;
-use weft_mesh::snapshot::fault::MILLION;
 use weft_mesh::snapshot::{AttemptOutcome, Cluster, Mirror, Route};
 
 use super::exchange::Exchange;
@@ -35,7 +34,7 @@ const MAX_HEAD: usize = 64 * 1024;
 
 /// Sends the copy of the request, if the route mirrors this one.
 pub fn send(x: &Exchange<'_>, plan: &Plan<'_>, mirror: &Mirror, request: &impl Request) {
-    if mirror.share < MILLION && fastrand::u32(0..MILLION) >= mirror.share {
+    if !super::fault::fires(mirror.share) {
         return;
     }
     let route = plan.route;

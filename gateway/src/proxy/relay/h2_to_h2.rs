@@ -35,7 +35,7 @@ use crate::proxy::rewrite;
 use crate::upstream::GoAwayWatch;
 
 /// How long a retriable answer waits for the rest of a request body it came before.
-const BODY_SETTLE: Duration = Duration::from_millis(50);
+const BODY_SETTLE: Duration = Duration::from_millis(250);
 
 /// Why the request direction stopped.
 enum PumpEnd {
@@ -218,9 +218,9 @@ async fn pump_request(
             // answer's retry needs the body kept whole.
             plan.body_complete();
         }
-        send_all(&mut upstream, data, last, up_pace)
-            .await
-            .map_err(|_| PumpEnd::Upstream)?;
+        if send_all(&mut upstream, data, last, up_pace).await.is_err() {
+            return Err(keep_rest(body, (up_pace, idle), progress, plan).await);
+        }
         // Only now may the client send more: the upstream took this piece.
         let _ = body.flow_control().release_capacity(n);
         if last {
@@ -240,6 +240,36 @@ async fn pump_request(
         Err(_) => return Err(PumpEnd::Client),
     }
     .map_err(|_| PumpEnd::Upstream)
+}
+
+/// The upstream stopped taking the request body (a server that answers at once resets
+/// its side): the rest is still read into the kept copy while a retry may need it,
+/// never past its limit, so that the answer can be retried.
+async fn keep_rest(
+    body: &mut RecvStream,
+    (pace, idle): (&Pace<'_>, Duration),
+    progress: &Progress,
+    plan: &Plan<'_>,
+) -> PumpEnd {
+    while plan.keeping_body() {
+        match within(pace.timers(), idle, body.data()).await {
+            Some(Some(Ok(data))) => {
+                let n = data.len();
+                progress.took(n);
+                plan.keep_body(&data);
+                let _ = body.flow_control().release_capacity(n);
+                if body.is_end_stream() {
+                    plan.body_complete();
+                }
+            }
+            Some(None) => match body.trailers().await {
+                Ok(None) => plan.body_complete(),
+                _ => plan.abandon_body(),
+            },
+            Some(Some(Err(_))) | None => plan.abandon_body(),
+        }
+    }
+    PumpEnd::Upstream
 }
 
 /// Upstream response (head, body, trailers) to the client stream.
