@@ -1136,3 +1136,41 @@ fn bad_policies_are_refused_with_their_keys() {
         );
     }
 }
+
+/// With `retry_injected`, a fault's abort is the first attempt's answer and is
+/// retried (upstream): every request of a 50% abort route passes; without it, about
+/// half stand as 503.
+#[test]
+fn injected_aborts_are_retried_only_when_the_route_says_so() {
+    let up = ScriptedUpstream::start(false, always(200));
+    let (admin, listen) = (free_addr(), free_addr());
+    let cfg = config(
+        admin,
+        listen,
+        &[up.addr],
+        "fault = { abort = { http_status = 503, percent = 50.0 } }\n\
+         retry = { retry_on = [\"gateway-error\"], retry_injected = true }",
+        // 16 requests in flight, half of them retried: more than the default 3 at once.
+        "circuit_breakers = { max_retries = 100 }",
+    )
+    .replace(
+        "match = { path_prefix = \"/\" }",
+        "match = { path_prefix = \"/retried\" }",
+    );
+    let cfg = format!(
+        "{cfg}\n[[listeners.routes]]\nmatch = {{ path_prefix = \"/\" }}\ncluster = \"api\"\n\
+         fault = {{ abort = {{ http_status = 503, percent = 50.0 }} }}\n\
+         retry = {{ retry_on = [\"gateway-error\"] }}\n"
+    );
+    // The second route must come before the clusters: rebuild the file in order.
+    let (head, clusters) = cfg.split_once("[clusters.api]").expect("clusters");
+    let (clusters, second) = clusters
+        .split_once("\n[[listeners.routes]]")
+        .expect("second");
+    let cfg = format!("{head}[[listeners.routes]]{second}\n[clusters.api]{clusters}\n");
+    let _weft = Weft::start("ingress", &cfg, admin);
+    let retried = h2load(&format!("http://{listen}/retried"), 400, false, &[]);
+    assert_eq!(retried[2], 400, "{retried:?}");
+    let standing = h2load(&format!("http://{listen}/other"), 400, true, &[]);
+    assert!((140..=260).contains(&standing[5]), "{standing:?}");
+}

@@ -297,10 +297,17 @@ async fn decide_and_relay<'s, C: ClientSide>(
     // Phase 3: request policies: the route's fault, then the listener's rate limit
     // and the route's (a delayed request takes its token when it goes on; an aborted
     // one takes none, as in Istio's order of Envoy's filters).
+    let mut injected = None;
     if let Some(fault) = &route.fault {
         // Boxed: only requests on routes with a fault pay for its state in their task.
         if let Some(abort) = Box::pin(fault::inject(x, route, fault, client.request())).await {
-            fail!(abort);
+            // An injected abort stands, unless a retry policy of the route (or of a
+            // cluster it forwards to) retries injected aborts: then it is the first
+            // attempt's answer.
+            if !retries_injected(x, route) {
+                fail!(abort);
+            }
+            injected = Some(abort);
         }
     }
     let mut counted = None;
@@ -370,8 +377,9 @@ async fn decide_and_relay<'s, C: ClientSide>(
                 None => Err(ProxyError::Overflow(Breaker::Requests)),
                 // Phase 7: attempts; then the copy for a mirror, its own task.
                 Some(_admitted) => {
-                    let relayed = attempts(x, client, plan, progress).await;
-                    if let Some(m) = &route.mirror {
+                    let relayed = attempts(x, client, plan, progress, injected).await;
+                    let aborted = matches!(relayed, Err(ProxyError::FaultAbort { .. }));
+                    if let Some(m) = route.mirror.as_ref().filter(|_| !aborted) {
                         mirror::send(x, plan, m, client.request());
                     }
                     relayed
@@ -392,6 +400,7 @@ async fn attempts<C: ClientSide>(
     client: &mut C,
     plan: &Plan<'_>,
     progress: &Progress,
+    mut injected: Option<ProxyError>,
 ) -> Result<C::Next, ProxyError> {
     // A retry without a policy (a dead pooled connection, a refused stream) holds one
     // of the cluster's retry permits (`circuit_breakers.max_retries`); without one, the
@@ -402,7 +411,11 @@ async fn attempts<C: ClientSide>(
     }
     loop {
         progress.attempts.set(progress.attempts.get() + 1);
-        let relayed = client.relay(x, plan, progress).await;
+        let relayed = match injected.take() {
+            // The fault's abort is the first attempt's answer (`retry_injected`).
+            Some(abort) => Err(abort),
+            None => client.relay(x, plan, progress).await,
+        };
         let again = matches!(relayed, Err(e) if may_retry(progress, e));
         // A retry on a fresh connection keeps the endpoint (and its lease): its pooled
         // connection died, not the endpoint.
@@ -476,6 +489,13 @@ fn policy_retry(
         return r.take_decided();
     }
     let facts = (progress, plan.kept.as_deref());
+    if let ProxyError::FaultAbort { status, grpc } = e {
+        let failure = grpc.map_or(Failure::Status(status), Failure::Grpc);
+        return r
+            .retries_injected()
+            .then(|| r.error(x, facts, failure))
+            .flatten();
+    }
     match e.retry() {
         Retry::Policy(failure) => r.error(x, facts, failure),
         Retry::IfUnsent => r.error(x, facts, Failure::RefusedStream),
@@ -617,6 +637,25 @@ fn plan<'p>(
             .filter(|_| request.has_body())
             .map(|limit| Box::new(KeptBody::new(limit))),
     })
+}
+
+/// Whether a retry policy of the route, or of a cluster it forwards to, retries the
+/// aborts its fault injects (`retry_injected`).
+fn retries_injected(x: &Exchange<'_>, route: &Route) -> bool {
+    let RouteAction::Forward(fwd) = &route.action else {
+        return false;
+    };
+    route.retry.as_ref().map_or_else(
+        || {
+            fwd.targets.iter().any(|t| {
+                x.snapshot.clusters[t.cluster]
+                    .retry
+                    .as_ref()
+                    .is_some_and(|p| p.retry_injected)
+            })
+        },
+        |p| p.retry_injected,
+    )
 }
 
 /// The roll of a sticky split (`sticky`) for the request's header or cookie, when it

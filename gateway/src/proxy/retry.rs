@@ -131,6 +131,11 @@ impl<'p> Retries<'p> {
         self.policy.max_buffered_bytes
     }
 
+    /// Whether the route's injected aborts are retried (`retry_injected`).
+    pub fn retries_injected(&self) -> bool {
+        self.policy.retry_injected
+    }
+
     /// Whether the policy names an answer like this one at all (before anything else
     /// of it is looked at).
     pub fn may_retry_answer(&self, status: u16, grpc: Option<u16>) -> bool {

@@ -581,6 +581,9 @@ pub struct RetryConfig {
     pub attempt_count_header: bool,
     /// A retry goes to another endpoint than the ones that failed, where there is one.
     pub previous_hosts: bool,
+    /// An abort the route's `fault` injected counts as the first attempt's answer, and
+    /// is retried like one (the retry goes upstream). Off: injected aborts stand.
+    pub retry_injected: bool,
 }
 
 impl Default for RetryConfig {
@@ -597,6 +600,7 @@ impl Default for RetryConfig {
             retry_non_idempotent: false,
             attempt_count_header: false,
             previous_hosts: true,
+            retry_injected: false,
         }
     }
 }

@@ -89,6 +89,7 @@ pub struct RetryPolicy {
     pub retry_non_idempotent: bool,
     pub attempt_count_header: bool,
     pub previous_hosts: bool,
+    pub retry_injected: bool,
 }
 
 impl RetryPolicy {
@@ -175,6 +176,9 @@ impl std::fmt::Display for RetryPolicy {
         }
         if self.retry_non_idempotent {
             write!(f, ", any method")?;
+        }
+        if self.retry_injected {
+            write!(f, ", injected aborts too")?;
         }
         Ok(())
     }
@@ -328,6 +332,7 @@ pub fn compile_policy(
         retry_non_idempotent: c.retry_non_idempotent,
         attempt_count_header: c.attempt_count_header,
         previous_hosts: c.previous_hosts,
+        retry_injected: c.retry_injected,
     }
 }
 
