@@ -1,7 +1,8 @@
 //! A route's `fault` at work, in the lifecycle's request-policy phase: before any
 //! upstream is chosen, a share of the requests waits the configured delay, and a share
 //! is answered with the configured error (delay first when both fire; an abort never
-//! reaches an upstream, and is never retried).
+//! reaches an upstream, and stands unless the retry policy has `retry_injected`: then
+//! the lifecycle takes it as the first attempt's answer).
 //!
 //! With `allow_header_control`, the request's `x-weft-fault-*` headers choose the
 //! faults instead (Envoy's header faults): `x-weft-fault-delay-request` (milliseconds),
