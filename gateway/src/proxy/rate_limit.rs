@@ -15,7 +15,7 @@ use std::hash::{Hash, Hasher};
 use std::num::NonZeroU32;
 
 use weft_mesh::config::RateLimitScope;
-use weft_mesh::snapshot::rate_limit::{KeyedBuckets, RateKey, RateLimit, Taken};
+use weft_mesh::snapshot::rate_limit::{KeyedBuckets, Limits, RateKey, RateLimit, Taken};
 use weft_mesh::snapshot::{clock_ms, RequestFacts, Route};
 
 use super::error::ProxyError;
@@ -45,16 +45,14 @@ pub struct LocalBuckets {
 const MAX_LIMITS: usize = 4096;
 
 impl LocalBuckets {
-    fn take(&self, limit: &RateLimit, key: u64, workers: usize, now_ms: u64) -> Result<Taken, u64> {
+    /// Takes a token from `limit`'s bucket for `key`, which holds `limits` (the
+    /// worker's share, for a worker-scoped limit).
+    fn take(&self, limit: &RateLimit, key: u64, limits: Limits, now_ms: u64) -> Result<Taken, u64> {
         let mut by_limit = self.by_limit.borrow_mut();
         let id = limit as *const RateLimit as usize;
         if !by_limit.contains_key(&id) && by_limit.len() >= MAX_LIMITS {
             by_limit.clear();
         }
-        let limits = match limit.scope {
-            RateLimitScope::Worker => limit.limits.share(workers),
-            _ => limit.limits,
-        };
         by_limit
             .entry(id)
             .or_default()
@@ -72,22 +70,22 @@ pub fn admit(
 ) -> Result<Option<RateHeaders>, ProxyError> {
     let now = clock_ms();
     let key = key_of(x, &limit.key, request);
-    let workers = x.worker.control.workers;
+    // What this request's bucket holds: a worker's share, or the whole limit.
+    let limits = match limit.scope {
+        RateLimitScope::Worker => limit.limits.share(x.worker.control.workers),
+        _ => limit.limits,
+    };
     let taken = match (limit.scope, &limit.key) {
-        (RateLimitScope::Process, RateKey::None) => limit.bucket.take(limit.limits, now),
+        (RateLimitScope::Process, RateKey::None) => limit.bucket.take(limits, now),
         (RateLimitScope::Process, _) => limit
             .keyed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take(key, limit.limits, limit.max_keys, now),
-        (RateLimitScope::Worker, _) => x.worker.rate_limits.take(limit, key, workers, now),
-        (RateLimitScope::Connection, _) => x.conn.rate_limits.take(limit, key, workers, now),
+            .take(key, limits, limit.max_keys, now),
+        (RateLimitScope::Worker, _) => x.worker.rate_limits.take(limit, key, limits, now),
+        (RateLimitScope::Connection, _) => x.conn.rate_limits.take(limit, key, limits, now),
     };
-    let max = match limit.scope {
-        RateLimitScope::Worker => limit.limits.share(workers).max_tokens,
-        _ => limit.limits.max_tokens,
-    };
-    let max = NonZeroU32::new(max).unwrap_or(NonZeroU32::MIN);
+    let max = NonZeroU32::new(limits.max_tokens).unwrap_or(NonZeroU32::MIN);
     let secs = |ms: u64| ms.div_ceil(1000).min(u64::from(u32::MAX)) as u32;
     let family = match taken {
         Ok(_) => Family::RateLimitOk,
