@@ -288,6 +288,44 @@ impl GrpcUpstream {
     }
 }
 
+/// One unary call of `path` with `message`: the status it ended with.
+pub async fn unary_status(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    path: &'static str,
+    message: &'static [u8],
+) -> tonic::Code {
+    grpc.ready().await.expect("ready");
+    let path = http::uri::PathAndQuery::from_static(path);
+    let request = tonic::Request::new(bytes::Bytes::from_static(message));
+    match grpc.unary(request, path, RawCodec).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+/// One server-streaming call of `path` with `message`, read to its end: the status
+/// it ended with (from the head, or the trailers after its messages).
+pub async fn streaming_status(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    path: &'static str,
+    message: &'static [u8],
+) -> tonic::Code {
+    grpc.ready().await.expect("ready");
+    let path = http::uri::PathAndQuery::from_static(path);
+    let request = tonic::Request::new(bytes::Bytes::from_static(message));
+    let mut stream = match grpc.server_streaming(request, path, RawCodec).await {
+        Ok(stream) => stream.into_inner(),
+        Err(s) => return s.code(),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return tonic::Code::Ok,
+            Err(s) => return s.code(),
+        }
+    }
+}
+
 /// A tonic client channel to `addr` (h2c) with generous message limits.
 pub async fn client(addr: SocketAddr) -> tonic::client::Grpc<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

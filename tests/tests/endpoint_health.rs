@@ -855,13 +855,16 @@ fn with_every_endpoint_ejected_the_panic_threshold_decides() {
 /// `consecutive_5xx`; FAILED_PRECONDITION, the application's own answer, does not.
 #[test]
 fn grpc_statuses_from_heads_or_trailers_feed_outlier_detection() {
-    use weft_tests::grpc::{client, GrpcUpstream};
+    use weft_tests::grpc::{client, streaming_status, unary_status, GrpcUpstream};
     let (good, bad) = (GrpcUpstream::start(), GrpcUpstream::start());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    for (method, ask) in [("/test.Echo/Unary", "hi"), ("/test.Echo/Repeat", "2")] {
+    for (method, ask) in [
+        ("/test.Echo/Unary", &b"hi"[..]),
+        ("/test.Echo/Repeat", &b"2"[..]),
+    ] {
         let (admin, listen) = (free_addr(), free_addr());
         let more = "protocol = \"http2\"\n[clusters.api.outlier_detection]\nconsecutive_5xx = 3\n\
                     base_ejection_time = \"30s\"\nmax_ejection_percent = 50";
@@ -873,48 +876,16 @@ fn grpc_statuses_from_heads_or_trailers_feed_outlier_detection() {
         let codes: Vec<tonic::Code> = rt.block_on(async {
             let mut grpc = client(listen).await;
             for _ in 0..8 {
-                grpc.ready().await.expect("ready");
-                let path = http::uri::PathAndQuery::from_static("/test.Echo/Fail");
-                let request = tonic::Request::new(bytes::Bytes::new());
-                let answer = grpc.unary(request, path, weft_tests::grpc::RawCodec).await;
-                assert_eq!(
-                    answer.err().map(|s| s.code()),
-                    Some(tonic::Code::FailedPrecondition)
-                );
+                let code = unary_status(&mut grpc, "/test.Echo/Fail", b"").await;
+                assert_eq!(code, tonic::Code::FailedPrecondition);
             }
             bad.failing.store(true, Ordering::SeqCst);
             let mut codes = Vec::new();
             for _ in 0..20 {
-                grpc.ready().await.expect("ready");
-                let path = http::uri::PathAndQuery::from_static(method);
-                let request = tonic::Request::new(bytes::Bytes::from_static(ask.as_bytes()));
                 let code = if method.ends_with("Unary") {
-                    match grpc.unary(request, path, weft_tests::grpc::RawCodec).await {
-                        Ok(_) => tonic::Code::Ok,
-                        Err(s) => s.code(),
-                    }
+                    unary_status(&mut grpc, method, ask).await
                 } else {
-                    match grpc
-                        .server_streaming(request, path, weft_tests::grpc::RawCodec)
-                        .await
-                    {
-                        Err(s) => s.code(),
-                        Ok(stream) => {
-                            let mut stream = stream.into_inner();
-                            let mut code = tonic::Code::Ok;
-                            loop {
-                                match stream.message().await {
-                                    Ok(Some(_)) => {}
-                                    Ok(None) => break,
-                                    Err(s) => {
-                                        code = s.code();
-                                        break;
-                                    }
-                                }
-                            }
-                            code
-                        }
-                    }
+                    streaming_status(&mut grpc, method, ask).await
                 };
                 codes.push(code);
             }

@@ -56,13 +56,15 @@ async fn unary(
     grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
     path: &'static str,
 ) -> tonic::Code {
-    grpc.ready().await.expect("ready");
-    let path = http::uri::PathAndQuery::from_static(path);
-    let request = tonic::Request::new(bytes::Bytes::from_static(b"hi"));
-    match grpc.unary(request, path, weft_tests::grpc::RawCodec).await {
-        Ok(_) => tonic::Code::Ok,
-        Err(s) => s.code(),
-    }
+    weft_tests::grpc::unary_status(grpc, path, b"hi").await
+}
+
+/// A script that answers 200 after `delay`.
+fn delayed(delay: Duration) -> Script {
+    Arc::new(move |_: &Seen, _: &[Seen]| Reply {
+        delay,
+        ..Reply::status(200)
+    })
 }
 
 /// One request with curl (`h2`: h2c with prior knowledge): its status and its
@@ -346,13 +348,7 @@ fn a_ratio_budget_holds_retries_to_a_fifth_of_requests() {
 /// reached a slow endpoint to the other one, in time.
 #[test]
 fn a_per_try_timeout_moves_a_slow_request_to_another_endpoint() {
-    let slow = ScriptedUpstream::start(
-        false,
-        Arc::new(|_: &Seen, _: &[Seen]| Reply {
-            delay: Duration::from_secs(2),
-            ..Reply::status(200)
-        }),
-    );
+    let slow = ScriptedUpstream::start(false, delayed(Duration::from_secs(2)));
     let fast = ScriptedUpstream::start(false, always(200));
     let (_weft, listen) = start(&[slow.addr, fast.addr], "timeout = \"1s\"\nretry = { retry_on = [\"reset\"], per_try_timeout = \"200ms\", attempt_count_header = true }", "");
     let mut moved = 0;
@@ -380,7 +376,7 @@ fn a_per_try_timeout_moves_a_slow_request_to_another_endpoint() {
 /// UNAVAILABLE in trailers after a message is the application's answer, never retried.
 #[test]
 fn grpc_unavailable_is_retried_only_from_a_trailers_only_answer() {
-    use weft_tests::grpc::{client, GrpcUpstream, RawCodec};
+    use weft_tests::grpc::{client, GrpcUpstream};
     let good = GrpcUpstream::start();
     let bad = GrpcUpstream::start();
     bad.failing.store(true, Ordering::SeqCst);
@@ -398,26 +394,8 @@ fn grpc_unavailable_is_retried_only_from_a_trailers_only_answer() {
         }
         let mut streamed = Vec::new();
         for _ in 0..10 {
-            grpc.ready().await.expect("ready");
-            let path = http::uri::PathAndQuery::from_static("/test.Echo/Repeat");
-            let request = tonic::Request::new(bytes::Bytes::from_static(b"2"));
-            let mut code = tonic::Code::Ok;
-            match grpc.server_streaming(request, path, RawCodec).await {
-                Err(s) => code = s.code(),
-                Ok(stream) => {
-                    let mut stream = stream.into_inner();
-                    loop {
-                        match stream.message().await {
-                            Ok(Some(_)) => {}
-                            Ok(None) => break,
-                            Err(s) => {
-                                code = s.code();
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
+            let code =
+                weft_tests::grpc::streaming_status(&mut grpc, "/test.Echo/Repeat", b"2").await;
             streamed.push(code);
         }
         (unary, streamed)
@@ -949,13 +927,7 @@ fn mirror_config(
 #[test]
 fn a_slow_mirror_never_holds_the_primary() {
     let primary = ScriptedUpstream::start(false, always(200));
-    let shadow = ScriptedUpstream::start(
-        true,
-        Arc::new(|_: &Seen, _: &[Seen]| Reply {
-            delay: Duration::from_secs(2),
-            ..Reply::status(200)
-        }),
-    );
+    let shadow = ScriptedUpstream::start(true, delayed(Duration::from_secs(2)));
     let (admin, listen) = (free_addr(), free_addr());
     let weft = Weft::start(
         "ingress",
@@ -1065,13 +1037,7 @@ fn a_quarter_mirror_holds_its_share_and_a_full_breaker_skips() {
     }
     assert!((900..=1100).contains(&last), "{last} of 4000 mirrored");
 
-    let slow = ScriptedUpstream::start(
-        false,
-        Arc::new(|_: &Seen, _: &[Seen]| Reply {
-            delay: Duration::from_millis(500),
-            ..Reply::status(200)
-        }),
-    );
+    let slow = ScriptedUpstream::start(false, delayed(Duration::from_millis(500)));
     let (admin, listen) = (free_addr(), free_addr());
     let weft = Weft::start(
         "ingress",
