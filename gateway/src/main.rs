@@ -30,7 +30,8 @@ enum Command {
     Sidecar(RunArgs),
     /// Validate a config file: print a summary and exit 0, or every error and exit 1.
     Check {
-        #[arg(long, short)]
+        /// The config file (TOML) to check.
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
         /// Check as this role; default: sidecar if the file has a [sidecar] table.
         #[arg(long, value_parser = ["ingress", "sidecar"])]
@@ -40,11 +41,18 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    #[arg(long, short)]
+    /// The config file (TOML). SIGHUP reloads it; `weft check` validates it first.
+    #[arg(long, short, value_name = "FILE")]
     config: PathBuf,
     /// Worker threads (overrides runtime.workers; default one per CPU).
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Unix socket for binary upgrades: a weft started with the same path while
+    /// another serves there takes over its listening sockets, and the old one
+    /// drains; no connection is refused. Without it, a listener port another process
+    /// holds is refused.
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +100,7 @@ fn run(args: RunArgs, role: Role) -> ExitCode {
         snap,
         Overrides {
             workers: args.workers,
+            upgrade_socket: args.upgrade_socket,
         },
     ) {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,6 +19,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub enum AdminSocket {
 
 /// Binds `at`. A unix socket's file is made owner-only (0600); a stale file left by a
 /// process that is gone is replaced, one another process still serves is not.
-pub fn bind(at: &AdminBind) -> io::Result<AdminSocket> {
+fn bind(at: &AdminBind) -> io::Result<AdminSocket> {
     match at {
         AdminBind::Tcp(a) => TcpListener::bind(a).map(AdminSocket::Tcp),
         AdminBind::Unix(path) => {
@@ -61,6 +62,71 @@ pub fn bind(at: &AdminBind) -> io::Result<AdminSocket> {
             Ok(AdminSocket::Unix(socket))
         }
     }
+}
+
+/// `bind`, unless a predecessor handed this socket over (`control::upgrade`): then it
+/// is taken as it is, provided it is bound where `at` says. Non-blocking either way:
+/// a process that shares it may take the connection `poll` announced.
+pub fn bind_or_take(at: &AdminBind, given: Option<OwnedFd>) -> io::Result<AdminSocket> {
+    let socket = take(at, given)?;
+    match &socket {
+        AdminSocket::Tcp(l) => l.set_nonblocking(true)?,
+        AdminSocket::Unix(l) => l.set_nonblocking(true)?,
+    }
+    Ok(socket)
+}
+
+fn take(at: &AdminBind, given: Option<OwnedFd>) -> io::Result<AdminSocket> {
+    let Some(fd) = given else {
+        return bind(at);
+    };
+    let socket = match at {
+        AdminBind::Tcp(a) => {
+            let l = TcpListener::from(fd);
+            if l.local_addr()? != *a {
+                // The new config moved it: bind where it says now.
+                return bind(at);
+            }
+            AdminSocket::Tcp(l)
+        }
+        AdminBind::Unix(path) => {
+            let l = UnixListener::from(fd);
+            if l.local_addr()?.as_pathname() != Some(path.as_path()) {
+                return bind(at);
+            }
+            AdminSocket::Unix(l)
+        }
+    };
+    Ok(socket)
+}
+
+impl AdminSocket {
+    /// Another descriptor of the same socket, to hand to a successor.
+    pub fn copy(&self) -> io::Result<OwnedFd> {
+        match self {
+            AdminSocket::Tcp(l) => l.try_clone().map(OwnedFd::from),
+            AdminSocket::Unix(l) => l.try_clone().map(OwnedFd::from),
+        }
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            AdminSocket::Tcp(l) => l.as_raw_fd(),
+            AdminSocket::Unix(l) => l.as_raw_fd(),
+        }
+    }
+}
+
+/// Waits up to `limit` for a connection to accept, without taking it: a successor
+/// sharing the socket may take it instead.
+fn wait_acceptable(socket: &AdminSocket, limit: Duration) -> bool {
+    let mut fds = libc::pollfd {
+        fd: socket.raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid, owned pollfd.
+    unsafe { libc::poll(&mut fds, 1, limit.as_millis() as libc::c_int) > 0 }
 }
 
 /// What an admin socket answers.
@@ -111,12 +177,22 @@ pub fn start(
 fn accept_loop(socket: AdminSocket, scope: Scope, control: Arc<Control>, refusals: Arc<Refusals>) {
     let active = Arc::new(AtomicUsize::new(0));
     loop {
+        // Polled, so that once a successor took the socket over this thread ends
+        // (within a quarter second) and leaves every probe to the new process.
+        if !wait_acceptable(&socket, Duration::from_millis(250)) {
+            if control.handed_off.load(Ordering::Acquire) {
+                return;
+            }
+            continue;
+        }
         let accepted = match &socket {
             AdminSocket::Tcp(l) => l.accept().map(|(s, _)| Conn::Tcp(s)),
             AdminSocket::Unix(l) => l.accept().map(|(s, _)| Conn::Unix(s)),
         };
         let mut conn = match accepted {
             Ok(c) => c,
+            // The successor took this one.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 tracing::warn!("admin accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(50));
@@ -342,19 +418,10 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
         }
         "/config" => {
             let snap = control.publisher.load();
-            let last_error = control
-                .reloads
-                .last_error
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
             let body = serde_json::json!({
                 "version": snap.version,
-                "reloads": {
-                    "succeeded": control.reloads.succeeded.load(Ordering::Relaxed),
-                    "failed": control.reloads.failed.load(Ordering::Relaxed),
-                    "last_error": last_error,
-                },
+                "reloads": control.reloads.json(),
+                "upgrade_socket": control.upgrade_socket.as_ref().map(|p| p.display().to_string()),
                 "discovery": control.discovery.status(),
                 "content_hash": format!("{:016x}", snap.content_hash),
                 "file": snap.source_file.display().to_string(),
@@ -530,8 +597,10 @@ fn discovery_metrics(
 
 fn head(status: u16, content_type: &str, length: usize) -> Vec<u8> {
     let reason = crate::proto::h1::reason(status);
+    let date = crate::proto::date::now();
+    let date = date.to_str().unwrap_or_default();
     format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n"
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {length}\r\ndate: {date}\r\nconnection: close\r\n\r\n"
     )
     .into_bytes()
 }

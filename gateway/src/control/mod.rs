@@ -6,6 +6,7 @@
 //!   and the registration of a sidecar's service;
 //! - `admin`: the admin listener (/ready /live /config /metrics);
 //! - `health`: the active health checks, one checker for the process;
+//! - `upgrade`: handing the listening sockets to a new weft binary;
 //! - here: `Control`, the state the control plane publishes and workers read (the
 //!   snapshot publisher, readiness, reload and discovery status, the mailboxes that
 //!   tell workers to listen or stop), and the thread priorities of control work.
@@ -19,11 +20,13 @@ pub mod consul;
 pub mod discovery;
 pub mod health;
 pub mod reload;
+pub mod upgrade;
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use weft_mesh::config::Role;
 use weft_mesh::snapshot::{Publisher, Snapshot};
@@ -37,6 +40,8 @@ pub struct Control {
     pub version: AtomicU64,
     pub registry: Registry,
     pub draining: AtomicBool,
+    /// A successor took the listening sockets over (`upgrade`); this process drains.
+    pub handed_off: AtomicBool,
     pub ready_workers: AtomicUsize,
     pub workers: usize,
     pub role: Role,
@@ -48,6 +53,10 @@ pub struct Control {
     /// Held while a snapshot is compiled and published (reloads and discovery updates
     /// come from different threads).
     pub publishing: Mutex<()>,
+    /// When this process started (`process_start_time_seconds`).
+    pub started: SystemTime,
+    /// `--upgrade-socket`, where a successor may take this process's sockets over.
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 impl Control {
@@ -64,6 +73,7 @@ impl Control {
             publisher: Publisher::new(first),
             registry: Registry::default(),
             draining: AtomicBool::new(false),
+            handed_off: AtomicBool::new(false),
             ready_workers: AtomicUsize::new(0),
             workers,
             role,
@@ -71,6 +81,8 @@ impl Control {
             mailboxes: Mutex::new(mailboxes),
             discovery: discovery::DiscoveryState::default(),
             publishing: Mutex::new(()),
+            started: SystemTime::now(),
+            upgrade_socket: None,
         }
     }
 
@@ -102,8 +114,78 @@ pub enum WorkerMsg {
 pub struct ReloadStatus {
     pub succeeded: AtomicU64,
     pub failed: AtomicU64,
-    /// The errors of the last refused reload (cleared by a successful one).
-    pub last_error: Mutex<Option<String>>,
+    /// The last attempt, whatever its outcome (None before the first SIGHUP).
+    pub last: Mutex<Option<ReloadAttempt>>,
+}
+
+/// One reload attempt, as /config shows it.
+#[derive(Clone, Debug)]
+pub struct ReloadAttempt {
+    pub at: SystemTime,
+    pub outcome: ReloadOutcome,
+}
+
+#[derive(Clone, Debug)]
+pub enum ReloadOutcome {
+    /// A new config is served, as this version.
+    Published(u64),
+    /// The file compiled to the config already served.
+    Unchanged,
+    /// Refused with these errors; the running config stayed.
+    Refused(String),
+}
+
+impl ReloadStatus {
+    pub fn record(&self, outcome: ReloadOutcome) {
+        match outcome {
+            ReloadOutcome::Refused(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+            _ => self.succeeded.fetch_add(1, Ordering::Relaxed),
+        };
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(ReloadAttempt {
+            at: SystemTime::now(),
+            outcome,
+        });
+    }
+
+    /// The `reloads` object of /config: counts, and the last attempt's time, result and
+    /// errors (`last_error` only while the last attempt was refused).
+    pub fn json(&self) -> serde_json::Value {
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let (attempt, last_error) = match last {
+            None => (serde_json::Value::Null, None),
+            Some(a) => {
+                let (result, version, error) = match a.outcome {
+                    ReloadOutcome::Published(v) => ("published", Some(v), None),
+                    ReloadOutcome::Unchanged => ("unchanged", None, None),
+                    ReloadOutcome::Refused(e) => ("refused", None, Some(e)),
+                };
+                let unix =
+                    a.at.duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                (
+                    serde_json::json!({
+                        "at": httpdate::fmt_http_date(a.at),
+                        "at_unix": unix,
+                        "succeeded": error.is_none(),
+                        "result": result,
+                        "version": version,
+                    }),
+                    error,
+                )
+            }
+        };
+        serde_json::json!({
+            "succeeded": self.succeeded.load(Ordering::Relaxed),
+            "failed": self.failed.load(Ordering::Relaxed),
+            "last_attempt": attempt,
+            "last_error": last_error,
+        })
+    }
 }
 
 /// Frees replaced snapshots once no request holds them, off the workers' threads.

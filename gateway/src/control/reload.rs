@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
 use std::time::Instant;
@@ -22,46 +22,107 @@ use std::time::Instant;
 use weft_mesh::config;
 use weft_mesh::snapshot::{self, Snapshot};
 
-use super::{Control, Socket, WorkerMsg};
+use super::{Control, ReloadOutcome, Socket, WorkerMsg};
 use crate::listen;
 
 /// The listeners bound now, as the control thread tracks them.
 #[derive(Default)]
 pub struct BoundSet {
-    by_name: BTreeMap<String, SocketAddr>,
+    by_name: BTreeMap<String, Bound>,
     next_slot: usize,
+    /// Sockets handed over by the weft this one replaces, by address, until a
+    /// listener of the config takes them (`control::upgrade`).
+    inherited: BTreeMap<SocketAddr, Vec<TcpListener>>,
+}
+
+/// One bound listener: its address, and a copy of every socket its workers accept on,
+/// to hand over to a successor (`control::upgrade`). Dropped with the listener, so a
+/// removed listener's port is closed once its workers let go of theirs.
+struct Bound {
+    address: SocketAddr,
+    copies: Vec<TcpListener>,
+}
+
+/// A listener's sockets, one list per worker (a worker may get more than one when
+/// it inherited more sockets than this process has workers).
+pub type PerWorker = Vec<Vec<Socket>>;
+
+/// Sockets bound but not recorded yet (a reload records them once nothing can fail).
+pub struct Staged {
+    name: String,
+    bound: Bound,
+    pub per_worker: PerWorker,
 }
 
 impl BoundSet {
-    /// Binds `name` at `addr` once per worker and records it as bound.
-    pub fn bind(
-        &mut self,
-        name: &str,
-        addr: SocketAddr,
-        workers: usize,
-    ) -> io::Result<Vec<Socket>> {
-        let sockets = self.bind_unrecorded(name, addr, workers)?;
-        self.by_name.insert(name.to_owned(), addr);
-        Ok(sockets)
+    /// A set that takes `inherited` sockets before binding new ones.
+    pub fn inheriting(inherited: BTreeMap<SocketAddr, Vec<TcpListener>>) -> BoundSet {
+        BoundSet {
+            inherited,
+            ..BoundSet::default()
+        }
     }
 
-    fn bind_unrecorded(
-        &mut self,
-        name: &str,
-        addr: SocketAddr,
-        workers: usize,
-    ) -> io::Result<Vec<Socket>> {
+    /// Binds `name` at `addr` for every worker and records it as bound.
+    pub fn bind(&mut self, name: &str, addr: SocketAddr, workers: usize) -> io::Result<PerWorker> {
+        let staged = self.stage(name, addr, workers)?;
+        Ok(self.record(staged))
+    }
+
+    /// Sockets for `name` at `addr`: the inherited ones for that address, then new
+    /// SO_REUSEPORT ones until every worker has one. An address no socket of this
+    /// process holds, and another process listens on, is refused.
+    pub fn stage(&mut self, name: &str, addr: SocketAddr, workers: usize) -> io::Result<Staged> {
+        let mut sockets = self.inherited.remove(&addr).unwrap_or_default();
+        let held = self.by_name.values().any(|b| b.address == addr);
+        if sockets.is_empty() && !held && listen::listened_elsewhere(addr)? {
+            return Err(listen::in_use_elsewhere(addr));
+        }
+        while sockets.len() < workers {
+            sockets.push(listen::bind_reuseport(addr)?);
+        }
+        let copies = sockets
+            .iter()
+            .map(TcpListener::try_clone)
+            .collect::<io::Result<Vec<_>>>()?;
         let slot = self.next_slot;
         self.next_slot += 1;
-        (0..workers)
-            .map(|_| {
-                listen::bind_reuseport(addr).map(|listener| Socket {
-                    slot,
-                    name: name.to_owned(),
-                    listener,
-                })
-            })
-            .collect()
+        let mut per_worker: PerWorker = (0..workers).map(|_| Vec::new()).collect();
+        for (i, listener) in sockets.into_iter().enumerate() {
+            per_worker[i % workers].push(Socket {
+                slot,
+                name: name.to_owned(),
+                listener,
+            });
+        }
+        Ok(Staged {
+            name: name.to_owned(),
+            bound: Bound {
+                address: addr,
+                copies,
+            },
+            per_worker,
+        })
+    }
+
+    /// Records staged sockets as bound; returns them for the workers.
+    pub fn record(&mut self, staged: Staged) -> PerWorker {
+        self.by_name.insert(staged.name, staged.bound);
+        staged.per_worker
+    }
+
+    /// Closes inherited sockets no listener took (the new config dropped them).
+    pub fn close_unclaimed(&mut self) {
+        for (address, _) in std::mem::take(&mut self.inherited) {
+            tracing::warn!(%address, "upgrade: the old process listened here and this config does not; closed");
+        }
+    }
+
+    /// Every listener's name, address and sockets, for a successor.
+    pub fn handover(&self) -> impl Iterator<Item = (&str, SocketAddr, &[TcpListener])> {
+        self.by_name
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.address, b.copies.as_slice()))
     }
 }
 
@@ -70,7 +131,7 @@ impl fmt::Display for BoundSet {
         let parts: Vec<String> = self
             .by_name
             .iter()
-            .map(|(n, a)| format!("{n}={a}"))
+            .map(|(n, b)| format!("{n}={}", b.address))
             .collect();
         write!(f, "[{}]", parts.join(", "))
     }
@@ -91,12 +152,12 @@ fn diff(bound: &BoundSet, next: &Snapshot) -> ListenerDiff {
     let removed = bound
         .by_name
         .iter()
-        .filter(|(n, a)| wanted.get(n.as_str()) != Some(a))
+        .filter(|(n, b)| wanted.get(n.as_str()) != Some(&b.address))
         .map(|(n, _)| n.clone())
         .collect();
     let added = wanted
         .iter()
-        .filter(|(n, a)| bound.by_name.get(**n) != Some(a))
+        .filter(|(n, a)| bound.by_name.get(**n).map(|b| b.address) != Some(**a))
         .map(|(n, a)| (n.to_string(), *a))
         .collect();
     ListenerDiff { removed, added }
@@ -118,6 +179,7 @@ pub fn apply(control: &Control, bound: &mut BoundSet) {
     };
     if next.content_hash == current.content_hash {
         tracing::info!(version = current.version, "reload: config unchanged");
+        control.reloads.record(ReloadOutcome::Unchanged);
         return;
     }
     // Requests in flight keep their permits on the counters they took them from.
@@ -135,7 +197,7 @@ pub fn apply(control: &Control, bound: &mut BoundSet) {
     // Bind everything first: a failure refuses the reload before anything changed.
     let mut staged = Vec::new();
     for (name, addr) in &changes.added {
-        match bound.bind_unrecorded(name, *addr, control.workers) {
+        match bound.stage(name, *addr, control.workers) {
             Ok(sockets) => staged.push(sockets),
             Err(e) => {
                 return refuse(
@@ -149,9 +211,7 @@ pub fn apply(control: &Control, bound: &mut BoundSet) {
     for name in &changes.removed {
         bound.by_name.remove(name);
     }
-    for (name, addr) in &changes.added {
-        bound.by_name.insert(name.clone(), *addr);
-    }
+    let staged: Vec<PerWorker> = staged.into_iter().map(|s| bound.record(s)).collect();
     let hash = next.content_hash;
     let version = control.publisher.publish(next);
     control.version.store(version, Ordering::Release);
@@ -165,18 +225,15 @@ pub fn apply(control: &Control, bound: &mut BoundSet) {
             let _ = m.send(WorkerMsg::Unlisten(name.clone()));
         }
     }
-    for sockets in staged {
-        for (m, socket) in mailboxes.iter().zip(sockets) {
-            let _ = m.send(WorkerMsg::Listen(socket));
+    for per_worker in staged {
+        for (m, sockets) in mailboxes.iter().zip(per_worker) {
+            for socket in sockets {
+                let _ = m.send(WorkerMsg::Listen(socket));
+            }
         }
     }
     drop(mailboxes);
-    control.reloads.succeeded.fetch_add(1, Ordering::Relaxed);
-    *control
-        .reloads
-        .last_error
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = None;
+    control.reloads.record(ReloadOutcome::Published(version));
     tracing::info!(
         version,
         hash = %format!("{hash:016x}"),
@@ -189,10 +246,5 @@ pub fn apply(control: &Control, bound: &mut BoundSet) {
 
 fn refuse(control: &Control, keeping: u64, errors: String) {
     tracing::error!("reload refused, still serving version {keeping}:\n{errors}");
-    control.reloads.failed.fetch_add(1, Ordering::Relaxed);
-    *control
-        .reloads
-        .last_error
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = Some(errors);
+    control.reloads.record(ReloadOutcome::Refused(errors));
 }

@@ -1,5 +1,6 @@
 //! Wire protocols. Codecs only: no routing, no sockets beyond the streams handed in.
 
+pub mod date;
 pub mod h1;
 pub mod path;
 pub mod percent;

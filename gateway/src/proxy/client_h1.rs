@@ -122,8 +122,11 @@ pub async fn serve_conn<S: HandOff>(
                     r = client.stream.readable() => r,
                     _ = deadline => false,
                     // Draining, or a reload that removed the listener, closes idle
-                    // keep-alive connections at once.
-                    _ = bound.closed.wait() => false,
+                    // keep-alive connections at once; a connection whose first request
+                    // has not arrived yet was accepted to be served, and is (within
+                    // the header timeout): in a binary upgrade the old process still
+                    // accepts until the new one serves.
+                    _ = bound.closed.wait(), if !first => false,
                 };
                 if !readable {
                     break Handoff::Closed;

@@ -468,7 +468,8 @@ fn local_head(
     let mut head = Response::new(());
     *head.status_mut() = http::StatusCode::from_u16(status).ok()?;
     let headers = head.headers_mut();
-    headers.reserve(2 + extra.len());
+    headers.reserve(3 + extra.len());
+    headers.append(http::header::DATE, crate::proto::date::now());
     headers.append(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_str(content_type).ok()?,

@@ -89,6 +89,8 @@ pub fn error_response(code: u16, message: &str) -> http::Response<()> {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),
     );
+    resp.headers_mut()
+        .insert(http::header::DATE, crate::proto::date::now());
     resp
 }
 

@@ -11,6 +11,7 @@ use weft_mesh::snapshot::{HeaderEdits, Redirect};
 
 use super::error::ProxyError;
 use super::rate_limit::RateHeaders;
+use crate::proto::date;
 use crate::proto::h1::reason;
 
 /// What a local answer says about its connection.
@@ -39,10 +40,12 @@ pub fn response(
     let mut out = BytesMut::with_capacity(128 + body.len());
     let _ = write!(
         out,
-        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ndate: ",
         reason(status),
         body.len()
     );
+    out.extend_from_slice(date::now().as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (name, value) in extra {
         let _ = write!(out, "{name}: {value}\r\n");
     }
@@ -251,6 +254,10 @@ mod tests {
             &[],
         ));
         assert!(out.contains("content-length: 5\r\n"), "{out}");
+        assert!(
+            out.contains("\r\ndate: ") && out.contains(" GMT\r\n"),
+            "{out}"
+        );
         assert!(out.ends_with("\r\n\r\n") && !out.contains("hello"), "{out}");
         assert!(!out.contains("connection:"), "{out}");
     }

@@ -12,9 +12,11 @@ pub mod worker;
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
@@ -23,7 +25,7 @@ use signal_hook::iterator::Signals;
 use weft_mesh::snapshot::{AdminBind, Snapshot};
 
 use crate::control::{
-    admin, discovery, reload, start_janitor, yield_to_workers, Control, Socket, WorkerMsg,
+    admin, discovery, reload, start_janitor, upgrade, yield_to_workers, Control, Socket, WorkerMsg,
 };
 use crate::listen;
 use driver::Driver;
@@ -43,16 +45,22 @@ pub enum StartError {
         address: String,
         source: io::Error,
     },
+    #[error("--upgrade-socket {path}: {source}")]
+    Upgrade { path: String, source: io::Error },
     #[error("runtime.cpus: cpu {0} is not in this process's affinity mask")]
     Cpu(usize),
     #[error("cannot start worker thread: {0}")]
     Thread(io::Error),
 }
 
-/// Command-line overrides of the config.
+/// Command-line settings beside the config.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
+    /// Overrides `runtime.workers`.
     pub workers: Option<usize>,
+    /// Where this process answers a successor's upgrade request, and where it asks a
+    /// running predecessor for its sockets first (`control::upgrade`).
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 /// Runs weft until SIGTERM/SIGINT. Returns after the drain.
@@ -84,8 +92,34 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
         tracing::warn!("{why}");
     }
 
+    // A running weft at the upgrade socket hands its sockets over instead of binding.
+    let upgrade_error = |source| StartError::Upgrade {
+        path: overrides
+            .upgrade_socket
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        source,
+    };
+    let mut inherited = match &overrides.upgrade_socket {
+        Some(path) => upgrade::take_over(path).map_err(upgrade_error)?,
+        None => None,
+    };
+    if let Some(from) = &inherited {
+        tracing::info!(
+            listeners = from.listeners.len(),
+            admin = from.admin.len(),
+            "upgrade: took over the running weft's sockets"
+        );
+    }
+
     // Bind everything before starting anything, so a conflict leaves nothing behind.
-    let mut listeners = reload::BoundSet::default();
+    let mut listeners = reload::BoundSet::inheriting(
+        inherited
+            .as_mut()
+            .map(|i| std::mem::take(&mut i.listeners))
+            .unwrap_or_default(),
+    );
     let mut sockets: Vec<Vec<Socket>> = (0..workers).map(|_| Vec::new()).collect();
     for l in first.listeners.iter() {
         let per_worker = listeners
@@ -95,17 +129,29 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
                 address: l.address,
                 source,
             })?;
-        for (mine, socket) in sockets.iter_mut().zip(per_worker) {
-            mine.push(socket);
+        for (mine, theirs) in sockets.iter_mut().zip(per_worker) {
+            mine.extend(theirs);
         }
     }
+    listeners.close_unclaimed();
     let admin_address = first.admin.address;
-    let bind_admin = |key, at: &AdminBind| {
-        admin::bind(at).map_err(|source| StartError::Admin {
+    let mut admin_copies: Vec<(&'static str, OwnedFd)> = Vec::new();
+    let mut bind_admin = |key, at: &AdminBind| {
+        let given = inherited.as_mut().and_then(|i| i.admin_socket(key));
+        let socket = admin::bind_or_take(at, given).map_err(|source| StartError::Admin {
             key,
             address: at.to_string(),
             source,
-        })
+        })?;
+        if overrides.upgrade_socket.is_some() {
+            let copy = socket.copy().map_err(|source| StartError::Admin {
+                key,
+                address: at.to_string(),
+                source,
+            })?;
+            admin_copies.push((key, copy));
+        }
+        Ok::<_, StartError>(socket)
     };
     let admin_socket = bind_admin("admin.address", &AdminBind::Tcp(admin_address))?;
     let private_admin = match &first.admin.private {
@@ -117,7 +163,9 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     let drain_timeout = first.runtime.drain_timeout;
     let (mailboxes, inboxes): (Vec<_>, Vec<_>) =
         (0..workers).map(|_| mpsc::channel::<WorkerMsg>()).unzip();
-    let control = Arc::new(Control::new(first, workers, role, mailboxes));
+    let mut control = Control::new(first, workers, role, mailboxes);
+    control.upgrade_socket = overrides.upgrade_socket.clone();
+    let control = Arc::new(control);
     // Signals first: a SIGHUP or SIGTERM that arrives while workers start is not lost.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(StartError::Thread)?;
 
@@ -136,6 +184,16 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
         threads.push(t);
     }
     tracing::info!(role = ?role, workers, driver = %decision.driver, open_files, admin = %admin_address, listeners = %listeners, "weft started");
+    let listeners = Arc::new(Mutex::new(listeners));
+    if let Some(path) = overrides.upgrade_socket.clone() {
+        if let Some(from) = inherited.take() {
+            // The old process stops accepting once this one's workers accept.
+            wait_until_serving(&control);
+            from.ready().map_err(upgrade_error)?;
+        }
+        upgrade::serve(path, control.clone(), listeners.clone(), admin_copies)
+            .map_err(upgrade_error)?;
+    }
     // From here this thread only reloads (and starts discovery threads, which inherit).
     yield_to_workers();
     discovery::reconcile(&control);
@@ -144,7 +202,9 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     for signal in signals.forever() {
         match signal {
             SIGHUP => {
-                reload::apply(&control, &mut listeners);
+                let mut bound = listeners.lock().unwrap_or_else(PoisonError::into_inner);
+                reload::apply(&control, &mut bound);
+                drop(bound);
                 discovery::reconcile(&control);
                 discovery::reread_files(&control);
             }
@@ -153,8 +213,11 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     }
     tracing::info!("draining: not accepting; closing idle connections; waiting up to {drain_timeout:?} for in-flight requests (signal again to stop now)");
     control.draining.store(true, Ordering::Release);
-    // Leave the registry first, so callers stop picking this instance while it drains.
-    discovery::deregister(&control);
+    // Leave the registry first, so callers stop picking this instance while it drains;
+    // unless a successor took over, which registered the same service.
+    if !control.handed_off.load(Ordering::Acquire) {
+        discovery::deregister(&control);
+    }
     let deadline = Instant::now() + drain_timeout;
     while Instant::now() < deadline && threads.iter().any(|t| !t.is_finished()) {
         if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
@@ -165,6 +228,14 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits (up to 30 s) until every worker accepts on its sockets.
+fn wait_until_serving(control: &Control) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !control.ready() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// mimalloc's `purge_delay` (its index in `mi_option_e`; the crate has no constant).

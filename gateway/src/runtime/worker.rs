@@ -19,6 +19,7 @@ use super::wakers::{CoarseTimers, LocalEvent};
 use crate::control::{Control, Socket, WorkerMsg};
 use crate::observe::metrics::Counters;
 use crate::upstream::Upstreams;
+use monoio::io::Canceller;
 
 pub struct Worker {
     pub id: usize,
@@ -147,6 +148,13 @@ impl Worker {
             if ticks % 50 == 0 {
                 self.upstreams.sweep();
             }
+            // Checked a tick after the listeners closed, never in the same one: a
+            // connection accepted just before is a spawned task that has not run yet
+            // and so is not counted open, and returning now would drop it unserved
+            // (a reset, seen across binary upgrades under load).
+            if self.draining.get() && self.open.get() == 0 {
+                return;
+            }
             if !self.draining.get() && self.control.draining.load(Ordering::Acquire) {
                 // Draining closes every listener: accept loops end, idle connections
                 // close, busy ones close after their response.
@@ -155,19 +163,19 @@ impl Worker {
                     bound.closed.fire();
                 }
             }
-            if self.draining.get() && self.open.get() == 0 {
-                return;
-            }
         }
     }
 
     /// Starts accepting on a socket; false if monoio cannot take it.
     fn listen(self: &Rc<Self>, socket: Socket) -> bool {
-        let bound = BoundListener {
+        // A second socket of a listener (one inherited from an old process with more
+        // workers) closes with the first.
+        let existing = self.listeners.borrow().get(&socket.name).cloned();
+        let bound = existing.unwrap_or_else(|| BoundListener {
             name: socket.name.as_str().into(),
             slot: socket.slot,
             closed: Rc::new(LocalEvent::default()),
-        };
+        });
         match TcpListener::from_std(socket.listener) {
             Ok(l) => {
                 self.listeners
@@ -191,22 +199,40 @@ impl Worker {
     }
 }
 
+/// Accepts until the listener closes. An accept in flight then is cancelled and its
+/// outcome awaited, not dropped: with io_uring the kernel may have accepted a
+/// connection already, and a dropped accept loses it unserved (its descriptor leaks
+/// until exit, and the client is reset; seen across binary upgrades under load).
 async fn accept_loop(worker: Rc<Worker>, bound: BoundListener, listener: TcpListener) {
+    let mut canceller = Canceller::new();
     loop {
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = bound.closed.wait() => return,
+        let accept = listener.cancelable_accept(canceller.handle());
+        let mut accept = std::pin::pin!(accept);
+        let outcome = monoio::select! {
+            r = &mut accept => Some(r),
+            _ = bound.closed.wait() => None,
+        };
+        let (accepted, last) = match outcome {
+            Some(r) => (r, false),
+            None => {
+                canceller = canceller.cancel();
+                (accept.await, true)
+            }
         };
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 crate::proxy::spawn(worker.clone(), bound.clone(), stream, peer);
             }
+            Err(_) if last => {}
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning on the error.
                 tracing::warn!(worker = worker.id, listener = %bound.name, "accept failed: {e}");
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+        if last {
+            return;
         }
     }
 }

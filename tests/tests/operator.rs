@@ -1,0 +1,399 @@
+//! What a new operator hits: a port another weft holds, binary upgrades with no
+//! refused connection, `Date` on weft's own answers, reload truths on /config,
+//! process metrics, `--help` and `weft check` output.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weft_tests::process::weft_output;
+use weft_tests::{free_addr, weft_bin, Weft};
+
+fn direct_config(admin: SocketAddr, listen: SocketAddr, body: &str) -> String {
+    direct_config_on("auto", admin, listen, body)
+}
+
+/// `direct_config` with `runtime.io = io`.
+fn direct_config_on(io: &str, admin: SocketAddr, listen: SocketAddr, body: &str) -> String {
+    format!(
+        r#"
+[runtime]
+io = "{io}"
+
+[admin]
+address = "{admin}"
+
+[[listeners]]
+name = "edge"
+address = "{listen}"
+routes = [
+  {{ match = {{ path_prefix = "/" }}, direct_response = {{ status = 200, body = "{body}" }} }},
+]
+"#
+    )
+}
+
+/// Starts `weft ingress` on `config` and waits for it to exit (at most 10 s).
+fn run_to_exit(config: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("weft.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut child = Command::new(weft_bin())
+        .arg("ingress")
+        .arg("--config")
+        .arg(&path)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn weft");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.code(), err);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (None, String::new())
+}
+
+#[test]
+fn a_second_weft_on_a_listener_port_refuses_to_start() {
+    let (admin, listen) = (free_addr(), free_addr());
+    let first = Weft::start("ingress", &direct_config(admin, listen, "first"), admin);
+    let (code, err) = run_to_exit(&direct_config(free_addr(), listen, "second"), &[]);
+    assert_eq!(code, Some(1), "the second weft must exit 1: {err}");
+    assert!(
+        err.contains(&format!("{listen} is in use by another process")),
+        "{err}"
+    );
+    assert!(
+        err.contains("--upgrade-socket"),
+        "says how to replace it: {err}"
+    );
+    // The first one took every connection, and still does.
+    for _ in 0..20 {
+        assert_eq!(get_body(listen).as_deref(), Some("first"));
+    }
+    drop(first);
+}
+
+#[test]
+fn a_reload_adding_a_port_another_process_holds_is_refused() {
+    let (admin, listen) = (free_addr(), free_addr());
+    let held = std::net::TcpListener::bind(free_addr()).expect("bind");
+    let taken = held.local_addr().expect("addr");
+    let weft = Weft::start("ingress", &direct_config(admin, listen, "one"), admin);
+    let added = format!(
+        "{}\n[[listeners]]\nname = \"more\"\naddress = \"{taken}\"\nroutes = [{{ match = {{ path_prefix = \"/\" }}, direct_response = {{ status = 204 }} }}]\n",
+        direct_config(admin, listen, "one")
+    );
+    std::fs::write(&weft.config_path, added).expect("write");
+    weft.signal(libc_sighup());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut config = String::new();
+    while Instant::now() < deadline {
+        config = weft.admin_get("/config").1;
+        if config.contains("in use by another process") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        config.contains(&format!("{taken} is in use by another process")),
+        "{config}"
+    );
+    assert_eq!(get_body(listen).as_deref(), Some("one"));
+}
+
+fn libc_sighup() -> i32 {
+    1
+}
+
+/// One request on a connection of its own: the body of a 200, else None.
+fn get_body(addr: SocketAddr) -> Option<String> {
+    fetch(addr).ok()
+}
+
+/// One request on a connection of its own: the body of a 200, else what went wrong.
+fn fetch(addr: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("read: {e} after {out:?}"))?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200 ") => Ok(body.to_owned()),
+        _ => Err(format!("answer: {out:?}")),
+    }
+}
+
+#[test]
+fn a_binary_upgrade_under_load_refuses_and_fails_nothing() {
+    upgrade_under_load("auto");
+}
+
+/// The accept loops end differently with readiness (epoll) and completions (io_uring).
+#[test]
+fn a_binary_upgrade_on_epoll_refuses_and_fails_nothing() {
+    upgrade_under_load("epoll");
+}
+
+fn upgrade_under_load(io: &str) {
+    let (admin, listen) = (free_addr(), free_addr());
+    let socket_dir = tempfile::tempdir().expect("tempdir");
+    let upgrade = socket_dir.path().join("upgrade.sock");
+    let upgrade = upgrade.to_str().expect("utf-8 path");
+    let extra = ["--workers", "2", "--upgrade-socket", upgrade];
+    let mut old = Weft::start_with(
+        "ingress",
+        &direct_config_on(io, admin, listen, "old"),
+        admin,
+        &extra,
+    );
+
+    // Four clients, each a new connection per request: every accept queue is in play.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed, from_new) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, served, failed, from_new) = (
+                stop.clone(),
+                served.clone(),
+                failed.clone(),
+                from_new.clone(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match fetch(listen).as_deref() {
+                        Ok("old") => served.fetch_add(1, Ordering::Relaxed),
+                        Ok("new") => {
+                            from_new.fetch_add(1, Ordering::Relaxed);
+                            served.fetch_add(1, Ordering::Relaxed)
+                        }
+                        other => {
+                            eprintln!("FAILED: {other:?}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = served.load(Ordering::Relaxed);
+    assert!(before > 0, "the load runs against the old process");
+
+    // The new process (its config says "new"), as a new binary would be started.
+    let new = Weft::start_with(
+        "ingress",
+        &direct_config_on(io, admin, listen, "new"),
+        admin,
+        &extra,
+    );
+    let exited = old.wait_exit(Duration::from_secs(15));
+    assert!(
+        exited.map(|s| s.success()).unwrap_or(false),
+        "the old process drains and exits 0 ({exited:?}):\n{}",
+        old.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let (served, failed, from_new) = (
+        served.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        from_new.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed or were refused across the upgrade\nold:\n{}\nnew:\n{}",
+        served + failed,
+        old.log(),
+        new.log()
+    );
+    assert!(from_new > 0, "the new process served ({served} in all)");
+    assert!(
+        old.log()
+            .contains("upgrade: the new process serves the listeners now"),
+        "{}",
+        old.log()
+    );
+    assert!(new.log().contains("upgrade: took over"), "{}", new.log());
+    // The admin port went over too, and the next upgrade can follow.
+    let (status, config) = new.admin_get("/config");
+    assert_eq!(status, 200);
+    assert!(config.contains("\"upgrade_socket\""), "{config}");
+    assert!(std::path::Path::new(upgrade).exists());
+}
+
+#[test]
+fn a_stale_upgrade_socket_file_is_replaced() {
+    let (admin, listen) = (free_addr(), free_addr());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("upgrade.sock");
+    // A socket file whose process is gone.
+    drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+    let weft = Weft::start_with(
+        "ingress",
+        &direct_config(admin, listen, "fresh"),
+        admin,
+        &[
+            "--workers",
+            "1",
+            "--upgrade-socket",
+            path.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(get_body(listen).as_deref(), Some("fresh"));
+    // The file is the running weft's now: a successor can connect.
+    let probe = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None)
+        .expect("socket");
+    probe
+        .connect(&socket2::SockAddr::unix(&path).expect("address"))
+        .expect("the running weft answers on the upgrade socket");
+    drop(weft);
+}
+
+#[test]
+fn weft_made_answers_carry_a_date() {
+    let (admin, listen) = (free_addr(), free_addr());
+    let _weft = Weft::start("ingress", &direct_config(admin, listen, "ok"), admin);
+    let url = format!("http://{listen}/");
+    for http in ["--http1.1", "--http2-prior-knowledge"] {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "5",
+                http,
+                &url,
+            ])
+            .output()
+            .expect("curl");
+        let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        let date = head
+            .lines()
+            .find_map(|l| l.strip_prefix("date: "))
+            .unwrap_or_else(|| panic!("{http}: no date in\n{head}"));
+        assert!(date.trim().ends_with(" gmt"), "{http}: {date}");
+    }
+    // A 400 for a malformed request too.
+    let mut s = TcpStream::connect(listen).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+    assert!(out.to_lowercase().contains("\r\ndate: "), "{out}");
+    // And the admin pages.
+    let mut s = TcpStream::connect(admin).expect("connect");
+    s.write_all(b"GET /live HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.contains("\r\ndate: "), "{out}");
+}
+
+#[test]
+fn help_describes_every_option() {
+    for sub in ["ingress", "sidecar", "check"] {
+        let o = weft_output(&[sub, "--help"]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        for line in text.lines().filter(|l| l.trim_start().starts_with('-')) {
+            let described = line
+                .trim_start()
+                .split("  ")
+                .filter(|p| !p.trim().is_empty())
+                .count()
+                > 1;
+            assert!(described, "weft {sub} --help: no text for {line:?}\n{text}");
+        }
+    }
+}
+
+/// /config's `reloads` shows the last attempt: a refused one with its errors, and a
+/// later one that found the file back as served clears them.
+#[test]
+fn reload_status_tells_the_last_attempt() {
+    let (admin, listen) = (free_addr(), free_addr());
+    let good = direct_config(admin, listen, "one");
+    let weft = Weft::start("ingress", &good, admin);
+    let reloads = |weft: &Weft| -> serde_json::Value {
+        let (_, body) = weft.admin_get("/config");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+        json["reloads"].clone()
+    };
+    assert!(reloads(&weft)["last_attempt"].is_null());
+    let wait_attempts = |weft: &Weft, n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = reloads(weft);
+            let total = r["succeeded"].as_u64().unwrap_or(0) + r["failed"].as_u64().unwrap_or(0);
+            if total >= n || Instant::now() > deadline {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    std::fs::write(
+        &weft.config_path,
+        good.replace("status = 200", "status = 2000"),
+    )
+    .expect("write");
+    weft.signal(1);
+    let refused = wait_attempts(&weft, 1);
+    assert_eq!(refused["last_attempt"]["result"], "refused", "{refused}");
+    assert_eq!(refused["last_attempt"]["succeeded"], false, "{refused}");
+    assert!(
+        refused["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("status"),
+        "{refused}"
+    );
+
+    // Put back as it was: the reload finds it unchanged, and the error is gone.
+    std::fs::write(&weft.config_path, &good).expect("write");
+    weft.signal(1);
+    let fixed = wait_attempts(&weft, 2);
+    assert_eq!(fixed["last_attempt"]["result"], "unchanged", "{fixed}");
+    assert_eq!(fixed["last_attempt"]["succeeded"], true, "{fixed}");
+    assert!(fixed["last_error"].is_null(), "{fixed}");
+    let at = fixed["last_attempt"]["at_unix"].as_u64().expect("at_unix");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(now.abs_diff(at) <= 5, "{fixed}");
+    assert!(fixed["last_attempt"]["at"]
+        .as_str()
+        .unwrap_or("")
+        .ends_with(" GMT"));
+    assert_eq!(get_body(listen).as_deref(), Some("one"));
+}
