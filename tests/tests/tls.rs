@@ -708,3 +708,132 @@ fn a_reload_rereads_rotated_certificates_and_revoked_cas_with_the_text_unchanged
     let (ok, out) = curl(&pki, listen, "a.test", &client2, "/");
     assert!(!ok, "a client of a removed CA was still let in: {out}");
 }
+
+/// A cluster with `tls = { ca, sni }` but no client certificate, calling an inbound
+/// that requires one: TLS 1.3 refuses after the handshake, on the first read. The
+/// caller is told why (not "upstream closed the connection"), and both sides warn.
+#[test]
+fn a_missing_client_certificate_is_said_on_both_sides() {
+    let pki = Pki::new();
+    pki.leaf(
+        "billing",
+        "billing",
+        "URI:spiffe://mesh/billing,DNS:billing.mesh",
+        "serverAuth,clientAuth",
+    );
+    let billing_app = TestUpstream::start("billing-app");
+    let (b_in, b_out, b_admin) = (free_addr(), free_addr(), free_addr());
+    let billing = Weft::start_in(
+        pki.dir.path(),
+        "sidecar",
+        &format!(
+            r#"
+[admin]
+address = "{b_admin}"
+
+[sidecar.inbound]
+address = "{b_in}"
+app = "{}"
+tls = {{ certificates = [ {{ cert = "billing.crt", key = "billing.key" }} ], client_auth = {{ ca = "ca.crt", mode = "require" }} }}
+
+[sidecar.outbound]
+address = "{b_out}"
+"#,
+            billing_app.addr
+        ),
+        b_admin,
+    );
+    let (o_in, o_out, o_admin) = (free_addr(), free_addr(), free_addr());
+    let orders = Weft::start_in(
+        pki.dir.path(),
+        "sidecar",
+        &format!(
+            r#"
+[admin]
+address = "{o_admin}"
+
+[sidecar.inbound]
+address = "{o_in}"
+app = "127.0.0.1:9"
+
+[sidecar.outbound]
+address = "{o_out}"
+
+[clusters.billing]
+endpoints = ["{b_in}"]
+tls = {{ ca = "ca.crt", sni = "billing.mesh" }}
+"#
+        ),
+        o_admin,
+    );
+    let reason = "upstream TLS handshake failed: the peer requires a client certificate";
+    for method in ["GET", "POST"] {
+        let o = Command::new("curl")
+            .args([
+                "-sS",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                "-X",
+                method,
+                "-H",
+                "host: billing",
+            ])
+            .arg(format!("http://{o_out}/invoice/7"))
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&o.stdout);
+        assert!(head.starts_with("HTTP/1.1 502 "), "{method}: {head}");
+        assert!(
+            head.contains(&format!("x-weft-error: {reason}")),
+            "{method}: {head}"
+        );
+    }
+    // Over HTTP/2 from the app too.
+    let o = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-H",
+            "host: billing",
+        ])
+        .arg(format!("http://{o_out}/invoice/7"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        head.contains(&format!("x-weft-error: {reason}")),
+        "h2: {head}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !billing.log().contains("presented no client certificate")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        orders.log().contains(reason) && orders.log().contains("certificate_required"),
+        "the caller warns, with the alert:\n{}",
+        orders.log()
+    );
+    assert!(
+        orders.log().contains("tls.cert and tls.key"),
+        "and says what to set:\n{}",
+        orders.log()
+    );
+    let warned = billing.log();
+    assert!(
+        warned.contains("WARN") && warned.contains("presented no client certificate"),
+        "the receiving side warns:\n{warned}"
+    );
+    // At most once a second per worker, not once per connection.
+    assert!(
+        warned.matches("presented no client certificate").count() <= 4,
+        "{warned}"
+    );
+}

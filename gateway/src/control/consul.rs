@@ -20,7 +20,7 @@ use weft_mesh::fields::Trailers;
 use weft_mesh::snapshot::{ConsulQuery, ConsulSettings, Registration};
 
 use crate::transport::{PollStream, UpstreamStream};
-use crate::upstream::tls_connect;
+use crate::upstream::tls::connect as tls_connect;
 
 use crate::proto::h1::chunked::ChunkedParser;
 

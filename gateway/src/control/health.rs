@@ -350,7 +350,7 @@ async fn connect_http(address: SocketAddr, cluster: &Cluster) -> Option<Box<dyn 
     match &cluster.tls {
         None => Some(Box::new(stream.into_poll_io().ok()?)),
         Some(tls) => Some(Box::new(
-            crate::upstream::tls_connect(tls, stream).await.ok()?,
+            crate::upstream::tls::connect(tls, stream).await.ok()?,
         )),
     }
 }
@@ -403,7 +403,7 @@ async fn probe(
                     Ok(io) => grpc(io, scheme, authority, service).await,
                     Err(_) => Outcome::NoAnswer,
                 },
-                Some(tls) => match crate::upstream::tls_connect(tls, stream).await {
+                Some(tls) => match crate::upstream::tls::connect(tls, stream).await {
                     Ok(io) => grpc(io, scheme, authority, service).await,
                     Err(_) => Outcome::NoAnswer,
                 },

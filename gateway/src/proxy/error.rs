@@ -16,7 +16,7 @@ use weft_mesh::snapshot::retry::Failure;
 use super::grpc::Code;
 use crate::proto::h1::head::HeadError;
 pub use crate::upstream::Breaker;
-use crate::upstream::{ConnectError, ConnectFailure};
+use crate::upstream::{ConnectError, ConnectFailure, TlsRefusal};
 
 /// Who made an exchange fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +87,9 @@ pub enum ProxyError {
     /// No socket could be made here (out of descriptors or local ports).
     LocalShortage(ConnectFailure),
     ConnectTimeout,
-    UpstreamTls,
+    /// The TLS handshake with the upstream failed, and why (also a refusal that came
+    /// on the first read: TLS 1.3 checks a client certificate after the handshake).
+    UpstreamTls(TlsRefusal),
     UpstreamHandshake,
     /// The shared HTTP/2 connection failed while opening the stream.
     UpstreamConnectionFailed,
@@ -180,7 +182,7 @@ impl ProxyError {
             | RateLimited { status, .. } => status,
             BodyNotKept => 502,
             ConnectFailed(_)
-            | UpstreamTls
+            | UpstreamTls(_)
             | UpstreamHandshake
             | UpstreamConnectionFailed
             | StaleConnection
@@ -236,7 +238,7 @@ impl ProxyError {
             ConnectFailed(_) => "upstream connection failed",
             LocalShortage(_) => "no local descriptor or port left to connect upstream",
             ConnectTimeout => "upstream connect timeout",
-            UpstreamTls => "upstream TLS handshake failed",
+            UpstreamTls(refusal) => refusal.reason(),
             UpstreamHandshake => "upstream HTTP/2 handshake failed",
             UpstreamConnectionFailed => "upstream HTTP/2 connection failed",
             StaleConnection | ClosedBeforeResponse => {
@@ -326,7 +328,7 @@ impl ProxyError {
             NoHealthyUpstream => "no_healthy_upstream",
             ConnectFailed(f) | LocalShortage(f) => f.label(),
             ConnectTimeout => "timeout",
-            UpstreamTls => "tls",
+            UpstreamTls(_) => "tls",
             UpstreamHandshake => "handshake",
             UpstreamConnectionFailed => "connection_failed",
             StaleConnection => "stale_connection",
@@ -388,7 +390,7 @@ impl ProxyError {
             RefusedStream | StreamNotProcessed => Retry::IfUnsent,
             ConnectFailed(_)
             | ConnectTimeout
-            | UpstreamTls
+            | UpstreamTls(_)
             | UpstreamHandshake
             | UpstreamConnectionFailed => Retry::Policy(Failure::ConnectFailure),
             // Before the response head (after it, the response has begun and nothing
@@ -415,7 +417,7 @@ impl ProxyError {
             self,
             ConnectFailed(_)
                 | ConnectTimeout
-                | UpstreamTls
+                | UpstreamTls(_)
                 | UpstreamHandshake
                 | UpstreamConnectionFailed
                 | ClosedBeforeResponse
@@ -438,7 +440,7 @@ impl ProxyError {
     pub fn connect_label(self) -> Option<&'static str> {
         use ProxyError::*;
         match self {
-            NoEndpoints | ConnectFailed(_) | LocalShortage(_) | ConnectTimeout | UpstreamTls
+            NoEndpoints | ConnectFailed(_) | LocalShortage(_) | ConnectTimeout | UpstreamTls(_)
             | UpstreamHandshake => Some(self.label()),
             _ => None,
         }
@@ -495,7 +497,7 @@ impl From<&ConnectError> for ProxyError {
             }
             ConnectError::TimedOut => ProxyError::ConnectTimeout,
             ConnectError::Handshake(_) => ProxyError::UpstreamHandshake,
-            ConnectError::Tls(_) => ProxyError::UpstreamTls,
+            ConnectError::Tls(f) => ProxyError::UpstreamTls(f.refusal),
             ConnectError::Overflow(breaker) => ProxyError::Overflow(*breaker),
         }
     }

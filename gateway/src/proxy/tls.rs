@@ -66,8 +66,19 @@ pub async fn serve(
     let tls = match monoio::time::timeout(timeout, acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::debug!(%peer, listener = %bound.name, "TLS handshake failed: {e}");
-            failed(Failure::of(&e));
+            let why = Failure::of(&e);
+            match why {
+                // A caller without (or with the wrong) client certificate: the
+                // operator of this side needs to hear it too, though not once per
+                // connection.
+                Failure::NoClientCertificate | Failure::BadClientCertificate
+                    if client_warning_due() =>
+                {
+                    tracing::warn!(%peer, listener = %bound.name, "TLS client refused: {}", client_refusal(&e));
+                }
+                _ => tracing::debug!(%peer, listener = %bound.name, "TLS handshake failed: {e}"),
+            }
+            failed(why);
             return;
         }
         Err(_) => {
@@ -118,6 +129,31 @@ pub async fn serve(
     } else {
         let client = Conn::new(PollStream(tls));
         client_h1::serve_conn(worker, bound, client, conn).await;
+    }
+}
+
+/// At most one warning a second per worker about refused client certificates.
+fn client_warning_due() -> bool {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
+    super::relay::once_a_second(&LAST)
+}
+
+/// What was wrong with a client's certificate, in words.
+fn client_refusal(e: &std::io::Error) -> String {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::NoCertificatesPresented) => {
+            "it presented no client certificate, and this listener requires one (tls.client_auth.mode = \"require\"); give the caller's cluster tls.cert and tls.key".to_owned()
+        }
+        Some(rustls::Error::InvalidCertificate(c)) => format!(
+            "its client certificate is {} (this listener trusts tls.client_auth.ca)",
+            crate::upstream::tls::certificate_problem(c)
+        ),
+        _ => e.to_string(),
     }
 }
 

@@ -9,6 +9,9 @@ mod endpoints;
 mod multiplex;
 mod pool;
 pub mod retry_budget;
+pub mod tls;
+
+pub use tls::{TlsFailure, TlsRefusal};
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -19,7 +22,6 @@ use std::sync::Arc;
 
 use monoio::net::TcpStream;
 use weft_mesh::config::Http2Config;
-use weft_mesh::snapshot::tls::ClusterTls;
 use weft_mesh::snapshot::{Cluster, ClusterId, ClusterShared, Snapshot};
 
 use crate::keyhash::BuildKeyHasher;
@@ -42,7 +44,7 @@ pub enum ConnectError {
     /// The HTTP/2 connection preface or SETTINGS exchange failed.
     Handshake(String),
     /// The TLS handshake failed (untrusted or wrong-name certificate, ...).
-    Tls(String),
+    Tls(TlsFailure),
     /// A circuit breaker of the cluster is full: no connection was tried.
     Overflow(Breaker),
 }
@@ -319,7 +321,7 @@ impl Upstreams {
             match &cluster.tls {
                 None => Ok(UpstreamStream::Plain(stream)),
                 Some(tls) => Ok(UpstreamStream::Tls(Box::new(PollStream(
-                    tls_connect(tls, stream).await?,
+                    tls::connect(tls, stream).await?,
                 )))),
             }
         };
@@ -359,19 +361,6 @@ impl Default for Upstreams {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// The TLS handshake with an upstream, verifying its certificate for the cluster's name.
-pub async fn tls_connect(
-    tls: &ClusterTls,
-    stream: TcpStream,
-) -> Result<crate::transport::TlsToUpstream, ConnectError> {
-    use monoio::io::IntoPollIo;
-    let io = stream.into_poll_io().map_err(ConnectError::Io)?;
-    tokio_rustls::TlsConnector::from(tls.client.clone())
-        .connect(tls.server_name.clone(), io)
-        .await
-        .map_err(|e| ConnectError::Tls(e.to_string()))
 }
 
 #[cfg(test)]

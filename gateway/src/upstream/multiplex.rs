@@ -232,7 +232,7 @@ impl Multiplexed {
         let idle_timeout = cluster.pool_idle_timeout;
         match &cluster.tls {
             Some(tls) => {
-                let io = super::tls_connect(tls, stream).await?;
+                let io = super::tls::connect(tls, stream).await?;
                 Self::start(io, endpoint, idle_timeout, settings, permit).await
             }
             None => {
@@ -274,7 +274,7 @@ impl Multiplexed {
             .max_header_list_size(settings.max_header_list_size)
             .handshake::<_, Bytes>(io)
             .await
-            .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+            .map_err(handshake_error)?;
         let pings = connection.ping_pong();
         let flag = dead.clone();
         monoio::spawn(async move {
@@ -292,7 +292,7 @@ impl Multiplexed {
                 .map_err(|e| ConnectError::Handshake(e.to_string()))?;
             std::future::poll_fn(|cx| pings.poll_pong(cx))
                 .await
-                .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+                .map_err(handshake_error)?;
         }
         Ok(Rc::new(H2Conn {
             send,
@@ -402,5 +402,14 @@ mod tests {
             }
             assert_eq!(seen, [5], "pieces of {step}");
         }
+    }
+}
+
+/// A failed HTTP/2 handshake; a TLS refusal under it (a TLS 1.3 server refuses a
+/// missing client certificate after the TLS handshake) is said as one.
+fn handshake_error(e: h2::Error) -> ConnectError {
+    match e.get_io().and_then(super::tls::failure_in) {
+        Some(failure) => ConnectError::Tls(failure),
+        None => ConnectError::Handshake(e.to_string()),
     }
 }

@@ -237,7 +237,13 @@ async fn send_request<S: ClientStream>(
             Ok(None) => {}
             Err(_) => return Err(ProxyError::BadResponseHead),
         }
-        match up.conn.fill_until(RESPONSE_READ, deadline).await {
+        let read = up.conn.fill_until(RESPONSE_READ, deadline).await;
+        if let Err(ReadError::Io(e)) = &read {
+            if let Some(refused) = super::tls_refusal(&plan.cluster.name, e) {
+                return Err(refused);
+            }
+        }
+        match read {
             Ok(n) if n > 0 => received = true,
             Ok(_) | Err(ReadError::Io(_)) if !received && retryable => {
                 return Err(ProxyError::StaleConnection)

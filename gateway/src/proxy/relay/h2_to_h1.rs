@@ -80,7 +80,7 @@ pub async fn relay(
         }
     }
     let wait = plan.head_wait();
-    let response = match read_response_head(&mut up, wait, is_head).await {
+    let response = match read_response_head(&mut up, wait, is_head, &cluster.name).await {
         Ok(r) => r,
         Err(None) if replayable => return Err(ProxyError::StaleConnection),
         Err(None) => return Err(ProxyError::ClosedBeforeResponse),
@@ -280,6 +280,7 @@ async fn read_response_head(
     up: &mut Upstream,
     wait: HeadWait,
     head_request: bool,
+    cluster: &str,
 ) -> Result<ResponseHead, Option<ProxyError>> {
     let deadline = wait.deadline();
     let mut received = !up.conn.buf.is_empty();
@@ -297,7 +298,13 @@ async fn read_response_head(
             Ok(None) => {}
             Err(_) => return Err(Some(ProxyError::BadResponseHead)),
         }
-        match up.conn.fill_until(UPSTREAM_READ, deadline).await {
+        let read = up.conn.fill_until(UPSTREAM_READ, deadline).await;
+        if let Err(ReadError::Io(e)) = &read {
+            if let Some(refused) = super::tls_refusal(cluster, e) {
+                return Err(Some(refused));
+            }
+        }
+        match read {
             Ok(n) if n > 0 => received = true,
             Ok(_) | Err(ReadError::Io(_)) if !received => return Err(None),
             Ok(_) | Err(ReadError::Io(_)) => {

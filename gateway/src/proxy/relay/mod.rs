@@ -122,14 +122,30 @@ fn connect_error(x: &Exchange<'_>, plan: &Plan<'_>, e: &ConnectError) -> ProxyEr
                 tracing::warn!(cluster = %name, "cannot connect upstream: {err} (see weft_upstream_connect_errors_total{{reason=\"{}\"}})", error.label());
             }
         }
-        ConnectError::Tls(err) => {
-            tracing::warn!(cluster = %name, "upstream TLS handshake failed: {err}");
-        }
+        ConnectError::Tls(failure) => warn_tls(name, failure),
         _ => {
             tracing::debug!(cluster = %name, peer = %x.conn.peer, "upstream connect failed: {e:?}")
         }
     }
     error
+}
+
+/// The refusal a failed read of an upstream TLS connection carries (TLS 1.3 servers
+/// refuse a missing client certificate only after the handshake, on the first read),
+/// warned about; None for a plain failure.
+pub(super) fn tls_refusal(cluster: &str, e: &std::io::Error) -> Option<ProxyError> {
+    let failure = crate::upstream::tls::failure_in(e)?;
+    warn_tls(cluster, &failure);
+    Some(ProxyError::UpstreamTls(failure.refusal))
+}
+
+fn warn_tls(cluster: &str, failure: &crate::upstream::TlsFailure) {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    if once_a_second(&LAST) {
+        tracing::warn!(cluster = %cluster, "{failure}");
+    }
 }
 
 /// At most one warning a second per worker about a local shortage: at thousands of
@@ -138,8 +154,15 @@ fn shortage_warning_due() -> bool {
     thread_local! {
         static LAST: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
     }
+    once_a_second(&LAST)
+}
+
+/// True at most once a second for one `last` (a per-worker slot).
+pub(crate) fn once_a_second(
+    last: &'static std::thread::LocalKey<std::cell::Cell<Option<Instant>>>,
+) -> bool {
     let now = Instant::now();
-    LAST.with(|last| {
+    last.with(|last| {
         let due = last
             .get()
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
