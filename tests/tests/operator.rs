@@ -397,3 +397,29 @@ fn reload_status_tells_the_last_attempt() {
         .ends_with(" GMT"));
     assert_eq!(get_body(listen).as_deref(), Some("one"));
 }
+
+#[test]
+fn process_metrics_and_build_info_are_scraped() {
+    let (admin, listen) = (free_addr(), free_addr());
+    let weft = Weft::start("ingress", &direct_config(admin, listen, "ok"), admin);
+    let rss = weft.metric(&["process_resident_memory_bytes "]);
+    let kib = weft.rss_kib() as f64 * 1024.0;
+    assert!(rss > 0.0 && (rss - kib).abs() < kib * 0.5, "{rss} vs {kib}");
+    assert!(
+        weft.metric(&["process_open_fds "]) >= 4.0,
+        "listeners and admin at least"
+    );
+    assert!(weft.metric(&["process_max_fds "]) >= 1024.0);
+    let started = weft.metric(&["process_start_time_seconds "]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(now - started >= 0.0 && now - started < 60.0, "{started}");
+    assert!(weft.metric(&["process_cpu_seconds_total "]) >= 0.0);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        weft.metric(&[&format!("weft_build_info{{version=\"{version}\"}}")]),
+        1.0
+    );
+}

@@ -475,7 +475,8 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
                 + &discovery_metrics(&control.discovery.status())
                 + &crate::observe::clusters::metrics(&control.publisher.load())
                 + &crate::observe::routes::metrics(&control.publisher.load())
-                + &refusal_metrics(refusals);
+                + &refusal_metrics(refusals)
+                + &crate::observe::process::metrics(control.started);
             respond(&mut conn, deadline, 200, "text/plain; version=0.0.4", &body)
         }
         _ => respond(

@@ -2,4 +2,5 @@
 
 pub mod clusters;
 pub mod metrics;
+pub mod process;
 pub mod routes;
