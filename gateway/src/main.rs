@@ -37,6 +37,8 @@ enum Command {
         #[arg(long, value_parser = ["ingress", "sidecar"])]
         role: Option<String>,
     },
+    /// Print the man page (roff) to stdout: `weft manpage > /usr/share/man/man1/weft.1`.
+    Manpage,
 }
 
 #[derive(clap::Args)]
@@ -68,6 +70,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Ingress(args) => run(args, Role::Ingress),
         Command::Sidecar(args) => run(args, Role::Sidecar),
+        Command::Manpage => match std::io::Write::write_all(&mut std::io::stdout(), &manpage()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weft manpage: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config, role } => {
             let role = role.as_deref().map(|r| {
                 if r == "sidecar" {
@@ -110,6 +119,59 @@ fn run(args: RunArgs, role: Role) -> ExitCode {
         }
     }
 }
+
+/// weft(1): the synopsis and every subcommand with its options, from the same
+/// definitions as `--help`, then signals, files and the exit status.
+fn manpage() -> Vec<u8> {
+    let cli = <Cli as clap::CommandFactory>::command();
+    let top = clap_mangen::Man::new(cli.clone());
+    let mut page = Vec::new();
+    // Writes into a Vec cannot fail.
+    let _ = top.render_title(&mut page);
+    let _ = top.render_name_section(&mut page);
+    let _ = top.render_synopsis_section(&mut page);
+    let _ = top.render_description_section(&mut page);
+    for sub in cli.get_subcommands() {
+        let name = sub.get_name();
+        let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+        page.extend_from_slice(
+            format!(".SH \"WEFT {}\"\n{}\n", name.to_uppercase(), roff_text(&about)).as_bytes(),
+        );
+        let sub = sub.clone().bin_name(format!("weft {name}"));
+        let man = clap_mangen::Man::new(sub);
+        let _ = man.render_synopsis_section(&mut page);
+        let _ = man.render_options_section(&mut page);
+    }
+    page.extend_from_slice(MANPAGE_TAIL.as_bytes());
+    let _ = top.render_version_section(&mut page);
+    page
+}
+
+/// Escapes what roff would read as a request or an escape.
+fn roff_text(text: &str) -> String {
+    let text = text.replace('\\', "\\\\").replace('-', "\\-");
+    match text.strip_prefix('.') {
+        Some(rest) => format!("\\&.{rest}"),
+        None => text,
+    }
+}
+
+const MANPAGE_TAIL: &str = r#".SH SIGNALS
+.TP
+\fBSIGHUP\fR
+Reload the config file: it is compiled as \fBweft check\fR does; a config with errors is refused and the running one stays (see \fB/config\fR on the admin port).
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR
+Drain: stop accepting, finish in-flight requests (up to \fBruntime.drain_timeout\fR), exit 0. A second signal exits at once.
+.SH UPGRADING
+Start the new binary with the same \fB\-\-config\fR and \fB\-\-upgrade\-socket\fR as the running one. It takes over the listening and admin sockets, and the old process drains and exits once the new one serves; no connection is refused.
+.SH ENVIRONMENT
+.TP
+\fBWEFT_LOG\fR
+Log filter (e.g. \fBinfo\fR, \fBweft_gateway=debug\fR); default \fBinfo\fR.
+.SH EXIT STATUS
+0 after a drain or a successful check; 1 for a config error or a listener that cannot be bound; 70 when a worker thread panicked.
+"#;
 
 /// Loads and compiles as `role`; with no role (`weft check` without `--role`), as a
 /// sidecar when the file has a [sidecar] table. On failure prints every error as
