@@ -135,7 +135,12 @@ fn manpage() -> Vec<u8> {
         let name = sub.get_name();
         let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
         page.extend_from_slice(
-            format!(".SH \"WEFT {}\"\n{}\n", name.to_uppercase(), roff_text(&about)).as_bytes(),
+            format!(
+                ".SH \"WEFT {}\"\n{}\n",
+                name.to_uppercase(),
+                roff_text(&about)
+            )
+            .as_bytes(),
         );
         let sub = sub.clone().bin_name(format!("weft {name}"));
         let man = clap_mangen::Man::new(sub);

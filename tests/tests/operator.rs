@@ -423,3 +423,46 @@ fn process_metrics_and_build_info_are_scraped() {
         1.0
     );
 }
+
+/// The shipped man page is the CLI's own (regenerate: `weft manpage > config/weft.1`),
+/// and it renders.
+#[test]
+fn the_shipped_man_page_is_current_and_renders() {
+    let generated = weft_output(&["manpage"]);
+    assert!(generated.status.success());
+    let shipped = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/weft.1"))
+        .expect("config/weft.1");
+    assert!(
+        shipped == generated.stdout,
+        "config/weft.1 is stale: run `weft manpage > config/weft.1`"
+    );
+    let text = String::from_utf8_lossy(&generated.stdout);
+    for part in [
+        "WEFT INGRESS",
+        "WEFT SIDECAR",
+        "WEFT CHECK",
+        "upgrade\\-socket",
+        "SIGHUP",
+    ] {
+        assert!(text.contains(part), "{part} missing");
+    }
+    let rendered = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(&generated.stdout)?;
+            child.wait_with_output()
+        });
+    let out = rendered.expect("run groff (package groff-base)");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "groff: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
