@@ -72,7 +72,7 @@ fn bad_config_lists_every_error_with_file_and_key_and_binds_nothing() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains(&format!(
-            "{}: runtime.io: unknown variant `kqueue`",
+            "{}:3:6: runtime.io: unknown variant `kqueue`",
             bad.display()
         )),
         "{err}"
@@ -81,39 +81,37 @@ fn bad_config_lists_every_error_with_file_and_key_and_binds_nothing() {
     let port = free_port();
     let text = BAD_SEMANTICS.replace("PORT", &port.to_string());
     let bad2 = dir.path().join("bad2.toml");
-    std::fs::write(&bad2, text).unwrap();
-    let o = weft_output(&["check", "--config", bad2.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
-    // The unknown key is reported first and alone: the file must parse before its
-    // semantics are judged.
-    assert!(
-        err.contains(&format!(
-            "{}: listeners[0].routes[3].colour: unknown key",
-            bad2.display()
-        )),
-        "{err}"
-    );
-
-    // Without the unknown key, every semantic error is listed at once.
-    let text = BAD_SEMANTICS
-        .replace("PORT", &port.to_string())
-        .replace("colour = \"blue\", ", "");
-    std::fs::write(&bad2, text).unwrap();
+    std::fs::write(&bad2, &text).unwrap();
     let o = weft_output(&["check", "--config", bad2.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     let f = bad2.display().to_string();
-    for needle in [
-        format!("{f}: admin.address:"),
-        format!("{f}: http.max_header_bytes:"),
-        format!("{f}: listeners[0].routes[0].cluster:"),
-        format!("{f}: listeners[0].routes[1].split:"),
-        format!("{f}: listeners[0].routes[2].match.path_regex:"),
-        format!("{f}: clusters.a.endpoints[0]:"),
+    // The file parses, so the unknown key (with a suggestion) and every semantic
+    // error are listed at once, each with the line and column of its key.
+    let at = |needle: &str| -> (usize, usize) {
+        let line = text
+            .lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not in the config"));
+        let col = text.lines().nth(line).unwrap().find(needle).unwrap();
+        (line + 1, col + 1)
+    };
+    for (key, written) in [
+        ("listeners[0].routes[3].colour", "colour"),
+        ("admin.address", "address = \"nowhere"),
+        ("http.max_header_bytes", "max_header_bytes"),
+        ("listeners[0].routes[0].cluster", "cluster = \"missing"),
+        ("listeners[0].routes[1].split", "split"),
+        ("listeners[0].routes[2].match.path_regex", "path_regex"),
     ] {
+        let (line, col) = at(written);
+        let needle = format!("{f}:{line}:{col}: {key}:");
         assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
     }
+    assert!(
+        err.contains(&format!("{f}:")) && err.contains(": clusters.a.endpoints[0]:"),
+        "{err}"
+    );
 
     // Starting with it fails the same way and leaves the listener port free.
     let o = Command::new(weft_bin())

@@ -1,11 +1,14 @@
 //! Reading a config file: TOML syntax, types and unknown keys.
 //!
-//! Every problem is reported as `FILE: path.to.key: problem`. Unknown keys are errors
-//! (a typo must never silently fall back to a default), and all of them are reported at
-//! once. Semantic rules (references, ranges, addresses) are checked when the snapshot is
-//! compiled, so `weft check`, startup and reload share one code path.
+//! Every problem is reported as `FILE:LINE:COLUMN: path.to.key: problem` (`locate`).
+//! Unknown keys are errors (a typo must never silently fall back to a default), each
+//! with the nearest known key; all of them are reported at once, and with the
+//! semantic errors when the file parses. Semantic rules (references, ranges,
+//! addresses) are checked when the snapshot is compiled, so `weft check`, startup and
+//! reload share one code path.
 
 mod duration;
+mod locate;
 mod schema;
 
 use serde::Deserialize;
@@ -27,24 +30,44 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: PathBuf,
-    /// `listeners[0].routes[2].cluster`, or `line 4, column 7` for syntax errors.
+    /// `listeners[0].routes[2].cluster`; empty for a syntax error or an unreadable file.
     pub path: String,
     pub problem: String,
+    /// Line and column (1-based) of the key, or of its table when the key is not
+    /// written; of the error itself for a syntax error.
+    pub at: Option<(usize, usize)>,
+    /// The `name` of the route the path goes through, when it has one.
+    pub route: Option<String>,
 }
 
+impl ConfigError {
+    /// An error at `path`; where it is in the file is filled in later (`locate`).
+    pub fn new(file: &Path, path: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: file.to_owned(),
+            path: path.into(),
+            problem: problem.into(),
+            at: None,
+            route: None,
+        }
+    }
+}
+
+/// `FILE:LINE:COLUMN: key.path (route "name"): problem`, the compilers' form, which
+/// editors and terminals jump to.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}: {}", self.file.display(), self.problem)
-        } else {
-            write!(
-                f,
-                "{}: {}: {}",
-                self.file.display(),
-                self.path,
-                self.problem
-            )
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, column)) = self.at {
+            write!(f, ":{line}:{column}")?;
         }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        if let Some(route) = &self.route {
+            write!(f, " (route {route:?})")?;
+        }
+        write!(f, ": {}", self.problem)
     }
 }
 
@@ -66,6 +89,22 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl ConfigErrors {
+    /// The same errors with their lines, columns, routes and suggestions (`text` is
+    /// the file's text).
+    /// Sorted by where they are, as a compiler lists them.
+    pub fn located(mut self, text: &str) -> ConfigErrors {
+        locate::locate(&mut self.0, text);
+        self.0.sort_by_key(|e| e.at.unwrap_or((usize::MAX, 0)));
+        self
+    }
+}
+
+/// Locates warnings as errors are (`ConfigErrors::located`).
+pub fn locate_all(errors: &mut [ConfigError], text: &str) {
+    locate::locate(errors, text);
+}
+
 /// The parsed file plus what it came from, ready to be compiled into a snapshot.
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {
@@ -73,16 +112,19 @@ pub struct LoadedConfig {
     pub role: Role,
     pub source_text: String,
     pub config: ConfigFile,
+    /// Unknown keys: the file parsed all the same, so compiling it reports its
+    /// semantic errors together with these, and then fails.
+    pub unknown_keys: Vec<ConfigError>,
 }
 
 /// Reads and parses `file`. Semantic validation happens in `snapshot::compile`.
 pub fn load(file: &Path, role: Role) -> Result<LoadedConfig, ConfigErrors> {
     let text = std::fs::read_to_string(file).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: file.to_owned(),
-            path: String::new(),
-            problem: format!("cannot read: {e}"),
-        }])
+        ConfigErrors(vec![ConfigError::new(
+            file,
+            "",
+            format!("cannot read: {e}"),
+        )])
     })?;
     parse(file, &text, role)
 }
@@ -90,15 +132,13 @@ pub fn load(file: &Path, role: Role) -> Result<LoadedConfig, ConfigErrors> {
 /// Parses config text; `file` is used only in error messages.
 pub fn parse(file: &Path, text: &str, role: Role) -> Result<LoadedConfig, ConfigErrors> {
     let syntax_error = |e: toml::de::Error| {
-        let path = e
-            .span()
-            .map(|s| line_col(text, s.start))
-            .unwrap_or_default();
-        ConfigErrors(vec![ConfigError {
-            file: file.to_owned(),
-            path,
-            problem: format!("{} ({STOPS_HERE})", e.message().trim_end()),
-        }])
+        let mut error = ConfigError::new(
+            file,
+            "",
+            format!("{} ({STOPS_HERE})", e.message().trim_end()),
+        );
+        error.at = e.span().map(|s| locate::line_col(text, s.start));
+        ConfigErrors(vec![error])
     };
     // Valid files (every reload of a good config) take the fast way: serde_ignored
     // alone. Only a file that fails is parsed again with the key path tracked for the
@@ -122,38 +162,29 @@ pub fn parse(file: &Path, text: &str, role: Role) -> Result<LoadedConfig, Config
     };
     let mut errors: Vec<ConfigError> = unknown
         .into_iter()
-        .map(|path| ConfigError {
-            file: file.to_owned(),
-            path,
-            problem: "unknown key".into(),
-        })
+        .map(|path| ConfigError::new(file, path, "unknown key"))
         .collect();
     match parsed {
-        Ok(config) if errors.is_empty() => Ok(LoadedConfig {
+        Ok(config) => Ok(LoadedConfig {
             file: file.to_owned(),
             role,
             source_text: text.to_owned(),
             config,
+            unknown_keys: errors,
         }),
-        Ok(_) => Err(ConfigErrors(errors)),
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let problem = format!("{} ({STOPS_HERE})", inner.message().trim_end());
-            let path = if path == "." || path.is_empty() {
-                inner
-                    .span()
-                    .map(|s| line_col(text, s.start))
-                    .unwrap_or_default()
+            let mut error = if path == "." || path.is_empty() {
+                ConfigError::new(file, "", problem)
             } else {
-                path
+                ConfigError::new(file, path, problem)
             };
-            errors.push(ConfigError {
-                file: file.to_owned(),
-                path,
-                problem,
-            });
-            Err(ConfigErrors(errors))
+            // The parser's own span is the value it refused: more precise than the key.
+            error.at = inner.span().map(|s| locate::line_col(text, s.start));
+            errors.push(error);
+            Err(ConfigErrors(errors).located(text))
         }
     }
 }
@@ -161,13 +192,6 @@ pub fn parse(file: &Path, text: &str, role: Role) -> Result<LoadedConfig, Config
 /// The TOML parser stops at the first syntax or type error: `weft check` promises
 /// every error, so it says when more may be hidden behind this one.
 const STOPS_HERE: &str = "reading stops here: further errors may follow once this is fixed";
-
-fn line_col(text: &str, offset: usize) -> String {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-    format!("line {line}, column {col}")
-}
 
 fn render_ignored_path(path: &serde_ignored::Path) -> String {
     use serde_ignored::Path as P;
@@ -192,8 +216,10 @@ fn render_ignored_path(path: &serde_ignored::Path) -> String {
 mod tests {
     use super::*;
 
+    /// The errors of loading and compiling `text`, as printed.
     fn errs(text: &str) -> Vec<String> {
         parse(Path::new("t.toml"), text, Role::Ingress)
+            .and_then(|loaded| crate::snapshot::compile(&loaded).map(|_| ()))
             .unwrap_err()
             .0
             .iter()
@@ -218,8 +244,10 @@ mod tests {
         assert_eq!(
             e,
             vec![
-                "t.toml: runtime.wrokers: unknown key",
-                "t.toml: listeners[0].routes[0].match.hots: unknown key"
+                "t.toml:3:13: runtime.wrokers: unknown key (did you mean `workers`?)",
+                "t.toml:8:42: listeners[0].routes[0].match.hots: unknown key (did you mean `host`?)",
+                // The file parsed, so its semantic errors come with the unknown keys.
+                "t.toml:9:13: listeners[0].routes[0].cluster: unknown cluster `c`",
             ]
         );
     }
@@ -229,12 +257,12 @@ mod tests {
         let e = errs("[clusters.api]\nendpoints = [\"127.0.0.1:1\", { address = \"127.0.0.1:2\", weight = -1 }]\n");
         assert_eq!(e.len(), 1);
         assert!(
-            e[0].starts_with("t.toml: clusters.api.endpoints[1]"),
+            e[0].starts_with("t.toml:2:65: clusters.api.endpoints[1]"),
             "{e:?}"
         );
         let e = errs("[clusters.api]\nconnect_timeout = \"5\"\n");
         assert!(
-            e[0].starts_with("t.toml: clusters.api.connect_timeout: "),
+            e[0].starts_with("t.toml:2:19: clusters.api.connect_timeout: "),
             "{e:?}"
         );
         assert!(e[0].contains("no unit"), "{e:?}");
@@ -243,12 +271,13 @@ mod tests {
     #[test]
     fn syntax_errors_name_the_line() {
         let e = errs("[runtime]\nworkers = = 2\n");
-        assert!(e[0].starts_with("t.toml: line 2, column"), "{e:?}");
+        assert!(e[0].starts_with("t.toml:2:"), "{e:?}");
     }
 
     #[test]
     fn the_issue_example_parses() {
         let text = include_str!("../../../config/ingress.toml");
-        parse(Path::new("ingress.toml"), text, Role::Ingress).unwrap();
+        let loaded = parse(Path::new("ingress.toml"), text, Role::Ingress).unwrap();
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
     }
 }

@@ -38,19 +38,12 @@ impl Diagnostics<'_> {
     }
 
     fn error(&mut self, path: impl Into<String>, problem: impl Into<String>) {
-        self.errors.push(ConfigError {
-            file: self.file.to_owned(),
-            path: path.into(),
-            problem: problem.into(),
-        });
+        self.errors.push(ConfigError::new(self.file, path, problem));
     }
 
     fn warn(&mut self, path: impl Into<String>, problem: impl Into<String>) {
-        self.warnings.push(ConfigError {
-            file: self.file.to_owned(),
-            path: path.into(),
-            problem: problem.into(),
-        });
+        self.warnings
+            .push(ConfigError::new(self.file, path, problem));
     }
 }
 
@@ -310,9 +303,12 @@ pub fn compile_with(
         );
     }
     warn_plain_text(cfg, &listeners, loaded.role, &mut d);
-    if !d.errors.is_empty() {
-        return Err(ConfigErrors(d.errors));
+    if !d.errors.is_empty() || !loaded.unknown_keys.is_empty() {
+        let mut all = loaded.unknown_keys.clone();
+        all.append(&mut d.errors);
+        return Err(ConfigErrors(all).located(&loaded.source_text));
     }
+    crate::config::locate_all(&mut d.warnings, &loaded.source_text);
     let config_hash = fnv1a(loaded.source_text.as_bytes()) ^ files_digest.rotate_left(17);
     Ok(Snapshot {
         version: 0,
@@ -2095,6 +2091,22 @@ mod tests {
     }
 
     #[test]
+    fn unknown_keys_and_semantic_errors_are_reported_together() {
+        let e = compile_text(
+            "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\nroutes = [ { name = \"shop\", match = { path_prefix = \"/\" }, cluster = \"nope\" } ]\n[clusters.api]\nendpoints = [\"127.0.0.1:2\"]\nconect_timeout = \"1s\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            [
+                "t.toml:4:60: listeners[0].routes[0].cluster (route \"shop\"): unknown cluster `nope`",
+                "t.toml:7:1: clusters.api.conect_timeout: unknown key (did you mean `connect_timeout`?)",
+            ],
+            "{e:#?}"
+        );
+    }
+
+    #[test]
     fn semantic_errors_are_all_reported_with_paths() {
         let e = compile_text(
             r#"
@@ -2113,12 +2125,12 @@ mod tests {
         )
         .unwrap_err();
         let want = [
-            "t.toml: clusters.api.endpoints: a cluster needs at least one endpoint (or discovery)",
-            "t.toml: listeners[0].address: `localhost:80` is not an IP:port address (listeners bind IP addresses, not names)",
-            "t.toml: listeners[0].routes[0].match.path_prefix: `api` must start with '/'",
-            "t.toml: listeners[0].routes[0].cluster: unknown cluster `nope`",
-            "t.toml: listeners[0].routes[1]: a route needs exactly one of cluster, split, direct_response and redirect",
-            "t.toml: listeners[0].routes[1].split: the weights add up to 0: at least one member needs a weight > 0",
+            "t.toml:12:13: clusters.api.endpoints: a cluster needs at least one endpoint (or discovery)",
+            "t.toml:4:13: listeners[0].address: `localhost:80` is not an IP:port address (listeners bind IP addresses, not names)",
+            "t.toml:6:25: listeners[0].routes[0].match.path_prefix: `api` must start with '/'",
+            "t.toml:7:15: listeners[0].routes[0].cluster: unknown cluster `nope`",
+            "t.toml:8:15: listeners[0].routes[1]: a route needs exactly one of cluster, split, direct_response and redirect",
+            "t.toml:9:15: listeners[0].routes[1].split: the weights add up to 0: at least one member needs a weight > 0",
         ];
         for w in want {
             assert!(e.iter().any(|x| x == w), "missing {w:?} in {e:#?}");
