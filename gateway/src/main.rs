@@ -36,6 +36,10 @@ enum Command {
         /// Check as this role; default: sidecar if the file has a [sidecar] table.
         #[arg(long, value_parser = ["ingress", "sidecar"])]
         role: Option<String>,
+        /// Print the config as weft reads it, every default filled in (TOML), instead
+        /// of the summary.
+        #[arg(long)]
+        effective: bool,
     },
     /// Print the man page (roff) to stdout: `weft manpage > /usr/share/man/man1/weft.1`.
     Manpage,
@@ -77,7 +81,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { config, role } => {
+        Command::Check {
+            config,
+            role,
+            effective,
+        } => {
             let role = role.as_deref().map(|r| {
                 if r == "sidecar" {
                     Role::Sidecar
@@ -86,6 +94,19 @@ fn main() -> ExitCode {
                 }
             });
             match load(&config, role, true) {
+                Ok(snap) if effective => {
+                    let value = config::effective(&snap.source_file, &snap.source_text, snap.role);
+                    match value.map(|v| toml::to_string_pretty(&v)) {
+                        Some(Ok(text)) => {
+                            print!("{text}");
+                            ExitCode::SUCCESS
+                        }
+                        _ => {
+                            eprintln!("{}: cannot print the effective config", config.display());
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
                 Ok(snap) => {
                     print!("{}", summary(&snap));
                     ExitCode::SUCCESS
@@ -201,8 +222,41 @@ fn load(file: &Path, role: Option<Role>, checking: bool) -> Result<Snapshot, Exi
     })
 }
 
+/// A duration as a config writes it (`30s`, `250ms`).
+fn dur(d: std::time::Duration) -> String {
+    config::ConfigDuration(d).to_string()
+}
+
+/// A listener's TLS, for the summary.
+fn listener_tls(tls: Option<&weft_mesh::snapshot::tls::ListenerTls>) -> String {
+    let Some(t) = tls else {
+        return "plain HTTP".to_owned();
+    };
+    let alpn: Vec<String> = t
+        .server
+        .alpn_protocols
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    let clients = match t.client_auth {
+        None => "no client certificates",
+        Some(config::ClientAuthMode::Require) => "client certificates required (mTLS)",
+        Some(config::ClientAuthMode::Optional) => "client certificates verified if sent",
+    };
+    format!(
+        "TLS for [{}], ALPN [{}], {clients}{}",
+        t.names.join(", "),
+        alpn.join(", "),
+        if t.forward_client_cert {
+            ", identity forwarded in x-forwarded-client-cert"
+        } else {
+            ""
+        }
+    )
+}
+
 fn summary(s: &Snapshot) -> String {
-    let mut out = format!("{}: ok ({:?})\n", s.source_file.display(), s.role);
+    let mut out = format!("{}: ok ({})\n", s.source_file.display(), s.role.name());
     for l in s.listeners.iter() {
         let paths = match (l.paths.normalize, l.paths.merge_slashes) {
             (false, _) => "paths as received",
@@ -210,9 +264,10 @@ fn summary(s: &Snapshot) -> String {
             (true, true) => "paths normalised, slashes merged",
         };
         out += &format!(
-            "  listener {} on {}: {} route(s), {paths}\n",
+            "  listener {} on {}: {}, {} route(s), {paths}\n",
             l.name,
             l.address,
+            listener_tls(l.tls.as_ref()),
             l.routes.routes.len()
         );
         if let Some(limit) = &l.rate_limit {
@@ -293,11 +348,35 @@ fn summary(s: &Snapshot) -> String {
             .iter()
             .map(|e| format!("{} (weight {})", e.address, e.weight))
             .collect();
+        let protocol = match c.protocol {
+            config::UpstreamProtocol::Http1 => "http1",
+            config::UpstreamProtocol::Http2 => "http2",
+        };
+        let tls = match &c.tls {
+            None => "plain".to_owned(),
+            Some(t) => format!(
+                "TLS to {}{}",
+                t.server_name.to_str(),
+                if t.client.client_auth_cert_resolver.has_certs() {
+                    " with a client certificate (mTLS)"
+                } else {
+                    ""
+                }
+            ),
+        };
         out += &format!(
-            "  cluster {}: {}, {}\n",
+            "  cluster {}: {}, {protocol}, {tls}, {}\n",
             c.name,
             c.lb.name(),
             eps.join(", ")
+        );
+        out += &format!(
+            "    timeouts: connect {}, request {}, read {}; idle connections: {} for {}\n",
+            dur(c.connect_timeout),
+            dur(c.request_timeout),
+            dur(c.read_timeout),
+            c.pool_max_idle,
+            dur(c.pool_idle_timeout)
         );
         if let Some(h) = &c.health_check {
             let probe = match &h.probe {
@@ -313,8 +392,8 @@ fn summary(s: &Snapshot) -> String {
                 }
             };
             out += &format!(
-                "    health check: {probe} every {:?} (unhealthy: {:?}), timeout {:?}, healthy after {}, unhealthy after {}; panic below {}%\n",
-                h.interval, h.unhealthy_interval, h.timeout, h.healthy_threshold, h.unhealthy_threshold, c.panic_threshold
+                "    health check: {probe} every {} (unhealthy: {}), timeout {}, healthy after {}, unhealthy after {}; panic below {}%\n",
+                dur(h.interval), dur(h.unhealthy_interval), dur(h.timeout), h.healthy_threshold, h.unhealthy_threshold, c.panic_threshold
             );
         }
         if let Some(o) = &c.outlier {
@@ -330,7 +409,7 @@ fn summary(s: &Snapshot) -> String {
                 "    outlier detection: {} 5xx in a row ({}% enforced), {} gateway errors in a row ({}% enforced), {local}; \
                  success rate below mean - {} stdev over {} hosts of {} answers ({}% enforced); \
                  failure percentage {}% over {} hosts of {} answers ({}% enforced); \
-                 every {:?}, ejected {:?} x ejections (max {:?}, jitter {:?}), at most {}% ejected{}{}\n",
+                 every {}, ejected {} x ejections (max {}, jitter {}), at most {}% ejected{}{}\n",
                 o.consecutive_5xx.threshold,
                 o.consecutive_5xx.enforcing,
                 o.consecutive_gateway.threshold,
@@ -343,10 +422,10 @@ fn summary(s: &Snapshot) -> String {
                 fp.minimum_hosts,
                 fp.request_volume,
                 fp.enforcing,
-                o.interval,
-                o.base_ejection_time,
-                o.max_ejection_time,
-                o.max_ejection_time_jitter,
+                dur(o.interval),
+                dur(o.base_ejection_time),
+                dur(o.max_ejection_time),
+                dur(o.max_ejection_time_jitter),
                 o.max_ejection_percent,
                 if o.always_eject_one_host { " (one always may be)" } else { "" },
                 if o.uneject_on_active_success { "; a passing health check returns it" } else { "" },

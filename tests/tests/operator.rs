@@ -466,3 +466,72 @@ fn the_shipped_man_page_is_current_and_renders() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `weft check` speaks the config's own words (no Rust names), tells TLS and timeouts,
+/// and `--effective` / `/config?effective` show every default filled in.
+#[test]
+fn check_speaks_the_configs_words_and_shows_the_effective_config() {
+    let (admin, listen) = (free_addr(), free_addr());
+    let config = format!(
+        "{}\n[clusters.api]\nendpoints = [\"127.0.0.1:9\"]\nlb = \"least_request\"\nconnect_timeout = \"250ms\"\n",
+        direct_config(admin, listen, "ok")
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("weft.toml");
+    std::fs::write(&file, &config).expect("write");
+    let path = file.to_str().expect("utf-8");
+    let out = weft_output(&["check", "--config", path]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(": ok (ingress)"), "{text}");
+    assert!(
+        text.contains("listener edge on") && text.contains("plain HTTP"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cluster api: least_request, http1, plain"),
+        "{text}"
+    );
+    assert!(
+        text.contains("timeouts: connect 250ms, request 15s, read 60s"),
+        "{text}"
+    );
+    for rust in [
+        "Ingress",
+        "LeastRequest",
+        "Some(",
+        "Duration",
+        "nothing was started",
+    ] {
+        assert!(!text.contains(rust), "{rust} in:\n{text}");
+    }
+
+    let out = weft_output(&["check", "--config", path, "--effective"]);
+    assert!(out.status.success());
+    let effective: toml::Value =
+        toml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("effective config is TOML");
+    assert_eq!(
+        effective["clusters"]["api"]["connect_timeout"].as_str(),
+        Some("250ms")
+    );
+    assert_eq!(
+        effective["clusters"]["api"]["read_timeout"].as_str(),
+        Some("60s")
+    );
+    assert_eq!(
+        effective["http"]["max_header_bytes"].as_integer(),
+        Some(32768)
+    );
+
+    let weft = Weft::start("ingress", &config, admin);
+    let (_, body) = weft.admin_get("/config?effective");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(json["config"]["http"]["idle_timeout"], "60s", "{body}");
+    assert_eq!(json["role"], "ingress");
+    let (_, plain) = weft.admin_get("/config");
+    let json: serde_json::Value = serde_json::from_str(&plain).expect("json");
+    assert!(
+        json["config"]["http"].is_null(),
+        "as written: no [http] table"
+    );
+}

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft_mesh::snapshot::AdminBind;
+use weft_mesh::snapshot::{AdminBind, Snapshot};
 
 use super::Control;
 
@@ -418,6 +418,12 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
         }
         "/config" => {
             let snap = control.publisher.load();
+            let query = request.path.split_once('?').map(|(_, q)| q).unwrap_or("");
+            let shown = if query.split('&').any(|p| p == "effective") {
+                effective(&snap)
+            } else {
+                redacted(&snap.source_text)
+            };
             let body = serde_json::json!({
                 "version": snap.version,
                 "reloads": control.reloads.json(),
@@ -425,8 +431,8 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
                 "discovery": control.discovery.status(),
                 "content_hash": format!("{:016x}", snap.content_hash),
                 "file": snap.source_file.display().to_string(),
-                "role": format!("{:?}", snap.role).to_lowercase(),
-                "config": redacted(&snap.source_text),
+                "role": snap.role.name(),
+                "config": shown,
             });
             let text = serde_json::to_string_pretty(&body)
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
@@ -493,9 +499,22 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
 /// `consul.token`, the values of route header edits (`authorization: Bearer ..`,
 /// API keys) and of `sidecar.register.meta`.
 fn redacted(text: &str) -> toml::Value {
-    let Ok(mut value) = toml::from_str::<toml::Value>(text) else {
-        return toml::Value::String("<config text not shown: it did not parse>".into());
-    };
+    match toml::from_str::<toml::Value>(text) {
+        Ok(value) => redact(value),
+        Err(_) => toml::Value::String("<config text not shown: it did not parse>".into()),
+    }
+}
+
+/// The config as served, every default filled in (`/config?effective`), redacted as
+/// `redacted` does.
+fn effective(snap: &Snapshot) -> toml::Value {
+    match weft_mesh::config::effective(&snap.source_file, &snap.source_text, snap.role) {
+        Some(value) => redact(value),
+        None => toml::Value::String("<effective config not shown: it did not parse>".into()),
+    }
+}
+
+fn redact(mut value: toml::Value) -> toml::Value {
     fn redact(v: &mut toml::Value) {
         *v = toml::Value::String("<redacted>".into());
     }

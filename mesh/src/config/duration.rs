@@ -71,14 +71,21 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
-impl Serialize for ConfigDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+/// As a config writes it: `30s`, `250ms`.
+impl std::fmt::Display for ConfigDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = self.0.as_millis();
         if ms % 1000 == 0 {
-            s.serialize_str(&format!("{}s", ms / 1000))
+            write!(f, "{}s", ms / 1000)
         } else {
-            s.serialize_str(&format!("{ms}ms"))
+            write!(f, "{ms}ms")
         }
+    }
+}
+
+impl Serialize for ConfigDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
     }
 }
 

@@ -26,6 +26,23 @@ pub enum Role {
     Sidecar,
 }
 
+impl Role {
+    /// As the subcommand spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Ingress => "ingress",
+            Role::Sidecar => "sidecar",
+        }
+    }
+}
+
+/// The config `text` with every default filled in, as TOML values (`weft check
+/// --effective`, `/config?effective`); None when it does not parse.
+pub fn effective(file: &Path, text: &str, role: Role) -> Option<toml::Value> {
+    let loaded = parse(file, text, role).ok()?;
+    toml::Value::try_from(&loaded.config).ok()
+}
+
 /// One problem in one config file, pointing at the key the operator wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {

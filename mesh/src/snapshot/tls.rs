@@ -131,6 +131,10 @@ pub struct ListenerTls {
     pub server: Arc<ServerConfig>,
     pub handshake_timeout: Duration,
     pub forward_client_cert: bool,
+    /// Client certificates: None when not asked for (for `weft check`).
+    pub client_auth: Option<ClientAuthMode>,
+    /// The SAN DNS names of the certificates, in order (for `weft check`).
+    pub names: Vec<String>,
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
@@ -238,6 +242,7 @@ pub fn compile_listener_tls(
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
+    let names = certs.iter().flat_map(|c| c.names.iter().cloned()).collect();
     let mut server = builder.with_cert_resolver(Arc::new(SniResolver {
         certs,
         unknown: tls.unknown_sni,
@@ -251,6 +256,8 @@ pub fn compile_listener_tls(
         server: Arc::new(server),
         handshake_timeout: tls.handshake_timeout.0,
         forward_client_cert: tls.forward_client_cert,
+        client_auth: tls.client_auth.as_ref().map(|a| a.mode),
+        names,
     })
 }
 
