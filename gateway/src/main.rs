@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use weft_gateway::observe::log;
 use weft_gateway::runtime::{self, Overrides};
 use weft_mesh::config::{self, Role};
 use weft_mesh::snapshot::{self, RouteAction, Snapshot};
@@ -18,6 +19,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Edge ingress and service-mesh sidecar: one thread-per-core HTTP proxy engine"
 )]
 struct Cli {
+    /// Log lines as text or as one JSON object per line (level: WEFT_LOG, default
+    /// info; at run time: POST /logging?level=LEVEL on the admin port).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    log_format: log::Format,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,14 +74,7 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    log::init(cli.log_format);
     match cli.command {
         Command::Ingress(args) => run(args, Role::Ingress),
         Command::Sidecar(args) => run(args, Role::Sidecar),

@@ -535,3 +535,88 @@ fn check_speaks_the_configs_words_and_shows_the_effective_config() {
         "as written: no [http] table"
     );
 }
+
+/// `--log-format json` writes one JSON object per line; the level changes at run time
+/// on the admin port; a refused reload is one line, whatever its number of errors.
+#[test]
+fn logs_are_json_lines_and_their_level_changes_at_run_time() {
+    let (admin, listen) = (free_addr(), free_addr());
+    let good = direct_config(admin, listen, "ok");
+    let weft = Weft::start_with(
+        "ingress",
+        &good,
+        admin,
+        &["--workers", "1", "--log-format", "json"],
+    );
+    // Two errors: one refusal line.
+    std::fs::write(
+        &weft.config_path,
+        good.replace("status = 200", "status = 2000") + "\n[clusters.x]\nendpoints = []\n",
+    )
+    .expect("write");
+    weft.signal(1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !weft.log().contains("reload refused") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = weft.log();
+    for line in log.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            event["level"].is_string() && event["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("reload refused"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{log}");
+    let refusal: serde_json::Value = serde_json::from_str(refusals[0]).expect("json");
+    assert_eq!(refusal["fields"]["errors"], 2, "{refusal}");
+    let message = refusal["fields"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("status") && message.contains("clusters.x.endpoints"),
+        "{message}"
+    );
+
+    // A broken HTTP/2 connection is logged at debug: not while the level is info.
+    let broken_h2 = || {
+        let mut s = TcpStream::connect(listen).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let _ = s.write_all(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x09\x00\x00\x00\x00\x00garbage!",
+        );
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    };
+    broken_h2();
+    let post = |path: &str, extra: &str| -> String {
+        let mut s = TcpStream::connect(admin).expect("admin");
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
+        .expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    assert!(!weft.log().contains("\"DEBUG\""));
+    let answer = post("/logging?level=debug", "");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(weft.admin_get("/logging").1, "level: debug\n");
+    broken_h2();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !weft.log().contains("\"DEBUG\"") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(weft.log().contains("\"DEBUG\""), "{}", weft.log());
+    // A bad filter is refused and the level stays; a browser cannot change it.
+    assert!(post("/logging?level=%5Bbroken", "").starts_with("HTTP/1.1 400 "));
+    let answer = post("/logging?level=trace", "Origin: http://evil.example\r\n");
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    assert_eq!(weft.admin_get("/logging").1, "level: debug\n");
+    assert!(post("/logging?level=info", "").starts_with("HTTP/1.1 200 "));
+}

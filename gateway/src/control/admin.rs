@@ -304,6 +304,8 @@ struct AdminRequest {
     /// `Some(false)` when a `Host` names something other than an IP literal or
     /// `localhost`; `None` when there is none (HTTP/1.0).
     host_is_local: Option<bool>,
+    /// An `Origin` field: a browser's request, maybe from another site's page.
+    has_origin: bool,
 }
 
 /// Reads one request head by `deadline`; `Ok(None)` when the client closed first.
@@ -330,10 +332,15 @@ fn read_head(conn: &mut Conn, deadline: Instant) -> io::Result<Result<Option<Adm
                     (Some(h), None) => Some(is_local_literal(h.value)),
                     (Some(_), Some(_)) => return Ok(Err(400)),
                 };
+                let has_origin = req
+                    .headers
+                    .iter()
+                    .any(|h| h.name.eq_ignore_ascii_case("origin"));
                 return Ok(Ok(Some(AdminRequest {
                     method: req.method.unwrap_or_default().to_owned(),
                     path: req.path.unwrap_or_default().to_owned(),
                     host_is_local,
+                    has_origin,
                 })));
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => {}
@@ -392,11 +399,20 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
             "the admin listener answers only an IP-literal or localhost Host\n",
         );
     }
-    if request.method != "GET" && request.method != "HEAD" {
-        return respond(&mut conn, deadline, 405, "text/plain", "only GET\n");
-    }
     let path = request.path.split('?').next().unwrap_or_default();
-    if scope == Scope::Probes && matches!(path, "/config" | "/metrics" | "/clusters") {
+    if request.method == "POST" && path == "/logging" && scope == Scope::All {
+        return change_logging(&mut conn, deadline, &request);
+    }
+    if request.method != "GET" && request.method != "HEAD" {
+        return respond(
+            &mut conn,
+            deadline,
+            405,
+            "text/plain",
+            "only GET (and POST /logging)\n",
+        );
+    }
+    if scope == Scope::Probes && matches!(path, "/config" | "/metrics" | "/clusters" | "/logging") {
         return respond(
             &mut conn,
             deadline,
@@ -407,6 +423,10 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
     }
     match path {
         "/live" => respond(&mut conn, deadline, 200, "text/plain", "live\n"),
+        "/logging" => {
+            let body = format!("level: {}\n", crate::observe::log::level());
+            respond(&mut conn, deadline, 200, "text/plain", &body)
+        }
         "/ready" => {
             if control.ready() {
                 respond(&mut conn, deadline, 200, "text/plain", "ready\n")
@@ -490,8 +510,38 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
             deadline,
             404,
             "text/plain",
-            "not found: try /ready /live /config /metrics\n",
+            "not found: try /ready /live /config /clusters /metrics /logging\n",
         ),
+    }
+}
+
+/// `POST /logging?level=FILTER`: the log filter, changed at once (`debug`, `warn`,
+/// `info,weft_gateway::control=debug`). A browser's request (one with `Origin`) is
+/// refused: another site's page must not be able to turn logging up.
+fn change_logging(conn: &mut Conn, deadline: Instant, request: &AdminRequest) -> io::Result<()> {
+    if request.has_origin {
+        return respond(conn, deadline, 403, "text/plain", "not from a browser\n");
+    }
+    let query = request.path.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let Some(level) = query.split('&').find_map(|p| p.strip_prefix("level=")) else {
+        return respond(
+            conn,
+            deadline,
+            400,
+            "text/plain",
+            "say ?level=FILTER (e.g. debug)\n",
+        );
+    };
+    let level = crate::proto::percent::decode(level).unwrap_or_else(|| level.to_owned());
+    match crate::observe::log::set_level(&level) {
+        Ok(()) => respond(
+            conn,
+            deadline,
+            200,
+            "text/plain",
+            &format!("level: {level}\n"),
+        ),
+        Err(e) => respond(conn, deadline, 400, "text/plain", &format!("{e}\n")),
     }
 }
 

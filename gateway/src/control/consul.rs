@@ -384,7 +384,7 @@ async fn exchange(
             Ok(t) => UpstreamStream::Tls(Box::new(PollStream(t))),
             Err(e) => {
                 return Err(ConsulError::Connect(std::io::Error::other(format!(
-                    "TLS to the agent: {e:?}"
+                    "TLS to the agent: {e}"
                 ))))
             }
         },

@@ -213,7 +213,7 @@ async fn sweep_outliers(
         for (endpoint, change) in changes {
             match change {
                 Ejection::Ejected(kind, time) => {
-                    tracing::warn!(cluster = %name, %endpoint, "outlier detection: ejected for {time:?} ({})", kind.label())
+                    tracing::warn!(cluster = %name, %endpoint, "outlier detection: ejected for {} ({})", weft_mesh::config::ConfigDuration(time), kind.label())
                 }
                 Ejection::Returned => {
                     tracing::info!(cluster = %name, %endpoint, "outlier detection: ejection over, back in service")

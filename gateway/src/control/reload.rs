@@ -234,17 +234,29 @@ pub fn apply(control: &Control, bound: &mut BoundSet) {
     }
     drop(mailboxes);
     control.reloads.record(ReloadOutcome::Published(version));
+    let added: Vec<String> = changes
+        .added
+        .iter()
+        .map(|(name, addr)| format!("{name}={addr}"))
+        .collect();
     tracing::info!(
         version,
         hash = %format!("{hash:016x}"),
-        took = ?started.elapsed(),
-        added = ?changes.added,
-        removed = ?changes.removed,
+        took_ms = started.elapsed().as_millis() as u64,
+        added = %added.join(","),
+        removed = %changes.removed.join(","),
         "reload: serving new config"
     );
 }
 
+/// One log line for a refused reload, whatever the number of errors: a log shipper
+/// keeps an event whole, and a refusal is one event.
 fn refuse(control: &Control, keeping: u64, errors: String) {
-    tracing::error!("reload refused, still serving version {keeping}:\n{errors}");
+    let count = errors.lines().count();
+    let joined = errors.lines().collect::<Vec<_>>().join(" | ");
+    tracing::error!(
+        errors = count,
+        "reload refused, still serving version {keeping}: {joined}"
+    );
     control.reloads.record(ReloadOutcome::Refused(errors));
 }

@@ -183,7 +183,7 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
             .map_err(StartError::Thread)?;
         threads.push(t);
     }
-    tracing::info!(role = ?role, workers, driver = %decision.driver, open_files, admin = %admin_address, listeners = %listeners, "weft started");
+    tracing::info!(role = role.name(), workers, driver = %decision.driver, open_files, admin = %admin_address, listeners = %listeners, "weft started");
     let listeners = Arc::new(Mutex::new(listeners));
     if let Some(path) = overrides.upgrade_socket.clone() {
         if let Some(from) = inherited.take() {
@@ -211,7 +211,7 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
             _ => break,
         }
     }
-    tracing::info!("draining: not accepting; closing idle connections; waiting up to {drain_timeout:?} for in-flight requests (signal again to stop now)");
+    tracing::info!("draining: not accepting; closing idle connections; waiting up to {} for in-flight requests (signal again to stop now)", weft_mesh::config::ConfigDuration(drain_timeout));
     control.draining.store(true, Ordering::Release);
     // Leave the registry first, so callers stop picking this instance while it drains;
     // unless a successor took over, which registered the same service.

@@ -49,6 +49,27 @@ pub enum ConnectError {
     Overflow(Breaker),
 }
 
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::NoEndpoints => write!(f, "no endpoints"),
+            ConnectError::NoHealthy => write!(f, "no healthy endpoint"),
+            ConnectError::Io(e) => write!(f, "{e}"),
+            ConnectError::TimedOut => write!(f, "connect timed out"),
+            ConnectError::Handshake(why) => write!(f, "HTTP/2 handshake failed: {why}"),
+            ConnectError::Tls(failure) => write!(f, "{failure}"),
+            ConnectError::Overflow(b) => {
+                let limit = match b {
+                    Breaker::Requests => "max_requests",
+                    Breaker::Pending => "max_pending_requests",
+                    Breaker::Connections => "max_connections",
+                };
+                write!(f, "circuit breaker full: {limit}")
+            }
+        }
+    }
+}
+
 /// Which of a cluster's circuit breakers was full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Breaker {
