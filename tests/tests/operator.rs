@@ -620,3 +620,71 @@ fn logs_are_json_lines_and_their_level_changes_at_run_time() {
     assert_eq!(weft.admin_get("/logging").1, "level: debug\n");
     assert!(post("/logging?level=info", "").starts_with("HTTP/1.1 200 "));
 }
+
+/// The shipped two-sidecar example runs as its header says: the script makes the
+/// mesh CA and certificates, orders' app reaches billing's app over mTLS (by
+/// `Host: billing` and as an HTTP proxy), and billing's app learns the caller.
+#[test]
+fn the_shipped_mesh_example_runs_with_its_certificate_script() {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mesh");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let made = Command::new("sh")
+        .arg(shipped.join("make-certs.sh"))
+        .arg(dir.path().join("certs"))
+        .output()
+        .expect("run make-certs.sh");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let app = weft_tests::upstream::TestUpstream::start("billing-app");
+    // The example's fixed ports, moved to free ones for the test.
+    let mut ports = std::collections::HashMap::new();
+    for port in ["16000", "16001", "16006", "17000", "17001", "17006", "9090"] {
+        ports.insert(format!("127.0.0.1:{port}"), free_addr().to_string());
+    }
+    ports.insert("127.0.0.1:9091".to_owned(), app.addr.to_string());
+    let text = |name: &str| {
+        let mut t = std::fs::read_to_string(shipped.join(name)).expect("example config");
+        for (from, to) in &ports {
+            t = t.replace(&format!("\"{from}\""), &format!("\"{to}\""));
+        }
+        t
+    };
+    let addr = |p: &str| -> SocketAddr { ports[&format!("127.0.0.1:{p}")].parse().expect("addr") };
+    let _billing = Weft::start_in(dir.path(), "sidecar", &text("billing.toml"), addr("17000"));
+    let orders_dir = dir.path().join("orders");
+    std::fs::create_dir(&orders_dir).expect("dir");
+    std::os::unix::fs::symlink(dir.path().join("certs"), orders_dir.join("certs")).expect("link");
+    let _orders = Weft::start_in(&orders_dir, "sidecar", &text("orders.toml"), addr("16000"));
+    let outbound = addr("16001");
+    for how in [
+        vec![
+            "-H".to_owned(),
+            "host: billing".to_owned(),
+            format!("http://{outbound}/invoice/7"),
+        ],
+        vec![
+            "-x".to_owned(),
+            format!("http://{outbound}"),
+            "http://billing/invoice/7".to_owned(),
+        ],
+    ] {
+        let o = Command::new("curl")
+            .arg("-sS")
+            .args(&how)
+            .output()
+            .expect("curl");
+        let dump = String::from_utf8_lossy(&o.stdout);
+        assert!(dump.contains("upstream=billing-app"), "{how:?}: {dump}");
+        assert!(dump.contains("URI=spiffe://mesh/orders"), "{how:?}: {dump}");
+    }
+    // Without a mesh certificate the billing inbound lets nothing in.
+    let o = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://{}/", addr("17006")))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "000");
+}
