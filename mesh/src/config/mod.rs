@@ -9,6 +9,8 @@
 
 mod duration;
 mod locate;
+#[cfg(test)]
+mod reference;
 mod schema;
 
 use serde::Deserialize;
