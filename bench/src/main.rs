@@ -43,6 +43,8 @@ enum Command {
         /// a retry policy and a rate limit that never trigger (neither by default).
         #[arg(long = "system")]
         systems: Vec<String>,
+        /// Where results go (results.json, results.md). Certificates, keys and configs
+        /// made for the run live in a private temporary directory, removed at the end.
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
         /// Smoke check: one short round of every scenario, under a minute.
@@ -291,7 +293,12 @@ fn run_command(mut opts: run::RunOpts) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let header = format!(
-        "weft-bench run: proxy CPUs {:?}, load+upstream CPUs {:?}, {} round(s) of {:.1}s, systems {}; {}",
+        "{}weft-bench run: proxy CPUs {:?}, load+upstream CPUs {:?}, {} round(s) of {:.1}s, systems {}; {}",
+        if opts.quick {
+            "SMOKE CHECK (--quick): one short round to show every scenario runs; these figures are not a measurement.\n"
+        } else {
+            ""
+        },
         opts.proxy_cpus,
         opts.load_cpus,
         opts.rounds,

@@ -159,6 +159,25 @@ fn start_upstreams(opts: &RunOpts) -> std::io::Result<Upstreams> {
     })
 }
 
+/// A private temporary directory, removed on drop.
+struct WorkDir(std::path::PathBuf);
+
+impl WorkDir {
+    fn new() -> std::io::Result<WorkDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!("weft-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(WorkDir(dir))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub fn run(opts: &RunOpts) -> Result<Vec<Sample>, String> {
     procstat::raise_nofile();
     // The harness's own helper threads (reload-swap's SIGHUP sender and its 1 ms probe,
@@ -167,16 +186,16 @@ pub fn run(opts: &RunOpts) -> Result<Vec<Sample>, String> {
     // charge to the proxy's latency. Systems under test are started under `taskset`.
     crate::net::pin_to(&opts.load_cpus);
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
-    // Absolute: peers resolve relative paths in their configs against their own prefix.
-    let out =
-        std::fs::canonicalize(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    // The run's certificates, keys and configs: in a private directory of its own
+    // (0700, absolute, as peers resolve relative paths in their configs against their
+    // own prefix), removed when the run ends, never beside the results.
+    let work = WorkDir::new().map_err(|e| format!("a temporary directory: {e}"))?;
     let env = Env {
         weft_bin: opts.weft_bin.clone(),
         weft_pgo_bin: opts.weft_pgo_bin.clone(),
         proxy_cpus: opts.proxy_cpus.clone(),
-        dir: out.join("work"),
+        dir: work.0.clone(),
     };
-    std::fs::create_dir_all(&env.dir).map_err(|e| e.to_string())?;
     if opts.scenarios.iter().any(|s| s.starts_with("tls-")) {
         systems::make_tls_cert(&env.dir).map_err(|e| e.to_string())?;
     }

@@ -56,4 +56,23 @@ fn quick_run_covers_every_scenario_without_errors() {
     );
     assert!(out.path().join("latency-h1-keepalive-c50.svg").is_file());
     assert!(out.path().join("scale.svg").is_file());
+    // A smoke check says so, and leaves no private key (nor anything but results).
+    assert!(table.starts_with("SMOKE CHECK (--quick)"), "{table}");
+    let mut left = Vec::new();
+    let mut dirs = vec![out.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            } else {
+                left.push(e.path());
+            }
+        }
+    }
+    assert!(
+        left.iter()
+            .all(|p| !p.to_string_lossy().ends_with(".key")
+                && !p.to_string_lossy().ends_with(".pem")),
+        "{left:?}"
+    );
 }
