@@ -688,3 +688,61 @@ fn the_shipped_mesh_example_runs_with_its_certificate_script() {
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "000");
 }
+
+/// A certificate weft itself loads is described in words, with the fix, and never as
+/// a "peer" certificate (an X.509 v1 certificate as a listener's and as a cluster's
+/// client certificate).
+#[test]
+fn own_certificate_problems_are_said_in_words() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=old",
+        "-keyout",
+        "old.key",
+        "-out",
+        "old.csr",
+    ]);
+    // No extensions file: OpenSSL writes an X.509 v1 certificate.
+    run(&[
+        "x509", "-req", "-in", "old.csr", "-signkey", "old.key", "-days", "5", "-out", "old.crt",
+    ]);
+    let config = format!(
+        "[[listeners]]\nname = \"l\"\naddress = \"{}\"\ntls = {{ certificates = [{{ cert = \"old.crt\", key = \"old.key\" }}] }}\nroutes = [ {{ match = {{ path_prefix = \"/\" }}, direct_response = {{ status = 200 }} }} ]\n\
+         [clusters.c]\nendpoints = [\"127.0.0.1:9\"]\ntls = {{ cert = \"old.crt\", key = \"old.key\", sni = \"c\" }}\n",
+        free_addr()
+    );
+    let file = dir.path().join("weft.toml");
+    std::fs::write(&file, config).expect("write");
+    let o = weft_output(&["check", "--config", file.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let fix = "an X.509 v1 certificate: re-issue it as v3, with a subjectAltName";
+    assert!(
+        err.lines()
+            .any(|l| l.contains("listeners[0].tls.certificates[0]") && l.contains(fix)),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains("clusters.c.tls.cert") && l.contains("old.crt") && l.contains(fix)),
+        "{err}"
+    );
+    for debug in ["peer", "Other(", "UnsupportedCertVersion"] {
+        assert!(!err.contains(debug), "{debug} in:\n{err}");
+    }
+}

@@ -187,12 +187,7 @@ pub fn certificate_problem(e: &CertificateError) -> String {
             "not for this use (extended key usage)".into()
         }
         CertificateError::Other(other) => {
-            let text = other.to_string();
-            if text.contains("UnsupportedCertVersion") {
-                "an X.509 v1 certificate: re-issue it as v3, with a subjectAltName".into()
-            } else {
-                text
-            }
+            weft_mesh::snapshot::tls::certificate_problem(&other.to_string())
         }
         other => other.to_string(),
     }

@@ -85,9 +85,13 @@ pub fn compile_cluster_tls(
         (Some(cert), Some(key)) => {
             let loaded = load_chain_and_key(&resolve(base, cert), &resolve(base, key));
             match loaded.and_then(|(chain, private)| {
-                builder
-                    .with_client_auth_cert(chain, private)
-                    .map_err(|e| format!("{cert} and {key}: {e}"))
+                // This proxy's own certificate: its problem is said as such, never as
+                // a "peer certificate" (rustls' words for the chain it checks).
+                webpki::EndEntityCert::try_from(&chain[0])
+                    .map_err(|e| format!("{cert}: {}", certificate_problem(&e.to_string())))?;
+                builder.with_client_auth_cert(chain, private).map_err(|e| {
+                    format!("{cert} and {key}: {}", certificate_problem(&e.to_string()))
+                })
             }) {
                 Ok(c) => c,
                 Err(e) => {
@@ -299,7 +303,13 @@ fn load_certified_key(cert: &Path, key: &Path) -> Result<NamedCert, String> {
     let (chain, private) = load_chain_and_key(cert, key)?;
     let leaf = &chain[0];
     let names = webpki::EndEntityCert::try_from(leaf)
-        .map_err(|e| format!("{} is not a usable certificate: {e}", cert.display()))?
+        .map_err(|e| {
+            format!(
+                "{} is not a usable certificate: {}",
+                cert.display(),
+                certificate_problem(&e.to_string())
+            )
+        })?
         .valid_dns_names()
         .map(|n| n.to_ascii_lowercase())
         .collect();
@@ -311,6 +321,39 @@ fn load_certified_key(cert: &Path, key: &Path) -> Result<NamedCert, String> {
     })
 }
 
+/// What is wrong with a certificate weft loads, in words and with the fix, from
+/// webpki's error (whose text is its variant name, possibly wrapped by rustls:
+/// `Other(OtherError(UnsupportedCertVersion))`).
+pub fn certificate_problem(error: &str) -> String {
+    const KNOWN: [(&str, &str); 8] = [
+        (
+            "UnsupportedCertVersion",
+            "an X.509 v1 certificate: re-issue it as v3, with a subjectAltName (config/mesh/make-certs.sh shows how)",
+        ),
+        ("BadDerTime", "a validity time that is not well-formed"),
+        ("BadDer", "not well-formed DER: is the file a PEM certificate?"),
+        ("CertExpired", "expired: renew it"),
+        ("CertNotValidYet", "not valid yet: check this host's clock"),
+        (
+            "UnsupportedCriticalExtension",
+            "a critical extension weft cannot check: re-issue it without it",
+        ),
+        (
+            "MissingOrMalformedExtensions",
+            "its X.509 v3 extensions are missing or malformed",
+        ),
+        (
+            "UnsupportedSignatureAlgorithm",
+            "signed with an algorithm weft does not accept (use ECDSA P-256/P-384, RSA-PSS or RSA PKCS#1 with SHA-256 or better, or Ed25519)",
+        ),
+    ];
+    KNOWN
+        .iter()
+        .find(|(name, _)| error.contains(name))
+        .map(|(_, words)| (*words).to_owned())
+        .unwrap_or_else(|| error.to_owned())
+}
+
 /// Trust anchors from a PEM bundle.
 pub fn load_roots(file: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
@@ -318,9 +361,13 @@ pub fn load_roots(file: &Path) -> Result<RootCertStore, String> {
         .map_err(|e| format!("cannot read CA bundle {}: {e}", file.display()))?;
     for c in certs {
         let c = c.map_err(|e| format!("bad PEM in {}: {e}", file.display()))?;
-        roots
-            .add(c)
-            .map_err(|e| format!("bad CA certificate in {}: {e}", file.display()))?;
+        roots.add(c).map_err(|e| {
+            format!(
+                "bad CA certificate in {}: {}",
+                file.display(),
+                certificate_problem(&e.to_string())
+            )
+        })?;
     }
     if roots.is_empty() {
         return Err(format!("no CA certificate in {}", file.display()));
