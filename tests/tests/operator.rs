@@ -324,14 +324,25 @@ fn help_describes_every_option() {
     for sub in ["ingress", "sidecar", "check"] {
         let o = weft_output(&[sub, "--help"]);
         let text = String::from_utf8_lossy(&o.stdout);
-        for line in text.lines().filter(|l| l.trim_start().starts_with('-')) {
-            let described = line
-                .trim_start()
-                .split("  ")
-                .filter(|p| !p.trim().is_empty())
-                .count()
-                > 1;
-            assert!(described, "weft {sub} --help: no text for {line:?}\n{text}");
+        // Text beside the option, or (clap's layout for long texts) on the next line,
+        // indented deeper.
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let option = line.trim_start();
+            // `-c`, `--config`; not a `- value: text` item of a possible-values list.
+            if !option.starts_with('-') || option[1..].starts_with(' ') {
+                continue;
+            }
+            let beside = option.split("  ").filter(|p| !p.trim().is_empty()).count() > 1;
+            let indent = line.len() - option.len();
+            let below = lines.get(i + 1).is_some_and(|next| {
+                let t = next.trim_start();
+                !t.is_empty() && !t.starts_with('-') && next.len() - t.len() > indent
+            });
+            assert!(
+                beside || below,
+                "weft {sub} --help: no text for {line:?}\n{text}"
+            );
         }
     }
 }
