@@ -529,23 +529,9 @@ tls = {{ ca = "{other_ca}", sni = "billing.internal" }}
     }
 }
 
-#[test]
-fn sidecars_talk_mtls_and_the_app_learns_the_caller() {
-    let pki = Pki::new();
-    // Each sidecar's certificate serves its inbound listener and its outbound calls.
-    let both = "serverAuth,clientAuth";
-    pki.leaf(
-        "orders",
-        "orders",
-        "URI:spiffe://mesh/orders,DNS:orders.mesh",
-        both,
-    );
-    pki.leaf(
-        "billing",
-        "billing",
-        "URI:spiffe://mesh/billing,DNS:billing.mesh",
-        both,
-    );
+/// The billing sidecar: its inbound requires a client certificate of the test CA and
+/// hands calls to a test app. Returns it, its inbound address and the app.
+fn billing_sidecar(pki: &Pki) -> (Weft, SocketAddr, TestUpstream) {
     let billing_app = TestUpstream::start("billing-app");
     let (b_in, b_out, b_admin) = (free_addr(), free_addr(), free_addr());
     let billing = Weft::start_in(
@@ -568,8 +554,14 @@ address = "{b_out}"
         ),
         b_admin,
     );
+    (billing, b_in, billing_app)
+}
+
+/// The orders sidecar, whose `billing` cluster reaches `b_in` with `cluster_tls`.
+/// Returns it and its outbound address.
+fn orders_sidecar(pki: &Pki, b_in: SocketAddr, cluster_tls: &str) -> (Weft, SocketAddr) {
     let (o_in, o_out, o_admin) = (free_addr(), free_addr(), free_addr());
-    let _orders = Weft::start_in(
+    let orders = Weft::start_in(
         pki.dir.path(),
         "sidecar",
         &format!(
@@ -586,10 +578,36 @@ address = "{o_out}"
 
 [clusters.billing]
 endpoints = ["{b_in}"]
-tls = {{ ca = "ca.crt", sni = "billing.mesh", cert = "orders.crt", key = "orders.key" }}
+tls = {cluster_tls}
 "#
         ),
         o_admin,
+    );
+    (orders, o_out)
+}
+
+#[test]
+fn sidecars_talk_mtls_and_the_app_learns_the_caller() {
+    let pki = Pki::new();
+    // Each sidecar's certificate serves its inbound listener and its outbound calls.
+    let both = "serverAuth,clientAuth";
+    pki.leaf(
+        "orders",
+        "orders",
+        "URI:spiffe://mesh/orders,DNS:orders.mesh",
+        both,
+    );
+    pki.leaf(
+        "billing",
+        "billing",
+        "URI:spiffe://mesh/billing,DNS:billing.mesh",
+        both,
+    );
+    let (billing, b_in, _billing_app) = billing_sidecar(&pki);
+    let (_orders, o_out) = orders_sidecar(
+        &pki,
+        b_in,
+        r#"{ ca = "ca.crt", sni = "billing.mesh", cert = "orders.crt", key = "orders.key" }"#,
     );
     // The orders app calls http://billing/... on its outbound sidecar.
     let o = Command::new("curl")
@@ -721,51 +739,9 @@ fn a_missing_client_certificate_is_said_on_both_sides() {
         "URI:spiffe://mesh/billing,DNS:billing.mesh",
         "serverAuth,clientAuth",
     );
-    let billing_app = TestUpstream::start("billing-app");
-    let (b_in, b_out, b_admin) = (free_addr(), free_addr(), free_addr());
-    let billing = Weft::start_in(
-        pki.dir.path(),
-        "sidecar",
-        &format!(
-            r#"
-[admin]
-address = "{b_admin}"
-
-[sidecar.inbound]
-address = "{b_in}"
-app = "{}"
-tls = {{ certificates = [ {{ cert = "billing.crt", key = "billing.key" }} ], client_auth = {{ ca = "ca.crt", mode = "require" }} }}
-
-[sidecar.outbound]
-address = "{b_out}"
-"#,
-            billing_app.addr
-        ),
-        b_admin,
-    );
-    let (o_in, o_out, o_admin) = (free_addr(), free_addr(), free_addr());
-    let orders = Weft::start_in(
-        pki.dir.path(),
-        "sidecar",
-        &format!(
-            r#"
-[admin]
-address = "{o_admin}"
-
-[sidecar.inbound]
-address = "{o_in}"
-app = "127.0.0.1:9"
-
-[sidecar.outbound]
-address = "{o_out}"
-
-[clusters.billing]
-endpoints = ["{b_in}"]
-tls = {{ ca = "ca.crt", sni = "billing.mesh" }}
-"#
-        ),
-        o_admin,
-    );
+    let (billing, b_in, _billing_app) = billing_sidecar(&pki);
+    // No cert and key: the billing inbound requires them.
+    let (orders, o_out) = orders_sidecar(&pki, b_in, r#"{ ca = "ca.crt", sni = "billing.mesh" }"#);
     let reason = "upstream TLS handshake failed: the peer requires a client certificate";
     for method in ["GET", "POST"] {
         let o = Command::new("curl")
