@@ -757,3 +757,49 @@ fn own_certificate_problems_are_said_in_words() {
         assert!(!err.contains(debug), "{debug} in:\n{err}");
     }
 }
+
+/// A new weft that fails to start after it was handed the sockets (here: its config
+/// wants a port another process holds) changes nothing: the old one serves on, and a
+/// later, good start still takes over from it.
+#[test]
+fn a_failed_upgrade_leaves_the_old_weft_serving() {
+    let (admin, listen) = (free_addr(), free_addr());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upgrade = dir.path().join("upgrade.sock");
+    let upgrade = upgrade.to_str().expect("utf-8");
+    let extra = ["--workers", "1", "--upgrade-socket", upgrade];
+    let mut old = Weft::start_with(
+        "ingress",
+        &direct_config(admin, listen, "old"),
+        admin,
+        &extra,
+    );
+    let held = std::net::TcpListener::bind(free_addr()).expect("bind");
+    let bad = format!(
+        "{}\n[[listeners]]\nname = \"more\"\naddress = \"{}\"\nroutes = [{{ match = {{ path_prefix = \"/\" }}, direct_response = {{ status = 204 }} }}]\n",
+        direct_config(admin, listen, "bad"),
+        held.local_addr().expect("addr")
+    );
+    let (code, err) = run_to_exit(&bad, &extra);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is in use by another process"), "{err}");
+    for _ in 0..20 {
+        assert_eq!(get_body(listen).as_deref(), Some("old"));
+    }
+    assert!(
+        old.wait_exit(Duration::from_millis(300)).is_none(),
+        "the old one still runs"
+    );
+    let _new = Weft::start_with(
+        "ingress",
+        &direct_config(admin, listen, "new"),
+        admin,
+        &extra,
+    );
+    assert!(
+        old.wait_exit(Duration::from_secs(15)).is_some(),
+        "{}",
+        old.log()
+    );
+    assert_eq!(get_body(listen).as_deref(), Some("new"));
+}

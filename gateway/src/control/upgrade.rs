@@ -16,8 +16,10 @@
 //! that listener's sockets attached, `admin KEY` with one socket, `end` (old -> new);
 //! `ready` (new -> old).
 //!
-//! Invariant: the old process never removes the socket file once it has handed over
-//! (the file is its successor's by then), and a file nobody answers on is stale.
+//! Invariants: the old process never removes the socket file (it is its successor's
+//! once handed over); a new process binds its own under a name of its own and renames
+//! it over the path only once it serves, so a start that fails leaves the running
+//! one's socket in place; a file nobody answers on is stale.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -104,52 +106,88 @@ impl Inherited {
     }
 }
 
-/// Starts answering upgrade requests at `path` on a thread of its own. `bound` is what
-/// the listeners hold now (kept current by reloads); `admin` the admin sockets' copies.
-pub fn serve(
+/// The upgrade socket of this process, bound but not yet at its path: it is bound
+/// under a name of its own first and renamed over `path` once this process serves
+/// (`serve`), so a start that fails after the takeover leaves the running one's
+/// socket where it was.
+pub struct Pending {
     path: PathBuf,
-    control: Arc<Control>,
-    bound: Arc<Mutex<BoundSet>>,
-    admin: Vec<(&'static str, OwnedFd)>,
-) -> io::Result<()> {
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    bound_at: PathBuf,
+    /// Taken by `serve`; still here on drop when the start failed.
+    listener: Option<Socket>,
+}
+
+/// Binds this process's upgrade socket (owner-only), beside `path`.
+pub fn bind(path: PathBuf) -> io::Result<Pending> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}", std::process::id()));
+    let bound_at = path.with_file_name(name);
+    let _ = std::fs::remove_file(&bound_at);
     let listener = Socket::new(Domain::UNIX, Type::SEQPACKET, None)?;
-    listener.bind(&SockAddr::unix(&path)?)?;
+    listener.bind(&SockAddr::unix(&bound_at)?)?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(&bound_at, std::fs::Permissions::from_mode(0o600))?;
     listener.listen(4)?;
-    std::thread::Builder::new()
-        .name("weft-upgrade".into())
-        .spawn(move || {
-            super::defer_to_workers();
-            loop {
-                let successor = match listener.accept() {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        tracing::warn!("upgrade socket: accept failed: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
+    Ok(Pending {
+        path,
+        bound_at,
+        listener: Some(listener),
+    })
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Not served after all (the start failed): the name of its own goes.
+        if self.listener.is_some() {
+            let _ = std::fs::remove_file(&self.bound_at);
+        }
+    }
+}
+
+impl Pending {
+    /// Puts the socket at its path (a stale file or the predecessor's is replaced in
+    /// one rename) and answers upgrade requests on a thread of its own. `bound` is what
+    /// the listeners hold now (kept current by reloads); `admin` the admin sockets'
+    /// copies.
+    pub fn serve(
+        mut self,
+        control: Arc<Control>,
+        bound: Arc<Mutex<BoundSet>>,
+        admin: Vec<(&'static str, OwnedFd)>,
+    ) -> io::Result<()> {
+        std::fs::rename(&self.bound_at, &self.path)?;
+        let Some(listener) = self.listener.take() else {
+            return Ok(());
+        };
+        std::thread::Builder::new()
+            .name("weft-upgrade".into())
+            .spawn(move || {
+                super::defer_to_workers();
+                loop {
+                    let successor = match listener.accept() {
+                        Ok((s, _)) => s,
+                        Err(e) => {
+                            tracing::warn!("upgrade socket: accept failed: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
+                        }
+                    };
+                    match hand_over(&successor, &bound, &admin) {
+                        Ok(()) => {
+                            tracing::info!(
+                                "upgrade: the new process serves the listeners now; draining"
+                            );
+                            control.handed_off.store(true, Ordering::Release);
+                            // The drain is SIGTERM's, from the main thread.
+                            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
+                            return;
+                        }
+                        Err(e) => tracing::warn!("upgrade: not handed over, still serving: {e}"),
                     }
-                };
-                match hand_over(&successor, &bound, &admin) {
-                    Ok(()) => {
-                        tracing::info!(
-                            "upgrade: the new process serves the listeners now; draining"
-                        );
-                        control.handed_off.store(true, Ordering::Release);
-                        // The drain is SIGTERM's, from the main thread.
-                        let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
-                        return;
-                    }
-                    Err(e) => tracing::warn!("upgrade: not handed over, still serving: {e}"),
                 }
-            }
-        })?;
-    Ok(())
+            })?;
+        Ok(())
+    }
 }
 
 /// Sends every socket to `successor` and waits for its `ready`.

@@ -1,6 +1,7 @@
 //! Thread-per-core: start the workers, watch signals, stop.
 //!
-//! The main thread decides the driver, binds every socket, starts one pinned worker
+//! The main thread decides the driver, binds every socket (or takes them over from
+//! the weft it replaces, `control::upgrade`), starts one pinned worker
 //! thread per core and the admin thread, then only waits for signals: SIGHUP reloads the
 //! config (a new snapshot is published; workers pick it up on their next request),
 //! SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, exit; a second
@@ -186,13 +187,19 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
     tracing::info!(role = role.name(), workers, driver = %decision.driver, open_files, admin = %admin_address, listeners = %listeners, "weft started");
     let listeners = Arc::new(Mutex::new(listeners));
     if let Some(path) = overrides.upgrade_socket.clone() {
+        // Bound before the predecessor is told to go: once it drains, nothing may fail.
+        let pending = upgrade::bind(path).map_err(upgrade_error)?;
         if let Some(from) = inherited.take() {
             // The old process stops accepting once this one's workers accept.
             wait_until_serving(&control);
             from.ready().map_err(upgrade_error)?;
         }
-        upgrade::serve(path, control.clone(), listeners.clone(), admin_copies)
-            .map_err(upgrade_error)?;
+        if let Err(e) = pending.serve(control.clone(), listeners.clone(), admin_copies) {
+            // This process serves; only its own successor will have to restart.
+            tracing::error!(
+                "upgrade socket: {e}; a later upgrade cannot take over from this process"
+            );
+        }
     }
     // From here this thread only reloads (and starts discovery threads, which inherit).
     yield_to_workers();
