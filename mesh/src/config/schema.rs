@@ -22,6 +22,7 @@ pub struct ConfigFile {
     pub http2: Http2Config,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: BTreeMap<String, ClusterConfig>,
+    /// The sidecar's listeners (`weft sidecar` only).
     pub sidecar: Option<SidecarConfig>,
     /// The Consul agent clusters with `discovery.consul` ask.
     pub consul: ConsulConfig,
@@ -34,7 +35,9 @@ pub struct ConfigFile {
 pub struct ConsulConfig {
     /// `host:port` of the agent's HTTP API.
     pub address: String,
+    /// ACL token sent to the agent (prefer `token_file` or `CONSUL_HTTP_TOKEN`: this one is in the file).
     pub token: Option<String>,
+    /// A file holding the ACL token.
     pub token_file: Option<String>,
     /// How long one blocking query may wait for a change (Consul's `wait`).
     pub wait: ConfigDuration,
@@ -69,6 +72,7 @@ pub struct DiscoveryConfig {
     /// A file listing the endpoints (TOML `endpoints = [...]`, or a JSON array of
     /// `{ "address": "host:port", "weight": N }`), watched and re-read on change.
     pub file: Option<String>,
+    /// Ask the Consul agent for the passing instances of a service.
     pub consul: Option<ConsulServiceConfig>,
     /// Accept discovered endpoints on loopback (a registry of this host's own services);
     /// refused by default, as weft's own ports and local-only services live there.
@@ -78,11 +82,13 @@ pub struct DiscoveryConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ConsulServiceConfig {
+    /// The Consul service name.
     pub service: String,
     /// Only instances whose checks all pass (`?passing`).
     pub passing_only: bool,
     /// Instances must carry every one of these tags.
     pub tags: Vec<String>,
+    /// Another datacenter than the agent's own.
     pub datacenter: Option<String>,
     /// A Consul filter expression, e.g. `Service.Meta.version == "v2"`.
     pub filter: Option<String>,
@@ -114,6 +120,7 @@ pub enum IoDriver {
 pub struct RuntimeConfig {
     /// Worker threads; `None` means one per CPU of the inherited affinity mask.
     pub workers: Option<usize>,
+    /// The I/O driver: `auto` takes io_uring when the kernel allows it, else epoll.
     pub io: IoDriver,
     /// CPUs to pin workers to, in order; default: the inherited affinity mask.
     pub cpus: Option<Vec<usize>>,
@@ -128,9 +135,13 @@ pub struct RuntimeConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct UringConfig {
+    /// IORING_SETUP_COOP_TASKRUN; unset: what `auto` measured best (see Internals).
     pub coop_taskrun: Option<bool>,
+    /// IORING_SETUP_SINGLE_ISSUER; unset: as `auto` decides.
     pub single_issuer: Option<bool>,
+    /// IORING_SETUP_DEFER_TASKRUN; unset: as `auto` decides.
     pub defer_taskrun: Option<bool>,
+    /// Submission queue entries per worker ring; unset: 1024.
     pub entries: Option<u32>,
 }
 
@@ -270,7 +281,9 @@ impl Default for ForwardedConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ListenerConfig {
+    /// Unique name: the key of its metrics and of reloads (a renamed listener is a new one).
     pub name: String,
+    /// `IP:port` to listen on (every worker binds it with SO_REUSEPORT).
     pub address: String,
     /// Terminate TLS on this listener.
     pub tls: Option<ListenerTlsConfig>,
@@ -357,6 +370,7 @@ pub struct ClusterTlsConfig {
     pub sni: Option<String>,
     /// Client certificate and key, for mTLS to the upstream.
     pub cert: Option<String>,
+    /// PEM private key of `cert`.
     pub key: Option<String>,
 }
 
@@ -371,7 +385,9 @@ pub enum UnknownSni {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct CertificateConfig {
+    /// PEM certificate chain, leaf first (a relative path is taken from the config file's directory).
     pub cert: String,
+    /// PEM private key of the leaf.
     pub key: String,
 }
 
@@ -380,6 +396,7 @@ pub struct CertificateConfig {
 pub struct ClientAuthConfig {
     /// CA bundle (PEM) client certificates must chain to.
     pub ca: String,
+    /// `require`: no verified certificate, no connection; `optional`: verified when sent.
     pub mode: ClientAuthMode,
 }
 
@@ -396,12 +413,17 @@ pub enum ClientAuthMode {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RouteConfig {
+    /// Name in metrics, logs and error messages (default: `LISTENER#INDEX`).
     pub name: Option<String>,
     #[serde(rename = "match")]
     pub matcher: MatchConfig,
+    /// Forward to this cluster.
     pub cluster: Option<String>,
+    /// Forward to one of these clusters, at random by weight (or by `sticky`).
     pub split: Option<Vec<SplitConfig>>,
+    /// Answer here, without an upstream.
     pub direct_response: Option<DirectResponseConfig>,
+    /// Answer with a redirect.
     pub redirect: Option<RedirectConfig>,
     /// Replaces the matched `path_prefix` before forwarding.
     pub prefix_rewrite: Option<String>,
@@ -434,7 +456,9 @@ pub struct RouteConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MirrorConfig {
+    /// The cluster the copies go to.
     pub cluster: String,
+    /// Share of requests copied, 0 to 100.
     pub percent: f64,
     /// A request body is kept this far for the copy; a longer one is not mirrored.
     pub max_buffered_bytes: u64,
@@ -454,7 +478,9 @@ impl Default for MirrorConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StickyConfig {
+    /// The request header whose value picks the side.
     pub header: Option<String>,
+    /// The cookie whose value picks the side.
     pub cookie: Option<String>,
 }
 
@@ -464,14 +490,18 @@ pub struct StickyConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
+    /// Bucket size: the burst allowed.
     pub max_tokens: u32,
     /// Default: `max_tokens`.
     pub tokens_per_fill: Option<u32>,
+    /// How often `tokens_per_fill` tokens are added (at least 50ms).
     pub fill_interval: Option<ConfigDuration>,
+    /// One bucket for the process, one per worker (its share), or one per connection.
     pub scope: RateLimitScope,
     /// `"none"` (one bucket), `"source_ip"`, `"peer_identity"`, or `{ header = ".." }`:
     /// a bucket per value, at most `max_keys` of them.
     pub key: RateLimitKey,
+    /// Most buckets a keyed limit keeps; the least recently used half goes when full.
     pub max_keys: usize,
     /// The status of a request over the limit.
     pub status: u16,
@@ -523,7 +553,9 @@ pub enum RateLimitKey {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultConfig {
+    /// Hold requests before they are forwarded.
     pub delay: Option<FaultDelayConfig>,
+    /// Answer requests with an error instead of forwarding them.
     pub abort: Option<FaultAbortConfig>,
     /// Only requests matching every one of these get faults.
     pub headers: Vec<HeaderMatchConfig>,
@@ -537,17 +569,21 @@ pub struct FaultConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultDelayConfig {
+    /// How long a delayed request waits.
     pub fixed: Option<ConfigDuration>,
+    /// Share of requests delayed, 0 to 100.
     pub percent: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultAbortConfig {
+    /// The status of an aborted request (200-599).
     pub http_status: Option<u16>,
     /// For gRPC calls: a Trailers-Only answer with this grpc-status (HTTP/1.1 and
     /// other requests get `http_status`, or 503).
     pub grpc_status: Option<u16>,
+    /// Share of requests aborted, 0 to 100.
     pub percent: f64,
 }
 
@@ -560,6 +596,7 @@ pub struct RetryConfig {
     /// `retriable-4xx` (409), `retriable-status-codes` (those of
     /// `retriable_status_codes`).
     pub retry_on: Vec<String>,
+    /// Statuses `retriable-status-codes` retries.
     pub retriable_status_codes: Vec<u16>,
     /// gRPC statuses of a Trailers-Only answer: `cancelled`, `deadline-exceeded`,
     /// `internal`, `resource-exhausted`, `unavailable`.
@@ -609,7 +646,9 @@ impl Default for RetryConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackoffConfig {
+    /// First backoff ceiling; each retry doubles it (full jitter).
     pub base: ConfigDuration,
+    /// Largest backoff ceiling.
     pub max: ConfigDuration,
 }
 
@@ -627,6 +666,7 @@ impl Default for BackoffConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryBudgetConfig {
+    /// `concurrency` (Envoy: retries in flight as a share of requests in flight) or `ratio` (Linkerd: retries per request over `ttl`).
     pub kind: RetryBudgetKind,
     /// `concurrency`: retries in flight, as a percentage of requests in flight...
     pub percent: f64,
@@ -636,6 +676,7 @@ pub struct RetryBudgetConfig {
     pub ratio: f64,
     /// ... plus this many a second.
     pub min_per_sec: u32,
+    /// `ratio`: the window requests and retries are counted over.
     pub ttl: ConfigDuration,
 }
 
@@ -667,9 +708,13 @@ pub enum RetryBudgetKind {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HashPolicyConfig {
+    /// Hash this request header's value.
     pub header: Option<String>,
+    /// Hash this cookie (made with `ttl` when the request has none).
     pub cookie: Option<CookieHashConfig>,
+    /// Hash the client's address.
     pub source_ip: bool,
+    /// Hash this query parameter's value.
     pub query_parameter: Option<String>,
     /// With a key from this part, the later ones are not looked at.
     pub terminal: bool,
@@ -680,8 +725,11 @@ pub struct HashPolicyConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CookieHashConfig {
+    /// The cookie's name.
     pub name: String,
+    /// Set the cookie with this Max-Age when the request has none.
     pub ttl: Option<ConfigDuration>,
+    /// The Path of a cookie weft sets.
     pub path: Option<String>,
 }
 
@@ -690,10 +738,15 @@ pub struct CookieHashConfig {
 pub struct MatchConfig {
     /// Exact host (`api.example.com`) or suffix wildcard (`*.example.com`); port ignored.
     pub host: Option<String>,
+    /// The exact path.
     pub path: Option<String>,
+    /// A path prefix (`/api/` matches `/api/x`).
     pub path_prefix: Option<String>,
+    /// A regular expression the whole path must match.
     pub path_regex: Option<String>,
+    /// The request method (`GET`, `POST`, ...).
     pub method: Option<String>,
+    /// Header conditions, all of which must hold.
     pub headers: Vec<HeaderMatchConfig>,
     /// gRPC requests (`content-type: application/grpc...`) for this service
     /// (`package.Service`), i.e. paths under `/package.Service/`.
@@ -711,10 +764,15 @@ pub struct MatchConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ValueMatchConfig {
+    /// The cookie's or query parameter's name.
     pub name: String,
+    /// The exact value.
     pub exact: Option<String>,
+    /// A prefix of the value.
     pub prefix: Option<String>,
+    /// A regular expression the whole value must match.
     pub regex: Option<String>,
+    /// The condition holds when the value does not match (or is absent).
     pub invert: bool,
 }
 
@@ -744,9 +802,11 @@ impl<T> OneOrMany<T> {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct HeaderMatchConfig {
+    /// The header's name (case-insensitive).
     pub name: String,
     /// Exact value. With neither `value` nor `regex`, the header need only be present.
     pub value: Option<String>,
+    /// A regular expression the whole value must match.
     pub regex: Option<String>,
     /// Invert: the route matches when the header condition does NOT hold.
     pub invert: bool,
@@ -755,15 +815,20 @@ pub struct HeaderMatchConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct SplitConfig {
+    /// A cluster of the split.
     pub cluster: String,
+    /// Its share, relative to the other members' weights.
     pub weight: u32,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct DirectResponseConfig {
+    /// The answer's status (200-599).
     pub status: u16,
+    /// The answer's body.
     pub body: String,
+    /// The answer's `content-type`.
     pub content_type: Option<String>,
 }
 
@@ -772,12 +837,15 @@ pub struct DirectResponseConfig {
 pub struct RedirectConfig {
     /// 301, 302, 303, 307 or 308 (default 301).
     pub status: Option<u16>,
+    /// The `Location`'s scheme (default: the request's).
     pub scheme: Option<String>,
+    /// The `Location`'s host (default: the request's).
     pub host: Option<String>,
     /// Replaces the whole path.
     pub path: Option<String>,
     /// Replaces the matched `path_prefix` (like `prefix_rewrite`, for the Location).
     pub prefix_rewrite: Option<String>,
+    /// Drop the request's query from the `Location`.
     pub strip_query: bool,
 }
 
@@ -786,6 +854,7 @@ pub struct RedirectConfig {
 pub struct HeaderEditsConfig {
     /// Headers to set (replacing any of the same name).
     pub add: BTreeMap<String, String>,
+    /// Header names removed.
     pub remove: Vec<String>,
 }
 
@@ -841,14 +910,18 @@ pub enum UpstreamProtocol {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ClusterConfig {
+    /// The upstream instances: `"host:port"` (a name is resolved when the config is compiled) or `{ address, weight }`.
     pub endpoints: Vec<EndpointConfig>,
+    /// HTTP/1.1 or HTTP/2 (h2c) to the upstreams; gRPC needs `http2`.
     pub protocol: UpstreamProtocol,
     /// Connect to the endpoints over TLS.
     pub tls: Option<ClusterTlsConfig>,
     /// Discover the endpoints (a watched file, or Consul); `endpoints` then serve only
     /// until the first answer.
     pub discovery: Option<DiscoveryConfig>,
+    /// How an endpoint is picked.
     pub lb: LbPolicy,
+    /// Longest wait for a TCP (and TLS) connect; then 504.
     pub connect_timeout: ConfigDuration,
     /// Time from sending the request until the response head has arrived.
     pub request_timeout: ConfigDuration,
@@ -865,6 +938,7 @@ pub struct ClusterConfig {
     pub outlier_detection: Option<OutlierDetectionConfig>,
     /// The retry policy of routes to this cluster that set none.
     pub retry: Option<RetryConfig>,
+    /// Caps retries across the cluster, in place of `circuit_breakers.max_retries`.
     pub retry_budget: Option<RetryBudgetConfig>,
 }
 
@@ -885,6 +959,7 @@ pub struct OutlierDetectionConfig {
     pub split_external_local_origin_errors: bool,
     /// With the split: local-origin failures in a row that eject.
     pub consecutive_local_origin_failure: u32,
+    /// Percentage of local-origin ejections carried out.
     pub enforcing_consecutive_local_origin_failure: u32,
     /// How often ejections are reviewed and the success rates judged.
     pub interval: ConfigDuration,
@@ -934,8 +1009,11 @@ impl Default for OutlierDetectionConfig {
 pub struct SuccessRateConfig {
     /// Endpoints with `request_volume` answers in the interval needed to judge any.
     pub minimum_hosts: u32,
+    /// Answers an endpoint needs in an interval to be judged.
     pub request_volume: u32,
+    /// Ejected below the mean success rate minus this many standard deviations.
     pub stdev_factor: f64,
+    /// Percentage of success-rate ejections carried out.
     pub enforcing: u32,
 }
 
@@ -955,9 +1033,13 @@ impl Default for SuccessRateConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FailurePercentageConfig {
+    /// Ejected at this failure percentage or above.
     pub threshold: u32,
+    /// Endpoints with enough answers the cluster needs before any is judged.
     pub minimum_hosts: u32,
+    /// Answers an endpoint needs in an interval to be judged.
     pub request_volume: u32,
+    /// Percentage of failure-percentage ejections carried out.
     pub enforcing: u32,
 }
 
@@ -985,6 +1067,7 @@ pub enum HealthCheckKind {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthCheckConfig {
+    /// `http` (a GET of `path`), `tcp` (connect, or send/receive bytes) or `grpc` (grpc.health.v1).
     pub kind: HealthCheckKind,
     /// http: the path asked for (required).
     pub path: Option<String>,
@@ -998,11 +1081,15 @@ pub struct HealthCheckConfig {
     pub send: String,
     /// tcp: bytes the answer must contain.
     pub receive: String,
+    /// Time between checks of a healthy endpoint.
     pub interval: ConfigDuration,
     /// Between checks of an unhealthy endpoint (default: `interval`).
     pub unhealthy_interval: Option<ConfigDuration>,
+    /// A check not answered within this fails.
     pub timeout: ConfigDuration,
+    /// Passes in a row that make a failed endpoint healthy.
     pub healthy_threshold: u32,
+    /// Failures in a row that make a healthy endpoint unhealthy.
     pub unhealthy_threshold: u32,
     /// The first check of an endpoint waits up to this long, at random.
     pub initial_jitter: ConfigDuration,
@@ -1086,6 +1173,7 @@ impl Default for ClusterConfig {
 pub struct PoolConfig {
     /// Idle keep-alive connections kept per endpoint, per worker.
     pub max_idle: usize,
+    /// An idle pooled upstream connection is closed after this.
     pub idle_timeout: ConfigDuration,
 }
 
@@ -1176,13 +1264,16 @@ pub struct SidecarConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RegisterConfig {
+    /// The service name this instance registers as.
     pub service: String,
     /// Default: `SERVICE-INBOUNDPORT`.
     pub id: Option<String>,
     /// The address other sidecars reach this one at; default: the inbound listener's
     /// (which then must be a specific IP, not 0.0.0.0).
     pub address: Option<String>,
+    /// Tags of the registration.
     pub tags: Vec<String>,
+    /// Metadata of the registration (shown redacted on /config).
     pub meta: BTreeMap<String, String>,
     /// The agent checks the inbound listener over TCP this often.
     pub check_interval: ConfigDuration,
@@ -1207,6 +1298,7 @@ impl Default for RegisterConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct SidecarInbound {
+    /// Where other sidecars call this instance (`IP:port`).
     pub address: String,
     /// The local application instance, `host:port`.
     pub app: String,
@@ -1231,6 +1323,7 @@ impl Default for SidecarInbound {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct SidecarOutbound {
+    /// Where the app calls the mesh (loopback).
     pub address: String,
     /// Routes tried before the implicit host -> cluster routes.
     pub routes: Vec<RouteConfig>,
