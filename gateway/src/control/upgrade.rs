@@ -196,7 +196,10 @@ fn hand_over(
     bound: &Mutex<BoundSet>,
     admin: &[(&'static str, OwnedFd)],
 ) -> io::Result<()> {
+    // Bounded both ways: the set of listeners stays locked while it is sent, and a
+    // reload must not wait on a peer that stopped reading.
     successor.set_read_timeout(Some(Duration::from_secs(10)))?;
+    successor.set_write_timeout(Some(Duration::from_secs(10)))?;
     let (hello, _) = receive(successor)?;
     if hello.as_bytes() != HELLO {
         return Err(bad(&hello));
