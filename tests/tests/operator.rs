@@ -705,16 +705,9 @@ fn the_shipped_mesh_example_runs_with_its_certificate_script() {
 /// client certificate).
 #[test]
 fn own_certificate_problems_are_said_in_words() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let run = |args: &[&str]| {
-        let o = Command::new("openssl")
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .expect("openssl");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    };
-    run(&[
+    let pki = weft_tests::pki::Pki::new();
+    let dir = &pki.dir;
+    pki.openssl(&[
         "req",
         "-newkey",
         "ec",
@@ -729,7 +722,7 @@ fn own_certificate_problems_are_said_in_words() {
         "old.csr",
     ]);
     // No extensions file: OpenSSL writes an X.509 v1 certificate.
-    run(&[
+    pki.openssl(&[
         "x509", "-req", "-in", "old.csr", "-signkey", "old.key", "-days", "5", "-out", "old.crt",
     ]);
     let config = format!(
