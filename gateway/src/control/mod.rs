@@ -137,10 +137,17 @@ pub enum ReloadOutcome {
 
 impl ReloadStatus {
     pub fn record(&self, outcome: ReloadOutcome) {
+        // The counters are `weft_config_reloads_total` (published) and
+        // `_reload_failures_total` (refused): a file found unchanged is neither.
         match outcome {
-            ReloadOutcome::Refused(_) => self.failed.fetch_add(1, Ordering::Relaxed),
-            _ => self.succeeded.fetch_add(1, Ordering::Relaxed),
-        };
+            ReloadOutcome::Published(_) => {
+                self.succeeded.fetch_add(1, Ordering::Relaxed);
+            }
+            ReloadOutcome::Refused(_) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            ReloadOutcome::Unchanged => {}
+        }
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(ReloadAttempt {
             at: SystemTime::now(),
             outcome,
