@@ -308,6 +308,18 @@ struct AdminRequest {
     has_origin: bool,
 }
 
+impl AdminRequest {
+    /// The path without its query.
+    fn route(&self) -> &str {
+        self.path.split('?').next().unwrap_or_default()
+    }
+
+    /// The query (`effective`, `level=debug`), empty when there is none.
+    fn query(&self) -> &str {
+        self.path.split_once('?').map(|(_, q)| q).unwrap_or("")
+    }
+}
+
 /// Reads one request head by `deadline`; `Ok(None)` when the client closed first.
 fn read_head(conn: &mut Conn, deadline: Instant) -> io::Result<Result<Option<AdminRequest>, u16>> {
     let mut buf = Vec::with_capacity(1024);
@@ -399,7 +411,7 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
             "the admin listener answers only an IP-literal or localhost Host\n",
         );
     }
-    let path = request.path.split('?').next().unwrap_or_default();
+    let path = request.route();
     if request.method == "POST" && path == "/logging" && scope == Scope::All {
         return change_logging(&mut conn, deadline, &request);
     }
@@ -438,8 +450,7 @@ fn serve(mut conn: Conn, scope: Scope, control: &Control, refusals: &Refusals) -
         }
         "/config" => {
             let snap = control.publisher.load();
-            let query = request.path.split_once('?').map(|(_, q)| q).unwrap_or("");
-            let shown = if query.split('&').any(|p| p == "effective") {
+            let shown = if request.query().split('&').any(|p| p == "effective") {
                 effective(&snap)
             } else {
                 redacted(&snap.source_text)
@@ -522,8 +533,11 @@ fn change_logging(conn: &mut Conn, deadline: Instant, request: &AdminRequest) ->
     if request.has_origin {
         return respond(conn, deadline, 403, "text/plain", "not from a browser\n");
     }
-    let query = request.path.split_once('?').map(|(_, q)| q).unwrap_or("");
-    let Some(level) = query.split('&').find_map(|p| p.strip_prefix("level=")) else {
+    let Some(level) = request
+        .query()
+        .split('&')
+        .find_map(|p| p.strip_prefix("level="))
+    else {
         return respond(
             conn,
             deadline,
