@@ -238,10 +238,8 @@ async fn send_request<S: ClientStream>(
             Err(_) => return Err(ProxyError::BadResponseHead),
         }
         let read = up.conn.fill_until(RESPONSE_READ, deadline).await;
-        if let Err(ReadError::Io(e)) = &read {
-            if let Some(refused) = super::tls_refusal(&plan.cluster.name, e) {
-                return Err(refused);
-            }
+        if let Some(refused) = super::tls_refusal(&plan.cluster.name, &read) {
+            return Err(refused);
         }
         match read {
             Ok(n) if n > 0 => received = true,

@@ -299,10 +299,8 @@ async fn read_response_head(
             Err(_) => return Err(Some(ProxyError::BadResponseHead)),
         }
         let read = up.conn.fill_until(UPSTREAM_READ, deadline).await;
-        if let Err(ReadError::Io(e)) = &read {
-            if let Some(refused) = super::tls_refusal(cluster, e) {
-                return Err(Some(refused));
-            }
+        if let Some(refused) = super::tls_refusal(cluster, &read) {
+            return Err(Some(refused));
         }
         match read {
             Ok(n) if n > 0 => received = true,

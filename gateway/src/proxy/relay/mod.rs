@@ -130,10 +130,16 @@ fn connect_error(x: &Exchange<'_>, plan: &Plan<'_>, e: &ConnectError) -> ProxyEr
     error
 }
 
-/// The refusal a failed read of an upstream TLS connection carries (TLS 1.3 servers
-/// refuse a missing client certificate only after the handshake, on the first read),
-/// warned about; None for a plain failure.
-pub(super) fn tls_refusal(cluster: &str, e: &std::io::Error) -> Option<ProxyError> {
+/// The refusal a failed read of an upstream response head carries when the
+/// connection is TLS (TLS 1.3 servers refuse a missing client certificate only after
+/// the handshake, on the first read), warned about; None for any other outcome.
+pub(super) fn tls_refusal(
+    cluster: &str,
+    read: &Result<usize, crate::transport::ReadError>,
+) -> Option<ProxyError> {
+    let Err(crate::transport::ReadError::Io(e)) = read else {
+        return None;
+    };
     let failure = crate::upstream::tls::failure_in(e)?;
     warn_tls(cluster, &failure);
     Some(ProxyError::UpstreamTls(failure.refusal))
