@@ -126,29 +126,14 @@ fn find(root: &DeTable<'_>, path: &[Segment<'_>]) -> Found {
     found
 }
 
-/// The schema's keys, read from its own source (every `pub field:` of its structs and
-/// every `rename`), so the list cannot fall behind the schema.
+/// The schema's keys (every field of its structs, renames applied), so the list
+/// cannot fall behind the schema.
 fn known_keys() -> Vec<&'static str> {
-    const SCHEMA: &str = include_str!("schema.rs");
-    let mut keys = Vec::new();
-    let mut renamed: Option<&'static str> = None;
-    for line in SCHEMA.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("#[serde(rename = \"") {
-            renamed = rest.split('"').next();
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("pub ") {
-            if let Some((field, _)) = rest.split_once(':') {
-                if !field.contains(' ') && !field.contains('(') {
-                    keys.push(renamed.take().unwrap_or(field));
-                    continue;
-                }
-            }
-        }
-        if !line.starts_with("#[") && !line.starts_with("///") {
-            renamed = None;
-        }
-    }
+    let mut keys: Vec<&'static str> = super::schema_source::structs()
+        .into_values()
+        .flatten()
+        .map(|f| f.key)
+        .collect();
     keys.sort_unstable();
     keys.dedup();
     keys

@@ -12,6 +12,7 @@ mod locate;
 #[cfg(test)]
 mod reference;
 mod schema;
+mod schema_source;
 
 use serde::Deserialize;
 use std::fmt;

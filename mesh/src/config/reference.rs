@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-const SCHEMA: &str = include_str!("schema.rs");
+use super::schema_source::{structs, Field, SCHEMA};
 const README: &str = include_str!("../../../README.md");
 const START: &str =
     "<!-- reference:start (generated: WEFT_BLESS=1 cargo test -p weft-mesh reference) -->";
@@ -48,82 +48,35 @@ tls = { certificates = [{ cert = "c", key = "k" }] }
 tls = { }
 "#;
 
-struct Field {
-    key: String,
-    ty: String,
-    doc: String,
-    required: bool,
-}
-
-/// Structs and enums of the schema: fields (or snake_case variants) in order.
-fn parse_schema() -> (BTreeMap<String, Vec<Field>>, BTreeMap<String, Vec<String>>) {
-    let mut structs = BTreeMap::new();
+/// snake_case enums of the schema, by name: their variants as TOML spells them.
+fn parse_enums() -> BTreeMap<String, Vec<String>> {
     let mut enums = BTreeMap::new();
     let lines: Vec<&str> = SCHEMA.lines().collect();
-    let mut i = 0;
-    while i < lines.len() {
-        let line = lines[i].trim();
-        let defaulted = (i.saturating_sub(3)..i).any(|j| lines[j].contains("#[serde(default"));
-        if let Some(name) = line
-            .strip_prefix("pub struct ")
-            .and_then(|r| r.strip_suffix(" {"))
-        {
-            let mut fields = Vec::new();
-            let (mut doc, mut rename, mut field_default) = (String::new(), None, false);
-            i += 1;
-            while i < lines.len() && lines[i].trim() != "}" {
-                let l = lines[i].trim();
-                if let Some(d) = l.strip_prefix("///") {
-                    doc.push_str(d.trim());
-                    doc.push(' ');
-                } else if let Some(r) = l.strip_prefix("#[serde(rename = \"") {
-                    rename = r.split('"').next().map(str::to_owned);
-                } else if l.starts_with("#[serde(default") {
-                    field_default = true;
-                } else if let Some((f, ty)) =
-                    l.strip_prefix("pub ").and_then(|r| r.split_once(": "))
-                {
-                    let ty = ty.trim_end_matches(',').to_owned();
-                    fields.push(Field {
-                        key: rename.take().unwrap_or_else(|| f.to_owned()),
-                        required: !defaulted && !field_default && !ty.starts_with("Option<"),
-                        ty,
-                        doc: first_sentence(&doc),
-                    });
-                    doc.clear();
-                    field_default = false;
-                }
-                i += 1;
-            }
-            structs.insert(name.trim_end_matches("<T>").to_owned(), fields);
-        } else if let Some(name) = line
+    for (i, line) in lines.iter().enumerate() {
+        let Some(name) = line
+            .trim()
             .strip_prefix("pub enum ")
             .and_then(|r| r.strip_suffix(" {"))
-        {
-            let snake =
-                (i.saturating_sub(3)..i).any(|j| lines[j].contains("rename_all = \"snake_case\""));
-            let mut variants = Vec::new();
-            i += 1;
-            while i < lines.len() && lines[i].trim() != "}" {
-                let l = lines[i].trim();
-                let plain = l.trim_end_matches(',');
-                if snake
-                    && !l.starts_with("//")
-                    && !l.starts_with('#')
-                    && plain.chars().all(char::is_alphanumeric)
-                    && !plain.is_empty()
-                {
-                    variants.push(format!("\"{}\"", snake_case(plain)));
-                }
-                i += 1;
-            }
-            if snake {
-                enums.insert(name.to_owned(), variants);
-            }
+        else {
+            continue;
+        };
+        let snake =
+            (i.saturating_sub(3)..i).any(|j| lines[j].contains("rename_all = \"snake_case\""));
+        if !snake {
+            continue;
         }
-        i += 1;
+        let variants = lines[i + 1..]
+            .iter()
+            .map(|l| l.trim())
+            .take_while(|l| *l != "}")
+            .filter(|l| !l.starts_with("//") && !l.starts_with('#'))
+            .map(|l| l.trim_end_matches(','))
+            .filter(|v| !v.is_empty() && v.chars().all(char::is_alphanumeric))
+            .map(|v| format!("\"{}\"", snake_case(v)))
+            .collect();
+        enums.insert(name.to_owned(), variants);
     }
-    (structs, enums)
+    enums
 }
 
 fn snake_case(camel: &str) -> String {
@@ -209,7 +162,7 @@ fn default_at(effective: &toml::Value, path: &[String]) -> Option<String> {
 }
 
 fn rows(
-    structs: &BTreeMap<String, Vec<Field>>,
+    structs: &BTreeMap<&'static str, Vec<Field>>,
     enums: &BTreeMap<String, Vec<String>>,
     (effective, sample): (&toml::Value, &toml::Value),
     ty: &str,
@@ -221,17 +174,18 @@ fn rows(
         return;
     };
     for f in fields {
-        let (inner, suffix, optional) = unwrap_type(&f.ty);
-        let key = format!("{prefix}{}{}", f.key, suffix.replace(".NAME", ".NAME"));
-        path.push(f.key.clone());
+        let (inner, suffix, optional) = unwrap_type(f.ty);
+        let key = format!("{prefix}{}{suffix}", f.key);
+        let doc = first_sentence(&f.doc);
+        path.push(f.key.to_owned());
         let block = structs.contains_key(inner) && inner != "EndpointConfig";
         if block && !suffix.is_empty() {
             path.push(suffix.to_owned());
         }
         if block {
             let shown = if optional { " (optional block)" } else { "" };
-            if !f.doc.is_empty() || optional {
-                out.push_str(&format!("| `{key}` | table{shown} | | {} |\n", f.doc));
+            if !doc.is_empty() || optional {
+                out.push_str(&format!("| `{key}` | table{shown} | | {doc} |\n"));
             }
             let next = format!("{key}.");
             rows(structs, enums, (effective, sample), inner, &next, path, out);
@@ -252,8 +206,8 @@ fn rows(
             };
             out.push_str(&format!(
                 "| `{key}` | {} | {default} | {} |\n",
-                type_name(&f.ty, enums),
-                f.doc
+                type_name(f.ty, enums),
+                doc
             ));
         }
         if block && !suffix.is_empty() {
@@ -265,7 +219,7 @@ fn rows(
 
 /// The table, as the README holds it between its markers.
 pub fn table() -> String {
-    let (structs, enums) = parse_schema();
+    let (structs, enums) = (structs(), parse_enums());
     let effective = super::effective(Path::new("sample.toml"), SAMPLE, super::Role::Sidecar)
         .expect("the sample parses");
     let sample: toml::Value = toml::from_str(SAMPLE).expect("the sample is TOML");
