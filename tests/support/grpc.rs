@@ -288,15 +288,26 @@ impl GrpcUpstream {
     }
 }
 
+/// The request and path of one call, once the channel is ready for it.
+async fn call(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    path: &'static str,
+    message: &'static [u8],
+) -> (tonic::Request<bytes::Bytes>, http::uri::PathAndQuery) {
+    grpc.ready().await.expect("ready");
+    (
+        tonic::Request::new(bytes::Bytes::from_static(message)),
+        http::uri::PathAndQuery::from_static(path),
+    )
+}
+
 /// One unary call of `path` with `message`: the status it ended with.
 pub async fn unary_status(
     grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
     path: &'static str,
     message: &'static [u8],
 ) -> tonic::Code {
-    grpc.ready().await.expect("ready");
-    let path = http::uri::PathAndQuery::from_static(path);
-    let request = tonic::Request::new(bytes::Bytes::from_static(message));
+    let (request, path) = call(grpc, path, message).await;
     match grpc.unary(request, path, RawCodec).await {
         Ok(_) => tonic::Code::Ok,
         Err(s) => s.code(),
@@ -310,9 +321,7 @@ pub async fn streaming_status(
     path: &'static str,
     message: &'static [u8],
 ) -> tonic::Code {
-    grpc.ready().await.expect("ready");
-    let path = http::uri::PathAndQuery::from_static(path);
-    let request = tonic::Request::new(bytes::Bytes::from_static(message));
+    let (request, path) = call(grpc, path, message).await;
     let mut stream = match grpc.server_streaming(request, path, RawCodec).await {
         Ok(stream) => stream.into_inner(),
         Err(s) => return s.code(),

@@ -141,6 +141,14 @@ fn fetch(addr: SocketAddr) -> Result<String, String> {
     }
 }
 
+/// A private directory and the path of an upgrade socket in it.
+fn upgrade_socket() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("upgrade.sock");
+    let path = path.to_str().expect("utf-8 path").to_owned();
+    (dir, path)
+}
+
 #[test]
 fn a_binary_upgrade_under_load_refuses_and_fails_nothing() {
     upgrade_under_load("auto");
@@ -154,9 +162,8 @@ fn a_binary_upgrade_on_epoll_refuses_and_fails_nothing() {
 
 fn upgrade_under_load(io: &str) {
     let (admin, listen) = (free_addr(), free_addr());
-    let socket_dir = tempfile::tempdir().expect("tempdir");
-    let upgrade = socket_dir.path().join("upgrade.sock");
-    let upgrade = upgrade.to_str().expect("utf-8 path");
+    let (_socket_dir, upgrade) = upgrade_socket();
+    let upgrade = upgrade.as_str();
     let extra = ["--workers", "2", "--upgrade-socket", upgrade];
     let mut old = Weft::start_with(
         "ingress",
@@ -250,8 +257,8 @@ fn upgrade_under_load(io: &str) {
 #[test]
 fn a_stale_upgrade_socket_file_is_replaced() {
     let (admin, listen) = (free_addr(), free_addr());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("upgrade.sock");
+    let (_socket_dir, path) = upgrade_socket();
+    let path = std::path::PathBuf::from(path);
     // A socket file whose process is gone.
     drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
     let weft = Weft::start_with(
@@ -763,10 +770,8 @@ fn own_certificate_problems_are_said_in_words() {
 #[test]
 fn a_failed_upgrade_leaves_the_old_weft_serving() {
     let (admin, listen) = (free_addr(), free_addr());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let upgrade = dir.path().join("upgrade.sock");
-    let upgrade = upgrade.to_str().expect("utf-8");
-    let extra = ["--workers", "1", "--upgrade-socket", upgrade];
+    let (_socket_dir, upgrade) = upgrade_socket();
+    let extra = ["--workers", "1", "--upgrade-socket", upgrade.as_str()];
     let mut old = Weft::start_with(
         "ingress",
         &direct_config(admin, listen, "old"),

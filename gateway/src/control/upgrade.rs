@@ -284,8 +284,8 @@ fn send(socket: &Socket, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
 fn receive(socket: &Socket) -> io::Result<(String, Vec<OwnedFd>)> {
     let mut data = [0u8; 512];
     // SAFETY: as for `send`.
-    let space =
-        unsafe { libc::CMSG_SPACE((FDS_PER_MESSAGE * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE((FDS_PER_MESSAGE * std::mem::size_of::<RawFd>()) as u32) }
+        as usize;
     let mut control = vec![0u8; space];
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr() as *mut libc::c_void,
