@@ -5,6 +5,8 @@
 //! medians as a markdown table, results.json and SVG plots. `load` is the bare load
 //! generator (to validate it against wrk); `upstream` the bench's upstream server.
 
+mod checks;
+mod farhosts;
 mod h2load;
 mod load;
 mod net;
@@ -35,7 +37,8 @@ enum Command {
     /// Run scenarios against every available system and report.
     Run {
         /// Scenarios to run (default: all): h1-keepalive, h2-multiplexed, h2-multiplexed-h2load, h2-local-response, grpc-unary, tls-h1, tls-handshake, h1-fixed-rate,
-        /// h1-new-conn, h1-large-body, idle-conns, reload-under-load, reload-swap, discovery-swap, scale.
+        /// h1-new-conn, h1-large-body, idle-conns, reload-under-load, reload-swap, discovery-swap, scale,
+        /// health-checks.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
         /// Systems (default: all available): direct, weft-io_uring, weft-epoll, nginx, haproxy;

@@ -44,6 +44,7 @@ pub fn markdown(samples: &[Sample]) -> String {
     let mut idle = String::new();
     let mut swaps = String::new();
     let mut discovery = String::new();
+    let mut checks = String::new();
     for ((scenario, conns, workers, system), rows) in groups(samples) {
         let med = |f: &dyn Fn(&Sample) -> f64| median(rows.iter().map(|s| f(s)).collect());
         let errors: u64 = rows.iter().map(|s| s.errors).sum();
@@ -102,6 +103,30 @@ pub fn markdown(samples: &[Sample]) -> String {
             }
             continue;
         }
+        if scenario == "health-checks" {
+            // One row per placement of the endpoints: loopback, then the namespace.
+            for placement in ["loopback", "namespace"] {
+                let here: Vec<&Sample> = rows
+                    .iter()
+                    .copied()
+                    .filter(|s| s.checks.as_ref().is_some_and(|c| c.placement == placement))
+                    .collect();
+                if here.is_empty() {
+                    continue;
+                }
+                let m = |f: &dyn Fn(&Sample) -> f64| median(here.iter().map(|s| f(s)).collect());
+                let errors: u64 = here.iter().map(|s| s.errors).sum();
+                let _ = writeln!(
+                    checks,
+                    "| {system} | {conns} | {placement} | {:.0} | {:.2} | {:.1} | {errors} | {} |",
+                    m(&|s| s.rps),
+                    m(&|s| s.checks.as_ref().map_or(f64::NAN, |c| c.core_percent)),
+                    m(&|s| s.cpu_us_per_req.unwrap_or(f64::NAN)),
+                    here.len()
+                );
+            }
+            continue;
+        }
         if scenario == "idle-conns" {
             let b = med(&|s| s.idle_bytes_per_conn.unwrap_or(f64::NAN));
             let _ = writeln!(idle, "| {system} | {conns} | {b:.0} |");
@@ -144,6 +169,10 @@ pub fn markdown(samples: &[Sample]) -> String {
     if !discovery.is_empty() {
         out += "\n| discovery-swap: system | routes | clusters | changes | answer->traffic median ms (median of rounds) | max ms (median of rounds) | errors | rounds |\n|---|---|---|---|---|---|---|---|\n";
         out += &discovery;
+    }
+    if !checks.is_empty() {
+        out += "\n| health-checks (HTTP, every 1 s): system | endpoints | where the endpoints are | checks/s counted at the endpoints | % of one core | CPU us per check | errors | rounds |\n|---|---|---|---|---|---|---|---|\n";
+        out += &checks;
     }
     if !idle.is_empty() {
         out += "\n| idle keep-alive connections: system | connections | RSS bytes per connection |\n|---|---|---|\n";

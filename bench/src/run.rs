@@ -34,7 +34,7 @@ pub struct RunOpts {
     pub idle_connections: usize,
 }
 
-pub const SCENARIOS: [&str; 15] = [
+pub const SCENARIOS: [&str; 16] = [
     "h1-keepalive",
     "h2-multiplexed",
     "h2-multiplexed-h2load",
@@ -50,6 +50,7 @@ pub const SCENARIOS: [&str; 15] = [
     "reload-swap",
     "discovery-swap",
     "scale",
+    "health-checks",
 ];
 
 /// Concurrent streams per connection in `h2-multiplexed` and `grpc-unary`.
@@ -81,8 +82,43 @@ pub struct Sample {
     /// reload-swap: SIGHUP -> new snapshot serving, median and max in milliseconds,
     /// and p99 of the concurrent load without and with swaps.
     pub swap: Option<SwapFigures>,
+    /// health-checks: the endpoints, where they are, and the checker's share of a core.
+    pub checks: Option<crate::checks::CheckFigures>,
     /// Latency curve for plots: (percentile, microseconds).
     pub curve: Vec<(f64, u64)>,
+}
+
+impl Sample {
+    /// A sample of `scenario` for `system` at one point, every figure still empty.
+    pub fn at(
+        scenario: &str,
+        system: String,
+        connections: usize,
+        workers: usize,
+        round: usize,
+    ) -> Sample {
+        Sample {
+            scenario: scenario.into(),
+            system,
+            connections,
+            workers,
+            round,
+            rps: 0.0,
+            p50_us: 0,
+            p90_us: 0,
+            p99_us: 0,
+            p999_us: 0,
+            mean_latency_us: None,
+            errors: 0,
+            cpu_us_per_req: None,
+            rss_kib: None,
+            idle_bytes_per_conn: None,
+            reloads: None,
+            swap: None,
+            checks: None,
+            curve: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -200,12 +236,17 @@ pub fn run(opts: &RunOpts) -> Result<Vec<Sample>, String> {
         systems::make_tls_cert(&env.dir).map_err(|e| e.to_string())?;
     }
     let ups = start_upstreams(opts).map_err(|e| e.to_string())?;
+    let placements = crate::checks::Placements::prepare(opts);
     let mut samples = Vec::new();
     for round in 1..=opts.rounds {
         for scenario in &opts.scenarios {
             for point in points(scenario, opts) {
                 for kind in systems_for(scenario, opts) {
-                    let s = measure(scenario, &kind, &point, round, opts, &env, &ups);
+                    let s = if scenario == "health-checks" {
+                        crate::checks::measure(&kind, &point, round, opts, &env, &placements)
+                    } else {
+                        measure(scenario, &kind, &point, round, opts, &env, &ups)
+                    };
                     match s {
                         Ok(s) => {
                             eprintln!("{}", one_line(&s));
@@ -227,12 +268,14 @@ pub fn run(opts: &RunOpts) -> Result<Vec<Sample>, String> {
 const FIXED_RATE: f64 = 20_000.0;
 const QUICK_FIXED_RATE: f64 = 5_000.0;
 
-/// A scenario point: connections and workers (and for fixed-rate, the rate).
+/// A scenario point: connections and workers (and for fixed-rate, the rate; for
+/// health-checks, whether the endpoints are in a network namespace of their own).
 #[derive(Clone, Debug)]
-struct Point {
+pub struct Point {
     connections: usize,
     workers: usize,
     rate: Option<f64>,
+    pub far: bool,
 }
 
 fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
@@ -240,6 +283,7 @@ fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
         connections: c,
         workers: 1,
         rate: None,
+        far: false,
     };
     match scenario {
         // Throughput scenarios run at every `--connections` point (50, 400, 2000 by
@@ -287,11 +331,19 @@ fn points(scenario: &str, opts: &RunOpts) -> Vec<Point> {
                     connections: 400,
                     workers: w,
                     rate: None,
+                    far: false,
                 });
                 w *= 2;
             }
             out
         }
+        "health-checks" => [false, true]
+            .into_iter()
+            .map(|far| Point {
+                far,
+                ..one(crate::checks::ENDPOINTS)
+            })
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -331,6 +383,13 @@ fn systems_for(scenario: &str, opts: &RunOpts) -> Vec<Kind> {
                     } | Kind::Nginx
                 )
             })
+            .cloned()
+            .collect(),
+        // Active health checks: weft and haproxy (nginx's open-source build has none).
+        "health-checks" => opts
+            .systems
+            .iter()
+            .filter(|k| matches!(k, Kind::Weft { .. } | Kind::Haproxy))
             .cloned()
             .collect(),
         // The upstream speaks plain HTTP: no direct row for TLS; and a local answer
@@ -376,26 +435,13 @@ fn measure(
         .map_err(|e| e.to_string())?;
     let addr = SocketAddr::from(([127, 0, 0, 1], running.port));
     let pids = running.pids();
-    let mut sample = Sample {
-        scenario: scenario.into(),
-        system: kind.name(),
-        connections: point.connections,
-        workers: point.workers,
+    let mut sample = Sample::at(
+        scenario,
+        kind.name(),
+        point.connections,
+        point.workers,
         round,
-        rps: 0.0,
-        p50_us: 0,
-        p90_us: 0,
-        p99_us: 0,
-        p999_us: 0,
-        mean_latency_us: None,
-        errors: 0,
-        cpu_us_per_req: None,
-        rss_kib: None,
-        idle_bytes_per_conn: None,
-        reloads: None,
-        swap: None,
-        curve: Vec::new(),
-    };
+    );
     if scenario == "idle-conns" {
         sample.idle_bytes_per_conn = Some(idle_rss(addr, &pids, point.connections)?);
         running.stop();
@@ -555,7 +601,7 @@ fn admin_metric(admin: SocketAddr, name: &str) -> f64 {
 }
 
 /// The body of a one-shot HTTP/1.1 GET (`Connection: close`), or `None` on any failure.
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(
@@ -671,6 +717,18 @@ fn one_line(s: &Sample) -> String {
         line += &format!(
             "{} swaps with {} routes / {} clusters: median {:.1} ms, max {:.1} ms; p99 {} us without swaps, {} us with",
             w.swaps, w.routes, w.clusters, w.median_ms, w.max_ms, w.p99_without_swaps_us, w.p99_with_swaps_us
+        );
+        return line;
+    }
+    if let Some(c) = &s.checks {
+        line += &format!(
+            "{} endpoints on {}: {:.0} checks/s, {:.2}% of a core, {:.1} us/check, errors {}",
+            c.endpoints,
+            c.placement,
+            s.rps,
+            c.core_percent,
+            s.cpu_us_per_req.unwrap_or(f64::NAN),
+            s.errors
         );
         return line;
     }
@@ -870,21 +928,7 @@ fn discovery_latency(
     let mut sorted = took.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
     Ok(Sample {
-        scenario: "discovery-swap".into(),
-        system: kind.name(),
-        connections: point.connections,
-        workers: 1,
-        round,
-        rps: 0.0,
-        p50_us: 0,
-        p90_us: 0,
-        p99_us: 0,
-        p999_us: 0,
-        mean_latency_us: None,
         errors,
-        cpu_us_per_req: None,
-        rss_kib: None,
-        idle_bytes_per_conn: None,
         reloads: Some(took.len() as u64),
         swap: Some(SwapFigures {
             routes,
@@ -897,7 +941,7 @@ fn discovery_latency(
             rate: None,
             latency: None,
         }),
-        curve: Vec::new(),
+        ..Sample::at("discovery-swap", kind.name(), point.connections, 1, round)
     })
 }
 
@@ -1043,24 +1087,15 @@ fn swap_latency(
         latency: both.by_window.as_deref().map(|w| Arc::new(w.clone())),
     };
     Ok(Sample {
-        scenario: "reload-swap".into(),
-        system: kind.name(),
-        connections: point.connections,
-        workers: 1,
-        round,
         // Throughput over the whole run; percentiles of the windows with swaps.
         rps: both.rps(),
         p50_us: swapping(50.0),
         p90_us: swapping(90.0),
         p99_us: swapping(99.0),
         p999_us: swapping(99.9),
-        mean_latency_us: None,
         errors: both.errors + u64::from(took.is_empty()),
-        cpu_us_per_req: None,
-        rss_kib: None,
-        idle_bytes_per_conn: None,
         reloads: Some(took.len() as u64),
         swap: Some(swap),
-        curve: Vec::new(),
+        ..Sample::at("reload-swap", kind.name(), point.connections, 1, round)
     })
 }

@@ -543,3 +543,68 @@ pub fn start(
         child: Some(child),
     })
 }
+
+/// The health-checks scenario's check interval in seconds, the same for every system,
+/// as are its 500 ms timeout and a spread of up to 10% (haproxy's `spread-checks`).
+const CHECK_INTERVAL_S: u32 = 1;
+
+/// Starts `kind` (weft or haproxy) with one cluster (backend) of `endpoints`, each
+/// HTTP-checked (`GET /`) every second, and nothing sent to it otherwise.
+pub fn start_checking(kind: &Kind, env: &Env, endpoints: &[SocketAddr]) -> io::Result<Running> {
+    let port = free_port();
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c")
+        .arg(cpu_list(&env.proxy_cpus))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let interval = CHECK_INTERVAL_S;
+    let (admin, path) = match kind {
+        Kind::Weft { driver, .. } => {
+            let admin_port = free_port();
+            let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+            let preamble = weft_preamble(&format!("workers = 1\nio = \"{driver}\""), admin_port);
+            let config = format!(
+                "{preamble}\n[[listeners]]\nname = \"bench\"\naddress = \"127.0.0.1:{port}\"\n\
+                 routes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"checked\" }} ]\n\n\
+                 [clusters.checked]\nendpoints = [{}]\n\n[clusters.checked.health_check]\n\
+                 kind = \"http\"\npath = \"/\"\ninterval = \"{interval}s\"\ntimeout = \"500ms\"\n\
+                 interval_jitter_percent = 10\ninitial_jitter = \"{interval}s\"\n",
+                list.join(", ")
+            );
+            let path = env.dir.join(format!("{}-checking.toml", kind.name()));
+            std::fs::write(&path, config)?;
+            cmd.arg(kind.weft_bin(env))
+                .args(["ingress", "--config"])
+                .arg(&path)
+                .env("WEFT_LOG", "warn");
+            (Some(SocketAddr::from(([127, 0, 0, 1], admin_port))), path)
+        }
+        Kind::Haproxy => {
+            let mut config = format!(
+                "global\n  nbthread 1\n  maxconn {}\n  spread-checks 10\n\
+                 defaults\n  mode http\n  timeout connect 500ms\n  timeout check 500ms\n  timeout client 60s\n  timeout server 60s\n\
+                 frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
+                 backend be\n  option httpchk GET /\n",
+                endpoints.len() * 2 + 1000
+            );
+            for (i, e) in endpoints.iter().enumerate() {
+                config += &format!("  server s{i} {e} check inter {interval}s\n");
+            }
+            let path = env.dir.join(format!("haproxy-checking-{port}.cfg"));
+            std::fs::write(&path, config)?;
+            let haproxy =
+                find_program("haproxy").ok_or_else(|| io::Error::other("haproxy not installed"))?;
+            cmd.arg(haproxy).arg("-f").arg(&path);
+            (None, path)
+        }
+        _ => return Err(io::Error::other("no active health checks")),
+    };
+    let mut child = cmd.spawn()?;
+    wait_port(port, &mut child)?;
+    Ok(Running {
+        port,
+        admin,
+        config: Some(path),
+        child: Some(child),
+    })
+}

@@ -6,8 +6,15 @@
 //! decides). Over h2 a gRPC call (`content-type: application/grpc`) gets the body as
 //! one gRPC message and `grpc-status: 0` trailers. One thread per `--threads`, each
 //! with its own SO_REUSEPORT socket, optionally pinned.
+//!
+//! `GET /bench-upstream/served` answers how many HTTP/1.1 requests the server has
+//! answered (itself not counted): what the health-checks scenario counts checks by,
+//! at the endpoint. Each thread counts in a slot of its own, so counting adds no
+//! cross-core traffic to the throughput scenarios.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use monoio::buf::IoBufMut;
@@ -38,10 +45,13 @@ pub fn run(opts: UpstreamOpts) -> std::io::Result<()> {
         plain: body,
         grpc: message.freeze(),
     };
+    let threads = opts.threads.max(1);
+    let served: Served = (0..threads).map(|_| Slot::default()).collect();
     let mut handles = Vec::new();
-    for t in 0..opts.threads.max(1) {
+    for t in 0..threads {
         let socket = crate::net::bind_reuseport(opts.listen)?;
         let bodies = bodies.clone();
+        let served = served.clone();
         let cpu = opts.cpus.get(t % opts.cpus.len().max(1)).copied();
         handles.push(std::thread::spawn(move || {
             if let Some(cpu) = cpu {
@@ -55,7 +65,11 @@ pub fn run(opts: UpstreamOpts) -> std::io::Result<()> {
                 let listener = TcpListener::from_std(socket).expect("listener");
                 while let Ok((stream, _)) = listener.accept().await {
                     let _ = stream.set_nodelay(true);
-                    monoio::spawn(serve(stream, response, bodies.clone()));
+                    let counter = Counter {
+                        served: served.clone(),
+                        mine: t,
+                    };
+                    monoio::spawn(serve(stream, response, bodies.clone(), counter));
                 }
             });
         }));
@@ -64,6 +78,37 @@ pub fn run(opts: UpstreamOpts) -> std::io::Result<()> {
         let _ = h.join();
     }
     Ok(())
+}
+
+/// The path whose answer is the count of requests served.
+const SERVED_PATH: &str = "/bench-upstream/served";
+
+/// One thread's count, on a cache line of its own.
+#[derive(Default)]
+#[repr(align(64))]
+struct Slot(AtomicU64);
+
+type Served = Arc<[Slot]>;
+
+/// A connection's view of the counts: its thread's slot to add to, every slot to sum.
+struct Counter {
+    served: Served,
+    mine: usize,
+}
+
+impl Counter {
+    fn count(&self) {
+        // Only this thread writes its slot: a plain load and store, no locked add.
+        let slot = &self.served[self.mine].0;
+        slot.store(slot.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    fn total(&self) -> u64 {
+        self.served
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// The fixed body, plain and as one gRPC message.
@@ -75,11 +120,12 @@ struct Bodies {
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-async fn serve(mut stream: TcpStream, response: &'static [u8], bodies: Bodies) {
+async fn serve(mut stream: TcpStream, response: &'static [u8], bodies: Bodies, counter: Counter) {
     let mut buf = BytesMut::with_capacity(8192);
     let mut out = Vec::with_capacity(response.len() * 4);
     let mut skip_body = 0usize;
     let mut first = true;
+    let mut close = false;
     loop {
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
@@ -120,8 +166,21 @@ async fn serve(mut stream: TcpStream, response: &'static [u8], bodies: Bodies) {
                         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
                         .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
                         .unwrap_or(0);
+                    if req.path == Some(SERVED_PATH) {
+                        let total = counter.total().to_string();
+                        // A one-shot question: answered, then the connection closes.
+                        close = true;
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+                            total.len()
+                        );
+                        out.extend_from_slice(head.as_bytes());
+                        out.extend_from_slice(total.as_bytes());
+                    } else {
+                        counter.count();
+                        out.extend_from_slice(response);
+                    }
                     let _ = buf.split_to(n);
-                    out.extend_from_slice(response);
                 }
                 Ok(httparse::Status::Partial) => break,
                 Err(_) => return,
@@ -131,7 +190,7 @@ async fn serve(mut stream: TcpStream, response: &'static [u8], bodies: Bodies) {
             let (res, back) = stream.write_all(out).await;
             out = back;
             out.clear();
-            if res.is_err() {
+            if res.is_err() || close {
                 return;
             }
         }

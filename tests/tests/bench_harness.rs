@@ -42,6 +42,7 @@ fn quick_run_covers_every_scenario_without_errors() {
         "h1-large-body",
         "reload-under-load",
         "scale",
+        "health-checks",
     ] {
         assert!(
             table.contains(&format!("| {scenario} |")),
@@ -50,6 +51,10 @@ fn quick_run_covers_every_scenario_without_errors() {
     }
     assert!(table.contains("idle keep-alive connections"), "{table}");
     assert!(table.contains("reload-swap: system"), "{table}");
+    assert!(
+        table.contains("| weft-io_uring | 1000 | loopback |"),
+        "{table}"
+    );
     let json: String = std::fs::read_to_string(out.path().join("results.json")).unwrap();
     assert!(
         json.contains("\"system\": \"weft-io_uring\"") && json.contains("\"system\": \"direct\"")

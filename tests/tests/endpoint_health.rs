@@ -530,6 +530,50 @@ fn http_checks_take_an_endpoint_out_and_back() {
     assert!(weft.metric(&["weft_cluster_health_check_failure_total", "cluster=\"api\""]) >= 1.0);
 }
 
+/// HTTP checks go over the cluster's TLS: an endpoint that speaks only TLS (a weft
+/// listener terminating it in front of the app) passes its checks, on one kept
+/// connection, and fails them once the app's `/healthz` turns 503.
+#[test]
+fn http_checks_run_over_the_clusters_tls() {
+    let pki = weft_tests::pki::Pki::new();
+    pki.leaf("api", "api", "DNS:api.test", weft_tests::pki::SERVER);
+    let app = CheckedUpstream::start("app");
+    let (front_admin, front) = (free_addr(), free_addr());
+    let front_weft = Weft::start_in(
+        pki.dir.path(),
+        "ingress",
+        &format!(
+            "[admin]\naddress = \"{front_admin}\"\n[[listeners]]\nname = \"tls\"\naddress = \"{front}\"\n\
+             tls = {{ certificates = [ {{ cert = \"api.crt\", key = \"api.key\" }} ] }}\n\
+             routes = [ {{ match = {{ path_prefix = \"/\" }}, cluster = \"app\" }} ]\n\
+             [clusters.app]\nendpoints = [\"{}\"]\n",
+            app.addr
+        ),
+        front_admin,
+    );
+    let (admin, listen) = (free_addr(), free_addr());
+    let check = "kind = \"http\"\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"500ms\"";
+    let config = cluster_config(
+        admin,
+        listen,
+        &[front],
+        &format!(
+            "tls = {{ ca = \"ca.crt\", sni = \"api.test\" }}\n[clusters.api.health_check]\n{check}"
+        ),
+    );
+    let weft = Weft::start_in(pki.dir.path(), "ingress", &config, admin);
+    wait_for("healthy over TLS", Duration::from_secs(3), || {
+        host_healthy(&weft, front) == 1.0 && app.checks.load(Ordering::SeqCst) >= 3
+    });
+    // Every check so far came over one TLS connection to the front.
+    let accepted = front_weft.metric(&["weft_accepted_connections_total", "listener=\"tls\""]);
+    assert_eq!(accepted, 1.0, "TLS connections the checks opened");
+    app.health.store(503, Ordering::SeqCst);
+    wait_for("out over TLS", Duration::from_secs(2), || {
+        host_healthy(&weft, front) == 0.0
+    });
+}
+
 /// TCP connect checks: a closed port is out after `unhealthy_threshold` failures and
 /// back after `healthy_threshold` passes once it listens again; with every endpoint
 /// out and `healthy_panic_threshold = 0`, requests get 503 `no healthy upstream`.

@@ -3,12 +3,17 @@
 //! one per worker, so an endpoint sees one check per interval however many workers
 //! there are, and an ejection ends once.
 //!
-//! The checker is a thread of its own with a small monoio runtime: a supervisor looks
-//! at the published snapshot and keeps one task per checked endpoint (started when an
-//! endpoint or its check appears, stopped when it goes, restarted when the check
-//! changes). Each task probes on its own schedule and writes the outcome into the
-//! endpoint's `HostHealth` flags, which every worker's balancer reads with a relaxed
-//! load when it picks: results reach the workers at once, lock-free.
+//! The checker is a thread of its own with a small monoio runtime on the workers'
+//! driver (io_uring or epoll): a supervisor looks at the published snapshot and keeps
+//! one task per checked endpoint (started when an endpoint or its check appears,
+//! stopped when it goes, restarted when the check changes). Each task probes on its
+//! own schedule and writes the outcome into the endpoint's `HostHealth` flags, which
+//! every worker's balancer reads with a relaxed load when it picks: results reach the
+//! workers at once, lock-free.
+//!
+//! Cost: with many endpoints, wakeups are most of what checking costs, so checks wake
+//! on a 10 ms grid and read their answers at the next wake of it (`WAKE_GRID`): a
+//! thousand endpoints make a hundred wakeups a second, not two thousand.
 //!
 //! Transitions (Envoy's): a new endpoint is pending and failed until its first result;
 //! a success clears both, a failure only `pending`. A failed endpoint needs
@@ -36,24 +41,38 @@ use weft_mesh::snapshot::{
 };
 
 use super::Control;
+use crate::runtime::driver::Driver;
 
 /// How often the supervisor looks for a new snapshot.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
 /// Most bytes of an answer a probe reads.
 const MAX_ANSWER: usize = 64 * 1024;
 
-pub fn start(control: Arc<Control>) -> io::Result<()> {
+/// Starts the checker thread, on the driver the workers run: over io_uring a check's
+/// send and receive are queued operations submitted together with the others due at
+/// the same moment, not a syscall each and a readiness round trip.
+pub fn start(control: Arc<Control>, driver: Driver) -> io::Result<()> {
     std::thread::Builder::new()
         .name("weft-health".into())
         .spawn(move || {
             // Checks must keep their schedule under load, as the admin's probes do.
             super::defer_to_workers();
-            let runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                .enable_timer()
-                .build();
-            match runtime {
-                Ok(mut rt) => rt.block_on(supervise(control)),
-                Err(e) => tracing::error!("health checks: cannot start their runtime: {e}"),
+            let ran = match driver {
+                Driver::IoUring { flags, entries } => {
+                    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                        .enable_timer()
+                        .uring_builder(crate::runtime::driver::uring_builder(flags))
+                        .with_entries(entries)
+                        .build()
+                        .map(|mut rt| rt.block_on(supervise(control)))
+                }
+                Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                    .enable_timer()
+                    .build()
+                    .map(|mut rt| rt.block_on(supervise(control))),
+            };
+            if let Err(e) = ran {
+                tracing::error!("health checks: cannot start their {driver} runtime: {e}");
             }
         })?;
     Ok(())
@@ -246,11 +265,11 @@ async fn check_endpoint(
         monoio::time::sleep(jittered(Duration::ZERO, check.initial_jitter)).await;
     }
     let (mut passes, mut failures) = (0u32, 0u32);
-    let mut kept: KeptConnection = None;
+    let mut http = HttpCheckState::new(&check);
     while !stop.get() {
         counters.attempts.fetch_add(1, Ordering::Relaxed);
         let outcome =
-            match monoio::time::timeout(check.timeout, probe(address, &cluster, &check, &mut kept))
+            match monoio::time::timeout(check.timeout, probe(address, &cluster, &check, &mut http))
                 .await
             {
                 Ok(o) => o,
@@ -328,7 +347,7 @@ fn jittered(base: Duration, spread: Duration) -> Duration {
     base + Duration::from_micros(extra)
 }
 
-/// A transport a check speaks HTTP/1.1 over: plain TCP or TLS, in poll form.
+/// A transport a check speaks HTTP/1.1 over in poll form (TLS).
 trait CheckIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> CheckIo for T {}
 
@@ -336,7 +355,72 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> CheckIo for T {}
 /// then one write and one read, not a TCP (and TLS) handshake and a close, which is
 /// most of what checking costs (measured: 1,000 endpoints at 1 s took 19% of a core
 /// with a connection per check).
-type KeptConnection = Option<Box<dyn CheckIo>>;
+enum CheckConnection {
+    /// Plain TCP in monoio's own form: over io_uring a send and a receive are queued
+    /// operations, not a syscall each.
+    Plain(TcpStream),
+    /// TLS, on the poll form the TLS stream is built on.
+    Poll(Box<dyn CheckIo>),
+}
+
+impl CheckConnection {
+    async fn send(&mut self, request: &Bytes) -> bool {
+        use tokio::io::AsyncWriteExt;
+        match self {
+            // A `Bytes` clone is a reference count, not a copy of the request.
+            CheckConnection::Plain(stream) => stream.write_all(request.clone()).await.0.is_ok(),
+            CheckConnection::Poll(io) => io.write_all(request).await.is_ok(),
+        }
+    }
+
+    /// More of the answer, appended to `buf`: false at the connection's end or on an
+    /// error.
+    async fn read_more(&mut self, buf: &mut bytes::BytesMut) -> bool {
+        use monoio::buf::IoBufMut;
+        use tokio::io::AsyncReadExt;
+        match self {
+            CheckConnection::Plain(stream) => {
+                buf.reserve(1024);
+                // The buffer is lent to the read; a check that times out here leaves
+                // it to the driver and the next check starts a new one.
+                let owned = std::mem::take(buf);
+                let (len, capacity) = (owned.len(), owned.capacity());
+                let (read, slice) = stream.read(owned.slice_mut(len..capacity)).await;
+                *buf = slice.into_inner();
+                matches!(read, Ok(n) if n > 0)
+            }
+            CheckConnection::Poll(io) => matches!(io.read_buf(buf).await, Ok(n) if n > 0),
+        }
+    }
+}
+
+/// What an HTTP check keeps from one probe to the next: its request, made once, the
+/// connection when it can carry the next check, and the buffer answers are read into.
+struct HttpCheckState {
+    request: Bytes,
+    connection: Option<CheckConnection>,
+    buffer: bytes::BytesMut,
+    /// Whether the answer waits for the next wake of the grid: only where that delay
+    /// is a small part of the check's timeout.
+    settle: bool,
+}
+
+impl HttpCheckState {
+    fn new(check: &HealthCheck) -> HttpCheckState {
+        let request = match &check.probe {
+            HealthProbe::Http { path, host, .. } => Bytes::from(format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weft-health-check\r\n\r\n"
+            )),
+            _ => Bytes::new(),
+        };
+        HttpCheckState {
+            request,
+            connection: None,
+            buffer: bytes::BytesMut::new(),
+            settle: check.timeout >= WAKE_GRID * 10,
+        }
+    }
+}
 
 async fn connect(address: SocketAddr) -> Option<TcpStream> {
     let stream = TcpStream::connect_addr(address).await.ok()?;
@@ -345,13 +429,13 @@ async fn connect(address: SocketAddr) -> Option<TcpStream> {
 }
 
 /// A new HTTP check connection, over TLS where the cluster uses it.
-async fn connect_http(address: SocketAddr, cluster: &Cluster) -> Option<Box<dyn CheckIo>> {
+async fn connect_http(address: SocketAddr, cluster: &Cluster) -> Option<CheckConnection> {
     let stream = connect(address).await?;
     match &cluster.tls {
-        None => Some(Box::new(stream.into_poll_io().ok()?)),
-        Some(tls) => Some(Box::new(
+        None => Some(CheckConnection::Plain(stream)),
+        Some(tls) => Some(CheckConnection::Poll(Box::new(
             crate::upstream::tls::connect(tls, stream).await.ok()?,
-        )),
+        ))),
     }
 }
 
@@ -359,31 +443,23 @@ async fn probe(
     address: SocketAddr,
     cluster: &Cluster,
     check: &HealthCheck,
-    kept: &mut KeptConnection,
+    http: &mut HttpCheckState,
 ) -> Outcome {
     match &check.probe {
-        HealthProbe::Http {
-            path,
-            host,
-            expected,
-        } => {
-            let request = format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weft-health-check\r\n\r\n"
-            );
+        HealthProbe::Http { expected, .. } => {
             // A kept connection the endpoint closed while idle is not a failed check:
             // one more try on a new one.
-            if let Some(io) = kept.take() {
-                if let (Some(status), again) = http_check(io, request.as_bytes()).await {
-                    *kept = again;
+            if let Some(connection) = http.connection.take() {
+                if let Some(status) = http_check(connection, http).await {
                     return http_outcome(status, expected);
                 }
             }
-            let Some(io) = connect_http(address, cluster).await else {
+            let Some(connection) = connect_http(address, cluster).await else {
                 return Outcome::NoAnswer;
             };
-            let (status, again) = http_check(io, request.as_bytes()).await;
-            *kept = again;
-            status.map_or(Outcome::NoAnswer, |s| http_outcome(s, expected))
+            http_check(connection, http)
+                .await
+                .map_or(Outcome::NoAnswer, |s| http_outcome(s, expected))
         }
         HealthProbe::Tcp { send, receive } => match connect(address).await {
             Some(stream) => tcp(stream, send, receive).await,
@@ -438,25 +514,27 @@ async fn tcp(mut stream: TcpStream, send: &[u8], receive: &[u8]) -> Outcome {
     }
 }
 
-/// One HTTP/1.1 exchange on `io`: the final response's status (`None` with no usable
-/// answer), and the connection back when it can carry the next check (HTTP/1.1, not
-/// closing, a body of known length, read whole).
-async fn http_check(mut io: Box<dyn CheckIo>, request: &[u8]) -> (Option<u16>, KeptConnection) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if io.write_all(request).await.is_err() {
-        return (None, None);
+/// One HTTP/1.1 exchange on `connection`: the final response's status (`None` with
+/// no usable answer). The connection goes back into `http` when it can carry the next
+/// check (HTTP/1.1, not closing, a body of known length, read whole).
+async fn http_check(mut connection: CheckConnection, http: &mut HttpCheckState) -> Option<u16> {
+    if !connection.send(&http.request).await {
+        return None;
     }
-    let mut buf = bytes::BytesMut::with_capacity(1024);
+    if http.settle {
+        // The answer is read on the next wake of the grid, with the other checks'
+        // answers, rather than each waking the checker when it lands.
+        monoio::time::sleep_until(coalesced(std::time::Instant::now())).await;
+    }
+    let buf = &mut http.buffer;
+    buf.clear();
     let head = loop {
-        match crate::proto::h1::head::parse_response(&mut buf, MAX_ANSWER, false) {
+        match crate::proto::h1::head::parse_response(buf, MAX_ANSWER, false) {
             // Interim answers (100, 103) come before the one that counts.
             Ok(Some(head)) if (100..200).contains(&head.status) => continue,
             Ok(Some(head)) => break head,
-            Ok(None) => match io.read_buf(&mut buf).await {
-                Ok(n) if n > 0 => {}
-                _ => return (None, None),
-            },
-            Err(_) => return (None, None),
+            Ok(None) if connection.read_more(buf).await => {}
+            Ok(None) | Err(_) => return None,
         }
     };
     let status = Some(head.status);
@@ -464,17 +542,18 @@ async fn http_check(mut io: Box<dyn CheckIo>, request: &[u8]) -> (Option<u16>, K
     let rest = match head.framing {
         BodyFraming::None => 0,
         BodyFraming::Length(n) if keep && n <= MAX_ANSWER as u64 => n as usize,
-        _ => return (status, None),
+        _ => return status,
     };
     while buf.len() < rest {
-        match io.read_buf(&mut buf).await {
-            Ok(n) if n > 0 => {}
-            _ => return (status, None),
+        if !connection.read_more(buf).await {
+            return status;
         }
     }
     // Bytes past the body would be an answer to nothing: the connection is not reused.
-    let clean = buf.len() == rest;
-    (status, (keep && clean).then_some(io))
+    if keep && buf.len() == rest {
+        http.connection = Some(connection);
+    }
+    status
 }
 
 /// A status against the expected ranges (`[start, end)`).
@@ -621,6 +700,7 @@ mod tests {
     fn check_against(answer: &'static [u8]) -> (Option<u16>, bool) {
         use tokio::io::AsyncWriteExt;
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
             .build()
             .expect("runtime");
         rt.block_on(async move {
@@ -633,8 +713,15 @@ mod tests {
                 let _ = theirs.read(&mut request).await;
                 let _ = theirs.write_all(answer).await;
             });
-            let (status, kept) = http_check(Box::new(ours), b"GET / HTTP/1.1\r\n\r\n").await;
-            (status, kept.is_some())
+            let mut http = HttpCheckState {
+                request: Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"),
+                connection: None,
+                buffer: bytes::BytesMut::new(),
+                // As checks with a timeout of 100 ms or more read their answers.
+                settle: true,
+            };
+            let status = http_check(CheckConnection::Poll(Box::new(ours)), &mut http).await;
+            (status, http.connection.is_some())
         })
     }
 

@@ -172,7 +172,7 @@ pub fn run(first: Snapshot, overrides: Overrides) -> Result<(), StartError> {
 
     admin::start(admin_socket, private_admin, control.clone()).map_err(StartError::Thread)?;
     start_janitor(control.clone()).map_err(StartError::Thread)?;
-    crate::control::health::start(control.clone()).map_err(StartError::Thread)?;
+    crate::control::health::start(control.clone(), decision.driver).map_err(StartError::Thread)?;
     let mut threads = Vec::with_capacity(workers);
     for (id, (mine, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
         let cpu = cpus[id % cpus.len()];
