@@ -6,7 +6,8 @@
 //! (`GET /`) every second, and no traffic. The endpoints are addresses of one bench
 //! upstream: 127.0.x.y on loopback, or 198.18.x.y in a network namespace of their own
 //! (`farhosts`), which keeps their kernel's receive work off the checker's core as a
-//! remote host would. After a warm-up the run reads the system's CPU time and the
+//! remote host would. After a warm-up the run reads the system's CPU time (on-CPU
+//! time from the scheduler, not tick samples: see `procstat::on_cpu_time`) and the
 //! upstream's count of requests answered, waits, and reads both again: checks per
 //! second are counted at the endpoints, not taken from the checker.
 
@@ -33,7 +34,7 @@ pub struct CheckFigures {
     pub endpoints: usize,
     /// Where the endpoints are: `loopback` or `namespace` (over a veth pair).
     pub placement: &'static str,
-    /// The checking process's CPU time (user + sys) over the run, in % of one core.
+    /// The checking process's on-CPU time (user + sys) over the run, in % of one core.
     pub core_percent: f64,
 }
 
@@ -138,10 +139,10 @@ pub fn measure(
     let run = opts
         .duration
         .max(Duration::from_secs(if opts.quick { 2 } else { 10 }));
-    let (cpu_before, served_before) = (procstat::cpu_time(&pids), served(&endpoints));
+    let (cpu_before, served_before) = (procstat::on_cpu_time(&pids), served(&endpoints));
     let started = Instant::now();
     std::thread::sleep(run);
-    let (cpu_after, served_after) = (procstat::cpu_time(&pids), served(&endpoints));
+    let (cpu_after, served_after) = (procstat::on_cpu_time(&pids), served(&endpoints));
     let elapsed = started.elapsed().as_secs_f64();
     let rss_kib = procstat::rss_kib(&pids);
     running.stop();

@@ -42,7 +42,6 @@ fn quick_run_covers_every_scenario_without_errors() {
         "h1-large-body",
         "reload-under-load",
         "scale",
-        "health-checks",
     ] {
         assert!(
             table.contains(&format!("| {scenario} |")),
