@@ -196,6 +196,13 @@ impl Plan<'_> {
             && self.keeping_body()
     }
 
+    /// Until the request body is no longer being kept (at once when it is not).
+    pub async fn body_kept(&self) {
+        if let Some(kept) = &self.kept {
+            kept.wait_settled().await;
+        }
+    }
+
     /// Whether the request body is still being kept (not yet whole, not given up).
     pub fn keeping_body(&self) -> bool {
         self.kept.as_ref().is_some_and(|k| !k.settled())

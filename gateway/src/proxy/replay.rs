@@ -5,13 +5,17 @@
 //! sent only once (counted by whoever needed it); a body with trailers is not kept
 //! either (a second sending would lose them).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::task::{Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 
 pub struct KeptBody {
     limit: usize,
     state: RefCell<State>,
+    /// Who waits for keeping to be over (`settled`): woken when it is.
+    waiter: Cell<Option<Waker>>,
 }
 
 enum State {
@@ -28,6 +32,7 @@ impl KeptBody {
         KeptBody {
             limit,
             state: RefCell::new(State::Keeping(BytesMut::new())),
+            waiter: Cell::new(None),
         }
     }
 
@@ -37,6 +42,8 @@ impl KeptBody {
         if let State::Keeping(kept) = &mut *state {
             if kept.len() + piece.len() > self.limit {
                 *state = State::Abandoned { too_large: true };
+                drop(state);
+                self.wake_waiter();
             } else {
                 kept.extend_from_slice(piece);
             }
@@ -48,6 +55,8 @@ impl KeptBody {
         let mut state = self.state.borrow_mut();
         if let State::Keeping(kept) = &mut *state {
             *state = State::Kept(kept.split().freeze());
+            drop(state);
+            self.wake_waiter();
         }
     }
 
@@ -56,6 +65,8 @@ impl KeptBody {
         let mut state = self.state.borrow_mut();
         if !matches!(*state, State::Abandoned { .. }) {
             *state = State::Abandoned { too_large: false };
+            drop(state);
+            self.wake_waiter();
         }
     }
 
@@ -70,6 +81,24 @@ impl KeptBody {
     /// Whether keeping is over: the body was kept whole, or given up.
     pub fn settled(&self) -> bool {
         !matches!(*self.state.borrow(), State::Keeping(_))
+    }
+
+    /// Resolves once keeping is over (`settled`), woken by the call that settles it.
+    pub fn wait_settled(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.settled() {
+                Poll::Ready(())
+            } else {
+                self.waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+    }
+
+    fn wake_waiter(&self) {
+        if let Some(waker) = self.waiter.take() {
+            waker.wake();
+        }
     }
 
     /// Whether the body was longer than the limit.
@@ -99,5 +128,45 @@ mod tests {
         trailed.abandon();
         trailed.complete();
         assert_eq!((trailed.kept(), trailed.too_large()), (None, false));
+    }
+
+    #[test]
+    fn a_waiter_is_woken_when_keeping_ends() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use std::task::{Context, Wake};
+
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        for settle in [KeptBody::complete, KeptBody::abandon] {
+            let k = KeptBody::new(8);
+            let before = woken.0.load(Ordering::Relaxed);
+            let mut wait = std::pin::pin!(k.wait_settled());
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            k.keep(b"ab");
+            assert_eq!(
+                woken.0.load(Ordering::Relaxed),
+                before,
+                "a piece is not the end"
+            );
+            settle(&k);
+            assert_eq!(woken.0.load(Ordering::Relaxed), before + 1);
+            assert!(wait.as_mut().poll(&mut cx).is_ready());
+        }
+        // Past the limit, keeping ends too.
+        let k = KeptBody::new(2);
+        let before = woken.0.load(Ordering::Relaxed);
+        let mut wait = std::pin::pin!(k.wait_settled());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        k.keep(b"abc");
+        assert_eq!(woken.0.load(Ordering::Relaxed), before + 1);
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
     }
 }

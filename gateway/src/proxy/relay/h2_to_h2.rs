@@ -314,10 +314,7 @@ async fn relay_response(
     // be retried only with the whole body kept, so its last frame gets a moment to come
     // (the request direction runs meanwhile, in this task).
     if plan.body_settling(status, grpc) {
-        let waited = Instant::now();
-        while plan.body_settling(status, grpc) && waited.elapsed() < BODY_SETTLE {
-            monoio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let _ = monoio::time::timeout(BODY_SETTLE, plan.body_kept()).await;
     }
     if plan.retries_answer(x, progress, (status, grpc), retry_after) {
         // Dropping the stream resets it (CANCEL).
