@@ -57,21 +57,7 @@ pub fn start(control: Arc<Control>, driver: Driver) -> io::Result<()> {
         .spawn(move || {
             // Checks must keep their schedule under load, as the admin's probes do.
             super::defer_to_workers();
-            let ran = match driver {
-                Driver::IoUring { flags, entries } => {
-                    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                        .enable_timer()
-                        .uring_builder(crate::runtime::driver::uring_builder(flags))
-                        .with_entries(entries)
-                        .build()
-                        .map(|mut rt| rt.block_on(supervise(control)))
-                }
-                Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                    .enable_timer()
-                    .build()
-                    .map(|mut rt| rt.block_on(supervise(control))),
-            };
-            if let Err(e) = ran {
+            if let Err(e) = driver.block_on(supervise(control)) {
                 tracing::error!("health checks: cannot start their {driver} runtime: {e}");
             }
         })?;

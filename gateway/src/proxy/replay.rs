@@ -5,7 +5,7 @@
 //! sent only once (counted by whoever needed it); a body with trailers is not kept
 //! either (a second sending would lose them).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::future::Future;
 use std::task::{Poll, Waker};
 
@@ -41,9 +41,7 @@ impl KeptBody {
         let mut state = self.state.borrow_mut();
         if let State::Keeping(kept) = &mut *state {
             if kept.len() + piece.len() > self.limit {
-                *state = State::Abandoned { too_large: true };
-                drop(state);
-                self.wake_waiter();
+                self.end(state, State::Abandoned { too_large: true });
             } else {
                 kept.extend_from_slice(piece);
             }
@@ -54,19 +52,16 @@ impl KeptBody {
     pub fn complete(&self) {
         let mut state = self.state.borrow_mut();
         if let State::Keeping(kept) = &mut *state {
-            *state = State::Kept(kept.split().freeze());
-            drop(state);
-            self.wake_waiter();
+            let whole = kept.split().freeze();
+            self.end(state, State::Kept(whole));
         }
     }
 
     /// The body cannot be sent again as kept (it had trailers).
     pub fn abandon(&self) {
-        let mut state = self.state.borrow_mut();
+        let state = self.state.borrow_mut();
         if !matches!(*state, State::Abandoned { .. }) {
-            *state = State::Abandoned { too_large: false };
-            drop(state);
-            self.wake_waiter();
+            self.end(state, State::Abandoned { too_large: false });
         }
     }
 
@@ -95,7 +90,11 @@ impl KeptBody {
         })
     }
 
-    fn wake_waiter(&self) {
+    /// Ends keeping as `to`, and wakes whoever waits for that (after the borrow, so
+    /// a waiter polled at once can look).
+    fn end(&self, mut state: RefMut<'_, State>, to: State) {
+        *state = to;
+        drop(state);
         if let Some(waker) = self.waiter.take() {
             waker.wake();
         }

@@ -121,6 +121,28 @@ pub fn decide(io: IoDriver, uring: &UringConfig) -> Decision {
     }
 }
 
+impl Driver {
+    /// Runs `future` to its end on a runtime of this driver, with timers, built on the
+    /// calling thread (an io_uring ring is tied to the thread that made it). An error
+    /// is the runtime that could not be built.
+    pub fn block_on<F: std::future::Future>(self, future: F) -> std::io::Result<F::Output> {
+        match self {
+            Driver::IoUring { flags, entries } => {
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .enable_timer()
+                    .uring_builder(uring_builder(flags))
+                    .with_entries(entries)
+                    .build()
+                    .map(|mut rt| rt.block_on(future))
+            }
+            Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .map(|mut rt| rt.block_on(future)),
+        }
+    }
+}
+
 pub fn uring_builder(flags: RingFlags) -> io_uring::Builder {
     let mut b = io_uring::IoUring::builder();
     if flags.coop_taskrun {

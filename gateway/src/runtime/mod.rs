@@ -20,7 +20,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use weft_mesh::snapshot::{AdminBind, Snapshot};
@@ -360,19 +359,7 @@ fn worker_thread(
         tracing::warn!(worker = id, cpu, "cannot pin worker: {e}");
     }
     let worker = Rc::new(Worker::new(id, control, inbox));
-    let served = match driver {
-        Driver::IoUring { flags, entries } => RuntimeBuilder::<IoUringDriver>::new()
-            .enable_timer()
-            .uring_builder(driver::uring_builder(flags))
-            .with_entries(entries)
-            .build()
-            .map(|mut rt| rt.block_on(worker.run(listeners))),
-        Driver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .map(|mut rt| rt.block_on(worker.run(listeners))),
-    };
-    if let Err(e) = served {
+    if let Err(e) = driver.block_on(worker.run(listeners)) {
         // The probe succeeded with the same settings, so this is resource exhaustion.
         tracing::error!(worker = id, "cannot build the {driver} runtime: {e}");
         std::process::exit(1);
