@@ -89,7 +89,7 @@ fn start_endpoints(opts: &RunOpts, far: Option<&FarHosts>) -> Result<Endpoints, 
     let list: Vec<SocketAddr> = (0..ENDPOINTS)
         .map(|i| match far {
             Some(_) => FarHosts::endpoint(i, port),
-            None => SocketAddr::from(([127, 0, (i / 250) as u8, (i % 250 + 1) as u8], port)),
+            None => crate::farhosts::nth_address([127, 0], i, port),
         })
         .collect();
     let endpoints = Endpoints { upstream, list };

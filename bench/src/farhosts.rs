@@ -72,8 +72,7 @@ impl FarHosts {
 
     /// The `i`th far endpoint on `port` (i below 62,500).
     pub fn endpoint(i: usize, port: u16) -> SocketAddr {
-        let ip = Ipv4Addr::new(198, 18, (i / 250) as u8, (i % 250 + 1) as u8);
-        SocketAddr::from((ip, port))
+        nth_address([198, 18], i, port)
     }
 
     /// `program args...` inside the namespace.
@@ -90,6 +89,13 @@ impl Drop for FarHosts {
         let _ = ip(&["link", "del", &self.near]);
         let _ = ip(&["netns", "del", &self.namespace]);
     }
+}
+
+/// The `i`th of the addresses `a.b.x.y` (250 to a `x`, `y` from 1), on `port`: the
+/// health-checks scenario's endpoints, on loopback (127.0) or here (198.18).
+pub fn nth_address([a, b]: [u8; 2], i: usize, port: u16) -> SocketAddr {
+    let ip = Ipv4Addr::new(a, b, (i / 250) as u8, (i % 250 + 1) as u8);
+    SocketAddr::from((ip, port))
 }
 
 fn ip(args: &[&str]) -> io::Result<()> {
