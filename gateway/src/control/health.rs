@@ -11,9 +11,10 @@
 //! every worker's balancer reads with a relaxed load when it picks: results reach the
 //! workers at once, lock-free.
 //!
-//! Cost: with many endpoints, wakeups are most of what checking costs, so checks wake
-//! on a 10 ms grid and read their answers at the next wake of it (`WAKE_GRID`): a
-//! thousand endpoints make a hundred wakeups a second, not two thousand.
+//! Cost: with many endpoints, wakeups and timers are most of what checking costs, so
+//! every check waits on one grid of ticks kept by one timer (`grid`), and reads its
+//! answer at the next tick of its stride rather than when it lands: a thousand
+//! endpoints checked every second make twenty wakeups a second, not two thousand.
 //!
 //! Transitions (Envoy's): a new endpoint is pending and failed until its first result;
 //! a success clears both, a failure only `pending`. A failed endpoint needs
@@ -42,6 +43,9 @@ use weft_mesh::snapshot::{
 
 use super::Control;
 use crate::runtime::driver::Driver;
+
+mod grid;
+use grid::{Grid, Pace};
 
 /// How often the supervisor looks for a new snapshot.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
@@ -83,6 +87,7 @@ async fn supervise(control: Arc<Control>) {
     let mut running: HashMap<(String, SocketAddr), Running> = HashMap::new();
     let mut sweeping: HashMap<String, Sweeping> = HashMap::new();
     let mut seen = None;
+    let grid = Grid::start();
     loop {
         let snapshot = control.publisher.load();
         if seen != Some(snapshot.version) {
@@ -117,6 +122,7 @@ async fn supervise(control: Arc<Control>) {
                         e.address,
                         cluster.clone(),
                         check.clone(),
+                        Pace::new(grid.clone(), check.interval, check.timeout),
                         uneject,
                         stop.clone(),
                     ));
@@ -149,7 +155,7 @@ async fn supervise(control: Arc<Control>) {
             });
         }
         drop(snapshot);
-        monoio::time::sleep(SUPERVISE_EVERY).await;
+        grid.after(SUPERVISE_EVERY).await;
     }
 }
 
@@ -242,26 +248,26 @@ async fn check_endpoint(
     address: SocketAddr,
     cluster: Arc<Cluster>,
     check: Arc<HealthCheck>,
+    pace: Pace,
     uneject: bool,
     stop: Rc<Cell<bool>>,
 ) {
     let host = cluster.shared.host(address, true);
     let counters = &cluster.shared.checks;
-    if !check.initial_jitter.is_zero() {
-        monoio::time::sleep(jittered(Duration::ZERO, check.initial_jitter)).await;
-    }
     let (mut passes, mut failures) = (0u32, 0u32);
-    let mut http = HttpCheckState::new(&check);
-    while !stop.get() {
+    let mut http = HttpCheckState::new(&check, pace.clone());
+    let mut due = pace.first(jittered(Duration::ZERO, check.initial_jitter));
+    loop {
+        pace.until(due).await;
+        if stop.get() {
+            return;
+        }
         counters.attempts.fetch_add(1, Ordering::Relaxed);
-        let outcome =
-            match monoio::time::timeout(check.timeout, probe(address, &cluster, &check, &mut http))
-                .await
-            {
-                Ok(o) => o,
-                // A timed-out exchange leaves its connection behind (it was taken).
-                Err(_) => Outcome::NoAnswer,
-            };
+        let outcome = pace
+            .within(check.timeout, probe(address, &cluster, &check, &mut http))
+            .await
+            // A timed-out exchange leaves its connection behind (it was taken).
+            .unwrap_or(Outcome::NoAnswer);
         if stop.get() {
             return;
         }
@@ -304,27 +310,10 @@ async fn check_endpoint(
         } else {
             check.unhealthy_interval
         };
+        // Checks start `interval` apart, however long this one took.
         let spread = interval * check.interval_jitter_percent / 100;
-        monoio::time::sleep_until(coalesced(
-            std::time::Instant::now() + jittered(interval, spread),
-        ))
-        .await;
+        due = pace.next(due, jittered(interval, spread));
     }
-}
-
-/// Checks wake on a 10 ms grid: with a thousand endpoints, the checker wakes a hundred
-/// times a second for ten checks each rather than a thousand times for one (each
-/// wakeup is a syscall and a context switch, most of a check's cost).
-const WAKE_GRID: Duration = Duration::from_millis(10);
-
-/// `at`, later by less than `WAKE_GRID`, on the grid.
-fn coalesced(at: std::time::Instant) -> monoio::time::Instant {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
-    let since = at.saturating_duration_since(epoch).as_nanos();
-    let grid = WAKE_GRID.as_nanos();
-    let aligned = since.div_ceil(grid) * grid;
-    monoio::time::Instant::from_std(epoch + Duration::from_nanos(aligned as u64))
 }
 
 /// `base` plus up to `spread` at random.
@@ -386,13 +375,12 @@ struct HttpCheckState {
     request: Bytes,
     connection: Option<CheckConnection>,
     buffer: bytes::BytesMut,
-    /// Whether the answer waits for the next wake of the grid: only where that delay
-    /// is a small part of the check's timeout.
-    settle: bool,
+    /// Where the answer is read: on the check's stride of the grid.
+    pace: Pace,
 }
 
 impl HttpCheckState {
-    fn new(check: &HealthCheck) -> HttpCheckState {
+    fn new(check: &HealthCheck, pace: Pace) -> HttpCheckState {
         let request = match &check.probe {
             HealthProbe::Http { path, host, .. } => Bytes::from(format!(
                 "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weft-health-check\r\n\r\n"
@@ -403,7 +391,7 @@ impl HttpCheckState {
             request,
             connection: None,
             buffer: bytes::BytesMut::new(),
-            settle: check.timeout >= WAKE_GRID * 10,
+            pace,
         }
     }
 }
@@ -419,12 +407,19 @@ async fn connect_http(address: SocketAddr, cluster: &Cluster) -> Option<CheckCon
     let stream = connect(address).await?;
     match &cluster.tls {
         None => Some(CheckConnection::Plain(stream)),
+        // Boxed, as the probes below: a kept connection rarely needs a new one.
         Some(tls) => Some(CheckConnection::Poll(Box::new(
-            crate::upstream::tls::connect(tls, stream).await.ok()?,
+            Box::pin(crate::upstream::tls::connect(tls, stream))
+                .await
+                .ok()?,
         ))),
     }
 }
 
+/// One check of `address`. The probes that connect every time (TCP, gRPC) and the TLS
+/// handshake are boxed: unboxed, their futures (the gRPC one holds an HTTP/2 client
+/// over TLS) made every check's future 7 KB, copied at each start, where a kept HTTP
+/// check's own is a few hundred bytes.
 async fn probe(
     address: SocketAddr,
     cluster: &Cluster,
@@ -447,35 +442,45 @@ async fn probe(
                 .await
                 .map_or(Outcome::NoAnswer, |s| http_outcome(s, expected))
         }
-        HealthProbe::Tcp { send, receive } => match connect(address).await {
-            Some(stream) => tcp(stream, send, receive).await,
-            None => Outcome::NoAnswer,
-        },
+        HealthProbe::Tcp { send, receive } => Box::pin(tcp(address, send, receive)).await,
         HealthProbe::Grpc { service, authority } => {
-            let Some(stream) = connect(address).await else {
-                return Outcome::NoAnswer;
-            };
-            let scheme = if cluster.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            match &cluster.tls {
-                None => match stream.into_poll_io() {
-                    Ok(io) => grpc(io, scheme, authority, service).await,
-                    Err(_) => Outcome::NoAnswer,
-                },
-                Some(tls) => match crate::upstream::tls::connect(tls, stream).await {
-                    Ok(io) => grpc(io, scheme, authority, service).await,
-                    Err(_) => Outcome::NoAnswer,
-                },
-            }
+            Box::pin(grpc_probe(address, cluster, authority, service)).await
         }
     }
 }
 
+/// A gRPC check on a new connection, over the cluster's TLS where it has one.
+async fn grpc_probe(
+    address: SocketAddr,
+    cluster: &Cluster,
+    authority: &str,
+    service: &str,
+) -> Outcome {
+    let Some(stream) = connect(address).await else {
+        return Outcome::NoAnswer;
+    };
+    let scheme = if cluster.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    match &cluster.tls {
+        None => match stream.into_poll_io() {
+            Ok(io) => grpc(io, scheme, authority, service).await,
+            Err(_) => Outcome::NoAnswer,
+        },
+        Some(tls) => match crate::upstream::tls::connect(tls, stream).await {
+            Ok(io) => grpc(io, scheme, authority, service).await,
+            Err(_) => Outcome::NoAnswer,
+        },
+    }
+}
+
 /// Connect only (`send` empty), or send bytes and wait for `receive` among the answer.
-async fn tcp(mut stream: TcpStream, send: &[u8], receive: &[u8]) -> Outcome {
+async fn tcp(address: SocketAddr, send: &[u8], receive: &[u8]) -> Outcome {
+    let Some(mut stream) = connect(address).await else {
+        return Outcome::NoAnswer;
+    };
     if send.is_empty() && receive.is_empty() {
         return Outcome::Healthy;
     }
@@ -507,11 +512,9 @@ async fn http_check(mut connection: CheckConnection, http: &mut HttpCheckState) 
     if !connection.send(&http.request).await {
         return None;
     }
-    if http.settle {
-        // The answer is read on the next wake of the grid, with the other checks'
-        // answers, rather than each waking the checker when it lands.
-        monoio::time::sleep_until(coalesced(std::time::Instant::now())).await;
-    }
+    // The answer is read on the next tick of the stride, with the other checks'
+    // answers, rather than each waking the checker when it lands.
+    http.pace.settle().await;
     let buf = &mut http.buffer;
     buf.clear();
     let head = loop {
@@ -703,8 +706,12 @@ mod tests {
                 request: Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"),
                 connection: None,
                 buffer: bytes::BytesMut::new(),
-                // As checks with a timeout of 100 ms or more read their answers.
-                settle: true,
+                // As a check every second with a 500 ms timeout reads its answer.
+                pace: Pace::new(
+                    Grid::start(),
+                    Duration::from_secs(1),
+                    Duration::from_millis(500),
+                ),
             };
             let status = http_check(CheckConnection::Poll(Box::new(ours)), &mut http).await;
             (status, http.connection.is_some())

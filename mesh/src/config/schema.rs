@@ -1081,9 +1081,9 @@ pub struct HealthCheckConfig {
     pub send: String,
     /// tcp: bytes the answer must contain.
     pub receive: String,
-    /// Time between checks of a healthy endpoint.
+    /// Time from the start of one check of a healthy endpoint to the start of the next.
     pub interval: ConfigDuration,
-    /// Between checks of an unhealthy endpoint (default: `interval`).
+    /// The same for an unhealthy endpoint (default: `interval`).
     pub unhealthy_interval: Option<ConfigDuration>,
     /// A check not answered within this fails.
     pub timeout: ConfigDuration,
