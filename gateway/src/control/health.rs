@@ -14,7 +14,7 @@
 //! Cost: with many endpoints, wakeups and timers are most of what checking costs, so
 //! every check waits on one grid of ticks kept by one timer (`grid`), and reads its
 //! answer at the next tick of its stride rather than when it lands: a thousand
-//! endpoints checked every second make twenty wakeups a second, not two thousand.
+//! endpoints checked every second make a few dozen wakeups a second, not two thousand.
 //!
 //! Transitions (Envoy's): a new endpoint is pending and failed until its first result;
 //! a success clears both, a failure only `pending`. A failed endpoint needs
@@ -122,7 +122,12 @@ async fn supervise(control: Arc<Control>) {
                         e.address,
                         cluster.clone(),
                         check.clone(),
-                        Pace::new(grid.clone(), check.interval, check.timeout),
+                        // Paced for the shorter of its two intervals.
+                        Pace::new(
+                            grid.clone(),
+                            check.interval.min(check.unhealthy_interval),
+                            check.timeout,
+                        ),
                         uneject,
                         stop.clone(),
                     ));

@@ -7,9 +7,10 @@
 //!
 //! A check paces itself on a stride of the grid (`Pace`): checks of an endpoint start
 //! `interval` apart, on the stride nearest to that, and the stride is at most a
-//! twentieth of the interval and a tenth of the timeout, so a schedule slips by no more
-//! than 5% and an answer is read no later than a tenth of its timeout after it could
-//! have been. Strides are multiples of one tick counted from one epoch, so checks of
+//! twentieth of the interval and a tenth of the timeout (but at least one tick), so a
+//! schedule slips by no more than 5% and an answer is read no later than a tenth of
+//! its timeout after it could have been (an answer to a check whose timeout is under
+//! ten strides is read when it lands). Strides are multiples of one tick counted from one epoch, so checks of
 //! different strides still wake together.
 //!
 //! Invariants: single-threaded (the checker's runtime, hence `Rc`). A waiter is woken
