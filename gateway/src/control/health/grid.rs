@@ -1,17 +1,18 @@
 //! The health checker's clock. Every wait of every check (until its next check, until
-//! its answer has landed) ends on one grid of `TICK`s kept by one timer, so a thousand
-//! endpoints checked every second cost the checker a few dozen wakeups a second and a
-//! single timer, rather than a wakeup per answer and two timers per check in the
-//! runtime's wheel (measured with the `health-checks` bench: the wheel cascading a
-//! thousand cold timer entries was the largest user-space cost of checking).
+//! its answer has landed, until its deadline) ends on one grid of `TICK`s kept by one
+//! timer, so a thousand endpoints checked every second cost the checker a few dozen
+//! wakeups a second and a single timer, rather than a wakeup per answer and two to
+//! three timers per check in the runtime's wheel (measured with the `health-checks`
+//! bench: the wheel cascading a thousand cold timer entries was the largest
+//! user-space cost of checking).
 //!
 //! A check paces itself on a stride of the grid (`Pace`): checks of an endpoint start
 //! `interval` apart, on the stride nearest to that, and the stride is at most a
 //! twentieth of the interval and a tenth of the timeout (but at least one tick), so a
 //! schedule slips by no more than 5% and an answer is read no later than a tenth of
 //! its timeout after it could have been (an answer to a check whose timeout is under
-//! ten strides is read when it lands). Strides are multiples of one tick counted from one epoch, so checks of
-//! different strides still wake together.
+//! ten strides is read when it lands). Strides are multiples of one tick counted from
+//! one epoch, so checks of different strides still wake together.
 //!
 //! Invariants: single-threaded (the checker's runtime, hence `Rc`). A waiter is woken
 //! once the grid has reached its tick, never before. The ticker's timer is set for the
@@ -120,8 +121,8 @@ impl Future for Until {
         if state.reached >= this.tick {
             return Poll::Ready(());
         }
-        // Once per task: a waker left behind by a dropped wait only wakes its task
-        // for nothing.
+        // Registered once: a task polls with the same waker each time (a different one
+        // registers again; the old one would only wake its task for nothing).
         if this
             .registered
             .as_ref()
