@@ -49,8 +49,8 @@ pub struct Retries<'p> {
     decided: Cell<Option<Duration>>,
     /// When the route's timeout (or the gRPC call's deadline) ends every attempt.
     deadline: Cell<Option<Instant>>,
-    /// Endpoints that failed, as bits of their hashes (`previous_hosts`).
-    failed: Cell<u64>,
+    /// Endpoints that failed (`previous_hosts`).
+    failed: FailedEndpoints,
     retried: Cell<u32>,
 }
 
@@ -87,7 +87,7 @@ impl<'p> Retries<'p> {
             holding: Cell::new(false),
             decided: Cell::new(None),
             deadline: Cell::new(call_deadline),
-            failed: Cell::new(0),
+            failed: FailedEndpoints::default(),
             retried: Cell::new(0),
         }
     }
@@ -202,13 +202,13 @@ impl<'p> Retries<'p> {
     /// `endpoint` failed: later attempts avoid it where they can.
     pub fn failed_at(&self, endpoint: SocketAddr) {
         if self.policy.previous_hosts {
-            self.failed.set(self.failed.get() | endpoint_bit(endpoint));
+            self.failed.record(endpoint);
         }
     }
 
     /// Whether an attempt should pick again rather than use `endpoint`.
     pub fn avoids(&self, endpoint: SocketAddr) -> bool {
-        self.failed.get() & endpoint_bit(endpoint) != 0
+        self.failed.contains(endpoint)
     }
 
     fn decide(
@@ -355,11 +355,24 @@ fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-fn endpoint_bit(endpoint: SocketAddr) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    endpoint.hash(&mut h);
-    1 << (h.finish() % 64)
+/// The endpoints that failed one request, by address: exact, so that a retry never
+/// passes over an endpoint that did not fail for one that did. (A 64-bit set of address
+/// hashes did: two endpoints sharing a bit, one pair in 64, sent every retry back to
+/// the one that failed.) Empty, and unallocated, until an attempt fails.
+#[derive(Default)]
+struct FailedEndpoints(std::cell::RefCell<Vec<SocketAddr>>);
+
+impl FailedEndpoints {
+    fn record(&self, endpoint: SocketAddr) {
+        let mut failed = self.0.borrow_mut();
+        if !failed.contains(&endpoint) {
+            failed.push(endpoint);
+        }
+    }
+
+    fn contains(&self, endpoint: SocketAddr) -> bool {
+        self.0.borrow().contains(&endpoint)
+    }
 }
 
 /// A `Retry-After` in seconds (RFC 9110 §10.2.3); an HTTP date is not waited for.
@@ -374,6 +387,17 @@ fn parse_retry_after(value: &[u8]) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_endpoints_that_failed_are_avoided() {
+        let failed = FailedEndpoints::default();
+        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        failed.record(at(9001));
+        failed.record(at(9001));
+        failed.record(at(9002));
+        let avoided: Vec<u16> = (1..=u16::MAX).filter(|&p| failed.contains(at(p))).collect();
+        assert_eq!(avoided, [9001, 9002]);
+    }
 
     #[test]
     fn retry_after_is_seconds_only() {
