@@ -269,8 +269,9 @@ fn bodies_past_max_buffered_bytes_are_not_retried_and_counted() {
 }
 
 /// With three retries, the gaps between attempts fall in Envoy's jittered bounds:
-/// [0, 25), [0, 75) and [0, 175) ms (plus what an attempt itself takes here), and the
-/// third averages about half its bound.
+/// [0, 25), [0, 75) and [0, 175) ms (plus what an attempt itself takes here; all but
+/// three of the 90, and those within twice their bound), and the third averages about
+/// half its bound.
 #[test]
 fn backoff_gaps_fall_within_their_jitter_bounds() {
     let up = ScriptedUpstream::start(false, always(503));
@@ -281,8 +282,11 @@ fn backoff_gaps_fall_within_their_jitter_bounds() {
     );
     let runs = 30;
     let mut third = Vec::new();
-    // What an attempt itself may take on a loaded 2-core machine, besides its wait.
+    // What an attempt itself may take on a loaded 2-core machine, besides its wait;
+    // a few gaps may take more (a preempted curl or upstream: measured up to 36 ms more
+    // beside two CPU hogs), none a whole further bound.
     let slack = Duration::from_millis(30);
+    let mut late = Vec::new();
     for i in 0..runs {
         let key = format!("gap-{i}");
         let (status, _) = curl(
@@ -294,14 +298,20 @@ fn backoff_gaps_fall_within_their_jitter_bounds() {
         let seen = up.seen_with(&key);
         assert_eq!(seen.len(), 4, "{key}");
         for (n, bound) in [(1, 25), (2, 75), (3, 175)] {
-            let gap = seen[n].at - seen[n - 1].at;
-            assert!(
-                gap < Duration::from_millis(bound) + slack,
-                "{key}: retry {n} waited {gap:?}"
-            );
+            let (gap, bound) = (seen[n].at - seen[n - 1].at, Duration::from_millis(bound));
+            assert!(gap < bound * 2 + slack, "{key}: retry {n} waited {gap:?}");
+            if gap >= bound + slack {
+                late.push(format!("{key}: retry {n} waited {gap:?}"));
+            }
         }
         third.push((seen[3].at - seen[2].at).as_secs_f64() * 1000.0);
     }
+    assert!(
+        late.len() <= 3,
+        "{} of {} gaps past their bound: {late:?}",
+        late.len(),
+        runs * 3
+    );
     let mean = third.iter().sum::<f64>() / third.len() as f64;
     // Uniform on [0, 175): mean 87.5, its standard error over 30 runs about 9 ms.
     assert!(
