@@ -108,7 +108,7 @@ fn start_endpoints(opts: &RunOpts, far: Option<&FarHosts>) -> Result<Endpoints, 
 
 /// Requests the endpoints' upstream has answered so far.
 fn served(endpoints: &Endpoints) -> Option<u64> {
-    http_get(endpoints.list[0], "/bench-upstream/served")?
+    http_get(endpoints.list[0], crate::upstream::SERVED_PATH)?
         .trim()
         .parse()
         .ok()

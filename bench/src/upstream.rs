@@ -81,7 +81,7 @@ pub fn run(opts: UpstreamOpts) -> std::io::Result<()> {
 }
 
 /// The path whose answer is the count of requests served.
-const SERVED_PATH: &str = "/bench-upstream/served";
+pub const SERVED_PATH: &str = "/bench-upstream/served";
 
 /// One thread's count, on a cache line of its own.
 #[derive(Default)]
